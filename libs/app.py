@@ -1,0 +1,160 @@
+"""One app factory for all six apps: lifespan, middleware, errors, health, readiness, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import ORJSONResponse
+from sqlalchemy import text
+from starlette.responses import Response
+
+from libs.db import make_engine, make_session_factory
+from libs.errors import error_response, install_error_handlers
+from libs.http import make_http_client
+from libs.logging import configure_logging
+from libs.redis import make_redis
+from libs.settings import ServiceSettings
+from libs.telemetry import (
+    BodyLimitMiddleware,
+    ObservabilityMiddleware,
+    metrics_response_body,
+    setup_tracing,
+)
+
+log = logging.getLogger("aistack.app")
+
+ReadyCheck = Callable[[FastAPI], Awaitable[Any]]
+Resources = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+QUIET_PATHS = ("/health", "/ready", "/metrics")
+
+
+async def check_database(app: FastAPI) -> None:
+    """Readiness: the service's Postgres answers."""
+    async with app.state.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+async def check_redis(app: FastAPI) -> None:
+    """Readiness: Redis answers PING."""
+    await app.state.redis.ping()
+
+
+async def run_ready_checks(
+    app: FastAPI, checks: dict[str, ReadyCheck], limit_s: float = 2.0
+) -> dict[str, Any]:
+    """Run every readiness check concurrently; report each as ok or its error."""
+
+    async def one(check: ReadyCheck) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(check(app), limit_s)
+            return {"status": "ok"}
+        except TimeoutError:
+            return {"status": "error", "error": f"timed out after {limit_s}s"}
+        except Exception as exc:
+            return {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+    names = list(checks)
+    results = await asyncio.gather(*(one(checks[n]) for n in names))
+    return dict(zip(names, results, strict=True))
+
+
+def create_app(
+    *,
+    service: str,
+    settings: ServiceSettings,
+    routers: Sequence[APIRouter] = (),
+    title: str | None = None,
+    description: str = "",
+    version: str = "0.1.0",
+    use_database: bool = True,
+    use_redis: bool = True,
+    resources: Sequence[Resources] = (),
+    ready_checks: dict[str, ReadyCheck] | None = None,
+    openai_error_prefixes: Sequence[str] = (),
+    openapi_tags: list[dict[str, Any]] | None = None,
+) -> FastAPI:
+    """Build a FastAPI app with the platform's conventions.
+
+    ``resources`` are async context managers entered in the lifespan after the database,
+    Redis and HTTP client exist (so they may use them) and exited in reverse order.
+    """
+    configure_logging(service, settings.log_level, settings.log_json)
+    setup_tracing(service, settings.otlp_endpoint)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if use_database:
+                engine = make_engine(
+                    settings.database_url, pool_size=settings.db_pool_size, application_name=service
+                )
+                app.state.engine = engine
+                app.state.session_factory = make_session_factory(engine)
+                stack.push_async_callback(engine.dispose)
+            if use_redis:
+                redis = make_redis(settings.redis_url)
+                app.state.redis = redis
+                stack.push_async_callback(redis.aclose)
+            http = make_http_client(service)
+            app.state.http = http
+            stack.push_async_callback(http.aclose)
+            for resource in resources:
+                await stack.enter_async_context(resource(app))
+            log.info("%s started", service)
+            yield
+            log.info("%s stopping", service)
+
+    app = FastAPI(
+        title=title or f"aistack {service}",
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+        openapi_tags=openapi_tags,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.openai_error_prefixes = tuple(openai_error_prefixes)
+    install_error_handlers(app)
+
+    checks: dict[str, ReadyCheck] = {}
+    if use_database:
+        checks["database"] = check_database
+    if use_redis:
+        checks["redis"] = check_redis
+    checks.update(ready_checks or {})
+
+    ops = APIRouter(tags=["ops"])
+
+    @ops.get("/health", summary="Liveness: the process is up")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @ops.get("/ready", summary="Readiness: the dependencies answer", response_model=None)
+    async def ready() -> Response | dict[str, Any]:
+        results = await run_ready_checks(app, checks)
+        if all(r["status"] == "ok" for r in results.values()):
+            return {"status": "ready", "service": service, "checks": results}
+        return error_response(
+            503, "not_ready", f"{service} is not ready", {"service": service, "checks": results}
+        )
+
+    @ops.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = metrics_response_body()
+        return Response(body, media_type=content_type)
+
+    app.include_router(ops)
+    for router in routers:
+        app.include_router(router)
+
+    # order matters: observability wraps everything, so 413s are counted and carry request ids
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, service=service, quiet_paths=QUIET_PATHS)
+    return app

@@ -1,0 +1,18 @@
+"""Per-request and per-job context carried in contextvars (request id, principal)."""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def new_request_id() -> str:
+    """Return a fresh request id."""
+    return uuid.uuid4().hex
+
+
+def get_request_id() -> str | None:
+    """Return the request id of the current request or job, if any."""
+    return request_id_var.get()

@@ -1,0 +1,258 @@
+"""One error model: domain errors from one hierarchy, rendered in one JSON shape.
+
+Every error body is ``{"error": {"code", "message", "request_id", "details"?}}``. Routes
+that mimic OpenAI's API (declared per app with ``openai_error_prefixes``) render OpenAI's
+shape instead so its SDKs raise the right exception types.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from libs.context import get_request_id
+
+log = logging.getLogger("aistack.errors")
+
+
+class AppError(Exception):
+    """Base of every domain error; subclasses fix the status and the machine code."""
+
+    status_code: int = 400
+    code: str = "bad_request"
+    message: str = "Bad request"
+    headers: dict[str, str] | None = None
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.code = code or self.code
+        self.details = details
+        if headers is not None:
+            self.headers = headers
+        if status_code is not None:
+            self.status_code = status_code
+        super().__init__(self.message)
+
+
+class BadRequest(AppError):
+    status_code, code, message = 400, "bad_request", "Bad request"
+
+
+class MalformedBody(AppError):
+    status_code, code, message = 400, "malformed_json", "Request body is not valid JSON"
+
+
+class Unauthorized(AppError):
+    status_code, code, message = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(AppError):
+    status_code, code, message = 403, "forbidden", "Not allowed"
+
+
+class NotFound(AppError):
+    status_code, code, message = 404, "not_found", "Not found"
+
+
+class MethodNotAllowed(AppError):
+    status_code, code, message = 405, "method_not_allowed", "Method not allowed"
+
+
+class Conflict(AppError):
+    status_code, code, message = 409, "conflict", "Conflict"
+
+
+class Gone(AppError):
+    status_code, code, message = 410, "gone", "Gone"
+
+
+class PayloadTooLarge(AppError):
+    status_code, code, message = 413, "payload_too_large", "Request body too large"
+
+
+class ValidationFailed(AppError):
+    status_code, code, message = 422, "validation_error", "Request validation failed"
+
+
+class RateLimited(AppError):
+    status_code, code, message = 429, "rate_limited", "Too many requests"
+
+
+class InternalError(AppError):
+    status_code, code, message = 500, "internal_error", "Internal server error"
+
+
+class BadGateway(AppError):
+    status_code, code, message = 502, "bad_gateway", "Upstream service failed"
+
+
+class ServiceUnavailable(AppError):
+    status_code, code, message = 503, "service_unavailable", "Service unavailable"
+
+
+class GatewayTimeout(AppError):
+    status_code, code, message = 504, "gateway_timeout", "Upstream service timed out"
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_payload(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    openai: bool = False,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """Build the JSON error body (aistack's shape, or OpenAI's)."""
+    rid = request_id or get_request_id()
+    if openai:
+        param = None
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            param = details[0].get("field")
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(
+                    status, "api_error" if status >= 500 else "invalid_request_error"
+                ),
+                "param": param,
+                "code": code,
+                "request_id": rid,
+            }
+        }
+    body: dict[str, Any] = {"code": code, "message": message, "request_id": rid}
+    if details is not None:
+        body["details"] = details
+    return {"error": body}
+
+
+def is_openai_path(path: str, prefixes: Sequence[str]) -> bool:
+    """True when ``path`` belongs to an OpenAI-compatible route."""
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    openai: bool = False,
+) -> Response:
+    """Render an error as a JSON response carrying the request id header."""
+    rid = get_request_id()
+    hdrs = dict(headers or {})
+    if rid:
+        hdrs.setdefault("x-request-id", rid)
+    return Response(
+        content=orjson.dumps(error_payload(status, code, message, details, openai=openai)),
+        status_code=status,
+        media_type="application/json",
+        headers=hdrs,
+    )
+
+
+def _wants_openai(request: Request) -> bool:
+    prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
+    return bool(prefixes) and is_openai_path(request.url.path, prefixes)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        details.append(
+            {"field": ".".join(loc), "message": err.get("msg", ""), "type": err.get("type", "")}
+        )
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error kind in the one JSON shape."""
+
+    async def app_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AppError)
+        return error_response(
+            exc.status_code,
+            exc.code,
+            exc.message,
+            exc.details,
+            headers=exc.headers,
+            openai=_wants_openai(request),
+        )
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        details = _validation_details(exc)
+        if any(d["type"] == "json_invalid" for d in details):
+            return error_response(
+                400,
+                "malformed_json",
+                "Request body is not valid JSON",
+                details,
+                openai=_wants_openai(request),
+            )
+        return error_response(
+            422,
+            "validation_error",
+            "Request validation failed",
+            details,
+            openai=_wants_openai(request),
+        )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        mapping = {
+            404: ("not_found", "No route matches this path"),
+            405: ("method_not_allowed", "Method not allowed on this path"),
+            413: ("payload_too_large", "Request body too large"),
+        }
+        code, message = mapping.get(exc.status_code, ("http_error", str(exc.detail)))
+        if exc.status_code not in mapping and isinstance(exc.detail, str):
+            message = exc.detail
+        return error_response(
+            exc.status_code,
+            code,
+            message,
+            headers=getattr(exc, "headers", None),
+            openai=_wants_openai(request),
+        )
+
+    async def unhandled(request: Request, exc: Exception) -> Response:
+        log.error("unhandled exception on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(
+            500, "internal_error", "Internal server error", openai=_wants_openai(request)
+        )
+
+    app.add_exception_handler(AppError, app_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unhandled)

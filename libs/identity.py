@@ -1,0 +1,122 @@
+"""The internal identity token: what the gateway forwards and services trust.
+
+The gateway resolves a user JWT or an API key into a :class:`Principal` and forwards it as a
+short-lived HS256 token in the ``x-aistack-principal`` header. Services verify it with the
+shared ``INTERNAL_TOKEN_SECRET`` and never look at client credentials themselves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Request
+from pydantic import BaseModel, Field
+
+from libs.errors import Forbidden, Unauthorized
+
+INTERNAL_HEADER = "x-aistack-principal"
+INTERNAL_AUDIENCE = "aistack-internal"
+INTERNAL_ISSUER = "aistack-gateway"
+_ALG = "HS256"
+
+
+class Principal(BaseModel):
+    """Who is calling: a user (through a JWT) or an API key, always within one organization."""
+
+    user_id: uuid.UUID | None = None
+    org_id: uuid.UUID | None = None
+    roles: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
+    key_id: uuid.UUID | None = None
+    plan: str | None = None
+    session_id: uuid.UUID | None = None
+    # limits configured on the API key (None: the organization's defaults apply)
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    flags: dict[str, bool] = Field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "api_key" if self.key_id else ("user" if self.user_id else "service")
+
+    def has_scope(self, scope: str) -> bool:
+        """API keys carry explicit scopes; user tokens carry every scope their role grants."""
+        return scope in self.scopes or "admin" in self.scopes
+
+    def require_scope(self, scope: str) -> None:
+        if not self.has_scope(scope):
+            raise Forbidden(f"Missing scope '{scope}'", code="insufficient_scope")
+
+    def require_org(self) -> uuid.UUID:
+        if self.org_id is None:
+            raise Forbidden("An active organization is required", code="no_active_org")
+        return self.org_id
+
+
+def sign_internal_token(principal: Principal, secret: str, ttl_seconds: int = 60) -> str:
+    """Sign a principal for one hop from the gateway to a service."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": INTERNAL_ISSUER,
+        "aud": INTERNAL_AUDIENCE,
+        "iat": now,
+        "exp": now + ttl_seconds,
+        "p": principal.model_dump(mode="json", exclude_defaults=True),
+    }
+    return jwt.encode(claims, secret, algorithm=_ALG)
+
+
+def verify_internal_token(token: str, secret: str) -> Principal:
+    """Verify signature, audience, issuer and expiry; return the principal."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[_ALG],
+            audience=INTERNAL_AUDIENCE,
+            issuer=INTERNAL_ISSUER,
+            options={"require": ["exp", "iat", "aud", "iss"]},
+            leeway=5,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("Internal token expired", code="internal_token_expired") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("Invalid internal token", code="invalid_internal_token") from exc
+    return Principal.model_validate(claims.get("p", {}))
+
+
+def get_principal(request: Request) -> Principal:
+    """Dependency: the verified principal of the current request (401 without one)."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    token = request.headers.get(INTERNAL_HEADER)
+    if not token:
+        raise Unauthorized("Authentication required")
+    principal = verify_internal_token(token, request.app.state.settings.internal_token_secret)
+    request.state.principal = principal
+    return principal
+
+
+def get_optional_principal(request: Request) -> Principal | None:
+    """Dependency: the principal when one was forwarded, else None (public routes)."""
+    if not request.headers.get(INTERNAL_HEADER):
+        return None
+    return get_principal(request)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
+
+
+def require_scope(scope: str) -> Any:
+    """Dependency factory enforcing one scope on a route."""
+
+    def _check(principal: PrincipalDep) -> Principal:
+        principal.require_scope(scope)
+        return principal
+
+    return Depends(_check)

@@ -1,0 +1,112 @@
+"""Settings base: one pydantic-settings class per service, each with its own env prefix.
+
+Infrastructure settings every process shares (``DATABASE_URL``, ``REDIS_URL``, the internal
+token secret, ...) can be given once without a prefix; ``<PREFIX>_DATABASE_URL`` overrides it
+for a single service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEV_INTERNAL_SECRET = "dev-internal-token-secret-change-me-0000000000"
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:54329/aistack"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:63799/0"
+
+Environment = Literal["development", "test", "production"]
+
+SHARED_FIELDS = frozenset(
+    {
+        "environment",
+        "database_url",
+        "redis_url",
+        "internal_token_secret",
+        "log_level",
+        "log_json",
+        "otlp_endpoint",
+        "max_body_bytes",
+        "db_pool_size",
+    }
+)
+
+
+class _SharedEnvSource(EnvSettingsSource):
+    """Reads only the shared infrastructure fields, without the service prefix."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        return {k: v for k, v in data.items() if k in SHARED_FIELDS}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name not in SHARED_FIELDS:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+class ServiceSettings(BaseSettings):
+    """Base settings for every aistack process."""
+
+    model_config = SettingsConfigDict(env_prefix="AISTACK_", extra="ignore", env_file=None)
+
+    service_name: ClassVar[str] = "aistack"
+
+    environment: Environment = "development"
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    internal_token_secret: str = DEV_INTERNAL_SECRET
+    internal_token_ttl_seconds: int = 60
+    log_level: str = "INFO"
+    log_json: bool = True
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint")
+    max_body_bytes: int = 1_048_576
+    db_pool_size: int = 10
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared = _SharedEnvSource(settings_cls, env_prefix="", case_sensitive=False)
+        return (init_settings, env_settings, shared, dotenv_settings, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> ServiceSettings:
+        if self.environment == "production":
+            for name, value in self.secret_values().items():
+                if value in _DEFAULT_SECRETS or len(value) < 32:
+                    raise ValueError(
+                        f"{name} must be set to a strong secret (32+ characters) "
+                        "when ENVIRONMENT=production"
+                    )
+        return self
+
+    def secret_values(self) -> dict[str, str]:
+        """Secrets that must not keep their development default in production."""
+        return {"internal_token_secret": self.internal_token_secret}
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+
+_DEFAULT_SECRETS = {DEV_INTERNAL_SECRET}
+
+
+def register_default_secret(value: str) -> None:
+    """Mark a development default so production refuses it."""
+    _DEFAULT_SECRETS.add(value)

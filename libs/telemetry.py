@@ -1,0 +1,245 @@
+"""Telemetry: Prometheus metrics and OpenTelemetry tracing for every process.
+
+One pure-ASGI middleware gives each request its request id, a server span continuing the
+caller's trace (W3C ``traceparent``), the request metrics and one access log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from libs.context import new_request_id, request_id_var
+
+log = logging.getLogger("aistack.access")
+
+REQUESTS = Counter(
+    "aistack_http_requests_total", "HTTP requests handled", ["service", "method", "route", "status"]
+)
+ERRORS = Counter(
+    "aistack_http_errors_total", "HTTP responses with status >= 400", ["service", "route", "status"]
+)
+LATENCY = Histogram(
+    "aistack_http_request_duration_seconds",
+    "Time to the end of the response body",
+    ["service", "method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IN_FLIGHT = Gauge("aistack_http_requests_in_flight", "Requests being handled", ["service"])
+JOBS = Counter("aistack_jobs_total", "Background jobs finished", ["service", "function", "status"])
+JOB_LATENCY = Histogram(
+    "aistack_job_duration_seconds",
+    "Background job run time",
+    ["service", "function"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
+)
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_tracing_configured = False
+
+
+def setup_tracing(service: str, otlp_endpoint: str | None = None) -> None:
+    """Install the SDK tracer provider once per process; export over OTLP/HTTP when configured.
+
+    Spans are always created (so trace ids reach logs and jobs); they leave the process only
+    when an endpoint is set.
+    """
+    global _tracing_configured
+    if _tracing_configured:
+        return
+    provider = TracerProvider(resource=Resource.create({"service.name": f"aistack-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        endpoint = otlp_endpoint.rstrip("/")
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    trace.set_tracer_provider(provider)
+    _tracing_configured = True
+
+
+def inject_trace_headers(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write the current trace context (``traceparent``) into outgoing headers or job metadata."""
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_trace_context(carrier: Mapping[str, str]) -> otel_context.Context:
+    """Read a trace context from incoming headers or job metadata."""
+    return propagate.extract(carrier)
+
+
+def current_trace_id() -> str | None:
+    """Hex trace id of the active span, if any."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+def metrics_response_body() -> tuple[bytes, str]:
+    """The Prometheus exposition of this process's metrics."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path:
+        return str(path)
+    override = scope.get("aistack.route")
+    return str(override) if override else "unmatched"
+
+
+class ObservabilityMiddleware:
+    """Request id, server span, metrics and access log for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, service: str, quiet_paths: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.service = service
+        self.quiet_paths = set(quiet_paths)
+        self.tracer = trace.get_tracer("aistack")
+        self.in_flight = IN_FLIGHT.labels(service)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            headers[k.decode("latin-1")] = v.decode("latin-1")
+        incoming = headers.get("x-request-id", "")
+        rid = incoming if _REQUEST_ID_RE.match(incoming) else new_request_id()
+        rid_token = request_id_var.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid
+        method = scope["method"]
+        path = scope["path"]
+        status_holder = [500]
+        start = time.perf_counter()
+        parent = extract_trace_context(headers)
+        span = self.tracer.start_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER)
+        ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        rid_header = (b"x-request-id", rid.encode())
+        self.in_flight.inc()
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message.setdefault("headers", [])
+                hdrs = message["headers"]
+                if not any(k.lower() == b"x-request-id" for k, _ in hdrs):
+                    hdrs.append(rid_header)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            status_holder[0] = 500
+            span.record_exception(exc)
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            status = status_holder[0]
+            route = _route_label(scope)
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.update_name(f"{method} {route}")
+            self.in_flight.dec()
+            REQUESTS.labels(self.service, method, route, str(status)).inc()
+            LATENCY.labels(self.service, method, route).observe(elapsed)
+            if status >= 400:
+                ERRORS.labels(self.service, route, str(status)).inc()
+            if path not in self.quiet_paths:
+                extra: dict[str, Any] = {
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                }
+                log.info("%s %s %s", method, path, status, extra=extra)
+            span.end()
+            otel_context.detach(ctx_token)
+            request_id_var.reset(rid_token)
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 in the error shape, streamed or not."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        from libs.errors import error_response
+
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    declared = 0
+                if declared > self.max_bytes:
+                    resp = error_response(
+                        413,
+                        "payload_too_large",
+                        f"Request body exceeds {self.max_bytes} bytes",
+                        {"limit_bytes": self.max_bytes},
+                    )
+                    await resp(scope, receive, send)
+                    return
+                break
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if response_started:
+                raise
+            resp = error_response(
+                413,
+                "payload_too_large",
+                f"Request body exceeds {self.max_bytes} bytes",
+                {"limit_bytes": self.max_bytes},
+            )
+            await resp(scope, receive, send)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` so FastAPI's body parsing re-raises it as a 413."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=413, detail="Request body too large")

@@ -1,0 +1,25 @@
+"""The auth service: accounts, organizations, sessions, api keys and tokens."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from libs.app import create_app
+from services.auth.router import router
+from services.auth.settings import AuthSettings, get_settings
+
+
+def build_app(settings: AuthSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    return create_app(
+        service="auth",
+        settings=settings,
+        routers=[router],
+        title="aistack auth",
+        description="Accounts, organizations, sessions, API keys and tokens.",
+    )
+
+
+def app() -> FastAPI:
+    """Factory for ``uvicorn --factory services.auth.app:app``."""
+    return build_app()

@@ -1,0 +1,3 @@
+"""Data access of the auth service."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Background job functions of the auth service."""
+
+from __future__ import annotations

@@ -1,0 +1,25 @@
+"""The billing service: plans, subscriptions, usage and invoices."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from libs.app import create_app
+from services.billing.router import router
+from services.billing.settings import BillingSettings, get_settings
+
+
+def build_app(settings: BillingSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    return create_app(
+        service="billing",
+        settings=settings,
+        routers=[router],
+        title="aistack billing",
+        description="Plans, subscriptions, usage and invoices.",
+    )
+
+
+def app() -> FastAPI:
+    """Factory for ``uvicorn --factory services.billing.app:app``."""
+    return build_app()

@@ -1,0 +1,3 @@
+"""Domain logic of the billing service."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Data access of the jobs service."""
+
+from __future__ import annotations

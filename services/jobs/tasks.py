@@ -1,0 +1,3 @@
+"""Background job functions of the jobs service."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Data access of the llm service."""
+
+from __future__ import annotations

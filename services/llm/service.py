@@ -1,0 +1,3 @@
+"""Domain logic of the llm service."""
+
+from __future__ import annotations

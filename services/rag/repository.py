@@ -1,0 +1,3 @@
+"""Data access of the rag service."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Domain logic of the rag service."""
+
+from __future__ import annotations

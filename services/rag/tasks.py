@@ -1,0 +1,3 @@
+"""Background job functions of the rag service."""
+
+from __future__ import annotations

@@ -1,0 +1,62 @@
+"""Session-wide real infrastructure: PostgreSQL (pgvector) and Redis, migrations applied once.
+
+Set TEST_DATABASE_URL / TEST_REDIS_URL to use existing servers; otherwise embedded servers
+are started under .data/test and stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from libs import migrations
+from libs.testing import Infra, start_infra
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    data = ROOT / ".data" / f"test-{os.getpid()}"
+    shutil.rmtree(data, ignore_errors=True)
+    infra = start_infra(data)
+    os.environ["DATABASE_URL"] = infra.database_url
+    os.environ["REDIS_URL"] = infra.redis_url
+    os.environ.setdefault("ENVIRONMENT", "test")
+    os.environ.setdefault("LOG_JSON", "true")
+    migrations.upgrade_all(infra.database_url)
+    yield infra
+    infra.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def engine(infra: Infra) -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(infra.database_url, pool_size=5)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    async with engine.connect() as conn:
+        trans = await conn.begin()
+        yield conn
+        if trans.is_active:
+            await trans.rollback()
+
+
+@pytest.fixture
+async def redis(infra: Infra) -> AsyncIterator[Redis]:
+    client = Redis.from_url(infra.redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()

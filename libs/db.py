@@ -31,14 +31,19 @@ NAMING_CONVENTION = {
 }
 
 
-def make_base(schema: str) -> type[DeclarativeBase]:
-    """Return a declarative base whose tables live in the service's own Postgres schema."""
+TYPE_ANNOTATION_MAP: dict[Any, Any] = {datetime: DateTime(timezone=True)}
 
-    class Base(DeclarativeBase):
-        metadata = MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
-        type_annotation_map = {datetime: DateTime(timezone=True)}
 
-    return Base
+def service_metadata(schema: str) -> MetaData:
+    """MetaData whose tables live in the service's own Postgres schema, with our naming convention.
+
+    Each service declares::
+
+        class Base(DeclarativeBase):
+            metadata = service_metadata("rag")
+            type_annotation_map = TYPE_ANNOTATION_MAP
+    """
+    return MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
 
 
 class IdMixin:

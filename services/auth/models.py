@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from libs.db import make_base
+from sqlalchemy.orm import DeclarativeBase
 
-Base = make_base("auth")
+from libs.db import TYPE_ANNOTATION_MAP, service_metadata
+
+
+class Base(DeclarativeBase):
+    metadata = service_metadata("auth")
+    type_annotation_map = TYPE_ANNOTATION_MAP

@@ -9,7 +9,6 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import text
 from starlette.responses import Response
 
@@ -115,7 +114,6 @@ def create_app(
         description=description,
         version=version,
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
         openapi_tags=openapi_tags,
     )
     app.state.settings = settings

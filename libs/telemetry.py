@@ -143,8 +143,34 @@ class ObservabilityMiddleware:
                     hdrs.append(rid_header)
             await send(message)
 
+        started = [False]
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                started[0] = True
+            await send_wrapper(message)
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, tracked_send)
+        except Exception as exc:
+            # rendered here (not by Starlette's outer ServerErrorMiddleware) so the 500 still
+            # carries the request id, in the body and the header
+            status_holder[0] = 500
+            span.record_exception(exc)
+            log.error("unhandled exception on %s %s", method, path, exc_info=exc)
+            if started[0]:
+                raise
+            from libs.errors import error_response, is_openai_path
+
+            app_state = scope.get("app")
+            prefixes = getattr(getattr(app_state, "state", None), "openai_error_prefixes", ())
+            resp = error_response(
+                500,
+                "internal_error",
+                "Internal server error",
+                openai=is_openai_path(path, prefixes),
+            )
+            await resp(scope, receive, send_wrapper)
         except BaseException as exc:
             status_holder[0] = 500
             span.record_exception(exc)

@@ -1,0 +1,53 @@
+"""Every app answers /health, /ready and /metrics, and publishes its OpenAPI."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from fastapi import FastAPI
+
+from libs.testing import Infra, client_for
+
+SERVICES = ["auth", "llm", "rag", "jobs", "billing"]
+
+
+def build(service: str) -> FastAPI:
+    module = importlib.import_module(f"services.{service}.app")
+    app: FastAPI = module.build_app()
+    return app
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_health_ready_metrics_openapi(service: str, infra: Infra) -> None:
+    async with client_for(build(service)) as client:
+        resp = await client.get("/health")
+        assert resp.status_code == 200
+        assert resp.json() == {"status": "ok", "service": service}
+        resp = await client.get("/ready")
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["checks"] == {"database": {"status": "ok"}, "redis": {"status": "ok"}}
+        await client.get("/definitely-not-here")
+        resp = await client.get("/metrics")
+        assert resp.status_code == 200
+        assert "aistack_http_requests_total" in resp.text
+        assert f'service="{service}"' in resp.text
+        assert any(
+            line.startswith("aistack_http_requests_total{")
+            and 'route="unmatched"' in line
+            and 'status="404"' in line
+            for line in resp.text.splitlines()
+        )
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["info"]["title"] == f"aistack {service}"
+
+
+async def test_ready_reports_dependency_down(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    async with client_for(build("rag")) as client:
+        resp = await client.get("/ready")
+        assert resp.status_code == 503
+        err = resp.json()["error"]
+        assert err["code"] == "not_ready"
+        assert err["details"]["checks"]["database"] == {"status": "ok"}
+        assert err["details"]["checks"]["redis"]["status"] == "error"

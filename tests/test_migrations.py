@@ -1,0 +1,51 @@
+"""Every service's migrations upgrade, downgrade to nothing, and upgrade again, cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from libs import migrations
+from libs.testing import Infra
+
+
+async def _tables(url: str, schema: str) -> set[str]:
+    eng = create_async_engine(url)
+    async with eng.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": schema},
+        )
+        names = {r[0] for r in rows}
+    await eng.dispose()
+    return names
+
+
+@pytest.fixture
+async def scratch_db(infra: Infra) -> str:  # type: ignore[misc]
+    base = make_url(infra.database_url)
+    name = f"migr_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    yield url
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+@pytest.mark.parametrize("service", migrations.SERVICES)
+async def test_upgrade_downgrade_upgrade(service: str, scratch_db: str) -> None:
+    await asyncio.to_thread(migrations.upgrade, service, scratch_db)
+    tables = await _tables(scratch_db, service)
+    assert "alembic_version" in tables
+    await asyncio.to_thread(migrations.downgrade, service, scratch_db, "base")
+    assert await _tables(scratch_db, service) == {"alembic_version"}
+    await asyncio.to_thread(migrations.upgrade, service, scratch_db)
+    assert await _tables(scratch_db, service) == tables

@@ -25,7 +25,7 @@ def test_wrong_secret_expired_and_tampered_are_refused() -> None:
         verify_internal_token(sign_internal_token(p, SECRET, ttl_seconds=-60), SECRET)
     assert exc.value.code == "internal_token_expired"
     token = sign_internal_token(p, SECRET)
-    header, payload, sig = token.split(".")
+    header, _payload, sig = token.split(".")
     forged = jwt.encode(
         {"p": {"scopes": ["admin"]}, "exp": time.time() + 60}, "x", algorithm="HS256"
     )

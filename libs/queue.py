@@ -1,0 +1,598 @@
+"""Queue runtime on arq: enqueue after commit, job wrapper, lifecycle events, cancel.
+
+Contracts every service relies on:
+
+- **Queues**: one per service, ``aistack:queue:<service>``; the service's worker
+  (``python -m libs.worker <service>``) consumes only its own queue.
+- **Enqueue after commit**: :func:`enqueue` registers an after-commit hook on the session, so a
+  job never runs for data that was rolled back. :func:`enqueue_now` is for callers without a
+  transaction.
+- **At least once, so idempotent**: arq may run a job more than once (a worker dies mid-job, a
+  shutdown interrupts it). Every job function must be safe to run again with the same
+  arguments (upserts, ``ON CONFLICT DO NOTHING``, "already done" checks).
+- **Idempotent job ids**: enqueueing a job id that is queued, running, or finished within the
+  result retention window (:data:`RESULT_RETENTION_S`, 24 h after it finished) is a no-op; after
+  that window the same id would run again.
+- **Arguments are JSON**: args/kwargs must be JSON-serialisable (dicts, lists, str, numbers).
+  They travel in the ``queued`` event so the jobs service can retry a job.
+- **Metadata**: each job carries its request id, W3C trace context, org, user and service in a
+  reserved ``_meta`` keyword; the worker-side wrapper (:func:`job`) restores them so the job's
+  log lines carry the enqueuing request's request id and trace id.
+- **Lifecycle events** go to the Redis stream :data:`EVENTS_STREAM` (fields: see
+  :class:`JobEvent`); the jobs service turns them into ``jobs.jobs`` rows.
+- **Cancel** is cooperative: a flag in Redis checked before the job starts and at every
+  ``progress()`` call (raising :class:`JobCancelled`), plus arq's abort for jobs blocked
+  elsewhere. A job not yet picked up is removed from the queue outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import pickle
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.worker import Function, Retry
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.context import get_request_id, new_request_id, request_id_var
+from libs.db import after_commit
+from libs.telemetry import JOB_LATENCY, JOBS, extract_trace_context, inject_trace_headers
+
+log = logging.getLogger("aistack.queue")
+
+QUEUE_PREFIX = "aistack:queue:"
+EVENTS_STREAM = "aistack:job-events"
+EVENTS_MAXLEN = 100_000
+CANCEL_KEY_PREFIX = "aistack:job-cancel:"
+CANCEL_TTL_S = 7 * 24 * 3600
+# how long a finished job's result (and so its id's dedupe) is kept; see worker_settings
+RESULT_RETENTION_S = 24 * 3600
+META_KWARG = "_meta"
+
+JobStatus = Literal["queued", "running", "progress", "succeeded", "failed", "cancelled"]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def queue_name(service: str) -> str:
+    """The arq queue of a service: ``aistack:queue:<service>``."""
+    return f"{QUEUE_PREFIX}{service}"
+
+
+def as_arq(redis: Redis) -> ArqRedis:
+    """An ArqRedis sharing ``redis``'s connection pool (so apps keep one client)."""
+    if isinstance(redis, ArqRedis):
+        return redis
+    return ArqRedis(pool_or_conn=redis.connection_pool)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
+
+
+def _current_trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+# ---------------------------------------------------------------------------------------------
+# events
+
+
+@dataclass
+class JobEvent:
+    """One lifecycle event on :data:`EVENTS_STREAM`; stream fields are strings ("" means unset).
+
+    ``status`` is one of queued, running, progress, succeeded, failed, cancelled. ``attempt``
+    is arq's try number (1 first). ``args``/``kwargs`` (JSON) are only sent with ``queued``.
+    ``ts`` is the event's ISO-8601 UTC time; consumers order events of one job by
+    ``(attempt, status rank)`` for the status and by ``ts`` for progress and message.
+    """
+
+    job_id: str
+    service: str
+    function: str
+    status: str
+    attempt: int = 1
+    progress: int | None = None
+    message: str | None = None
+    error: str | None = None
+    org_id: str | None = None
+    user_id: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    queue: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    retry_of: str | None = None
+    ts: datetime = field(default_factory=_now)
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for XADD."""
+        out: dict[str, str] = {
+            "job_id": self.job_id,
+            "service": self.service,
+            "function": self.function,
+            "status": self.status,
+            "attempt": str(self.attempt),
+            "ts": self.ts.isoformat(),
+            "queue": self.queue or queue_name(self.service),
+        }
+        for name in ("org_id", "user_id", "request_id", "trace_id", "message", "error", "retry_of"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = str(value)
+        if self.progress is not None:
+            out["progress"] = str(self.progress)
+        if self.args is not None:
+            out["args"] = _json(self.args)
+        if self.kwargs is not None:
+            out["kwargs"] = _json(self.kwargs)
+        return out
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[Any, Any]) -> JobEvent:
+        """Parse stream fields (bytes or str) back into an event; raises ValueError if invalid."""
+        f = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+        try:
+            ts = datetime.fromisoformat(f["ts"])
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            return cls(
+                job_id=f["job_id"],
+                service=f["service"],
+                function=f["function"],
+                status=f["status"],
+                attempt=int(f.get("attempt") or 1),
+                progress=int(f["progress"]) if f.get("progress") else None,
+                message=f.get("message"),
+                error=f.get("error"),
+                org_id=f.get("org_id") or None,
+                user_id=f.get("user_id") or None,
+                request_id=f.get("request_id") or None,
+                trace_id=f.get("trace_id") or None,
+                queue=f.get("queue") or None,
+                args=orjson.loads(f["args"]) if f.get("args") else None,
+                kwargs=orjson.loads(f["kwargs"]) if f.get("kwargs") else None,
+                retry_of=f.get("retry_of") or None,
+                ts=ts,
+            )
+        except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"invalid job event: {exc}") from exc
+
+
+async def emit_event(redis: Redis, event: JobEvent) -> None:
+    """XADD one lifecycle event (approximate MAXLEN); failures are logged, never raised."""
+    try:
+        await redis.xadd(
+            EVENTS_STREAM,
+            event.to_fields(),  # type: ignore[arg-type]
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+    except Exception:
+        log.warning("could not emit %s event for job %s", event.status, event.job_id, exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# enqueue
+
+
+def _build_meta(
+    service: str, org_id: Any, user_id: Any, retry_of: str | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "service": service,
+        "request_id": get_request_id(),
+        "trace": dict(inject_trace_headers({})),
+        "org_id": str(org_id) if org_id is not None else None,
+        "user_id": str(user_id) if user_id is not None else None,
+        "enqueued_at": _now().isoformat(),
+    }
+    if retry_of:
+        meta["retry_of"] = retry_of
+    return meta
+
+
+async def _enqueue(
+    pool: Redis,
+    *,
+    service: str,
+    function: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    job_id: str,
+    meta: dict[str, Any],
+    defer_by: float | timedelta | None,
+    expires: float | timedelta | None,
+) -> str | None:
+    arq = as_arq(pool)
+    queue = queue_name(service)
+    # round-trip through JSON so what runs is exactly what a retry would replay
+    args_json = orjson.loads(_json(list(args)))
+    kwargs_json = orjson.loads(_json(dict(kwargs)))
+    job_kwargs: dict[str, Any] = {META_KWARG: meta, **kwargs_json}
+    job = await arq.enqueue_job(
+        function,
+        *args_json,
+        _job_id=job_id,
+        _queue_name=queue,
+        _defer_by=defer_by,
+        _expires=expires,
+        **job_kwargs,
+    )
+    if job is None:
+        log.info("job %s already queued or recently finished; not enqueued again", job_id)
+        return None
+    await emit_event(
+        pool,
+        JobEvent(
+            job_id=job_id,
+            service=service,
+            function=function,
+            status="queued",
+            attempt=1,
+            progress=0,
+            org_id=meta.get("org_id"),
+            user_id=meta.get("user_id"),
+            request_id=meta.get("request_id"),
+            trace_id=_trace_id_from_carrier(meta.get("trace") or {}),
+            queue=queue,
+            args=args_json,
+            kwargs=kwargs_json,
+            retry_of=meta.get("retry_of"),
+        ),
+    )
+    return job_id
+
+
+def _trace_id_from_carrier(carrier: Mapping[str, str]) -> str | None:
+    span_ctx = trace.get_current_span(extract_trace_context(carrier)).get_span_context()
+    return format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None
+
+
+def new_job_id() -> str:
+    """A fresh job id."""
+    return uuid.uuid4().hex
+
+
+async def enqueue(
+    session: AsyncSession,
+    pool: Redis,
+    *,
+    service: str,
+    function: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    org_id: Any = None,
+    user_id: Any = None,
+    retry_of: str | None = None,
+    defer_by: float | timedelta | None = None,
+    expires: float | timedelta | None = None,
+) -> str:
+    """Enqueue ``function`` on ``service``'s queue once ``session`` commits; return the job id.
+
+    Nothing is sent if the transaction rolls back. The request id and trace context are
+    captured now (at the call), not at commit time.
+    """
+    jid = job_id or new_job_id()
+    meta = _build_meta(service, org_id, user_id, retry_of)
+    kw = dict(kwargs or {})
+
+    async def hook() -> None:
+        await _enqueue(
+            pool,
+            service=service,
+            function=function,
+            args=args,
+            kwargs=kw,
+            job_id=jid,
+            meta=meta,
+            defer_by=defer_by,
+            expires=expires,
+        )
+
+    after_commit(session, hook)
+    return jid
+
+
+async def enqueue_now(
+    pool: Redis,
+    *,
+    service: str,
+    function: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    org_id: Any = None,
+    user_id: Any = None,
+    retry_of: str | None = None,
+    defer_by: float | timedelta | None = None,
+    expires: float | timedelta | None = None,
+) -> str | None:
+    """Enqueue immediately (no transaction); return the job id, or None for a duplicate id."""
+    return await _enqueue(
+        pool,
+        service=service,
+        function=function,
+        args=args,
+        kwargs=dict(kwargs or {}),
+        job_id=job_id or new_job_id(),
+        meta=_build_meta(service, org_id, user_id, retry_of),
+        defer_by=defer_by,
+        expires=expires,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# cancel
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when cancellation was requested (before start or at a progress call)."""
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{CANCEL_KEY_PREFIX}{job_id}"
+
+
+async def is_cancel_requested(redis: Redis, job_id: str) -> bool:
+    """Whether someone asked to cancel this job."""
+    return bool(await redis.exists(cancel_key(job_id)))
+
+
+async def cancel_job(
+    redis: Redis, *, job_id: str, service: str
+) -> Literal["dequeued", "signalled"]:
+    """Request cancellation of a job.
+
+    A job no worker has picked up yet is removed from its queue atomically (it will never run;
+    returns ``"dequeued"``; the caller records the cancellation). Otherwise the cancel flag is set
+    and arq's abort requested (``"signalled"``): the running job stops at its next
+    ``progress()`` call, or where it awaits, and emits its own ``cancelled`` event.
+    """
+    queue = queue_name(service)
+    await redis.set(cancel_key(job_id), b"1", ex=CANCEL_TTL_S)
+    in_progress = in_progress_key_prefix + job_id
+    async with redis.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(in_progress)
+            running = await pipe.exists(in_progress)
+            queued = await pipe.zscore(queue, job_id)
+            if not running and queued is not None:
+                pipe.multi()
+                pipe.zrem(queue, job_id)
+                pipe.delete(job_key_prefix + job_id)
+                removed, _ = await pipe.execute()
+                if removed:
+                    return "dequeued"
+            else:
+                await pipe.reset()
+        except WatchError:
+            pass  # a worker picked it up meanwhile: signal it instead
+    await redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+    return "signalled"
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+
+
+@dataclass
+class JobContext:
+    """What a job function receives as its first argument."""
+
+    job_id: str
+    service: str
+    function: str
+    attempt: int
+    redis: Redis
+    state: dict[str, Any]
+    org_id: str | None = None
+    user_id: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    _last_progress: int = 0
+
+    def _event(self, status: str, **extra: Any) -> JobEvent:
+        return JobEvent(
+            job_id=self.job_id,
+            service=self.service,
+            function=self.function,
+            status=status,
+            attempt=self.attempt,
+            org_id=self.org_id,
+            user_id=self.user_id,
+            request_id=self.request_id,
+            trace_id=self.trace_id,
+            **extra,
+        )
+
+    async def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` if cancellation was requested."""
+        if await is_cancel_requested(self.redis, self.job_id):
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    async def progress(self, pct: float, message: str | None = None) -> None:
+        """Report progress (0-100) and a message; raises :class:`JobCancelled` if cancelled."""
+        await self.check_cancelled()
+        self._last_progress = max(0, min(100, int(pct)))
+        await emit_event(
+            self.redis, self._event("progress", progress=self._last_progress, message=message)
+        )
+
+
+JobFunction = Callable[..., Awaitable[Any]]
+
+_DONE = "_aistack_done"
+_JOB = "_aistack_job"
+
+
+def job(
+    fn: JobFunction | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_tries: int | None = None,
+    keep_result: float | None = None,
+) -> Any:
+    """Turn ``async def fn(ctx: JobContext, *args, **kwargs)`` into an arq function.
+
+    The wrapper restores the request id and trace context (a CONSUMER span, child of the
+    enqueuer's span), emits running/succeeded/failed/cancelled events, checks the cancel flag
+    before running, and records ``aistack_jobs_total`` / ``aistack_job_duration_seconds``.
+    """
+
+    def decorate(func: JobFunction) -> Function:
+        fname = name or func.__name__
+        tracer = trace.get_tracer("aistack.queue")
+
+        @functools.wraps(func)
+        async def wrapper(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            meta: dict[str, Any] = kwargs.pop(META_KWARG, None) or {}
+            service = meta.get("service") or ctx.get("service") or "unknown"
+            job_id = str(ctx.get("job_id") or new_job_id())
+            redis: Redis = ctx["redis"]
+            rid_token = request_id_var.set(meta.get("request_id") or new_request_id())
+            parent = extract_trace_context(meta.get("trace") or {})
+            span = tracer.start_span(
+                f"job {service}.{fname}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "arq",
+                    "messaging.destination.name": queue_name(service),
+                    "messaging.message.id": job_id,
+                    "aistack.job.function": fname,
+                },
+            )
+            ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
+            jc = JobContext(
+                job_id=job_id,
+                service=service,
+                function=fname,
+                attempt=int(ctx.get("job_try") or 1),
+                redis=redis,
+                state=ctx,
+                org_id=meta.get("org_id"),
+                user_id=meta.get("user_id"),
+                request_id=request_id_var.get(),
+                trace_id=_current_trace_id(),
+            )
+            ctx[_JOB] = jc
+            started = time.perf_counter()
+            outcome = "failed"
+            try:
+                try:
+                    await jc.check_cancelled()
+                    await emit_event(redis, jc._event("running", progress=jc._last_progress))
+                    result = await func(jc, *args, **kwargs)
+                except JobCancelled as exc:
+                    outcome = "cancelled"
+                    await emit_event(redis, jc._event("cancelled", message=str(exc)))
+                    raise
+                except asyncio.CancelledError:
+                    if await asyncio.shield(is_cancel_requested(redis, job_id)):
+                        outcome = "cancelled"
+                        await asyncio.shield(
+                            emit_event(redis, jc._event("cancelled", message="aborted"))
+                        )
+                    else:
+                        # worker shutdown or timeout: arq retries or records it; see after_job_end
+                        outcome = "interrupted"
+                    raise
+                except Retry:
+                    outcome = "retrying"
+                    # arq runs it again later as the next attempt
+                    again = dataclasses.replace(jc._event("queued"), attempt=jc.attempt + 1)
+                    await emit_event(redis, again)
+                    raise
+                except Exception as exc:
+                    await emit_event(
+                        redis,
+                        jc._event("failed", error=f"{type(exc).__name__}: {exc}"[:2000]),
+                    )
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR))
+                    raise
+                outcome = "succeeded"
+                await emit_event(redis, jc._event("succeeded", progress=100))
+                return result
+            finally:
+                if outcome in ("succeeded", "failed", "cancelled"):
+                    ctx[_DONE] = True
+                    JOBS.labels(service, fname, outcome).inc()
+                    JOB_LATENCY.labels(service, fname).observe(time.perf_counter() - started)
+                span.set_attribute("aistack.job.outcome", outcome)
+                span.end()
+                otel_context.detach(ctx_token)
+                request_id_var.reset(rid_token)
+
+        wrapper.__qualname__ = fname
+        return Function(
+            name=fname,
+            coroutine=wrapper,
+            timeout_s=timeout,
+            keep_result_s=keep_result,
+            keep_result_forever=None,
+            max_tries=max_tries,
+        )
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
+
+
+async def after_job_end(ctx: dict[str, Any]) -> None:
+    """arq hook: report a terminal state the wrapper could not (timeouts, aborts it missed)."""
+    jc: JobContext | None = ctx.get(_JOB)
+    if jc is None or ctx.get(_DONE):
+        return
+    raw = await jc.redis.get(result_key_prefix + jc.job_id)
+    if not raw:
+        return  # no result: arq will run it again (shutdown), the next attempt reports
+    try:
+        info = pickle.loads(raw)  # noqa: S301 - arq's own result record in our Redis
+    except Exception:
+        return
+    if info.get("s"):
+        return
+    result = info.get("r")
+    if isinstance(result, asyncio.CancelledError):
+        event = jc._event("cancelled", message="aborted")
+        status = "cancelled"
+    else:
+        error = (
+            f"{type(result).__name__}: {result}"
+            if isinstance(result, BaseException)
+            else str(result)
+        )
+        event = jc._event("failed", error=error[:2000])
+        status = "failed"
+    await emit_event(jc.redis, event)
+    JOBS.labels(jc.service, jc.function, status).inc()

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.context import request_id_var
+from libs.db import make_session_factory, session_scope
+from libs.logging import JsonFormatter
+from libs.queue import (
+    JobContext,
+    cancel_job,
+    cancel_key,
+    enqueue,
+    enqueue_now,
+    job,
+    queue_name,
+)
+from libs.telemetry import JOBS, setup_tracing
+from libs.testing import Infra
+from libs.worker import worker_settings
+from tests.queue.helpers import events_for, make_worker, run_burst
+
+SERVICE = "qtest"
+calls: list[Any] = []
+
+
+@job
+async def record(ctx: JobContext, value: str, *, extra: int = 0) -> str:
+    calls.append((ctx.job_id, value, extra))
+    return value
+
+
+@job
+async def steps(ctx: JobContext, n: int) -> int:
+    for i in range(n):
+        await ctx.progress((i + 1) * 100 / n, f"step {i + 1}")
+    return n
+
+
+@job
+async def boom(ctx: JobContext) -> None:
+    raise ValueError("bad input")
+
+
+class _Capture(logging.Handler):
+    """Formats at emit time, inside the job, where the context vars are live."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict[str, Any]] = []
+        self.setFormatter(JsonFormatter("test"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@job
+async def chatty(ctx: JobContext) -> None:
+    logging.getLogger("tests.job").info("inside the job")
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    calls.clear()
+
+
+async def test_enqueue_in_rolled_back_transaction_never_runs(
+    infra: Infra, engine: AsyncEngine, redis: Redis
+) -> None:
+    factory = make_session_factory(engine)
+    with pytest.raises(RuntimeError):
+        async with session_scope(factory) as session:
+            await enqueue(session, redis, service=SERVICE, function="record", args=["lost"])
+            raise RuntimeError("handler failed")
+    assert await redis.zcard(queue_name(SERVICE)) == 0
+
+    async with session_scope(factory) as session:
+        jid = await enqueue(session, redis, service=SERVICE, function="record", args=["kept"])
+        # nothing is sent before the commit
+        assert await redis.zcard(queue_name(SERVICE)) == 0
+    assert await redis.zscore(queue_name(SERVICE), jid) is not None
+
+    await run_burst(infra.redis_url, SERVICE, [record])
+    assert [c[1] for c in calls] == ["kept"]
+
+
+async def test_duplicate_job_id_runs_once(infra: Infra, redis: Redis) -> None:
+    first = await enqueue_now(
+        redis, service=SERVICE, function="record", args=["a"], kwargs={"extra": 1}, job_id="dup-1"
+    )
+    second = await enqueue_now(
+        redis, service=SERVICE, function="record", args=["b"], job_id="dup-1"
+    )
+    assert first == "dup-1" and second is None
+    await run_burst(infra.redis_url, SERVICE, [record])
+    # the result is retained, so the same id stays a no-op after the job finished
+    again = await enqueue_now(redis, service=SERVICE, function="record", args=["c"], job_id="dup-1")
+    assert again is None
+    await run_burst(infra.redis_url, SERVICE, [record])
+    assert calls == [("dup-1", "a", 1)]
+
+
+async def test_lifecycle_and_progress_events(infra: Infra, redis: Redis) -> None:
+    jid = await enqueue_now(redis, service=SERVICE, function="steps", args=[4], org_id="o1")
+    assert jid
+    await run_burst(infra.redis_url, SERVICE, [steps])
+    evs = await events_for(redis, jid)
+    assert [e.status for e in evs] == [
+        "queued",
+        "running",
+        "progress",
+        "progress",
+        "progress",
+        "progress",
+        "succeeded",
+    ]
+    assert evs[0].args == [4] and evs[0].function == "steps" and evs[0].org_id == "o1"
+    assert [e.progress for e in evs[2:6]] == [25, 50, 75, 100]
+    assert evs[3].message == "step 2"
+    assert all(e.attempt == 1 and e.service == SERVICE for e in evs)
+
+
+async def test_failure_is_reported(infra: Infra, redis: Redis) -> None:
+    before = JOBS.labels(SERVICE, "boom", "failed")._value.get()
+    jid = await enqueue_now(redis, service=SERVICE, function="boom")
+    assert jid
+    await run_burst(infra.redis_url, SERVICE, [boom])
+    evs = await events_for(redis, jid)
+    assert evs[-1].status == "failed"
+    assert evs[-1].error == "ValueError: bad input"
+    assert JOBS.labels(SERVICE, "boom", "failed")._value.get() == before + 1
+
+
+async def test_cancel_before_start(infra: Infra, redis: Redis) -> None:
+    jid = await enqueue_now(redis, service=SERVICE, function="record", args=["x"])
+    assert jid
+    assert await cancel_job(redis, job_id=jid, service=SERVICE) == "dequeued"
+    # a job whose flag is set but which is still queued (e.g. flag set by another path)
+    jid2 = await enqueue_now(redis, service=SERVICE, function="record", args=["y"])
+    assert jid2
+    await redis.set(cancel_key(jid2), b"1")
+    await run_burst(infra.redis_url, SERVICE, [record])
+    assert calls == []
+    assert [e.status for e in await events_for(redis, jid2)] == ["queued", "cancelled"]
+
+
+async def test_cancel_while_running(infra: Infra, redis: Redis) -> None:
+    started = asyncio.Event()
+    progressed: list[int] = []
+
+    @job(name="long")
+    async def long(ctx: JobContext) -> None:
+        for i in range(1000):
+            await ctx.progress(i / 10)
+            progressed.append(i)
+            started.set()
+            await asyncio.sleep(0.01)
+
+    jid = await enqueue_now(redis, service=SERVICE, function="long")
+    assert jid
+    worker = make_worker(infra.redis_url, SERVICE, [long])
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert await cancel_job(redis, job_id=jid, service=SERVICE) == "signalled"
+        await asyncio.wait_for(task, 10)
+    finally:
+        await worker.close()
+    assert len(progressed) < 1000
+    evs = await events_for(redis, jid)
+    assert evs[-1].status == "cancelled"
+    assert "succeeded" not in {e.status for e in evs}
+
+
+async def test_request_id_and_trace_reach_job_logs_and_events(infra: Infra, redis: Redis) -> None:
+    setup_tracing("test")
+    capture = _Capture()
+    job_log = logging.getLogger("tests.job")
+    job_log.addHandler(capture)
+    job_log.setLevel(logging.INFO)
+    token = request_id_var.set("req-abc-123")
+    try:
+        with trace.get_tracer("test").start_as_current_span("POST /thing") as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            jid = await enqueue_now(redis, service=SERVICE, function="chatty")
+    finally:
+        request_id_var.reset(token)
+    assert jid
+    # the worker runs outside the request's context
+    await run_burst(infra.redis_url, SERVICE, [chatty])
+    logging.getLogger("tests.job").removeHandler(capture)
+    [line] = [x for x in capture.lines if x["msg"] == "inside the job"]
+    assert line["request_id"] == "req-abc-123"
+    assert line["trace_id"] == trace_id
+    evs = await events_for(redis, jid)
+    assert {e.request_id for e in evs} == {"req-abc-123"}
+    assert {e.trace_id for e in evs} == {trace_id}
+
+
+def test_worker_with_no_functions_runs_idle(infra: Infra) -> None:
+    opts = worker_settings("idle", [], redis_url=infra.redis_url, handle_signals=False)
+    assert [f.name for f in opts["functions"]] == ["aistack_ping"]
+    assert opts["queue_name"] == "aistack:queue:idle"

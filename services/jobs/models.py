@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import DeclarativeBase
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from libs.db import TYPE_ANNOTATION_MAP, service_metadata
 
@@ -10,3 +16,42 @@ from libs.db import TYPE_ANNOTATION_MAP, service_metadata
 class Base(DeclarativeBase):
     metadata = service_metadata("jobs")
     type_annotation_map = TYPE_ANNOTATION_MAP
+
+
+class Job(Base):
+    """One background job of any service, as reported on the ``aistack:job-events`` stream.
+
+    The id is the arq job id (text). ``attempts`` is the attempt the current status belongs
+    to; ``last_event_at`` orders progress updates that arrive out of order.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_jobs_org_id_created_at", "org_id", "created_at"),
+        Index("ix_jobs_jobs_org_id_status", "org_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    service: Mapped[str] = mapped_column(String(64))
+    function: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(255))
+    org_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    args: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True), default=None)
+    kwargs: Mapped[Any | None] = mapped_column(JSONB(none_as_null=True), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    request_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    retry_of: Mapped[str | None] = mapped_column(String(255), default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

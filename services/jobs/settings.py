@@ -14,6 +14,12 @@ class JobsSettings(ServiceSettings):
 
     service_name: ClassVar[str] = "jobs"
     port: int = 8004
+    # how often the SSE progress stream re-reads a job
+    sse_poll_seconds: float = 0.5
+    # how long the events consumer blocks on XREADGROUP before looping
+    consumer_block_ms: int = 5000
+    # pending events of a dead consumer are claimed after this idle time
+    consumer_claim_idle_ms: int = 60_000
 
 
 def get_settings() -> JobsSettings:

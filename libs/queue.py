@@ -18,6 +18,9 @@ Contracts every service relies on:
 - **Metadata**: each job carries its request id, W3C trace context, org, user and service in a
   reserved ``_meta`` keyword; the worker-side wrapper (:func:`job`) restores them so the job's
   log lines carry the enqueuing request's request id and trace id.
+- **Worker functions** must be wrapped with :func:`job` (it strips ``_meta``); a job receives a
+  :class:`JobContext` (``progress()``, ``job_id``, ``attempt``, ``org_id``, ``state`` = the
+  worker's resources such as ``session_factory``), then its own args.
 - **Lifecycle events** go to the Redis stream :data:`EVENTS_STREAM` (fields: see
   :class:`JobEvent`); the jobs service turns them into ``jobs.jobs`` rows.
 - **Cancel** is cooperative: a flag in Redis checked before the job starts and at every

@@ -42,7 +42,7 @@ log = logging.getLogger("aistack.worker")
 Hook = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-async def _ping(ctx: dict[str, Any]) -> str:
+async def _ping(ctx: dict[str, Any], **_meta: Any) -> str:
     return "pong"
 
 

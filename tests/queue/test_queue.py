@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from arq.worker import Retry
 from opentelemetry import trace
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -204,7 +205,47 @@ async def test_request_id_and_trace_reach_job_logs_and_events(infra: Infra, redi
     assert {e.trace_id for e in evs} == {trace_id}
 
 
-def test_worker_with_no_functions_runs_idle(infra: Infra) -> None:
-    opts = worker_settings("idle", [], redis_url=infra.redis_url, handle_signals=False)
+async def test_worker_with_no_functions_runs_idle(infra: Infra, redis: Redis) -> None:
+    opts = worker_settings("idle", [], redis_url=infra.redis_url)
     assert [f.name for f in opts["functions"]] == ["aistack_ping"]
     assert opts["queue_name"] == "aistack:queue:idle"
+    jid = await enqueue_now(redis, service="idle", function="aistack_ping")
+    worker = await run_burst(infra.redis_url, "idle", [])
+    assert jid and worker.jobs_complete == 1
+
+
+@job(timeout=0.2)
+async def sleepy(ctx: JobContext) -> None:
+    await asyncio.sleep(30)
+
+
+async def test_timeout_is_reported_as_failed(infra: Infra, redis: Redis) -> None:
+    jid = await enqueue_now(redis, service=SERVICE, function="sleepy")
+    assert jid
+    await run_burst(infra.redis_url, SERVICE, [sleepy])
+    evs = await events_for(redis, jid)
+    assert [e.status for e in evs] == ["queued", "running", "failed"]
+    assert (evs[-1].error or "").startswith("TimeoutError")
+
+
+@job
+async def again(ctx: JobContext) -> int:
+    calls.append(ctx.attempt)
+    if ctx.attempt == 1:
+        raise Retry(defer=0)
+    return ctx.attempt
+
+
+async def test_arq_retry_is_a_new_attempt(infra: Infra, redis: Redis) -> None:
+    jid = await enqueue_now(redis, service=SERVICE, function="again")
+    assert jid
+    await run_burst(infra.redis_url, SERVICE, [again])
+    assert calls == [1, 2]
+    evs = await events_for(redis, jid)
+    assert [(e.status, e.attempt) for e in evs] == [
+        ("queued", 1),
+        ("running", 1),
+        ("queued", 2),
+        ("running", 2),
+        ("succeeded", 2),
+    ]

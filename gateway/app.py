@@ -1,0 +1,186 @@
+"""The gateway app: ops routes, merged OpenAPI and /docs, aggregated /ready, the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route as StarletteRoute
+
+from gateway.openapi import OpenAPICache, swagger_assets_dir
+from gateway.proxy import Proxy, make_upstream_client
+from gateway.routes import openai_prefixes
+from gateway.settings import GatewaySettings, get_settings
+from libs.app import create_app, run_ready_checks
+from libs.errors import error_response
+
+TITLE = "aistack API"
+DESCRIPTION = (
+    "The aistack platform behind one door: accounts and API keys, an OpenAI-compatible LLM "
+    "API, knowledge bases with cited answers, background jobs and billing."
+)
+# FastAPI's own versions of these are replaced by the gateway's
+_REPLACED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+async def _service_ready(client: httpx.AsyncClient, url: str, timeout: float) -> dict[str, Any]:
+    try:
+        resp = await client.get(f"{url}/ready", timeout=timeout)
+    except httpx.TimeoutException:
+        return {"status": "timeout", "error": f"no answer within {timeout}s"}
+    except httpx.HTTPError as exc:
+        return {"status": "unreachable", "error": type(exc).__name__}
+    if resp.status_code == 200:
+        return {"status": "ready"}
+    result: dict[str, Any] = {"status": "not_ready", "http_status": resp.status_code}
+    try:
+        details = resp.json().get("error", {}).get("details")
+    except ValueError:
+        details = None
+    if details is not None:
+        result["details"] = details
+    return result
+
+
+def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
+    router = APIRouter(tags=["ops"])
+    urls = settings.service_urls()
+
+    @router.get("/ready", summary="Readiness: every service is ready", response_model=None)
+    async def ready() -> Response | dict[str, Any]:
+        client: httpx.AsyncClient = app.state.ready_client
+        names = list(urls)
+        own_checks: dict[str, Any] = {}
+        checks = app.state.gateway_checks
+        results, own_checks = await asyncio.gather(
+            asyncio.gather(*(_service_ready(client, urls[n], settings.ready_timeout) for n in names)),
+            run_ready_checks(app, checks, settings.ready_timeout) if checks else _empty(),
+        )
+        services = dict(zip(names, results, strict=True))
+        body: dict[str, Any] = {"status": "ready", "services": services}
+        if own_checks:
+            body["checks"] = own_checks
+        down = [n for n, r in services.items() if r["status"] != "ready"]
+        down += [n for n, r in own_checks.items() if r["status"] != "ok"]
+        if not down:
+            return body
+        return error_response(
+            503,
+            "not_ready",
+            f"Not ready: {', '.join(down)}",
+            {"services": services, **({"checks": own_checks} if own_checks else {})},
+        )
+
+    @router.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> Response:
+        doc = await app.state.openapi_cache.document(app.state.ready_client, _own_spec(app))
+        return Response(doc, media_type="application/json")
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if app.state.swagger_local:
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title=f"{TITLE} - docs",
+                swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                swagger_css_url="/docs/static/swagger-ui.css",
+                swagger_favicon_url="/docs/static/favicon-32x32.png",
+            )
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{TITLE} - docs")
+
+    return router
+
+
+def _flatten(routes: Any) -> Iterator[Any]:
+    for r in routes:
+        inner = getattr(r, "original_router", None)
+        if inner is not None:
+            yield from _flatten(inner.routes)
+        else:
+            yield r
+
+
+async def _empty() -> dict[str, Any]:
+    return {}
+
+
+def _own_spec(app: FastAPI) -> dict[str, Any]:
+    spec = getattr(app.state, "own_spec", None)
+    if spec is None:
+        spec = get_openapi(
+            title=TITLE,
+            version=app.version,
+            description=DESCRIPTION,
+            routes=app.state.own_routes,
+        )
+        app.state.own_spec = spec
+    return spec
+
+
+def build_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    proxy = Proxy(settings)
+
+    @asynccontextmanager
+    async def clients(app: FastAPI) -> AsyncIterator[None]:
+        proxy.client = make_upstream_client(settings)
+        app.state.ready_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.ready_timeout), headers={"user-agent": "aistack-gateway"}
+        )
+        try:
+            yield
+        finally:
+            await app.state.ready_client.aclose()
+            await proxy.client.aclose()
+            proxy.client = None
+
+    app = create_app(
+        service="gateway",
+        settings=settings,
+        title=TITLE,
+        description=DESCRIPTION,
+        use_database=False,
+        use_redis=settings.use_redis,
+        resources=[clients],
+        openai_error_prefixes=openai_prefixes(),
+    )
+    app.state.proxy = proxy
+    app.state.gateway_checks = {}
+    if settings.use_redis:
+        from libs.app import check_redis
+
+        app.state.gateway_checks["redis"] = check_redis
+    app.state.openapi_cache = OpenAPICache(
+        settings.service_urls(), settings.openapi_cache_ttl, settings.ready_timeout
+    )
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in _REPLACED]
+    router = build_router(app, settings)
+    app.include_router(router)
+    # ahead of the ops routes of create_app, so this /ready wins over the default one
+    app.router.routes.insert(0, app.router.routes.pop())
+    app.state.own_routes = [
+        *(r for r in _flatten(app.routes) if getattr(r, "path", None) == "/health"),
+        *router.routes,
+    ]
+    assets = swagger_assets_dir()
+    app.state.swagger_local = assets is not None
+    if assets is not None:
+        app.mount("/docs/static", StaticFiles(directory=str(assets)), name="swagger-ui")
+    # last: every path no gateway route claims goes to the proxy (which 404s unknown prefixes)
+    app.router.routes.append(
+        StarletteRoute("/{path:path}", endpoint=proxy, include_in_schema=False, methods=None)
+    )
+    return app
+
+
+def app() -> FastAPI:
+    """Factory for ``uvicorn --factory gateway.app:app``."""
+    return build_app()

@@ -332,3 +332,22 @@ async def test_progress_stream_sse(
     assert kinds == ["event: progress", "event: end"]
     snapshot = json.loads(blocks[0].split("\n")[1].removeprefix("data: "))
     assert snapshot["status"] == "succeeded" and snapshot["progress"] == 100
+
+
+async def test_consumer_loses_nothing_while_down_or_crashed(
+    redis: Redis, factory: async_sessionmaker[AsyncSession], client: httpx.AsyncClient
+) -> None:
+    alice = principal()
+    # sent before the jobs service ever ran: the group starts at the beginning of the stream
+    a = await enqueue_now(redis, service=SVC, function="steps", args=[1], org_id=alice.org_id)
+    crashed = EventConsumer(redis, factory, consumer="crashed")
+    await crashed.ensure_group()
+    b = await enqueue_now(redis, service=SVC, function="steps", args=[2], org_id=alice.org_id)
+    # "crashed" reads both events and dies before applying/acknowledging them
+    assert len(await crashed._read(">", None)) == 2
+    survivor = EventConsumer(redis, factory, consumer="survivor", claim_idle_ms=0)
+    assert await survivor.drain() == 2
+    for jid in (a, b):
+        assert jid and (await _get(client, alice, jid)).json()["status"] == "queued"
+    pending = await redis.xpending("aistack:job-events", "jobs-recorder")
+    assert pending["pending"] == 0

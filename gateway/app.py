@@ -31,11 +31,11 @@ DESCRIPTION = (
 _REPLACED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
-async def _service_ready(client: httpx.AsyncClient, url: str, timeout: float) -> dict[str, Any]:
+async def _service_ready(client: httpx.AsyncClient, url: str, limit_s: float) -> dict[str, Any]:
     try:
-        resp = await client.get(f"{url}/ready", timeout=timeout)
+        resp = await client.get(f"{url}/ready", timeout=limit_s)
     except httpx.TimeoutException:
-        return {"status": "timeout", "error": f"no answer within {timeout}s"}
+        return {"status": "timeout", "error": f"no answer within {limit_s}s"}
     except httpx.HTTPError as exc:
         return {"status": "unreachable", "error": type(exc).__name__}
     if resp.status_code == 200:
@@ -61,7 +61,9 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
         own_checks: dict[str, Any] = {}
         checks = app.state.gateway_checks
         results, own_checks = await asyncio.gather(
-            asyncio.gather(*(_service_ready(client, urls[n], settings.ready_timeout) for n in names)),
+            asyncio.gather(
+                *(_service_ready(client, urls[n], settings.ready_timeout) for n in names)
+            ),
             run_ready_checks(app, checks, settings.ready_timeout) if checks else _empty(),
         )
         services = dict(zip(names, results, strict=True))

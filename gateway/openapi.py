@@ -36,7 +36,7 @@ SECURITY_SCHEMES = {
     },
     "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "x-api-key"},
 }
-SECURITY = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
 
 def _public_path(service: str, path: str) -> bool:
@@ -113,7 +113,9 @@ def merge_specs(gateway_spec: dict[str, Any], specs: dict[str, dict[str, Any]]) 
                     new_ops[method] = op
                     continue
                 op = dict(op)
-                op["tags"] = [f"{service}: {t}" if t != service else service for t in op.get("tags") or []] or [service]
+                op["tags"] = [
+                    f"{service}: {t}" if t != service else service for t in op.get("tags") or []
+                ] or [service]
                 for t in op["tags"]:
                     if t not in used_tags:
                         used_tags.append(t)
@@ -207,7 +209,7 @@ class OpenAPICache:
 def swagger_assets_dir() -> Path | None:
     """Swagger UI files shipped by the ``swagger-ui-bundle-v2`` package, when installed."""
     try:
-        from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-not-found]
+        from swagger_ui_bundle import swagger_ui_path
     except ImportError:
         return None
     path = Path(str(swagger_ui_path))

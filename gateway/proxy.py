@@ -186,9 +186,7 @@ class Proxy:
             )
             headers.append((_INTERNAL_HEADER_B, token.encode()))
 
-        url = self.bases[route.service] + scope.get("raw_path", path_bytes(scope)).decode(
-            "latin-1"
-        )
+        url = self.bases[route.service] + scope.get("raw_path", path_bytes(scope)).decode("latin-1")
         qs: bytes = scope.get("query_string", b"")
         if qs:
             url += "?" + qs.decode("latin-1")
@@ -262,7 +260,9 @@ class Proxy:
                 try:
                     async for chunk in upstream.aiter_raw():
                         if chunk:
-                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                            await send(
+                                {"type": "http.response.body", "body": chunk, "more_body": True}
+                            )
                 except httpx.HTTPError as exc:
                     # the status line is gone already: abort the connection so the client
                     # sees a truncated response rather than a complete-looking one

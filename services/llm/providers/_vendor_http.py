@@ -1,0 +1,344 @@
+"""HTTP plumbing shared by the vendor adapters (Anthropic, Gemini, Ollama).
+
+Client construction from provider config, upstream error classification, and incremental
+SSE / NDJSON parsing that is correct whatever way the bytes are split on the wire.
+
+Overlaps with ``_http.py`` / ``_sse.py`` (written in parallel for the OpenAI-family
+adapters); the two should be merged once both exist.
+"""
+
+from __future__ import annotations
+
+import codecs
+import email.utils
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from services.llm.providers.base import ProviderError
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 529})
+
+
+def api_key(config: Mapping[str, Any]) -> str | None:
+    """The configured key: ``api_key`` verbatim, else the env var named by ``api_key_env``."""
+    key = config.get("api_key")
+    if key:
+        return str(key)
+    env = config.get("api_key_env")
+    if env:
+        return os.environ.get(str(env)) or None
+    return None
+
+
+def make_client(
+    config: Mapping[str, Any], *, default_base_url: str, headers: Mapping[str, str]
+) -> httpx.AsyncClient:
+    """An AsyncClient for one vendor; ``transport`` in config is injectable (tests)."""
+    timeout = float(config.get("timeout", 60.0))
+    connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
+    transport = config.get("transport")
+    return httpx.AsyncClient(
+        base_url=str(config.get("base_url") or default_base_url).rstrip("/"),
+        headers={**headers, **dict(config.get("headers") or {})},
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        transport=transport,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def error_for_status(
+    provider: str,
+    status: int,
+    message: str,
+    *,
+    retry_after: float | None = None,
+) -> ProviderError:
+    """Classify an upstream HTTP status into a ProviderError."""
+    text = f"{provider}: upstream returned {status}: {message}"
+    if status in (401, 403):
+        return ProviderError(text, status=502, provider=provider, code="upstream_auth_failed")
+    if status == 429:
+        return ProviderError(
+            text,
+            status=429,
+            retryable=True,
+            retry_after=retry_after,
+            provider=provider,
+            code="upstream_rate_limited",
+        )
+    if status == 529:
+        return ProviderError(
+            text,
+            status=503,
+            retryable=True,
+            retry_after=retry_after,
+            provider=provider,
+            code="upstream_overloaded",
+        )
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return ProviderError(
+            text,
+            status=502,
+            retryable=True,
+            retry_after=retry_after,
+            provider=provider,
+            code="upstream_unavailable",
+        )
+    if status == 404:
+        return ProviderError(text, status=404, provider=provider, code="upstream_not_found")
+    return ProviderError(text, status=400, provider=provider, code="upstream_bad_request")
+
+
+def error_from_response(
+    provider: str, response: httpx.Response, body: bytes, *, message: str | None = None
+) -> ProviderError:
+    """A ProviderError for a non-2xx response (``message`` extracted by the adapter)."""
+    if message is None:
+        message = body.decode("utf-8", "replace")[:500] or response.reason_phrase
+    return error_for_status(
+        provider,
+        response.status_code,
+        message,
+        retry_after=parse_retry_after(response.headers),
+    )
+
+
+def transport_error(provider: str, exc: Exception) -> ProviderError:
+    """Timeouts → 504 retryable; connection problems and broken streams → 502 retryable."""
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError(
+            f"{provider}: upstream timed out ({type(exc).__name__})",
+            status=504,
+            retryable=True,
+            provider=provider,
+            code="upstream_timeout",
+        )
+    if isinstance(exc, httpx.ConnectError):
+        return ProviderError(
+            f"{provider}: cannot connect to upstream: {exc}",
+            status=502,
+            retryable=True,
+            provider=provider,
+            code="upstream_unavailable",
+        )
+    return ProviderError(
+        f"{provider}: upstream connection failed: {type(exc).__name__}: {exc}",
+        status=502,
+        retryable=True,
+        provider=provider,
+        code="upstream_stream_broken",
+    )
+
+
+def broken_stream(provider: str, why: str) -> ProviderError:
+    """The stream ended or failed before the vendor's terminal event."""
+    return ProviderError(
+        f"{provider}: stream ended early: {why}",
+        status=502,
+        retryable=True,
+        provider=provider,
+        code="upstream_stream_broken",
+    )
+
+
+def malformed(provider: str, why: str) -> ProviderError:
+    """The upstream sent something that is not its documented format."""
+    return ProviderError(
+        f"{provider}: malformed upstream response: {why}",
+        status=502,
+        provider=provider,
+        code="upstream_bad_response",
+    )
+
+
+def loads_object(provider: str, data: str | bytes) -> dict[str, Any]:
+    """Parse one JSON object or raise a ``malformed`` ProviderError."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise malformed(provider, f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise malformed(provider, "expected a JSON object")
+    return value
+
+
+@dataclass
+class SSEEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+
+class SSEParser:
+    """Incremental text/event-stream parser (WHATWG rules) fed with arbitrary byte slices.
+
+    Handles CRLF / CR / LF line ends split across slices and UTF-8 sequences split across
+    slices; an event is emitted at its terminating blank line only.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._first = True
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        text = self._decoder.decode(chunk)
+        if self._first and text:
+            self._first = False
+            text = text.removeprefix("\ufeff")
+        self._buf += text
+        return self._drain()
+
+    def _drain(self) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        while True:
+            cut = -1
+            for i, ch in enumerate(self._buf):
+                if ch in "\r\n":
+                    cut = i
+                    break
+            if cut < 0:
+                return events
+            if self._buf[cut] == "\r":
+                if cut + 1 == len(self._buf):
+                    return events  # a '\n' may follow in the next slice
+                end = cut + 2 if self._buf[cut + 1] == "\n" else cut + 1
+            else:
+                end = cut + 1
+            line, self._buf = self._buf[:cut], self._buf[end:]
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if line == "":
+            if not self._data:
+                self._event = ""
+                return None
+            event = SSEEvent(self._event or "message", "\n".join(self._data), self._id)
+            self._data, self._event = [], ""
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            self._id = value
+        return None
+
+
+async def iter_sse(provider: str, response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """Events of a streamed response; transport failures become ProviderError."""
+    parser = SSEParser()
+    try:
+        async for chunk in response.aiter_bytes():
+            for event in parser.feed(chunk):
+                yield event
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+
+
+async def iter_ndjson(provider: str, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """JSON objects of a newline-delimited JSON stream (a trailing line without '\\n' counts)."""
+    buf = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            buf += chunk
+            # b"\n" never occurs inside a UTF-8 multi-byte sequence, so splitting bytes is safe.
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield loads_object(provider, line)
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+    if buf.strip():
+        try:
+            value = json.loads(buf)
+        except ValueError:
+            raise broken_stream(provider, "last line is incomplete") from None
+        if not isinstance(value, dict):
+            raise malformed(provider, "expected a JSON object")
+        yield value
+
+
+MessageExtractor = Callable[[bytes], "str | None"]
+
+
+async def send(
+    client: httpx.AsyncClient,
+    provider: str,
+    request: httpx.Request,
+    extract_message: MessageExtractor,
+) -> httpx.Response:
+    """Send with a streamed body; raise ProviderError for transport failures and non-2xx.
+
+    The caller owns the returned response and must close it.
+    """
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+    if response.status_code < 300:
+        return response
+    try:
+        body = await response.aread()
+    except httpx.HTTPError:
+        body = b""
+    finally:
+        await response.aclose()
+    try:
+        message = extract_message(body)
+    except Exception:
+        message = None
+    raise error_from_response(provider, response, body, message=message)
+
+
+async def send_json(
+    client: httpx.AsyncClient,
+    provider: str,
+    request: httpx.Request,
+    extract_message: MessageExtractor,
+) -> dict[str, Any]:
+    """Send and return the whole JSON object body."""
+    response = await send(client, provider, request, extract_message)
+    try:
+        body = await response.aread()
+    except httpx.HTTPError as exc:
+        raise transport_error(provider, exc) from exc
+    finally:
+        await response.aclose()
+    return loads_object(provider, body)

@@ -1,0 +1,280 @@
+"""Anthropic Messages API adapter (``POST /v1/messages``).
+
+Config: ``base_url`` (default https://api.anthropic.com), ``api_key`` / ``api_key_env``
+(default ANTHROPIC_API_KEY), ``timeout``, ``default_max_tokens`` (Anthropic requires
+``max_tokens``), ``anthropic_version``, ``defaults`` (request params), ``models`` (static
+list for /v1/models), ``transport`` (tests).
+
+JSON mode has no native switch in the Messages API: it is emulated with a system
+instruction (and the JSON Schema when one is given), so the output is not guaranteed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.llm.providers import _translate as t
+from services.llm.providers import _vendor_http as h
+from services.llm.providers.base import ChatRequest, ModelInfo, Provider, ProviderError
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+
+def _error_message(body: bytes) -> str | None:
+    data = json.loads(body)
+    error = data.get("error") or {}
+    return f"{error.get('type', 'error')}: {error.get('message', '')}"
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in t.content_parts(content):
+        kind = part.get("type")
+        if kind in ("text", "input_text"):
+            if part.get("text"):
+                blocks.append({"type": "text", "text": str(part["text"])})
+        elif kind == "image_url":
+            url = t.image_url(part)
+            data = t.parse_data_url(url)
+            if data:
+                source = {"type": "base64", "media_type": data[0], "data": data[1]}
+            else:
+                source = {"type": "url", "url": url}
+            blocks.append({"type": "image", "source": source})
+        else:
+            raise t.invalid(f"unsupported content part for anthropic: {kind}")
+    return blocks
+
+
+def translate_messages(
+    messages: list[dict[str, Any]],
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """OpenAI messages → (system texts, Anthropic messages with merged same-role turns)."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for message in messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = t.text_of(message.get("content"))
+            if text:
+                system.append(text)
+        elif role == "user":
+            add("user", _content_blocks(message.get("content")))
+        elif role == "assistant":
+            blocks = _content_blocks(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call.get("id") or t.tool_call_id(),
+                        "name": fn.get("name", ""),
+                        "input": t.parse_arguments(fn.get("arguments")),
+                    }
+                )
+            add("assistant", blocks)
+        elif role == "tool":
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": message.get("tool_call_id", ""),
+                "content": t.text_of(message.get("content")),
+            }
+            add("user", [result])
+        else:
+            raise t.invalid(f"unsupported message role: {role}")
+    return system, out
+
+
+def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    """The Anthropic ``/v1/messages`` body for an OpenAI-format request."""
+    params = t.merged_params(config, request.params)
+    system, messages = translate_messages(request.messages)
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": t.max_tokens(params)
+        or int(config.get("default_max_tokens", DEFAULT_MAX_TOKENS)),
+    }
+    json_mode = t.json_mode(params)
+    if json_mode:
+        system.append(t.json_instruction(json_mode))
+    if system:
+        body["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p", "top_k"):
+        if params.get(key) is not None:
+            body[key] = params[key]
+    stop = t.normalize_stop(params.get("stop"))
+    if stop:
+        body["stop_sequences"] = stop
+    if params.get("user"):
+        body["metadata"] = {"user_id": str(params["user"])}
+    mode, name = t.tool_choice(params.get("tool_choice"))
+    tools = t.functions(params.get("tools"))
+    if tools and mode != "none":
+        body["tools"] = [
+            {"name": f["name"], "description": f["description"], "input_schema": f["parameters"]}
+            for f in tools
+        ]
+        choice: dict[str, Any] = {"type": {"auto": "auto", "required": "any"}.get(mode, "tool")}
+        if mode == "function":
+            choice["name"] = name
+        if params.get("parallel_tool_calls") is False:
+            choice["disable_parallel_tool_use"] = True
+        body["tool_choice"] = choice
+    if stream:
+        body["stream"] = True
+    return body
+
+
+class AnthropicProvider(Provider):
+    kind = "anthropic"
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        headers = {
+            "anthropic-version": str(config.get("anthropic_version", API_VERSION)),
+            "content-type": "application/json",
+        }
+        key = h.api_key({"api_key_env": "ANTHROPIC_API_KEY", **config})
+        if key:
+            headers["x-api-key"] = key
+        self.client = h.make_client(config, default_base_url=DEFAULT_BASE_URL, headers=headers)
+
+    def _request(self, body: dict[str, Any]) -> httpx.Request:
+        return self.client.build_request("POST", "/v1/messages", json=body)
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        body = build_body(request, self.config, stream=False)
+        data = await h.send_json(self.client, self.name, self._request(body), _error_message)
+        if data.get("type") == "error":
+            raise self._event_error(data)
+        try:
+            return self._completion(data, request.model)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise h.malformed(self.name, f"unexpected message shape: {exc!r}") from None
+
+    def _completion(self, data: dict[str, Any], model: str) -> dict[str, Any]:
+        text: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for block in data["content"]:
+            if block["type"] == "text":
+                text.append(block["text"])
+            elif block["type"] == "tool_use":
+                calls.append(t.tool_call(block["id"], block["name"], block.get("input")))
+        finish = t.finish_reason(t.ANTHROPIC_FINISH, data.get("stop_reason"), bool(calls))
+        u = data.get("usage") or {}
+        return t.completion(
+            id=str(data.get("id") or t.new_id("chatcmpl-")),
+            model=str(data.get("model") or model),
+            choices=[t.choice(0, "".join(text), calls, finish)],
+            usage=t.usage(_input_tokens(u), u.get("output_tokens")),
+        )
+
+    def _event_error(self, data: dict[str, Any]) -> ProviderError:
+        error = data.get("error") or {}
+        kind = str(error.get("type", "error"))
+        message = f"{kind}: {error.get('message', '')}"
+        status = {
+            "overloaded_error": 529,
+            "rate_limit_error": 429,
+            "api_error": 500,
+            "authentication_error": 401,
+            "permission_error": 403,
+            "not_found_error": 404,
+            "request_too_large": 413,
+            "timeout_error": 504,
+        }.get(kind, 400 if kind == "invalid_request_error" else 500)
+        return h.error_for_status(self.name, status, message)
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        body = build_body(request, self.config, stream=True)
+        response = await h.send(self.client, self.name, self._request(body), _error_message)
+        try:
+            async for chunk in self._chunks(response, request.model):
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
+        maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
+        tool_index: dict[int, int] = {}  # anthropic content block index → OpenAI tool index
+        prompt_tokens = completion_tokens = 0
+        stop_reason: str | None = None
+        started = False
+        async for event in h.iter_sse(self.name, response):
+            data = h.loads_object(self.name, event.data)
+            kind = data.get("type", event.event)
+            try:
+                if kind == "message_start":
+                    message = data["message"]
+                    maker.id = str(message.get("id") or maker.id)
+                    maker.model = str(message.get("model") or model)
+                    u = message.get("usage") or {}
+                    prompt_tokens = _input_tokens(u)
+                    completion_tokens = int(u.get("output_tokens") or 0)
+                    started = True
+                    yield maker.role()
+                elif not started and kind != "error":
+                    raise h.malformed(self.name, f"{kind} before message_start")
+                elif kind == "content_block_start":
+                    block = data["content_block"]
+                    if block["type"] == "tool_use":
+                        tool_index[data["index"]] = len(tool_index)
+                        yield maker.tool_start(
+                            tool_index[data["index"]], block["id"], block["name"]
+                        )
+                    elif block["type"] == "text" and block.get("text"):
+                        yield maker.text(block["text"])
+                elif kind == "content_block_delta":
+                    delta = data["delta"]
+                    if delta["type"] == "text_delta":
+                        yield maker.text(delta["text"])
+                    elif delta["type"] == "input_json_delta" and delta["partial_json"]:
+                        yield maker.tool_arguments(tool_index[data["index"]], delta["partial_json"])
+                elif kind == "message_delta":
+                    stop_reason = data.get("delta", {}).get("stop_reason") or stop_reason
+                    u = data.get("usage") or {}
+                    if u.get("output_tokens") is not None:
+                        completion_tokens = int(u["output_tokens"])
+                    if u.get("input_tokens") is not None:
+                        prompt_tokens = _input_tokens(u)
+                elif kind == "message_stop":
+                    finish = t.finish_reason(t.ANTHROPIC_FINISH, stop_reason, bool(tool_index))
+                    yield maker.finish(finish)
+                    yield maker.usage(t.usage(prompt_tokens, completion_tokens))
+                    return
+                elif kind == "error":
+                    raise self._event_error(data)
+                # ping, content_block_stop and future event types carry nothing for OpenAI
+            except (KeyError, TypeError, AttributeError) as exc:
+                raise h.malformed(self.name, f"unexpected {kind} event: {exc!r}") from None
+        raise h.broken_stream(self.name, "no message_stop event")
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(id=str(m), owned_by="anthropic") for m in self.config.get("models") or []]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _input_tokens(u: dict[str, Any]) -> int:
+    # cached prompt tokens are still prompt tokens for billing and context accounting
+    return sum(
+        int(u.get(k) or 0)
+        for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )

@@ -1,0 +1,396 @@
+"""Google Gemini API adapter (``generateContent`` / ``streamGenerateContent?alt=sse``).
+
+Config: ``base_url`` (default https://generativelanguage.googleapis.com), ``api_key`` /
+``api_key_env`` (default GEMINI_API_KEY), ``timeout``, ``defaults``, ``transport`` (tests).
+
+Gemini function calls carry no ids, so ids are synthesized; tool results need the function
+name, which is recovered from the earlier assistant tool call with the same id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.llm.providers import _translate as t
+from services.llm.providers import _vendor_http as h
+from services.llm.providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    ModelInfo,
+    Provider,
+)
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+
+def _error_message(body: bytes) -> str | None:
+    data = json.loads(body)
+    if isinstance(data, list) and data:  # streaming endpoints may wrap the error in a list
+        data = data[0]
+    error = data.get("error") or {}
+    return f"{error.get('status', 'ERROR')}: {error.get('message', '')}"
+
+
+def _retry_delay(body: bytes) -> float | None:
+    """``google.rpc.RetryInfo.retryDelay`` ("30s") from an error body, if any."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, list):
+            data = data[0]
+        for detail in data["error"].get("details") or []:
+            delay = detail.get("retryDelay")
+            if isinstance(delay, str) and re.fullmatch(r"\d+(\.\d+)?s", delay):
+                return float(delay[:-1])
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+    return None
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in t.content_parts(content):
+        kind = part.get("type")
+        if kind in ("text", "input_text"):
+            if part.get("text"):
+                parts.append({"text": str(part["text"])})
+        elif kind == "image_url":
+            url = t.image_url(part)
+            data = t.parse_data_url(url)
+            if data:
+                parts.append({"inlineData": {"mimeType": data[0], "data": data[1]}})
+            else:
+                parts.append({"fileData": {"fileUri": url}})
+        else:
+            raise t.invalid(f"unsupported content part for gemini: {kind}")
+    return parts
+
+
+def _function_response(content: Any) -> dict[str, Any]:
+    text = t.text_of(content)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    # functionResponse.response must be an object (a protobuf Struct)
+    return value if isinstance(value, dict) else {"result": text}
+
+
+def translate_messages(
+    messages: list[dict[str, Any]],
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """OpenAI messages → (system texts, Gemini ``contents`` with merged same-role turns)."""
+    names = t.tool_names_by_id(messages)
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if not parts:
+            return
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for message in messages:
+        role = message.get("role")
+        if role in ("system", "developer"):
+            text = t.text_of(message.get("content"))
+            if text:
+                system.append(text)
+        elif role == "user":
+            add("user", _parts(message.get("content")))
+        elif role == "assistant":
+            parts = _parts(message.get("content"))
+            for call in message.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                parts.append(
+                    {
+                        "functionCall": {
+                            "name": fn.get("name", ""),
+                            "args": t.parse_arguments(fn.get("arguments")),
+                        }
+                    }
+                )
+            add("model", parts)
+        elif role == "tool":
+            call_id = str(message.get("tool_call_id", ""))
+            name = names.get(call_id) or message.get("name")
+            if not name:
+                raise t.invalid(f"tool message {call_id!r} answers no earlier assistant tool call")
+            response = _function_response(message.get("content"))
+            add("user", [{"functionResponse": {"name": name, "response": response}}])
+        else:
+            raise t.invalid(f"unsupported message role: {role}")
+    return system, contents
+
+
+def build_body(request: ChatRequest, config: dict[str, Any]) -> dict[str, Any]:
+    """The Gemini ``generateContent`` body for an OpenAI-format request."""
+    params = t.merged_params(config, request.params)
+    system, contents = translate_messages(request.messages)
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    gen: dict[str, Any] = {}
+    for src, dst in (
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
+        if params.get(src) is not None:
+            gen[dst] = params[src]
+    if params.get("n") and int(params["n"]) != 1:
+        gen["candidateCount"] = int(params["n"])
+    limit = t.max_tokens(params)
+    if limit:
+        gen["maxOutputTokens"] = limit
+    stop = t.normalize_stop(params.get("stop"))
+    if stop:
+        gen["stopSequences"] = stop
+    json_mode = t.json_mode(params)
+    if json_mode:
+        gen["responseMimeType"] = "application/json"
+        if json_mode[1] is not None:
+            gen["responseJsonSchema"] = json_mode[1]
+    if gen:
+        body["generationConfig"] = gen
+    tools = t.functions(params.get("tools"))
+    if tools:
+        body["tools"] = [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": f["name"],
+                        "description": f["description"],
+                        # JSON Schema as OpenAI clients write it (``parameters`` only
+                        # accepts Gemini's OpenAPI subset)
+                        "parametersJsonSchema": f["parameters"],
+                    }
+                    for f in tools
+                ]
+            }
+        ]
+        mode, name = t.tool_choice(params.get("tool_choice"))
+        config_: dict[str, Any] = {
+            "mode": {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}[mode]
+        }
+        if name:
+            config_["allowedFunctionNames"] = [name]
+        body["toolConfig"] = {"functionCallingConfig": config_}
+    return body
+
+
+def _model_path(model: str) -> str:
+    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+def _usage(data: dict[str, Any]) -> dict[str, int]:
+    meta = data.get("usageMetadata") or {}
+    completion = int(meta.get("candidatesTokenCount") or 0) + int(
+        meta.get("thoughtsTokenCount") or 0
+    )
+    return t.usage(meta.get("promptTokenCount"), completion)
+
+
+class GeminiProvider(Provider):
+    kind = "gemini"
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        headers = {"content-type": "application/json"}
+        key = h.api_key({"api_key_env": "GEMINI_API_KEY", **config})
+        if key:
+            headers["x-goog-api-key"] = key
+        self.client = h.make_client(config, default_base_url=DEFAULT_BASE_URL, headers=headers)
+
+    async def _open(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        request = self.client.build_request(method, url, **kw)
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise h.transport_error(self.name, exc) from exc
+        if response.status_code < 300:
+            return response
+        try:
+            body = await response.aread()
+        except httpx.HTTPError:
+            body = b""
+        finally:
+            await response.aclose()
+        try:
+            message = _error_message(body)
+        except Exception:
+            message = None
+        error = h.error_from_response(self.name, response, body, message=message)
+        if error.retryable and error.retry_after is None:
+            error.retry_after = _retry_delay(body)
+        raise error
+
+    async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
+        response = await self._open(method, url, **kw)
+        try:
+            body = await response.aread()
+        except httpx.HTTPError as exc:
+            raise h.transport_error(self.name, exc) from exc
+        finally:
+            await response.aclose()
+        return h.loads_object(self.name, body)
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        body = build_body(request, self.config)
+        url = f"/v1beta/{_model_path(request.model)}:generateContent"
+        data = await self._json("POST", url, json=body)
+        try:
+            return self._completion(data, request.model)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise h.malformed(self.name, f"unexpected response shape: {exc!r}") from None
+
+    def _completion(self, data: dict[str, Any], model: str) -> dict[str, Any]:
+        choices = []
+        for position, candidate in enumerate(data.get("candidates") or []):
+            text: list[str] = []
+            calls: list[dict[str, Any]] = []
+            for part in (candidate.get("content") or {}).get("parts") or []:
+                if "functionCall" in part:
+                    fc = part["functionCall"]
+                    calls.append(
+                        t.tool_call(fc.get("id") or t.tool_call_id(), fc["name"], fc.get("args"))
+                    )
+                elif "text" in part and not part.get("thought"):
+                    text.append(part["text"])
+            finish = t.finish_reason(t.GEMINI_FINISH, candidate.get("finishReason"), bool(calls))
+            index = int(candidate.get("index", position))
+            choices.append(t.choice(index, "".join(text), calls, finish))
+        if not choices:
+            # the prompt itself was blocked (promptFeedback.blockReason)
+            choices.append(t.choice(0, "", [], "content_filter"))
+        return t.completion(
+            id=str(data.get("responseId") or t.new_id("chatcmpl-")),
+            model=str(data.get("modelVersion") or model),
+            choices=choices,
+            usage=_usage(data),
+        )
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        body = build_body(request, self.config)
+        url = f"/v1beta/{_model_path(request.model)}:streamGenerateContent"
+        response = await self._open("POST", url, params={"alt": "sse"}, json=body)
+        try:
+            async for chunk in self._chunks(response, request.model):
+                yield chunk
+        finally:
+            await response.aclose()
+
+    async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
+        maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
+        started: set[int] = set()
+        tools: dict[int, int] = {}  # candidate index → tool calls so far
+        finishes: dict[int, str] = {}
+        usage = t.usage(0, 0)
+        seen_any = False
+        async for event in h.iter_sse(self.name, response):
+            data = h.loads_object(self.name, event.data)
+            if "error" in data:
+                error = data["error"] or {}
+                raise h.error_for_status(
+                    self.name,
+                    int(error.get("code") or 500),
+                    f"{error.get('status', 'ERROR')}: {error.get('message', '')}",
+                )
+            seen_any = True
+            try:
+                if data.get("responseId"):
+                    maker.id = str(data["responseId"])
+                if data.get("modelVersion"):
+                    maker.model = str(data["modelVersion"])
+                if data.get("usageMetadata"):
+                    usage = _usage(data)
+                candidates = data.get("candidates") or []
+                if not candidates and (data.get("promptFeedback") or {}).get("blockReason"):
+                    finishes[0] = "content_filter"
+                for position, candidate in enumerate(candidates):
+                    index = int(candidate.get("index", position))
+                    if index not in started:
+                        started.add(index)
+                        yield maker.role(index)
+                    for part in (candidate.get("content") or {}).get("parts") or []:
+                        if "functionCall" in part:
+                            fc = part["functionCall"]
+                            n = tools.get(index, 0)
+                            tools[index] = n + 1
+                            yield maker.tool_start(
+                                n,
+                                fc.get("id") or t.tool_call_id(),
+                                fc["name"],
+                                t.dump_arguments(fc.get("args")),
+                                index=index,
+                            )
+                        elif part.get("text") and not part.get("thought"):
+                            yield maker.text(part["text"], index)
+                    if candidate.get("finishReason"):
+                        finishes[index] = t.finish_reason(
+                            t.GEMINI_FINISH, candidate["finishReason"], bool(tools.get(index))
+                        )
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise h.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None
+        if not finishes:
+            raise h.broken_stream(self.name, "no finishReason" if seen_any else "empty stream")
+        for index in sorted(finishes):
+            if index not in started:
+                yield maker.role(index)
+            yield maker.finish(finishes[index], index)
+        yield maker.usage(usage)
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        model = _model_path(request.model)
+        dims = request.params.get("dimensions")
+        requests = []
+        for text in request.input:
+            item: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
+            if dims:
+                item["outputDimensionality"] = int(dims)
+            requests.append(item)
+        data = await self._json(
+            "POST", f"/v1beta/{model}:batchEmbedContents", json={"requests": requests}
+        )
+        try:
+            vectors = [e["values"] for e in data["embeddings"]]
+        except (KeyError, TypeError) as exc:
+            raise h.malformed(self.name, f"unexpected embeddings shape: {exc!r}") from None
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "model": request.model,
+            # batchEmbedContents reports no token counts
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+
+    async def list_models(self) -> list[ModelInfo]:
+        if self.config.get("models"):
+            return [ModelInfo(id=str(m), owned_by="google") for m in self.config["models"]]
+        models: list[ModelInfo] = []
+        page: str | None = None
+        while True:
+            params = {"pageSize": "1000", **({"pageToken": page} if page else {})}
+            data = await self._json("GET", "/v1beta/models", params=params)
+            for m in data.get("models") or []:
+                name = str(m.get("name", "")).removeprefix("models/")
+                models.append(
+                    ModelInfo(id=name, owned_by="google", context_window=m.get("inputTokenLimit"))
+                )
+            page = data.get("nextPageToken")
+            if not page:
+                return models
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -16,9 +16,10 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from gateway.openapi import OpenAPICache, swagger_assets_dir
-from gateway.proxy import Proxy, make_upstream_client
+from gateway.proxy import Proxy
 from gateway.routes import openai_prefixes
 from gateway.settings import GatewaySettings, get_settings
+from gateway.upstream import make_upstream
 from libs.app import create_app, run_ready_checks
 from libs.errors import error_response
 
@@ -133,7 +134,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def clients(app: FastAPI) -> AsyncIterator[None]:
-        proxy.client = make_upstream_client(settings)
+        proxy.upstream = make_upstream(settings)
         app.state.ready_client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.ready_timeout), headers={"user-agent": "aistack-gateway"}
         )
@@ -141,8 +142,8 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.ready_client.aclose()
-            await proxy.client.aclose()
-            proxy.client = None
+            await proxy.upstream.aclose()
+            proxy.upstream = None
 
     app = create_app(
         service="gateway",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import anyio
-import httpx
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import security
 from gateway.routes import Route, match_route
 from gateway.settings import GatewaySettings
+from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 from libs.context import get_request_id
 from libs.errors import AppError, error_response
 from libs.identity import INTERNAL_HEADER, sign_internal_token
@@ -46,40 +47,7 @@ _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 _INTERNAL_PREFIX = b"x-aistack-"
 _INTERNAL_HEADER_B = INTERNAL_HEADER.encode()
-
-
-def make_upstream_client(settings: GatewaySettings) -> httpx.AsyncClient:
-    """One keep-alive pool for the proxied traffic (no retries: a POST is never sent twice)."""
-    return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_keepalive,
-                keepalive_expiry=30.0,
-            )
-        ),
-        timeout=httpx.Timeout(
-            connect=settings.upstream_connect_timeout,
-            read=settings.upstream_read_timeout,
-            write=settings.upstream_write_timeout,
-            pool=settings.upstream_pool_timeout,
-        ),
-        follow_redirects=False,
-    )
-
-
-class _UpstreamFailed(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _classify(exc: httpx.HTTPError, service: str) -> _UpstreamFailed:
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return _UpstreamFailed(503, "service_unavailable", f"The {service} service is unavailable")
-    if isinstance(exc, httpx.TimeoutException):
-        return _UpstreamFailed(504, "gateway_timeout", f"The {service} service timed out")
-    return _UpstreamFailed(502, "bad_gateway", f"The {service} service failed to answer")
+_SMALL_BODY = 65536
 
 
 class Proxy:
@@ -88,7 +56,7 @@ class Proxy:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.bases = settings.service_urls()
-        self.client: httpx.AsyncClient | None = None
+        self.upstream: Upstream | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -111,7 +79,7 @@ class Proxy:
                 openai=route.openai,
             )
             await resp(scope, receive, send)
-        except _UpstreamFailed as exc:
+        except UpstreamError as exc:
             log.warning("upstream %s failed: %s", route.service, exc.message)
             resp = error_response(
                 exc.status,
@@ -174,8 +142,8 @@ class Proxy:
         return out
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
-        client = self.client
-        assert client is not None, "proxy used outside the app lifespan"
+        upstream = self.upstream
+        assert upstream is not None, "proxy used outside the app lifespan"
         headers = self._request_headers(scope)
         principal = await security.resolve_principal(Headers(scope=scope), route)
         if principal is not None:
@@ -186,25 +154,35 @@ class Proxy:
             )
             headers.append((_INTERNAL_HEADER_B, token.encode()))
 
-        url = self.bases[route.service] + scope.get("raw_path", path_bytes(scope)).decode("latin-1")
+        raw_path: bytes | None = scope.get("raw_path")
+        url = self.bases[route.service] + (
+            raw_path.decode("latin-1") if raw_path else quote(scope["path"])
+        )
         qs: bytes = scope.get("query_string", b"")
         if qs:
             url += "?" + qs.decode("latin-1")
 
-        content = await self._request_content(receive)
-        request = httpx.Request(scope["method"], url, headers=headers, content=content)
+        failures: list[BaseException] = []
+        body = await self._request_content(receive, failures)
         try:
-            upstream = await client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _classify(exc, route.service) from exc
-
+            response = await upstream.send(route.service, scope["method"], url, headers, body)
+        except BaseException:
+            if failures:
+                raise failures[0] from None
+            raise
         try:
-            await self._relay(scope, receive, send, upstream, route)
+            await self._relay(scope, receive, send, response, route)
         finally:
-            await upstream.aclose()
+            await response.close()
 
-    async def _request_content(self, receive: Receive) -> bytes | AsyncIterator[bytes] | None:
-        """The whole body when it arrived in one message (the usual case), else a stream."""
+    async def _request_content(
+        self, receive: Receive, failures: list[BaseException]
+    ) -> bytes | AsyncIterator[bytes] | None:
+        """The whole body when it arrived in one message (the usual case), else a stream.
+
+        What goes wrong while streaming it (client gone, body over the limit) is kept in
+        ``failures``: an upstream client may wrap it into its own transport error.
+        """
         first = await receive()
         if first["type"] != "http.request":
             raise _ClientGone()
@@ -216,9 +194,13 @@ class Proxy:
             if body:
                 yield body
             while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise _ClientGone()
+                try:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        raise _ClientGone()
+                except Exception as exc:
+                    failures.append(exc)
+                    raise
                 chunk = message.get("body", b"")
                 if chunk:
                     yield chunk
@@ -228,47 +210,45 @@ class Proxy:
         return rest()
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, upstream: httpx.Response, route: Route
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: UpstreamResponse,
+        route: Route,
     ) -> None:
-        out_headers = [
-            (k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _RESPONSE_DROP
-        ]
         start: Message = {
             "type": "http.response.start",
-            "status": upstream.status_code,
-            "headers": out_headers,
+            "status": upstream.status,
+            "headers": [(k, v) for k, v in upstream.headers if k not in _RESPONSE_DROP],
         }
         if scope["method"] == "HEAD":
             await send(start)
             await send({"type": "http.response.body", "body": b""})
             return
-        length = upstream.headers.get("content-length")
-        if length is not None and int(length) <= 65536:
+        length = upstream.content_length
+        if length is not None and length <= _SMALL_BODY:
             # small bounded answer (most JSON): read it, then send it in one message
-            try:
-                body = await upstream.aread()
-            except httpx.HTTPError as exc:
-                raise _classify(exc, route.service) from exc
+            body = await upstream.read()
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
         await send(start)
-        # long or open-ended (SSE): stream chunk by chunk and stop as soon as the client leaves
+        # long or open-ended (SSE): relay chunk by chunk, stop as soon as the client leaves
         async with anyio.create_task_group() as tg:
 
             async def pump() -> None:
                 try:
-                    async for chunk in upstream.aiter_raw():
+                    async for chunk in upstream.chunks():
                         if chunk:
                             await send(
                                 {"type": "http.response.body", "body": chunk, "more_body": True}
                             )
-                except httpx.HTTPError as exc:
+                except UpstreamError as exc:
                     # the status line is gone already: abort the connection so the client
                     # sees a truncated response rather than a complete-looking one
-                    log.warning("upstream %s broke mid-stream: %r", route.service, exc)
-                    tg.cancel_scope.cancel()
-                    raise _StreamBroken() from exc
+                    log.warning("upstream %s broke mid-stream: %s", route.service, exc.message)
+                    raise _StreamBroken(exc.message) from exc
                 await send({"type": "http.response.body", "body": b""})
                 tg.cancel_scope.cancel()
 
@@ -281,13 +261,6 @@ class Proxy:
 
             tg.start_soon(pump)
             tg.start_soon(watch_disconnect)
-
-
-def path_bytes(scope: Scope) -> bytes:
-    """Fallback raw path when the server gives none."""
-    from urllib.parse import quote
-
-    return quote(scope["path"]).encode()
 
 
 class _ClientGone(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic_settings import SettingsConfigDict
 
@@ -23,6 +23,8 @@ class GatewaySettings(ServiceSettings):
     jobs_url: str = "http://127.0.0.1:8004"
     billing_url: str = "http://127.0.0.1:8005"
 
+    # aiohttp when installed (much faster pool), else httpx
+    upstream_client: Literal["auto", "aiohttp", "httpx"] = "auto"
     upstream_connect_timeout: float = 2.0
     # generous: an SSE answer may stay silent while a model thinks
     upstream_read_timeout: float = 300.0

@@ -208,18 +208,37 @@ class Stack:
     controls: Controls
 
 
-@pytest.fixture(scope="session")
-async def stack() -> AsyncIterator[Stack]:
+def _backend_available(name: str) -> bool:
+    if name == "httpx":
+        return True
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session", params=["httpx", "aiohttp"])
+async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """The whole setup, once per upstream client backend the gateway can use."""
+    backend: str = request.param
+    if not _backend_available(backend):
+        pytest.skip(f"{backend} is not installed")
     controls = Controls()
     ups = {name: await serve(upstream_app(name, controls)) for name in SERVICES}
     urls = {f"{n}_url": r.url for n, r in ups.items()}
-    gw = await serve(build_app(GatewaySettings.model_validate({"use_redis": False, **urls})))
+    gw = await serve(
+        build_app(
+            GatewaySettings.model_validate({"use_redis": False, "upstream_client": backend, **urls})
+        )
+    )
     degraded_urls = {**urls, "billing_url": dead_url()}
     degraded = await serve(
         build_app(
             GatewaySettings.model_validate(
                 {
                     "use_redis": False,
+                    "upstream_client": backend,
                     "upstream_read_timeout": 0.5,
                     "ready_timeout": 0.5,
                     "max_body_bytes": 1000,

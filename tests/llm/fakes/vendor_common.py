@@ -45,6 +45,7 @@ class Behavior:
     delay: float = 0.0  # seconds to wait before answering
     split: tuple[int, int] | None = None  # write the body in random slices of this size range
     break_after: int | None = None  # drop the connection after this many body bytes
+    clean_eof: bool = False  # with break_after: end the body normally instead of dropping
     malformed: bool = False  # put a chunk that is not JSON into the stream
     embeddings: list[list[float]] = field(default_factory=lambda: [[0.1, 0.2], [0.3, 0.4]])
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -75,7 +76,7 @@ async def body_slices(payload: bytes, behavior: Behavior) -> AsyncIterator[bytes
     for piece in pieces:
         yield piece
         await asyncio.sleep(0)
-    if behavior.break_after is not None:
+    if behavior.break_after is not None and not behavior.clean_eof:
         raise StreamBroken("connection dropped by the fake")
 
 

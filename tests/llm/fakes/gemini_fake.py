@@ -1,0 +1,176 @@
+"""A fake Gemini API (generateContent, streamGenerateContent?alt=sse, batchEmbedContents,
+models) speaking the exact wire format; responses are validated with ``google.genai``
+types (which forbid unknown fields) so the fake cannot drift from the real API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from google.genai import types
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.llm.fakes.vendor_common import Behavior, body_slices
+
+MODEL = "gemini-2.5-flash"
+
+STATUSES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN")}
+    }
+
+
+def _usage(behavior: Behavior) -> dict[str, Any]:
+    r = behavior.reply
+    return {
+        "promptTokenCount": r.prompt_tokens,
+        "candidatesTokenCount": r.completion_tokens,
+        "totalTokenCount": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def _finish(behavior: Behavior) -> str:
+    return behavior.reply.stop or "STOP"
+
+
+def _validate(payload: dict[str, Any]) -> dict[str, Any]:
+    types.GenerateContentResponse.model_validate(payload)
+    return payload
+
+
+def response(behavior: Behavior) -> dict[str, Any]:
+    reply = behavior.reply
+    parts: list[dict[str, Any]] = []
+    if reply.text:
+        parts.append({"text": reply.text})
+    for call in reply.tool_calls:
+        parts.append({"functionCall": {"name": call.name, "args": call.arguments}})
+    return _validate(
+        {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": parts},
+                    "finishReason": _finish(behavior),
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": _usage(behavior),
+            "modelVersion": MODEL,
+            "responseId": "resp-fake-1",
+        }
+    )
+
+
+def chunks(behavior: Behavior) -> list[dict[str, Any]]:
+    reply = behavior.reply
+    text = reply.text
+    pieces = [text[: len(text) // 2], text[len(text) // 2 :]] if text else []
+    out: list[dict[str, Any]] = []
+    for piece in pieces:
+        out.append(
+            {
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0}
+                ],
+                "usageMetadata": {"promptTokenCount": reply.prompt_tokens},
+                "modelVersion": MODEL,
+                "responseId": "resp-fake-1",
+            }
+        )
+    last_parts = [
+        {"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls
+    ] or [{"text": ""}]
+    out.append(
+        {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": last_parts},
+                    "finishReason": _finish(behavior),
+                    "index": 0,
+                }
+            ],
+            "usageMetadata": _usage(behavior),
+            "modelVersion": MODEL,
+            "responseId": "resp-fake-1",
+        }
+    )
+    return [_validate(c) for c in out]
+
+
+def sse(chunks_: list[dict[str, Any]], behavior: Behavior) -> bytes:
+    # Google's SSE frames use CRLF line ends
+    frames = [f"data: {json.dumps(c)}\r\n\r\n" for c in chunks_]
+    if behavior.malformed:
+        frames.insert(1, 'data: {"candidates": [{"content": \r\n\r\n')
+    return "".join(frames).encode()
+
+
+def make_app(behavior: Behavior) -> Starlette:
+    async def models(request: Request) -> Response:
+        rest = request.path_params["rest"]
+        body = await request.json() if request.method == "POST" else None
+        behavior.requests.append(
+            {
+                "path": request.url.path,
+                "query": dict(request.query_params),
+                "headers": dict(request.headers),
+                "json": body,
+            }
+        )
+        if behavior.delay:
+            await asyncio.sleep(behavior.delay)
+        if behavior.status:
+            headers = {"retry-after": behavior.retry_after} if behavior.retry_after else {}
+            return JSONResponse(
+                error_body(behavior.status, behavior.error_message),
+                status_code=behavior.status,
+                headers=headers,
+            )
+        if request.method == "GET":
+            return JSONResponse(
+                {
+                    "models": [
+                        {
+                            "name": f"models/{MODEL}",
+                            "inputTokenLimit": 1048576,
+                            "supportedGenerationMethods": ["generateContent"],
+                        }
+                    ]
+                }
+            )
+        _, _, method = rest.partition(":")
+        if method == "generateContent":
+            if behavior.malformed:
+                return Response(b'{"candidates": [', media_type="application/json")
+            return JSONResponse(response(behavior))
+        if method == "streamGenerateContent":
+            if request.query_params.get("alt") != "sse":
+                return JSONResponse(error_body(400, "fake serves alt=sse only"), status_code=400)
+            return StreamingResponse(
+                body_slices(sse(chunks(behavior), behavior), behavior),
+                media_type="text/event-stream",
+            )
+        if method == "batchEmbedContents":
+            out = {
+                "embeddings": [{"values": v} for v in behavior.embeddings[: len(body["requests"])]]
+            }
+            types.EmbedContentResponse.model_validate(out)
+            return JSONResponse(out)
+        return JSONResponse(error_body(404, f"unknown method {method}"), status_code=404)
+
+    return Starlette(routes=[Route("/v1beta/{rest:path}", models, methods=["GET", "POST"])])

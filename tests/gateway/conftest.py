@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route as StarletteRoute
 
 from gateway.app import build_app
 from gateway.settings import SERVICES, GatewaySettings
@@ -170,6 +171,21 @@ def upstream_app(name: str, controls: Controls) -> FastAPI:
 
             return StreamingResponse(chunks(), media_type="application/octet-stream")
 
+    class Truncated:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            # promises a large body, sends a little, then the connection dies
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", b"200000")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+            raise RuntimeError("upstream died mid-body")
+
+    router.routes.append(StarletteRoute(f"{prefix}/truncated", endpoint=Truncated()))
+
     async def echo(request: Request) -> JSONResponse:
         body = await request.body()
         return JSONResponse(
@@ -191,13 +207,14 @@ def upstream_app(name: str, controls: Controls) -> FastAPI:
         include_in_schema=False,
     )
     settings = ServiceSettings(log_json=True, max_body_bytes=10_000_000)
-    return create_app(
+    app = create_app(
         service=name,
         settings=settings,
         routers=[router],
         use_database=False,
         use_redis=False,
     )
+    return app
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.openapi import merge_specs
+from gateway.openapi import merge_specs, swagger_assets_dir
 from gateway.settings import SERVICES
 
 
@@ -101,6 +101,18 @@ async def test_docs_page_points_at_the_merged_document(gw: httpx.AsyncClient) ->
     assert resp.status_code == 200
     assert "/openapi.json" in resp.text
     assert "swagger-ui-bundle.js" in resp.text
+    if swagger_assets_dir() is None:
+        # no packaged assets: the public CDN
+        assert "https://cdn.jsdelivr.net" in resp.text
+    else:
+        # packaged assets are served by the gateway itself (air-gapped installs)
+        assert "https://" not in resp.text
+        assert "/docs/static/swagger-ui-bundle.js" in resp.text
+        js = await gw.get("/docs/static/swagger-ui-bundle.js")
+        assert js.status_code == 200
+        assert len(js.content) > 100_000
+        css = await gw.get("/docs/static/swagger-ui.css")
+        assert css.status_code == 200
 
 
 def test_merge_drops_internal_identity_header_parameters() -> None:

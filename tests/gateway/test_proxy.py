@@ -246,6 +246,17 @@ async def test_client_disconnect_closes_the_upstream_stream(
     await asyncio.wait_for(controls.stream_closed.wait(), 10)
 
 
+async def test_upstream_dying_mid_body_is_not_passed_off_as_complete(
+    gw: httpx.AsyncClient,
+) -> None:
+    async with gw.stream("GET", "/v1/billing/truncated") as resp:
+        assert resp.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await resp.aread()
+    # the gateway is fine afterwards
+    assert (await gw.get("/v1/billing/x")).status_code == 200
+
+
 async def test_large_streamed_body_passes_intact(gw: httpx.AsyncClient) -> None:
     resp = await gw.get("/v1/chat/big")
     assert resp.status_code == 200

@@ -92,7 +92,7 @@ def chunks(behavior: Behavior) -> list[dict[str, Any]]:
                 "responseId": "resp-fake-1",
             }
         )
-    last_parts = [
+    last_parts: list[dict[str, Any]] = [
         {"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls
     ] or [{"text": ""}]
     out.append(
@@ -123,7 +123,7 @@ def sse(chunks_: list[dict[str, Any]], behavior: Behavior) -> bytes:
 def make_app(behavior: Behavior) -> Starlette:
     async def models(request: Request) -> Response:
         rest = request.path_params["rest"]
-        body = await request.json() if request.method == "POST" else None
+        body: dict[str, Any] = await request.json() if request.method == "POST" else {}
         behavior.requests.append(
             {
                 "path": request.url.path,

@@ -1,0 +1,199 @@
+"""Translation helpers and vendor HTTP plumbing: finish reasons, tool_choice, stop, SSE and
+NDJSON parsing under any byte split, Retry-After and status classification."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.llm.providers import _translate as t
+from services.llm.providers import _vendor_http as h
+from services.llm.providers.base import ProviderError
+
+
+@pytest.mark.parametrize(
+    ("table", "reason", "has_tools", "expected"),
+    [
+        (t.ANTHROPIC_FINISH, "end_turn", False, "stop"),
+        (t.ANTHROPIC_FINISH, "stop_sequence", False, "stop"),
+        (t.ANTHROPIC_FINISH, "max_tokens", False, "length"),
+        (t.ANTHROPIC_FINISH, "tool_use", True, "tool_calls"),
+        (t.ANTHROPIC_FINISH, "refusal", False, "content_filter"),
+        (t.ANTHROPIC_FINISH, "max_tokens", True, "length"),
+        (t.GEMINI_FINISH, "STOP", False, "stop"),
+        (t.GEMINI_FINISH, "STOP", True, "tool_calls"),
+        (t.GEMINI_FINISH, "MAX_TOKENS", False, "length"),
+        (t.GEMINI_FINISH, "SAFETY", False, "content_filter"),
+        (t.GEMINI_FINISH, "RECITATION", False, "content_filter"),
+        (t.GEMINI_FINISH, "SOMETHING_NEW", False, "stop"),
+        (t.OLLAMA_FINISH, "stop", False, "stop"),
+        (t.OLLAMA_FINISH, "stop", True, "tool_calls"),
+        (t.OLLAMA_FINISH, "length", False, "length"),
+        (t.OLLAMA_FINISH, None, False, "stop"),
+    ],
+)
+def test_finish_reason_table(
+    table: dict[str, str], reason: str | None, has_tools: bool, expected: str
+) -> None:
+    assert t.finish_reason(table, reason, has_tools) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ("auto", None)),
+        ("auto", ("auto", None)),
+        ("none", ("none", None)),
+        ("required", ("required", None)),
+        ({"type": "function", "function": {"name": "f"}}, ("function", "f")),
+    ],
+)
+def test_tool_choice(value: Any, expected: tuple[str, str | None]) -> None:
+    assert t.tool_choice(value) == expected
+
+
+def test_tool_choice_rejects_unknown() -> None:
+    with pytest.raises(ProviderError) as info:
+        t.tool_choice("sometimes")
+    assert info.value.status == 400
+
+
+def test_stop_and_arguments() -> None:
+    assert t.normalize_stop(None) == []
+    assert t.normalize_stop("x") == ["x"]
+    assert t.normalize_stop(["a", "b"]) == ["a", "b"]
+    assert t.parse_arguments('{"a": 1}') == {"a": 1}
+    assert t.parse_arguments("") == {}
+    assert json.loads(t.dump_arguments({"city": "Zürich"})) == {"city": "Zürich"}
+    with pytest.raises(ProviderError):
+        t.parse_arguments("[1, 2]")
+    with pytest.raises(ProviderError):
+        t.parse_arguments("{not json")
+
+
+def test_non_function_tools_are_rejected() -> None:
+    with pytest.raises(ProviderError):
+        t.functions([{"type": "code_interpreter"}])
+
+
+SSE_STREAM = (
+    "event: message_start\r\n"
+    'data: {"a": "héllo ✓"}\r\n'
+    "\r\n"
+    ": a comment\n"
+    "event: ping\n"
+    "data: {}\n"
+    "\n"
+    "data: line one\r"
+    "data: line two\r"
+    "\r"
+    "event: empty\n\n"
+    "data: tail"
+).encode()
+EXPECTED = [
+    ("message_start", '{"a": "héllo ✓"}'),
+    ("ping", "{}"),
+    ("message", "line one\nline two"),
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 1000])
+def test_sse_parser_any_split(size: int) -> None:
+    parser = h.SSEParser()
+    events = []
+    for i in range(0, len(SSE_STREAM), size):
+        events += parser.feed(SSE_STREAM[i : i + size])
+    # the unterminated "data: tail" is not an event (WHATWG: dispatch needs a blank line)
+    assert [(e.event, e.data) for e in events] == EXPECTED
+
+
+def test_sse_parser_every_two_way_split() -> None:
+    for cut in range(len(SSE_STREAM)):
+        parser = h.SSEParser()
+        events = parser.feed(SSE_STREAM[:cut]) + parser.feed(SSE_STREAM[cut:])
+        assert [(e.event, e.data) for e in events] == EXPECTED, cut
+
+
+def _response(chunks: list[bytes]) -> httpx.Response:
+    class Stream(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for c in chunks:
+                yield c
+
+    return httpx.Response(200, stream=Stream())
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+async def test_ndjson_any_split(size: int) -> None:
+    payload = '{"a": "Zürich"}\n\n{"b": 2}\r\n{"c": 3}'.encode()
+    chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
+    out = [x async for x in h.iter_ndjson("p", _response(chunks))]
+    assert out == [{"a": "Zürich"}, {"b": 2}, {"c": 3}]
+
+
+async def test_ndjson_truncated_last_line_is_a_broken_stream() -> None:
+    with pytest.raises(ProviderError) as info:
+        _ = [x async for x in h.iter_ndjson("p", _response([b'{"a": 1}\n{"b": ']))]
+    assert info.value.code == "upstream_stream_broken"
+
+
+async def test_ndjson_bad_line_is_malformed() -> None:
+    with pytest.raises(ProviderError) as info:
+        _ = [x async for x in h.iter_ndjson("p", _response([b"nope\n", b'{"a": 1}\n']))]
+    assert info.value.code == "upstream_bad_response"
+
+
+def test_retry_after_forms() -> None:
+    assert h.parse_retry_after(httpx.Headers({"retry-after": "12"})) == 12.0
+    assert h.parse_retry_after(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
+    assert h.parse_retry_after(httpx.Headers({})) is None
+    assert h.parse_retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    delay = h.parse_retry_after(httpx.Headers({"retry-after": later}))
+    assert delay is not None and 0 < delay <= 60
+
+
+@pytest.mark.parametrize(
+    ("status", "out_status", "retryable", "code"),
+    [
+        (400, 400, False, "upstream_bad_request"),
+        (401, 502, False, "upstream_auth_failed"),
+        (403, 502, False, "upstream_auth_failed"),
+        (404, 404, False, "upstream_not_found"),
+        (408, 502, True, "upstream_unavailable"),
+        (409, 502, True, "upstream_unavailable"),
+        (429, 429, True, "upstream_rate_limited"),
+        (500, 502, True, "upstream_unavailable"),
+        (503, 502, True, "upstream_unavailable"),
+        (529, 503, True, "upstream_overloaded"),
+    ],
+)
+def test_status_classification(status: int, out_status: int, retryable: bool, code: str) -> None:
+    err = h.error_for_status("p", status, "m", retry_after=1.0)
+    assert (err.status, err.retryable, err.code, err.provider) == (
+        out_status,
+        retryable,
+        code,
+        "p",
+    )
+
+
+def test_transport_errors() -> None:
+    req = httpx.Request("GET", "http://x")
+    timeout = h.transport_error("p", httpx.ReadTimeout("slow", request=req))
+    assert (timeout.status, timeout.retryable, timeout.code) == (504, True, "upstream_timeout")
+    refused = h.transport_error("p", httpx.ConnectError("refused", request=req))
+    assert (refused.status, refused.retryable) == (502, True)
+
+
+def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_VENDOR_KEY", "secret")
+    assert h.api_key({"api_key_env": "MY_VENDOR_KEY"}) == "secret"
+    assert h.api_key({"api_key": "direct", "api_key_env": "MY_VENDOR_KEY"}) == "direct"
+    assert h.api_key({}) is None

@@ -59,7 +59,6 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
     async def ready() -> Response | dict[str, Any]:
         client: httpx.AsyncClient = app.state.ready_client
         names = list(urls)
-        own_checks: dict[str, Any] = {}
         checks = app.state.gateway_checks
         results, own_checks = await asyncio.gather(
             asyncio.gather(
@@ -162,7 +161,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
 
         app.state.gateway_checks["redis"] = check_redis
     app.state.openapi_cache = OpenAPICache(
-        settings.service_urls(), settings.openapi_cache_ttl, settings.ready_timeout
+        settings.service_urls(), settings.openapi_cache_ttl, settings.openapi_fetch_timeout
     )
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in _REPLACED]
     router = build_router(app, settings)

@@ -35,6 +35,8 @@ class GatewaySettings(ServiceSettings):
 
     ready_timeout: float = 2.0
     openapi_cache_ttl: float = 300.0
+    # a service builds its document on first request, which can take a moment
+    openapi_fetch_timeout: float = 10.0
     # behind a trusted load balancer, keep the x-forwarded-* it sets; else they are replaced
     trust_forwarded_headers: bool = False
     use_redis: bool = True

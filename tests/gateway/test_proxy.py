@@ -128,6 +128,16 @@ async def test_streamed_request_body_reaches_the_service(gw: httpx.AsyncClient) 
     assert resp.json()["body"] == "part0;part1;part2;part3;part4;"
 
 
+async def test_large_request_body_with_a_length_passes_intact(gw: httpx.AsyncClient) -> None:
+    payload = bytes(range(256)) * 1200  # arrives at the gateway in several messages
+    resp = await gw.post("/v1/billing/upload", content=payload)
+    assert resp.status_code == 200
+    echo = resp.json()
+    assert echo["body"].encode("latin-1") == payload
+    assert echo["headers"]["content-length"] == str(len(payload))
+    assert "transfer-encoding" not in echo["headers"]
+
+
 async def test_request_id_and_trace_context_reach_the_service(gw: httpx.AsyncClient) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     client_parent = f"00-{trace_id}-00f067aa0ba902b7-01"

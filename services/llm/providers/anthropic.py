@@ -3,7 +3,7 @@
 Config: ``base_url`` (default https://api.anthropic.com), ``api_key`` / ``api_key_env``
 (default ANTHROPIC_API_KEY), ``timeout``, ``default_max_tokens`` (Anthropic requires
 ``max_tokens``), ``anthropic_version``, ``defaults`` (request params), ``models`` (static
-list for /v1/models), ``transport`` (tests).
+list instead of asking ``GET /v1/models``), ``transport`` (tests).
 
 JSON mode has no native switch in the Messages API: it is emulated with a system
 instruction (and the JSON Schema when one is given), so the output is not guaranteed.
@@ -229,7 +229,7 @@ class AnthropicProvider(Provider):
                     completion_tokens = int(u.get("output_tokens") or 0)
                     started = True
                     yield maker.role()
-                elif not started and kind != "error":
+                elif not started and kind not in ("error", "ping"):
                     raise h.malformed(self.name, f"{kind} before message_start")
                 elif kind == "content_block_start":
                     block = data["content_block"]
@@ -266,7 +266,22 @@ class AnthropicProvider(Provider):
         raise h.broken_stream(self.name, "no message_stop event")
 
     async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=str(m), owned_by="anthropic") for m in self.config.get("models") or []]
+        """Static ``models`` from config, else the paginated ``GET /v1/models``."""
+        if self.config.get("models"):
+            return [ModelInfo(id=str(m), owned_by="anthropic") for m in self.config["models"]]
+        models: list[ModelInfo] = []
+        params: dict[str, str] = {"limit": "1000"}
+        while True:
+            request = self.client.build_request("GET", "/v1/models", params=params)
+            data = await h.send_json(self.client, self.name, request, _error_message)
+            for m in data.get("data") or []:
+                window = m.get("max_input_tokens")
+                models.append(
+                    ModelInfo(id=str(m["id"]), owned_by="anthropic", context_window=window)
+                )
+            if not data.get("has_more") or not data.get("last_id"):
+                return models
+            params = {"limit": "1000", "after_id": str(data["last_id"])}
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
+from anthropic.types import ErrorResponse, Message, ModelInfo, RawMessageStreamEvent
 from pydantic import TypeAdapter
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -151,4 +151,43 @@ def make_app(behavior: Behavior) -> Starlette:
             return Response(b'{"id": "msg_01fake", "content": [', media_type="application/json")
         return JSONResponse(message(behavior, model))
 
-    return Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    async def models(request: Request) -> Response:
+        behavior.requests.append(
+            {"path": request.url.path, "query": dict(request.query_params), "json": None}
+        )
+        if behavior.status:
+            return JSONResponse(
+                error_body(behavior.status, behavior.error_message), status_code=behavior.status
+            )
+        ids = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+        after = request.query_params.get("after_id")
+        start = ids.index(after) + 1 if after else 0
+        page = ids[start : start + 2]  # small pages so pagination is exercised
+        data = [
+            {
+                "type": "model",
+                "id": i,
+                "display_name": i,
+                "created_at": "2025-09-29T00:00:00Z",
+                "max_input_tokens": 200000,
+                "lifecycle": "active",
+            }
+            for i in page
+        ]
+        for item in data:
+            ModelInfo.model_validate(item)
+        return JSONResponse(
+            {
+                "data": data,
+                "has_more": start + 2 < len(ids),
+                "first_id": page[0],
+                "last_id": page[-1],
+            }
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )

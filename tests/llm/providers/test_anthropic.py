@@ -338,3 +338,76 @@ async def test_error_event_mid_stream(provider: AnthropicProvider) -> None:
         True,
         503,
     )
+
+
+async def test_list_models_paginates(provider: AnthropicProvider) -> None:
+    models = await provider.list_models()
+    assert [m.id for m in models] == ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"]
+    assert models[0].context_window == 200000
+
+
+async def test_parallel_tool_results_merge_into_one_user_turn(
+    provider: AnthropicProvider, behavior: Behavior
+) -> None:
+    calls = [
+        {
+            "id": f"toolu_{i}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": args},
+        }
+        for i, args in enumerate(['{"city": "Paris"}', '{"city": "Rome"}'])
+    ]
+    await provider.chat(
+        req(
+            [
+                {"role": "user", "content": "Paris and Rome?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "toolu_0", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "rainy"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "And this?"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                    ],
+                },
+            ],
+            tools=TOOLS,
+            parallel_tool_calls=False,
+        )
+    )
+    body = behavior.last["json"]
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"][0] == {"type": "text", "text": "Checking."}
+    assert body["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_0", "content": "sunny"},
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "rainy"},
+        {"type": "text", "text": "And this?"},
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+        },
+    ]
+    assert body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+async def test_json_schema_mode_is_an_instruction(
+    provider: AnthropicProvider, behavior: Behavior
+) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    await provider.chat(
+        req(response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    )
+    assert json.dumps(schema) in behavior.last["json"]["system"]
+
+
+async def test_provider_entry_points_resolve() -> None:
+    from importlib.metadata import entry_points
+
+    from services.llm.providers.gemini import GeminiProvider
+    from services.llm.providers.ollama import OllamaProvider
+
+    found = {e.name: e for e in entry_points(group="aistack.llm_providers")}
+    assert found["anthropic"].load() is AnthropicProvider
+    assert found["gemini"].load() is GeminiProvider
+    assert found["ollama"].load() is OllamaProvider

@@ -353,3 +353,18 @@ async def test_embeddings(provider: GeminiProvider, behavior: Behavior) -> None:
 async def test_list_models(provider: GeminiProvider) -> None:
     [model] = await provider.list_models()
     assert (model.id, model.context_window) == ("gemini-2.5-flash", 1048576)
+
+
+async def test_json_schema_mode(provider: GeminiProvider, behavior: Behavior) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    await provider.chat(
+        req(
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+            seed=3,
+        )
+    )
+    assert behavior.last["json"]["generationConfig"] == {
+        "seed": 3,
+        "responseMimeType": "application/json",
+        "responseJsonSchema": schema,
+    }

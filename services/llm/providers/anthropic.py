@@ -103,6 +103,8 @@ def translate_messages(
 def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     """The Anthropic ``/v1/messages`` body for an OpenAI-format request."""
     params = t.merged_params(config, request.params)
+    if int(params.get("n") or 1) != 1:
+        raise t.invalid("anthropic returns one choice per request (n must be 1)")
     system, messages = translate_messages(request.messages)
     body: dict[str, Any] = {
         "model": request.model,
@@ -244,7 +246,12 @@ class AnthropicProvider(Provider):
                     delta = data["delta"]
                     if delta["type"] == "text_delta":
                         yield maker.text(delta["text"])
-                    elif delta["type"] == "input_json_delta" and delta["partial_json"]:
+                    elif (
+                        delta["type"] == "input_json_delta"
+                        and delta["partial_json"]
+                        # server tool blocks (web search, ...) also stream input JSON
+                        and data["index"] in tool_index
+                    ):
                         yield maker.tool_arguments(tool_index[data["index"]], delta["partial_json"])
                 elif kind == "message_delta":
                     stop_reason = data.get("delta", {}).get("stop_reason") or stop_reason
@@ -252,7 +259,8 @@ class AnthropicProvider(Provider):
                     if u.get("output_tokens") is not None:
                         completion_tokens = int(u["output_tokens"])
                     if u.get("input_tokens") is not None:
-                        prompt_tokens = _input_tokens(u)
+                        # cumulative; may omit the cache counts message_start had
+                        prompt_tokens = max(prompt_tokens, _input_tokens(u))
                 elif kind == "message_stop":
                     finish = t.finish_reason(t.ANTHROPIC_FINISH, stop_reason, bool(tool_index))
                     yield maker.finish(finish)

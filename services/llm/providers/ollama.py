@@ -70,6 +70,8 @@ def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     """The Ollama ``/api/chat`` body for an OpenAI-format request."""
     params = t.merged_params(config, request.params)
+    if int(params.get("n") or 1) != 1:
+        raise t.invalid("ollama returns one choice per request (n must be 1)")
     body: dict[str, Any] = {
         "model": request.model,
         "messages": translate_messages(request.messages),

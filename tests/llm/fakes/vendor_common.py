@@ -46,6 +46,7 @@ class Behavior:
     split: tuple[int, int] | None = None  # write the body in random slices of this size range
     break_after: int | None = None  # drop the connection after this many body bytes
     clean_eof: bool = False  # with break_after: end the body normally instead of dropping
+    stall_after: int | None = None  # go silent (for a long time) after this many body bytes
     malformed: bool = False  # put a chunk that is not JSON into the stream
     embeddings: list[list[float]] = field(default_factory=lambda: [[0.1, 0.2], [0.3, 0.4]])
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -73,8 +74,13 @@ async def body_slices(payload: bytes, behavior: Behavior) -> AsyncIterator[bytes
             n = rng.randint(low, high)
             pieces.append(payload[i : i + n])
             i += n
+    sent = 0
     for piece in pieces:
+        if behavior.stall_after is not None and sent + len(piece) > behavior.stall_after:
+            yield piece[: behavior.stall_after - sent]
+            await asyncio.sleep(30)
         yield piece
+        sent += len(piece)
         await asyncio.sleep(0)
     if behavior.break_after is not None and not behavior.clean_eof:
         raise StreamBroken("connection dropped by the fake")

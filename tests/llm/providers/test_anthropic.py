@@ -411,3 +411,17 @@ async def test_provider_entry_points_resolve() -> None:
     assert found["anthropic"].load() is AnthropicProvider
     assert found["gemini"].load() is GeminiProvider
     assert found["ollama"].load() is OllamaProvider
+
+
+async def test_stream_stalling_midway_times_out(behavior: Behavior) -> None:
+    behavior.stall_after = 120
+    with serve(make_app(behavior)) as url:
+        p = tcp_provider(url, timeout=0.3)
+        with pytest.raises(ProviderError) as info:
+            await collect(p, req())
+        await p.aclose()
+    assert (info.value.status, info.value.code, info.value.retryable) == (
+        504,
+        "upstream_timeout",
+        True,
+    )

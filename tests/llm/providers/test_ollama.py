@@ -313,3 +313,17 @@ async def test_list_models(provider: OllamaProvider, behavior: Behavior) -> None
     [model] = await provider.list_models()
     assert behavior.last["path"] == "/api/tags"
     assert (model.id, model.owned_by) == (MODEL, "ollama")
+
+
+async def test_stream_stalling_midway_times_out(behavior: Behavior) -> None:
+    behavior.stall_after = 120
+    with serve(make_app(behavior)) as url:
+        p = OllamaProvider("o", {"base_url": url, "timeout": 0.3})
+        with pytest.raises(ProviderError) as info:
+            await collect(p, req())
+        await p.aclose()
+    assert (info.value.status, info.value.code, info.value.retryable) == (
+        504,
+        "upstream_timeout",
+        True,
+    )

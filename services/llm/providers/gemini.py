@@ -108,14 +108,18 @@ def translate_messages(
             parts = _parts(message.get("content"))
             for call in message.get("tool_calls") or []:
                 fn = call.get("function") or {}
-                parts.append(
-                    {
-                        "functionCall": {
-                            "name": fn.get("name", ""),
-                            "args": t.parse_arguments(fn.get("arguments")),
-                        }
+                part: dict[str, Any] = {
+                    "functionCall": {
+                        "name": fn.get("name", ""),
+                        "args": t.parse_arguments(fn.get("arguments")),
                     }
+                }
+                signature = ((call.get("extra_content") or {}).get("google") or {}).get(
+                    "thought_signature"
                 )
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             add("model", parts)
         elif role == "tool":
             call_id = str(message.get("tool_call_id", ""))
@@ -186,6 +190,14 @@ def build_body(request: ChatRequest, config: dict[str, Any]) -> dict[str, Any]:
             config_["allowedFunctionNames"] = [name]
         body["toolConfig"] = {"functionCallingConfig": config_}
     return body
+
+
+def _with_signature(call: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Carry Gemini's ``thoughtSignature`` where Google's own OpenAI-compatible endpoint puts
+    it; thinking models reject a later turn whose function calls lost their signature."""
+    if part.get("thoughtSignature"):
+        call["extra_content"] = {"google": {"thought_signature": part["thoughtSignature"]}}
+    return call
 
 
 def _model_path(model: str) -> str:
@@ -261,9 +273,8 @@ class GeminiProvider(Provider):
             for part in (candidate.get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     fc = part["functionCall"]
-                    calls.append(
-                        t.tool_call(fc.get("id") or t.tool_call_id(), fc["name"], fc.get("args"))
-                    )
+                    call = t.tool_call(fc.get("id") or t.tool_call_id(), fc["name"], fc.get("args"))
+                    calls.append(_with_signature(call, part))
                 elif "text" in part and not part.get("thought"):
                     text.append(part["text"])
             finish = t.finish_reason(t.GEMINI_FINISH, candidate.get("finishReason"), bool(calls))
@@ -326,13 +337,15 @@ class GeminiProvider(Provider):
                             fc = part["functionCall"]
                             n = tools.get(index, 0)
                             tools[index] = n + 1
-                            yield maker.tool_start(
+                            chunk = maker.tool_start(
                                 n,
                                 fc.get("id") or t.tool_call_id(),
                                 fc["name"],
                                 t.dump_arguments(fc.get("args")),
                                 index=index,
                             )
+                            _with_signature(chunk["choices"][0]["delta"]["tool_calls"][0], part)
+                            yield chunk
                         elif part.get("text") and not part.get("thought"):
                             yield maker.text(part["text"], index)
                     if candidate.get("finishReason"):

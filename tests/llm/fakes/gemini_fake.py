@@ -17,6 +17,7 @@ from starlette.routing import Route
 from tests.llm.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "gemini-2.5-flash"
+SIGNATURE = "Q2lRQlZLaG5fc2lnbmF0dXJl"  # opaque base64, echoed back by clients
 
 STATUSES = {
     400: "INVALID_ARGUMENT",
@@ -59,7 +60,12 @@ def response(behavior: Behavior) -> dict[str, Any]:
     if reply.text:
         parts.append({"text": reply.text})
     for call in reply.tool_calls:
-        parts.append({"functionCall": {"name": call.name, "args": call.arguments}})
+        parts.append(
+            {
+                "functionCall": {"name": call.name, "args": call.arguments},
+                "thoughtSignature": SIGNATURE,
+            }
+        )
     return _validate(
         {
             "candidates": [
@@ -93,7 +99,8 @@ def chunks(behavior: Behavior) -> list[dict[str, Any]]:
             }
         )
     last_parts: list[dict[str, Any]] = [
-        {"functionCall": {"name": c.name, "args": c.arguments}} for c in reply.tool_calls
+        {"functionCall": {"name": c.name, "args": c.arguments}, "thoughtSignature": SIGNATURE}
+        for c in reply.tool_calls
     ] or [{"text": ""}]
     out.append(
         {

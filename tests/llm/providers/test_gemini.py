@@ -12,7 +12,7 @@ import pytest
 from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.gemini import GeminiProvider
-from tests.llm.fakes.gemini_fake import chunks, make_app, sse
+from tests.llm.fakes.gemini_fake import SIGNATURE, chunks, make_app, sse
 from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
 
 TOOLS: list[dict[str, Any]] = [
@@ -137,6 +137,7 @@ async def test_tool_call_round_trip(provider: GeminiProvider, behavior: Behavior
     assert choice["finish_reason"] == "tool_calls"
     [call] = choice["message"]["tool_calls"]
     assert call["id"].startswith("call_")  # synthesized: Gemini has no ids
+    assert call["extra_content"] == {"google": {"thought_signature": SIGNATURE}}
     assert call["function"]["name"] == "get_weather"
     assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
 
@@ -155,7 +156,13 @@ async def test_tool_call_round_trip(provider: GeminiProvider, behavior: Behavior
     assert behavior.last["json"]["contents"][1:] == [
         {
             "role": "model",
-            "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
+            "parts": [
+                {
+                    "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                    # the thinking signature survives the OpenAI round trip
+                    "thoughtSignature": SIGNATURE,
+                }
+            ],
         },
         {
             "role": "user",
@@ -202,6 +209,13 @@ async def test_stream_tool_calls_any_byte_split(
     assert finish == "tool_calls"
     assert [json.loads(c["arguments"]) for c in calls] == [{"city": "Paris"}, {"city": "Zürich"}]
     assert len({c["id"] for c in calls}) == 2
+    starts = [
+        call
+        for chunk in out
+        for choice in chunk["choices"]
+        for call in choice["delta"].get("tool_calls") or []
+    ]
+    assert all(c["extra_content"]["google"]["thought_signature"] == SIGNATURE for c in starts)
     assert out[-1]["usage"]["total_tokens"] == 19
 
 

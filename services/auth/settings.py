@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.settings import ServiceSettings
+from libs.settings import ServiceSettings, register_default_secret
+
+DEV_KEY_ENCRYPTION_SECRET = "dev-auth-key-encryption-secret-change-me-000000"
+register_default_secret(DEV_KEY_ENCRYPTION_SECRET)
 
 
 class AuthSettings(ServiceSettings):
@@ -14,6 +18,51 @@ class AuthSettings(ServiceSettings):
 
     service_name: ClassVar[str] = "auth"
     port: int = 8001
+
+    # access tokens (EdDSA JWTs) and refresh tokens
+    jwt_issuer: str = "aistack"
+    jwt_audience: str = "aistack-api"
+    access_token_ttl: int = Field(default=900, ge=30, le=86_400)
+    refresh_token_ttl: int = Field(default=30 * 86_400, ge=300)
+    # encrypts signing keys' private halves and TOTP secrets at rest
+    key_encryption_secret: str = DEV_KEY_ENCRYPTION_SECRET
+    # how long an in-process copy of the active signing key is trusted before re-reading it
+    signing_key_cache_seconds: int = 60
+
+    # accounts
+    password_min_length: int = Field(default=10, ge=8)
+    email_verify_ttl: int = 48 * 3600
+    password_reset_ttl: int = 3600
+    invite_ttl: int = 7 * 86_400
+    # emails that become platform administrators when they register
+    platform_admin_emails: list[str] = Field(default_factory=list)
+    # where links in emails point (the gateway's public URL or the web app)
+    public_url: str = "http://127.0.0.1:8000"
+
+    # abuse limits on failed logins (fixed windows)
+    login_failures_per_account: int = 5
+    login_failures_per_ip: int = 30
+    login_failure_window: int = 900
+    # forgot-password and resend mails per address per hour
+    mails_per_address_per_hour: int = 5
+
+    # feature flags: evaluated sets are cached in Redis this long
+    flags_cache_seconds: int = 30
+
+    # outgoing mail
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "aistack <no-reply@aistack.local>"
+    smtp_starttls: bool = False
+    smtp_timeout: float = 10.0
+
+    def secret_values(self) -> dict[str, str]:
+        return {
+            **super().secret_values(),
+            "key_encryption_secret": self.key_encryption_secret,
+        }
 
 
 def get_settings() -> AuthSettings:

@@ -1,0 +1,53 @@
+"""Container entry point: the command chooses what the image runs.
+
+serve <gateway|auth|llm|rag|jobs|billing>   the HTTP app under uvicorn
+worker <auth|llm|rag|jobs|billing>          that service's arq worker
+migrate                                     apply every service's migrations, then exit
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+APPS = {
+    "gateway": "gateway.app:app",
+    **{name: f"services.{name}.app:app" for name in ("auth", "llm", "rag", "jobs", "billing")},
+}
+DEFAULT_PORTS = {
+    "gateway": 8000,
+    "auth": 8001,
+    "llm": 8002,
+    "rag": 8003,
+    "jobs": 8004,
+    "billing": 8005,
+}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "serve" and argv[1] in APPS:
+        name = argv[1]
+        port = os.environ.get(f"{name.upper()}_PORT", str(DEFAULT_PORTS[name]))
+        args = [
+            sys.executable, "-m", "uvicorn", "--factory", APPS[name],
+            "--host", os.environ.get("AISTACK_BIND", "0.0.0.0"),
+            "--port", port, "--no-access-log", "--timeout-graceful-shutdown", "10",
+            "--proxy-headers",
+            "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+            *argv[2:],
+        ]  # fmt: skip
+        os.execv(sys.executable, args)  # noqa: S606
+    if len(argv) >= 2 and argv[0] == "worker":
+        os.execv(sys.executable, [sys.executable, "-m", "libs.worker", *argv[1:]])  # noqa: S606
+    if argv[:1] == ["migrate"]:
+        from libs.migrations import upgrade_all
+        from libs.settings import ServiceSettings
+
+        upgrade_all(ServiceSettings().database_url)
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

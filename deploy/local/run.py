@@ -1,0 +1,147 @@
+"""``make run``: the whole stack on one machine, under one process manager.
+
+When ``DATABASE_URL`` / ``REDIS_URL`` are not set, an embedded PostgreSQL (with pgvector) and
+an embedded Redis start from Python packages, keeping their data under ``AISTACK_DATA_DIR``
+(default ``.data/local``) so the next start finds it again. Then every service's migrations
+are applied and the gateway, the five services and their workers run under honcho, each
+log line prefixed by the process name. Ctrl-C stops everything, databases included.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from honcho.manager import Manager
+
+from libs.embedded import EmbeddedPostgres, EmbeddedRedis, port_open
+
+SERVICES: dict[str, int] = {"auth": 8001, "llm": 8002, "rag": 8003, "jobs": 8004, "billing": 8005}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where every process listens and where the data lives."""
+
+    host: str
+    gateway_port: int
+    ports: dict[str, int]
+    data_dir: Path
+    pg_port: int
+    redis_port: int
+    workers: bool
+
+
+def plan_from_env(env: dict[str, str]) -> Plan:
+    """Read the runner's configuration from the environment (see the README's table)."""
+    return Plan(
+        host=env.get("AISTACK_HOST", "127.0.0.1"),
+        gateway_port=int(env.get("GATEWAY_PORT", "8000")),
+        ports={name: int(env.get(f"{name.upper()}_PORT", str(p))) for name, p in SERVICES.items()},
+        data_dir=Path(env.get("AISTACK_DATA_DIR", str(ROOT / ".data" / "local"))),
+        pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
+        redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
+        workers=env.get("AISTACK_WORKERS", "1") not in ("0", "false", "no"),
+    )
+
+
+def processes(plan: Plan) -> dict[str, str]:
+    """Process name → command line (the Procfile of the local stack)."""
+    # exec: honcho runs each line through a shell; let the process replace it
+    py = f"exec {sys.executable}"
+    uv = (
+        f"{py} -m uvicorn --factory --no-access-log --no-proxy-headers"
+        " --timeout-graceful-shutdown 5"
+    )
+    procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
+    for name, port in plan.ports.items():
+        procs[name] = f"{uv} services.{name}.app:app --host {plan.host} --port {port}"
+    if plan.workers:
+        for name in plan.ports:
+            procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"
+    return procs
+
+
+def _busy_ports(plan: Plan) -> list[int]:
+    wanted = [plan.gateway_port, *plan.ports.values()]
+    return [p for p in wanted if port_open(plan.host, p)]
+
+
+def _announce_when_ready(url: str, started: float, stop: threading.Event) -> None:
+    """Print the URLs once the gateway reports every service ready."""
+    while not stop.wait(0.25):
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    took = time.monotonic() - started
+                    print(
+                        f"\n  aistack is ready in {took:.1f}s\n"
+                        f"    API     {url}\n    Docs    {url}/docs\n"
+                        f"    Ready   {url}/ready\n  Press Ctrl-C to stop.\n",
+                        flush=True,
+                    )
+                    return
+        except (urllib.error.URLError, OSError, TimeoutError):
+            continue
+
+
+def main() -> int:
+    started = time.monotonic()
+    env = dict(os.environ)
+    plan = plan_from_env(env)
+    busy = _busy_ports(plan)
+    if busy:
+        print(f"aistack: ports already in use: {busy}. Stop what uses them or set *_PORT.")
+        return 1
+
+    pg: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+    try:
+        if not env.get("DATABASE_URL"):
+            print(f"aistack: embedded PostgreSQL on :{plan.pg_port} ({plan.data_dir})", flush=True)
+            pg = EmbeddedPostgres(plan.data_dir / "postgres", port=plan.pg_port).start()
+            env["DATABASE_URL"] = pg.url
+        if not env.get("REDIS_URL"):
+            print(f"aistack: embedded Redis on :{plan.redis_port}", flush=True)
+            redis = EmbeddedRedis(plan.data_dir / "redis", port=plan.redis_port).start()
+            env["REDIS_URL"] = redis.url
+
+        from libs.migrations import upgrade_all
+
+        print("aistack: applying migrations", flush=True)
+        upgrade_all(env["DATABASE_URL"])
+
+        for name, port in plan.ports.items():
+            env.setdefault(f"GATEWAY_{name.upper()}_URL", f"http://{plan.host}:{port}")
+        env.setdefault("LOG_JSON", "false")
+        env["PYTHONUNBUFFERED"] = "1"
+
+        manager = Manager()
+        for name, cmd in processes(plan).items():
+            manager.add_process(name, cmd, env=env, cwd=str(ROOT))
+        stop = threading.Event()
+        shown_host = "localhost" if plan.host in ("127.0.0.1", "0.0.0.0") else plan.host
+        url = f"http://{shown_host}:{plan.gateway_port}"
+        threading.Thread(
+            target=_announce_when_ready, args=(url, started, stop), daemon=True
+        ).start()
+        manager.loop()
+        stop.set()
+        return manager.returncode or 0
+    finally:
+        if redis:
+            redis.stop()
+        if pg:
+            print("aistack: stopping embedded PostgreSQL", flush=True)
+            pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

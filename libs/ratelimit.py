@@ -1,0 +1,188 @@
+"""Rate limits shared by every process: GCRA in Redis, decided in one round trip.
+
+The gateway counts requests per API key, user and organization; the llm service counts
+tokens per minute (``cost=tokens``). Several limits are checked together and atomically by
+one Lua script: the request passes only when every limit has room, and nothing is consumed
+when one refuses. The clock is Redis's (``TIME``), so any number of processes sharing one
+Redis enforce one global limit.
+
+GCRA ("generic cell rate algorithm", a token bucket stored as one timestamp per key): a
+limit of ``limit`` units per ``window`` seconds gives each unit an emission interval
+``window / limit``. The key holds the theoretical arrival time (TAT), the moment the bucket
+will be full again. A cost ``c`` moves it to ``max(TAT, now) + c * interval``; the hit is
+allowed while that stays within ``window`` of now. Bursts up to ``limit`` pass at once, then
+the bucket refills smoothly (no fixed-window double bursts at minute boundaries).
+
+With Redis Cluster, all keys of one :func:`hit_many` call must share a hash slot
+(``{...}`` hash tags).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+# TAT is stored as "<whole microseconds> <fraction>": Lua numbers are doubles, whose
+# resolution at today's epoch in microseconds is 0.25 us, and rounding on every hit would
+# drift (a limit of 7 per minute must allow exactly 7). Differences to ``now`` are exact.
+_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[1])
+local force = ARGV[2] == '1'
+local n = #KEYS
+local offsets = {}
+local news = {}
+local all_ok = true
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local window = tonumber(ARGV[2 + 2 * i])
+  local interval = window / limit
+  local offset = 0
+  local raw = redis.call('GET', KEYS[i])
+  if raw then
+    local whole, frac = string.match(raw, '^(%-?%d+) (%d+%.?%d*)$')
+    if whole then
+      offset = (tonumber(whole) - now) + tonumber(frac)
+      if offset < 0 then offset = 0 end
+    end
+  end
+  local new = offset + cost * interval
+  offsets[i] = offset
+  news[i] = new
+  -- 1 ns of slack absorbs floating-point error of the sum
+  if new > window + 0.001 then all_ok = false end
+end
+local out = {}
+for i = 1, n do
+  local limit = tonumber(ARGV[1 + 2 * i])
+  local window = tonumber(ARGV[2 + 2 * i])
+  local interval = window / limit
+  local new = news[i]
+  local fits = new <= window + 0.001
+  local after = offsets[i]
+  if (all_ok or force) and cost > 0 then
+    after = new
+    local whole = math.floor(after)
+    redis.call('SET', KEYS[i], string.format('%.0f %.9f', now + whole, after - whole),
+      'PX', math.ceil(after / 1000) + 1)
+  end
+  local remaining = math.floor((window - after) / interval + 0.000001)
+  if remaining < 0 then remaining = 0 end
+  local retry = 0
+  if not fits then retry = math.ceil(new - window) end
+  out[i] = {fits and 1 or 0, remaining, math.ceil(after), retry}
+end
+return {all_ok and 1 or 0, out}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """The outcome of one limit: whether it had room, and what to tell the client."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    # seconds until the limit is fully replenished
+    reset_seconds: float
+    # seconds to wait before the same request would fit (0 when allowed)
+    retry_after: float
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Limit/Remaining/Reset`` (and ``Retry-After`` when refused)."""
+        out = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(math.ceil(self.reset_seconds)),
+        }
+        if not self.allowed:
+            out["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecisions:
+    """The outcome of several limits checked together."""
+
+    allowed: bool
+    decisions: tuple[RateDecision, ...]
+
+    def strictest(self) -> RateDecision:
+        """The decision to report: a refusing one (longest wait), else the least remaining."""
+        refused = [d for d in self.decisions if not d.allowed]
+        if refused:
+            return max(refused, key=lambda d: d.retry_after)
+        return min(self.decisions, key=lambda d: (d.remaining, -d.reset_seconds))
+
+
+class _Script:
+    """The Lua script, run by EVALSHA (EVAL once per Redis that has not cached it)."""
+
+    def __init__(self, source: str) -> None:
+        import hashlib
+
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            return await redis.eval(self.source, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+_SCRIPT = _Script(_LUA)
+
+
+async def hit_many(
+    redis: Redis,
+    limits: Sequence[tuple[str, int, float]],
+    cost: int = 1,
+    *,
+    force: bool = False,
+) -> RateDecisions:
+    """Count ``cost`` against every ``(key, limit, window_seconds)`` at once, atomically.
+
+    Passes only when all have room; when one refuses nothing is consumed, unless ``force``
+    (usage that already happened, such as the tokens of a finished completion: it is
+    recorded and later requests wait it off). ``cost=0`` only reads. A cost above a limit
+    can never pass. Raises redis errors: the caller decides whether to fail open or closed.
+    """
+    if not limits:
+        return RateDecisions(True, ())
+    if cost < 0:
+        raise ValueError("cost must be >= 0")
+    keys: list[str] = []
+    args: list[Any] = [cost, 1 if force else 0]
+    for key, limit, window in limits:
+        if limit < 1 or window <= 0:
+            raise ValueError(f"invalid limit {limit}/{window}s for {key}")
+        keys.append(key)
+        args += [int(limit), int(window * 1_000_000)]
+    raw = await _SCRIPT(redis, keys, args)
+    all_ok, rows = raw
+    decisions = tuple(
+        RateDecision(
+            allowed=bool(fits),
+            limit=int(limit),
+            remaining=int(remaining),
+            reset_seconds=int(reset_us) / 1_000_000,
+            retry_after=int(retry_us) / 1_000_000,
+        )
+        for (fits, remaining, reset_us, retry_us), (_, limit, _w) in zip(rows, limits, strict=True)
+    )
+    return RateDecisions(bool(all_ok), decisions)
+
+
+async def hit(
+    redis: Redis, key: str, limit: int, window_seconds: float, cost: int = 1
+) -> RateDecision:
+    """Count ``cost`` against one limit of ``limit`` per ``window_seconds`` (one round trip)."""
+    result = await hit_many(redis, [(key, limit, window_seconds)], cost)
+    return result.decisions[0]

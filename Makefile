@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 export UV_LINK_MODE ?= copy
 
-.PHONY: help bootstrap sync run test lint fmt typecheck importlint compose-check pytest bench migrate clean
+.PHONY: help bootstrap sync run test lint fmt typecheck importlint compose-check pytest bench migrate docs clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench: sync ## Benchmarks (prints figures; not part of make test)
 
 migrate: sync ## Apply every service's migrations to DATABASE_URL
 	@$(RUN) python -m libs.migrations upgrade all
+
+docs: sync ## Regenerate the README's configuration table from the settings classes
+	@$(RUN) python -m deploy.config_table --write
 
 clean: ## Remove the embedded databases' data and caches
 	rm -rf .data .mypy_cache .ruff_cache .pytest_cache

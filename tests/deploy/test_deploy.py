@@ -1,0 +1,101 @@
+"""The deployment material: compose validation, the local runner's plan, the README table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy import config_table
+from deploy.local.run import plan_from_env, processes
+from deploy.validate_compose import semantic_errors
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.validate_compose", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_compose_file_is_valid() -> None:
+    result = _validate(ROOT / "compose.yaml")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_runs_every_app_and_worker_with_healthchecks() -> None:
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = doc["services"]
+    for name in ("gateway", "auth", "llm", "rag", "jobs", "billing"):
+        assert services[name]["command"] == ["serve", name]
+        assert "healthcheck" in services[name]
+    for name in ("auth", "llm", "rag", "jobs", "billing"):
+        assert services[f"{name}-worker"]["command"] == ["worker", name]
+    assert services["postgres"]["image"].startswith("pgvector/")
+    # only the gateway is reachable from outside
+    assert [n for n, s in services.items() if s.get("ports")] == ["gateway"]
+
+
+def test_schema_violation_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  web:\n    image: x\n    ports: 8000\n    restart: sometimes\n")
+    result = _validate(bad)
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"services": {"a": {"image": "x", "depends_on": ["b"]}}}, "unknown service 'b'"),
+        ({"services": {"a": {"image": "x"}}}, "no healthcheck"),
+        (
+            {"services": {"a": {"image": "x", "healthcheck": {}, "volumes": ["data:/d"]}}},
+            "volume 'data' is not declared",
+        ),
+        (
+            {
+                "services": {
+                    "a": {"build": {"context": ".", "dockerfile": "nope"}, "healthcheck": {}}
+                }
+            },
+            "does not exist",
+        ),
+    ],
+)
+def test_semantic_errors(doc: dict[str, object], expected: str, tmp_path: Path) -> None:
+    errors = semantic_errors(doc, tmp_path)
+    assert any(expected in e for e in errors), errors
+
+
+def test_local_plan_runs_gateway_services_and_workers() -> None:
+    plan = plan_from_env({"GATEWAY_PORT": "9000", "LLM_PORT": "9002"})
+    procs = processes(plan)
+    assert set(procs) == {
+        "gateway",
+        *("auth", "llm", "rag", "jobs", "billing"),
+        *(f"{s}-worker" for s in ("auth", "llm", "rag", "jobs", "billing")),
+    }
+    assert "--port 9000" in procs["gateway"] and "gateway.app:app" in procs["gateway"]
+    assert "--port 9002" in procs["llm"]
+    assert "libs.worker llm" in procs["llm-worker"]
+    assert set(processes(plan_from_env({"AISTACK_WORKERS": "0"}))) == {
+        "gateway",
+        "auth",
+        "llm",
+        "rag",
+        "jobs",
+        "billing",
+    }
+
+
+def test_readme_configuration_table_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert config_table.render_readme(readme) == readme, "run `make docs` to refresh the table"

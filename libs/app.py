@@ -110,6 +110,9 @@ def create_app(
             log.info("%s stopping", service)
 
     app = FastAPI(
+        # our ObservabilityMiddleware traces and measures every request; FastAPI's native
+        # telemetry would add a second span and metric set per request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title=title or f"aistack {service}",
         description=description,
         version=version,

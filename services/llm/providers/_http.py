@@ -1,14 +1,13 @@
-"""HTTP plumbing shared by the vendor adapters (Anthropic, Gemini, Ollama).
+"""HTTP plumbing shared by every HTTP adapter (OpenAI, Azure, Anthropic, Gemini, Ollama).
 
 Client construction from provider config, upstream error classification, and incremental
-SSE / NDJSON parsing that is correct whatever way the bytes are split on the wire.
-
-Overlaps with ``_http.py`` / ``_sse.py`` (written in parallel for the OpenAI-family
-adapters); the two should be merged once both exist.
+SSE / NDJSON parsing that is correct whatever way the bytes are split on the wire. This is
+the only SSE parser of the providers package.
 """
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import email.utils
 import json
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from services.llm.providers.base import ProviderError
 
@@ -43,10 +43,17 @@ def make_client(
     timeout = float(config.get("timeout", 60.0))
     connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
     transport = config.get("transport")
+    # one pooled keep-alive client per provider; the pool is sized for a busy gateway
+    connections = int(config.get("max_connections", 200))
     return httpx.AsyncClient(
         base_url=str(config.get("base_url") or default_base_url).rstrip("/"),
         headers={**headers, **dict(config.get("headers") or {})},
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=float(config.get("keepalive_expiry", 30.0)),
+        ),
         transport=transport,
     )
 
@@ -181,7 +188,7 @@ def malformed(provider: str, why: str) -> ProviderError:
 def loads_object(provider: str, data: str | bytes) -> dict[str, Any]:
     """Parse one JSON object or raise a ``malformed`` ProviderError."""
     try:
-        value = json.loads(data)
+        value = orjson.loads(data)
     except ValueError as exc:
         raise malformed(provider, f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -221,24 +228,28 @@ class SSEParser:
 
     def _drain(self) -> list[SSEEvent]:
         events: list[SSEEvent] = []
-        while True:
-            cut = -1
-            for i, ch in enumerate(self._buf):
-                if ch in "\r\n":
-                    cut = i
+        buf, pos, end_of_buf = self._buf, 0, len(self._buf)
+        # str.find instead of a per-character loop: this runs for every streamed chunk
+        has_cr = "\r" in buf
+        while pos < end_of_buf:
+            nl = buf.find("\n", pos)
+            cr = buf.find("\r", pos) if has_cr else -1
+            if cr < 0:
+                if nl < 0:
                     break
-            if cut < 0:
-                return events
-            if self._buf[cut] == "\r":
-                if cut + 1 == len(self._buf):
-                    return events  # a '\n' may follow in the next slice
-                end = cut + 2 if self._buf[cut + 1] == "\n" else cut + 1
+                cut, end = nl, nl + 1
+            elif 0 <= nl < cr:
+                cut, end = nl, nl + 1
             else:
-                end = cut + 1
-            line, self._buf = self._buf[:cut], self._buf[end:]
+                if cr + 1 == end_of_buf:
+                    break  # a '\n' may follow in the next slice
+                cut, end = cr, (cr + 2 if buf[cr + 1] == "\n" else cr + 1)
+            line, pos = buf[pos:cut], end
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        self._buf = buf[pos:]
+        return events
 
     def _line(self, line: str) -> SSEEvent | None:
         if line == "":
@@ -293,6 +304,20 @@ async def iter_ndjson(provider: str, response: httpx.Response) -> AsyncIterator[
         if not isinstance(value, dict):
             raise malformed(provider, "expected a JSON object")
         yield value
+
+
+async def drain(events: AsyncIterator[Any], *, within: float = 1.0) -> None:
+    """Read a stream to its end after the vendor's terminal event.
+
+    httpx returns a connection to the keep-alive pool only when the body was read to its end;
+    returning at the terminal event would close it and cost a new connection per stream.
+    """
+    try:
+        async with asyncio.timeout(within):
+            async for _ in events:
+                pass
+    except (TimeoutError, ProviderError):
+        pass
 
 
 MessageExtractor = Callable[[bytes], "str | None"]

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from services.llm.providers import _http as h
 from services.llm.providers import _translate as t
-from services.llm.providers import _vendor_http as h
 from services.llm.providers.base import ChatRequest, ModelInfo, Provider, ProviderError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -218,7 +218,8 @@ class AnthropicProvider(Provider):
         prompt_tokens = completion_tokens = 0
         stop_reason: str | None = None
         started = False
-        async for event in h.iter_sse(self.name, response):
+        events = h.iter_sse(self.name, response)
+        async for event in events:
             data = h.loads_object(self.name, event.data)
             kind = data.get("type", event.event)
             try:
@@ -265,6 +266,7 @@ class AnthropicProvider(Provider):
                     finish = t.finish_reason(t.ANTHROPIC_FINISH, stop_reason, bool(tool_index))
                     yield maker.finish(finish)
                     yield maker.usage(t.usage(prompt_tokens, completion_tokens))
+                    await h.drain(events)
                     return
                 elif kind == "error":
                     raise self._event_error(data)

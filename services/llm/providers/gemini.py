@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from services.llm.providers import _http as h
 from services.llm.providers import _translate as t
-from services.llm.providers import _vendor_http as h
 from services.llm.providers.base import (
     ChatRequest,
     EmbeddingRequest,

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from services.llm.providers import _http as h
 from services.llm.providers import _translate as t
-from services.llm.providers import _vendor_http as h
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ModelInfo, Provider
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -170,7 +170,8 @@ class OllamaProvider(Provider):
         maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
         tools = 0
         started = False
-        async for data in h.iter_ndjson(self.name, response):
+        lines = h.iter_ndjson(self.name, response)
+        async for data in lines:
             if "error" in data:
                 # an error after the 200 header arrives as a last {"error": ...} line
                 raise h.error_for_status(self.name, 500, str(data["error"]))
@@ -192,6 +193,7 @@ class OllamaProvider(Provider):
                     yield maker.finish(finish)
                     tokens = t.usage(data.get("prompt_eval_count"), data.get("eval_count"))
                     yield maker.usage(tokens)
+                    await h.drain(lines)
                     return
             except (KeyError, TypeError, AttributeError) as exc:
                 raise h.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.llm.providers import _http as h
 from services.llm.providers import _translate as t
-from services.llm.providers import _vendor_http as h
 from services.llm.providers.base import ProviderError
 
 

@@ -194,6 +194,7 @@ class ObservabilityMiddleware:
                 extra: dict[str, Any] = {
                     "method": method,
                     "path": path,
+                    "route": route,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                 }

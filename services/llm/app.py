@@ -2,21 +2,91 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import entry_points
+from typing import Any
+
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.llm.router import router
+from services.llm.providers.base import Provider
+from services.llm.router import OPENAI_PREFIXES, router
+from services.llm.routing import RoutingConfig, default_config, load_config
+from services.llm.service import LlmService, UsagePublisher
 from services.llm.settings import LlmSettings, get_settings
 
+log = logging.getLogger("aistack.llm")
 
-def build_app(settings: LlmSettings | None = None) -> FastAPI:
+ProviderFactory = Callable[[str, str, dict[str, Any]], Provider]
+ENTRY_POINT_GROUP = "aistack.llm_providers"
+
+
+def _entry_point_factory(kind: str, name: str, config: dict[str, Any]) -> Provider:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            cls = ep.load()
+            provider: Provider = cls(name, config)
+            return provider
+    raise ValueError(f"no provider adapter of kind {kind!r} (entry points {ENTRY_POINT_GROUP})")
+
+
+def default_provider_factory() -> ProviderFactory:
+    """The providers registry's ``build_provider`` (entry points), else a direct lookup."""
+    try:
+        registry = importlib.import_module("services.llm.providers.registry")
+    except ImportError:
+        return _entry_point_factory
+    factory: ProviderFactory = registry.build_provider
+    return factory
+
+
+def load_routing(settings: LlmSettings) -> RoutingConfig:
+    """The routing file named by LLM_MODELS_CONFIG, else the built-in local default."""
+    if settings.models_config:
+        return load_config(settings.models_config)
+    return default_config()
+
+
+def build_app(
+    settings: LlmSettings | None = None,
+    *,
+    provider_factory: ProviderFactory | None = None,
+    usage_publisher: UsagePublisher | None = None,
+) -> FastAPI:
     settings = settings or get_settings()
+    # read the routing file now so a broken file fails the process at start, not at first call
+    config = load_routing(settings)
+
+    @asynccontextmanager
+    async def llm_resources(app: FastAPI) -> AsyncIterator[None]:
+        factory = provider_factory or default_provider_factory()
+        providers: dict[str, Provider] = {}
+        for name, spec in config.providers.items():
+            providers[name] = factory(spec.kind, name, spec.adapter_config())
+        service = LlmService(settings, config, providers, app.state.redis, usage_publisher)
+        app.state.llm = service
+        log.info(
+            "llm routing from %s: providers %s, models %s",
+            config.source,
+            sorted(providers),
+            sorted(config.aliases),
+        )
+        try:
+            yield
+        finally:
+            await service.aclose()
+
     return create_app(
         service="llm",
         settings=settings,
         routers=[router],
         title="aistack llm",
         description="OpenAI-compatible LLM API over many providers.",
+        resources=[llm_resources],
+        openai_error_prefixes=OPENAI_PREFIXES,
     )
 
 

@@ -1,3 +1,144 @@
-"""Request and response schemas of the llm service."""
+"""Request and response schemas of the llm service (OpenAI's wire format).
+
+Request models validate what aistack relies on and allow every other field OpenAI defines
+(``extra="allow"``); those travel to the provider untouched, which ignores what it cannot
+translate.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+# fields handled by aistack itself and never forwarded to a provider
+LOCAL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "cache", "timeout"})
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "default",
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                    "temperature": 0,
+                }
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=200, description="A model alias or provider/model")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+    cache: bool | None = Field(
+        default=None,
+        description="aistack: opt in (true) or out (false) of the response cache; "
+        "by default only temperature 0 requests are cached",
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="aistack: per-request timeout in seconds (capped)"
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def messages_json(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def params(self) -> dict[str, Any]:
+        """Everything to forward to the provider besides model and messages."""
+        data = self.model_dump(exclude_none=True, exclude=set(LOCAL_FIELDS))
+        if self.stream:
+            data["stream"] = True
+        return data
+
+    @property
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"model": "embed", "input": ["hello", "world"]}]},
+    )
+
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    cache: bool | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+    def texts(self) -> list[str] | None:
+        """The inputs as texts; None when given as token ids (not supported)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if all(isinstance(x, str) for x in self.input):
+            return [str(x) for x in self.input]
+        return None
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(
+            exclude_none=True,
+            exclude={"model", "input", "encoding_format", "cache", "timeout"},
+        )
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # aistack extras (ignored by OpenAI SDKs)
+    type: str | None = None
+    context_window: int | None = None
+    targets: list[str] | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

@@ -1,3 +1,690 @@
-"""Domain logic of the llm service."""
+"""Domain logic of the llm service: the OpenAI-compatible calls over routed providers.
+
+One call = resolve the alias, replay an ``Idempotency-Key`` result if there is one, serve
+from the response cache when allowed, reserve the caller's tokens-per-minute budget, call the
+targets (:mod:`services.llm.dispatch`), and emit exactly one usage event whatever happened
+(answered, cached, failed, or cut short by the client).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+import anyio
+from redis.asyncio import Redis
+
+from libs.errors import AppError, BadRequest, NotFound, RateLimited
+from libs.identity import Principal
+from libs.ratelimit import hit_many
+from libs.usage import UsageEvent, publish_usage
+from services.llm import cache as rc
+from services.llm import tokens
+from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
+from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
+from services.llm.providers.base import ChatRequest, Provider, ProviderError
+from services.llm.providers.base import EmbeddingRequest as ProviderEmbeddingRequest
+from services.llm.routing import Alias, Price, RoutingConfig, Target
+from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
+from services.llm.settings import LlmSettings
+from services.llm.streaming import DONE, Assembler, replay_chunks, sse
+
+log = logging.getLogger("aistack.llm")
+
+TPM_WINDOW_S = 60.0
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+_STARTED = int(time.time())
+
+UsagePublisher = Callable[[UsageEvent], Awaitable[None]]
+
+
+@dataclass
+class CallOptions:
+    """What the HTTP layer passes besides the body (all from headers)."""
+
+    idempotency_key: str | None = None
+    cache: str | None = None  # x-aistack-cache header
+    timeout: str | None = None  # x-aistack-timeout header
+
+
+@dataclass
+class Result:
+    """A JSON body, or a stream of SSE bytes, plus response headers."""
+
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Call:
+    principal: Principal
+    org_id: uuid.UUID
+    alias: Alias
+    kind: Literal["chat", "embedding"]
+    id: str
+    started: float = field(default_factory=time.perf_counter)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class LlmService:
+    def __init__(
+        self,
+        settings: LlmSettings,
+        config: RoutingConfig,
+        providers: dict[str, Provider],
+        redis: Redis,
+        publisher: UsagePublisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.providers = providers
+        self.redis = redis
+        self.dispatcher = Dispatcher(providers, settings)
+        self.publisher = publisher or (lambda event: publish_usage(event, redis))
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run work that must finish even if the client went away (usage, cache writes)."""
+
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for background work (usage events, cache writes) to finish."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception:
+                log.warning("closing provider %s failed", provider.name, exc_info=True)
+
+    # ------------------------------------------------------------------ models
+
+    def _model_object(self, alias: Alias) -> ModelObject:
+        return ModelObject(
+            id=alias.name,
+            created=_STARTED,
+            owned_by="aistack",
+            type=alias.type,
+            context_window=alias.context_window,
+            targets=[f"{t.provider}/{t.model}" for t in alias.targets],
+        )
+
+    def list_models(self) -> ModelList:
+        return ModelList(data=[self._model_object(a) for a in self.config.aliases.values()])
+
+    def get_model(self, model_id: str) -> ModelObject:
+        alias = self.config.aliases.get(model_id)
+        if alias is None:
+            raise _model_not_found(model_id)
+        return self._model_object(alias)
+
+    # ------------------------------------------------------------------ shared steps
+
+    def _resolve(self, model: str, kind: Literal["chat", "embedding"]) -> Alias:
+        alias = self.config.resolve(model)
+        if alias is None:
+            raise _model_not_found(model)
+        if alias.type != kind:
+            what = "chat completions" if kind == "chat" else "embeddings"
+            raise BadRequest(
+                f"The model `{model}` does not support {what}", code="model_not_supported"
+            )
+        return alias
+
+    def _timeout(self, body_value: float | None, header: str | None) -> float:
+        value = body_value
+        if value is None and header:
+            try:
+                value = float(header)
+            except ValueError as exc:
+                raise BadRequest(
+                    "x-aistack-timeout must be a number of seconds", code="invalid_timeout"
+                ) from exc
+        if value is None or value <= 0:
+            value = self.settings.request_timeout_s
+        return min(value, self.settings.max_request_timeout_s)
+
+    @staticmethod
+    def _cache_wanted(body_flag: bool | None, header: str | None, deterministic: bool) -> bool:
+        if body_flag is not None:
+            return body_flag
+        if header:
+            h = header.strip().lower()
+            if h in _TRUE:
+                return True
+            if h in _FALSE:
+                return False
+        return deterministic
+
+    async def _reserve_tpm(self, principal: Principal, org_id: uuid.UUID, estimate: int) -> None:
+        """Count the estimated tokens against the key's and the org's TPM limits."""
+        limits: list[tuple[str, int, float]] = []
+        if principal.key_id is not None and principal.tpm_limit:
+            limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))
+        if self.settings.org_tpm_limit > 0:
+            limits.append((f"llm:tpm:{{{org_id}}}:org", self.settings.org_tpm_limit, 60))
+        if not limits:
+            return
+        try:
+            decisions = await hit_many(self.redis, limits, max(estimate, 1))
+        except Exception:
+            # Redis trouble must not take the LLM API down with it: fail open, loudly
+            log.warning("TPM check failed; allowing the request", exc_info=True)
+            return
+        if not decisions.allowed:
+            decision = decisions.strictest()
+            too_big = estimate > decision.limit
+            raise RateLimited(
+                (
+                    f"This request needs about {estimate} tokens, more than the limit of "
+                    f"{decision.limit} tokens per minute"
+                )
+                if too_big
+                else f"Tokens-per-minute limit of {decision.limit} reached; retry later",
+                code="tokens_per_minute_exceeded",
+                headers=decision.headers(),
+                details={"limit": decision.limit, "estimated_tokens": estimate},
+            )
+
+    def _event(
+        self,
+        call: _Call,
+        *,
+        target: Target | None,
+        usage: dict[str, Any] | None,
+        cached: bool,
+        status: Literal["ok", "error"],
+        ttft_s: float | None = None,
+    ) -> UsageEvent:
+        prompt = int((usage or {}).get("prompt_tokens") or 0)
+        completion = int((usage or {}).get("completion_tokens") or 0)
+        price: Price = target.price if target else Price()
+        cost = Decimal(0) if cached or status == "error" else price.cost(prompt, completion)
+        latency = time.perf_counter() - call.started
+        return UsageEvent(
+            request_id=call.id,
+            org_id=call.org_id,
+            user_id=call.principal.user_id,
+            key_id=call.principal.key_id,
+            model=target.model if target else call.alias.name,
+            provider=target.provider if target else "",
+            kind=call.kind,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            latency_ms=int(latency * 1000),
+            ttft_ms=int(ttft_s * 1000) if ttft_s is not None else None,
+            cached=cached,
+            status=status,
+        )
+
+    def _failed(self, call: _Call) -> None:
+        self._emit(call, self._event(call, target=None, usage=None, cached=False, status="error"))
+
+    def _ok(self, call: _Call, target: Target, usage: dict[str, Any]) -> None:
+        self._emit(call, self._event(call, target=target, usage=usage, cached=False, status="ok"))
+
+    def _emit(self, call: _Call, event: UsageEvent) -> None:
+        """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
+        endpoint = "chat" if event.kind == "chat" else "embeddings"
+        outcome = "cached" if event.cached else event.status
+        REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
+        if event.provider and not event.cached and event.status == "ok":
+            TOKENS.labels(event.provider, event.model, "prompt").inc(event.prompt_tokens)
+            TOKENS.labels(event.provider, event.model, "completion").inc(event.completion_tokens)
+
+        async def send() -> None:
+            for attempt in range(5):
+                try:
+                    await self.publisher(event)
+                    return
+                except Exception:
+                    log.warning(
+                        "usage event %s not queued (attempt %d)",
+                        event.job_id,
+                        attempt + 1,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(0.2 * 2**attempt)
+            log.error("usage event lost: %s", event.model_dump_json())
+
+        self.spawn(send())
+
+    async def _claim(self, call: _Call, opts: CallOptions, fp: str) -> rc.IdempotencyClaim | None:
+        if not opts.idempotency_key:
+            return None
+        if len(opts.idempotency_key) > 255:
+            raise BadRequest("Idempotency-Key is longer than 255 characters")
+        key = rc.idempotency_redis_key(call.org_id, opts.idempotency_key)
+        return await rc.idempotency_claim(
+            self.redis,
+            key,
+            fp,
+            lock_ttl_s=self.settings.max_request_timeout_s + 30,
+            wait_s=self.settings.idempotency_wait_s,
+        )
+
+    def _settle(self, claim: rc.IdempotencyClaim | None, result: dict[str, Any] | None) -> None:
+        """Store the result under the idempotency key (or free the key after a failure)."""
+        if claim is None or not claim.owner:
+            return
+        if result is None:
+            self.spawn(rc.idempotency_release(self.redis, claim))
+        else:
+            self.spawn(
+                rc.idempotency_store(self.redis, claim, result, self.settings.idempotency_ttl_s)
+            )
+
+    # ------------------------------------------------------------------ chat
+
+    async def chat(
+        self, principal: Principal, body: ChatCompletionRequest, opts: CallOptions
+    ) -> Result:
+        org_id = principal.require_org()
+        alias = self._resolve(body.model, "chat")
+        call = _Call(principal, org_id, alias, "chat", f"chatcmpl-{uuid.uuid4().hex}")
+        timeout_s = self._timeout(body.timeout, opts.timeout)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        raw = body.model_dump(exclude_none=True)
+        fp = rc.fingerprint("chat", raw)
+
+        claim = await self._claim(call, opts, fp)
+        if claim is not None and claim.result is not None:
+            completion = claim.result["completion"]
+            headers = {"x-aistack-idempotent-replay": "true"}
+            return self._answer(completion, body.stream, include_usage, headers)
+
+        try:
+            return await self._chat(call, body, opts, claim, fp, timeout_s, include_usage)
+        except BaseException:
+            self._settle(claim, None)
+            raise
+
+    def _answer(
+        self,
+        completion: dict[str, Any],
+        stream: bool,
+        include_usage: bool,
+        headers: dict[str, str],
+    ) -> Result:
+        if not stream:
+            return Result(body=completion, headers=headers)
+
+        async def replay() -> AsyncIterator[bytes]:
+            for chunk in replay_chunks(completion, include_usage):
+                yield sse(chunk)
+            yield DONE
+
+        return Result(stream=replay(), headers=headers)
+
+    async def _chat(
+        self,
+        call: _Call,
+        body: ChatCompletionRequest,
+        opts: CallOptions,
+        claim: rc.IdempotencyClaim | None,
+        fp: str,
+        timeout_s: float,
+        include_usage: bool,
+    ) -> Result:
+        deterministic = body.temperature == 0 and (body.n or 1) == 1
+        cache_key = None
+        if self._cache_wanted(body.cache, opts.cache, deterministic):
+            cache_key = rc.cache_key(call.org_id, fp)
+            hit = await rc.cache_get(self.redis, cache_key)
+            CACHE.labels("chat", "hit" if hit else "miss").inc()
+            if hit is not None:
+                completion = {**hit["completion"], "id": call.id, "created": call.created}
+                hit_target = Target(hit["provider"], hit["model"], Price())
+                self._emit(
+                    call,
+                    self._event(
+                        call,
+                        target=hit_target,
+                        usage=completion.get("usage"),
+                        cached=True,
+                        status="ok",
+                        ttft_s=(time.perf_counter() - call.started) if body.stream else None,
+                    ),
+                )
+                self._settle(claim, {"completion": completion})
+                headers = {"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider}
+                return self._answer(completion, body.stream, include_usage, headers)
+
+        messages = body.messages_json()
+        params = body.params()
+        estimate = tokens.count_messages(messages, body.tools) + (
+            body.output_limit or self.settings.tpm_completion_reserve
+        )
+        await self._reserve_tpm(call.principal, call.org_id, estimate)
+
+        outcome = Outcome()
+        headers = {"x-aistack-cache": "miss" if cache_key else "off"}
+
+        if not body.stream:
+
+            async def complete(provider: Provider, target: Target) -> dict[str, Any]:
+                return await provider.chat(ChatRequest(target.model, messages, params))
+
+            try:
+                completion = await self.dispatcher.run(call.alias, complete, timeout_s, outcome)
+            except AppError:
+                self._failed(call)
+                raise
+            target = outcome.target
+            assert target is not None
+            completion = {**completion, "id": call.id}
+            usage = completion.get("usage") or {}
+            if not usage.get("prompt_tokens") and not usage.get("completion_tokens"):
+                usage = _estimated_usage(messages, body.tools, completion)
+                completion["usage"] = usage
+            LATENCY.labels(target.provider, target.model, "chat").observe(
+                time.perf_counter() - call.started
+            )
+            self._ok(call, target, usage)
+            if cache_key:
+                self.spawn(self._cache_put(cache_key, completion, target))
+            self._settle(claim, {"completion": completion})
+            headers.update(_route_headers(target, outcome))
+            return Result(body=completion, headers=headers)
+
+        async def open_stream(
+            provider: Provider, target: Target
+        ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+            request = ChatRequest(target.model, messages, params)
+            return await first_chunk(provider.stream_chat(request))
+
+        try:
+            first, upstream = await self.dispatcher.run(call.alias, open_stream, timeout_s, outcome)
+        except AppError:
+            self._failed(call)
+            raise
+        target = outcome.target
+        assert target is not None
+        ttft = time.perf_counter() - call.started
+        TTFT.labels(target.provider, target.model).observe(ttft)
+        headers.update(_route_headers(target, outcome))
+        relay = self._relay(
+            call,
+            target,
+            first,
+            upstream,
+            messages,
+            body,
+            include_usage,
+            timeout_s,
+            ttft,
+            cache_key,
+            claim,
+        )
+        return Result(stream=relay, headers=headers)
+
+    async def _relay(
+        self,
+        call: _Call,
+        target: Target,
+        first: dict[str, Any] | None,
+        upstream: AsyncIterator[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        body: ChatCompletionRequest,
+        include_usage: bool,
+        timeout_s: float,
+        ttft: float,
+        cache_key: str | None,
+        claim: rc.IdempotencyClaim | None,
+    ) -> AsyncIterator[bytes]:
+        """Forward upstream chunks as SSE; then usage, cache and idempotency, exactly once."""
+        asm = Assembler()
+        finished = False
+        failed = False
+        base = {"id": call.id, "object": "chat.completion.chunk"}
+        try:
+            chunk = first
+            while chunk is not None:
+                asm.add(chunk)
+                if chunk.get("choices"):
+                    out = {**chunk, **base}
+                    if include_usage:
+                        out["usage"] = None
+                    else:
+                        out.pop("usage", None)
+                    yield sse(out)
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        chunk = await anext(upstream)
+                except StopAsyncIteration:
+                    chunk = None
+            if include_usage:
+                usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
+                yield sse(
+                    {
+                        **base,
+                        "created": asm.created or call.created,
+                        "model": asm.model or target.model,
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+            yield DONE
+            finished = True
+        except Exception as exc:
+            failed = True
+            err = classify(exc, target.provider)
+            log.warning("stream from %s broke: %s", target.provider, err.message)
+            # the client already has bytes: report in-band, as OpenAI does; SDKs raise on it
+            yield sse(
+                {
+                    "error": {
+                        "message": f"Upstream stream failed: {err.message}",
+                        "type": "api_error",
+                        "param": None,
+                        "code": err.code or "upstream_error",
+                    }
+                }
+            )
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await close_stream(upstream)
+            usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
+            LATENCY.labels(target.provider, target.model, "chat").observe(
+                time.perf_counter() - call.started
+            )
+            status: Literal["ok", "error"] = "error" if failed else "ok"
+            self._emit(
+                call,
+                self._event(
+                    call, target=target, usage=usage, cached=False, status=status, ttft_s=ttft
+                ),
+            )
+            completion = asm.completion(call.id, call.created, usage) if finished else None
+            if completion is not None and cache_key:
+                self.spawn(self._cache_put(cache_key, completion, target))
+            self._settle(claim, {"completion": completion} if completion else None)
+
+    async def _cache_put(self, key: str, completion: dict[str, Any], target: Target) -> None:
+        try:
+            value = {"completion": completion, "provider": target.provider, "model": target.model}
+            await rc.cache_put(self.redis, key, value, self.settings.cache_ttl_s)
+        except Exception:
+            log.warning("response cache write failed", exc_info=True)
+
+    # ------------------------------------------------------------------ embeddings
+
+    async def embed(
+        self, principal: Principal, body: EmbeddingRequest, opts: CallOptions
+    ) -> Result:
+        org_id = principal.require_org()
+        alias = self._resolve(body.model, "embedding")
+        texts = body.texts()
+        if texts is None:
+            raise BadRequest("Token-id input is not supported; send text", code="unsupported_input")
+        if not texts:
+            raise BadRequest("input must not be empty", code="invalid_input")
+        call = _Call(principal, org_id, alias, "embedding", f"embd-{uuid.uuid4().hex}")
+        timeout_s = self._timeout(body.timeout, opts.timeout)
+        fp = rc.fingerprint("embeddings", body.model_dump(exclude_none=True))
+
+        claim = await self._claim(call, opts, fp)
+        if claim is not None and claim.result is not None:
+            return Result(
+                body=_encode(claim.result["response"], body.encoding_format),
+                headers={"x-aistack-idempotent-replay": "true"},
+            )
+        try:
+            return await self._embed(call, body, texts, opts, claim, fp, timeout_s)
+        except BaseException:
+            self._settle(claim, None)
+            raise
+
+    async def _embed(
+        self,
+        call: _Call,
+        body: EmbeddingRequest,
+        texts: list[str],
+        opts: CallOptions,
+        claim: rc.IdempotencyClaim | None,
+        fp: str,
+        timeout_s: float,
+    ) -> Result:
+        cache_key = None
+        if self._cache_wanted(body.cache, opts.cache, False):
+            cache_key = rc.cache_key(call.org_id, fp)
+            hit = await rc.cache_get(self.redis, cache_key)
+            CACHE.labels("embeddings", "hit" if hit else "miss").inc()
+            if hit is not None:
+                response = hit["response"]
+                hit_target = Target(hit["provider"], hit["model"], Price())
+                self._emit(
+                    call,
+                    self._event(
+                        call,
+                        target=hit_target,
+                        usage=response.get("usage"),
+                        cached=True,
+                        status="ok",
+                    ),
+                )
+                self._settle(claim, {"response": response})
+                return Result(
+                    body=_encode(response, body.encoding_format),
+                    headers={"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider},
+                )
+
+        await self._reserve_tpm(call.principal, call.org_id, tokens.count_inputs(texts))
+        params = body.params()
+        outcome = Outcome()
+
+        async def run(provider: Provider, target: Target) -> dict[str, Any]:
+            return await provider.embed(ProviderEmbeddingRequest(target.model, texts, params))
+
+        try:
+            response = await self.dispatcher.run(call.alias, run, timeout_s, outcome)
+        except AppError:
+            self._failed(call)
+            raise
+        target = outcome.target
+        assert target is not None
+        usage = dict(response.get("usage") or {})
+        if not usage.get("prompt_tokens"):
+            n = tokens.count_inputs(texts)
+            usage = {"prompt_tokens": n, "total_tokens": n}
+        response = {
+            "object": "list",
+            "data": [_float_item(i, item) for i, item in enumerate(response.get("data") or [])],
+            "model": response.get("model") or target.model,
+            "usage": usage,
+        }
+        LATENCY.labels(target.provider, target.model, "embeddings").observe(
+            time.perf_counter() - call.started
+        )
+        self._ok(call, target, usage)
+        if cache_key:
+            value = {"response": response, "provider": target.provider, "model": target.model}
+            self.spawn(rc.cache_put(self.redis, cache_key, value, self.settings.cache_ttl_s))
+        self._settle(claim, {"response": response})
+        headers = {"x-aistack-cache": "miss" if cache_key else "off"}
+        headers.update(_route_headers(target, outcome))
+        return Result(body=_encode(response, body.encoding_format), headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_not_found(model: str) -> NotFound:
+    return NotFound(
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
+
+
+def _route_headers(target: Target, outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-aistack-provider": target.provider,
+        "x-aistack-model": target.model,
+        "x-aistack-fallbacks": str(outcome.fallbacks),
+    }
+
+
+def _estimated_usage(
+    messages: list[dict[str, Any]], tools: list[Any] | None, completion: dict[str, Any]
+) -> dict[str, int]:
+    prompt = tokens.count_messages(messages, tools)
+    out = 0
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") or {}
+        out += tokens.count_text(str(message.get("content") or ""))
+        for call in message.get("tool_calls") or []:
+            out += tokens.count_text(str((call.get("function") or {}).get("arguments") or ""))
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def _estimated_usage_stream(
+    messages: list[dict[str, Any]], tools: list[Any] | None, asm: Assembler
+) -> dict[str, int]:
+    prompt = tokens.count_messages(messages, tools)
+    out = -(-asm.chars // tokens.CHARS_PER_TOKEN)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def _float_item(index: int, item: dict[str, Any]) -> dict[str, Any]:
+    vector = item.get("embedding")
+    if isinstance(vector, str):  # an upstream answered in base64: keep floats canonical
+        raw = base64.b64decode(vector)
+        vector = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    return {"object": "embedding", "index": item.get("index", index), "embedding": vector}
+
+
+def _encode(response: dict[str, Any], encoding: str) -> dict[str, Any]:
+    """Embeddings as floats, or as base64 of little-endian float32 (what OpenAI SDKs ask for)."""
+    if encoding != "base64":
+        return response
+    data = []
+    for item in response["data"]:
+        vector = item["embedding"]
+        packed = struct.pack(f"<{len(vector)}f", *vector)
+        data.append({**item, "embedding": base64.b64encode(packed).decode()})
+    return {**response, "data": data}
+
+
+__all__ = ["CallOptions", "LlmService", "ProviderError", "Result"]

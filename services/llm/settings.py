@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -14,6 +15,37 @@ class LlmSettings(ServiceSettings):
 
     service_name: ClassVar[str] = "llm"
     port: int = 8002
+
+    models_config: str | None = Field(
+        default=None,
+        description="Path of the routing YAML (providers, model aliases, prices); "
+        "env LLM_MODELS_CONFIG. Unset: the built-in local provider serves everything.",
+    )
+
+    # timeouts: the whole call when not streamed; first chunk and every gap when streamed
+    request_timeout_s: float = 60.0
+    max_request_timeout_s: float = 600.0
+
+    # retries of one target before falling back to the next one
+    retries: int = 1
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 2.0
+    # an upstream asking to wait longer than this is skipped (next target) instead
+    max_retry_after_s: float = 5.0
+
+    # circuit breaker per provider
+    breaker_failures: int = 5
+    breaker_open_s: float = 30.0
+
+    # response cache and idempotency keys
+    cache_ttl_s: int = 3600
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_wait_s: float = 10.0
+
+    # tokens-per-minute limit of an organization (0: unlimited); keys carry their own
+    org_tpm_limit: int = 0
+    # completion tokens reserved against the TPM limit when a request gives no max_tokens
+    tpm_completion_reserve: int = 256
 
 
 def get_settings() -> LlmSettings:

@@ -9,10 +9,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from sqlalchemy import text
 from starlette.responses import Response
 
-from libs.db import make_engine, make_session_factory
 from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
@@ -35,6 +33,8 @@ QUIET_PATHS = ("/health", "/ready", "/metrics")
 
 async def check_database(app: FastAPI) -> None:
     """Readiness: the service's Postgres answers."""
+    from sqlalchemy import text
+
     async with app.state.engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
 
@@ -90,6 +90,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if use_database:
+                # imported here: the gateway has no database and need not load SQLAlchemy
+                from libs.db import make_engine, make_session_factory
+
                 engine = make_engine(
                     settings.database_url, pool_size=settings.db_pool_size, application_name=service
                 )

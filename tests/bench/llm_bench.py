@@ -1,0 +1,153 @@
+"""The gateway and the llm service against a fast fake OpenAI upstream, through an API key.
+
+Every process is a real one (uvicorn, one worker each, uvloop + httptools) on loopback, on
+embedded PostgreSQL and Redis. Reports requests/s and p50/p99 at concurrency 1 and 16,
+non-streamed and streamed (20 chunks), and each process's resident memory.
+
+    python -m tests.bench.llm_bench [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.bench import load
+from tests.bench.stack import Stack, stack
+
+# generous limits: the benchmark measures throughput, not the limiter refusing it
+LIMITS = {
+    "GATEWAY_RATE_LIMIT_KEY_RPM": "100000000",
+    "GATEWAY_RATE_LIMIT_USER_RPM": "100000000",
+    "GATEWAY_RATE_LIMIT_ORG_RPM": "100000000",
+}
+BODY = {"model": "default", "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+def models_yaml(upstream: str, folder: Path) -> Path:
+    path = folder / "models.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "providers": {
+                    "fake": {"kind": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-bench"}
+                },
+                "models": {
+                    "default": {
+                        "price": {"input": 0.15, "output": 0.6},
+                        "targets": [{"provider": "fake", "model": "gpt-4o-mini"}],
+                    }
+                },
+            }
+        )
+    )
+    return path
+
+
+def api_key(gateway: str) -> str:
+    """Sign up through the gateway and create an API key with ``llm:use``."""
+    email = f"bench-{secrets.token_hex(4)}@example.com"
+    password = secrets.token_urlsafe(16)
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        r = client.post("/v1/auth/register", json={"email": email, "password": password})
+        r.raise_for_status()
+        r = client.post("/v1/auth/login", json={"email": email, "password": password})
+        r.raise_for_status()
+        token = r.json()["access_token"]
+        r = client.post(
+            "/v1/api-keys",
+            json={"name": "bench", "scopes": ["llm:use"]},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        r.raise_for_status()
+        return str(r.json()["key"])
+
+
+def _stream_ok(status: int, body: bytes) -> bool:
+    return status == 200 and body.rstrip().endswith(b"data: [DONE]")
+
+
+async def measure(gateway: str, key: str, duration: float) -> list[load.Result]:
+    headers = {"authorization": f"Bearer {key}"}
+    url = f"{gateway}/v1/chat/completions"
+    results = []
+    for concurrency in (1, 16):
+        results.append(
+            await load.run(
+                "chat",
+                url,
+                method="POST",
+                json=BODY,
+                headers=headers,
+                concurrency=concurrency,
+                duration=duration,
+            )
+        )
+        results.append(
+            await load.run(
+                "chat stream (20 chunks)",
+                url,
+                method="POST",
+                json={**BODY, "stream": True},
+                headers=headers,
+                concurrency=concurrency,
+                duration=duration,
+                check=_stream_ok,
+            )
+        )
+    return results
+
+
+def report(results: list[load.Result], memory: dict[str, tuple[float, float]]) -> str:
+    lines = [
+        "| Request | Concurrency | Requests/s | p50 ms | p99 ms | Errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        row = f"| {r.name} | {r.concurrency} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f}"
+        lines.append(f"{row} | {r.errors} |")
+    lines += ["", "| Process | RSS idle MiB | RSS after load MiB |", "|---|---:|---:|"]
+    for name, (idle, after) in memory.items():
+        lines.append(f"| {name} | {idle:.0f} | {after:.0f} |")
+    return "\n".join(lines)
+
+
+def run_bench(duration: float) -> str:
+    with stack() as s, tempfile.TemporaryDirectory() as tmp:
+        upstream = s.start("fake-openai", "tests.bench.fake_openai:app", factory=False)
+        config = models_yaml(upstream.url, Path(tmp))
+        procs = _start_services(s, config)
+        idle = {name: p.rss_mb() for name, p in procs.items()}
+        key = api_key(procs["gateway"].url)
+        results = asyncio.run(measure(procs["gateway"].url, key, duration))
+        memory = {name: (idle[name], p.rss_mb()) for name, p in procs.items()}
+        return report(results, memory)
+
+
+def _start_services(s: Stack, config: Path) -> dict[str, Any]:
+    auth = s.start("auth", "services.auth.app:app")
+    llm = s.start("llm", "services.llm.app:app", env={"LLM_MODELS_CONFIG": str(config)})
+    gateway = s.start(
+        "gateway",
+        "gateway.app:app",
+        env={"GATEWAY_AUTH_URL": auth.url, "GATEWAY_LLM_URL": llm.url, **LIMITS},
+    )
+    return {"gateway": gateway, "llm": llm, "auth": auth}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.llm_bench")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    args = parser.parse_args()
+    print(run_bench(args.duration))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Start real aistack processes (and fakes) on loopback for benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from libs.embedded import free_port
+from libs.migrations import upgrade_all
+from libs.testing import Infra, start_infra
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Proc:
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes]
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process, in MiB."""
+        return psutil.Process(self.popen.pid).memory_info().rss / 2**20
+
+
+@dataclass
+class Stack:
+    infra: Infra
+    env: dict[str, str]
+    logs: Path
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    def start(
+        self, name: str, app: str, *, factory: bool = True, env: dict[str, str] | None = None
+    ) -> Proc:
+        """Run ``app`` under uvicorn (one worker, uvloop, httptools) and wait for it to answer."""
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            *(["--factory"] if factory else []),
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ]
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        popen = subprocess.Popen(
+            cmd, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        proc = Proc(name, f"http://127.0.0.1:{port}", popen)
+        self.procs[name] = proc
+        _wait_for(proc, self.logs / f"{name}.log")
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.popen.terminate()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(10)
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+        self.infra.stop()
+
+
+def _wait_for(proc: Proc, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{proc.url}/health", timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the server is up (a bare fake has no /health)
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} did not start within {timeout}s")
+
+
+@contextlib.contextmanager
+def stack() -> Iterator[Stack]:
+    """Embedded PostgreSQL and Redis with every migration applied, torn down at the end."""
+    with tempfile.TemporaryDirectory(prefix="aistack-bench-") as tmp:
+        root = Path(tmp)
+        infra = start_infra(root)
+        upgrade_all(infra.database_url)
+        env = {
+            **os.environ,
+            "DATABASE_URL": infra.database_url,
+            "REDIS_URL": infra.redis_url,
+            "ENVIRONMENT": "development",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+        s = Stack(infra, env, root)
+        try:
+            yield s
+        finally:
+            s.stop()

@@ -1,8 +1,8 @@
 """``make bench``: every benchmark, figures printed as Markdown (see docs/benchmarks.md).
 
-    make bench                          all of them
-    make bench BENCH_ARGS="llm"         one of them (llm, auth)
-    make bench BENCH_ARGS="--duration 20"
+make bench                          all of them
+make bench BENCH_ARGS="llm"         one of them (llm, auth)
+make bench BENCH_ARGS="--duration 20"
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ BENCHES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("only", nargs="*", choices=[*BENCHES, []], help="benchmarks to run")
+    parser.add_argument("only", nargs="*", choices=[*BENCHES], help="benchmarks to run")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     args = parser.parse_args()
-    print(  # noqa: T201
+    print(
         f"# aistack benchmarks\n\n{platform.python_implementation()} {platform.python_version()}, "
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB\n"
     )
     for name in args.only or list(BENCHES):
         module = importlib.import_module(BENCHES[name])
-        print(f"## {name}\n", flush=True)  # noqa: T201
-        print(module.run_bench(args.duration), "\n", flush=True)  # noqa: T201
+        print(f"## {name}\n", flush=True)
+        print(module.run_bench(args.duration), "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,12 @@ BENCHES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("only", nargs="*", choices=[*BENCHES], help="benchmarks to run")
+    parser.add_argument("only", nargs="*", help=f"benchmarks to run ({', '.join(BENCHES)})")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     args = parser.parse_args()
+    unknown = set(args.only) - set(BENCHES)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     print(
         f"# aistack benchmarks\n\n{platform.python_implementation()} {platform.python_version()}, "
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB\n"

@@ -7,17 +7,20 @@ from fastapi import FastAPI
 from libs.app import create_app
 from services.auth.router import router
 from services.auth.settings import AuthSettings, get_settings
+from services.auth.tokens import KeyCache
 
 
 def build_app(settings: AuthSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    return create_app(
+    app = create_app(
         service="auth",
         settings=settings,
         routers=[router],
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
     )
+    app.state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
+    return app
 
 
 def app() -> FastAPI:

@@ -3,31 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from gateway.apikeys import ApiKeyResolver
+from gateway.headers import SecurityHeadersMiddleware, docs_csp
+from gateway.jwks import JWKSCache
 from gateway.openapi import OpenAPICache, swagger_assets_dir
 from gateway.proxy import Proxy
+from gateway.ratelimit import RequestLimiter
 from gateway.routes import openai_prefixes
+from gateway.security import Guard
 from gateway.settings import GatewaySettings, get_settings
 from gateway.upstream import make_upstream
 from libs.app import create_app, run_ready_checks
 from libs.errors import error_response
+from libs.http import make_http_client
 
 TITLE = "aistack API"
 DESCRIPTION = (
     "The aistack platform behind one door: accounts and API keys, an OpenAI-compatible LLM "
     "API, knowledge bases with cited answers, background jobs and billing."
 )
+CORS_REQUEST_HEADERS = [
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "x-request-id",
+    "idempotency-key",
+    "traceparent",
+    "tracestate",
+]
+CORS_EXPOSED_HEADERS = [
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "Retry-After",
+    "x-request-id",
+]
 # FastAPI's own versions of these are replaced by the gateway's
 _REPLACED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
@@ -88,15 +112,21 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        if app.state.swagger_local:
-            return get_swagger_ui_html(
+        local: bool = app.state.swagger_local
+        if local:
+            page = get_swagger_ui_html(
                 openapi_url="/openapi.json",
                 title=f"{TITLE} - docs",
                 swagger_js_url="/docs/static/swagger-ui-bundle.js",
                 swagger_css_url="/docs/static/swagger-ui.css",
                 swagger_favicon_url="/docs/static/favicon-32x32.png",
             )
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{TITLE} - docs")
+        else:
+            page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{TITLE} - docs")
+        page.headers["Content-Security-Policy"] = docs_csp(
+            bytes(page.body).decode(), local_assets=local
+        )
+        return page
 
     return router
 
@@ -138,11 +168,59 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             timeout=httpx.Timeout(settings.ready_timeout), headers={"user-agent": "aistack-gateway"}
         )
         try:
-            yield
+            async with identity(app):
+                yield
         finally:
             await app.state.ready_client.aclose()
             await proxy.upstream.aclose()
             proxy.upstream = None
+
+    @asynccontextmanager
+    async def identity(app: FastAPI) -> AsyncIterator[None]:
+        redis = app.state.redis if settings.use_redis else None
+        auth_client = make_http_client("gateway", timeout=settings.auth_timeout, retries=1)
+        api_keys = ApiKeyResolver(
+            client=auth_client,
+            auth_url=settings.auth_url,
+            internal_secret=settings.internal_token_secret,
+            redis=redis,
+            local_ttl=settings.api_key_local_ttl,
+            cache_ttl=settings.api_key_cache_ttl,
+            negative_ttl=settings.api_key_negative_ttl,
+            timeout=settings.auth_timeout,
+        )
+        proxy.guard = Guard(
+            jwks=JWKSCache(
+                settings.resolved_jwks_url(),
+                auth_client,
+                ttl=settings.jwks_cache_ttl,
+                min_refetch_interval=settings.jwks_min_refetch_interval,
+                timeout=settings.auth_timeout,
+            ),
+            api_keys=api_keys,
+            limiter=(
+                RequestLimiter(redis, settings)
+                if redis is not None and settings.rate_limit_enabled
+                else None
+            ),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway_seconds,
+        )
+        listener = (
+            asyncio.create_task(api_keys.listen_for_revocations(redis))
+            if redis is not None
+            else None
+        )
+        try:
+            yield
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+            proxy.guard = None
+            await auth_client.aclose()
 
     app = create_app(
         service="gateway",
@@ -176,6 +254,23 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.swagger_local = assets is not None
     if assets is not None:
         app.mount("/docs/static", StaticFiles(directory=str(assets)), name="swagger-ui")
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=settings.cors_max_age,
+        )
+    # outermost: every answer carries them, errors and CORS preflights included
+    app.add_middleware(
+        SecurityHeadersMiddleware,
+        behind_tls=settings.behind_tls,
+        trust_forwarded_headers=settings.trust_forwarded_headers,
+        hsts_max_age=settings.hsts_max_age,
+    )
     # last: every path no gateway route claims goes to the proxy (which 404s unknown prefixes)
     app.router.routes.append(
         StarletteRoute("/{path:path}", endpoint=proxy, include_in_schema=False, methods=None)

@@ -10,8 +10,8 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway import security
 from gateway.routes import Route, match_route
+from gateway.security import Guard
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 from libs.context import get_request_id
@@ -57,6 +57,8 @@ class Proxy:
         self.settings = settings
         self.bases = settings.service_urls()
         self.upstream: Upstream | None = None
+        # who is calling, what they may do, how often: set in the app lifespan
+        self.guard: Guard | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -144,8 +146,11 @@ class Proxy:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         upstream = self.upstream
         assert upstream is not None, "proxy used outside the app lifespan"
+        guard = self.guard
+        assert guard is not None, "proxy used outside the app lifespan"
+        access = await guard.check(Headers(scope=scope), scope["method"], scope["path"], route)
         headers = self._request_headers(scope)
-        principal = await security.resolve_principal(Headers(scope=scope), route)
+        principal = access.principal
         if principal is not None:
             token = sign_internal_token(
                 principal,
@@ -171,7 +176,7 @@ class Proxy:
                 raise failures[0] from None
             raise
         try:
-            await self._relay(scope, receive, send, response, route)
+            await self._relay(scope, receive, send, response, route, access.headers)
         finally:
             await response.close()
 
@@ -216,12 +221,17 @@ class Proxy:
         send: Send,
         upstream: UpstreamResponse,
         route: Route,
+        extra: dict[str, str],
     ) -> None:
-        start: Message = {
-            "type": "http.response.start",
-            "status": upstream.status,
-            "headers": [(k, v) for k, v in upstream.headers if k not in _RESPONSE_DROP],
-        }
+        out = [(k, v) for k, v in upstream.headers if k not in _RESPONSE_DROP]
+        if extra:
+            # the gateway's RateLimit-* unless the service reports its own (e.g. tokens)
+            present = {k for k, _ in out}
+            for name, value in extra.items():
+                key = name.lower().encode()
+                if key not in present:
+                    out.append((key, value.encode()))
+        start: Message = {"type": "http.response.start", "status": upstream.status, "headers": out}
         if scope["method"] == "HEAD":
             await send(start)
             await send({"type": "http.response.body", "body": b""})

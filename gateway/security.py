@@ -1,16 +1,152 @@
-"""Who is calling: turns client credentials into a principal (filled in by the identity work)."""
+"""Who is calling: client credentials become a principal, checked against the route.
+
+``Authorization: Bearer <JWT>`` is an access token signed by the auth service and verified
+here against its cached JWKS; ``Authorization: Bearer ask_...`` or ``x-api-key: ask_...`` is
+an API key, introspected at the auth service (cached). Then the route's scope and the
+caller's rate limits apply.
+"""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
 from starlette.datastructures import Headers
 
+from gateway.apikeys import ApiKeyResolver, looks_like_api_key
+from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
+from gateway.ratelimit import RequestLimiter
 from gateway.routes import Route
+from libs.errors import AppError, Forbidden, Unauthorized
 from libs.identity import Principal
+from libs.permissions import scopes_for_roles
+
+log = logging.getLogger("aistack.gateway.security")
+
+REALM = 'Bearer realm="aistack"'
+_REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
 
 
-async def resolve_principal(request_headers: Headers, route: Route) -> Principal | None:
-    """The caller's principal, or None when the request carries no identity.
+@dataclass(slots=True)
+class Access:
+    """The outcome for one request: who (None: anonymous) and headers for the answer."""
 
-    May raise :class:`libs.errors.AppError` (401/403/429); the proxy renders it.
-    """
+    principal: Principal | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _unauthorized(message: str, code: str, *, invalid: bool = True) -> Unauthorized:
+    challenge = f'{REALM}, error="invalid_token"' if invalid else REALM
+    return Unauthorized(message, code=code, headers={"WWW-Authenticate": challenge})
+
+
+def credentials(headers: Headers) -> str | None:
+    """The bearer token or API key the client presented (Authorization wins)."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("Use 'Authorization: Bearer <token>'", "invalid_authorization")
+        return value.strip()
+    key = headers.get("x-api-key")
+    if key is not None:
+        return key.strip()
     return None
+
+
+class Guard:
+    """Authenticates, authorizes and rate-limits requests in front of the proxy."""
+
+    def __init__(
+        self,
+        *,
+        jwks: JWKSCache,
+        api_keys: ApiKeyResolver,
+        limiter: RequestLimiter | None,
+        issuer: str,
+        audience: str,
+        leeway: int = 5,
+    ) -> None:
+        self.jwks = jwks
+        self.api_keys = api_keys
+        self.limiter = limiter
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+
+    async def check(self, headers: Headers, method: str, path: str, route: Route) -> Access:
+        """Resolve and authorize the caller; raises 401/403/429/503 as :class:`AppError`."""
+        if route.public:
+            # credentials are optional here; bad ones are ignored, not refused
+            try:
+                token = credentials(headers)
+                return Access(await self.principal(token) if token else None)
+            except AppError:
+                return Access(None)
+        token = credentials(headers)
+        if not token:
+            raise _unauthorized("Authentication required", "unauthorized", invalid=False)
+        principal = await self.principal(token)
+        scope = route.required_scope(method, path)
+        if scope is not None and not principal.has_scope(scope):
+            raise Forbidden(f"Missing scope '{scope}'", code="insufficient_scope")
+        if self.limiter is None:
+            return Access(principal)
+        return Access(principal, await self.limiter.check(principal))
+
+    async def principal(self, token: str) -> Principal:
+        """The principal behind a bearer token or API key."""
+        if looks_like_api_key(token):
+            return await self._api_key(token)
+        return await self._jwt(token)
+
+    async def _api_key(self, key: str) -> Principal:
+        info = await self.api_keys.resolve(key)
+        if not info.active:
+            raise _unauthorized("Invalid or revoked API key", "invalid_api_key")
+        if info.expired():
+            raise _unauthorized("API key expired", "api_key_expired")
+        return info.principal()
+
+    async def _jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise _unauthorized("Invalid access token", "invalid_token") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in ALLOWED_ALGORITHMS or not isinstance(kid, str):
+            raise _unauthorized("Invalid access token", "invalid_token")
+        key = await self.jwks.key(kid)
+        if key is None or key.alg != alg:
+            raise _unauthorized("Invalid access token", "invalid_token")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise _unauthorized("Access token expired", "token_expired") from exc
+        except jwt.PyJWTError as exc:
+            raise _unauthorized("Invalid access token", "invalid_token") from exc
+        raw_roles = claims.get("roles") or []
+        if not isinstance(raw_roles, list):
+            raise _unauthorized("Invalid access token", "invalid_token")
+        try:
+            roles = [str(r) for r in raw_roles]
+            return Principal(
+                user_id=uuid.UUID(str(claims["sub"])),
+                org_id=uuid.UUID(str(claims["org"])) if claims.get("org") else None,
+                roles=roles,
+                scopes=scopes_for_roles(roles),
+                session_id=uuid.UUID(str(claims["sid"])) if claims.get("sid") else None,
+            )
+        except (ValueError, TypeError) as exc:
+            raise _unauthorized("Invalid access token", "invalid_token") from exc

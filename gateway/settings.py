@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -40,6 +41,45 @@ class GatewaySettings(ServiceSettings):
     # behind a trusted load balancer, keep the x-forwarded-* it sets; else they are replaced
     trust_forwarded_headers: bool = False
     use_redis: bool = True
+
+    # access tokens (JWTs signed by the auth service, checked here against its JWKS)
+    jwt_issuer: str = "aistack"
+    jwt_audience: str = "aistack-api"
+    jwt_leeway_seconds: int = 5
+    # default: the auth service's /.well-known/jwks.json
+    jwks_url: str | None = None
+    jwks_cache_ttl: float = 300.0
+    # an unknown kid refetches the JWKS at most this often, so bogus kids cannot flood auth
+    jwks_min_refetch_interval: float = 5.0
+    auth_timeout: float = 2.0
+
+    # API keys: introspected at the auth service, cached in-process and in Redis
+    api_key_local_ttl: float = Field(default=1.0, ge=0, le=1.0)
+    api_key_cache_ttl: int = 30
+    api_key_negative_ttl: int = 5
+
+    # requests per window, per API key (when the key sets no rpm_limit), user and organization
+    rate_limit_enabled: bool = True
+    rate_limit_window_seconds: int = 60
+    rate_limit_key_rpm: int = 600
+    rate_limit_user_rpm: int = 600
+    rate_limit_org_rpm: int = 3000
+    # Redis down: let requests through ("open") or refuse them with 503 ("closed")
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"
+    # after a Redis failure, apply the fail mode without retrying Redis for this long
+    rate_limit_retry_seconds: float = 1.0
+
+    # browsers: origins allowed to call the API (none by default)
+    cors_allow_origins: list[str] = Field(default_factory=list)
+    cors_allow_credentials: bool = False
+    cors_max_age: int = 600
+    # the gateway sits behind TLS (a terminating load balancer): always send HSTS
+    behind_tls: bool = False
+    hsts_max_age: int = 31_536_000
+
+    def resolved_jwks_url(self) -> str:
+        """Where the JWKS is fetched from."""
+        return self.jwks_url or f"{str(self.auth_url).rstrip('/')}/.well-known/jwks.json"
 
     def service_urls(self) -> dict[str, str]:
         """Base URL of every service, by name."""

@@ -26,7 +26,11 @@ from gateway.settings import SERVICES, GatewaySettings
 from libs.app import create_app
 from libs.errors import Conflict
 from libs.settings import ServiceSettings
+from tests.gateway.authfake import FakeAuth
 from tests.gateway.rag_models import Item as RagItem
+
+# the stack's auth upstream publishes this JWKS; the clients below carry one of its tokens
+FAKE_AUTH = FakeAuth()
 
 
 class _Server(uvicorn.Server):
@@ -93,9 +97,11 @@ class Item(BaseModel):
     name: str
 
 
-def upstream_app(name: str, controls: Controls) -> FastAPI:
+def upstream_app(name: str, controls: Controls, auth: FakeAuth | None = None) -> FastAPI:
     """A service stand-in that says who it is and echoes what it got."""
     router = APIRouter(tags=[name])
+    if name == "auth" and auth is not None:
+        router.include_router(auth.router(), include_in_schema=False)
     prefix = {
         "auth": "/v1/auth",
         "llm": "/v1/chat",
@@ -242,7 +248,7 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     if not _backend_available(backend):
         pytest.skip(f"{backend} is not installed")
     controls = Controls()
-    ups = {name: await serve(upstream_app(name, controls)) for name in SERVICES}
+    ups = {name: await serve(upstream_app(name, controls, FAKE_AUTH)) for name in SERVICES}
     urls = {f"{n}_url": r.url for n, r in ups.items()}
     gw = await serve(
         build_app(
@@ -269,15 +275,29 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
         await r.stop()
 
 
+@pytest.fixture(scope="session")
+def owner_token() -> str:
+    """An access token of an organization owner (every scope), valid for the session."""
+    return FAKE_AUTH.token(roles=["owner"], ttl=86400)
+
+
 @pytest.fixture
-async def gw(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.gateway.url, timeout=20) as client:
+async def gw(stack: Stack, owner_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=stack.gateway.url,
+        timeout=20,
+        headers={"authorization": f"Bearer {owner_token}"},
+    ) as client:
         yield client
 
 
 @pytest.fixture
-async def degraded(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.degraded.url, timeout=20) as client:
+async def degraded(stack: Stack, owner_token: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=stack.degraded.url,
+        timeout=20,
+        headers={"authorization": f"Bearer {owner_token}"},
+    ) as client:
         yield client
 
 

@@ -8,15 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from starlette.datastructures import Headers
 
-from gateway import security
 from gateway.app import build_app
-from gateway.routes import Route
 from gateway.settings import SERVICES, GatewaySettings
-from libs.identity import Principal
-from libs.testing import Infra, principal
-from tests.gateway.conftest import serve
+from libs.testing import Infra
+from tests.gateway.conftest import FAKE_AUTH, serve
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +21,18 @@ async def real_gateway(infra: Infra) -> AsyncIterator[str]:
     for name in SERVICES:
         module = importlib.import_module(f"services.{name}.app")
         running[name] = await serve(module.build_app())
+    # tokens signed by the test's keys, not by the auth service's own
+    keys = await serve(FAKE_AUTH.app())
     settings = GatewaySettings.model_validate(
-        {"use_redis": True, **{f"{n}_url": r.url for n, r in running.items()}}
+        {
+            "use_redis": True,
+            "jwks_url": f"{keys.url}/.well-known/jwks.json",
+            **{f"{n}_url": r.url for n, r in running.items()},
+        }
     )
     gw = await serve(build_app(settings))
     yield gw.url
-    for r in (gw, *running.values()):
+    for r in (gw, keys, *running.values()):
         await r.stop()
 
 
@@ -46,34 +48,22 @@ async def test_ready_and_openapi_with_real_services(real_gateway: str) -> None:
         assert "KnowledgeBaseOut" in doc["components"]["schemas"]
 
 
-async def test_identity_reaches_the_service_signed(
-    real_gateway: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_identity_reaches_the_service_signed(real_gateway: str) -> None:
     async with httpx.AsyncClient(base_url=real_gateway) as client:
-        # no principal: the service's 401 passes through in the error shape
+        # no credentials: refused at the gateway in the error shape
         resp = await client.get("/v1/knowledge-bases")
         assert resp.status_code == 401
         assert resp.json()["error"]["code"] == "unauthorized"
 
-        p: Principal = principal(org_id=uuid.uuid4())
-
-        async def resolve(headers: Headers, route: Route) -> Principal | None:
-            return p
-
-        monkeypatch.setattr(security, "resolve_principal", resolve)
-        resp = await client.post("/v1/knowledge-bases", json={"name": "via gateway"})
+        mine = {"authorization": f"Bearer {FAKE_AUTH.token(org_id=uuid.uuid4())}"}
+        resp = await client.post("/v1/knowledge-bases", json={"name": "via gateway"}, headers=mine)
         assert resp.status_code == 201, resp.text
         kb = resp.json()
-        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}")
+        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}", headers=mine)
         assert resp.status_code == 200
         assert resp.json()["name"] == "via gateway"
 
         # another tenant sees nothing of it
-        other: Principal = principal(org_id=uuid.uuid4())
-
-        async def resolve_other(headers: Headers, route: Route) -> Principal | None:
-            return other
-
-        monkeypatch.setattr(security, "resolve_principal", resolve_other)
-        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}")
+        theirs = {"authorization": f"Bearer {FAKE_AUTH.token(org_id=uuid.uuid4())}"}
+        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}", headers=theirs)
         assert resp.status_code == 404

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 import yaml
@@ -109,6 +110,7 @@ class Env:
     app: FastAPI
     client: openai.AsyncOpenAI
     http: httpx.AsyncClient
+    sdk_http: httpx2.AsyncClient
     principal: Principal
     primary: Upstream
     backup: Upstream
@@ -123,7 +125,7 @@ class Env:
         return openai.AsyncOpenAI(
             base_url="http://llm.test/v1",
             api_key="sk-aistack-unused",
-            http_client=self.http,
+            http_client=self.sdk_http,
             default_headers=auth_headers(p),
             max_retries=0,
             **kw,
@@ -178,8 +180,12 @@ async def env(
     p = principal(key_id=uuid.uuid4())
     async with running(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://llm.test") as http:
-            env = Env(app, None, http, p, primary, backup, redis)  # type: ignore[arg-type]
+        sdk_transport = httpx2.ASGITransport(app=app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://llm.test") as http,
+            httpx2.AsyncClient(transport=sdk_transport, base_url="http://llm.test") as sdk_http,
+        ):
+            env = Env(app, None, http, sdk_http, p, primary, backup, redis)  # type: ignore[arg-type]
             env.client = env.sdk(p)
             yield env
             await env.service.drain()

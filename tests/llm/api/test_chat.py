@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+from openai.types.chat import (
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
+
 from libs.testing import auth_headers
 from tests.llm.api.conftest import Env
 from tests.llm.fakes.vendor_common import ToolCall
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
 async def test_plain_chat(env: Env) -> None:
@@ -102,7 +108,7 @@ async def test_streaming_wire_format(env: Env) -> None:
 async def test_tool_calls(env: Env) -> None:
     env.primary.behavior.reply.tool_calls = [ToolCall("get_weather", {"city": "Paris"})]
     env.primary.behavior.reply.text = ""
-    tools = [
+    tools: list[ChatCompletionToolParam] = [
         {
             "type": "function",
             "function": {
@@ -115,11 +121,14 @@ async def test_tool_calls(env: Env) -> None:
         model="default",
         messages=MESSAGES,
         tools=tools,
-        tool_choice="auto",  # type: ignore[arg-type]
+        tool_choice="auto",
     )
-    call = resp.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    calls = resp.choices[0].message.tool_calls
+    assert calls is not None
+    call = calls[0]
+    assert isinstance(call, ChatCompletionMessageFunctionToolCall)
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
     assert resp.choices[0].finish_reason == "tool_calls"
     assert env.primary.behavior.last["json"]["tools"] == tools
 
@@ -127,7 +136,7 @@ async def test_tool_calls(env: Env) -> None:
         model="default",
         messages=MESSAGES,
         tools=tools,
-        stream=True,  # type: ignore[arg-type]
+        stream=True,
     )
     name, args, finish = "", "", None
     async for chunk in stream:

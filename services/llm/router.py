@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
@@ -12,7 +13,8 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Send
+from starlette.types import Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from libs.errors import BadRequest
 from libs.identity import Principal, require_scope
@@ -58,10 +60,26 @@ class OpenAIRoute(APIRoute):
 
 
 class SSEResponse(StreamingResponse):
-    """An SSE stream that always closes its body iterator, so a client that disconnects
-    mid-stream cancels the upstream request (whatever way the server reports it)."""
+    """An SSE stream that notices a client going away even while the upstream is silent, and
+    always closes its body iterator, so a disconnect mid-stream cancels the upstream request.
+
+    (Starlette's own StreamingResponse only learns of a disconnect from a failed write under
+    ASGI 2.4, which never comes while the upstream is between chunks.)
+    """
 
     media_type = "text/event-stream"
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-write
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
 
     async def stream_response(self, send: Send) -> None:
         try:

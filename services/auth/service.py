@@ -218,9 +218,10 @@ class AuthService:
     async def _mail_allowed(self, email: str) -> bool:
         key = _MAIL_COUNT + sha256_hex(email)
         pipe = self.redis.pipeline(transaction=True)
+        # SET NX then INCR: one window per address (EXPIRE NX needs Redis 7)
+        pipe.set(key, 0, ex=3600, nx=True)
         pipe.incr(key)
-        pipe.expire(key, 3600, nx=True)
-        count, _ = await pipe.execute()
+        _, count = await pipe.execute()
         return int(count) <= self.settings.mails_per_address_per_hour
 
     async def _queue_mail(self, to: str, message: tuple[str, str], job_id: str) -> None:

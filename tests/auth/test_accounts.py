@@ -1,17 +1,274 @@
 from __future__ import annotations
 
+import uuid
+
 import httpx
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.auth.helpers import signup
+from services.auth.models import AuditEvent, User
+from services.auth.service import SESSION_REVOKED_PREFIX
+from tests.auth.helpers import (
+    PASSWORD,
+    account_from,
+    login,
+    mail_token,
+    new_email,
+    queued_mails,
+    signup,
+)
 
 
-async def test_register_login_me(client: httpx.AsyncClient) -> None:
-    acct = await signup(client)
+async def _audit_actions(db: AsyncConnection, **where: object) -> list[str]:
+    stmt = select(AuditEvent.action).order_by(AuditEvent.created_at, AuditEvent.id)
+    for k, v in where.items():
+        stmt = stmt.where(getattr(AuditEvent, k) == v)
+    return list((await db.execute(stmt)).scalars())
+
+
+async def test_register_login_me(client: httpx.AsyncClient, db: AsyncConnection) -> None:
+    email = new_email()
+    acct = await signup(client, email.upper())  # stored and matched lower-cased
+    assert acct.email == email.upper()
     assert acct.tokens["token_type"] == "Bearer" and acct.tokens["expires_in"] == 900
     assert acct.claims["roles"] == ["owner"]
     me = await client.get("/v1/auth/me", headers=acct.headers)
     assert me.status_code == 200, me.text
     body = me.json()
-    assert body["user"]["email"] == acct.email
+    assert body["user"]["email"] == email and body["user"]["email_verified_at"] is None
     assert body["org"]["id"] == str(acct.org_id) and body["org"]["personal"] is True
     assert body["session_id"] == str(acct.session_id)
+    stored = (await db.execute(select(User.password_hash).where(User.email == email))).scalar_one()
+    assert stored and stored.startswith("$argon2id$")
+    actions = await _audit_actions(db, actor_user_id=acct.user_id)
+    assert actions == ["user.signed_up", "auth.login.succeeded"]
+
+
+async def test_register_does_not_reveal_existing_accounts(
+    client: httpx.AsyncClient, redis: Redis, db: AsyncConnection
+) -> None:
+    acct = await signup(client)
+    again = await client.post(
+        "/v1/auth/register", json={"email": acct.email, "password": "another-Pass-99"}
+    )
+    fresh = await client.post(
+        "/v1/auth/register", json={"email": new_email(), "password": "another-Pass-99"}
+    )
+    assert again.status_code == fresh.status_code == 202
+    assert again.json() == fresh.json()
+    # the owner of the address hears about it; the old password still works
+    subjects = [m["subject"] for m in await queued_mails(redis) if m["to"] == acct.email]
+    assert "Someone tried to sign up with your email" in subjects
+    await login(client, acct.email)
+    count = (await db.execute(select(User.id).where(User.email == acct.email))).all()
+    assert len(count) == 1
+
+
+async def test_weak_passwords_refused(client: httpx.AsyncClient, db: AsyncConnection) -> None:
+    email = new_email()
+    for pw in ("short1!", "password123", "aaaaaaaaaaaa", email):
+        r = await client.post("/v1/auth/register", json={"email": email, "password": pw})
+        assert r.status_code == 422, (pw, r.text)
+        assert r.json()["error"]["code"] == "weak_password"
+    assert (await db.execute(select(User.id).where(User.email == email))).first() is None
+
+
+async def test_login_failures_look_the_same(client: httpx.AsyncClient, db: AsyncConnection) -> None:
+    acct = await signup(client)
+    wrong = await client.post(
+        "/v1/auth/login", json={"email": acct.email, "password": "Wrong-password-1"}
+    )
+    unknown = await client.post(
+        "/v1/auth/login", json={"email": new_email(), "password": "Wrong-password-1"}
+    )
+    assert wrong.status_code == unknown.status_code == 401
+    w, u = wrong.json()["error"], unknown.json()["error"]
+    assert (
+        (w["code"], w["message"])
+        == (u["code"], u["message"])
+        == (
+            "invalid_credentials",
+            "Invalid email or password",
+        )
+    )
+    assert set(wrong.headers) - {"x-request-id", "content-length"} == set(unknown.headers) - {
+        "x-request-id",
+        "content-length",
+    }
+    # the failure is audited although the request failed
+    assert "auth.login.failed" in await _audit_actions(db, actor_user_id=acct.user_id)
+
+
+async def test_refresh_rotates_and_reuse_revokes_the_family(
+    client: httpx.AsyncClient, db: AsyncConnection, redis: Redis
+) -> None:
+    acct = await signup(client)
+    first = acct.tokens["refresh_token"]
+    r1 = await client.post("/v1/auth/refresh", json={"refresh_token": first})
+    assert r1.status_code == 200, r1.text
+    second = r1.json()["refresh_token"]
+    assert second != first and r1.json()["session_id"] == str(acct.session_id)
+    refreshed = await account_from(client, acct.email, PASSWORD, r1.json())
+    assert refreshed.claims["jti"] != acct.claims["jti"]
+
+    # the rotated token comes back: the whole family dies
+    reuse = await client.post("/v1/auth/refresh", json={"refresh_token": first})
+    assert reuse.status_code == 401
+    assert reuse.json()["error"]["code"] == "refresh_token_reused"
+    dead = await client.post("/v1/auth/refresh", json={"refresh_token": second})
+    assert dead.status_code == 401 and dead.json()["error"]["code"] == "invalid_refresh_token"
+    me = await client.get("/v1/auth/me", headers=refreshed.headers)
+    assert me.status_code == 401 and me.json()["error"]["code"] == "session_revoked"
+    assert "auth.refresh_token.reused" in await _audit_actions(db, actor_user_id=acct.user_id)
+    # gateways learn that the session's access tokens are dead
+    assert await redis.exists(f"{SESSION_REVOKED_PREFIX}{acct.session_id}")
+
+    # another device's session is untouched
+    other = await login(client, acct.email)
+    assert (await client.get("/v1/auth/me", headers=other.headers)).status_code == 200
+
+    bogus = await client.post("/v1/auth/refresh", json={"refresh_token": "rt_nope"})
+    assert bogus.status_code == 401 and bogus.json()["error"]["code"] == "invalid_refresh_token"
+
+
+async def test_sessions_logout_and_logout_all(
+    client: httpx.AsyncClient, db: AsyncConnection
+) -> None:
+    email = new_email()
+    a = await signup(client, email)
+    b = await login(client, email)
+    c = await login(client, email)
+    listing = await client.get("/v1/auth/sessions", headers=a.headers)
+    assert listing.status_code == 200
+    rows = listing.json()["data"]
+    assert {r["id"] for r in rows} == {str(a.session_id), str(b.session_id), str(c.session_id)}
+    assert [r["current"] for r in rows if r["id"] == str(a.session_id)] == [True]
+
+    # end one session from another
+    assert (
+        await client.delete(f"/v1/auth/sessions/{c.session_id}", headers=a.headers)
+    ).status_code == 204
+    assert (await client.get("/v1/auth/me", headers=c.headers)).status_code == 401
+    gone = await client.post("/v1/auth/refresh", json={"refresh_token": c.tokens["refresh_token"]})
+    assert gone.status_code == 401
+    assert (
+        await client.delete(f"/v1/auth/sessions/{uuid.uuid4()}", headers=a.headers)
+    ).status_code == 404
+
+    # logout ends only this session
+    assert (await client.post("/v1/auth/logout", headers=b.headers)).status_code == 204
+    assert (await client.get("/v1/auth/me", headers=b.headers)).status_code == 401
+    assert (await client.get("/v1/auth/me", headers=a.headers)).status_code == 200
+
+    d = await login(client, email)
+    assert (await client.post("/v1/auth/logout-all", headers=a.headers)).status_code == 204
+    for acct in (a, d):
+        assert (await client.get("/v1/auth/me", headers=acct.headers)).status_code == 401
+        r = await client.post(
+            "/v1/auth/refresh", json={"refresh_token": acct.tokens["refresh_token"]}
+        )
+        assert r.status_code == 401
+    actions = await _audit_actions(db, actor_user_id=a.user_id)
+    assert {"auth.session.ended", "auth.logout", "auth.logout_all"} <= set(actions)
+
+
+async def test_password_change_ends_other_sessions_and_notifies(
+    client: httpx.AsyncClient, redis: Redis, db: AsyncConnection
+) -> None:
+    a = await signup(client)
+    b = await login(client, a.email)
+    wrong = await client.post(
+        "/v1/auth/password/change",
+        json={"current_password": "not-it-at-all", "new_password": "Brand-new-pass-7"},
+        headers=a.headers,
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_password"
+    ok = await client.post(
+        "/v1/auth/password/change",
+        json={"current_password": PASSWORD, "new_password": "Brand-new-pass-7"},
+        headers=a.headers,
+    )
+    assert ok.status_code == 204, ok.text
+    assert (await client.get("/v1/auth/me", headers=a.headers)).status_code == 200
+    assert (await client.get("/v1/auth/me", headers=b.headers)).status_code == 401
+    subjects = [m["subject"] for m in await queued_mails(redis) if m["to"] == a.email]
+    assert "Your password was changed" in subjects
+    await login(client, a.email, "Brand-new-pass-7")
+    old = await client.post("/v1/auth/login", json={"email": a.email, "password": PASSWORD})
+    assert old.status_code == 401
+    assert "auth.password.changed" in await _audit_actions(db, actor_user_id=a.user_id)
+
+
+async def test_forgot_and_reset_password(
+    client: httpx.AsyncClient, redis: Redis, db: AsyncConnection
+) -> None:
+    a = await signup(client)
+    unknown = await client.post("/v1/auth/password/forgot", json={"email": new_email()})
+    known = await client.post("/v1/auth/password/forgot", json={"email": a.email})
+    assert unknown.status_code == known.status_code == 202
+    assert unknown.json() == known.json()
+    token = await mail_token(redis, a.email, "Reset your password", "/reset-password")
+
+    weak = await client.post(
+        "/v1/auth/password/reset", json={"token": token, "new_password": "password123"}
+    )
+    assert weak.status_code == 422
+    ok = await client.post(
+        "/v1/auth/password/reset", json={"token": token, "new_password": "Reset-pass-2026"}
+    )
+    assert ok.status_code == 204, ok.text
+    # single use
+    again = await client.post(
+        "/v1/auth/password/reset", json={"token": token, "new_password": "Other-pass-2027"}
+    )
+    assert again.status_code == 400 and again.json()["error"]["code"] == "invalid_token"
+    # every session ended, new password works
+    assert (await client.get("/v1/auth/me", headers=a.headers)).status_code == 401
+    await login(client, a.email, "Reset-pass-2026")
+    assert "auth.password.reset" in await _audit_actions(db, actor_user_id=a.user_id)
+
+
+async def test_verify_email(client: httpx.AsyncClient, redis: Redis) -> None:
+    a = await signup(client)
+    token = await mail_token(redis, a.email, "Confirm your email", "/verify-email")
+    bad = await client.post("/v1/auth/verify-email", json={"token": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_token"
+    assert (await client.post("/v1/auth/verify-email", json={"token": token})).status_code == 204
+    me = (await client.get("/v1/auth/me", headers=a.headers)).json()
+    assert me["user"]["email_verified_at"] is not None
+    reused = await client.post("/v1/auth/verify-email", json={"token": token})
+    assert reused.status_code == 400
+
+
+async def test_switch_org_carries_the_org_in_new_tokens(client: httpx.AsyncClient) -> None:
+    a = await signup(client)
+    team = await client.post("/v1/orgs", json={"name": "Team"}, headers=a.headers)
+    assert team.status_code == 201, team.text
+    team_id = team.json()["id"]
+    sw = await client.post("/v1/auth/switch-org", json={"org_id": team_id}, headers=a.headers)
+    assert sw.status_code == 200, sw.text
+    switched = await account_from(client, a.email, PASSWORD, sw.json())
+    assert str(switched.org_id) == team_id and switched.session_id == a.session_id
+    # the refresh token from before the switch is retired (not a reuse: the session lives)
+    old = await client.post("/v1/auth/refresh", json={"refresh_token": a.tokens["refresh_token"]})
+    assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_refresh_token"
+    r = await client.post(
+        "/v1/auth/refresh", json={"refresh_token": switched.tokens["refresh_token"]}
+    )
+    assert r.status_code == 200 and r.json()["org_id"] == team_id
+    # an org the user is not in
+    other = await signup(client)
+    no = await client.post(
+        "/v1/auth/switch-org", json={"org_id": str(other.org_id)}, headers=a.headers
+    )
+    assert no.status_code == 404
+    # login straight into the team org
+    direct = await login(client, a.email, org_id=team_id)
+    assert str(direct.org_id) == team_id
+
+
+async def test_authenticated_routes_need_a_user(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/auth/me")).status_code == 401
+    body = (await client.get("/v1/auth/me")).json()
+    assert body["error"]["code"] == "unauthorized"

@@ -181,11 +181,11 @@ def default_config() -> RoutingConfig:
             "providers": {"local": {"kind": "local"}},
             "models": {
                 "default": {
-                    "context_window": 8192,
+                    "context_window": 2048,
                     "targets": [{"provider": "local", "model": LOCAL_CHAT_MODEL}],
                 },
                 "fast": {
-                    "context_window": 8192,
+                    "context_window": 2048,
                     "targets": [{"provider": "local", "model": LOCAL_CHAT_MODEL}],
                 },
                 "embed": {

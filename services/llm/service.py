@@ -74,6 +74,9 @@ class _Call:
     id: str
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
+    # TPM limits counted for this call and how many tokens were reserved on them
+    tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
+    tpm_reserved: int = 0
 
 
 class LlmService:
@@ -177,8 +180,9 @@ class LlmService:
                 return False
         return deterministic
 
-    async def _reserve_tpm(self, principal: Principal, org_id: uuid.UUID, estimate: int) -> None:
+    async def _reserve_tpm(self, call: _Call, estimate: int) -> None:
         """Count the estimated tokens against the key's and the org's TPM limits."""
+        principal, org_id = call.principal, call.org_id
         limits: list[tuple[str, int, float]] = []
         if principal.key_id is not None and principal.tpm_limit:
             limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))
@@ -192,7 +196,9 @@ class LlmService:
             # Redis trouble must not take the LLM API down with it: fail open, loudly
             log.warning("TPM check failed; allowing the request", exc_info=True)
             return
-        if not decisions.allowed:
+        if decisions.allowed:
+            call.tpm_limits, call.tpm_reserved = limits, max(estimate, 1)
+        else:
             decision = decisions.strictest()
             too_big = estimate > decision.limit
             raise RateLimited(
@@ -254,6 +260,12 @@ class LlmService:
             TOKENS.labels(event.provider, event.model, "prompt").inc(event.prompt_tokens)
             TOKENS.labels(event.provider, event.model, "completion").inc(event.completion_tokens)
 
+        # the estimate fell short (a long answer without max_tokens): count the rest, so the
+        # next requests wait it off
+        extra = event.prompt_tokens + event.completion_tokens - call.tpm_reserved
+        if call.tpm_limits and not event.cached and extra > 0:
+            self.spawn(self._count_extra_tokens(call.tpm_limits, extra))
+
         async def send() -> None:
             for attempt in range(5):
                 try:
@@ -270,6 +282,12 @@ class LlmService:
             log.error("usage event lost: %s", event.model_dump_json())
 
         self.spawn(send())
+
+    async def _count_extra_tokens(self, limits: list[tuple[str, int, float]], extra: int) -> None:
+        try:
+            await hit_many(self.redis, limits, extra, force=True)
+        except Exception:
+            log.warning("could not count %d extra tokens against TPM limits", extra, exc_info=True)
 
     async def _claim(self, call: _Call, opts: CallOptions, fp: str) -> rc.IdempotencyClaim | None:
         if not opts.idempotency_key:
@@ -377,7 +395,7 @@ class LlmService:
         estimate = tokens.count_messages(messages, body.tools) + (
             body.output_limit or self.settings.tpm_completion_reserve
         )
-        await self._reserve_tpm(call.principal, call.org_id, estimate)
+        await self._reserve_tpm(call, estimate)
 
         outcome = Outcome()
         headers = {"x-aistack-cache": "miss" if cache_key else "off"}
@@ -591,7 +609,7 @@ class LlmService:
                     headers={"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider},
                 )
 
-        await self._reserve_tpm(call.principal, call.org_id, tokens.count_inputs(texts))
+        await self._reserve_tpm(call, tokens.count_inputs(texts))
         params = body.params()
         outcome = Outcome()
 

@@ -188,3 +188,15 @@ async def test_org_tpm_limit(env: Env) -> None:
         await a.chat.completions.create(model="default", messages=MESSAGES, max_tokens=40)
     # another organization has its own budget
     await env.client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=40)
+
+
+@pytest.mark.parametrize("llm_overrides", [{"tpm_completion_reserve": 1}])
+async def test_tokens_beyond_the_estimate_count_against_the_limit(env: Env) -> None:
+    limited = principal(key_id=uuid.uuid4()).model_copy(update={"tpm_limit": 60})
+    client = env.sdk(limited)
+    # estimated 11 tokens up front, but the answer used 12 + 45 = 57
+    env.primary.behavior.reply.completion_tokens = 45
+    await client.chat.completions.create(model="default", messages=MESSAGES)
+    await env.service.drain()
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="default", messages=MESSAGES)

@@ -117,3 +117,40 @@ async def test_timeout_falls_back_and_is_capped_per_request(env: Env) -> None:
         )
     assert exc.value.status_code == 504
     assert exc.value.code == "upstream_timeout"
+
+
+async def test_metrics(env: Env) -> None:
+    async def value(name: str, **labels: str) -> float:
+        try:
+            return await metric(env, name, **labels) or 0.0
+        except AssertionError:
+            return 0.0
+
+    prompt = {"provider": "primary", "model": "gpt-4o-mini", "kind": "prompt"}
+    completion = {**prompt, "kind": "completion"}
+    ttft = {"provider": "primary", "model": "gpt-4o-mini"}
+    errors = {"provider": "primary", "model": "gpt-4o-mini"}
+    before = [
+        await value("aistack_llm_tokens_total", **prompt),
+        await value("aistack_llm_tokens_total", **completion),
+        await value("aistack_llm_time_to_first_token_seconds_count", **ttft),
+        await value("aistack_llm_errors_total", **errors),
+        await value("aistack_llm_cache_total", endpoint="chat", result="miss"),
+    ]
+    await env.client.chat.completions.create(model="default", messages=MESSAGES, temperature=0)
+    stream = await env.client.chat.completions.create(
+        model="default", messages=MESSAGES, stream=True
+    )
+    _ = [c async for c in stream]
+    env.primary.behavior.status = 500
+    with pytest.raises(openai.InternalServerError):
+        await env.client.chat.completions.create(model="default", messages=MESSAGES)
+    await env.service.drain()
+    after = [
+        await value("aistack_llm_tokens_total", **prompt),
+        await value("aistack_llm_tokens_total", **completion),
+        await value("aistack_llm_time_to_first_token_seconds_count", **ttft),
+        await value("aistack_llm_errors_total", **errors),
+        await value("aistack_llm_cache_total", endpoint="chat", result="miss"),
+    ]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [24, 14, 1, 2, 1]

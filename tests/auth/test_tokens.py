@@ -48,7 +48,7 @@ async def test_jwks_publishes_the_signing_key_only(client: httpx.AsyncClient) ->
 async def test_tampered_or_foreign_tokens_do_not_verify(client: httpx.AsyncClient) -> None:
     acct = await signup(client)
     token = acct.tokens["access_token"]
-    head, payload, sig = token.split(".")
+    head, _payload, sig = token.split(".")
     claims = dict(acct.claims, org="00000000-0000-0000-0000-000000000000")
     forged = ".".join(
         [head, jwt.utils.base64url_encode(jwt.api_jws.json.dumps(claims).encode()).decode(), sig]

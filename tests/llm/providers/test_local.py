@@ -337,3 +337,47 @@ async def test_list_models(local: LocalProvider) -> None:
         (CHAT_MODEL, "local"),
         (EMBEDDING_MODEL, "local"),
     ]
+
+
+def canned(pieces: list[str], finish: str = "stop") -> Any:
+    """A stand-in for the model's token stream (the hold-back logic, not the model, is tested)."""
+
+    def generate(plan: Any, cancel: Any) -> Any:
+        for piece in pieces:
+            yield "text", piece
+        yield "done", {"finish": finish, "prompt": 5, "completion": len(pieces)}
+
+    return generate
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text", "names"),
+    [
+        (
+            ["<tool", "_call>[", '{"name": "get_time", "arguments": {}}', "]</tool_call>"],
+            "",
+            ["get_time"],
+        ),
+        (
+            ["  <", "tool_call>", '{"name": "get_weather", "arguments": {"city": "Oslo"}}'],
+            "",
+            ["get_weather"],
+        ),
+        (["<to", "ast> is", " tasty"], "<toast> is tasty", []),
+        (["Sure", ", here"], "Sure, here", []),
+        (["<tool_call>not json"], "<tool_call>not json", []),
+    ],
+)
+async def test_auto_tool_calls_in_a_stream(
+    monkeypatch: pytest.MonkeyPatch, pieces: list[str], text: str, names: list[str]
+) -> None:
+    provider = LocalProvider("local", {})
+    monkeypatch.setattr(provider, "_generate", canned(pieces))
+    out = await collect(provider, req(tools=TOOLS))
+    got_text, calls, finish = assemble(out)
+    assert got_text == text
+    assert [c["name"] for c in calls] == names
+    assert finish == ("tool_calls" if names else "stop")
+    if not names and text.startswith("Sure"):
+        # plain text is not held back: it arrives in as many chunks as it was generated
+        assert [c["choices"][0]["delta"].get("content") for c in out[1:3]] == ["Sure", ", here"]

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.identity import Principal
+from libs.testing import auth_headers, client_for
+from services.auth.app import build_app
+from services.auth.models import FeatureFlag
+from services.auth.service import evaluate_flag
+from tests.auth.conftest import auth_settings
+from tests.auth.helpers import PASSWORD, SERVICE, new_email, signup
+
+
+@pytest.fixture
+async def strict(db: AsyncConnection, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    settings = auth_settings(login_failures_per_account=3, login_failures_per_ip=5)
+    async with client_for(build_app(settings), connection=db) as c:
+        yield c
+
+
+async def _fail(c: httpx.AsyncClient, email: str, ip: str = "203.0.113.7") -> httpx.Response:
+    return await c.post(
+        "/v1/auth/login",
+        json={"email": email, "password": "Wrong-guess-00"},
+        headers={"x-forwarded-for": f"10.0.0.1, {ip}"},
+    )
+
+
+async def test_failed_logins_per_account_answer_429(strict: httpx.AsyncClient) -> None:
+    acct = await signup(strict)
+    for _ in range(3):
+        assert (await _fail(strict, acct.email)).status_code == 401
+    blocked = await _fail(strict, acct.email)
+    assert blocked.status_code == 429
+    assert blocked.json()["error"]["code"] == "too_many_attempts"
+    assert 1 <= int(blocked.headers["retry-after"]) <= 900
+    # even the right password waits now
+    right = await strict.post("/v1/auth/login", json={"email": acct.email, "password": PASSWORD})
+    assert right.status_code == 429
+    # unknown accounts are limited the same way (nothing reveals which emails exist)
+    ghost = new_email()
+    codes = [(await _fail(strict, ghost, "198.51.100.9")).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+
+
+async def test_failed_logins_per_ip(strict: httpx.AsyncClient) -> None:
+    codes = [(await _fail(strict, new_email())).status_code for _ in range(6)]
+    assert codes == [401] * 5 + [429]
+    # another address is not affected
+    assert (await _fail(strict, new_email(), ip="192.0.2.55")).status_code == 401
+
+
+async def test_success_clears_account_failures(strict: httpx.AsyncClient) -> None:
+    acct = await signup(strict)
+    for _ in range(2):
+        await _fail(strict, acct.email, ip="192.0.2.1")
+    ok = await strict.post("/v1/auth/login", json={"email": acct.email, "password": PASSWORD})
+    assert ok.status_code == 200
+    codes = [(await _fail(strict, acct.email, ip="192.0.2.2")).status_code for _ in range(3)]
+    assert codes == [401, 401, 401]
+
+
+def test_flag_evaluation_rollout_is_stable_and_proportional() -> None:
+    flag = FeatureFlag(key="new-ui", enabled=True, rollout_percentage=30, org_overrides={})
+    orgs = [uuid.uuid4() for _ in range(2000)]
+    share = sum(evaluate_flag(flag, o) for o in orgs) / len(orgs)
+    assert 0.25 < share < 0.35
+    assert [evaluate_flag(flag, o) for o in orgs[:50]] == [
+        evaluate_flag(flag, o) for o in orgs[:50]
+    ]
+    off = FeatureFlag(key="x", enabled=False, rollout_percentage=100, org_overrides={})
+    assert not evaluate_flag(off, orgs[0])
+    off.org_overrides = {str(orgs[0]): True}
+    assert evaluate_flag(off, orgs[0]) and not evaluate_flag(off, orgs[1])
+
+
+async def test_flags_admin_api_and_cached_evaluation(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    acct = await signup(client)
+    denied = await client.put(
+        "/v1/admin/flags/new-ui", json={"enabled": True}, headers=acct.headers
+    )
+    assert denied.status_code == 403
+    created = await client.put(
+        "/v1/admin/flags/new-ui",
+        json={"enabled": False, "org_overrides": {str(acct.org_id): True}},
+        headers=SERVICE,
+    )
+    assert created.status_code == 201, created.text
+    await client.put("/v1/admin/flags/beta", json={"enabled": True}, headers=SERVICE)
+    mine = await client.get("/v1/auth/flags", headers=acct.headers)
+    assert mine.status_code == 200
+    assert mine.json() == {"org_id": str(acct.org_id), "flags": {"new-ui": True, "beta": True}}
+    other = auth_headers(Principal(user_id=uuid.uuid4(), org_id=uuid.uuid4()))
+    assert (await client.get("/v1/auth/flags", headers=other)).json()["flags"] == {
+        "new-ui": False,
+        "beta": True,
+    }
+    assert await redis.keys("aistack:flags:*:" + str(acct.org_id))
+
+    # a change is visible at once (the cache is versioned)
+    updated = await client.put("/v1/admin/flags/beta", json={"enabled": False}, headers=SERVICE)
+    assert updated.status_code == 200 and updated.json()["enabled"] is False
+    assert (await client.get("/v1/auth/flags", headers=acct.headers)).json()["flags"][
+        "beta"
+    ] is False
+    assert (await client.delete("/v1/admin/flags/beta", headers=SERVICE)).status_code == 204
+    assert (await client.get("/v1/admin/flags/beta", headers=SERVICE)).status_code == 404
+    flags = (await client.get("/v1/auth/flags", headers=acct.headers)).json()["flags"]
+    assert flags == {"new-ui": True}
+    listing = await client.get("/v1/admin/flags", headers=SERVICE)
+    assert [f["key"] for f in listing.json()["data"]] == ["new-ui"]
+    bad_key = await client.put("/v1/admin/flags/Bad Key!", json={"enabled": True}, headers=SERVICE)
+    assert bad_key.status_code == 422
+    bad_pct = await client.put(
+        "/v1/admin/flags/x", json={"enabled": True, "rollout_percentage": 101}, headers=SERVICE
+    )
+    assert bad_pct.status_code == 422

@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -100,9 +101,11 @@ class PromptEvent(IdMixin, CreatedAtMixin, Base):
     """History: who created a prompt or version, who moved or deleted a label, and when."""
 
     __tablename__ = "prompt_events"
-    __table_args__ = (Index("ix_llm_prompt_events_prompt_created", "prompt_id", "created_at"),)
+    __table_args__ = (Index("ix_llm_prompt_events_prompt_seq", "prompt_id", "seq"),)
 
     prompt_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("prompts.id", ondelete="CASCADE"))
+    # total order of events (several happen in one transaction, at one created_at)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity())
     org_id: Mapped[uuid.UUID] = mapped_column()
     action: Mapped[str] = mapped_column(String(32))
     label: Mapped[str | None] = mapped_column(String(64), default=None)

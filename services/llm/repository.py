@@ -1,3 +1,212 @@
-"""Data access of the llm service."""
+"""Data access of the llm service: the prompt store and conversations.
+
+Every lookup by id also filters by organization (and, for conversations, by owner), so an id
+from another tenant reads exactly like an unknown one.
+"""
 
 from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+
+from libs.db import Repository
+from services.llm.models import (
+    Conversation,
+    ConversationMessage,
+    Prompt,
+    PromptEvent,
+    PromptLabel,
+    PromptUse,
+    PromptVersion,
+)
+
+
+class PromptRepository(Repository[Prompt]):
+    model = Prompt
+
+    async def get_for_org(
+        self, org_id: uuid.UUID, prompt_id: uuid.UUID, *, lock: bool = False
+    ) -> Prompt | None:
+        stmt = select(Prompt).where(Prompt.id == prompt_id, Prompt.org_id == org_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def get_by_name(
+        self, org_id: uuid.UUID, name: str, *, lock: bool = False
+    ) -> Prompt | None:
+        stmt = select(Prompt).where(Prompt.org_id == org_id, Prompt.name == name)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def page(self, org_id: uuid.UUID, limit: int, offset: int) -> list[Prompt]:
+        return await self.list(
+            Prompt.org_id == org_id, order_by=(Prompt.name,), limit=limit, offset=offset
+        )
+
+    # -- versions
+
+    async def version(self, prompt_id: uuid.UUID, number: int) -> PromptVersion | None:
+        stmt = select(PromptVersion).where(
+            PromptVersion.prompt_id == prompt_id, PromptVersion.number == number
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def version_by_id(
+        self, prompt_id: uuid.UUID, version_id: uuid.UUID
+    ) -> PromptVersion | None:
+        stmt = select(PromptVersion).where(
+            PromptVersion.prompt_id == prompt_id, PromptVersion.id == version_id
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def versions(self, prompt_id: uuid.UUID, limit: int, offset: int) -> list[PromptVersion]:
+        stmt = (
+            select(PromptVersion)
+            .where(PromptVersion.prompt_id == prompt_id)
+            .order_by(PromptVersion.number.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def versions_by_number(
+        self, prompt_id: uuid.UUID, numbers: list[int]
+    ) -> dict[int, PromptVersion]:
+        stmt = select(PromptVersion).where(
+            PromptVersion.prompt_id == prompt_id, PromptVersion.number.in_(numbers)
+        )
+        return {v.number: v for v in (await self.session.scalars(stmt)).all()}
+
+    # -- labels
+
+    async def labels(self, prompt_ids: list[uuid.UUID]) -> list[PromptLabel]:
+        if not prompt_ids:
+            return []
+        stmt = (
+            select(PromptLabel)
+            .where(PromptLabel.prompt_id.in_(prompt_ids))
+            .order_by(PromptLabel.name)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def label(self, prompt_id: uuid.UUID, name: str) -> PromptLabel | None:
+        stmt = select(PromptLabel).where(
+            PromptLabel.prompt_id == prompt_id, PromptLabel.name == name
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    # -- history
+
+    async def add_event(self, event: PromptEvent) -> None:
+        self.session.add(event)
+        await self.session.flush()
+
+    async def events(
+        self, prompt_id: uuid.UUID, limit: int, offset: int, label: str | None = None
+    ) -> list[PromptEvent]:
+        where: list[ColumnElement[bool]] = [PromptEvent.prompt_id == prompt_id]
+        if label is not None:
+            where.append(PromptEvent.label == label)
+        stmt = (
+            select(PromptEvent)
+            .where(*where)
+            .order_by(PromptEvent.seq.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def last_label_move(self, prompt_id: uuid.UUID, label: str) -> PromptEvent | None:
+        stmt = (
+            select(PromptEvent)
+            .where(
+                PromptEvent.prompt_id == prompt_id,
+                PromptEvent.label == label,
+                PromptEvent.action.in_(("label.moved", "label.deleted")),
+            )
+            .order_by(PromptEvent.seq.desc())
+            .limit(1)
+        )
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def add_use(self, use: PromptUse) -> None:
+        self.session.add(use)
+        await self.session.flush()
+
+
+def owner_filter(
+    org_id: uuid.UUID, user_id: uuid.UUID | None, key_id: uuid.UUID | None
+) -> ColumnElement[bool]:
+    """A user sees their own conversations; an API key without a user sees the key's own."""
+    if user_id is not None:
+        return and_(Conversation.org_id == org_id, Conversation.user_id == user_id)
+    return and_(
+        Conversation.org_id == org_id,
+        Conversation.user_id.is_(None),
+        Conversation.key_id == key_id,
+    )
+
+
+class ConversationRepository(Repository[Conversation]):
+    model = Conversation
+
+    async def get_owned(
+        self, owner: ColumnElement[bool], conversation_id: uuid.UUID, *, lock: bool = False
+    ) -> Conversation | None:
+        stmt = select(Conversation).where(owner, Conversation.id == conversation_id)
+        if lock:
+            stmt = stmt.with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def lock(self, conversation_id: uuid.UUID) -> Conversation | None:
+        stmt = select(Conversation).where(Conversation.id == conversation_id).with_for_update()
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def page(
+        self,
+        owner: ColumnElement[bool],
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+    ) -> list[Conversation]:
+        stmt = select(Conversation).where(owner)
+        if after is not None:
+            at, last_id = after
+            stmt = stmt.where(
+                or_(
+                    Conversation.created_at < at,
+                    and_(Conversation.created_at == at, Conversation.id < last_id),
+                )
+            )
+        stmt = stmt.order_by(Conversation.created_at.desc(), Conversation.id.desc()).limit(limit)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def messages(self, conversation_id: uuid.UUID) -> list[ConversationMessage]:
+        stmt = (
+            select(ConversationMessage)
+            .where(ConversationMessage.conversation_id == conversation_id)
+            .order_by(ConversationMessage.seq)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def append(
+        self, conversation: Conversation, rows: list[dict[str, Any]]
+    ) -> list[ConversationMessage]:
+        """Append messages after the last one; the caller holds the conversation's row lock."""
+        out = []
+        seq = conversation.message_count
+        for row in rows:
+            seq += 1
+            msg = ConversationMessage(
+                conversation_id=conversation.id, org_id=conversation.org_id, seq=seq, **row
+            )
+            self.session.add(msg)
+            out.append(msg)
+        conversation.message_count = seq
+        conversation.updated_at = func.now()
+        await self.session.flush()
+        return out

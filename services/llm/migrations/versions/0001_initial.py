@@ -6,6 +6,7 @@ Create Date: 2026-11-23
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,13 +20,13 @@ depends_on: str | Sequence[str] | None = None
 S = "llm"
 
 
-def _created() -> sa.Column[sa.DateTime]:
+def _created() -> "sa.Column[datetime]":
     return sa.Column(
         "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
     )
 
 
-def _updated() -> sa.Column[sa.DateTime]:
+def _updated() -> "sa.Column[datetime]":
     return sa.Column(
         "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
     )
@@ -123,6 +124,7 @@ def upgrade() -> None:
         "prompt_events",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("prompt_id", sa.Uuid(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), sa.Identity(), nullable=False),
         sa.Column("org_id", sa.Uuid(), nullable=False),
         sa.Column("action", sa.String(32), nullable=False),
         sa.Column("label", sa.String(64), nullable=True),
@@ -142,9 +144,9 @@ def upgrade() -> None:
         schema=S,
     )
     op.create_index(
-        "ix_llm_prompt_events_prompt_created",
+        "ix_llm_prompt_events_prompt_seq",
         "prompt_events",
-        ["prompt_id", "created_at"],
+        ["prompt_id", "seq"],
         schema=S,
     )
 

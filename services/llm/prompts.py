@@ -1,0 +1,570 @@
+"""The prompt store: prompts with immutable versions, movable labels, history, A/B, rendering.
+
+Rendering runs Jinja in ``ImmutableSandboxedEnvironment`` with ``StrictUndefined``: templates
+cannot reach Python internals (``__class__``...) nor mutate their inputs, and a variable the
+caller did not give is an error (422 ``missing_variable``) rather than an empty string.
+``range`` is capped and the output of one template is capped, so a template cannot make the
+service render gigabytes.
+
+A/B: a label may point at several versions with integer weights. The choice is a hash of
+(prompt id, label, key) mapped onto the weights, where the key is the caller's ``ab_key``
+(sticky: the same user always gets the same version) or else the request id (a fresh,
+independent draw per request that can be reproduced from the request id). With neither, the
+choice is random.
+
+Prompts are named by id or by name. With no label and no version, the ``production`` label
+is used when it exists, else the newest version; ``latest`` always means the newest version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.errors import Conflict, NotFound, ValidationFailed
+from libs.identity import Principal
+from services.llm.models import Prompt, PromptEvent, PromptLabel, PromptUse, PromptVersion
+from services.llm.prompt_schemas import (
+    LabelSet,
+    LabelTarget,
+    PromptCreate,
+    PromptVersionCreate,
+    VariablesSchema,
+)
+from services.llm.repository import PromptRepository
+
+DEFAULT_LABEL = "production"
+LATEST = "latest"
+MAX_RANGE = 1_000
+MAX_OUTPUT_CHARS = 1_000_000
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _capped_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise SecurityError(f"range() is limited to {MAX_RANGE} items in prompt templates")
+    return r
+
+
+_env = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+_env.globals["range"] = _capped_range
+
+
+@lru_cache(maxsize=2048)
+def _compile(source: str) -> tuple[Template, frozenset[str]]:
+    ast = _env.parse(source)
+    return _env.from_string(ast), frozenset(meta.find_undeclared_variables(ast))
+
+
+def check_templates(messages: list[dict[str, Any]]) -> list[str]:
+    """Refuse templates that do not parse or that name private attributes; return their variables.
+
+    The sandbox would refuse ``__class__`` and friends at render time anyway; refusing them
+    when the version is created tells the author at once."""
+    names: set[str] = set()
+    for index, message in enumerate(messages):
+        source = message["content"]
+        where = f"messages.{index}.content"
+        try:
+            ast = _env.parse(source)
+        except TemplateSyntaxError as exc:
+            raise ValidationFailed(
+                f"Template syntax error in {where} (line {exc.lineno}): {exc.message}",
+                code="template_syntax_error",
+                details=[{"field": where, "message": exc.message or "", "line": exc.lineno}],
+            ) from exc
+        for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+            attr: str | None = None
+            if isinstance(node, nodes.Getattr):
+                attr = node.attr
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+                attr = str(node.arg.value)
+            elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+                first = node.args[0]
+                attr = str(first.value) if isinstance(first, nodes.Const) else "?"
+            if attr is not None and (attr.startswith("_") or attr == "?"):
+                raise ValidationFailed(
+                    f"Template in {where} accesses the private attribute {attr!r}",
+                    code="unsafe_template",
+                    details=[{"field": where, "message": "private attribute access"}],
+                )
+        names |= meta.find_undeclared_variables(ast)
+    return sorted(names)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "array": (list,),
+    "object": (dict,),
+}
+
+
+def apply_schema(schema: dict[str, Any] | None, variables: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults and check required variables and types against a version's schema."""
+    if not schema:
+        return dict(variables)
+    spec = VariablesSchema.model_validate(schema)
+    out = dict(variables)
+    for name, prop in spec.properties.items():
+        if name not in out and prop.default is not None:
+            out[name] = prop.default
+    missing = [name for name in spec.required if name not in out]
+    if missing:
+        raise _missing(missing)
+    for name, prop in spec.properties.items():
+        if name in out and prop.type is not None:
+            value = out[name]
+            ok = isinstance(value, _TYPES[prop.type])
+            if prop.type in ("number", "integer") and isinstance(value, bool):
+                ok = False
+            if not ok:
+                raise ValidationFailed(
+                    f"Variable '{name}' must be of type {prop.type}",
+                    code="invalid_variable",
+                    details=[{"field": f"variables.{name}", "message": f"expected {prop.type}"}],
+                )
+    return out
+
+
+def _missing(names: list[str]) -> ValidationFailed:
+    return ValidationFailed(
+        f"Missing prompt variable{'s' if len(names) > 1 else ''}: {', '.join(names)}",
+        code="missing_variable",
+        details=[
+            {"field": f"variables.{n}", "message": "required by the template", "variable": n}
+            for n in names
+        ],
+    )
+
+
+def render_messages(
+    templates: list[dict[str, Any]],
+    variables: dict[str, Any],
+    schema: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Render a version's message templates into OpenAI chat messages."""
+    values = apply_schema(schema, variables)
+    rendered = []
+    for index, message in enumerate(templates):
+        template, needed = _compile(message["content"])
+        missing = sorted(needed - values.keys())
+        if missing:
+            raise _missing(missing)
+        try:
+            size = 0
+            parts = []
+            for part in template.generate(values):
+                size += len(part)
+                if size > MAX_OUTPUT_CHARS:
+                    raise ValidationFailed(
+                        f"A rendered message is longer than {MAX_OUTPUT_CHARS} characters",
+                        code="template_output_too_large",
+                    )
+                parts.append(part)
+        except SecurityError as exc:
+            raise ValidationFailed(
+                f"Template refused by the sandbox: {exc}", code="unsafe_template"
+            ) from exc
+        except UndefinedError as exc:
+            raise ValidationFailed(
+                f"Prompt variable problem in messages.{index}: {exc.message}",
+                code="missing_variable",
+                details=[{"field": f"messages.{index}.content", "message": exc.message or ""}],
+            ) from exc
+        except TemplateError as exc:
+            raise ValidationFailed(
+                f"Template error in messages.{index}: {exc.message}", code="template_error"
+            ) from exc
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise ValidationFailed(
+                f"Template error in messages.{index}: {exc}", code="template_error"
+            ) from exc
+        out: dict[str, Any] = {"role": message["role"], "content": "".join(parts)}
+        if message.get("name"):
+            out["name"] = message["name"]
+        rendered.append(out)
+    return rendered
+
+
+def choose(
+    targets: list[dict[str, Any]], key: str | None, salt: str, rng: random.Random | None = None
+) -> dict[str, Any]:
+    """Pick one of a label's weighted targets: by hash of ``salt:key``, or randomly without key."""
+    if len(targets) == 1:
+        return targets[0]
+    total = sum(int(t["weight"]) for t in targets)
+    if key is not None:
+        digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") % total
+    else:
+        point = (rng or random).randrange(total)
+    for target in targets:
+        point -= int(target["weight"])
+        if point < 0:
+            return target
+    return targets[-1]
+
+
+# ---------------------------------------------------------------------------- resolution
+
+
+@dataclass
+class ResolvedPrompt:
+    """A rendered prompt version, ready to be prepended to a chat request."""
+
+    messages: list[dict[str, Any]]
+    model: str | None
+    params: dict[str, Any]
+    prompt_id: uuid.UUID
+    version_id: uuid.UUID
+    version_number: int
+    name: str = ""
+    label: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_uuid(value: str | uuid.UUID) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+async def find_prompt(
+    repo: PromptRepository, org_id: uuid.UUID, name_or_id: str | uuid.UUID, *, lock: bool = False
+) -> Prompt:
+    as_id = _as_uuid(name_or_id)
+    prompt = (
+        await repo.get_for_org(org_id, as_id, lock=lock)
+        if as_id is not None
+        else await repo.get_by_name(org_id, str(name_or_id), lock=lock)
+    )
+    if prompt is None:
+        # another organization's prompt reads exactly like an unknown one
+        raise NotFound(f"Prompt '{name_or_id}' not found", code="prompt_not_found")
+    return prompt
+
+
+async def pick_version(
+    repo: PromptRepository,
+    prompt: Prompt,
+    label: str | None,
+    version: int | None,
+    ab_key: str | None,
+) -> tuple[PromptVersion, str | None]:
+    """The version a (label | version | default) reference names, and the label used."""
+    if version is not None and label is not None:
+        raise ValidationFailed("Give a label or a version, not both", code="invalid_prompt_ref")
+    if version is not None:
+        found = await repo.version(prompt.id, version)
+        if found is None:
+            raise NotFound(
+                f"Prompt '{prompt.name}' has no version {version}", code="prompt_version_not_found"
+            )
+        return found, None
+    name = label or DEFAULT_LABEL
+    row = None if name == LATEST else await repo.label(prompt.id, name)
+    if row is None:
+        if label is not None and label != LATEST:
+            raise NotFound(
+                f"Prompt '{prompt.name}' has no label '{label}'", code="prompt_label_not_found"
+            )
+        latest = await repo.version(prompt.id, prompt.latest_version)
+        if latest is None:
+            raise NotFound(f"Prompt '{prompt.name}' has no versions yet", code="prompt_empty")
+        return latest, LATEST
+    target = choose(row.targets, ab_key, f"{prompt.id}:{name}")
+    found = await repo.version_by_id(prompt.id, uuid.UUID(target["version_id"]))
+    assert found is not None  # versions are deleted only with their prompt
+    return found, name
+
+
+async def resolve_prompt(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    name_or_id: str | uuid.UUID,
+    label: str | None = None,
+    version: int | None = None,
+    variables: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    ab_key: str | None = None,
+) -> ResolvedPrompt:
+    """Find a prompt of ``org_id``, pick its version (label, A/B, version) and render it.
+
+    Raises NotFound (prompt, label or version) and ValidationFailed (variables, template)."""
+    repo = PromptRepository(session)
+    prompt = await find_prompt(repo, org_id, name_or_id)
+    chosen, used_label = await pick_version(repo, prompt, label, version, ab_key or request_id)
+    values = variables or {}
+    messages = render_messages(chosen.messages, values, chosen.variables)
+    return ResolvedPrompt(
+        messages=messages,
+        model=chosen.model,
+        params=dict(chosen.params or {}),
+        prompt_id=prompt.id,
+        version_id=chosen.id,
+        version_number=chosen.number,
+        name=prompt.name,
+        label=used_label,
+        variables=values,
+    )
+
+
+async def record_prompt_use(
+    session: AsyncSession,
+    resolved: ResolvedPrompt,
+    *,
+    org_id: uuid.UUID,
+    request_id: str,
+    user_id: uuid.UUID | None = None,
+    key_id: uuid.UUID | None = None,
+    conversation_id: uuid.UUID | None = None,
+) -> None:
+    """Record that ``resolved``'s version served request ``request_id``."""
+    await PromptRepository(session).add_use(
+        PromptUse(
+            org_id=org_id,
+            prompt_id=resolved.prompt_id,
+            version_id=resolved.version_id,
+            label=resolved.label,
+            request_id=request_id,
+            conversation_id=conversation_id,
+            user_id=user_id,
+            key_id=key_id,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- management
+
+
+def _targets_json(targets: list[LabelTarget], versions: dict[int, PromptVersion]) -> list[Any]:
+    return [
+        {"version": t.version, "version_id": str(versions[t.version].id), "weight": t.weight}
+        for t in targets
+    ]
+
+
+class PromptService:
+    def __init__(self, session: AsyncSession, principal: Principal) -> None:
+        self.session = session
+        self.repo = PromptRepository(session)
+        self.principal = principal
+        self.org_id = principal.require_org()
+
+    def _event(self, prompt: Prompt, action: str, **kw: Any) -> PromptEvent:
+        return PromptEvent(
+            prompt_id=prompt.id,
+            org_id=self.org_id,
+            action=action,
+            actor_user=self.principal.user_id,
+            actor_key=self.principal.key_id,
+            **kw,
+        )
+
+    async def get(self, name_or_id: str, *, lock: bool = False) -> Prompt:
+        return await find_prompt(self.repo, self.org_id, name_or_id, lock=lock)
+
+    async def create(self, data: PromptCreate) -> Prompt:
+        if await self.repo.get_by_name(self.org_id, data.name):
+            raise Conflict(f"A prompt named '{data.name}' already exists", code="name_taken")
+        prompt = Prompt(
+            org_id=self.org_id,
+            name=data.name,
+            description=data.description,
+            latest_version=0,
+            created_by_user=self.principal.user_id,
+            created_by_key=self.principal.key_id,
+        )
+        try:
+            # a savepoint: a concurrent create of the same name must not poison the session
+            async with self.session.begin_nested():
+                self.session.add(prompt)
+                await self.session.flush()
+        except IntegrityError as exc:
+            raise Conflict(
+                f"A prompt named '{data.name}' already exists", code="name_taken"
+            ) from exc
+        await self.repo.add_event(self._event(prompt, "prompt.created", after={"name": data.name}))
+        if data.version is not None:
+            await self._add_version(prompt, data.version)
+        return prompt
+
+    async def update(self, name_or_id: str, description: str) -> Prompt:
+        prompt = await self.get(name_or_id, lock=True)
+        before = prompt.description
+        prompt.description = description
+        await self.repo.add_event(
+            self._event(
+                prompt,
+                "prompt.updated",
+                before={"description": before},
+                after={"description": description},
+            )
+        )
+        await self.session.refresh(prompt)
+        return prompt
+
+    async def list_page(self, limit: int, offset: int) -> tuple[list[Prompt], bool]:
+        rows = await self.repo.page(self.org_id, limit + 1, offset)
+        return rows[:limit], len(rows) > limit
+
+    async def labels_of(self, prompts: list[Prompt]) -> dict[uuid.UUID, list[PromptLabel]]:
+        out: dict[uuid.UUID, list[PromptLabel]] = {p.id: [] for p in prompts}
+        for label in await self.repo.labels([p.id for p in prompts]):
+            out[label.prompt_id].append(label)
+        return out
+
+    async def create_version(self, name_or_id: str, data: PromptVersionCreate) -> PromptVersion:
+        # the row lock numbers concurrent versions of one prompt one after the other
+        prompt = await self.get(name_or_id, lock=True)
+        return await self._add_version(prompt, data)
+
+    async def _add_version(self, prompt: Prompt, data: PromptVersionCreate) -> PromptVersion:
+        messages = [m.model_dump(exclude_none=True) for m in data.messages]
+        check_templates(messages)
+        number = prompt.latest_version + 1
+        version = PromptVersion(
+            prompt_id=prompt.id,
+            org_id=self.org_id,
+            number=number,
+            messages=messages,
+            model=data.model,
+            params=data.params,
+            variables=data.variables.model_dump(exclude_none=True) if data.variables else None,
+            commit_message=data.commit_message,
+            created_by_user=self.principal.user_id,
+            created_by_key=self.principal.key_id,
+        )
+        self.session.add(version)
+        prompt.latest_version = number
+        await self.session.flush()
+        await self.repo.add_event(
+            self._event(
+                prompt,
+                "version.created",
+                version_id=version.id,
+                after={"version": number, "commit_message": data.commit_message},
+            )
+        )
+        for label in data.labels:
+            await self._move_label(prompt, label, [LabelTarget(version=number, weight=1)])
+        await self.session.refresh(prompt)
+        return version
+
+    async def versions(
+        self, name_or_id: str, limit: int, offset: int
+    ) -> tuple[Prompt, list[PromptVersion], bool]:
+        prompt = await self.get(name_or_id)
+        rows = await self.repo.versions(prompt.id, limit + 1, offset)
+        return prompt, rows[:limit], len(rows) > limit
+
+    async def version(self, name_or_id: str, number: int) -> tuple[Prompt, PromptVersion]:
+        prompt = await self.get(name_or_id)
+        found = await self.repo.version(prompt.id, number)
+        if found is None:
+            raise NotFound(
+                f"Prompt '{prompt.name}' has no version {number}", code="prompt_version_not_found"
+            )
+        return prompt, found
+
+    async def set_label(self, name_or_id: str, label: str, data: LabelSet) -> Prompt:
+        prompt = await self.get(name_or_id, lock=True)
+        await self._move_label(prompt, label, data.targets())
+        await self.session.refresh(prompt)
+        return prompt
+
+    async def _move_label(self, prompt: Prompt, label: str, targets: list[LabelTarget]) -> None:
+        numbers = [t.version for t in targets]
+        found = await self.repo.versions_by_number(prompt.id, numbers)
+        unknown = [n for n in numbers if n not in found]
+        if unknown:
+            raise NotFound(
+                f"Prompt '{prompt.name}' has no version {unknown[0]}",
+                code="prompt_version_not_found",
+            )
+        after = _targets_json(targets, found)
+        row = await self.repo.label(prompt.id, label)
+        before = row.targets if row is not None else None
+        if row is None:
+            row = PromptLabel(prompt_id=prompt.id, org_id=self.org_id, name=label, targets=after)
+            self.session.add(row)
+        else:
+            row.targets = after
+        await self.session.flush()
+        await self.repo.add_event(
+            self._event(
+                prompt,
+                "label.moved",
+                label=label,
+                version_id=found[numbers[0]].id if len(numbers) == 1 else None,
+                before=before,
+                after=after,
+            )
+        )
+
+    async def delete_label(self, name_or_id: str, label: str) -> None:
+        prompt = await self.get(name_or_id, lock=True)
+        row = await self.repo.label(prompt.id, label)
+        if row is None:
+            raise NotFound(
+                f"Prompt '{prompt.name}' has no label '{label}'", code="prompt_label_not_found"
+            )
+        await self.repo.add_event(
+            self._event(prompt, "label.deleted", label=label, before=row.targets, after=None)
+        )
+        await self.session.delete(row)
+        await self.session.flush()
+
+    async def rollback_label(self, name_or_id: str, label: str) -> Prompt:
+        """Point ``label`` back where it pointed before its last move (recorded as a move)."""
+        prompt = await self.get(name_or_id, lock=True)
+        last = await self.repo.last_label_move(prompt.id, label)
+        if last is None or not last.before:
+            raise Conflict(
+                f"Label '{label}' has no earlier position to roll back to",
+                code="nothing_to_roll_back",
+            )
+        targets = [LabelTarget(version=t["version"], weight=t["weight"]) for t in last.before]
+        await self._move_label(prompt, label, targets)
+        await self.session.refresh(prompt)
+        return prompt
+
+    async def history(
+        self, name_or_id: str, limit: int, offset: int, label: str | None
+    ) -> tuple[list[PromptEvent], bool]:
+        prompt = await self.get(name_or_id)
+        rows = await self.repo.events(prompt.id, limit + 1, offset, label)
+        return rows[:limit], len(rows) > limit
+
+    async def render(
+        self,
+        name_or_id: str,
+        label: str | None,
+        version: int | None,
+        variables: dict[str, Any],
+        ab_key: str | None,
+    ) -> ResolvedPrompt:
+        return await resolve_prompt(
+            self.session, self.org_id, name_or_id, label, version, variables, ab_key=ab_key
+        )

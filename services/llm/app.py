@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
+from services.llm.conversations_router import router as conversations_router
+from services.llm.prompts_router import router as prompts_router
 from services.llm.providers.base import Provider
 from services.llm.router import OPENAI_PREFIXES, router
 from services.llm.routing import RoutingConfig, default_config, load_config
@@ -82,7 +84,7 @@ def build_app(
     return create_app(
         service="llm",
         settings=settings,
-        routers=[router],
+        routers=[router, prompts_router, conversations_router],
         title="aistack llm",
         description="OpenAI-compatible LLM API over many providers.",
         resources=[llm_resources],

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.identity import Principal
@@ -104,7 +104,7 @@ async def test_introspection_of_unknown_expired_and_malformed_keys(
     created = await _create(client, acct, expires_at=soon.isoformat())
     assert (await _introspect(client, str(created["key"]))).json()["active"] is True
     await db.execute(
-        ApiKey.__table__.update()
+        update(ApiKey)
         .where(ApiKey.id == uuid.UUID(str(created["id"])))
         .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     )
@@ -148,18 +148,14 @@ async def test_scopes_are_validated_and_bounded_by_role(
     from services.auth.models import Membership
 
     await db.execute(
-        Membership.__table__.update()
-        .where(Membership.user_id == acct.user_id)
-        .values(role="member")
+        update(Membership).where(Membership.user_id == acct.user_id).values(role="member")
     )
     beyond = await client.post(
         "/v1/api-keys", json={"name": "x", "scopes": ["admin"]}, headers=acct.headers
     )
     assert beyond.status_code == 403 and beyond.json()["error"]["code"] == "scope_not_allowed"
     await db.execute(
-        Membership.__table__.update()
-        .where(Membership.user_id == acct.user_id)
-        .values(role="viewer")
+        update(Membership).where(Membership.user_id == acct.user_id).values(role="viewer")
     )
     viewer = await client.post(
         "/v1/api-keys", json={"name": "x", "scopes": ["rag:read"]}, headers=acct.headers

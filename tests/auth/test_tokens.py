@@ -5,7 +5,7 @@ import time
 import httpx
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.identity import Principal
@@ -88,7 +88,7 @@ async def test_rotation_keeps_old_tokens_valid(
 
     # once its tokens have expired, the old key leaves the JWKS
     await db.execute(
-        SigningKey.__table__.update()
+        update(SigningKey)
         .where(SigningKey.kid == old_kid)
         .values(retire_after=SigningKey.created_at)
     )
@@ -100,9 +100,7 @@ async def test_platform_admin_user_can_rotate(
     client: httpx.AsyncClient, db: AsyncConnection
 ) -> None:
     acct = await signup(client)
-    await db.execute(
-        User.__table__.update().where(User.id == acct.user_id).values(is_platform_admin=True)
-    )
+    await db.execute(update(User).where(User.id == acct.user_id).values(is_platform_admin=True))
     resp = await client.post("/v1/admin/signing-keys/rotate", headers=acct.headers)
     assert resp.status_code == 201
     # an API key principal is never a platform admin

@@ -183,13 +183,14 @@ def _row(message: ChatMessage) -> dict[str, Any]:
 def trim_to_budget(
     messages: list[dict[str, Any]], budget: int, count_tokens: CountTokens
 ) -> list[dict[str, Any]]:
-    """Keep system/developer messages and the newest whole turns that fit in ``budget`` tokens.
+    """Keep system/developer messages and the newest whole turns whose count (reply priming
+    included) fits in ``budget`` tokens.
 
     A turn starts at a user message and carries the replies and tool results that follow it,
     so a tool result never loses the assistant message that asked for it."""
     base = count_tokens([])
     kept_system = [m for m in messages if m.get("role") in KEEP_ROLES]
-    budget -= count_tokens(kept_system) - base
+    budget -= count_tokens(kept_system)
     turns: list[list[dict[str, Any]]] = []
     for message in messages:
         if message.get("role") in KEEP_ROLES:
@@ -228,8 +229,8 @@ async def load_history(
     if conversation is None:
         raise _not_found()
     stored = [row.data for row in await repo.messages(conversation.id)]
+    # count(history + new) == count(history) + count(new) - count([]): priming is paid once
     budget = context_window - reserve - (count_tokens(list(new_messages)) - count_tokens([]))
-    budget -= count_tokens([])  # the reply priming is paid once for the whole request
     return trim_to_budget(stored, budget, count_tokens)
 
 

@@ -191,8 +191,8 @@ def turn(i: int, size: int = 40) -> list[dict[str, Any]]:
 
 
 def test_trim_keeps_system_and_newest_whole_turns() -> None:
-    system = {"role": "system", "content": "rules " * 10}
-    tool_turn = [
+    system: dict[str, Any] = {"role": "system", "content": "rules " * 10}
+    tool_turn: list[dict[str, Any]] = [
         {"role": "user", "content": "call"},
         {"role": "assistant", "tool_calls": [{"id": "t", "type": "function"}]},
         {"role": "tool", "tool_call_id": "t", "content": "r" * 40},

@@ -329,12 +329,12 @@ async def test_weighted_ab(c: httpx.AsyncClient, db: AsyncConnection) -> None:
     # a sticky ab_key always gets the same version
     seen = set()
     for _ in range(5):
-        r = await c.post(
+        resp = await c.post(
             "/v1/prompts/summarize/render",
             json={"variables": variables, "ab_key": "user-42"},
             headers=h(p),
         )
-        seen.add(r.json()["version"])
+        seen.add(resp.json()["version"])
     assert len(seen) == 1
 
 
@@ -358,6 +358,7 @@ async def test_bad_input_and_auth(c: httpx.AsyncClient) -> None:
     resp = await c.post("/v1/prompts", json={"name": str(uuid.uuid4())}, headers=h(p))
     assert resp.status_code == 422
     await make_prompt(c, p)
+    body: dict[str, Any]
     for body in ({}, {"version": 1, "versions": [{"version": 1}]}, {"versions": []}):
         resp = await c.put("/v1/prompts/summarize/labels/x", json=body, headers=h(p))
         assert resp.status_code == 422, body

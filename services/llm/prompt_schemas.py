@@ -251,3 +251,37 @@ class RenderOut(BaseModel):
     model: str | None
     params: dict[str, Any]
     messages: list[dict[str, Any]]
+
+
+class PromptRef(_In):
+    """``prompt`` in a chat request: which prompt to render before the request's messages."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"name": "summarize", "label": "production", "variables": {"text": "..."}}]
+        },
+    )
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    id: uuid.UUID | None = None
+    label: str | None = Field(default=None, max_length=64)
+    version: int | None = Field(default=None, ge=1)
+    variables: dict[str, Any] = Field(default_factory=dict)
+    ab_key: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Sticky A/B key (e.g. a user id); by default each request draws anew",
+    )
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> PromptRef:
+        if (self.name is None) == (self.id is None):
+            raise ValueError("give the prompt's name or its id")
+        if self.label is not None and self.version is not None:
+            raise ValueError("give a label or a version, not both")
+        return self
+
+    @property
+    def ref(self) -> str | uuid.UUID:
+        return self.id if self.id is not None else str(self.name)

@@ -28,6 +28,7 @@ from typing import Any
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import ValidationError as PydanticValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +43,7 @@ from services.llm.prompt_schemas import (
     VariablesSchema,
 )
 from services.llm.repository import PromptRepository
+from services.llm.schemas import ChatCompletionRequest
 
 DEFAULT_LABEL = "production"
 LATEST = "latest"
@@ -221,6 +223,26 @@ def choose(
         if point < 0:
             return target
     return targets[-1]
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """A version's params must make a valid chat request (they become its defaults)."""
+    probe = {**params, "model": "probe", "messages": [{"role": "user", "content": "probe"}]}
+    try:
+        ChatCompletionRequest.model_validate(probe)
+    except PydanticValidationError as exc:
+        raise ValidationFailed(
+            "params are not valid chat completion parameters",
+            code="invalid_params",
+            details=[
+                {
+                    "field": "body.params." + ".".join(str(p) for p in err["loc"]),
+                    "message": err["msg"],
+                    "type": err["type"],
+                }
+                for err in exc.errors()
+            ],
+        ) from exc
 
 
 # ---------------------------------------------------------------------------- resolution
@@ -443,6 +465,7 @@ class PromptService:
     async def _add_version(self, prompt: Prompt, data: PromptVersionCreate) -> PromptVersion:
         messages = [m.model_dump(exclude_none=True) for m in data.messages]
         check_templates(messages)
+        check_params(data.params)
         number = prompt.latest_version + 1
         version = PromptVersion(
             prompt_id=prompt.id,

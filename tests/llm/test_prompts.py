@@ -357,6 +357,15 @@ async def test_bad_input_and_auth(c: httpx.AsyncClient) -> None:
 
     resp = await c.post("/v1/prompts", json={"name": str(uuid.uuid4())}, headers=h(p))
     assert resp.status_code == 422
+    # a version's params must make a valid chat request
+    resp = await c.post(
+        "/v1/prompts",
+        json={"name": "hot", "version": {**V1, "params": {"temperature": 5}}},
+        headers=h(p),
+    )
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "invalid_params"
+    assert resp.json()["error"]["details"][0]["field"] == "body.params.temperature"
+    assert (await c.get("/v1/prompts/hot", headers=h(p))).status_code == 404
     await make_prompt(c, p)
     body: dict[str, Any]
     for body in ({}, {"version": 1, "versions": [{"version": 1}]}, {"versions": []}):

@@ -132,7 +132,12 @@ def make_app(behavior: Behavior) -> Starlette:
     async def messages(request: Request) -> Response:
         body = await request.json()
         behavior.requests.append(
-            {"path": request.url.path, "headers": dict(request.headers), "json": body}
+            {
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "json": body,
+                "client": request.client.port if request.client else None,
+            }
         )
         if behavior.delay:
             await asyncio.sleep(behavior.delay)

@@ -93,7 +93,12 @@ def make_app(behavior: Behavior) -> Starlette:
     async def record(request: Request) -> dict[str, Any]:
         body: dict[str, Any] = await request.json() if request.method == "POST" else {}
         behavior.requests.append(
-            {"path": request.url.path, "headers": dict(request.headers), "json": body}
+            {
+                "path": request.url.path,
+                "headers": dict(request.headers),
+                "json": body,
+                "client": request.client.port if request.client else None,
+            }
         )
         if behavior.delay:
             await asyncio.sleep(behavior.delay)

@@ -425,3 +425,13 @@ async def test_stream_stalling_midway_times_out(behavior: Behavior) -> None:
         "upstream_timeout",
         True,
     )
+
+
+async def test_connections_are_kept_alive_across_streams(behavior: Behavior) -> None:
+    with serve(make_app(behavior)) as url:
+        p = AnthropicProvider("a", {"api_key": "k", "base_url": url})
+        for _ in range(3):
+            await collect(p, req())
+        await p.chat(req())
+        await p.aclose()
+    assert len({r["client"] for r in behavior.requests}) == 1

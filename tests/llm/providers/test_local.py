@@ -381,3 +381,26 @@ async def test_auto_tool_calls_in_a_stream(
     if not names and text.startswith("Sure"):
         # plain text is not held back: it arrives in as many chunks as it was generated
         assert [c["choices"][0]["delta"].get("content") for c in out[1:3]] == ["Sure", ", here"]
+
+
+async def test_a_full_queue_is_refused_retryably() -> None:
+    provider = LocalProvider("local", {"max_queue": 1})
+    stream = cast(
+        AsyncGenerator[dict[str, Any], None],
+        provider.stream_chat(req("Write a very long story.", max_tokens=500)),
+    )
+    await anext(stream)
+    await anext(stream)  # the generation holds the only slot now
+    with pytest.raises(ProviderError) as info:
+        await provider.chat(req(max_tokens=1))
+    await stream.aclose()
+    assert (info.value.status, info.value.code, info.value.retryable) == (503, "local_busy", True)
+    await asyncio.sleep(0)
+    for _ in range(100):  # the slot frees once the worker has noticed the cancellation
+        try:
+            await provider.chat(req(max_tokens=1))
+            break
+        except ProviderError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the queue slot was never released")

@@ -1,4 +1,4 @@
-"""OpenAI ⇄ vendor translation helpers shared by the Anthropic, Gemini and Ollama adapters."""
+"""OpenAI ⇄ vendor translation helpers (Anthropic, Gemini, Ollama and local adapters)."""
 
 from __future__ import annotations
 

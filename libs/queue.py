@@ -547,10 +547,29 @@ def job(
                 await emit_event(redis, jc._event("succeeded", progress=100))
                 return result
             finally:
+                elapsed = time.perf_counter() - started
                 if outcome in ("succeeded", "failed", "cancelled"):
                     ctx[_DONE] = True
                     JOBS.labels(service, fname, outcome).inc()
-                    JOB_LATENCY.labels(service, fname).observe(time.perf_counter() - started)
+                    JOB_LATENCY.labels(service, fname).observe(elapsed)
+                # inside the job's span: this line carries the enqueuing request's trace id
+                # and request id, which arq's own log lines cannot
+                log.log(
+                    logging.WARNING if outcome == "failed" else logging.INFO,
+                    "job %s.%s %s %s in %.1f ms",
+                    service,
+                    fname,
+                    job_id,
+                    outcome,
+                    elapsed * 1000,
+                    extra={
+                        "job_id": job_id,
+                        "job_function": fname,
+                        "job_outcome": outcome,
+                        "job_attempt": jc.attempt,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
                 span.set_attribute("aistack.job.outcome", outcome)
                 span.end()
                 otel_context.detach(ctx_token)

@@ -20,6 +20,8 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         description="Accounts, organizations, sessions, API keys and tokens.",
     )
     app.state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
+    # identity providers' discovery documents and keys, WeCom access tokens
+    app.state.oauth_cache = {}
     return app
 
 

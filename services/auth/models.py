@@ -36,8 +36,9 @@ def _now_col() -> Mapped[datetime]:
 class User(IdMixin, TimestampMixin, Base):
     __tablename__ = "users"
 
-    # always stored lower-cased; unique
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # always stored lower-cased; unique. None for accounts made by a sign-in that gives no
+    # address (WeChat, WeCom)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
     display_name: Mapped[str] = mapped_column(String(200), default="")
     email_verified_at: Mapped[datetime | None]
@@ -203,3 +204,21 @@ class FeatureFlag(IdMixin, TimestampMixin, Base):
     rollout_percentage: Mapped[int] = mapped_column(Integer, default=100)
     # {"<org uuid>": true|false}: wins over the global setting and the rollout
     org_overrides: Mapped[dict[str, bool]] = mapped_column(JSONB, default=dict)
+
+
+class Identity(IdMixin, Base):
+    """An external sign-in (OIDC issuer, WeChat, WeCom) linked to a user."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("provider", "subject"),)
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    # the configured provider name (e.g. "google", "wechat")
+    provider: Mapped[str] = mapped_column(String(64))
+    # the provider's stable id of the person (OIDC sub, WeChat unionid/openid, WeCom userid)
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = _now_col()
+    last_login_at: Mapped[datetime] = _now_col()

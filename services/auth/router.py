@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,7 +54,7 @@ from services.auth.schemas import (
     TotpDisableIn,
     TotpEnrollOut,
 )
-from services.auth.service import AuthContext, AuthService, Client
+from services.auth.service import OAUTH_STATE_COOKIE, AuthContext, AuthService, Client
 from services.auth.settings import AuthSettings
 
 
@@ -79,6 +80,8 @@ def _context(
         keys=request.app.state.signing_key_cache,
         client=client_of(request),
         principal=principal,
+        http=request.app.state.http,
+        oauth_cache=request.app.state.oauth_cache,
     )
 
 
@@ -153,6 +156,77 @@ async def reset_password(body: ResetIn, svc: Public) -> Response:
 async def jwks(svc: Public, response: Response) -> dict[str, object]:
     response.headers["Cache-Control"] = "public, max-age=60"
     return await svc.jwks()
+
+
+# ------------------------------------------------------------------ external sign-in
+
+ProviderName = Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
+_OAUTH_COOKIE_PATH = "/v1/auth/oauth"
+
+
+@auth.get("/oauth/providers", summary="External sign-in providers configured here")
+async def oauth_providers(svc: Public) -> dict[str, object]:
+    return {"data": svc.oauth_providers()}
+
+
+@auth.get(
+    "/oauth/{provider}/authorize",
+    response_model=None,
+    status_code=302,
+    summary="Start signing in with a provider (OIDC with PKCE, WeChat, WeCom)",
+    responses={200: {"description": "with response_mode=json: the URL to open"}},
+)
+async def oauth_authorize(
+    provider: ProviderName,
+    svc: Public,
+    request: Request,
+    login_hint: Annotated[str | None, Query(max_length=320)] = None,
+    response_mode: Annotated[str, Query(pattern="^(redirect|json)$")] = "redirect",
+) -> Response:
+    """Redirects to the provider; the state is also set in an HttpOnly cookie, which the
+    callback requires (a sign-in finishes only in the browser that started it)."""
+    url, state = await svc.oauth_start(provider, login_hint)
+    resp: Response
+    if response_mode == "json":
+        resp = JSONResponse({"authorization_url": url})
+    else:
+        resp = RedirectResponse(url, status_code=302)
+    settings: AuthSettings = request.app.state.settings
+    resp.set_cookie(
+        OAUTH_STATE_COOKIE,
+        state,
+        max_age=settings.oauth_state_ttl,
+        path=_OAUTH_COOKIE_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=settings.public_url.startswith("https://"),
+    )
+    return resp
+
+
+@auth.get(
+    "/oauth/{provider}/callback",
+    response_model=TokenPair,
+    summary="Where the provider sends the browser back; answers with tokens",
+)
+async def oauth_callback(
+    provider: ProviderName,
+    svc: Public,
+    request: Request,
+    code: Annotated[str | None, Query(max_length=2048)] = None,
+    state: Annotated[str | None, Query(max_length=512)] = None,
+    error: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    pair = await svc.oauth_finish(
+        provider,
+        code=code,
+        state=state,
+        bound_state=request.cookies.get(OAUTH_STATE_COOKIE),
+        error=error,
+    )
+    resp = JSONResponse(pair.model_dump(mode="json"))
+    resp.delete_cookie(OAUTH_STATE_COOKIE, path=_OAUTH_COOKIE_PATH)
+    return resp
 
 
 # ------------------------------------------------------------------------ signed in

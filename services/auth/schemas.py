@@ -100,7 +100,7 @@ class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: uuid.UUID
-    email: str
+    email: str | None
     display_name: str
     email_verified_at: datetime | None
     totp_enabled: bool
@@ -161,7 +161,7 @@ class OrgList(BaseModel):
 
 class MemberOut(BaseModel):
     user_id: uuid.UUID
-    email: str
+    email: str | None
     display_name: str
     role: RoleName
     joined_at: datetime

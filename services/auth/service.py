@@ -8,14 +8,15 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import orjson
 import pyotp
 from redis.asyncio import Redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,12 +35,13 @@ from libs.errors import (
 from libs.identity import Principal
 from libs.permissions import ROLE_RANK, ROLE_SCOPES, Role
 from libs.ratelimit import hit_many
-from services.auth import mail
+from services.auth import mail, oauth
 from services.auth.models import (
     ApiKey,
     AuditEvent,
     AuthSession,
     FeatureFlag,
+    Identity,
     Invite,
     Membership,
     OneTimeToken,
@@ -98,6 +100,8 @@ FLAGS_CACHE_PREFIX = "aistack:flags:"
 _LOGIN_FAIL = "aistack:auth:login-fail:"
 _APIKEY_USED = "aistack:auth:apikey-used:"
 _MAIL_COUNT = "aistack:auth:mail:"
+OAUTH_STATE_PREFIX = "aistack:auth:oauth-state:"
+OAUTH_STATE_COOKIE = "aistack_oauth_state"
 
 VERIFY_EMAIL, RESET_PASSWORD = "verify_email", "reset_password"
 RECOVERY_CODES = 10
@@ -124,13 +128,16 @@ class AuthContext:
     keys: KeyCache
     client: Client
     principal: Principal | None = None
+    # outgoing calls to identity providers, and their cached discovery/keys
+    http: httpx.AsyncClient | None = None
+    oauth_cache: dict[str, Any] = field(default_factory=dict)
 
 
-def _weak_password(password: str, email: str, min_length: int, field: str) -> None:
+def _weak_password(password: str, email: str | None, min_length: int, field: str) -> None:
     problem = None
     if len(password) < min_length:
         problem = f"Password must be at least {min_length} characters"
-    elif password.lower() in COMMON_PASSWORDS or password.lower() == email.lower():
+    elif password.lower() in COMMON_PASSWORDS or password.lower() == (email or "").lower():
         problem = "Password is too common"
     elif len(set(password)) < 4:
         problem = "Password needs more different characters"
@@ -215,7 +222,9 @@ class AuthService:
         await commit(self.session)
         return error
 
-    async def _mail_allowed(self, email: str) -> bool:
+    async def _mail_allowed(self, email: str | None) -> bool:
+        if not email:
+            return False
         key = _MAIL_COUNT + sha256_hex(email)
         pipe = self.redis.pipeline(transaction=True)
         # SET NX then INCR: one window per address (EXPIRE NX needs Redis 7)
@@ -224,7 +233,9 @@ class AuthService:
         _, count = await pipe.execute()
         return int(count) <= self.settings.mails_per_address_per_hour
 
-    async def _queue_mail(self, to: str, message: tuple[str, str], job_id: str) -> None:
+    async def _queue_mail(self, to: str | None, message: tuple[str, str], job_id: str) -> None:
+        if not to:
+            return  # accounts from WeChat/WeCom may have no address
         await mail.queue_email(
             self.session, self.redis, self.settings, to=to, message=message, job_id=job_id
         )
@@ -430,11 +441,11 @@ class AuthService:
                 user.email, mail.account_exists(self.settings), f"auth-mail-{uuid.uuid4().hex}"
             )
 
-    def _login_limits(self, email: str) -> list[tuple[str, int, float]]:
+    def _login_limits(self, email: str | None) -> list[tuple[str, int, float]]:
         window = float(self.settings.login_failure_window)
         limits = [
             (
-                f"{_LOGIN_FAIL}acct:{sha256_hex(email)}",
+                f"{_LOGIN_FAIL}acct:{sha256_hex(email or '')}",
                 self.settings.login_failures_per_account,
                 window,
             )
@@ -1251,3 +1262,179 @@ class AuthService:
         flags = {f.key: evaluate_flag(f, org_id) for f in await self.flags.everything()}
         await self.redis.set(cache_key, orjson.dumps(flags), ex=self.settings.flags_cache_seconds)
         return {"org_id": org_id, "flags": flags}
+
+    # ------------------------------------------------------------ external sign-in
+
+    def oauth_callback_url(self, provider: str) -> str:
+        base = self.settings.oauth_redirect_base or self.settings.public_url
+        return f"{base.rstrip('/')}/v1/auth/oauth/{provider}/callback"
+
+    def _oauth_client(self, provider: str) -> Any:
+        http = self.ctx.http
+        assert http is not None, "the app's HTTP client is missing"
+        if provider == "wechat" and self.settings.wechat:
+            return oauth.WeChatClient(self.settings.wechat, http)
+        if provider == "wecom" and self.settings.wecom:
+            return oauth.WeComClient(self.settings.wecom, http, self.ctx.oauth_cache)
+        cfg = self.settings.oidc_providers.get(provider)
+        if cfg is None or provider in ("wechat", "wecom"):
+            raise NotFound("Unknown sign-in provider", code="unknown_provider")
+        return oauth.OIDCClient(provider, cfg, http, self.ctx.oauth_cache)
+
+    def oauth_providers(self) -> list[dict[str, str]]:
+        out = [{"name": n, "kind": "oidc"} for n in sorted(self.settings.oidc_providers)]
+        if self.settings.wechat:
+            out.append({"name": "wechat", "kind": "wechat"})
+        if self.settings.wecom:
+            out.append({"name": "wecom", "kind": "wecom"})
+        return [p for p in out if p["kind"] != "oidc" or p["name"] not in ("wechat", "wecom")]
+
+    async def oauth_start(self, provider: str, login_hint: str | None) -> tuple[str, str]:
+        """The provider URL to send the browser to, and the state to bind to it."""
+        client = self._oauth_client(provider)
+        pending = oauth.new_pending(provider, self.oauth_callback_url(provider))
+        if isinstance(client, oauth.OIDCClient):
+            url = await client.authorization_url(pending, login_hint)
+        else:
+            url = client.authorization_url(pending)
+        await self.redis.set(
+            OAUTH_STATE_PREFIX + pending.state,
+            orjson.dumps(asdict(pending)),
+            ex=self.settings.oauth_state_ttl,
+        )
+        return url, pending.state
+
+    async def oauth_finish(
+        self,
+        provider: str,
+        *,
+        code: str | None,
+        state: str | None,
+        bound_state: str | None,
+        error: str | None,
+    ) -> TokenPair:
+        """Check state (single use, bound to the browser that started), exchange the code,
+        find or create the account, and start a session."""
+        if not state or not bound_state or not hmac.compare_digest(state, bound_state):
+            # a callback this browser did not start: login CSRF
+            raise Unauthorized(
+                "This sign-in was not started from this browser", code="oauth_state_mismatch"
+            )
+        raw = await self.redis.getdel(OAUTH_STATE_PREFIX + state)
+        if raw is None:
+            raise Unauthorized(
+                "The sign-in expired or was already used", code="oauth_state_invalid"
+            )
+        pending = oauth.Pending(**orjson.loads(raw))
+        if pending.provider != provider:
+            raise Unauthorized(
+                "The sign-in belongs to another provider", code="oauth_state_invalid"
+            )
+        if error or not code:
+            raise Unauthorized(
+                "The identity provider did not sign you in",
+                code="oauth_denied",
+                details={"error": (error or "no_code")[:100]},
+            )
+        client = self._oauth_client(provider)
+        ext: oauth.ExternalIdentity = await client.finish(code, pending)
+        link_by_email = True
+        cfg = self.settings.oidc_providers.get(provider)
+        if cfg is not None:
+            link_by_email = cfg.link_by_verified_email
+        user = await self._user_for_identity(ext, link_by_email)
+        org_id, role = await self._org_for(user, None)
+        sess = AuthSession(
+            user_id=user.id,
+            org_id=org_id,
+            user_agent=self.ctx.client.user_agent[:512],
+            ip=self.ctx.client.ip,
+        )
+        await self.sessions.add(sess)
+        pair = await self._issue(user, sess, role)
+        await self.audit(
+            "auth.login.succeeded",
+            org_id=org_id,
+            actor_user_id=user.id,
+            target_type="session",
+            target_id=sess.id,
+            details={"method": "oauth", "provider": provider},
+        )
+        return pair
+
+    async def _user_for_identity(self, ext: oauth.ExternalIdentity, link_by_email: bool) -> User:
+        now = utcnow()
+        stmt = select(Identity).where(
+            Identity.provider == ext.provider, Identity.subject == ext.subject
+        )
+        ident = (await self.session.scalars(stmt)).one_or_none()
+        if ident is not None:
+            ident.last_login_at = now
+            ident.email = ext.email
+            user = await self.users.get(ident.user_id)
+            assert user is not None  # FK
+            return user
+        email = ext.email if ext.email and len(ext.email) <= 320 else None
+        if email:
+            existing = await self.users.by_email(email)
+            if existing is not None:
+                if not (ext.email_verified and link_by_email):
+                    raise Conflict(
+                        "An account already uses this email; sign in to it first",
+                        code="email_in_use",
+                    )
+                if existing.email_verified_at is None:
+                    # whoever registered this address unverified never proved owning it: the
+                    # provider just did, so their password and sessions must not survive
+                    existing.password_hash = None
+                    existing.email_verified_at = now
+                    await self._end_sessions(
+                        await self.sessions.active_for_user(existing.id), "account_claimed"
+                    )
+                await self._link(existing, ext)
+                return existing
+        user = User(
+            email=email,
+            password_hash=None,
+            display_name=ext.name,
+            email_verified_at=now if email and ext.email_verified else None,
+            is_platform_admin=False,
+            recovery_code_hashes=[],
+        )
+        self.session.add(user)
+        await self.session.flush()
+        org = Organization(
+            name=f"{ext.name or (email or 'My').split('@')[0]}'s workspace"[:200],
+            personal=True,
+            created_by=user.id,
+        )
+        self.session.add(org)
+        await self.session.flush()
+        self.session.add(Membership(org_id=org.id, user_id=user.id, role=Role.OWNER.value))
+        user.personal_org_id = org.id
+        await self.session.flush()
+        await self.session.refresh(user)
+        await self._link(user, ext)
+        await self.audit(
+            "user.signed_up",
+            org_id=org.id,
+            actor_user_id=user.id,
+            target_type="user",
+            target_id=user.id,
+            details={"method": ext.provider},
+        )
+        return user
+
+    async def _link(self, user: User, ext: oauth.ExternalIdentity) -> None:
+        self.session.add(
+            Identity(user_id=user.id, provider=ext.provider, subject=ext.subject, email=ext.email)
+        )
+        await self.session.flush()
+        await self.audit(
+            "auth.identity.linked",
+            org_id=user.personal_org_id,
+            actor_user_id=user.id,
+            target_type="user",
+            target_id=user.id,
+            details={"provider": ext.provider},
+        )

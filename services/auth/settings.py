@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings, register_default_secret
 
 DEV_KEY_ENCRYPTION_SECRET = "dev-auth-key-encryption-secret-change-me-000000"
 register_default_secret(DEV_KEY_ENCRYPTION_SECRET)
+
+
+class OIDCProvider(BaseModel):
+    """One OpenID Connect issuer (Google, Microsoft Entra ID, Keycloak, ...)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
+    token_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] = (
+        "client_secret_basic"
+    )
+    # Entra ID's multi-tenant "common" endpoint issues tokens whose iss names the tenant
+    issuer_template: bool = False
+    link_by_verified_email: bool = True
+
+
+class WeChatProvider(BaseModel):
+    """WeChat Open Platform website login (QR code)."""
+
+    app_id: str
+    app_secret: str
+    authorize_url: str = "https://open.weixin.qq.com/connect/qrconnect"
+    api_base: str = "https://api.weixin.qq.com"
+    scope: str = "snsapi_login"
+
+
+class WeComProvider(BaseModel):
+    """WeCom (企业微信) web login for one self-built app of one corporation."""
+
+    corp_id: str
+    agent_id: str
+    secret: str
+    authorize_url: str = "https://login.work.weixin.qq.com/wwlogin/sso/login"
+    api_base: str = "https://qyapi.weixin.qq.com"
 
 
 class AuthSettings(ServiceSettings):
@@ -48,6 +83,15 @@ class AuthSettings(ServiceSettings):
 
     # feature flags: evaluated sets are cached in Redis this long
     flags_cache_seconds: int = 30
+
+    # external sign-in: {"google": {"issuer": ..., "client_id": ..., "client_secret": ...}}
+    oidc_providers: dict[str, OIDCProvider] = Field(default_factory=dict)
+    wechat: WeChatProvider | None = None
+    wecom: WeComProvider | None = None
+    # where providers send the browser back: <this>/v1/auth/oidc/<provider>/callback
+    # (default: public_url)
+    oauth_redirect_base: str | None = None
+    oauth_state_ttl: int = 600
 
     # outgoing mail
     smtp_host: str = "127.0.0.1"

@@ -7,14 +7,28 @@ translate.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from services.llm.prompt_schemas import PromptRef
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 # fields handled by aistack itself and never forwarded to a provider
-LOCAL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "cache", "timeout"})
+LOCAL_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "cache",
+        "timeout",
+        "prompt",
+        "conversation_id",
+    }
+)
 
 
 class ChatMessage(BaseModel):
@@ -50,7 +64,18 @@ class ChatCompletionRequest(BaseModel):
     )
 
     model: str = Field(min_length=1, max_length=200, description="A model alias or provider/model")
-    messages: list[ChatMessage] = Field(min_length=1)
+    # aistack: declared before messages so that messages may be empty when a prompt is given
+    prompt: PromptRef | None = Field(
+        default=None,
+        description="aistack: render a stored prompt (by name or id, label or version, "
+        "variables) before the messages",
+    )
+    conversation_id: uuid.UUID | None = Field(
+        default=None,
+        description="aistack: prepend this conversation's history (trimmed to the context "
+        "window) and store the reply in it",
+    )
+    messages: list[ChatMessage] = Field(default_factory=list, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -74,6 +99,13 @@ class ChatCompletionRequest(BaseModel):
     timeout: float | None = Field(
         default=None, gt=0, description="aistack: per-request timeout in seconds (capped)"
     )
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_or_prompt(cls, v: list[ChatMessage], info: ValidationInfo) -> list[ChatMessage]:
+        if not v and info.data.get("prompt") is None:
+            raise ValueError("at least one message is required (unless a prompt is given)")
+        return v
 
     @field_validator("stop")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import anyio
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.errors import AppError, BadRequest, NotFound, RateLimited
 from libs.identity import Principal
@@ -28,6 +29,7 @@ from libs.ratelimit import hit_many
 from libs.usage import UsageEvent, publish_usage
 from services.llm import cache as rc
 from services.llm import tokens
+from services.llm.chat_context import ChatContext, prepare_chat, wants_context
 from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
 from services.llm.providers.base import ChatRequest, Provider, ProviderError
@@ -95,6 +97,8 @@ class LlmService:
         self.dispatcher = Dispatcher(providers, settings)
         self.publisher = publisher or (lambda event: publish_usage(event, redis))
         self._tasks: set[asyncio.Task[None]] = set()
+        # the app's session factory, looked up per call (prompts and conversations only)
+        self.sessions: Callable[[], async_sessionmaker[AsyncSession] | None] = lambda: None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -320,12 +324,23 @@ class LlmService:
         self, principal: Principal, body: ChatCompletionRequest, opts: CallOptions
     ) -> Result:
         org_id = principal.require_org()
+        call_id = f"chatcmpl-{uuid.uuid4().hex}"
+        # the Idempotency-Key guards the request as sent (the history behind it may grow)
+        fp = rc.fingerprint("chat", body.model_dump(exclude_none=True))
+        ctx: ChatContext | None = None
+        if wants_context(body):
+            # a prompt and/or a conversation make the request the provider gets
+            reserve = self.settings.tpm_completion_reserve
+            ctx = await prepare_chat(
+                self.sessions(), self.config, principal, body, call_id, reserve
+            )
+            body = ctx.body
         alias = self._resolve(body.model, "chat")
-        call = _Call(principal, org_id, alias, "chat", f"chatcmpl-{uuid.uuid4().hex}")
+        call = _Call(principal, org_id, alias, "chat", call_id)
         timeout_s = self._timeout(body.timeout, opts.timeout)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        raw = body.model_dump(exclude_none=True)
-        fp = rc.fingerprint("chat", raw)
+        # the response cache keys on what the provider gets
+        cache_fp = rc.fingerprint("chat", body.model_dump(exclude_none=True)) if ctx else fp
 
         claim = await self._claim(call, opts, fp)
         if claim is not None and claim.result is not None:
@@ -334,10 +349,17 @@ class LlmService:
             return self._answer(completion, body.stream, include_usage, headers)
 
         try:
-            return await self._chat(call, body, opts, claim, fp, timeout_s, include_usage)
+            result = await self._chat(call, body, opts, claim, cache_fp, timeout_s, include_usage)
         except BaseException:
             self._settle(claim, None)
             raise
+        if ctx is not None:
+            # store the reply in the conversation / record the prompt version once complete
+            if result.stream is not None:
+                result.stream = ctx.finish_stream(result.stream, result.headers)
+            elif result.body is not None:
+                await ctx.finish_json(result.body, result.headers)
+        return result
 
     def _answer(
         self,

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.identity import Principal
 from libs.testing import Infra, auth_headers, principal
+from services.llm import tokens
 from tests.llm.api.conftest import Env
 
 PROMPT = {
@@ -241,3 +242,48 @@ async def test_prompt_and_conversation_together(env: Env, infra: Infra) -> None:
     ]
     got = await get(env, env.principal, f"/v1/conversations/{solo['id']}")
     assert [m["role"] for m in got["messages"]] == ["user", "assistant", "user", "assistant"]
+
+
+async def test_idempotent_retry_stores_once(env: Env) -> None:
+    conv = await post(env, env.principal, "/v1/conversations", {"title": "i"})
+    for _ in range(2):
+        raw = await env.client.chat.completions.with_raw_response.create(
+            model="default",
+            messages=[{"role": "user", "content": "once"}],
+            extra_body={"conversation_id": conv["id"]},
+            extra_headers={"Idempotency-Key": f"k-{conv['id']}"},
+        )
+    # the retry replays the first answer (its history had grown meanwhile: same key, same body)
+    assert raw.headers.get("x-aistack-idempotent-replay") == "true"
+    assert env.primary.chat_calls == 1
+    got = await get(env, env.principal, f"/v1/conversations/{conv['id']}")
+    assert got["message_count"] == 2
+
+
+async def test_history_is_trimmed_to_the_context_window(env: Env) -> None:
+    long = "word " * 560  # about 700 tokens per message
+    turns = []
+    for i in range(200):  # about 140k tokens, beyond the alias's 128k window
+        turns += [
+            {"role": "user", "content": f"q{i} {long}"},
+            {"role": "assistant", "content": f"a{i}"},
+        ]
+    conv = await post(
+        env,
+        env.principal,
+        "/v1/conversations",
+        {"messages": [{"role": "system", "content": "S"}, *turns]},
+    )
+    await env.client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "latest"}],
+        max_tokens=1000,
+        extra_body={"conversation_id": conv["id"]},
+    )
+    sent = env.primary.behavior.last["json"]["messages"]
+    assert sent[0] == {"role": "system", "content": "S"}
+    assert sent[-1] == {"role": "user", "content": "latest"}
+    assert sent[-3:-1] == turns[-2:]  # the newest turns made it
+    assert sent[1]["role"] == "user"  # whole turns
+    assert 2 < len(sent) < len(turns)
+    assert tokens.count_messages(sent) <= 128_000 - 1000

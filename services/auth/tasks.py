@@ -1,4 +1,4 @@
-"""Background job functions of the auth service: outgoing email over SMTP."""
+"""Background job functions of the auth service: outgoing email over SMTP, nightly cleanup."""
 
 from __future__ import annotations
 
@@ -7,17 +7,24 @@ import logging
 import smtplib
 import ssl
 from email.message import EmailMessage
+from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
+from typing import Any
 
+from arq import cron
+from sqlalchemy import delete, update
+
+from libs.db import session_scope
 from libs.queue import JobContext, job
 from services.auth.mail import SEND_EMAIL
+from services.auth.models import AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
 from services.auth.security import Cipher
 from services.auth.settings import AuthSettings, get_settings
 
 log = logging.getLogger("aistack.auth.tasks")
 
-# sending needs no database
-uses_database = False
+# ended sessions and spent tokens are kept this long (for the user's and admins' view)
+KEEP_ENDED_DAYS = 30
 
 
 def _settings(ctx: JobContext) -> AuthSettings:
@@ -53,4 +60,50 @@ async def send_email(ctx: JobContext, *, to: str, subject: str, body_sealed: str
     return {"to": to}
 
 
-functions = [send_email]
+async def cleanup_expired(session_factory: Any, now: datetime | None = None) -> dict[str, int]:
+    """Delete what can never be used again; keep recent history for a while. Idempotent."""
+    now = now or datetime.now(UTC)
+    horizon = now - timedelta(days=KEEP_ENDED_DAYS)
+    counts: dict[str, int] = {}
+    async with session_scope(session_factory) as session:
+        for name, stmt in (
+            ("refresh_tokens", delete(RefreshToken).where(RefreshToken.expires_at < horizon)),
+            ("one_time_tokens", delete(OneTimeToken).where(OneTimeToken.expires_at < horizon)),
+            ("invites", delete(Invite).where(Invite.expires_at < horizon)),
+            (
+                "sessions",
+                delete(AuthSession).where(
+                    AuthSession.revoked_at.is_not(None), AuthSession.revoked_at < horizon
+                ),
+            ),
+            (
+                "signing_keys_retired",
+                update(SigningKey)
+                .where(SigningKey.status == "retiring", SigningKey.retire_after <= now)
+                .values(status="retired"),
+            ),
+        ):
+            result = await session.execute(stmt)
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+    return counts
+
+
+@job(name="auth_cleanup", max_tries=3, timeout=300)
+async def cleanup(ctx: JobContext) -> dict[str, int]:
+    counts = await cleanup_expired(ctx.state["session_factory"])
+    log.info("cleanup: %s", counts)
+    return counts
+
+
+functions = [send_email, cleanup]
+cron_jobs = [
+    cron(
+        cleanup.coroutine,
+        name="auth_cleanup_nightly",
+        hour={3},
+        minute={17},
+        unique=True,
+        run_at_startup=False,
+        timeout=300,
+    )
+]

@@ -14,6 +14,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.testing import Infra
 from services.auth import tasks
@@ -97,3 +98,42 @@ async def test_mail_job_secrets_do_not_travel_in_clear(
     raw = b" ".join(v for _, fields in events for v in fields.values())
     assert email.encode() in raw
     assert b"verify-email?token=" not in raw and b"body_sealed" in raw
+
+
+async def test_cleanup_deletes_only_what_is_dead(
+    client: httpx.AsyncClient, db: AsyncConnection
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import func, select, update
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from services.auth.models import AuthSession, RefreshToken
+    from tests.auth.helpers import signup
+
+    old, live = await signup(client), await signup(client)
+    assert (await client.post("/v1/auth/logout", headers=old.headers)).status_code == 204
+    long_ago = datetime.now(UTC) - timedelta(days=90)
+    await db.execute(
+        update(AuthSession).where(AuthSession.id == old.session_id).values(revoked_at=long_ago)
+    )
+    await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == old.session_id)
+        .values(expires_at=long_ago)
+    )
+    factory = async_sessionmaker(
+        bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    counts = await tasks.cleanup_expired(factory)
+    assert counts["sessions"] == 1 and counts["refresh_tokens"] == 1
+    remaining = (
+        await db.execute(
+            select(func.count())
+            .select_from(AuthSession)
+            .where(AuthSession.id.in_([old.session_id, live.session_id]))
+        )
+    ).scalar_one()
+    assert remaining == 1
+    assert (await client.get("/v1/auth/me", headers=live.headers)).status_code == 200
+    assert (await tasks.cleanup_expired(factory))["sessions"] == 0

@@ -145,6 +145,12 @@ def _cases(org: str, user: str) -> list[tuple[str, str, list[Any]]]:
         ("GET", "/v1/api-keys/not-a-uuid", [None]),
         ("DELETE", "/v1/api-keys/not-a-uuid", [None]),
         ("GET", "/v1/api-keys?limit=-1", [None]),
+        ("GET", "/v1/auth/oauth/Bad%20Name!/authorize", [None]),
+        ("GET", f"/v1/auth/oauth/{'a' * 65}/authorize", [None]),
+        ("GET", "/v1/auth/oauth/google/authorize?response_mode=popup", [None]),
+        ("GET", f"/v1/auth/oauth/google/authorize?login_hint={'a' * 400}", [None]),
+        ("GET", f"/v1/auth/oauth/google/callback?code={'c' * 3000}&state=s", [None]),
+        ("GET", f"/v1/auth/oauth/google/callback?code=c&state={'s' * 600}", [None]),
     ]
 
 

@@ -58,8 +58,11 @@ def message_row(message: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"role": str(message.get("role") or ""), "data": message, **extra}
 
 
+_OUR_FIELDS = frozenset({"id", "seq", "created_at", "request_id", "prompt_version_id", "usage"})
+
+
 def message_out(row: ConversationMessage) -> MessageOut:
-    data = {k: v for k, v in row.data.items() if k not in ("id", "seq", "created_at")}
+    data = {k: v for k, v in row.data.items() if k not in _OUR_FIELDS}
     return MessageOut(
         id=row.id,
         seq=row.seq,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -67,10 +68,12 @@ _env = ImmutableSandboxedEnvironment(
 _env.globals["range"] = _capped_range
 
 
+_UNDEFINED = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)' is undefined")
+
+
 @lru_cache(maxsize=2048)
-def _compile(source: str) -> tuple[Template, frozenset[str]]:
-    ast = _env.parse(source)
-    return _env.from_string(ast), frozenset(meta.find_undeclared_variables(ast))
+def _compile(source: str) -> Template:
+    return _env.from_string(source)
 
 
 def check_templates(messages: list[dict[str, Any]]) -> list[str]:
@@ -166,10 +169,7 @@ def render_messages(
     values = apply_schema(schema, variables)
     rendered = []
     for index, message in enumerate(templates):
-        template, needed = _compile(message["content"])
-        missing = sorted(needed - values.keys())
-        if missing:
-            raise _missing(missing)
+        template = _compile(message["content"])
         try:
             size = 0
             parts = []
@@ -186,6 +186,10 @@ def render_messages(
                 f"Template refused by the sandbox: {exc}", code="unsafe_template"
             ) from exc
         except UndefinedError as exc:
+            # a top-level name ("'x' is undefined"); optional ones use `default` or `is defined`
+            match = _UNDEFINED.fullmatch(exc.message or "")
+            if match:
+                raise _missing([match.group(1)]) from exc
             raise ValidationFailed(
                 f"Prompt variable problem in messages.{index}: {exc.message}",
                 code="missing_variable",

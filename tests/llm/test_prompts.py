@@ -238,6 +238,27 @@ async def test_rendering_variables_and_sandbox(c: httpx.AsyncClient) -> None:
         "/v1/prompts/bare/render", json={"variables": {"a": {"x": 1}, "b": ""}}, headers=h(p)
     )
     assert resp.json()["messages"][0]["content"] == "{'x': 1}"
+    # optional variables: `default` and `is defined` work under StrictUndefined
+    await make_prompt(
+        c,
+        p,
+        name="optional",
+        messages=[
+            {
+                "role": "user",
+                "content": "Hi {{ who | default('friend') }}"
+                "{% if extra is defined %} ({{ extra }}){% endif %}",
+            }
+        ],
+    )
+    resp = await c.post("/v1/prompts/optional/render", json={"variables": {}}, headers=h(p))
+    assert resp.json()["messages"][0]["content"] == "Hi friend"
+    resp = await c.post(
+        "/v1/prompts/optional/render",
+        json={"variables": {"who": "Ann", "extra": "vip"}},
+        headers=h(p),
+    )
+    assert resp.json()["messages"][0]["content"] == "Hi Ann (vip)"
 
     # escapes: refused when the version is created...
     for source in (

@@ -249,27 +249,29 @@ class ApiKeyResolver:
         except ValueError as exc:
             raise _auth_unavailable() from exc
 
-    async def listen_for_revocations(self, redis: Redis) -> None:
-        """Drop revoked keys as auth announces them; runs until cancelled."""
+    async def listen_for_revocations(self, redis: Redis, stop: asyncio.Event) -> None:
+        """Drop revoked keys as auth announces them, until ``stop`` is set."""
         backoff = 0.1
-        while True:
+        while not stop.is_set():
             pubsub = redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(REVOKED_CHANNEL)
                 # messages may have been missed while (re)connecting
                 self.forget_all()
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
+                # short polls rather than a blocking listen(): shutdown must not wait on a
+                # read that swallows cancellation
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=0.2)
+                    if message is None or message.get("type") != "message":
                         continue
                     data = message.get("data")
                     digest = data.decode() if isinstance(data, bytes) else str(data)
                     self.forget(digest.strip().lower())
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 log.warning("revocation subscription lost (%s); retrying", exc)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 # the connection may already be gone

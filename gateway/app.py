@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -207,18 +206,20 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway_seconds,
         )
+        stop = asyncio.Event()
         listener = (
-            asyncio.create_task(api_keys.listen_for_revocations(redis))
+            asyncio.create_task(api_keys.listen_for_revocations(redis, stop))
             if redis is not None
             else None
         )
         try:
             yield
         finally:
+            stop.set()
             if listener is not None:
-                listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+                done, _ = await asyncio.wait({listener}, timeout=2)
+                if not done:
+                    listener.cancel()
             proxy.guard = None
             await auth_client.aclose()
 

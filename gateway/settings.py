@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import json
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from libs.settings import ServiceSettings
 
@@ -70,12 +71,23 @@ class GatewaySettings(ServiceSettings):
     rate_limit_retry_seconds: float = 1.0
 
     # browsers: origins allowed to call the API (none by default)
-    cors_allow_origins: list[str] = Field(default_factory=list)
+    # JSON list or comma-separated
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_allow_credentials: bool = False
     cors_max_age: int = 600
     # the gateway sits behind TLS (a terminating load balancer): always send HSTS
     behind_tls: bool = False
     hsts_max_age: int = 31_536_000
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
 
     def resolved_jwks_url(self) -> str:
         """Where the JWKS is fetched from."""

@@ -1,0 +1,152 @@
+"""Request limits at the gateway: per key, user and org, global across gateways, fail modes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from libs.testing import Infra
+from tests.gateway.authfake import FakeAuth
+from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
+from tests.gateway.conftest import dead_url, serve
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[Upstream]:
+    auth = FakeAuth()
+    running = await serve(echo_app(auth))
+    yield Upstream(auth, running.url)
+    await running.stop()
+
+
+async def test_two_gateways_sharing_redis_enforce_one_limit(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    key, _ = upstream.auth.add_api_key(rpm_limit=10)
+    settings = gateway_settings(upstream.url, infra.redis_url)
+    async with gateway_client(settings) as one, gateway_client(settings) as two:
+        results = await asyncio.gather(
+            *((one, two)[i % 2].get("/v1/models", headers={"x-api-key": key}) for i in range(30))
+        )
+    statuses = [r.status_code for r in results]
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 20
+    refused = next(r for r in results if r.status_code == 429)
+    # OpenAI-compatible route: OpenAI's error shape, with the wait
+    err = refused.json()["error"]
+    assert err["type"] == "rate_limit_error" and err["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == "10"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert 55 <= int(refused.headers["ratelimit-reset"]) <= 60
+
+
+async def test_allowed_answers_carry_ratelimit_headers(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    key, _ = upstream.auth.add_api_key(rpm_limit=5, scopes=["jobs:read"])
+    async with gateway_client(gateway_settings(upstream.url, infra.redis_url)) as gw:
+        remaining = []
+        for _ in range(5):
+            resp = await gw.get("/v1/jobs", headers={"x-api-key": key})
+            assert resp.status_code == 200
+            assert resp.headers["ratelimit-limit"] == "5"
+            assert int(resp.headers["ratelimit-reset"]) <= 60
+            remaining.append(int(resp.headers["ratelimit-remaining"]))
+        assert remaining == [4, 3, 2, 1, 0]
+        resp = await gw.get("/v1/jobs", headers={"x-api-key": key})
+        assert resp.status_code == 429
+        err = resp.json()["error"]
+        assert err["code"] == "rate_limited"
+        assert err["details"] == {"limit": "key"}
+        assert err["request_id"] == resp.headers["x-request-id"]
+        assert resp.headers["retry-after"] == "12"
+        # public routes are not counted
+        resp = await gw.post("/v1/auth/login", json={}, headers={"x-api-key": key})
+        assert resp.status_code == 200
+        assert "ratelimit-limit" not in resp.headers
+
+
+async def test_user_and_org_limits(upstream: Upstream, infra: Infra, redis: Redis) -> None:
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, rate_limit_user_rpm=3, rate_limit_org_rpm=5
+    )
+    org = uuid.uuid4()
+    alice = {"authorization": f"Bearer {upstream.auth.token(org_id=org)}"}
+    bob = {"authorization": f"Bearer {upstream.auth.token(org_id=org)}"}
+    key, _ = upstream.auth.add_api_key(org_id=org, scopes=["jobs:read"], rpm_limit=100)
+    async with gateway_client(settings) as gw:
+        statuses = [(await gw.get("/v1/jobs", headers=alice)).status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        # alice's refused request did not use the organization's budget
+        assert (await gw.get("/v1/jobs", headers=bob)).status_code == 200
+        resp = await gw.get("/v1/jobs", headers={"x-api-key": key})
+        assert resp.status_code == 200
+        assert resp.headers["ratelimit-limit"] == "5"
+        assert resp.headers["ratelimit-remaining"] == "0"
+        resp = await gw.get("/v1/jobs", headers=bob)
+        assert resp.status_code == 429
+        assert resp.json()["error"]["details"] == {"limit": "org"}
+        # another organization is unaffected
+        other = {"authorization": f"Bearer {upstream.auth.token()}"}
+        assert (await gw.get("/v1/jobs", headers=other)).status_code == 200
+
+
+def _counter(metrics: str, mode: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f'aistack_gateway_rate_limit_unavailable_total{{mode="{mode}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_redis_down_applies_the_fail_mode_and_counts_it(
+    upstream: Upstream, mode: str
+) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    logging.getLogger("aistack.gateway.ratelimit").addHandler(handler)
+    redis_url = dead_url().replace("http://", "redis://") + "/0"
+    settings = gateway_settings(
+        upstream.url, redis_url, rate_limit_fail_mode=mode, rate_limit_retry_seconds=0
+    )
+    token = upstream.auth.token()
+    async with gateway_client(settings) as gw:
+        before = _counter((await gw.get("/metrics")).text, mode)
+        resp = await gw.get("/v1/jobs", headers={"authorization": f"Bearer {token}"})
+        if mode == "open":
+            assert resp.status_code == 200
+            assert "ratelimit-limit" not in resp.headers
+        else:
+            assert resp.status_code == 503
+            assert resp.json()["error"]["code"] == "rate_limit_unavailable"
+            assert resp.headers["retry-after"] == "1"
+        resp = await gw.post(
+            "/v1/chat/completions", json={}, headers={"authorization": f"Bearer {token}"}
+        )
+        assert resp.status_code == (200 if mode == "open" else 503)
+        after = _counter((await gw.get("/metrics")).text, mode)
+    logging.getLogger("aistack.gateway.ratelimit").removeHandler(handler)
+    assert after - before == 2
+    # logged (once per interval, not per request)
+    assert [r.levelname for r in records if f"failing {mode}" in r.getMessage()] == ["ERROR"]
+
+
+async def test_limits_can_be_turned_off(upstream: Upstream, infra: Infra, redis: Redis) -> None:
+    key, _ = upstream.auth.add_api_key(rpm_limit=1)
+    settings = gateway_settings(upstream.url, infra.redis_url, rate_limit_enabled=False)
+    async with gateway_client(settings) as gw:
+        for _ in range(3):
+            resp = await gw.get("/v1/models", headers={"x-api-key": key})
+            assert resp.status_code == 200
+            assert "ratelimit-limit" not in resp.headers

@@ -14,7 +14,6 @@ Contract with the auth service:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -248,35 +247,6 @@ class ApiKeyResolver:
             return KeyInfo.from_json(resp.json())
         except ValueError as exc:
             raise _auth_unavailable() from exc
-
-    async def listen_for_revocations(self, redis: Redis, stop: asyncio.Event) -> None:
-        """Drop revoked keys as auth announces them, until ``stop`` is set."""
-        backoff = 0.1
-        while not stop.is_set():
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(REVOKED_CHANNEL)
-                # messages may have been missed while (re)connecting
-                self.forget_all()
-                backoff = 0.1
-                # short polls rather than a blocking listen(): shutdown must not wait on a
-                # read that swallows cancellation
-                while not stop.is_set():
-                    message = await pubsub.get_message(timeout=0.2)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    data = message.get("data")
-                    digest = data.decode() if isinstance(data, bytes) else str(data)
-                    self.forget(digest.strip().lower())
-            except Exception as exc:
-                log.warning("revocation subscription lost (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                # the connection may already be gone
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
 
 
 def _auth_unavailable() -> ServiceUnavailable:

@@ -16,12 +16,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from gateway import revocations
 from gateway.apikeys import ApiKeyResolver
 from gateway.headers import SecurityHeadersMiddleware, docs_csp
 from gateway.jwks import JWKSCache
 from gateway.openapi import OpenAPICache, swagger_assets_dir
 from gateway.proxy import Proxy
 from gateway.ratelimit import RequestLimiter
+from gateway.revocations import SessionRevocations
 from gateway.routes import openai_prefixes
 from gateway.security import Guard
 from gateway.settings import GatewaySettings, get_settings
@@ -188,6 +190,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             negative_ttl=settings.api_key_negative_ttl,
             timeout=settings.auth_timeout,
         )
+        sessions = SessionRevocations(redis) if redis is not None else None
         proxy.guard = Guard(
             jwks=JWKSCache(
                 settings.resolved_jwks_url(),
@@ -197,6 +200,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
                 timeout=settings.auth_timeout,
             ),
             api_keys=api_keys,
+            sessions=sessions,
             limiter=(
                 RequestLimiter(redis, settings)
                 if redis is not None and settings.rate_limit_enabled
@@ -207,11 +211,9 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             leeway=settings.jwt_leeway_seconds,
         )
         stop = asyncio.Event()
-        listener = (
-            asyncio.create_task(api_keys.listen_for_revocations(redis, stop))
-            if redis is not None
-            else None
-        )
+        listener = None
+        if redis is not None and sessions is not None:
+            listener = asyncio.create_task(revocations.follow(redis, stop, api_keys, sessions))
         try:
             yield
         finally:

@@ -19,6 +19,7 @@ from starlette.datastructures import Headers
 from gateway.apikeys import ApiKeyResolver, looks_like_api_key
 from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
 from gateway.ratelimit import RequestLimiter
+from gateway.revocations import SessionRevocations
 from gateway.routes import Route
 from libs.errors import AppError, Forbidden, Unauthorized
 from libs.identity import Principal
@@ -65,6 +66,7 @@ class Guard:
         *,
         jwks: JWKSCache,
         api_keys: ApiKeyResolver,
+        sessions: SessionRevocations | None = None,
         limiter: RequestLimiter | None,
         issuer: str,
         audience: str,
@@ -72,6 +74,7 @@ class Guard:
     ) -> None:
         self.jwks = jwks
         self.api_keys = api_keys
+        self.sessions = sessions
         self.limiter = limiter
         self.issuer = issuer
         self.audience = audience
@@ -141,7 +144,7 @@ class Guard:
             raise _unauthorized("Invalid access token", "invalid_token")
         try:
             roles = [str(r) for r in raw_roles]
-            return Principal(
+            principal = Principal(
                 user_id=uuid.UUID(str(claims["sub"])),
                 org_id=uuid.UUID(str(claims["org"])) if claims.get("org") else None,
                 roles=roles,
@@ -150,3 +153,7 @@ class Guard:
             )
         except (ValueError, TypeError) as exc:
             raise _unauthorized("Invalid access token", "invalid_token") from exc
+        sid = principal.session_id
+        if sid is not None and self.sessions is not None and await self.sessions.is_revoked(sid):
+            raise _unauthorized("This session has ended; sign in again", "session_revoked")
+        return principal

@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.apikeys import CACHE_PREFIX, REVOKED_CHANNEL, key_digest
+from gateway.revocations import SESSION_REVOKED_CHANNEL, SESSION_REVOKED_PREFIX
 from libs.permissions import scopes_for_roles
 from libs.testing import Infra
 from tests.gateway.authfake import FakeAuth, ed25519_key, rsa_key
@@ -396,3 +397,31 @@ async def test_jwks_unreachable_before_first_load_is_503(
             assert resp.status_code == 200
     finally:
         upstream.auth.up = True
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_tokens_of_an_ended_session_are_refused_within_a_second(
+    upstream: Upstream, infra: Infra, redis: Redis, announced: bool
+) -> None:
+    settings = gateway_settings(upstream.url, infra.redis_url)
+    sid = uuid.uuid4()
+    bearer = {"authorization": f"Bearer {upstream.auth.token(session_id=sid)}"}
+    other = {"authorization": f"Bearer {upstream.auth.token()}"}
+    async with gateway_client(settings) as gw:
+        await _subscribed(redis, 1)
+        assert (await gw.get("/v1/jobs", headers=bearer)).status_code == 200
+        # as the auth service does on logout: a marker for the tokens' lifetime, announced
+        await redis.set(f"{SESSION_REVOKED_PREFIX}{sid}", b"1", ex=960)
+        if announced:
+            await redis.publish(SESSION_REVOKED_CHANNEL, str(sid))
+        start = time.monotonic()
+        while (resp := await gw.get("/v1/jobs", headers=bearer)).status_code == 200:
+            assert time.monotonic() - start < 1.1
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - start < (0.5 if announced else 1.1)
+        assert resp.status_code == 401
+        assert resp.json()["error"]["code"] == "session_revoked"
+        # on a public route the ended session is simply not forwarded
+        assert forwarded_principal(await gw.get("/v1/auth/me", headers=bearer)) is None
+        # other sessions are unaffected
+        assert (await gw.get("/v1/jobs", headers=other)).status_code == 200

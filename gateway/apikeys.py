@@ -66,6 +66,8 @@ class KeyInfo:
     tpm_limit: int | None = None
     plan: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # built once per cached answer, not per request
+    _principal: Principal | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_json(cls, data: Any) -> KeyInfo:
@@ -93,16 +95,23 @@ class KeyInfo:
         return self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC))
 
     def principal(self) -> Principal:
-        """The principal this key acts as."""
-        return Principal(
-            user_id=self.user_id,
-            org_id=self.org_id,
-            scopes=list(self.scopes),
-            key_id=self.key_id,
-            plan=self.plan,
-            rpm_limit=self.rpm_limit,
-            tpm_limit=self.tpm_limit,
-        )
+        """The principal this key acts as (shared: treat it as read-only)."""
+        if self._principal is None:
+            object.__setattr__(
+                self,
+                "_principal",
+                Principal(
+                    user_id=self.user_id,
+                    org_id=self.org_id,
+                    scopes=list(self.scopes),
+                    key_id=self.key_id,
+                    plan=self.plan,
+                    rpm_limit=self.rpm_limit,
+                    tpm_limit=self.tpm_limit,
+                ),
+            )
+        assert self._principal is not None
+        return self._principal
 
 
 def _opt_int(value: Any) -> int | None:

@@ -9,6 +9,7 @@ caller's rate limits apply.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ log = logging.getLogger("aistack.gateway.security")
 
 REALM = 'Bearer realm="aistack"'
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+_MAX_VERIFIED = 20_000
+_VERIFIED_TTL = 60.0
 
 
 @dataclass(slots=True)
@@ -79,6 +82,7 @@ class Guard:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self._verified: dict[str, tuple[float, Principal]] = {}
 
     async def check(self, headers: Headers, method: str, path: str, route: Route) -> Access:
         """Resolve and authorize the caller; raises 401/403/429/503 as :class:`AppError`."""
@@ -115,6 +119,17 @@ class Guard:
         return info.principal()
 
     async def _jwt(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None and cached[0] > time.time():
+            principal = cached[1]
+        else:
+            principal = await self._verify(token)
+        sid = principal.session_id
+        if sid is not None and self.sessions is not None and await self.sessions.is_revoked(sid):
+            raise _unauthorized("This session has ended; sign in again", "session_revoked")
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -153,7 +168,13 @@ class Guard:
             )
         except (ValueError, TypeError) as exc:
             raise _unauthorized("Invalid access token", "invalid_token") from exc
-        sid = principal.session_id
-        if sid is not None and self.sessions is not None and await self.sessions.is_revoked(sid):
-            raise _unauthorized("This session has ended; sign in again", "session_revoked")
+        # the exact same bytes were verified: skip the signature until the token expires
+        # (or for a while at most: a key dropped from the JWKS must stop verifying)
+        if len(self._verified) >= _MAX_VERIFIED:
+            now = time.time()
+            self._verified = {t: e for t, e in self._verified.items() if e[0] > now}
+            if len(self._verified) >= _MAX_VERIFIED:
+                self._verified.clear()
+        until = min(float(claims["exp"]) + self.leeway, time.time() + _VERIFIED_TTL)
+        self._verified[token] = (until, principal)
         return principal

@@ -135,7 +135,7 @@ class ApiKeyResolver:
         auth_url: str,
         internal_secret: str,
         redis: Redis | None,
-        local_ttl: float = 1.0,
+        local_ttl: float = 0.5,
         cache_ttl: int = 30,
         negative_ttl: int = 5,
         timeout: float = 2.0,

@@ -55,7 +55,8 @@ class GatewaySettings(ServiceSettings):
     auth_timeout: float = 2.0
 
     # API keys: introspected at the auth service, cached in-process and in Redis
-    api_key_local_ttl: float = Field(default=1.0, ge=0, le=1.0)
+    # bounds how long a revoked key lives on here if the revocation message is lost
+    api_key_local_ttl: float = Field(default=0.5, ge=0, le=1.0)
     api_key_cache_ttl: int = 30
     api_key_negative_ttl: int = 5
 

@@ -11,12 +11,12 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.routes import Route, match_route
-from gateway.security import Guard
+from gateway.security import Guard, InternalTokens
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 from libs.context import get_request_id
 from libs.errors import AppError, error_response
-from libs.identity import INTERNAL_HEADER, sign_internal_token
+from libs.identity import INTERNAL_HEADER
 from libs.telemetry import inject_trace_headers
 
 log = logging.getLogger("aistack.gateway.proxy")
@@ -57,6 +57,9 @@ class Proxy:
         self.settings = settings
         self.bases = settings.service_urls()
         self.upstream: Upstream | None = None
+        self.tokens = InternalTokens(
+            settings.internal_token_secret, settings.internal_token_ttl_seconds
+        )
         # who is calling, what they may do, how often: set in the app lifespan
         self.guard: Guard | None = None
 
@@ -152,12 +155,7 @@ class Proxy:
         headers = self._request_headers(scope)
         principal = access.principal
         if principal is not None:
-            token = sign_internal_token(
-                principal,
-                self.settings.internal_token_secret,
-                self.settings.internal_token_ttl_seconds,
-            )
-            headers.append((_INTERNAL_HEADER_B, token.encode()))
+            headers.append((_INTERNAL_HEADER_B, self.tokens.token(principal)))
 
         raw_path: bytes | None = scope.get("raw_path")
         url = self.bases[route.service] + (

@@ -23,7 +23,7 @@ from gateway.ratelimit import RequestLimiter
 from gateway.revocations import SessionRevocations
 from gateway.routes import Route
 from libs.errors import AppError, Forbidden, Unauthorized
-from libs.identity import Principal
+from libs.identity import Principal, sign_internal_token
 from libs.permissions import scopes_for_roles
 
 log = logging.getLogger("aistack.gateway.security")
@@ -59,6 +59,33 @@ def credentials(headers: Headers) -> str | None:
     if key is not None:
         return key.strip()
     return None
+
+
+class InternalTokens:
+    """The signed principal for services, reused while at least half its lifetime remains.
+
+    Principals of cached API keys and verified access tokens are shared objects, so the
+    same caller is signed for once per interval rather than on every request.
+    """
+
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self.secret = secret
+        self.ttl = ttl_seconds
+        self._tokens: dict[int, tuple[Principal, float, bytes]] = {}
+
+    def token(self, principal: Principal) -> bytes:
+        now = time.monotonic()
+        entry = self._tokens.get(id(principal))
+        # identity, not equality: an id may be reused once its object is gone
+        if entry is not None and entry[0] is principal and entry[1] > now:
+            return entry[2]
+        token = sign_internal_token(principal, self.secret, self.ttl).encode()
+        if len(self._tokens) >= _MAX_VERIFIED:
+            self._tokens = {k: e for k, e in self._tokens.items() if e[1] > now}
+            if len(self._tokens) >= _MAX_VERIFIED:
+                self._tokens.clear()
+        self._tokens[id(principal)] = (principal, now + self.ttl / 2, token)
+        return token
 
 
 class Guard:

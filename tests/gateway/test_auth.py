@@ -444,3 +444,22 @@ async def test_a_lookup_racing_a_revocation_cannot_bring_the_key_back(
         # a slow lookup elsewhere wrote the old positive answer after auth deleted it
         await redis.set(CACHE_PREFIX + key_digest(key), json.dumps(info), ex=30)
         assert not (await resolver.resolve(key)).active
+
+
+def test_internal_tokens_are_reused_per_principal_for_half_their_life() -> None:
+    from gateway.security import InternalTokens
+    from libs.identity import verify_internal_token
+    from libs.settings import DEV_INTERNAL_SECRET
+    from libs.testing import principal
+
+    tokens = InternalTokens(DEV_INTERNAL_SECRET, 60)
+    p, q = principal(), principal()
+    first = tokens.token(p)
+    assert tokens.token(p) is first
+    assert verify_internal_token(first.decode(), DEV_INTERNAL_SECRET) == p
+    other = tokens.token(q)
+    assert verify_internal_token(other.decode(), DEV_INTERNAL_SECRET) == q
+    # an equal principal that is another object is signed afresh
+    assert tokens.token(p.model_copy()) is not first
+    short = InternalTokens(DEV_INTERNAL_SECRET, 0)
+    assert short.token(p) is not short.token(p)

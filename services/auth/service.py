@@ -34,7 +34,7 @@ from libs.errors import (
 )
 from libs.identity import Principal
 from libs.permissions import ROLE_RANK, ROLE_SCOPES, Role
-from libs.ratelimit import hit_many
+from libs.ratelimit import hit, hit_many
 from services.auth import mail, oauth
 from services.auth.models import (
     ApiKey,
@@ -233,6 +233,22 @@ class AuthService:
         _, count = await pipe.execute()
         return int(count) <= self.settings.mails_per_address_per_hour
 
+    async def _limit_public(self, action: str) -> None:
+        """Per-address cap on public routes that cost a password hash or an email."""
+        if not self.ctx.client.ip:
+            return
+        decision = await hit(
+            self.redis,
+            f"aistack:auth:{action}:ip:{self.ctx.client.ip}",
+            self.settings.public_requests_per_ip_per_hour,
+            3600,
+        )
+        if not decision.allowed:
+            raise RateLimited(
+                "Too many requests from this address; try again later",
+                headers=decision.headers(),
+            )
+
     async def _queue_mail(self, to: str | None, message: tuple[str, str], job_id: str) -> None:
         if not to:
             return  # accounts from WeChat/WeCom may have no address
@@ -387,6 +403,7 @@ class AuthService:
     async def register(self, body: RegisterIn) -> None:
         """Create the account and its personal organization. The answer is the same when the
         email is taken (its owner gets a notice instead), so nobody learns who has an account."""
+        await self._limit_public("register")
         _weak_password(body.password, body.email, self.settings.password_min_length, "password")
         password_hash = await hash_password_async(body.password)
         existing = await self.users.by_email(body.email)
@@ -660,6 +677,7 @@ class AuthService:
         )
 
     async def forgot_password(self, email: str) -> None:
+        await self._limit_public("forgot")
         user = await self.users.by_email(email)
         if user is None or not await self._mail_allowed(email):
             return

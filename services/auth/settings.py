@@ -80,6 +80,8 @@ class AuthSettings(ServiceSettings):
     login_failure_window: int = 900
     # forgot-password and resend mails per address per hour
     mails_per_address_per_hour: int = 5
+    # sign-ups and reset requests per client address per hour (each costs a hash or a mail)
+    public_requests_per_ip_per_hour: int = 30
 
     # feature flags: evaluated sets are cached in Redis this long
     flags_cache_seconds: int = 30

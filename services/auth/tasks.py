@@ -6,8 +6,8 @@ import asyncio
 import logging
 import smtplib
 import ssl
-from email.message import EmailMessage
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 

@@ -123,3 +123,32 @@ async def test_flags_admin_api_and_cached_evaluation(
         "/v1/admin/flags/x", json={"enabled": True, "rollout_percentage": 101}, headers=SERVICE
     )
     assert bad_pct.status_code == 422
+
+
+async def test_sign_ups_and_reset_requests_are_capped_per_address(
+    db: AsyncConnection, redis: Redis
+) -> None:
+    settings = auth_settings(public_requests_per_ip_per_hour=2)
+    async with client_for(build_app(settings), connection=db) as c:
+        ip = {"x-forwarded-for": "198.51.100.77"}
+        for _ in range(2):
+            r = await c.post(
+                "/v1/auth/register", json={"email": new_email(), "password": PASSWORD}, headers=ip
+            )
+            assert r.status_code == 202
+        capped = await c.post(
+            "/v1/auth/register", json={"email": new_email(), "password": PASSWORD}, headers=ip
+        )
+        assert capped.status_code == 429 and int(capped.headers["retry-after"]) >= 1
+        assert capped.json()["error"]["code"] == "rate_limited"
+        other = {"x-forwarded-for": "198.51.100.78"}
+        assert (
+            await c.post(
+                "/v1/auth/register",
+                json={"email": new_email(), "password": PASSWORD},
+                headers=other,
+            )
+        ).status_code == 202
+        for expected in (202, 202, 429):
+            r = await c.post("/v1/auth/password/forgot", json={"email": new_email()}, headers=ip)
+            assert r.status_code == expected

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auth.models import Membership
-from tests.auth.helpers import Account, mail_token, signup
+from tests.auth.helpers import Account, mail_token, queued_mails, signup, token_in
 
 
 async def _team(client: httpx.AsyncClient, owner: Account, name: str = "Team") -> str:
@@ -196,3 +196,41 @@ async def test_tenant_isolation_every_id_route_answers_404(
     assert role == "owner"
     # mallory's own key listing shows nothing of alice's
     assert (await client.get("/v1/api-keys", headers=h)).json()["data"] == []
+
+
+async def test_withdrawn_invites_cannot_be_accepted(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    owner, guest = await signup(client), await signup(client)
+    org = await _team(client, owner)
+    inv = await client.post(
+        f"/v1/orgs/{org}/invites",
+        json={"email": guest.email, "role": "admin"},
+        headers=owner.headers,
+    )
+    token = await mail_token(redis, guest.email, "You are invited", "/accept-invite")
+    gone = await client.delete(f"/v1/orgs/{org}/invites/{inv.json()['id']}", headers=owner.headers)
+    assert gone.status_code == 204
+    assert (await client.get(f"/v1/orgs/{org}/invites", headers=owner.headers)).json() == []
+    refused = await client.post(
+        "/v1/orgs/invites/accept", json={"token": token}, headers=guest.headers
+    )
+    assert refused.status_code == 400
+    assert (await client.get(f"/v1/orgs/{org}", headers=guest.headers)).status_code == 404
+
+
+async def test_resend_verification(client: httpx.AsyncClient, redis: Redis) -> None:
+    acct = await signup(client)
+    resent = await client.post("/v1/auth/verify-email/resend", headers=acct.headers)
+    assert resent.status_code == 202
+    mails = [m for m in await queued_mails(redis) if m["subject"] == "Confirm your email address"]
+    tokens = {token_in(m["body"], "/verify-email") for m in mails}
+    assert len(tokens) == 2
+    # a new link retires the old one: exactly one of them works
+    codes = [
+        (await client.post("/v1/auth/verify-email", json={"token": t})).status_code for t in tokens
+    ]
+    assert sorted(codes) == [204, 400]
+    # verified: nothing more is sent
+    await client.post("/v1/auth/verify-email/resend", headers=acct.headers)
+    assert len(await queued_mails(redis)) == len(mails)

@@ -22,7 +22,7 @@ from gateway.headers import SecurityHeadersMiddleware, docs_csp
 from gateway.jwks import JWKSCache
 from gateway.openapi import OpenAPICache, swagger_assets_dir
 from gateway.proxy import Proxy
-from gateway.ratelimit import RequestLimiter
+from gateway.ratelimit import FailureLimiter, RequestLimiter
 from gateway.revocations import SessionRevocations
 from gateway.routes import openai_prefixes
 from gateway.security import Guard
@@ -204,6 +204,13 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             limiter=(
                 RequestLimiter(redis, settings)
                 if redis is not None and settings.rate_limit_enabled
+                else None
+            ),
+            failures=(
+                FailureLimiter(
+                    redis, settings.rate_limit_auth_failures, settings.rate_limit_window_seconds
+                )
+                if redis is not None and settings.rate_limit_auth_failures > 0
                 else None
             ),
             issuer=settings.jwt_issuer,

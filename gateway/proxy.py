@@ -98,6 +98,15 @@ class Proxy:
             # nobody is left to answer
             return
 
+    def _client_ip(self, scope: Scope) -> str:
+        """The caller's address: the first X-Forwarded-For hop behind a trusted proxy."""
+        if self.settings.trust_forwarded_headers:
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-for":
+                    return value.split(b",")[0].strip().decode("latin-1")
+        client = scope.get("client")
+        return str(client[0]) if client else ""
+
     def _request_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         raw: list[tuple[bytes, bytes]] = scope["headers"]
         out: list[tuple[bytes, bytes]] = []
@@ -151,7 +160,9 @@ class Proxy:
         assert upstream is not None, "proxy used outside the app lifespan"
         guard = self.guard
         assert guard is not None, "proxy used outside the app lifespan"
-        access = await guard.check(Headers(scope=scope), scope["method"], scope["path"], route)
+        access = await guard.check(
+            Headers(scope=scope), scope["method"], scope["path"], route, self._client_ip(scope)
+        )
         headers = self._request_headers(scope)
         principal = access.principal
         if principal is not None:

@@ -17,6 +17,7 @@ from libs.ratelimit import hit_many
 log = logging.getLogger("aistack.gateway.ratelimit")
 
 KEY_PREFIX = "aistack:rl:rpm"
+FAIL_PREFIX = "aistack:rl:authfail"
 
 REDIS_FAILURES = Counter(
     "aistack_gateway_rate_limit_unavailable_total",
@@ -105,3 +106,49 @@ class RequestLimiter:
                 headers={"Retry-After": str(max(1, round(self.retry_seconds)))},
             )
         return {}
+
+
+class FailureLimiter:
+    """Failed authentications per client address; past the limit the address is refused
+    (429) before anything is verified, so guessing keys cannot load the auth service.
+
+    Only failures touch Redis; the block itself is remembered in-process until it ends.
+    """
+
+    def __init__(self, redis: Redis, limit: int, window: int = 60) -> None:
+        self.redis = redis
+        self.limit = limit
+        self.window = window
+        self._blocked: dict[str, float] = {}
+
+    def blocked(self, ip: str) -> float:
+        """Seconds the address must still wait (0: not blocked)."""
+        until = self._blocked.get(ip)
+        if until is None:
+            return 0.0
+        wait = until - time.monotonic()
+        if wait <= 0:
+            del self._blocked[ip]
+            return 0.0
+        return wait
+
+    async def record(self, ip: str) -> None:
+        """Count one failure of ``ip``."""
+        try:
+            result = await hit_many(
+                self.redis, [(f"{FAIL_PREFIX}:{ip}", self.limit, self.window)], force=True
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not count a failed authentication: %s", exc)
+            return
+        decision = result.decisions[0]
+        if decision.remaining == 0:
+            # that was the last failure allowed: block until one more would fit
+            wait = max(
+                decision.retry_after,
+                decision.reset_seconds - (self.window - self.window / self.limit),
+            )
+            if len(self._blocked) > 100_000:
+                self._blocked.clear()
+            REFUSED.labels("auth_failures").inc()
+            self._blocked[ip] = time.monotonic() + wait

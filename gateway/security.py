@@ -9,6 +9,7 @@ caller's rate limits apply.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,10 +20,10 @@ from starlette.datastructures import Headers
 
 from gateway.apikeys import ApiKeyResolver, looks_like_api_key
 from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
-from gateway.ratelimit import RequestLimiter
+from gateway.ratelimit import FailureLimiter, RequestLimiter
 from gateway.revocations import SessionRevocations
 from gateway.routes import Route
-from libs.errors import AppError, Forbidden, Unauthorized
+from libs.errors import AppError, Forbidden, RateLimited, Unauthorized
 from libs.identity import Principal, sign_internal_token
 from libs.permissions import scopes_for_roles
 
@@ -98,6 +99,7 @@ class Guard:
         api_keys: ApiKeyResolver,
         sessions: SessionRevocations | None = None,
         limiter: RequestLimiter | None,
+        failures: FailureLimiter | None = None,
         issuer: str,
         audience: str,
         leeway: int = 5,
@@ -105,31 +107,53 @@ class Guard:
         self.jwks = jwks
         self.api_keys = api_keys
         self.sessions = sessions
+        self.failures = failures
         self.limiter = limiter
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self._verified: dict[str, tuple[float, Principal]] = {}
 
-    async def check(self, headers: Headers, method: str, path: str, route: Route) -> Access:
+    async def check(
+        self, headers: Headers, method: str, path: str, route: Route, client_ip: str = ""
+    ) -> Access:
         """Resolve and authorize the caller; raises 401/403/429/503 as :class:`AppError`."""
         if route.public:
             # credentials are optional here; bad ones are ignored, not refused
             try:
                 token = credentials(headers)
-                return Access(await self.principal(token) if token else None)
+                if not token or (self.failures and self.failures.blocked(client_ip)):
+                    return Access(None)
+                return Access(await self._resolve(token, client_ip))
             except AppError:
                 return Access(None)
         token = credentials(headers)
         if not token:
             raise _unauthorized("Authentication required", "unauthorized", invalid=False)
-        principal = await self.principal(token)
+        if self.failures is not None:
+            wait = self.failures.blocked(client_ip)
+            if wait:
+                raise RateLimited(
+                    "Too many failed authentication attempts",
+                    code="too_many_auth_failures",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        principal = await self._resolve(token, client_ip)
         scope = route.required_scope(method, path)
         if scope is not None and not principal.has_scope(scope):
             raise Forbidden(f"Missing scope '{scope}'", code="insufficient_scope")
         if self.limiter is None:
             return Access(principal)
         return Access(principal, await self.limiter.check(principal))
+
+    async def _resolve(self, token: str, client_ip: str) -> Principal:
+        try:
+            return await self.principal(token)
+        except Unauthorized:
+            # guessing keys or forging tokens costs the guesser, not the auth service
+            if self.failures is not None:
+                await self.failures.record(client_ip)
+            raise
 
     async def principal(self, token: str) -> Principal:
         """The principal behind a bearer token or API key."""

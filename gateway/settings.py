@@ -66,6 +66,8 @@ class GatewaySettings(ServiceSettings):
     rate_limit_key_rpm: int = 600
     rate_limit_user_rpm: int = 600
     rate_limit_org_rpm: int = 3000
+    # failed authentications per client address per window; then 429 (0: no limit)
+    rate_limit_auth_failures: int = 30
     # Redis down: let requests through ("open") or refuse them with 503 ("closed")
     rate_limit_fail_mode: Literal["open", "closed"] = "open"
     # after a Redis failure, apply the fail mode without retrying Redis for this long

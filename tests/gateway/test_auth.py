@@ -367,7 +367,9 @@ async def test_a_new_signing_key_is_picked_up(gw: httpx.AsyncClient, upstream: U
 async def test_a_flood_of_unknown_kids_fetches_the_jwks_once(
     upstream: Upstream, infra: Infra, redis: Redis
 ) -> None:
-    settings = gateway_settings(upstream.url, infra.redis_url, jwks_min_refetch_interval=30)
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, jwks_min_refetch_interval=30, rate_limit_auth_failures=0
+    )
     async with gateway_client(settings) as gw:
         ok = await gw.get("/v1/jobs", headers={"authorization": f"Bearer {upstream.auth.token()}"})
         assert ok.status_code == 200

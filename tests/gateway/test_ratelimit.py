@@ -155,3 +155,34 @@ async def test_limits_can_be_turned_off(upstream: Upstream, infra: Infra, redis:
             resp = await gw.get("/v1/models", headers={"x-api-key": key})
             assert resp.status_code == 200
             assert "ratelimit-limit" not in resp.headers
+
+
+async def test_failed_authentications_per_address_are_limited(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, rate_limit_auth_failures=5, trust_forwarded_headers=True
+    )
+    attacker = {"x-forwarded-for": "203.0.113.7"}
+    bystander = {"x-forwarded-for": "198.51.100.1"}
+    before = upstream.auth.introspections
+    async with gateway_client(settings) as one, gateway_client(settings) as two:
+        for i in range(5):
+            guess = {"x-api-key": f"ask_{i:040d}", **attacker}
+            assert (await one.get("/v1/models", headers=guess)).status_code == 401
+        resp = await one.get("/v1/models", headers={"x-api-key": "ask_" + "9" * 40, **attacker})
+        assert resp.status_code == 429
+        err = resp.json()["error"]
+        assert err["code"] == "too_many_auth_failures" and err["type"] == "rate_limit_error"
+        assert 1 <= int(resp.headers["retry-after"]) <= 12
+        # refused before verification: auth heard of five guesses, not six
+        assert upstream.auth.introspections == before + 5
+        token = {"authorization": f"Bearer {upstream.auth.token()}"}
+        assert (await one.get("/v1/jobs", headers={**token, **attacker})).status_code == 429
+        # another address is unaffected
+        assert (await one.get("/v1/jobs", headers={**token, **bystander})).status_code == 200
+        # the count is shared: the next gateway blocks the address after its first failure
+        assert (
+            await two.get("/v1/jobs", headers={"authorization": "Bearer x", **attacker})
+        ).status_code == 401
+        assert (await two.get("/v1/jobs", headers={**token, **attacker})).status_code == 429

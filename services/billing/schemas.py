@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_serializer
+
+_CENT_FRACTIONS = Decimal("0.00000001")
 
 
 class UsageTotals(BaseModel):
@@ -19,6 +21,11 @@ class UsageTotals(BaseModel):
     cost_usd: Decimal = Decimal(0)
     errors: int = 0
     cached: int = 0
+
+    @field_serializer("cost_usd")
+    def _fixed_point(self, value: Decimal) -> str:
+        # a plain decimal string ("0.00000000", not "0E-8") that any JSON client can parse
+        return format(value.quantize(_CENT_FRACTIONS), "f")
 
 
 class UsageByModel(UsageTotals):

@@ -107,7 +107,7 @@ async def test_usage_totals_by_model_and_day(db: AsyncConnection) -> None:
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["totals"]["requests"] == 3
-        assert Decimal(body["totals"]["cost_usd"]) == Decimal("1.3")
+        assert body["totals"]["cost_usd"] == "1.30000000"  # fixed point, never "1.3E+0"
         assert body["totals"]["prompt_tokens"] == 30 and body["totals"]["total_tokens"] == 45
         assert body["totals"]["errors"] == 1
         rows = [(r["day"], r["model"], r["requests"], Decimal(r["cost_usd"])) for r in body["data"]]

@@ -39,6 +39,11 @@ RUNNER: tuple[tuple[str, str, str], ...] = (
     ("AISTACK_EMBEDDED_PG_PORT", "`54329`", "embedded PostgreSQL port"),
     ("AISTACK_EMBEDDED_REDIS_PORT", "`63799`", "embedded Redis port"),
     ("AISTACK_WORKERS", "`1`", "`0` starts no queue workers"),
+    (
+        "AISTACK_MAIL_PORT",
+        "`1025`",
+        "local mail sink printing mails (when `AUTH_SMTP_HOST` is unset)",
+    ),
     ("GATEWAY_PORT, AUTH_PORT, …", "8000 … 8005", "each process's port"),
     ("TEST_DATABASE_URL / TEST_REDIS_URL", "embedded", "servers the test suite uses"),
 )

@@ -9,6 +9,7 @@ log line prefixed by the process name. Ctrl-C stops everything, databases includ
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
@@ -37,6 +38,8 @@ class Plan:
     pg_port: int
     redis_port: int
     workers: bool
+    # a local SMTP server printing mails, unless a real one is configured
+    mail_port: int | None
 
 
 def plan_from_env(env: dict[str, str]) -> Plan:
@@ -49,6 +52,7 @@ def plan_from_env(env: dict[str, str]) -> Plan:
         pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
         redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
         workers=env.get("AISTACK_WORKERS", "1") not in ("0", "false", "no"),
+        mail_port=None if env.get("AUTH_SMTP_HOST") else int(env.get("AISTACK_MAIL_PORT", "1025")),
     )
 
 
@@ -66,11 +70,15 @@ def processes(plan: Plan) -> dict[str, str]:
     if plan.workers:
         for name in plan.ports:
             procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"
+    if plan.mail_port is not None and importlib.util.find_spec("aiosmtpd") is not None:
+        procs["mail"] = f"{py} -m deploy.local.mailsink --host {plan.host} --port {plan.mail_port}"
     return procs
 
 
 def _busy_ports(plan: Plan) -> list[int]:
     wanted = [plan.gateway_port, *plan.ports.values()]
+    if plan.mail_port is not None:
+        wanted.append(plan.mail_port)
     return [p for p in wanted if port_open(plan.host, p)]
 
 
@@ -120,6 +128,9 @@ def main() -> int:
 
         for name, port in plan.ports.items():
             env.setdefault(f"GATEWAY_{name.upper()}_URL", f"http://{plan.host}:{port}")
+        if plan.mail_port is not None:
+            env["AUTH_SMTP_HOST"] = plan.host
+            env["AUTH_SMTP_PORT"] = str(plan.mail_port)
         env.setdefault("LOG_JSON", "false")
         env["PYTHONUNBUFFERED"] = "1"
 

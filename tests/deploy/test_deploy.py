@@ -79,6 +79,7 @@ def test_local_plan_runs_gateway_services_and_workers() -> None:
     plan = plan_from_env({"GATEWAY_PORT": "9000", "LLM_PORT": "9002"})
     procs = processes(plan)
     assert set(procs) == {
+        "mail",
         "gateway",
         *("auth", "llm", "rag", "jobs", "billing"),
         *(f"{s}-worker" for s in ("auth", "llm", "rag", "jobs", "billing")),
@@ -86,7 +87,8 @@ def test_local_plan_runs_gateway_services_and_workers() -> None:
     assert "--port 9000" in procs["gateway"] and "gateway.app:app" in procs["gateway"]
     assert "--port 9002" in procs["llm"]
     assert "libs.worker llm" in procs["llm-worker"]
-    assert set(processes(plan_from_env({"AISTACK_WORKERS": "0"}))) == {
+    # a configured SMTP server replaces the local mail sink
+    assert set(processes(plan_from_env({"AISTACK_WORKERS": "0", "AUTH_SMTP_HOST": "smtp"}))) == {
         "gateway",
         "auth",
         "llm",

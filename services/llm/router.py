@@ -91,7 +91,8 @@ class SSEResponse(StreamingResponse):
                     await aclose()
 
 
-def get_service(request: Request) -> LlmService:
+# dependencies are async: FastAPI runs plain ``def`` ones in a worker thread per request
+async def get_service(request: Request) -> LlmService:
     service: LlmService = request.app.state.llm
     return service
 
@@ -102,7 +103,7 @@ UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE.value)]
 router = APIRouter(tags=["llm"], route_class=OpenAIRoute)
 
 
-def _options(
+async def _options(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     x_aistack_cache: Annotated[
         str | None, Header(description="true/false: opt in or out of the response cache")

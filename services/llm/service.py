@@ -293,9 +293,12 @@ class LlmService:
         except Exception:
             log.warning("could not count %d extra tokens against TPM limits", extra, exc_info=True)
 
-    async def _claim(self, call: _Call, opts: CallOptions, fp: str) -> rc.IdempotencyClaim | None:
+    async def _claim(
+        self, call: _Call, opts: CallOptions, fp: str | None
+    ) -> rc.IdempotencyClaim | None:
         if not opts.idempotency_key:
             return None
+        assert fp is not None
         if len(opts.idempotency_key) > 255:
             raise BadRequest("Idempotency-Key is longer than 255 characters")
         key = rc.idempotency_redis_key(call.org_id, opts.idempotency_key)
@@ -325,8 +328,13 @@ class LlmService:
     ) -> Result:
         org_id = principal.require_org()
         call_id = f"chatcmpl-{uuid.uuid4().hex}"
-        # the Idempotency-Key guards the request as sent (the history behind it may grow)
-        fp = rc.fingerprint("chat", body.model_dump(exclude_none=True))
+        # the Idempotency-Key guards the request as sent (the history behind it may grow);
+        # hashed only when a key or the cache needs it (a full dump of the body per request)
+        fp = (
+            rc.fingerprint("chat", body.model_dump(exclude_none=True))
+            if opts.idempotency_key
+            else None
+        )
         ctx: ChatContext | None = None
         if wants_context(body):
             # a prompt and/or a conversation make the request the provider gets
@@ -339,8 +347,8 @@ class LlmService:
         call = _Call(principal, org_id, alias, "chat", call_id)
         timeout_s = self._timeout(body.timeout, opts.timeout)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        # the response cache keys on what the provider gets
-        cache_fp = rc.fingerprint("chat", body.model_dump(exclude_none=True)) if ctx else fp
+        # the response cache keys on what the provider gets (hashed in _chat when needed)
+        cache_fp = None if ctx else fp
 
         claim = await self._claim(call, opts, fp)
         if claim is not None and claim.result is not None:
@@ -384,13 +392,15 @@ class LlmService:
         body: ChatCompletionRequest,
         opts: CallOptions,
         claim: rc.IdempotencyClaim | None,
-        fp: str,
+        fp: str | None,
         timeout_s: float,
         include_usage: bool,
     ) -> Result:
         deterministic = body.temperature == 0 and (body.n or 1) == 1
         cache_key = None
         if self._cache_wanted(body.cache, opts.cache, deterministic):
+            if fp is None:
+                fp = rc.fingerprint("chat", body.model_dump(exclude_none=True))
             cache_key = rc.cache_key(call.org_id, fp)
             hit = await rc.cache_get(self.redis, cache_key)
             CACHE.labels("chat", "hit" if hit else "miss").inc()

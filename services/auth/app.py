@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.db import session_scope
 from services.auth.router import router
+from services.auth.service import publish_flag_definitions
 from services.auth.settings import AuthSettings, get_settings
 from services.auth.tokens import KeyCache
+
+log = logging.getLogger("aistack.auth")
+
+
+@asynccontextmanager
+async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
+    """Other services evaluate flags from Redis: make sure the definitions are there."""
+    try:
+        async with session_scope(app.state.session_factory) as session:
+            count = await publish_flag_definitions(session, app.state.redis)
+        log.info("published %d feature flag definitions", count)
+    except Exception:
+        # auth still serves; the definitions are rewritten on the next change or start
+        log.error("could not publish the feature flag definitions", exc_info=True)
+    yield
 
 
 def build_app(settings: AuthSettings | None = None) -> FastAPI:
@@ -16,6 +37,7 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         service="auth",
         settings=settings,
         routers=[router],
+        resources=[flag_definitions],
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
     )

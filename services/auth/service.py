@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -31,6 +30,15 @@ from libs.errors import (
     RateLimited,
     Unauthorized,
     ValidationFailed,
+)
+from libs.flags import (
+    FLAGS_VERSION_KEY,
+    FlagDefinition,
+    definitions_published,
+    evaluate_all,
+    evaluated_key,
+    publish_all,
+    publish_flag,
 )
 from libs.identity import Principal
 from libs.permissions import ROLE_RANK, ROLE_SCOPES, Role
@@ -95,8 +103,6 @@ APIKEY_CACHE_PREFIX = "aistack:apikey:"
 APIKEY_REVOKED_CHANNEL = "aistack:apikey:revoked"
 SESSION_REVOKED_PREFIX = "aistack:auth:session-revoked:"
 SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
-FLAGS_VERSION_KEY = "aistack:flags:version"
-FLAGS_CACHE_PREFIX = "aistack:flags:"
 _LOGIN_FAIL = "aistack:auth:login-fail:"
 _APIKEY_USED = "aistack:auth:apikey-used:"
 _MAIL_COUNT = "aistack:auth:mail:"
@@ -149,17 +155,23 @@ def _weak_password(password: str, email: str | None, min_length: int, field: str
         )
 
 
-def evaluate_flag(flag: FeatureFlag, org_id: uuid.UUID) -> bool:
-    """Per-org override, else the global switch with a stable percentage rollout by org."""
-    override = (flag.org_overrides or {}).get(str(org_id))
-    if override is not None:
-        return bool(override)
-    if not flag.enabled:
-        return False
-    if flag.rollout_percentage >= 100:
-        return True
-    digest = hashlib.sha256(f"{flag.key}:{org_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < flag.rollout_percentage
+def flag_definition(flag: FeatureFlag) -> FlagDefinition:
+    """A stored flag as every service evaluates it (libs.flags)."""
+    return FlagDefinition(
+        key=flag.key,
+        enabled=flag.enabled,
+        rollout_percentage=flag.rollout_percentage,
+        org_overrides={str(k): bool(v) for k, v in (flag.org_overrides or {}).items()},
+    )
+
+
+async def publish_flag_definitions(session: AsyncSession, redis: Redis) -> int:
+    """Write every flag definition to Redis for the other services (auth's startup)."""
+
+    async def load() -> list[FlagDefinition]:
+        return [flag_definition(f) for f in await FlagRepository(session).everything()]
+
+    return await publish_all(redis, load)
 
 
 class AuthService:
@@ -1223,13 +1235,17 @@ class AuthService:
             "updated_at": flag.updated_at,
         }
 
-    def _flags_changed(self) -> None:
+    def _flag_changed(self, key: str, definition: FlagDefinition | None) -> None:
+        """After commit: the new definition reaches Redis and the flags version moves on."""
         redis = self.redis
 
-        async def bump() -> None:
-            await redis.incr(FLAGS_VERSION_KEY)
+        async def publish() -> None:
+            try:
+                await publish_flag(redis, key, definition)
+            except Exception:
+                log.warning("could not publish the change of flag %s", key, exc_info=True)
 
-        after_commit(self.session, bump)
+        after_commit(self.session, publish)
 
     async def list_flags(self) -> list[FeatureFlag]:
         await self.require_platform_admin()
@@ -1255,7 +1271,7 @@ class AuthService:
         flag.org_overrides = {str(k): v for k, v in body.org_overrides.items()}
         await self.session.flush()
         await self.session.refresh(flag)
-        self._flags_changed()
+        self._flag_changed(key, flag_definition(flag))
         await self.audit(
             "flag.updated",
             target_type="flag",
@@ -1267,17 +1283,23 @@ class AuthService:
     async def delete_flag(self, key: str) -> None:
         flag = await self.get_flag(key)
         await self.flags.delete(flag)
-        self._flags_changed()
+        self._flag_changed(key, None)
         await self.audit("flag.deleted", target_type="flag", target_id=key)
 
     async def evaluated_flags(self) -> dict[str, Any]:
         org_id = self.principal.require_org()
-        version = await self.redis.get(FLAGS_VERSION_KEY)
-        cache_key = f"{FLAGS_CACHE_PREFIX}{int(version or 0)}:{org_id}"
+        version = int(await self.redis.get(FLAGS_VERSION_KEY) or 0)
+        cache_key = evaluated_key(version, org_id)
         cached = await self.redis.get(cache_key)
         if cached is not None:
             return {"org_id": org_id, "flags": orjson.loads(cached)}
-        flags = {f.key: evaluate_flag(f, org_id) for f in await self.flags.everything()}
+        stored = await self.flags.everything()
+        if stored and not await definitions_published(self.redis):
+            # Redis lost them (flushed, replaced): the other services read them from there
+            await publish_flag_definitions(self.session, self.redis)
+            version = int(await self.redis.get(FLAGS_VERSION_KEY) or 0)
+            cache_key = evaluated_key(version, org_id)
+        flags = evaluate_all((flag_definition(f) for f in stored), org_id)
         await self.redis.set(cache_key, orjson.dumps(flags), ex=self.settings.flags_cache_seconds)
         return {"org_id": org_id, "flags": flags}
 

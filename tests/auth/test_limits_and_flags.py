@@ -11,8 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for
 from services.auth.app import build_app
-from services.auth.models import FeatureFlag
-from services.auth.service import evaluate_flag
 from tests.auth.conftest import auth_settings
 from tests.auth.helpers import PASSWORD, SERVICE, new_email, signup
 
@@ -64,20 +62,6 @@ async def test_success_clears_account_failures(strict: httpx.AsyncClient) -> Non
     assert ok.status_code == 200
     codes = [(await _fail(strict, acct.email, ip="192.0.2.2")).status_code for _ in range(3)]
     assert codes == [401, 401, 401]
-
-
-def test_flag_evaluation_rollout_is_stable_and_proportional() -> None:
-    flag = FeatureFlag(key="new-ui", enabled=True, rollout_percentage=30, org_overrides={})
-    orgs = [uuid.uuid4() for _ in range(2000)]
-    share = sum(evaluate_flag(flag, o) for o in orgs) / len(orgs)
-    assert 0.25 < share < 0.35
-    assert [evaluate_flag(flag, o) for o in orgs[:50]] == [
-        evaluate_flag(flag, o) for o in orgs[:50]
-    ]
-    off = FeatureFlag(key="x", enabled=False, rollout_percentage=100, org_overrides={})
-    assert not evaluate_flag(off, orgs[0])
-    off.org_overrides = {str(orgs[0]): True}
-    assert evaluate_flag(off, orgs[0]) and not evaluate_flag(off, orgs[1])
 
 
 async def test_flags_admin_api_and_cached_evaluation(

@@ -39,12 +39,21 @@ def api_key(config: Mapping[str, Any]) -> str | None:
 def make_client(
     config: Mapping[str, Any], *, default_base_url: str, headers: Mapping[str, str]
 ) -> httpx.AsyncClient:
-    """An AsyncClient for one vendor; ``transport`` in config is injectable (tests)."""
+    """An AsyncClient for one vendor; ``transport`` in config is injectable (tests).
+
+    The connections come from aiohttp's pool (``http_pool: aiohttp``, the default; see
+    :mod:`._aiohttp`) or httpx's own (``http_pool: httpx``).
+    """
     timeout = float(config.get("timeout", 60.0))
     connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
     transport = config.get("transport")
     # one pooled keep-alive client per provider; the pool is sized for a busy gateway
     connections = int(config.get("max_connections", 200))
+    keepalive = float(config.get("keepalive_expiry", 30.0))
+    if transport is None and config.get("http_pool", "aiohttp") == "aiohttp":
+        from services.llm.providers._aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
     return httpx.AsyncClient(
         base_url=str(config.get("base_url") or default_base_url).rstrip("/"),
         headers={**headers, **dict(config.get("headers") or {})},
@@ -52,7 +61,7 @@ def make_client(
         limits=httpx.Limits(
             max_connections=connections,
             max_keepalive_connections=connections,
-            keepalive_expiry=float(config.get("keepalive_expiry", 30.0)),
+            keepalive_expiry=keepalive,
         ),
         transport=transport,
     )

@@ -153,6 +153,16 @@ class ApiKeyRepository(Repository[ApiKey]):
         stmt = select(ApiKey).where(ApiKey.key_hash == key_hash)
         return (await self.session.scalars(stmt)).one_or_none()
 
+    async def live_of_member(self, org_id: uuid.UUID, user_id: uuid.UUID) -> list[ApiKey]:
+        """Keys a member created in an organization and that are not revoked (locked)."""
+        stmt = (
+            select(ApiKey)
+            .where(ApiKey.org_id == org_id, ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+            .order_by(ApiKey.created_at, ApiKey.id)
+            .with_for_update()
+        )
+        return list((await self.session.scalars(stmt)).all())
+
     async def page(
         self, org_id: uuid.UUID, limit: int, offset: int, include_revoked: bool
     ) -> list[ApiKey]:

@@ -973,6 +973,9 @@ class AuthService:
         await self.session.delete(target)
         await self.session.flush()
         await self.audit("org.member.removed", org_id=org_id, target_type="user", target_id=user_id)
+        # what they created there stops working with their membership
+        keys = await self.api_keys.live_of_member(org_id, user_id)
+        await self._revoke_keys(keys, org_id, reason="member_removed")
 
     async def invite(self, org_id: uuid.UUID, body: InviteCreate) -> Invite:
         user, _ = await self.current_user()
@@ -1169,28 +1172,47 @@ class AuthService:
             raise Forbidden(
                 "Only its creator or an admin can revoke a key", code="org_admin_required"
             )
-        if key.revoked_at is not None:
+        await self._revoke_keys([key], key.org_id, reason=None)
+
+    async def _revoke_keys(self, keys: list[ApiKey], org_id: uuid.UUID, reason: str | None) -> None:
+        """Revoke now; after commit, gateways drop their cached introspection at once."""
+        live = [k for k in keys if k.revoked_at is None]
+        if not live:
             return
-        key.revoked_at = utcnow()
+        now = utcnow()
+        for key in live:
+            key.revoked_at = now
         await self.session.flush()
-        key_hash, redis = key.key_hash, self.redis
+        revoked = [(k.id, k.key_hash) for k in live]
+        redis = self.redis
 
         async def drop_caches() -> None:
             # the gateway caches introspection for a few seconds: drop it everywhere at once
             try:
-                await redis.delete(APIKEY_CACHE_PREFIX + key_hash)
-                await redis.publish(APIKEY_REVOKED_CHANNEL, key_hash)
+                pipe = redis.pipeline(transaction=False)
+                for _, key_hash in revoked:
+                    pipe.delete(APIKEY_CACHE_PREFIX + key_hash)
+                    pipe.publish(APIKEY_REVOKED_CHANNEL, key_hash)
+                await pipe.execute()
             except Exception:
-                log.warning("could not announce the revocation of key %s", key.id, exc_info=True)
+                log.warning(
+                    "could not announce the revocation of keys %s",
+                    [str(key_id) for key_id, _ in revoked],
+                    exc_info=True,
+                )
 
         after_commit(self.session, drop_caches)
-        await self.audit(
-            "api_key.revoked",
-            org_id=m.org_id,
-            target_type="api_key",
-            target_id=key.id,
-            details={"name": key.name, "prefix": key.prefix},
-        )
+        for key in live:
+            details: dict[str, Any] = {"name": key.name, "prefix": key.prefix}
+            if reason is not None:
+                details["reason"] = reason
+            await self.audit(
+                "api_key.revoked",
+                org_id=org_id,
+                target_type="api_key",
+                target_id=key.id,
+                details=details,
+            )
 
     async def introspect(self, raw: str) -> dict[str, Any]:
         p = self.principal

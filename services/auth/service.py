@@ -245,15 +245,18 @@ class AuthService:
         _, count = await pipe.execute()
         return int(count) <= self.settings.mails_per_address_per_hour
 
-    async def _limit_public(self, action: str) -> None:
-        """Per-address cap on public routes that cost a password hash or an email."""
+    async def _limit_public(
+        self, action: str, limit: int | None = None, window: float = 3600
+    ) -> None:
+        """Per-address cap on public routes that cost a password hash, an email or a lookup
+        (``limit`` per ``window`` seconds; by default the hourly public-requests cap)."""
         if not self.ctx.client.ip:
             return
         decision = await hit(
             self.redis,
             f"aistack:auth:{action}:ip:{self.ctx.client.ip}",
-            self.settings.public_requests_per_ip_per_hour,
-            3600,
+            self.settings.public_requests_per_ip_per_hour if limit is None else limit,
+            window,
         )
         if not decision.allowed:
             raise RateLimited(
@@ -564,6 +567,7 @@ class AuthService:
         return pair
 
     async def refresh(self, raw: str) -> TokenPair:
+        await self._limit_public("refresh", self.settings.refreshes_per_ip_per_minute, window=60)
         now = utcnow()
         token = await self.refresh_tokens.by_hash(sha256_hex(raw))
         if token is None:

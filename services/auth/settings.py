@@ -82,6 +82,8 @@ class AuthSettings(ServiceSettings):
     mails_per_address_per_hour: int = 5
     # sign-ups and reset requests per client address per hour (each costs a hash or a mail)
     public_requests_per_ip_per_hour: int = 30
+    # token refreshes per client address per minute (many users may share one address)
+    refreshes_per_ip_per_minute: int = Field(default=120, ge=1)
 
     # feature flags: evaluated sets are cached in Redis this long
     flags_cache_seconds: int = 30

@@ -136,3 +136,28 @@ async def test_sign_ups_and_reset_requests_are_capped_per_address(
         for expected in (202, 202, 429):
             r = await c.post("/v1/auth/password/forgot", json={"email": new_email()}, headers=ip)
             assert r.status_code == expected
+
+
+async def test_refreshes_are_limited_per_address(db: AsyncConnection, redis: Redis) -> None:
+    settings = auth_settings(refreshes_per_ip_per_minute=3)
+    async with client_for(build_app(settings), connection=db) as c:
+        acct = await signup(c)
+        ip = {"x-forwarded-for": "203.0.113.50"}
+        token = acct.tokens["refresh_token"]
+        # good and bad tokens count alike: guessing costs the same as refreshing
+        bad = await c.post("/v1/auth/refresh", json={"refresh_token": "rt_nope"}, headers=ip)
+        assert bad.status_code == 401
+        for _ in range(2):
+            ok = await c.post("/v1/auth/refresh", json={"refresh_token": token}, headers=ip)
+            assert ok.status_code == 200, ok.text
+            token = ok.json()["refresh_token"]
+        capped = await c.post("/v1/auth/refresh", json={"refresh_token": token}, headers=ip)
+        assert capped.status_code == 429
+        assert capped.json()["error"]["code"] == "rate_limited"
+        assert set(capped.json()["error"]) >= {"code", "message", "request_id"}
+        assert 1 <= int(capped.headers["retry-after"]) <= 60
+        assert capped.headers["ratelimit-limit"] == "3"
+        # refused before the token was looked at: it is still the current one
+        elsewhere = {"x-forwarded-for": "203.0.113.51"}
+        again = await c.post("/v1/auth/refresh", json={"refresh_token": token}, headers=elsewhere)
+        assert again.status_code == 200, again.text

@@ -13,15 +13,23 @@ from libs.db import Repository
 from libs.usage import UsageEvent
 from services.billing.models import UsageEventRecord
 
+# the ledger's columns: an event may carry fields this version of billing does not store yet
+# (libs.usage grows additively, producers may be deployed first)
+_LEDGER_COLUMNS = frozenset(c.name for c in UsageEventRecord.__table__.columns) - {
+    "id",
+    "recorded_at",
+}
+
 
 class UsageRepository(Repository[UsageEventRecord]):
     model = UsageEventRecord
 
     async def record(self, event: UsageEvent) -> bool:
         """Insert the event once; False when (request_id, kind) was already recorded."""
+        values = {k: v for k, v in event.model_dump().items() if k in _LEDGER_COLUMNS}
         stmt = (
             insert(UsageEventRecord)
-            .values(id=uuid.uuid4(), **event.model_dump())
+            .values(id=uuid.uuid4(), **values)
             .on_conflict_do_nothing(index_elements=["request_id", "kind"])
             .returning(UsageEventRecord.id)
         )

@@ -125,3 +125,20 @@ async def test_usage_totals_by_model_and_day(db: AsyncConnection) -> None:
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_range"
         no_scope = principal(org_id=alice.org_id, scopes=["jobs:read"])
         assert (await c.get("/v1/billing/usage", headers=auth_headers(no_scope))).status_code == 403
+
+
+class _FutureEvent(UsageEvent):
+    """An event from a newer producer, with a field this billing does not store."""
+
+    region: str = "eu-west"
+
+
+async def test_fields_billing_does_not_store_yet_are_skipped(db: AsyncConnection) -> None:
+    factory = async_sessionmaker(
+        bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    ev = _FutureEvent.model_validate(_event(uuid.uuid4()).model_dump())
+    async with session_scope(factory) as s:
+        assert await UsageRepository(s).record(ev)
+        assert not await UsageRepository(s).record(ev)
+    assert await _count(factory, ev.request_id) == 1

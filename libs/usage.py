@@ -9,6 +9,7 @@ travel on the billing queue (``aistack:queue:billing``, function ``record_usage`
 from __future__ import annotations
 
 import uuid
+import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.queue import enqueue, enqueue_now
+from libs.queue import as_arq, enqueue, enqueue_now
 
 BILLING_SERVICE = "billing"
 RECORD_USAGE = "record_usage"
@@ -47,6 +48,9 @@ class UsageEvent(BaseModel):
     cached: bool = False
     status: Literal["ok", "error"] = "ok"
     created_at: datetime = Field(default_factory=_now)
+    prompt_version_id: str | None = Field(
+        default=None, max_length=64, description="The stored prompt version that served it"
+    )
 
     @property
     def job_id(self) -> str:
@@ -57,10 +61,23 @@ class UsageEvent(BaseModel):
         return self.model_dump(mode="json")
 
 
+# one queue client per Redis client: building arq's client (a Redis instance) per event was a
+# measurable share of an llm call
+_ARQ: weakref.WeakKeyDictionary[Redis, Redis] = weakref.WeakKeyDictionary()
+
+
+def _queue_client(redis: Redis) -> Redis:
+    client = _ARQ.get(redis)
+    if client is None:
+        client = _ARQ[redis] = as_arq(redis)
+    return client
+
+
 async def publish_usage(
     event: UsageEvent, redis: Redis, session: AsyncSession | None = None
 ) -> None:
     """Send a usage event to billing: after ``session`` commits when given, else now."""
+    redis = _queue_client(redis)
     common: dict[str, Any] = {
         "service": BILLING_SERVICE,
         "function": RECORD_USAGE,

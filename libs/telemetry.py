@@ -104,7 +104,12 @@ def _route_label(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    """Request id, server span, metrics and access log for every HTTP request."""
+    """Request id, server span, metrics and access log for every HTTP request.
+
+    On the path of every request of every process, so it does the least it can: it reads
+    only the headers it needs, keeps the metric children it has used (a ``labels()`` lookup
+    takes a lock and builds a tuple), and sets the span's attributes in one call.
+    """
 
     def __init__(self, app: ASGIApp, service: str, quiet_paths: tuple[str, ...] = ()) -> None:
         self.app = app
@@ -112,53 +117,90 @@ class ObservabilityMiddleware:
         self.quiet_paths = set(quiet_paths)
         self.tracer = trace.get_tracer("aistack")
         self.in_flight = IN_FLIGHT.labels(service)
+        # the headers the configured propagators read (traceparent, tracestate, baggage)
+        self.trace_headers = frozenset(
+            f.lower().encode("latin-1") for f in propagate.get_global_textmap().fields
+        )
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._errors: dict[tuple[str, int], Any] = {}
+
+    def _count(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = REQUESTS.labels(self.service, method, route, str(status))
+            if len(self._requests) < 4096:
+                self._requests[key] = counter
+        counter.inc()
+        histogram = self._latency.get((method, route))
+        if histogram is None:
+            histogram = LATENCY.labels(self.service, method, route)
+            if len(self._latency) < 4096:
+                self._latency[(method, route)] = histogram
+        histogram.observe(elapsed)
+        if status >= 400:
+            errors = self._errors.get((route, status))
+            if errors is None:
+                errors = ERRORS.labels(self.service, route, str(status))
+                if len(self._errors) < 4096:
+                    self._errors[(route, status)] = errors
+            errors.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers: dict[str, str] = {}
+        incoming = ""
+        carrier: dict[str, str] | None = None
+        trace_headers = self.trace_headers
         for k, v in scope["headers"]:
-            headers[k.decode("latin-1")] = v.decode("latin-1")
-        incoming = headers.get("x-request-id", "")
-        rid = incoming if _REQUEST_ID_RE.match(incoming) else new_request_id()
+            if k == b"x-request-id":
+                incoming = v.decode("latin-1")
+            elif k in trace_headers:
+                if carrier is None:
+                    carrier = {}
+                carrier[k.decode("latin-1")] = v.decode("latin-1")
+        rid = incoming if incoming and _REQUEST_ID_RE.match(incoming) else new_request_id()
         rid_token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         method = scope["method"]
         path = scope["path"]
-        status_holder = [500]
+        status = 500
+        started = False
         start = time.perf_counter()
-        parent = extract_trace_context(headers)
+        parent = extract_trace_context(carrier) if carrier else otel_context.get_current()
         span = self.tracer.start_span(f"{method} {path}", context=parent, kind=SpanKind.SERVER)
         ctx_token = otel_context.attach(trace.set_span_in_context(span, parent))
         rid_header = (b"x-request-id", rid.encode())
         self.in_flight.inc()
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
-                message.setdefault("headers", [])
-                hdrs = message["headers"]
-                if not any(k.lower() == b"x-request-id" for k, _ in hdrs):
+                started = True
+                status = message["status"]
+                hdrs = message.get("headers")
+                if hdrs is None:
+                    hdrs = message["headers"] = []
+                elif not isinstance(hdrs, list):
+                    hdrs = message["headers"] = list(hdrs)
+                for k, _ in hdrs:
+                    if k.lower() == b"x-request-id":
+                        break
+                else:
                     hdrs.append(rid_header)
             await send(message)
 
-        started = [False]
-
-        async def tracked_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                started[0] = True
-            await send_wrapper(message)
-
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, receive, send_wrapper)
         except Exception as exc:
             # rendered here (not by Starlette's outer ServerErrorMiddleware) so the 500 still
             # carries the request id, in the body and the header
-            status_holder[0] = 500
+            status = 500
             span.record_exception(exc)
             log.error("unhandled exception on %s %s", method, path, exc_info=exc)
-            if started[0]:
+            if started:
                 raise
             from libs.errors import error_response, is_openai_path
 
@@ -171,26 +213,27 @@ class ObservabilityMiddleware:
                 openai=is_openai_path(path, prefixes),
             )
             await resp(scope, receive, send_wrapper)
+            status = 500
         except BaseException as exc:
-            status_holder[0] = 500
+            status = 500
             span.record_exception(exc)
             raise
         finally:
             elapsed = time.perf_counter() - start
-            status = status_holder[0]
             route = _route_label(scope)
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
+            span.set_attributes(
+                {
+                    "http.request.method": method,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                }
+            )
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.update_name(f"{method} {route}")
             self.in_flight.dec()
-            REQUESTS.labels(self.service, method, route, str(status)).inc()
-            LATENCY.labels(self.service, method, route).observe(elapsed)
-            if status >= 400:
-                ERRORS.labels(self.service, route, str(status)).inc()
-            if path not in self.quiet_paths:
+            self._count(method, route, status, elapsed)
+            if path not in self.quiet_paths and log.isEnabledFor(logging.INFO):
                 extra: dict[str, Any] = {
                     "method": method,
                     "path": path,

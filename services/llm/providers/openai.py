@@ -74,6 +74,7 @@ class OpenAIProvider(Provider):
             config, default_base_url=self._base_url(), headers=self._headers()
         )
         self.stream_usage = bool(config.get("stream_usage", True))
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
 
     # -- hooks the Azure adapter overrides ------------------------------------------------
 
@@ -101,12 +102,16 @@ class OpenAIProvider(Provider):
     # -- requests -------------------------------------------------------------------------
 
     def _post(self, operation: str, model: str, body: dict[str, Any]) -> httpx.Request:
-        return self.client.build_request(
-            "POST",
-            self._url(operation, model),
-            params=self._params() or None,
-            content=orjson.dumps(body),
-        )
+        # the absolute URL is built once per (operation, model): merging and parsing it was a
+        # visible share of every call
+        url = self._urls.get((operation, model))
+        if url is None:
+            url = self.client.build_request(
+                "POST", self._url(operation, model), params=self._params() or None
+            ).url
+            if len(self._urls) < 1024:
+                self._urls[(operation, model)] = url
+        return self.client.build_request("POST", url, content=orjson.dumps(body))
 
     def _chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body = t.merged_params(self.config, request.params)

@@ -41,6 +41,8 @@ class UsageEventRecord(IdMixin, Base):
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the llm service's stored prompt version that served the request (billing_0002)
+    prompt_version_id: Mapped[str | None] = mapped_column(String(64), default=None)
     recorded_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

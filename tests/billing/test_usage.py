@@ -142,3 +142,45 @@ async def test_fields_billing_does_not_store_yet_are_skipped(db: AsyncConnection
         assert await UsageRepository(s).record(ev)
         assert not await UsageRepository(s).record(ev)
     assert await _count(factory, ev.request_id) == 1
+
+
+async def test_prompt_version_is_recorded_and_a_redelivery_still_counts_once(
+    infra: Infra, redis: Redis, db: AsyncConnection
+) -> None:
+    factory = async_sessionmaker(
+        bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    version = str(uuid.uuid4())
+    ev = _event(uuid.uuid4(), prompt_version_id=version)
+    plain = _event(ev.org_id)
+    assert ev.payload()["prompt_version_id"] == version
+    await publish_usage(ev, redis)
+    await publish_usage(plain, redis)
+    # delivered again under another job id (a producer retry after a lost acknowledgement)
+    await enqueue_now(
+        redis, service=BILLING_SERVICE, function=RECORD_USAGE, args=[ev.payload()], job_id="again"
+    )
+    worker = await run_burst(
+        infra.redis_url,
+        BILLING_SERVICE,
+        billing_tasks.functions,
+        ctx={"session_factory": factory},
+        max_jobs=1,
+    )
+    assert worker.jobs_complete == 3 and worker.jobs_failed == 0
+    assert await _count(factory, ev.request_id) == 1
+    async with factory() as s:
+        stored = dict(
+            (
+                await s.execute(
+                    select(UsageEventRecord.request_id, UsageEventRecord.prompt_version_id).where(
+                        UsageEventRecord.request_id.in_([ev.request_id, plain.request_id])
+                    )
+                )
+            ).all()
+        )
+    assert stored == {ev.request_id: version, plain.request_id: None}
+    # an event from before the field existed (no key at all) still validates and records
+    old = plain.payload()
+    del old["prompt_version_id"]
+    assert UsageEvent.model_validate(old).prompt_version_id is None

@@ -79,6 +79,7 @@ class _Call:
     # TPM limits counted for this call and how many tokens were reserved on them
     tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
     tpm_reserved: int = 0
+    prompt_version: uuid.UUID | None = None
 
 
 class LlmService:
@@ -247,6 +248,7 @@ class LlmService:
             ttft_ms=int(ttft_s * 1000) if ttft_s is not None else None,
             cached=cached,
             status=status,
+            prompt_version_id=str(call.prompt_version) if call.prompt_version else None,
         )
 
     def _failed(self, call: _Call) -> None:
@@ -345,6 +347,7 @@ class LlmService:
             body = ctx.body
         alias = self._resolve(body.model, "chat")
         call = _Call(principal, org_id, alias, "chat", call_id)
+        call.prompt_version = ctx.prompt_version_id if ctx else None
         timeout_s = self._timeout(body.timeout, opts.timeout)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # the response cache keys on what the provider gets (hashed in _chat when needed)

@@ -41,6 +41,10 @@ _REQUEST_DROP = _HOP_BY_HOP | {
     b"traceparent",
     b"tracestate",
     b"baggage",
+    # client credentials stop here: services trust only the signed internal token, and a
+    # service (or its logs) never gets a key or token it could replay
+    b"authorization",
+    b"x-api-key",
 }
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # uvicorn adds its own date and server headers; passing the upstream's would duplicate them

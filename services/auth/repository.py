@@ -76,6 +76,16 @@ class SessionRepository(Repository[AuthSession]):
             limit=500,
         )
 
+    async def active_in_org(self, user_id: uuid.UUID, org_id: uuid.UUID) -> list[AuthSession]:
+        """Live sessions of a user whose tokens carry ``org_id``."""
+        return await self.list(
+            AuthSession.user_id == user_id,
+            AuthSession.org_id == org_id,
+            AuthSession.revoked_at.is_(None),
+            order_by=(AuthSession.last_seen_at.desc(), AuthSession.id),
+            limit=500,
+        )
+
     async def revoke(self, sessions: list[AuthSession], now: datetime, reason: str) -> None:
         ids = [s.id for s in sessions if s.revoked_at is None]
         for s in sessions:

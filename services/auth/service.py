@@ -315,6 +315,18 @@ class AuthService:
         await self.sessions.revoke(live, utcnow(), reason)
         self._revoked_sessions_published([s.id for s in live])
 
+    async def _end_sessions_in_org(self, user_id: uuid.UUID, org_id: uuid.UUID, reason: str) -> int:
+        """End the sessions whose tokens carry a membership that just shrank or ended.
+
+        Other services trust the roles in the access token; ending the session (and so
+        its refresh tokens) is what makes every gateway refuse those tokens at once. The
+        session-revoked marker alone would not do: gateways remember a revoked session id
+        for good, so a refreshed token of the same session would be refused too.
+        """
+        live = await self.sessions.active_in_org(user_id, org_id)
+        await self._end_sessions(live, reason)
+        return len(live)
+
     # -------------------------------------------------------------------- the caller
 
     async def current_user(self) -> tuple[User, AuthSession | None]:
@@ -943,12 +955,17 @@ class AuthService:
                 await self._ensure_owner_left(org_id, target)
             target.role = role.value
             await self.session.flush()
+            details: dict[str, Any] = {"from": before, "to": role.value}
+            if ROLE_RANK[role] < ROLE_RANK[Role(before)]:
+                # less rights now, not at the next refresh; more rights can wait for it
+                ended = await self._end_sessions_in_org(user_id, org_id, "role_changed")
+                details["sessions_ended"] = ended
             await self.audit(
                 "org.member.role_changed",
                 org_id=org_id,
                 target_type="user",
                 target_id=user_id,
-                details={"from": before, "to": role.value},
+                details=details,
             )
         target_user = await self.users.get(user_id)
         assert target_user is not None
@@ -976,7 +993,14 @@ class AuthService:
         await self._ensure_owner_left(org_id, target)
         await self.session.delete(target)
         await self.session.flush()
-        await self.audit("org.member.removed", org_id=org_id, target_type="user", target_id=user_id)
+        ended = await self._end_sessions_in_org(user_id, org_id, "member_removed")
+        await self.audit(
+            "org.member.removed",
+            org_id=org_id,
+            target_type="user",
+            target_id=user_id,
+            details={"sessions_ended": ended},
+        )
         # what they created there stops working with their membership
         keys = await self.api_keys.live_of_member(org_id, user_id)
         await self._revoke_keys(keys, org_id, reason="member_removed")

@@ -42,6 +42,7 @@ from services.llm.streaming import DONE, Assembler, replay_chunks, sse
 log = logging.getLogger("aistack.llm")
 
 TPM_WINDOW_S = 60.0
+PUBLISH_CONCURRENCY = 8
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _STARTED = int(time.time())
@@ -98,6 +99,10 @@ class LlmService:
         self.dispatcher = Dispatcher(providers, settings)
         self.publisher = publisher or (lambda event: publish_usage(event, redis))
         self._tasks: set[asyncio.Task[None]] = set()
+        # usage events are queued by at most this many tasks at once: under load, one task
+        # per event exhausted the Redis pool ("Too many connections") and events waited on
+        # retries (see _emit)
+        self._publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
         # the app's session factory, looked up per call (prompts and conversations only)
         self.sessions: Callable[[], async_sessionmaker[AsyncSession] | None] = lambda: None
 
@@ -275,7 +280,8 @@ class LlmService:
         async def send() -> None:
             for attempt in range(5):
                 try:
-                    await self.publisher(event)
+                    async with self._publish_slots:
+                        await self.publisher(event)
                     return
                 except Exception:
                     log.warning(

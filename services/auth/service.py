@@ -560,6 +560,14 @@ class AuthService:
         if user.password_hash and needs_rehash(user.password_hash):
             user.password_hash = await hash_password_async(body.password)
         org_id, role = await self._org_for(user, body.org_id)
+        return await self._start_session(
+            user, org_id, role, {"second_factor": user.totp_enabled_at is not None}
+        )
+
+    async def _start_session(
+        self, user: User, org_id: uuid.UUID, role: str, details: dict[str, Any]
+    ) -> TokenPair:
+        """A new session (device) for a user who just proved who they are, with its tokens."""
         sess = AuthSession(
             user_id=user.id,
             org_id=org_id,
@@ -574,7 +582,7 @@ class AuthService:
             actor_user_id=user.id,
             target_type="session",
             target_id=sess.id,
-            details={"second_factor": user.totp_enabled_at is not None},
+            details=details,
         )
         return pair
 
@@ -1434,23 +1442,9 @@ class AuthService:
             link_by_email = cfg.link_by_verified_email
         user = await self._user_for_identity(ext, link_by_email)
         org_id, role = await self._org_for(user, None)
-        sess = AuthSession(
-            user_id=user.id,
-            org_id=org_id,
-            user_agent=self.ctx.client.user_agent[:512],
-            ip=self.ctx.client.ip,
+        return await self._start_session(
+            user, org_id, role, {"method": "oauth", "provider": provider}
         )
-        await self.sessions.add(sess)
-        pair = await self._issue(user, sess, role)
-        await self.audit(
-            "auth.login.succeeded",
-            org_id=org_id,
-            actor_user_id=user.id,
-            target_type="session",
-            target_id=sess.id,
-            details={"method": "oauth", "provider": provider},
-        )
-        return pair
 
     async def _user_for_identity(self, ext: oauth.ExternalIdentity, link_by_email: bool) -> User:
         now = utcnow()

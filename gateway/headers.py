@@ -6,7 +6,6 @@ import base64
 import hashlib
 import re
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # JSON answers need nothing from a browser; nobody may frame any page of the API
@@ -34,6 +33,17 @@ def docs_csp(html: str, *, local_assets: bool) -> str:
         "font-src 'self' data:; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
+
+
+# always the gateway's
+_REPLACED = frozenset({b"x-content-type-options"})
+_REPLACED_TLS = _REPLACED | {b"strict-transport-security"}
+# set unless the route set its own
+_DEFAULTS = (
+    (b"content-security-policy", API_CSP.encode("latin-1")),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
 
 
 class SecurityHeadersMiddleware:
@@ -66,19 +76,24 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         tls = self._over_tls(scope)
+        hsts = self.hsts.encode("latin-1")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                if "content-security-policy" not in headers:
-                    headers["Content-Security-Policy"] = API_CSP
-                if "referrer-policy" not in headers:
-                    headers["Referrer-Policy"] = "no-referrer"
-                if "x-frame-options" not in headers:
-                    headers["X-Frame-Options"] = "DENY"
+                # raw header list, no MutableHeaders: this runs on every answer
+                raw = message.get("headers")
+                headers = list(raw) if raw is not None else []
+                present = {k.lower() for k, _ in headers}
+                replaced = _REPLACED_TLS if tls else _REPLACED
+                if not replaced.isdisjoint(present):
+                    headers = [(k, v) for k, v in headers if k.lower() not in replaced]
+                headers.append((b"x-content-type-options", b"nosniff"))
+                for name, value in _DEFAULTS:
+                    if name not in present:
+                        headers.append((name, value))
                 if tls:
-                    headers["Strict-Transport-Security"] = self.hsts
+                    headers.append((b"strict-transport-security", hsts))
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

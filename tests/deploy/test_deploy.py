@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +104,30 @@ def test_local_plan_runs_gateway_services_and_workers() -> None:
 def test_readme_configuration_table_is_current() -> None:
     readme = (ROOT / "README.md").read_text()
     assert config_table.render_readme(readme) == readme, "run `make docs` to refresh the table"
+
+
+def _interpolate(value: str) -> str:
+    """Compose's ${VAR:?err} / ${VAR:-default}, with a strong stand-in for required values."""
+
+    def one(m: re.Match[str]) -> str:
+        return "s3cret-" + "x" * 40 if m.group(2) == "?" else m.group(3)
+
+    return re.sub(r"\$\{(\w+):([?-])([^}]*)\}", one, value)
+
+
+@pytest.mark.parametrize("service", ["gateway", "auth", "llm", "rag", "jobs", "billing"])
+def test_compose_environment_starts_each_app_in_production(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every secret production refuses by default is set by compose (else the app would exit)."""
+    doc = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    env = {k: _interpolate(str(v)) for k, v in doc["services"][service]["environment"].items()}
+    assert env["ENVIRONMENT"] == "production"
+    for key in list(os.environ):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    module, cls_name = next((m, c) for app, m, c in config_table.APPS if app == service)
+    settings = getattr(importlib.import_module(module), cls_name)()
+    assert settings.environment == "production"
+    assert settings.database_url.startswith("postgresql+asyncpg://aistack:")

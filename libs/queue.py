@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import logging
 import pickle
 import time
@@ -45,12 +46,14 @@ from typing import Any, Literal
 import orjson
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import expires_extra_ms as arq_expires_extra_ms
+from arq.jobs import serialize_job
 from arq.worker import Function, Retry
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import NoScriptError, WatchError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.context import get_request_id, new_request_id, request_id_var
@@ -350,6 +353,128 @@ async def enqueue_now(
         defer_by=defer_by,
         expires=expires,
     )
+
+
+@dataclass
+class PreparedJob:
+    """A job captured where it is decided (request id and trace of that moment), sent later."""
+
+    service: str
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    job_id: str
+    meta: dict[str, Any]
+
+
+def prepare_job(
+    *,
+    service: str,
+    function: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    org_id: Any = None,
+    user_id: Any = None,
+) -> PreparedJob:
+    """Capture a job now (metadata from the current request) for :func:`enqueue_prepared`."""
+    return PreparedJob(
+        service=service,
+        function=function,
+        # round-trip through JSON so what runs is exactly what a retry would replay
+        args=orjson.loads(_json(list(args))),
+        kwargs=orjson.loads(_json(dict(kwargs or {}))),
+        job_id=job_id or new_job_id(),
+        meta=_build_meta(service, org_id, user_id),
+    )
+
+
+# arq's enqueue_job (WATCH, EXISTS, MULTI PSETEX ZADD EXEC) plus our ``queued`` event, for many
+# jobs in one atomic round trip; a job whose id is queued or finished is skipped, as arq does.
+# KEYS: events stream, then (job key, result key, queue) per job.
+# ARGV: maxlen, then per job: job id, payload, expires ms, score, n fields, fields...
+_ENQUEUE_MANY = """
+local out = {}
+local a = 2
+local n = (#KEYS - 1) / 3
+for i = 1, n do
+  local job_key, result_key, queue = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local job_id, payload, expires_ms, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local nfields = tonumber(ARGV[a + 4])
+  local fields = {}
+  for j = 1, 2 * nfields do fields[j] = ARGV[a + 4 + j] end
+  a = a + 5 + 2 * nfields
+  if redis.call('EXISTS', job_key, result_key) == 0 then
+    redis.call('PSETEX', job_key, expires_ms, payload)
+    redis.call('ZADD', queue, score, job_id)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+# Redis names scripts by SHA-1 (not a security use)
+_ENQUEUE_MANY_SHA = hashlib.sha1(_ENQUEUE_MANY.encode(), usedforsecurity=False).hexdigest()
+
+
+async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str | None]:
+    """Enqueue prepared jobs now, in one round trip; per job its id, or None for a duplicate.
+
+    The same Redis effects as :func:`enqueue_now` for each job (arq's job key and queue entry,
+    the ``queued`` lifecycle event), at a fraction of the round trips: for producers of many
+    small jobs on a hot path (usage events).
+    """
+    if not jobs:
+        return []
+    # what as_arq(pool) would use, without building a client per call
+    serializer = pool.job_serializer if isinstance(pool, ArqRedis) else None
+    expires_ms = pool.expires_extra_ms if isinstance(pool, ArqRedis) else arq_expires_extra_ms
+    keys: list[str] = [EVENTS_STREAM]
+    argv: list[Any] = [EVENTS_MAXLEN]
+    enqueue_time_ms = int(time.time() * 1000)
+    for job in jobs:
+        queue = queue_name(job.service)
+        payload = serialize_job(
+            job.function,
+            tuple(job.args),
+            {META_KWARG: job.meta, **job.kwargs},
+            None,
+            enqueue_time_ms,
+            serializer=serializer,
+        )
+        fields = JobEvent(
+            job_id=job.job_id,
+            service=job.service,
+            function=job.function,
+            status="queued",
+            attempt=1,
+            progress=0,
+            org_id=job.meta.get("org_id"),
+            user_id=job.meta.get("user_id"),
+            request_id=job.meta.get("request_id"),
+            trace_id=_trace_id_from_carrier(job.meta.get("trace") or {}),
+            queue=queue,
+            args=job.args,
+            kwargs=job.kwargs,
+        ).to_fields()
+        keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, queue]
+        argv += [job.job_id, payload, expires_ms, enqueue_time_ms, len(fields)]
+        for name, value in fields.items():
+            argv += [name, value]
+    try:
+        flags = await pool.evalsha(_ENQUEUE_MANY_SHA, len(keys), *keys, *argv)  # type: ignore[misc]
+    except NoScriptError:
+        flags = await pool.eval(_ENQUEUE_MANY, len(keys), *keys, *argv)  # type: ignore[misc]
+    out: list[str | None] = []
+    for job, flag in zip(jobs, flags, strict=True):
+        if flag:
+            out.append(job.job_id)
+        else:
+            log.info("job %s already queued or recently finished; not enqueued again", job.job_id)
+            out.append(None)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.queue import as_arq, enqueue, enqueue_now
+from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepared, prepare_job
 
 BILLING_SERVICE = "billing"
 RECORD_USAGE = "record_usage"
@@ -90,3 +90,20 @@ async def publish_usage(
         await enqueue(session, redis, **common)
     else:
         await enqueue_now(redis, **common)
+
+
+def prepare_usage(event: UsageEvent) -> PreparedJob:
+    """Capture a usage event's job where it happens (request id, trace) to send in a batch."""
+    return prepare_job(
+        service=BILLING_SERVICE,
+        function=RECORD_USAGE,
+        args=[event.payload()],
+        job_id=event.job_id,
+        org_id=event.org_id,
+        user_id=event.user_id,
+    )
+
+
+async def publish_usage_batch(jobs: list[PreparedJob], redis: Redis) -> None:
+    """Send prepared usage events now, in one round trip (duplicates collapse by job id)."""
+    await enqueue_prepared(redis, jobs)

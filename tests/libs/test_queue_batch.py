@@ -1,0 +1,91 @@
+"""Batched enqueue (the llm's usage events): the same jobs and events as enqueue_now, once each."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from arq.jobs import Job
+from redis.asyncio import Redis
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+
+from libs.context import request_id_var
+from libs.queue import as_arq, enqueue_now, enqueue_prepared, prepare_job, queue_name
+from libs.testing import Infra
+from libs.usage import BILLING_SERVICE, UsageEvent, prepare_usage
+from services.billing import tasks as billing_tasks
+from services.billing.models import UsageEventRecord
+from tests.queue.helpers import events_for, run_burst
+
+
+def _event(org: uuid.UUID) -> UsageEvent:
+    return UsageEvent(
+        request_id=uuid.uuid4().hex,
+        org_id=org,
+        model="gpt-4o-mini",
+        provider="openai",
+        prompt_tokens=12,
+        completion_tokens=9,
+        cost_usd=Decimal("0.0000072"),
+        latency_ms=3,
+    )
+
+
+async def test_prepared_jobs_look_like_enqueue_now(redis: Redis) -> None:
+    args = [{"n": 1, "when": "x"}]
+    token = request_id_var.set("req-one")
+    try:
+        job = prepare_job(service="billing", function="f", args=args, job_id="batch-1")
+    finally:
+        request_id_var.reset(token)
+    await enqueue_now(redis, service="billing", function="f", args=args, job_id="single-1")
+
+    assert await enqueue_prepared(redis, [job]) == ["batch-1"]
+    arq = as_arq(redis)
+    queued = {m.decode() for m in await redis.zrange(queue_name("billing"), 0, -1)}
+    assert {"batch-1", "single-1"} <= queued
+    batch = await Job("batch-1", arq, _queue_name=queue_name("billing")).info()
+    single = await Job("single-1", arq, _queue_name=queue_name("billing")).info()
+    assert batch is not None and single is not None
+    assert (batch.function, batch.args) == (single.function, single.args) == ("f", tuple(args))
+    assert batch.kwargs["_meta"].keys() == single.kwargs["_meta"].keys()
+    # the request id of the moment the job was prepared, not of the moment it was sent
+    assert batch.kwargs["_meta"]["request_id"] == "req-one"
+    [queued_event] = await events_for(redis, "batch-1")
+    assert (queued_event.status, queued_event.request_id) == ("queued", "req-one")
+    assert queued_event.args == args
+
+
+async def test_duplicates_are_skipped_within_and_across_batches(redis: Redis) -> None:
+    a = prepare_job(service="billing", function="f", job_id="dup-a")
+    b = prepare_job(service="billing", function="f", job_id="dup-b")
+    assert await enqueue_prepared(redis, [a, b, a]) == ["dup-a", "dup-b", None]
+    assert await enqueue_prepared(redis, [b]) == [None]
+    assert await enqueue_now(redis, service="billing", function="f", job_id="dup-a") is None
+    assert len(await events_for(redis, "dup-a")) == 1
+    assert await enqueue_prepared(redis, []) == []
+
+
+async def test_batched_usage_events_are_recorded_once(
+    infra: Infra, redis: Redis, db: AsyncConnection
+) -> None:
+    org = uuid.uuid4()
+    events = [_event(org) for _ in range(5)]
+    jobs = [prepare_usage(e) for e in events]
+    await enqueue_prepared(redis, jobs)
+    await enqueue_prepared(redis, jobs[:2])  # a retried batch changes nothing
+    factory = async_sessionmaker(
+        bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    worker = await run_burst(
+        infra.redis_url,
+        BILLING_SERVICE,
+        billing_tasks.functions,
+        ctx={"session_factory": factory},
+        max_jobs=1,
+    )
+    assert worker.jobs_complete == 5 and worker.jobs_failed == 0
+    async with factory() as s:
+        count = await s.scalar(select(func.count()).where(UsageEventRecord.org_id == org))
+    assert count == 5

@@ -1,0 +1,3 @@
+"""The aistack gateway."""
+
+import libs  # noqa: F401  (before httpx: see libs/__init__.py)

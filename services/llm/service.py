@@ -39,7 +39,7 @@ from services.llm.providers.base import EmbeddingRequest as ProviderEmbeddingReq
 from services.llm.routing import Alias, Price, RoutingConfig, Target
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.settings import LlmSettings
-from services.llm.streaming import DONE, Assembler, replay_chunks, sse
+from services.llm.streaming import DONE, Assembler, IdleTimeout, replay_chunks, sse
 
 log = logging.getLogger("aistack.llm")
 
@@ -562,6 +562,7 @@ class LlmService:
         finished = False
         failed = False
         base = {"id": call.id, "object": "chat.completion.chunk"}
+        idle = IdleTimeout(timeout_s)
         try:
             chunk = first
             while chunk is not None:
@@ -574,8 +575,7 @@ class LlmService:
                         out.pop("usage", None)
                     yield sse(out)
                 try:
-                    async with asyncio.timeout(timeout_s):
-                        chunk = await anext(upstream)
+                    chunk = await idle.wait(anext(upstream))
                 except StopAsyncIteration:
                     chunk = None
             if include_usage:
@@ -607,6 +607,7 @@ class LlmService:
                 }
             )
         finally:
+            idle.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await close_stream(upstream)
             usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)

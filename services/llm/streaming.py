@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
+
+T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 
@@ -123,3 +127,59 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
     if include_usage:
         chunks.append({**base, "choices": [], "usage": completion.get("usage")})
     return chunks
+
+
+class IdleTimeout:
+    """The longest wait for the next chunk of a stream, enforced by one timer per stream.
+
+    ``asyncio.timeout`` around each chunk creates and cancels a timer per chunk, a visible
+    share of relaying a stream. Here :meth:`wait` runs the awaitable with a deadline that only
+    moves forward; the timer fires rarely (once per ``seconds`` at most) and, when the deadline
+    has passed while waiting, cancels the waiting task, which :meth:`wait` turns into
+    ``TimeoutError``, as ``asyncio.timeout`` does.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_task", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._fired = False
+
+    async def wait(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``; ``TimeoutError`` if it takes longer than ``seconds``."""
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline = loop.time() + self.seconds
+        if self._handle is None:
+            self._handle = loop.call_at(self._deadline, self._check)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            task = self._task
+            if self._fired and task is not None and task.uncancel() == 0:
+                self._fired = False
+                raise TimeoutError from None
+            raise
+        finally:
+            self._deadline = None
+
+    def _check(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None or self._task is None:
+            return  # not waiting now: the next wait() sets a timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            self._fired = True
+            self._task.cancel()
+        else:
+            self._handle = loop.call_at(deadline, self._check)
+
+    def close(self) -> None:
+        """Drop the timer (the stream is over)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

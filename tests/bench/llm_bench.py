@@ -14,10 +14,12 @@ import asyncio
 import json
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.bench import load
 from tests.bench.stack import Stack, stack
@@ -74,7 +76,24 @@ def _stream_ok(status: int, body: bytes) -> bool:
     return status == 200 and body.rstrip().endswith(b"data: [DONE]")
 
 
-async def measure(gateway: str, key: str, duration: float) -> list[load.Result]:
+def cpu_probe(procs: dict[str, psutil.Process]) -> Callable[[], dict[str, float]]:
+    """CPU seconds (user + system) used so far by each process, the load generator included."""
+    me = psutil.Process()
+
+    def probe() -> dict[str, float]:
+        out = {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+        out["load generator"] = sum(me.cpu_times()[:2])
+        return out
+
+    return probe
+
+
+async def measure(
+    gateway: str,
+    key: str,
+    duration: float,
+    probe: Callable[[], dict[str, float]] | None = None,
+) -> list[load.Result]:
     headers = {"authorization": f"Bearer {key}"}
     url = f"{gateway}/v1/chat/completions"
     results = []
@@ -88,6 +107,7 @@ async def measure(gateway: str, key: str, duration: float) -> list[load.Result]:
                 headers=headers,
                 concurrency=concurrency,
                 duration=duration,
+                cpu_probe=probe,
             )
         )
         results.append(
@@ -100,6 +120,7 @@ async def measure(gateway: str, key: str, duration: float) -> list[load.Result]:
                 concurrency=concurrency,
                 duration=duration,
                 check=_stream_ok,
+                cpu_probe=probe,
             )
         )
     return results
@@ -113,20 +134,42 @@ def report(results: list[load.Result], memory: dict[str, tuple[float, float]]) -
     for r in results:
         row = f"| {r.name} | {r.concurrency} | {r.rps:,.0f} | {r.p50:.2f} | {r.p99:.2f}"
         lines.append(f"{row} | {r.errors} |")
+    names = list(results[0].cpu_ms) if results and results[0].cpu_ms else []
+    if names:
+        # steadier than requests/s when other work shares the machine
+        lines += [
+            "",
+            "| CPU ms per request | Concurrency | " + " | ".join(names) + " | total |",
+            "|---|---:|" + "---:|" * (len(names) + 1),
+        ]
+        for r in results:
+            cells = " | ".join(f"{r.cpu_ms[n]:.2f}" for n in names)
+            total = sum(r.cpu_ms.values())
+            lines.append(f"| {r.name} | {r.concurrency} | {cells} | {total:.2f} |")
     lines += ["", "| Process | RSS idle MiB | RSS after load MiB |", "|---|---:|---:|"]
     for name, (idle, after) in memory.items():
         lines.append(f"| {name} | {idle:.0f} | {after:.0f} |")
     return "\n".join(lines)
 
 
-def run_bench(duration: float) -> str:
+def run_bench(duration: float, log_level: str = "WARNING") -> str:
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
+        # WARNING: no access line per request; INFO (the default in deployments) adds them
+        s.env["LOG_LEVEL"] = log_level
         upstream = s.start("fake-openai", "tests.bench.fake_openai:app", factory=False)
         config = models_yaml(upstream.url, Path(tmp))
         procs = _start_services(s, config)
         idle = {name: p.rss_mb() for name, p in procs.items()}
         key = api_key(procs["gateway"].url)
-        results = asyncio.run(measure(procs["gateway"].url, key, duration))
+        watched = {
+            "gateway": psutil.Process(procs["gateway"].popen.pid),
+            "llm": psutil.Process(procs["llm"].popen.pid),
+            "upstream": psutil.Process(upstream.popen.pid),
+        }
+        for child in psutil.Process().children(recursive=True):
+            if "redis" in child.name():  # the embedded Redis (rate limits, usage queue)
+                watched["redis"] = child
+        results = asyncio.run(measure(procs["gateway"].url, key, duration, cpu_probe(watched)))
         memory = {name: (idle[name], p.rss_mb()) for name, p in procs.items()}
         return report(results, memory)
 
@@ -145,8 +188,11 @@ def _start_services(s: Stack, config: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.llm_bench")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="LOG_LEVEL of the processes (INFO: access lines)"
+    )
     args = parser.parse_args()
-    print(run_bench(args.duration))
+    print(run_bench(args.duration, args.log_level))
 
 
 if __name__ == "__main__":

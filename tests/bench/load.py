@@ -26,6 +26,8 @@ class Result:
     errors: int
     seconds: float
     latencies_ms: list[float] = field(repr=False, default_factory=list)
+    # CPU time per measured request, in ms, by process (when a probe was given)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -70,8 +72,13 @@ async def run(
     duration: float = 5.0,
     warmup: float = 1.0,
     check: Check = _ok,
+    cpu_probe: Callable[[], dict[str, float]] | None = None,
 ) -> Result:
-    """Send requests from ``concurrency`` clients for ``duration`` seconds after a warm-up."""
+    """Send requests from ``concurrency`` clients for ``duration`` seconds after a warm-up.
+
+    ``cpu_probe`` returns CPU seconds used so far by each process of interest; read at the
+    start and end of the measured window, it gives CPU time per request.
+    """
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     latencies: list[float] = []
     errors = 0
@@ -104,9 +111,14 @@ async def run(
 
         tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
         await asyncio.sleep(warmup)
+        cpu_before = cpu_probe() if cpu_probe else {}
         measuring = True
         began = time.perf_counter()
         stop_at = began + duration
         await asyncio.gather(*tasks)
         took = time.perf_counter() - began
-    return Result(name, concurrency, count, errors, took, latencies)
+        cpu_after = cpu_probe() if cpu_probe else {}
+    cpu_ms = {
+        name: 1000 * (cpu_after[name] - cpu_before[name]) / max(count, 1) for name in cpu_after
+    }
+    return Result(name, concurrency, count, errors, took, latencies, cpu_ms)

@@ -1,14 +1,19 @@
-"""Every service's migrations upgrade, downgrade to nothing, and upgrade again, cleanly."""
+"""Every service's migrations upgrade, downgrade to nothing, and upgrade again, cleanly, and
+build exactly the schema its models describe."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import uuid
+from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from libs import migrations
 from libs.testing import Infra
@@ -49,3 +54,23 @@ async def test_upgrade_downgrade_upgrade(service: str, scratch_db: str) -> None:
     assert await _tables(scratch_db, service) == {"alembic_version"}
     await asyncio.to_thread(migrations.upgrade, service, scratch_db)
     assert await _tables(scratch_db, service) == tables
+
+
+@pytest.mark.parametrize("service", migrations.SERVICES)
+async def test_models_match_migrations(service: str, db: AsyncConnection) -> None:
+    """The migrations build exactly the schema the service's models describe."""
+    metadata = importlib.import_module(f"services.{service}.models").Base.metadata
+
+    def diff(conn: Connection) -> list[Any]:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": True,
+                "include_name": lambda name, type_, _p: type_ != "schema" or name == service,
+                "compare_type": True,
+                "version_table_schema": service,
+            },
+        )
+        return list(compare_metadata(ctx, metadata))
+
+    assert await db.run_sync(diff) == []

@@ -34,7 +34,7 @@ def upgrade() -> None:
             "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_knowledge_bases")),
-        sa.UniqueConstraint("org_id", "name", name=op.f("uq_knowledge_bases_org_id")),
+        sa.UniqueConstraint("org_id", "name", name=op.f("uq_knowledge_bases_org_id_name")),
         schema="rag",
     )
     op.create_index(

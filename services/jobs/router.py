@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -101,9 +102,11 @@ async def job_events(
     org_id = job.org_id
     factory = request.app.state.session_factory
     interval = float(request.app.state.settings.sse_poll_seconds)
+    heartbeat = float(request.app.state.settings.sse_heartbeat_seconds)
 
     async def stream() -> AsyncIterator[bytes]:
         last: tuple[object, ...] | None = None
+        quiet_since = time.monotonic()
         while True:
             async with factory() as s:
                 row = await JobRepository(s).get_for_org(org_id, job_id) if org_id else None
@@ -114,7 +117,11 @@ async def job_events(
             key = (snapshot["status"], snapshot["progress"], snapshot["message"])
             if key != last:
                 last = key
+                quiet_since = time.monotonic()
                 yield _sse("progress", snapshot)
+            elif time.monotonic() - quiet_since >= heartbeat:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
             if snapshot["status"] in TERMINAL_STATUSES:
                 yield _sse("end", {"id": job_id, "status": snapshot["status"]})
                 return

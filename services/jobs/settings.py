@@ -16,6 +16,8 @@ class JobsSettings(ServiceSettings):
     port: int = 8004
     # how often the SSE progress stream re-reads a job
     sse_poll_seconds: float = 0.5
+    # a comment line on a quiet event stream, so proxies and clients do not time it out
+    sse_heartbeat_seconds: float = 15.0
     # how long the events consumer blocks on XREADGROUP before looping
     consumer_block_ms: int = 5000
     # pending events of a dead consumer are claimed after this idle time

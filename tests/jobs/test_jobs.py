@@ -380,7 +380,7 @@ async def test_progress_stream_follows_a_running_job_until_it_ends(
             await JobRepository(session).apply_event(ev)
 
     await apply("running", 0, progress=10)
-    app = build_app(JobsSettings(sse_poll_seconds=0.02))
+    app = build_app(JobsSettings(sse_poll_seconds=0.02, sse_heartbeat_seconds=0.1))
     try:
         async with client_for(app) as c:
             stream = asyncio.create_task(
@@ -402,3 +402,5 @@ async def test_progress_stream_follows_a_running_job_until_it_ends(
     assert (snapshots[0]["status"], snapshots[0]["progress"]) == ("running", 10)
     assert (snapshots[-1]["status"], snapshots[-1]["progress"]) == ("succeeded", 100)
     assert blocks[-1][0] == "event: end"
+    # the quiet half second between snapshots carried keep-alive comments
+    assert [": keep-alive"] in blocks

@@ -330,6 +330,7 @@ async def drain(events: AsyncIterator[Any], *, within: float = 1.0) -> None:
 
 
 MessageExtractor = Callable[[bytes], "str | None"]
+RetryDelayExtractor = Callable[[bytes], "float | None"]
 
 
 async def send(
@@ -337,10 +338,12 @@ async def send(
     provider: str,
     request: httpx.Request,
     extract_message: MessageExtractor,
+    retry_delay: RetryDelayExtractor | None = None,
 ) -> httpx.Response:
     """Send with a streamed body; raise ProviderError for transport failures and non-2xx.
 
-    The caller owns the returned response and must close it.
+    ``retry_delay`` reads a vendor's own retry hint from an error body, used when a retryable
+    answer has no ``Retry-After`` header. The caller owns the returned response and must close it.
     """
     try:
         response = await client.send(request, stream=True)
@@ -358,7 +361,10 @@ async def send(
         message = extract_message(body)
     except Exception:
         message = None
-    raise error_from_response(provider, response, body, message=message)
+    error = error_from_response(provider, response, body, message=message)
+    if retry_delay is not None and error.retryable and error.retry_after is None:
+        error.retry_after = retry_delay(body)
+    raise error
 
 
 async def send_json(
@@ -366,9 +372,10 @@ async def send_json(
     provider: str,
     request: httpx.Request,
     extract_message: MessageExtractor,
+    retry_delay: RetryDelayExtractor | None = None,
 ) -> dict[str, Any]:
     """Send and return the whole JSON object body."""
-    response = await send(client, provider, request, extract_message)
+    response = await send(client, provider, request, extract_message, retry_delay)
     try:
         body = await response.aread()
     except httpx.HTTPError as exc:

@@ -225,36 +225,11 @@ class GeminiProvider(Provider):
 
     async def _open(self, method: str, url: str, **kw: Any) -> httpx.Response:
         request = self.client.build_request(method, url, **kw)
-        try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise h.transport_error(self.name, exc) from exc
-        if response.status_code < 300:
-            return response
-        try:
-            body = await response.aread()
-        except httpx.HTTPError:
-            body = b""
-        finally:
-            await response.aclose()
-        try:
-            message = _error_message(body)
-        except Exception:
-            message = None
-        error = h.error_from_response(self.name, response, body, message=message)
-        if error.retryable and error.retry_after is None:
-            error.retry_after = _retry_delay(body)
-        raise error
+        return await h.send(self.client, self.name, request, _error_message, _retry_delay)
 
     async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
-        response = await self._open(method, url, **kw)
-        try:
-            body = await response.aread()
-        except httpx.HTTPError as exc:
-            raise h.transport_error(self.name, exc) from exc
-        finally:
-            await response.aclose()
-        return h.loads_object(self.name, body)
+        request = self.client.build_request(method, url, **kw)
+        return await h.send_json(self.client, self.name, request, _error_message, _retry_delay)
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request, self.config)

@@ -236,44 +236,26 @@ async def _enqueue(
     defer_by: float | timedelta | None,
     expires: float | timedelta | None,
 ) -> str | None:
-    arq = as_arq(pool)
-    queue = queue_name(service)
-    # round-trip through JSON so what runs is exactly what a retry would replay
-    args_json = orjson.loads(_json(list(args)))
-    kwargs_json = orjson.loads(_json(dict(kwargs)))
-    job_kwargs: dict[str, Any] = {META_KWARG: meta, **kwargs_json}
-    job = await arq.enqueue_job(
-        function,
-        *args_json,
-        _job_id=job_id,
-        _queue_name=queue,
-        _defer_by=defer_by,
-        _expires=expires,
-        **job_kwargs,
+    job = PreparedJob(
+        service=service,
+        function=function,
+        # round-trip through JSON so what runs is exactly what a retry would replay
+        args=orjson.loads(_json(list(args))),
+        kwargs=orjson.loads(_json(dict(kwargs))),
+        job_id=job_id,
+        meta=meta,
+        defer_ms=_ms(defer_by) or 0,
+        expires_ms=_ms(expires),
     )
-    if job is None:
-        log.info("job %s already queued or recently finished; not enqueued again", job_id)
+    (queued,) = await enqueue_prepared(pool, [job])
+    return queued
+
+
+def _ms(value: float | timedelta | None) -> int | None:
+    if value is None:
         return None
-    await emit_event(
-        pool,
-        JobEvent(
-            job_id=job_id,
-            service=service,
-            function=function,
-            status="queued",
-            attempt=1,
-            progress=0,
-            org_id=meta.get("org_id"),
-            user_id=meta.get("user_id"),
-            request_id=meta.get("request_id"),
-            trace_id=_trace_id_from_carrier(meta.get("trace") or {}),
-            queue=queue,
-            args=args_json,
-            kwargs=kwargs_json,
-            retry_of=meta.get("retry_of"),
-        ),
-    )
-    return job_id
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    return round(seconds * 1000)
 
 
 def _trace_id_from_carrier(carrier: Mapping[str, str]) -> str | None:
@@ -365,6 +347,9 @@ class PreparedJob:
     kwargs: dict[str, Any]
     job_id: str
     meta: dict[str, Any]
+    # arq's _defer_by and _expires, in milliseconds
+    defer_ms: int = 0
+    expires_ms: int | None = None
 
 
 def prepare_job(
@@ -421,15 +406,15 @@ _ENQUEUE_MANY_SHA = hashlib.sha1(_ENQUEUE_MANY.encode(), usedforsecurity=False).
 async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str | None]:
     """Enqueue prepared jobs now, in one round trip; per job its id, or None for a duplicate.
 
-    The same Redis effects as :func:`enqueue_now` for each job (arq's job key and queue entry,
-    the ``queued`` lifecycle event), at a fraction of the round trips: for producers of many
-    small jobs on a hot path (usage events).
+    Every enqueue goes through here: arq's job key and queue entry plus the ``queued``
+    lifecycle event, written atomically (a job is never queued without its event), for one job
+    or a batch (usage events on the hot path).
     """
     if not jobs:
         return []
     # what as_arq(pool) would use, without building a client per call
     serializer = pool.job_serializer if isinstance(pool, ArqRedis) else None
-    expires_ms = pool.expires_extra_ms if isinstance(pool, ArqRedis) else arq_expires_extra_ms
+    expires_extra_ms = pool.expires_extra_ms if isinstance(pool, ArqRedis) else arq_expires_extra_ms
     keys: list[str] = [EVENTS_STREAM]
     argv: list[Any] = [EVENTS_MAXLEN]
     enqueue_time_ms = int(time.time() * 1000)
@@ -457,12 +442,16 @@ async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str
             queue=queue,
             args=job.args,
             kwargs=job.kwargs,
+            retry_of=job.meta.get("retry_of"),
         ).to_fields()
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, queue]
         flat: list[str] = []
         for name, value in fields.items():
             flat += (name, value)
-        argv += [job.job_id, payload, expires_ms, enqueue_time_ms, orjson.dumps(flat)]
+        # as arq: run at enqueue time + defer; the job key outlives that by expires_extra_ms
+        expires_ms = job.expires_ms or job.defer_ms + expires_extra_ms
+        score = enqueue_time_ms + job.defer_ms
+        argv += [job.job_id, payload, expires_ms, score, orjson.dumps(flat)]
     try:
         flags = await pool.evalsha(_ENQUEUE_MANY_SHA, len(keys), *keys, *argv)  # type: ignore[misc]
     except NoScriptError:

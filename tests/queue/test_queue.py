@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -249,3 +250,17 @@ async def test_arq_retry_is_a_new_attempt(infra: Infra, redis: Redis) -> None:
         ("running", 2),
         ("succeeded", 2),
     ]
+
+
+async def test_deferred_job_waits_and_expires_later(infra: Infra, redis: Redis) -> None:
+    calls.clear()
+    now_ms = time.time() * 1000
+    jid = await enqueue_now(
+        redis, service=SERVICE, function="record", args=["later"], defer_by=60, expires=120
+    )
+    assert jid is not None
+    score = await redis.zscore(queue_name(SERVICE), jid)
+    assert score is not None and abs(score - (now_ms + 60_000)) < 5_000
+    ttl_ms = await redis.pttl(f"arq:job:{jid}")
+    assert 100_000 < ttl_ms <= 120_000
+    assert [e.status for e in await events_for(redis, jid)] == ["queued"]

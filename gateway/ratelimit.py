@@ -1,9 +1,26 @@
-"""Requests per minute at the gateway: per API key, per user and per organization, together."""
+"""Requests per minute at the gateway: per API key, per user and per organization, together.
+
+Every limit lives in Redis (GCRA, :mod:`libs.ratelimit`), so all gateway processes enforce one
+global limit. A busy principal does not cost a Redis round trip per request: a process takes a
+small *lease* of units at once (counted in Redis when taken) and spends it locally for up to
+``LEASE_SECONDS``. A lease starts at one unit, doubles while it is used up within its time,
+shrinks to what was used when it expires, and never exceeds ``rate_limit_lease_fraction`` of
+the smallest limit involved (1 % by default: 6 of the default 600 per minute), so quiet callers
+are counted exactly, one unit per request, and the count in Redis never passes a limit. What a
+lease changes: a process may serve the units it leased up to a second after counting them, and
+a lease's unspent units expire with it (at most 1 % of a limit, once per burst). Near a limit
+(a lease no longer fits) every request is counted on its own again, so the last units of a
+window go exactly to the requests that fit. ``rate_limit_lease_fraction=0``: one round trip
+per request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from dataclasses import dataclass
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
@@ -12,7 +29,7 @@ from redis.exceptions import RedisError
 from gateway.settings import GatewaySettings
 from libs.errors import RateLimited, ServiceUnavailable
 from libs.identity import Principal
-from libs.ratelimit import hit_many
+from libs.ratelimit import RateDecision, RateDecisions, hit_many
 
 log = logging.getLogger("aistack.gateway.ratelimit")
 
@@ -31,10 +48,37 @@ REFUSED = Counter(
 )
 
 _LOG_EVERY = 10.0
+# how long a process may spend a lease of units after counting it in Redis
+LEASE_SECONDS = 1.0
+LEASE_MAX = 128
+# a refused lease: count one request at a time for this long (the limit is close)
+EXACT_SECONDS = 1.0
+_MAX_LEASES = 50_000
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Units of one set of limits counted in Redis and not yet spent by this process."""
+
+    size: int
+    left: int
+    taken: float
+    # the strictest decision when the lease was counted (its ``remaining`` excludes the lease)
+    decision: RateDecision
+    exact_until: float = 0.0
+
+    def headers(self, now: float) -> dict[str, str]:
+        d = self.decision
+        return {
+            "RateLimit-Limit": str(d.limit),
+            "RateLimit-Remaining": str(d.remaining + self.left),
+            "RateLimit-Reset": str(math.ceil(max(0.0, d.reset_seconds - (now - self.taken)))),
+        }
 
 
 class RequestLimiter:
-    """Checks a principal's request limits in one Redis round trip; applies the fail mode."""
+    """Checks a principal's request limits (leased from Redis, see the module's docstring);
+    applies the fail mode when Redis is down."""
 
     def __init__(self, redis: Redis, settings: GatewaySettings) -> None:
         self.redis = redis
@@ -44,8 +88,11 @@ class RequestLimiter:
         self.org_rpm = settings.rate_limit_org_rpm
         self.fail_closed = settings.rate_limit_fail_mode == "closed"
         self.retry_seconds = settings.rate_limit_retry_seconds
+        self.lease_fraction = settings.rate_limit_lease_fraction
         self._down_until = 0.0
         self._logged_at = float("-inf")
+        self._leases: dict[tuple[tuple[str, int], ...], _Lease] = {}
+        self._taking: dict[tuple[tuple[str, int], ...], asyncio.Future[None]] = {}
 
     def limits_for(self, principal: Principal) -> list[tuple[str, str, int]]:
         """``(name, redis key, limit)`` of every limit that applies to ``principal``."""
@@ -66,15 +113,88 @@ class RequestLimiter:
         limits = self.limits_for(principal)
         if not limits:
             return {}
-        if time.monotonic() < self._down_until:
+        cap = min(LEASE_MAX, int(min(limit for _, _, limit in limits) * self.lease_fraction))
+        if cap <= 1:
+            if time.monotonic() < self._down_until:
+                return self._unavailable(None)
+            try:
+                result = await self._hit(limits, 1)
+            except (RedisError, OSError, TimeoutError) as exc:
+                return self._redis_failed(exc)
+            return self._decide(limits, result)
+        ident = tuple((key, limit) for _, key, limit in limits)
+        while True:
+            now = time.monotonic()
+            lease = self._leases.get(ident)
+            if lease is not None and lease.left > 0 and now - lease.taken < LEASE_SECONDS:
+                lease.left -= 1
+                return lease.headers(now)
+            taking = self._taking.get(ident)
+            if taking is None:
+                break
+            # another request of this principal is taking the next lease: share it
+            await asyncio.shield(taking)
+        if now < self._down_until:
             return self._unavailable(None)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._taking[ident] = done
         try:
-            result = await hit_many(
-                self.redis, [(key, limit, self.window) for _, key, limit in limits]
-            )
+            return await self._take(ident, limits, lease, cap, now)
+        finally:
+            del self._taking[ident]
+            done.set_result(None)
+
+    async def _take(
+        self,
+        ident: tuple[tuple[str, int], ...],
+        limits: list[tuple[str, str, int]],
+        old: _Lease | None,
+        cap: int,
+        now: float,
+    ) -> dict[str, str]:
+        """Count a new lease in Redis (or one unit near the limit) and spend its first unit."""
+        if old is None or now < old.exact_until:
+            size = 1
+        elif old.left == 0 and now - old.taken < LEASE_SECONDS:
+            size = min(cap, old.size * 2)  # used up in time: the caller is busy
+        else:
+            size = max(1, old.size - old.left)  # expired unspent: what was used
+        try:
+            result = await self._hit(limits, size)
+            exact_until = 0.0
+            if not result.allowed and size > 1:
+                exact_until = time.monotonic() + EXACT_SECONDS
+                size = 1
+                result = await self._hit(limits, 1)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + self.retry_seconds
-            return self._unavailable(exc)
+            self._leases.pop(ident, None)
+            return self._redis_failed(exc)
+        taken = time.monotonic()
+        if not result.allowed:
+            exact_until = taken + EXACT_SECONDS
+        if len(self._leases) >= _MAX_LEASES:
+            self._evict()
+        granted = size if result.allowed else 0
+        lease = _Lease(size, max(0, granted - 1), taken, result.strictest(), exact_until)
+        self._leases[ident] = lease
+        headers = self._decide(limits, result)  # raises when refused
+        if size == 1:
+            return headers
+        return lease.headers(taken)
+
+    def _evict(self) -> None:
+        now = time.monotonic()
+        for ident in [i for i, lease in self._leases.items() if now - lease.taken >= 60]:
+            del self._leases[ident]
+        if len(self._leases) >= _MAX_LEASES:
+            self._leases.clear()
+
+    async def _hit(self, limits: list[tuple[str, str, int]], cost: int) -> RateDecisions:
+        return await hit_many(
+            self.redis, [(key, limit, self.window) for _, key, limit in limits], cost
+        )
+
+    def _decide(self, limits: list[tuple[str, str, int]], result: RateDecisions) -> dict[str, str]:
         decision = result.strictest()
         headers = decision.headers()
         if not result.allowed:
@@ -86,6 +206,10 @@ class RequestLimiter:
                 headers=headers,
             )
         return headers
+
+    def _redis_failed(self, exc: BaseException) -> dict[str, str]:
+        self._down_until = time.monotonic() + self.retry_seconds
+        return self._unavailable(exc)
 
     def _unavailable(self, exc: BaseException | None) -> dict[str, str]:
         mode = "closed" if self.fail_closed else "open"

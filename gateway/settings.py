@@ -66,6 +66,9 @@ class GatewaySettings(ServiceSettings):
     rate_limit_key_rpm: int = 600
     rate_limit_user_rpm: int = 600
     rate_limit_org_rpm: int = 3000
+    # a busy caller's units are counted in Redis in small leases instead of one round trip per
+    # request; a lease is at most this fraction of the smallest limit involved (0: exact)
+    rate_limit_lease_fraction: float = Field(default=0.01, ge=0, le=0.1)
     # failed authentications per client address per window; then 429 (0: no limit)
     rate_limit_auth_failures: int = 30
     # Redis down: let requests through ("open") or refuse them with 503 ("closed")

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from gateway.ratelimit import KEY_PREFIX
+from libs.ratelimit import hit_many
 from libs.testing import Infra
 from tests.gateway.authfake import FakeAuth
 from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
@@ -186,3 +188,73 @@ async def test_failed_authentications_per_address_are_limited(
             await two.get("/v1/jobs", headers={"authorization": "Bearer x", **attacker})
         ).status_code == 401
         assert (await two.get("/v1/jobs", headers={**token, **attacker})).status_code == 429
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
+
+
+async def _counted(redis: Redis, key_id: str, limit: int, window: int = 60) -> int:
+    """Units of the key's limit counted in Redis so far (a read: cost 0)."""
+    result = await hit_many(redis, [(f"{KEY_PREFIX}:key:{key_id}", limit, window)], cost=0)
+    return limit - result.decisions[0].remaining
+
+
+async def test_a_busy_key_is_counted_in_leases_with_exact_headers(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    # 1,000 per hour (no noticeable refill during the test): leases of at most 10 units (1 %)
+    key, info = upstream.auth.add_api_key(rpm_limit=1000)
+    settings = gateway_settings(upstream.url, infra.redis_url, rate_limit_window_seconds=3600)
+    async with gateway_client(settings) as gw:
+        before = await _evalsha_calls(redis)
+        remaining = []
+        for _ in range(40):
+            resp = await gw.get("/v1/models", headers={"x-api-key": key})
+            assert resp.status_code == 200
+            assert resp.headers["ratelimit-limit"] == "1000"
+            remaining.append(int(resp.headers["ratelimit-remaining"]))
+        calls = await _evalsha_calls(redis) - before
+    # what the client sees is exact: one unit per request
+    assert remaining == list(range(999, 959, -1))
+    # far fewer round trips than requests (1, 2, 4, 8, then 10 at a time)
+    assert calls <= 8, calls
+    # Redis counted every request, and at most one lease more
+    counted = await _counted(redis, info["key_id"], 1000, 3600)
+    assert 40 <= counted <= 50, counted
+
+
+async def test_leases_never_let_more_through_than_the_limit(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    key, _ = upstream.auth.add_api_key(rpm_limit=300)  # leases of up to 3
+    # per hour: no refill while the test runs
+    settings = gateway_settings(upstream.url, infra.redis_url, rate_limit_window_seconds=3600)
+    async with gateway_client(settings) as one, gateway_client(settings) as two:
+        results = await asyncio.gather(
+            *((one, two)[i % 2].get("/v1/models", headers={"x-api-key": key}) for i in range(400))
+        )
+    statuses = [r.status_code for r in results]
+    # near the limit every request is counted on its own: exactly the limit passes
+    assert statuses.count(200) == 300, statuses.count(200)
+    assert statuses.count(429) == 100
+
+
+async def test_a_quiet_key_is_counted_exactly(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    key, info = upstream.auth.add_api_key(rpm_limit=1000)
+    settings = gateway_settings(upstream.url, infra.redis_url, rate_limit_window_seconds=3600)
+    async with gateway_client(settings) as gw:
+        for _ in range(7):  # leases of 1, 2 and 4: all spent
+            assert (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+        assert await _counted(redis, info["key_id"], 1000, 3600) == 7
+        await asyncio.sleep(1.1)  # past the lease time: the next lease is sized on use
+        for _ in range(2):
+            assert (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+            await asyncio.sleep(1.1)
+    # a caller whose leases expire is charged what it used, not a lease each time
+    assert await _counted(redis, info["key_id"], 1000, 3600) <= 7 + 8 + 2

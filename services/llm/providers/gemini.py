@@ -23,6 +23,7 @@ from services.llm.providers.base import (
     EmbeddingRequest,
     ModelInfo,
     Provider,
+    ProviderError,
 )
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -34,6 +35,23 @@ def _error_message(body: bytes) -> str | None:
         data = data[0]
     error = data.get("error") or {}
     return f"{error.get('status', 'ERROR')}: {error.get('message', '')}"
+
+
+#: ``google.rpc.ErrorInfo`` reasons that blame aistack's credentials, whatever the status
+#: (Google answers a wrong API key with 400 INVALID_ARGUMENT, not 401)
+AUTH_REASONS = frozenset({"API_KEY_INVALID"})
+
+
+def _error_reasons(body: bytes) -> set[str]:
+    """The ``ErrorInfo.reason`` values of an error body."""
+    try:
+        data = json.loads(body)
+        if isinstance(data, list):
+            data = data[0]
+        details = data["error"].get("details") or []
+        return {str(d["reason"]) for d in details if isinstance(d, dict) and d.get("reason")}
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return set()
 
 
 def _retry_delay(body: bytes) -> float | None:
@@ -49,6 +67,16 @@ def _retry_delay(body: bytes) -> float | None:
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
     return None
+
+
+def _recording(reasons: set[str]) -> h.MessageExtractor:
+    """The error message extractor, also collecting the body's ErrorInfo reasons."""
+
+    def extract(body: bytes) -> str | None:
+        reasons.update(_error_reasons(body))
+        return _error_message(body)
+
+    return extract
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -225,11 +253,31 @@ class GeminiProvider(Provider):
 
     async def _open(self, method: str, url: str, **kw: Any) -> httpx.Response:
         request = self.client.build_request(method, url, **kw)
-        return await h.send(self.client, self.name, request, _error_message, _retry_delay)
+        reasons: set[str] = set()
+        try:
+            return await h.send(self.client, self.name, request, _recording(reasons), _retry_delay)
+        except ProviderError as exc:
+            self._reclassify(exc, reasons)
+            raise
 
     async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
         request = self.client.build_request(method, url, **kw)
-        return await h.send_json(self.client, self.name, request, _error_message, _retry_delay)
+        reasons: set[str] = set()
+        try:
+            return await h.send_json(
+                self.client, self.name, request, _recording(reasons), _retry_delay
+            )
+        except ProviderError as exc:
+            self._reclassify(exc, reasons)
+            raise
+
+    @staticmethod
+    def _reclassify(error: ProviderError, reasons: set[str]) -> None:
+        """A rejected API key is an authentication failure whatever status carried it (Google
+        answers a wrong key with 400): no retry, but the next target gets its chance."""
+        if reasons & AUTH_REASONS:
+            error.status, error.code, error.retryable = 502, "upstream_auth_failed", False
+            error.retry_after = None
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request, self.config)

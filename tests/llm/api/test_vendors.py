@@ -101,7 +101,7 @@ EMBED_VENDORS = [v for v in VENDORS if VENDORS[v].embed_alias]
 APPS = {
     "azure": lambda b: openai_fake.make_app(b, azure=True),
     "anthropic": anthropic_fake.make_app,
-    "gemini": gemini_fake.make_app,
+    "gemini": lambda b: gemini_fake.make_app(b, api_key=GEMINI_KEY),
     "ollama": ollama_fake.make_app,
 }
 
@@ -144,6 +144,12 @@ def vendor_routing(up: dict[str, Upstream]) -> dict[str, Any]:
     models["claude-embed"] = {
         "type": "embedding",
         "targets": [{"provider": "anthropic", "model": anthropic_fake.MODEL}],
+    }
+    models["gem-then-az"] = {
+        "targets": [
+            {"provider": "gemini", "model": gemini_fake.MODEL},
+            {"provider": "azure", "model": "gpt-4o-mini"},
+        ]
     }
     models["tiny"] = {
         "context_window": 2048,
@@ -607,6 +613,26 @@ async def test_azure_wrong_key_is_a_502(venv: Env) -> None:
         await venv.client.chat.completions.create(model="az", messages=MESSAGES)
     assert exc.value.code == "upstream_auth_failed"
     assert "Access denied" in exc.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_gemini_wrong_key_is_our_credentials_problem(venv: Env, stream: bool) -> None:
+    """Google answers a wrong API key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID): that
+    is aistack's misconfiguration, not a bad request, so the next target gets a chance and the
+    caller never reads "API key not valid" as a verdict on their own key."""
+    provider = venv.service.providers["gemini"]
+    provider.client.headers["x-goog-api-key"] = "AIza-revoked"  # type: ignore[attr-defined]
+    with pytest.raises(openai.InternalServerError) as exc:
+        await venv.client.chat.completions.create(model="gem", messages=MESSAGES, stream=stream)
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_auth_failed"
+    assert "API key not valid" in exc.value.message
+
+    raw = await venv.client.chat.completions.with_raw_response.create(
+        model="gem-then-az", messages=MESSAGES, stream=stream
+    )
+    assert raw.headers["x-aistack-provider"] == "azure"
+    assert raw.headers["x-aistack-fallbacks"] == "1"
 
 
 async def test_vendor_400_is_a_bad_request_with_the_vendors_message(venv: Env, case: Case) -> None:

@@ -36,6 +36,33 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     }
 
 
+def key_error_body(key: str | None) -> tuple[int, dict[str, Any]]:
+    """What Google answers a missing key (403) or a wrong one: 400 INVALID_ARGUMENT with the
+    ErrorInfo reason API_KEY_INVALID, not a 401."""
+    if not key:
+        message = (
+            "Method doesn't allow unregistered callers (callers without established identity)."
+            " Please use API Key or other form of API consumer identity to call this API."
+        )
+        return 403, error_body(403, message)
+    message = "API key not valid. Please pass a valid API key."
+    body = error_body(400, message)
+    body["error"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "API_KEY_INVALID",
+            "domain": "googleapis.com",
+            "metadata": {"service": "generativelanguage.googleapis.com"},
+        },
+        {
+            "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+            "locale": "en-US",
+            "message": message,
+        },
+    ]
+    return 400, body
+
+
 def _usage(behavior: Behavior) -> dict[str, Any]:
     r = behavior.reply
     return {
@@ -127,7 +154,10 @@ def sse(chunks_: list[dict[str, Any]], behavior: Behavior) -> bytes:
     return "".join(frames).encode()
 
 
-def make_app(behavior: Behavior) -> Starlette:
+def make_app(behavior: Behavior, *, api_key: str | None = None) -> Starlette:
+    """With ``api_key``, requests carrying another ``x-goog-api-key`` (or none) are refused as
+    Google refuses them."""
+
     async def models(request: Request) -> Response:
         rest = request.path_params["rest"]
         body: dict[str, Any] = await request.json() if request.method == "POST" else {}
@@ -139,6 +169,10 @@ def make_app(behavior: Behavior) -> Starlette:
                 "json": body,
             }
         )
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if api_key is not None and key != api_key:
+            status, error = key_error_body(key)
+            return JSONResponse(error, status_code=status)
         if behavior.delay:
             await asyncio.sleep(behavior.delay)
         if behavior.status:

@@ -215,6 +215,7 @@ class AnthropicProvider(Provider):
     async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
         maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
         tool_index: dict[int, int] = {}  # anthropic content block index → OpenAI tool index
+        no_arguments: set[int] = set()  # tool blocks that have streamed no input JSON yet
         prompt_tokens = completion_tokens = 0
         stop_reason: str | None = None
         started = False
@@ -238,6 +239,7 @@ class AnthropicProvider(Provider):
                     block = data["content_block"]
                     if block["type"] == "tool_use":
                         tool_index[data["index"]] = len(tool_index)
+                        no_arguments.add(data["index"])
                         yield maker.tool_start(
                             tool_index[data["index"]], block["id"], block["name"]
                         )
@@ -253,7 +255,14 @@ class AnthropicProvider(Provider):
                         # server tool blocks (web search, ...) also stream input JSON
                         and data["index"] in tool_index
                     ):
+                        no_arguments.discard(data["index"])
                         yield maker.tool_arguments(tool_index[data["index"]], delta["partial_json"])
+                elif kind == "content_block_stop":
+                    if data["index"] in no_arguments:
+                        # a call without arguments streams only an empty partial_json; OpenAI
+                        # clients json.loads the arguments, so they must be an object
+                        no_arguments.discard(data["index"])
+                        yield maker.tool_arguments(tool_index[data["index"]], "{}")
                 elif kind == "message_delta":
                     stop_reason = data.get("delta", {}).get("stop_reason") or stop_reason
                     u = data.get("usage") or {}
@@ -270,7 +279,7 @@ class AnthropicProvider(Provider):
                     return
                 elif kind == "error":
                     raise self._event_error(data)
-                # ping, content_block_stop and future event types carry nothing for OpenAI
+                # ping and future event types carry nothing for OpenAI
             except (KeyError, TypeError, AttributeError) as exc:
                 raise h.malformed(self.name, f"unexpected {kind} event: {exc!r}") from None
         raise h.broken_stream(self.name, "no message_stop event")

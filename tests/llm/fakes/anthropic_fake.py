@@ -100,7 +100,9 @@ def events(behavior: Behavior, model: str) -> list[dict[str, Any]]:
     for i, call in enumerate(reply.tool_calls):
         block = {"type": "tool_use", "id": f"toolu_{i:04d}", "name": call.name, "input": {}}
         out.append({"type": "content_block_start", "index": index, "content_block": block})
-        for piece in ["", *_pieces(json.dumps(call.arguments))]:
+        # a call without arguments streams one empty partial_json and nothing else
+        pieces = _pieces(json.dumps(call.arguments)) if call.arguments else []
+        for piece in ["", *pieces]:
             delta = {"type": "input_json_delta", "partial_json": piece}
             out.append({"type": "content_block_delta", "index": index, "delta": delta})
         out.append({"type": "content_block_stop", "index": index})

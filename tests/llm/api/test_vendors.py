@@ -421,6 +421,19 @@ async def test_streaming_wire_format_without_usage(venv: Env, case: Case) -> Non
     assert_usage_event(events_[0], case, 12, 7)
 
 
+async def test_multibyte_text_split_anywhere_on_the_wire(venv: Env, case: Case) -> None:
+    text = "Grüße aus Köln — 東京から 👋🏽, ça va?"
+    case.behavior.reply.text = text
+    case.behavior.split = (1, 3)  # UTF-8 sequences and frame ends cut between reads
+    stream = await venv.client.chat.completions.create(
+        model=case.vendor.alias, messages=MESSAGES, stream=True
+    )
+    got = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert got == text
+    resp = await venv.client.chat.completions.create(model=case.vendor.alias, messages=MESSAGES)
+    assert resp.choices[0].message.content == text
+
+
 # ------------------------------------------------------------------------------ tool calls
 
 
@@ -633,6 +646,60 @@ async def test_gemini_wrong_key_is_our_credentials_problem(venv: Env, stream: bo
     )
     assert raw.headers["x-aistack-provider"] == "azure"
     assert raw.headers["x-aistack-fallbacks"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, "upstream_auth_failed"), (404, "upstream_not_found")]
+)
+async def test_vendor_403_and_404_are_configuration_problems(
+    venv: Env, case: Case, status: int, code: str
+) -> None:
+    """A vendor refusing the account (403) or not knowing the routed model (404: an Ollama
+    model not pulled, a deleted Azure deployment) is the gateway's 502, not retried."""
+    case.behavior.status = status
+    with pytest.raises(openai.InternalServerError) as exc:
+        await venv.client.chat.completions.create(model=case.vendor.alias, messages=MESSAGES)
+    assert exc.value.status_code == 502
+    assert exc.value.code == code
+    assert len(case.chat_requests()) == 1
+
+
+async def test_anthropic_overloaded_is_retried_then_a_502(
+    venv: Env, upstreams: dict[str, Upstream]
+) -> None:
+    anthropic = upstreams["anthropic"]
+    anthropic.behavior.status = 529
+    with pytest.raises(openai.InternalServerError) as exc:
+        await venv.client.chat.completions.create(model="claude", messages=MESSAGES)
+    assert exc.value.status_code == 502
+    assert exc.value.code == "upstream_overloaded"
+    assert "overloaded_error" in exc.value.message
+    assert len(anthropic.behavior.requests) == 2
+
+
+async def test_slow_vendor_times_out(venv: Env, case: Case) -> None:
+    case.behavior.delay = 1.0
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as exc:
+            await venv.client.chat.completions.create(
+                model=case.vendor.alias,
+                messages=MESSAGES,
+                stream=stream,
+                extra_headers={"x-aistack-timeout": "0.2"},
+            )
+        assert exc.value.status_code == 504
+
+
+@pytest.mark.parametrize("alias", ["claude", "llama"])
+async def test_n_above_one_is_refused_where_the_vendor_has_one_choice(
+    venv: Env, upstreams: dict[str, Upstream], alias: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        await venv.client.chat.completions.create(model=alias, messages=MESSAGES, n=2)
+    assert "n must be 1" in exc.value.message
+    assert all(not u.behavior.requests for u in upstreams.values())
+    events = await venv.usage_events()
+    assert len(events) == 1 and events[0]["status"] == "error"
 
 
 async def test_vendor_400_is_a_bad_request_with_the_vendors_message(venv: Env, case: Case) -> None:

@@ -9,6 +9,7 @@ name, which is recovered from the earlier assistant tool call with the same id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -27,6 +28,8 @@ from services.llm.providers.base import (
 )
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+EMBED_BATCH = 100  # the most requests batchEmbedContents takes in one call
+EMBED_CONCURRENCY = 4  # batch calls of one embeddings request in flight at once
 
 
 def _error_message(body: bytes) -> str | None:
@@ -394,13 +397,30 @@ class GeminiProvider(Provider):
             if dims:
                 item["outputDimensionality"] = int(dims)
             requests.append(item)
-        data = await self._json(
-            "POST", f"/v1beta/{model}:batchEmbedContents", json={"requests": requests}
-        )
-        try:
-            vectors = [e["values"] for e in data["embeddings"]]
-        except (KeyError, TypeError) as exc:
-            raise h.malformed(self.name, f"unexpected embeddings shape: {exc!r}") from None
+        # batchEmbedContents refuses more than EMBED_BATCH requests in one call
+        batches = [requests[i : i + EMBED_BATCH] for i in range(0, len(requests), EMBED_BATCH)]
+        slots = asyncio.Semaphore(EMBED_CONCURRENCY)
+
+        async def embed_batch(batch: list[dict[str, Any]]) -> list[Any]:
+            async with slots:
+                data = await self._json(
+                    "POST", f"/v1beta/{model}:batchEmbedContents", json={"requests": batch}
+                )
+            try:
+                vectors = [e["values"] for e in data["embeddings"]]
+            except (KeyError, TypeError) as exc:
+                raise h.malformed(self.name, f"unexpected embeddings shape: {exc!r}") from None
+            if len(vectors) != len(batch):
+                raise h.malformed(self.name, f"{len(vectors)} embeddings for {len(batch)} inputs")
+            return vectors
+
+        if len(batches) == 1:
+            results = [await embed_batch(batches[0])]
+        else:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(embed_batch(b)) for b in batches]
+            results = [task.result() for task in tasks]
+        vectors = [v for batch in results for v in batch]
         return {
             "object": "list",
             "data": [

@@ -792,6 +792,23 @@ async def test_embeddings(venv: Env, embed_case: Case) -> None:
     )
 
 
+async def test_gemini_embeds_more_inputs_than_one_batch_takes(
+    venv: Env, upstreams: dict[str, Upstream]
+) -> None:
+    """batchEmbedContents takes at most 100 inputs; a larger request (OpenAI allows 2048) is
+    split, and the vectors come back in input order."""
+    gemini = upstreams["gemini"]
+    gemini.behavior.embeddings = []  # the fake answers a vector derived from each text
+    texts = [f"chunk {i} of a long document" for i in range(gemini_fake.MAX_BATCH * 2 + 30)]
+    resp = await venv.client.embeddings.create(model="gem-embed", input=texts)
+    assert [d.index for d in resp.data] == list(range(len(texts)))
+    assert [d.embedding for d in resp.data] == [gemini_fake.derived_embedding(t) for t in texts]
+    sizes = sorted(len(r["json"]["requests"]) for r in gemini.behavior.requests)
+    assert sizes == [30, gemini_fake.MAX_BATCH, gemini_fake.MAX_BATCH]
+    events = await venv.usage_events()
+    assert len(events) == 1 and events[0]["prompt_tokens"] == resp.usage.prompt_tokens > 0
+
+
 async def test_embedding_dimensions_are_forwarded(venv: Env, embed_case: Case) -> None:
     vendor = embed_case.vendor
     assert vendor.embed_alias

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from typing import Any
 
 from google.genai import types
@@ -18,6 +19,14 @@ from tests.llm.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "gemini-2.5-flash"
 SIGNATURE = "Q2lRQlZLaG5fc2lnbmF0dXJl"  # opaque base64, echoed back by clients
+
+MAX_BATCH = 100  # batchEmbedContents refuses more requests than this in one call
+
+
+def derived_embedding(text: str) -> list[float]:
+    """The vector the fake answers for ``text`` when the behaviour sets no embeddings."""
+    return [float(zlib.crc32(text.encode()) % 1_000_000), float(len(text))]
+
 
 STATUSES = {
     400: "INVALID_ARGUMENT",
@@ -207,9 +216,18 @@ def make_app(behavior: Behavior, *, api_key: str | None = None) -> Starlette:
                 media_type="text/event-stream",
             )
         if method == "batchEmbedContents":
-            out = {
-                "embeddings": [{"values": v} for v in behavior.embeddings[: len(body["requests"])]]
-            }
+            requests = body["requests"]
+            if len(requests) > MAX_BATCH:
+                message = (
+                    f"* BatchEmbedContentsRequest.requests: at most {MAX_BATCH} requests can be"
+                    " in one batch\n"
+                )
+                return JSONResponse(error_body(400, message), status_code=400)
+            if behavior.embeddings:
+                vectors = behavior.embeddings[: len(requests)]
+            else:
+                vectors = [derived_embedding(r["content"]["parts"][0]["text"]) for r in requests]
+            out = {"embeddings": [{"values": v} for v in vectors]}
             types.EmbedContentResponse.model_validate(out)
             return JSONResponse(out)
         return JSONResponse(error_body(404, f"unknown method {method}"), status_code=404)

@@ -13,8 +13,12 @@ will be full again. A cost ``c`` moves it to ``max(TAT, now) + c * interval``; t
 allowed while that stays within ``window`` of now. Bursts up to ``limit`` pass at once, then
 the bucket refills smoothly (no fixed-window double bursts at minute boundaries).
 
-With Redis Cluster, all keys of one :func:`hit_many` call must share a hash slot
-(``{...}`` hash tags).
+Units counted ahead of time (a TPM reservation that turned out larger than the real usage)
+are given back by :func:`refund_many`: the TAT moves back by ``n * interval``, never before
+now, so a refund restores at most what was taken and never lifts a limit above ``limit``.
+
+With Redis Cluster, all keys of one :func:`hit_many` or :func:`refund_many` call must share
+a hash slot (``{...}`` hash tags).
 """
 
 from __future__ import annotations
@@ -82,6 +86,47 @@ return {all_ok and 1 or 0, out}
 """
 
 
+# KEYS: the limits; ARGV: limit, window (us) and amount per key. A TAT already at or before
+# now stays untouched (the bucket is full); one moved back to now or earlier is deleted
+# (the same as a full bucket). Returns each key's remaining units.
+_REFUND_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[3 * i - 2])
+  local window = tonumber(ARGV[3 * i - 1])
+  local amount = tonumber(ARGV[3 * i])
+  local interval = window / limit
+  local after = 0
+  local raw = redis.call('GET', KEYS[i])
+  if raw then
+    local whole, frac = string.match(raw, '^(%-?%d+) (%d+%.?%d*)$')
+    if whole then
+      local offset = (tonumber(whole) - now) + tonumber(frac)
+      if offset > 0 and amount > 0 then
+        after = offset - amount * interval
+        if after > 0.001 then
+          local w = math.floor(after)
+          redis.call('SET', KEYS[i], string.format('%.0f %.9f', now + w, after - w),
+            'PX', math.ceil(after / 1000) + 1)
+        else
+          after = 0
+          redis.call('DEL', KEYS[i])
+        end
+      elseif offset > 0 then
+        after = offset
+      end
+    end
+  end
+  local remaining = math.floor((window - after) / interval + 0.000001)
+  if remaining < 0 then remaining = 0 end
+  out[i] = remaining
+end
+return out
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RateDecision:
     """The outcome of one limit: whether it had room, and what to tell the client."""
@@ -138,6 +183,7 @@ class _Script:
 
 
 _SCRIPT = _Script(_LUA)
+_REFUND = _Script(_REFUND_LUA)
 
 
 async def hit_many(
@@ -186,3 +232,33 @@ async def hit(
     """Count ``cost`` against one limit of ``limit`` per ``window_seconds`` (one round trip)."""
     result = await hit_many(redis, [(key, limit, window_seconds)], cost)
     return result.decisions[0]
+
+
+async def refund_many(
+    redis: Redis,
+    limits: Sequence[tuple[str, int, float]],
+    amount: int | Sequence[int],
+) -> tuple[int, ...]:
+    """Give back units counted earlier on every ``(key, limit, window_seconds)`` at once.
+
+    ``amount`` is one number for all keys or one per key. Each key's TAT moves back by
+    ``amount * interval`` but never before now: a refund cannot raise a limit above
+    ``limit`` nor give back what has already refilled. Atomic, one round trip; returns the
+    remaining units per key. Raises redis errors.
+    """
+    if not limits:
+        return ()
+    amounts = [amount] * len(limits) if isinstance(amount, int) else list(amount)
+    if len(amounts) != len(limits):
+        raise ValueError("one amount per limit")
+    keys: list[str] = []
+    args: list[Any] = []
+    for (key, limit, window), n in zip(limits, amounts, strict=True):
+        if limit < 1 or window <= 0:
+            raise ValueError(f"invalid limit {limit}/{window}s for {key}")
+        if n < 0:
+            raise ValueError("amount must be >= 0")
+        keys.append(key)
+        args += [int(limit), int(window * 1_000_000), int(n)]
+    rows = await _REFUND(redis, keys, args)
+    return tuple(int(r) for r in rows)

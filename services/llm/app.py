@@ -71,6 +71,7 @@ def build_app(
         service = LlmService(settings, config, providers, app.state.redis, usage_publisher)
         app.state.llm = service
         service.sessions = lambda: getattr(app.state, "session_factory", None)
+        await service.start()
         log.info(
             "llm routing from %s: providers %s, models %s",
             config.source,

@@ -27,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.errors import AppError, BadRequest, NotFound, RateLimited
 from libs.identity import Principal
 from libs.queue import PreparedJob
-from libs.ratelimit import hit_many
+from libs.ratelimit import hit_many, refund_many
 from libs.usage import UsageEvent, prepare_usage, publish_usage_batch
 from services.llm import cache as rc
 from services.llm import tokens
+from services.llm.breaker import SharedBreakers
 from services.llm.chat_context import ChatContext, prepare_chat, wants_context
 from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
@@ -100,6 +101,10 @@ class LlmService:
         self.providers = providers
         self.redis = redis
         self.dispatcher = Dispatcher(providers, settings)
+        # breakers opened or closed in one llm process reach the others (see breaker.py)
+        self.shared_breakers = (
+            SharedBreakers(self.dispatcher.breakers, redis) if settings.breaker_shared else None
+        )
         # usage events: to an injected publisher one by one, else batched (see _flush_usage)
         self.publisher = publisher
         self._usage: list[PreparedJob] = []
@@ -109,6 +114,10 @@ class LlmService:
         # per event exhausted the Redis pool ("Too many connections") and events waited on
         # retries (see _emit)
         self._publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+        # TPM tokens to give back, per organization (its keys share a hash slot) and limit;
+        # sent by one flush task at a time, so refunds coalesce under load (see _refund)
+        self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
+        self._refunding = False
         # the app's session factory, looked up per call (prompts and conversations only)
         self.sessions: Callable[[], async_sessionmaker[AsyncSession] | None] = lambda: None
 
@@ -124,6 +133,11 @@ class LlmService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def start(self) -> None:
+        """Start background work: following the breakers of the other llm processes."""
+        if self.shared_breakers is not None:
+            await self.shared_breakers.start()
+
     async def drain(self) -> None:
         """Wait for background work (usage events, cache writes) to finish."""
         while self._tasks:
@@ -131,6 +145,8 @@ class LlmService:
 
     async def aclose(self) -> None:
         await self.drain()
+        if self.shared_breakers is not None:
+            await self.shared_breakers.stop()
         for provider in self.providers.values():
             try:
                 await provider.aclose()
@@ -278,10 +294,15 @@ class LlmService:
             TOKENS.labels(event.provider, event.model, "completion").inc(event.completion_tokens)
 
         # the estimate fell short (a long answer without max_tokens): count the rest, so the
-        # next requests wait it off
-        extra = event.prompt_tokens + event.completion_tokens - call.tpm_reserved
-        if call.tpm_limits and not event.cached and extra > 0:
-            self.spawn(self._count_extra_tokens(call.tpm_limits, extra))
+        # next requests wait it off; it was too high (max_tokens 4000, answer 50; a failed
+        # call: no usage at all): give the difference back
+        if call.tpm_limits and not event.cached:
+            extra = event.prompt_tokens + event.completion_tokens - call.tpm_reserved
+            if extra > 0:
+                self.spawn(self._count_extra_tokens(call.tpm_limits, extra))
+            elif extra < 0:
+                self._refund(call, -extra)
+            call.tpm_limits = []  # settled: one event, one adjustment
 
         if self.publisher is None:
             # captured now (request id, trace); sent with whatever else is waiting
@@ -338,6 +359,37 @@ class LlmService:
                         log.error("usage event lost: %s", orjson.dumps(job.args[0]).decode())
         finally:
             self._flushing = False
+
+    def _refund(self, call: _Call, n: int) -> None:
+        """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""
+        if n <= 0 or not call.tpm_limits:
+            return
+        pending = self._refunds.setdefault(call.org_id, {})
+        for limit in call.tpm_limits:
+            pending[limit] = pending.get(limit, 0) + n
+        call.tpm_limits = []
+        if not self._refunding:
+            self._refunding = True
+            self.spawn(self._flush_refunds())
+
+    def _refund_all(self, call: _Call) -> None:
+        """The call ended before the provider used anything (cancelled): free its reservation."""
+        self._refund(call, call.tpm_reserved)
+
+    async def _flush_refunds(self) -> None:
+        """Send waiting refunds, one script call per organization, until none is left."""
+        try:
+            while self._refunds:
+                batch, self._refunds = self._refunds, {}
+                for pending in batch.values():
+                    limits = list(pending)
+                    try:
+                        await refund_many(self.redis, limits, [pending[k] for k in limits])
+                    except Exception:
+                        # lost: the limit stays stricter until the tokens refill on their own
+                        log.warning("could not refund TPM tokens %s", pending, exc_info=True)
+        finally:
+            self._refunding = False
 
     async def _count_extra_tokens(self, limits: list[tuple[str, int, float]], extra: int) -> None:
         try:
@@ -413,6 +465,8 @@ class LlmService:
             result = await self._chat(call, body, opts, claim, cache_fp, timeout_s, include_usage)
         except BaseException:
             self._settle(claim, None)
+            # cut short before any usage was counted (cancelled while waiting on the provider)
+            self._refund_all(call)
             raise
         if ctx is not None:
             # store the reply in the conversation / record the prompt version once complete
@@ -659,6 +713,7 @@ class LlmService:
             return await self._embed(call, body, texts, opts, claim, fp, timeout_s)
         except BaseException:
             self._settle(claim, None)
+            self._refund_all(call)
             raise
 
     async def _embed(

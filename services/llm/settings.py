@@ -36,6 +36,11 @@ class LlmSettings(ServiceSettings):
     # circuit breaker per provider
     breaker_failures: int = 5
     breaker_open_s: float = 30.0
+    breaker_shared: bool = Field(
+        default=True,
+        description="share open/closed breakers with every llm process through Redis "
+        "(key llm:breaker:<provider>, channel llm:breaker); off: each process learns alone",
+    )
 
     # response cache and idempotency keys
     cache_ttl_s: int = 3600

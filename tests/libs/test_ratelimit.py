@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from libs.ratelimit import RateDecision, hit, hit_many
+from libs.ratelimit import RateDecision, hit, hit_many, refund_many
 from libs.testing import Infra
 
 
@@ -137,3 +137,64 @@ async def test_bad_arguments_are_refused(redis: Redis) -> None:
     with pytest.raises(ValueError):
         await hit(redis, "rl:bad", 1, 60, cost=-1)
     assert (await hit_many(redis, [])).allowed
+
+
+async def test_a_refund_gives_units_back_but_never_beyond_the_limit(redis: Redis) -> None:
+    assert (await hit(redis, "rl:refund", 100, 3600, cost=70)).remaining == 30
+    assert await refund_many(redis, [("rl:refund", 100, 3600)], 50) == (80,)
+    ttl = await redis.pttl("rl:refund")
+    assert 700_000 < ttl <= 721_000  # 20 units left to refill, 36 s each
+    # more than was taken: the bucket is full, not fuller
+    assert await refund_many(redis, [("rl:refund", 100, 3600)], 1000) == (100,)
+    assert await redis.exists("rl:refund") == 0
+    assert (await hit(redis, "rl:refund", 100, 3600, cost=100)).allowed
+    assert not (await hit(redis, "rl:refund", 100, 3600)).allowed
+
+
+async def test_a_refund_to_a_full_bucket_changes_nothing(redis: Redis) -> None:
+    assert await refund_many(redis, [("rl:refund-none", 10, 60)], 5) == (10,)
+    assert await redis.exists("rl:refund-none") == 0
+    assert [(await hit(redis, "rl:refund-none", 10, 60)).allowed for _ in range(11)].count(
+        True
+    ) == 10
+
+
+async def test_refilled_units_are_not_given_back_again(redis: Redis) -> None:
+    # 10 per 0.5 s: once refilled, a late refund of the same units must not make it 20
+    assert (await hit(redis, "rl:refund-late", 10, 0.5, cost=10)).allowed
+    await asyncio.sleep(0.55)
+    assert await refund_many(redis, [("rl:refund-late", 10, 0.5)], 10) == (10,)
+    burst = [await hit(redis, "rl:refund-late", 10, 0.5) for _ in range(12)]
+    assert sum(r.allowed for r in burst) <= 11  # 10, plus at most one refilled meanwhile
+
+
+async def test_several_keys_are_refunded_in_one_call(redis: Redis) -> None:
+    limits = [("rl:r-key", 100, 60), ("rl:r-org", 50, 60)]
+    assert (await hit_many(redis, limits, 40)).allowed
+    # one amount per key (a key's refunds and its organization's, summed over calls)
+    assert await refund_many(redis, limits, [10, 30]) == (70, 40)
+    assert await refund_many(redis, limits, 0) == (70, 40)  # reads only
+    # units used by others meanwhile stay counted
+    assert (await hit(redis, "rl:r-org", 50, 60, cost=30)).remaining == 10
+    assert await refund_many(redis, limits, 25) == (95, 35)
+
+
+async def test_a_refund_reduces_a_forced_overdraft(redis: Redis) -> None:
+    await hit_many(redis, [("rl:r-over", 100, 60)], cost=150, force=True)
+    assert await refund_many(redis, [("rl:r-over", 100, 60)], 30) == (0,)
+    assert not (await hit(redis, "rl:r-over", 100, 60)).allowed
+    assert await refund_many(redis, [("rl:r-over", 100, 60)], 60) == (40,)
+    assert (await hit(redis, "rl:r-over", 100, 60, cost=40)).allowed
+
+
+async def test_refunds_after_a_script_flush_and_bad_arguments(redis: Redis) -> None:
+    await hit(redis, "rl:r-flush", 10, 60, cost=4)
+    await redis.script_flush()
+    assert await refund_many(redis, [("rl:r-flush", 10, 60)], 2) == (8,)
+    assert await refund_many(redis, [], 1) == ()
+    with pytest.raises(ValueError):
+        await refund_many(redis, [("rl:r-bad", 10, 60)], -1)
+    with pytest.raises(ValueError):
+        await refund_many(redis, [("rl:r-bad", 10, 60)], [1, 2])
+    with pytest.raises(ValueError):
+        await refund_many(redis, [("rl:r-bad", 0, 60)], 1)

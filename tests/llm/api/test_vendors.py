@@ -518,6 +518,35 @@ async def test_streamed_tool_calls(venv: Env, case: Case) -> None:
     assert_usage_event(events[0], case, 12, 7)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_text_before_a_tool_call(venv: Env, case: Case, stream: bool) -> None:
+    case.behavior.reply.text = "Let me check the weather."
+    case.behavior.reply.tool_calls = CALLS[:1]
+    if not stream:
+        resp = await venv.client.chat.completions.create(
+            model=case.vendor.alias, messages=MESSAGES, tools=TOOLS
+        )
+        message = resp.choices[0].message
+        assert message.content == "Let me check the weather."
+        assert message.tool_calls and len(message.tool_calls) == 1
+        assert resp.choices[0].finish_reason == "tool_calls"
+        return
+    chunks = await venv.client.chat.completions.create(
+        model=case.vendor.alias, messages=MESSAGES, tools=TOOLS, stream=True
+    )
+    text, args, finish = "", "", None
+    async for chunk in chunks:
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            for delta in choice.delta.tool_calls or []:
+                assert delta.index == 0
+                args += (delta.function and delta.function.arguments) or ""
+            finish = choice.finish_reason or finish
+    assert text == "Let me check the weather."
+    assert json.loads(args) == {"city": "Paris"}
+    assert finish == "tool_calls"
+
+
 async def test_tool_result_round_trip(venv: Env, case: Case) -> None:
     """The SDK's assistant tool call and the tool result go back to the vendor in its shape."""
     case.behavior.reply.tool_calls = CALLS[:1]

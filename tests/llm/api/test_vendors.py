@@ -325,22 +325,33 @@ async def test_plain_chat(venv: Env, case: Case) -> None:
     assert events[0]["ttft_ms"] is None
 
 
-async def test_length_finish_reason(venv: Env, case: Case) -> None:
-    case.behavior.reply.stop = {
+VENDOR_STOPS = {
+    "length": {
         "azure": "length",
         "anthropic": "max_tokens",
         "gemini": "MAX_TOKENS",
         "ollama": "length",
-    }[case.vendor.provider]
-    resp = await venv.client.chat.completions.create(
-        model=case.vendor.alias, messages=MESSAGES, max_tokens=7
-    )
-    assert resp.choices[0].finish_reason == "length"
+    },
+    "content_filter": {"azure": "content_filter", "anthropic": "refusal", "gemini": "SAFETY"},
+}
+
+
+@pytest.mark.parametrize(
+    ("provider", "finish", "stop"),
+    [(p, finish, stop) for finish, stops in VENDOR_STOPS.items() for p, stop in stops.items()],
+)
+async def test_vendor_stop_reasons(
+    venv: Env, upstreams: dict[str, Upstream], provider: str, finish: str, stop: str
+) -> None:
+    alias = VENDORS[provider].alias
+    upstreams[provider].behavior.reply.stop = stop
+    resp = await venv.client.chat.completions.create(model=alias, messages=MESSAGES, max_tokens=7)
+    assert resp.choices[0].finish_reason == finish
     stream = await venv.client.chat.completions.create(
-        model=case.vendor.alias, messages=MESSAGES, max_tokens=7, stream=True
+        model=alias, messages=MESSAGES, max_tokens=7, stream=True
     )
     finishes = [c.choices[0].finish_reason async for c in stream if c.choices]
-    assert [f for f in finishes if f] == ["length"]
+    assert [f for f in finishes if f] == [finish]
 
 
 async def test_anthropic_gets_the_configured_max_tokens_when_the_caller_sets_none(

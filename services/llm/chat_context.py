@@ -15,9 +15,10 @@ A chat request may carry two aistack fields (with the openai SDK: ``extra_body``
   turn), trimmed (oldest whole turns first,
   system messages kept) to the model's context window minus the reply's reserve
   (``max_tokens``, else ``LLM_TPM_COMPLETION_RESERVE``), counted offline by
-  :mod:`services.llm.tokens`. When the reply is complete, the new messages and the reply
-  (the first choice) are appended; a streamed reply is stored before ``[DONE]`` is sent. A
-  failed or interrupted call stores nothing.
+  :mod:`services.llm.tokenizer` (the model's tiktoken encoding, loaded only when the
+  history's UTF-8 size does not fit already). When the reply is complete, the new messages
+  and the reply (the first choice) are appended; a streamed reply is stored before ``[DONE]``
+  is sent. A failed or interrupted call stores nothing.
 
 Which prompt version served the request is recorded in ``llm.prompt_uses`` (with the request
 id), on the stored messages, in the usage event, and in the ``x-aistack-prompt-version``
@@ -41,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.db import session_scope
 from libs.errors import ServiceUnavailable, ValidationFailed
 from libs.identity import Principal
-from services.llm import tokens
+from services.llm import tokenizer, tokens
 from services.llm.conversations import KEEP_ROLES, load_history, store_exchange
 from services.llm.prompts import ResolvedPrompt, record_prompt_use, resolve_prompt
 from services.llm.routing import RoutingConfig
@@ -226,7 +227,7 @@ async def prepare_chat(
                 principal,
                 body.conversation_id,
                 window,
-                tokens.count_messages,
+                tokenizer.plan_for(alias),
                 reserve=reserve,
                 new_messages=lead + new,
             )

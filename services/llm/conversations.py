@@ -5,19 +5,21 @@ Nobody else sees them, not even other users of the same organization: an id that
 yours reads exactly like an unknown one (404).
 
 For the chat path: :func:`load_history` returns the stored messages that fit the model's
-context window (oldest turns dropped first, system messages kept) and :func:`store_exchange`
-appends the request's new messages and the reply once the reply is complete.
+context window (oldest turns dropped first, system messages kept; counted by
+:mod:`services.llm.tokenizer`) and :func:`store_exchange` appends the request's new messages
+and the reply once the reply is complete.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import ColumnElement
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Forbidden, NotFound, ValidationFailed
 from libs.identity import Principal
+from services.llm import tokenizer
 from services.llm.conversation_schemas import (
     ConversationCreate,
     ConversationUpdate,
@@ -33,10 +36,14 @@ from services.llm.conversation_schemas import (
 from services.llm.models import Conversation, ConversationMessage
 from services.llm.repository import ConversationRepository, owner_filter
 from services.llm.schemas import ChatMessage
+from services.llm.tokenizer import TokenPlan
+
+if TYPE_CHECKING:
+    import tiktoken
 
 log = logging.getLogger("aistack.llm")
 
-CountTokens = Callable[[list[dict[str, Any]]], int]
+MessageCost = Callable[[dict[str, Any]], int]
 KEEP_ROLES = frozenset({"system", "developer"})
 
 
@@ -184,16 +191,16 @@ def _row(message: ChatMessage) -> dict[str, Any]:
 
 
 def trim_to_budget(
-    messages: list[dict[str, Any]], budget: int, count_tokens: CountTokens
+    messages: list[dict[str, Any]], budget: int, cost: MessageCost
 ) -> list[dict[str, Any]]:
-    """Keep system/developer messages and the newest whole turns whose count (reply priming
-    included) fits in ``budget`` tokens.
+    """Keep system/developer messages and the newest whole turns whose ``cost`` (tokens of
+    one message, framing included) adds up to at most ``budget`` tokens.
 
     A turn starts at a user message and carries the replies and tool results that follow it,
-    so a tool result never loses the assistant message that asked for it."""
-    base = count_tokens([])
+    so a tool result never loses the assistant message that asked for it. Turns older than
+    the first one that does not fit are never counted."""
     kept_system = [m for m in messages if m.get("role") in KEEP_ROLES]
-    budget -= count_tokens(kept_system)
+    budget -= sum(cost(m) for m in kept_system)
     turns: list[list[dict[str, Any]]] = []
     for message in messages:
         if message.get("role") in KEEP_ROLES:
@@ -203,10 +210,10 @@ def trim_to_budget(
         turns[-1].append(message)
     kept: list[list[dict[str, Any]]] = []
     for turn in reversed(turns):
-        cost = count_tokens(turn) - base
-        if cost > budget:
+        turn_cost = sum(cost(m) for m in turn)
+        if turn_cost > budget:
             break
-        budget -= cost
+        budget -= turn_cost
         kept.append(turn)
     out = list(kept_system)
     for turn in reversed(kept):
@@ -214,27 +221,56 @@ def trim_to_budget(
     return out
 
 
+def fit_history(
+    stored: list[dict[str, Any]],
+    new_messages: list[dict[str, Any]],
+    budget: int,
+    plan: TokenPlan,
+    encoding: tiktoken.Encoding,
+    keys: Sequence[Hashable] | None = None,
+) -> list[dict[str, Any]]:
+    """The stored messages that fit in ``budget`` prompt tokens together with
+    ``new_messages``, counted by ``plan`` in ``encoding`` (blocking: CPU-bound). ``keys``
+    (one per stored message, e.g. its row id) let counts be reused across requests."""
+    key_of = {id(m): k for m, k in zip(stored, keys, strict=True)} if keys is not None else {}
+
+    def cost(message: dict[str, Any]) -> int:
+        return tokenizer.message_cost(plan, encoding, message, key_of.get(id(message)))
+
+    room = budget - tokenizer.REPLY_PRIMING - sum(cost(m) for m in new_messages)
+    return trim_to_budget(stored, room, cost)
+
+
 async def load_history(
     session: AsyncSession,
     principal: Principal,
     conversation_id: uuid.UUID,
     context_window: int,
-    count_tokens: CountTokens,
+    plan: TokenPlan,
     *,
     reserve: int = 0,
     new_messages: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """The conversation's messages that fit in ``context_window`` minus ``reserve`` (tokens for
-    the reply) minus the request's ``new_messages``; oldest turns go first, system messages
-    stay. NotFound unless ``principal`` owns the conversation."""
+    the reply) together with the request's ``new_messages``; oldest turns go first, system
+    messages stay. NotFound unless ``principal`` owns the conversation.
+
+    When the UTF-8 size of everything fits (an upper bound of its tokens), nothing is
+    tokenized; otherwise the messages are counted by ``plan`` (its encoding is loaded on first
+    use) in a worker thread."""
     repo = ConversationRepository(session)
     conversation = await repo.get_owned(owner_of(principal), conversation_id)
     if conversation is None:
         raise _not_found()
-    stored = [row.data for row in await repo.messages(conversation.id)]
-    # count(history + new) == count(history) + count(new) - count([]): priming is paid once
-    budget = context_window - reserve - (count_tokens(list(new_messages)) - count_tokens([]))
-    return trim_to_budget(stored, budget, count_tokens)
+    rows = await repo.messages(conversation.id)
+    stored = [row.data for row in rows]
+    new = list(new_messages)
+    budget = context_window - reserve
+    if tokenizer.bound_messages([*stored, *new]) <= budget:
+        return stored
+    encoding = await tokenizer.load_encoding(plan.encoding)
+    keys = [row.id for row in rows]
+    return await asyncio.to_thread(fit_history, stored, new, budget, plan, encoding, keys)
 
 
 async def store_exchange(

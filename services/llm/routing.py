@@ -12,6 +12,8 @@ Loaded once at startup from the YAML file named by ``LLM_MODELS_CONFIG``::
         type: chat                  # chat (default) or embedding
         context_window: 128000
         price: {input: 0.15, output: 0.60}   # USD per 1M tokens
+        # tokenizer: o200k_base             # optional, see services.llm.tokenizer.plan_for
+        # tokenizer_margin: 1.3
         targets:
           - {provider: openai, model: gpt-4o-mini}
           - {provider: local, model: smollm2-135m-instruct, price: {input: 0, output: 0}}
@@ -30,6 +32,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.llm.tokenizer import EncodingName
 
 ModelType = Literal["chat", "embedding"]
 
@@ -78,6 +82,10 @@ class AliasSpec(BaseModel):
     price: Price = Field(default_factory=Price)
     context_window: int | None = Field(default=None, gt=0)
     description: str | None = None
+    # counting tokens to trim conversations: the encoding, and a factor for a model whose own
+    # tokenizer is not that one (unset: derived from the target models, see tokenizer.plan_for)
+    tokenizer: EncodingName | None = None
+    tokenizer_margin: float | None = Field(default=None, gt=0, le=10)
 
 
 class RoutingFile(BaseModel):
@@ -112,6 +120,8 @@ class Alias:
     targets: tuple[Target, ...]
     context_window: int | None = None
     description: str | None = None
+    tokenizer: EncodingName | None = None
+    tokenizer_margin: float | None = None
 
 
 @dataclass
@@ -146,6 +156,8 @@ def _build(data: RoutingFile, source: str) -> RoutingConfig:
             targets=tuple(Target(t.provider, t.model, t.price or spec.price) for t in spec.targets),
             context_window=spec.context_window,
             description=spec.description,
+            tokenizer=spec.tokenizer,
+            tokenizer_margin=spec.tokenizer_margin,
         )
     return RoutingConfig(providers=dict(data.providers), aliases=aliases, source=source)
 

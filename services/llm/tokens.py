@@ -1,11 +1,15 @@
 """Offline token estimates for limits (before a call) and for usage when an upstream reports none.
 
-A heuristic, on purpose: one token per 4 characters of text (rounded up), plus 4 tokens of
-framing per message, plus the JSON of tool definitions. It needs no vendor tokenizer, costs
-microseconds on the hot path, and errs on the high side for English and code (real BPE
-tokenizers average 3.5-4.5 characters per token there). Exact counts come from the upstream's
-``usage`` whenever it reports one; this is only for the TPM reservation and for streams that
-end without usage.
+A heuristic, on purpose: one token per 4 ASCII characters and half a token per extra UTF-8
+byte of the others (a CJK, kana, Hangul or Thai character: 1 token; a Cyrillic, Greek or
+Arabic letter: 1/2; an emoji: 3/2), rounded up, plus 4 tokens of framing per message, plus
+the JSON of tool definitions. It needs no vendor tokenizer and costs two C-speed passes over
+the text on the hot path. It errs on the high side for English and code (real BPE tokenizers
+average 3.5-4.5 characters per token there) and is never below o200k_base (gpt-4o and later)
+for the scripts above; cl100k_base (gpt-4) can count up to ~1.4x more for Arabic or emoji.
+Exact counts come from the upstream's ``usage`` whenever it reports one; this is only for the
+TPM reservation and for streams that end without usage. Trimming a conversation to a context
+window counts exactly instead (:mod:`services.llm.tokenizer`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,12 @@ REPLY_PRIMING = 3
 
 
 def count_text(text: str) -> int:
-    """Estimated tokens of a text: ceil(chars / 4)."""
-    return -(-len(text) // CHARS_PER_TOKEN)
+    """Estimated tokens of a text: ceil(ASCII chars / 4 + extra UTF-8 bytes / 2)."""
+    if text.isascii():
+        return -(-len(text) // CHARS_PER_TOKEN)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    extra_bytes = len(text.encode("utf-8", "surrogatepass")) - len(text)
+    return -(-(ascii_chars + 2 * extra_bytes) // CHARS_PER_TOKEN)
 
 
 def _content_tokens(content: Any) -> int:

@@ -1,5 +1,7 @@
 """Conversations: owner-only access, cursor pages, export, history trimming, storing replies."""
 
+# ruff: noqa: RUF001  (text in other scripts, punctuation included)
+
 from __future__ import annotations
 
 import uuid
@@ -14,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from libs.errors import NotFound
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for, principal
-from services.llm import tokens
+from services.llm import tokenizer
 from services.llm.conversations import load_history, store_exchange, trim_to_budget
+from services.llm.tokenizer import TokenPlan
 from tests.llm.store_helpers import store_app
 
 
@@ -199,18 +202,34 @@ def test_trim_keeps_system_and_newest_whole_turns() -> None:
         {"role": "assistant", "content": "done"},
     ]
     history = [system, *turn(1), *turn(2), *tool_turn, *turn(3)]
-    count = tokens.count_messages
+    cost = tokenizer.message_bound
+
+    def count(messages: list[dict[str, Any]]) -> int:
+        return sum(cost(m) for m in messages)
+
     everything = count(history)
-    assert trim_to_budget(history, everything, count) == history
+    assert trim_to_budget(history, everything, cost) == history
     # a budget too small for turn 1 drops it, and only it
-    out = trim_to_budget(history, everything - 1, count)
+    out = trim_to_budget(history, everything - 1, cost)
     assert out == [system, *turn(2), *tool_turn, *turn(3)]
     assert count(out) <= everything - 1
     # tighter: the tool turn goes whole (never a tool result without its call)
     budget = count([system, *turn(3)]) + 5
-    assert trim_to_budget(history, budget, count) == [system, *turn(3)]
+    assert trim_to_budget(history, budget, cost) == [system, *turn(3)]
     # nothing fits: the system message stays
-    assert trim_to_budget(history, 0, count) == [system]
+    assert trim_to_budget(history, 0, cost) == [system]
+    # turns older than the first that does not fit are never counted
+    counted: list[dict[str, Any]] = []
+
+    def counting(message: dict[str, Any]) -> int:
+        counted.append(message)
+        return cost(message)
+
+    trim_to_budget(history, count([system, *turn(3)]), counting)
+    assert counted == [system, *turn(3), *tool_turn]
+
+
+GPT = TokenPlan("o200k_base")  # gpt-4o and later: counted exactly
 
 
 async def test_load_history_and_store_exchange(c: httpx.AsyncClient, db: AsyncConnection) -> None:
@@ -222,24 +241,23 @@ async def test_load_history_and_store_exchange(c: httpx.AsyncClient, db: AsyncCo
     cid = uuid.UUID(conv["id"])
     new = [{"role": "user", "content": "and now?"}]
     window, reserve = 200, 50
+    enc = tokenizer.get_encoding("o200k_base")
     async with AsyncSession(bind=db, join_transaction_mode="create_savepoint") as session:
-        full = await load_history(session, p, cid, 100_000, tokens.count_messages)
+        full = await load_history(session, p, cid, 100_000, GPT)
         assert full == msgs
         history = await load_history(
-            session, p, cid, window, tokens.count_messages, reserve=reserve, new_messages=new
+            session, p, cid, window, GPT, reserve=reserve, new_messages=new
         )
         assert history[0] == msgs[0] and len(history) < len(msgs)
         assert history[-2:] == turn(9)  # the newest turns survive
         assert history[1]["role"] == "user"  # whole turns only
-        assert tokens.count_messages(history + new) <= window - reserve
+        assert tokenizer.count_messages(GPT, enc, history + new) <= window - reserve
         # one more turn would not have fit
         dropped = msgs[len(msgs) - len(history) - 1 : len(msgs) - len(history) + 1]
-        assert tokens.count_messages([*history, *dropped, *new]) > window - reserve
+        assert tokenizer.count_messages(GPT, enc, [*history, *dropped, *new]) > window - reserve
 
         with pytest.raises(NotFound):
-            await load_history(
-                session, principal(org_id=p.org_id), cid, window, tokens.count_messages
-            )
+            await load_history(session, principal(org_id=p.org_id), cid, window, GPT)
 
         version_id = uuid.uuid4()
         usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
@@ -269,3 +287,92 @@ async def test_load_history_and_store_exchange(c: httpx.AsyncClient, db: AsyncCo
     }
     assert "refusal" not in last
     assert got["messages"][-2]["content"] == "and now?"
+
+
+ZH_Q = "请根据我们之前讨论的内容，总结一下这个项目目前的进展、主要风险以及下一步的工作安排。"
+ZH_A = "好的。目前数据迁移已经完成了大约八成，测试覆盖率在稳步提高；主要风险是第三方接口不稳定。"
+
+
+def zh_turn(i: int) -> list[dict[str, Any]]:
+    return [
+        {"role": "user", "content": f"第{i}轮：" + ZH_Q * 3},
+        {"role": "assistant", "content": f"第{i}轮：" + ZH_A * 3},
+    ]
+
+
+def chars_over_4(message: dict[str, Any]) -> int:
+    """What trimming used to count: 4 per message plus ceil(chars / 4)."""
+    return 4 + -(-len(str(message.get("content") or "")) // 4)
+
+
+async def test_a_chinese_history_is_trimmed_to_what_really_fits(
+    c: httpx.AsyncClient, db: AsyncConnection
+) -> None:
+    p = principal()
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": "你是一个简洁的助手。"}]
+    for i in range(40):
+        msgs += zh_turn(i)
+    cid = uuid.UUID((await create(c, p, messages=msgs))["id"])
+    new = [{"role": "user", "content": "那么接下来呢？"}]
+    window, reserve = 4096, 512
+    budget = window - reserve
+    enc = tokenizer.get_encoding("o200k_base")
+    async with AsyncSession(bind=db, join_transaction_mode="create_savepoint") as session:
+        history = await load_history(
+            session, p, cid, window, GPT, reserve=reserve, new_messages=new
+        )
+        claude = tokenizer.plan_for_model("claude-sonnet-4-5")
+        approx = await load_history(
+            session, p, cid, window, claude, reserve=reserve, new_messages=new
+        )
+    assert history[0] == msgs[0] and history[1]["role"] == "user"
+    assert history[-2:] == zh_turn(39)
+    kept = (len(history) - 1) // 2
+    # the exact count of what is sent fits; one more turn would not have
+    assert tokenizer.count_messages(GPT, enc, history + new) <= budget
+    older = zh_turn(39 - kept)
+    assert tokenizer.count_messages(GPT, enc, [*history, *older, *new]) > budget
+    # the chars / 4 estimate keeps more than twice as many turns: an upstream 400
+    by_chars = trim_to_budget(msgs, budget - 3 - sum(map(chars_over_4, new)), chars_over_4)
+    assert len(by_chars) - 1 > 2 * (len(history) - 1)
+    assert tokenizer.count_messages(GPT, enc, by_chars + new) > window
+    # a model counted approximately (o200k_base times the margin) keeps fewer turns, and its
+    # margined count fits
+    assert claude.margin > 1 and 2 < len(approx) < len(history)
+    assert tokenizer.count_messages(claude, enc, approx + new) <= budget
+    assert approx[-2:] == zh_turn(39) and approx[1]["role"] == "user"
+
+
+async def test_an_english_history_that_fits_by_bytes_loads_no_tokenizer(
+    c: httpx.AsyncClient, db: AsyncConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tokenizer.get_encoding("o200k_base")
+    monkeypatch.setattr(tokenizer, "_encodings", {})
+    builds: list[str] = []
+
+    def build(name: str) -> Any:
+        builds.append(name)
+        return real
+
+    monkeypatch.setattr(tokenizer, "build_encoding", build)
+    p = principal()
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
+    for i in range(20):
+        msgs += turn(i, size=200)
+    cid = uuid.UUID((await create(c, p, messages=msgs))["id"])
+    new = [{"role": "user", "content": "and now?"}]
+    size = tokenizer.bound_messages(msgs + new)  # ~10 KB: under 3k tokens in truth
+    async with AsyncSession(bind=db, join_transaction_mode="create_savepoint") as session:
+        history = await load_history(
+            session, p, cid, size + 1000, GPT, reserve=1000, new_messages=new
+        )
+        assert history == msgs
+        assert builds == [] and not tokenizer.loaded("o200k_base")
+        # one byte less and it must count: the encoding loads (once) and the exact count
+        # keeps everything, since the real tokens are far fewer than the bytes
+        history = await load_history(
+            session, p, cid, size + 999, GPT, reserve=1000, new_messages=new
+        )
+        assert history == msgs
+        assert builds == ["o200k_base"] and tokenizer.loaded("o200k_base")
+        assert tokenizer.count_messages(GPT, real, msgs + new) < size / 3

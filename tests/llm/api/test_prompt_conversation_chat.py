@@ -1,5 +1,7 @@
 """Prompts and conversations in /v1/chat/completions, through the real openai SDK."""
 
+# ruff: noqa: RUF001  (text in other scripts, punctuation included)
+
 from __future__ import annotations
 
 import uuid
@@ -12,8 +14,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.identity import Principal
 from libs.testing import Infra, auth_headers, principal
-from services.llm import tokens
+from services.llm import tokenizer
+from services.llm.tokenizer import TokenPlan
 from tests.llm.api.conftest import Env
+
+GPT = TokenPlan("o200k_base")
 
 PROMPT = {
     "name": "support",
@@ -261,9 +266,9 @@ async def test_idempotent_retry_stores_once(env: Env) -> None:
 
 
 async def test_history_is_trimmed_to_the_context_window(env: Env) -> None:
-    long = "word " * 560  # about 700 tokens per message
+    long = "word " * 760  # 760 tokens per message (" word" is one token)
     turns = []
-    for i in range(200):  # about 140k tokens, beyond the alias's 128k window
+    for i in range(200):  # about 152k tokens, beyond the alias's 128k window
         turns += [
             {"role": "user", "content": f"q{i} {long}"},
             {"role": "assistant", "content": f"a{i}"},
@@ -286,4 +291,51 @@ async def test_history_is_trimmed_to_the_context_window(env: Env) -> None:
     assert sent[-3:-1] == turns[-2:]  # the newest turns made it
     assert sent[1]["role"] == "user"  # whole turns
     assert 2 < len(sent) < len(turns)
-    assert tokens.count_messages(sent) <= 128_000 - 1000
+    # "default" routes to gpt-4o-mini: counted exactly in o200k_base
+    enc = tokenizer.get_encoding("o200k_base")
+    assert tokenizer.count_messages(GPT, enc, sent) <= 128_000 - 1000
+    older = turns[len(turns) - (len(sent) - 2) - 2 :][:2]
+    assert tokenizer.count_messages(GPT, enc, [*sent, *older]) > 128_000 - 1000
+
+
+async def test_a_chinese_history_is_trimmed_by_its_real_token_count(env: Env) -> None:
+    question = (
+        "请根据我们之前讨论的内容，总结一下这个项目目前的进展、主要风险以及下一步的工作安排。"
+    )
+    long = question * 30  # 1320 characters: ~870 tokens, ~4 KB
+    turns: list[dict[str, Any]] = []
+    for i in range(200):  # ~175k tokens (chars / 4 would call it 66k and send it all)
+        turns += [
+            {"role": "user", "content": f"第{i}轮：{long}"},
+            {"role": "assistant", "content": f"好的，第{i}轮。"},
+        ]
+    conv = await post(
+        env,
+        env.principal,
+        "/v1/conversations",
+        {"messages": [{"role": "system", "content": "简洁"}]},
+    )
+    for start in range(0, len(turns), 100):  # request bodies stay under 1 MiB
+        resp = await env.http.post(
+            f"/v1/conversations/{conv['id']}/messages",
+            json={"messages": turns[start : start + 100]},
+            headers=auth_headers(env.principal),
+        )
+        assert resp.status_code in (200, 201), resp.text
+    await env.client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "接下来呢？"}],
+        max_tokens=1000,
+        extra_body={"conversation_id": conv["id"]},
+    )
+    sent = env.primary.behavior.last["json"]["messages"]
+    assert sent[0] == {"role": "system", "content": "简洁"}
+    assert sent[-3:] == [*turns[-2:], {"role": "user", "content": "接下来呢？"}]
+    assert sent[1]["role"] == "user"
+    kept = len(sent) - 2
+    assert 0 < kept < len(turns)
+    enc = tokenizer.get_encoding("o200k_base")
+    assert tokenizer.count_messages(GPT, enc, sent) <= 128_000 - 1000
+    older = turns[len(turns) - kept - 2 : len(turns) - kept]
+    assert older[0]["role"] == "user"
+    assert tokenizer.count_messages(GPT, enc, [*sent, *older]) > 128_000 - 1000

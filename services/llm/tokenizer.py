@@ -109,10 +109,10 @@ SPECS: dict[str, _Spec] = {
 }
 
 
-def read_ranks(name: str, data_dir: Path = DATA_DIR) -> dict[bytes, int]:
+def read_ranks(name: str, data_dir: Path | None = None) -> dict[bytes, int]:
     """The mergeable ranks of encoding ``name`` from its shipped file, checked."""
     spec = SPECS[name]
-    path = data_dir / spec.file
+    path = (data_dir or DATA_DIR) / spec.file
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError) as exc:  # missing, unreadable or not gzip
@@ -127,7 +127,7 @@ def read_ranks(name: str, data_dir: Path = DATA_DIR) -> dict[bytes, int]:
     return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
 
-def build_encoding(name: str, data_dir: Path = DATA_DIR) -> tiktoken.Encoding:
+def build_encoding(name: str, data_dir: Path | None = None) -> tiktoken.Encoding:
     """A tiktoken Encoding from the shipped files (no network)."""
     import tiktoken
 
@@ -145,6 +145,7 @@ def build_encoding(name: str, data_dir: Path = DATA_DIR) -> tiktoken.Encoding:
 
 
 _encodings: dict[str, tiktoken.Encoding] = {}
+_failed: dict[str, TokenizerDataError] = {}  # a broken file is not read again per request
 _load_lock = threading.Lock()
 
 
@@ -161,8 +162,15 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     with _load_lock:  # concurrent first uses load it once
         found = _encodings.get(name)
         if found is None:
+            if name in _failed:
+                raise _failed[name]
             started = time.perf_counter()
-            found = _encodings[name] = build_encoding(name)
+            try:
+                found = _encodings[name] = build_encoding(name)
+            except TokenizerDataError as exc:
+                log.error("tokenizer %s cannot load: %s", name, exc)
+                _failed[name] = exc
+                raise
             _return_freed_memory()
             log.info("tokenizer %s loaded in %.2f s", name, time.perf_counter() - started)
         return found

@@ -123,6 +123,29 @@ def test_a_corrupt_rank_file_fails_loudly(tmp_path: Path) -> None:
     assert tokenizer.build_encoding("o200k_base", data).encode("hello world") == [24912, 2375]
 
 
+def test_a_broken_file_fails_every_use_without_being_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _copy_data(tmp_path)
+    (data / tokenizer.SPECS["o200k_base"].file).write_bytes(gzip.compress(b"aGk= 0\n"))
+    monkeypatch.setattr(tokenizer, "DATA_DIR", data)
+    monkeypatch.setattr(tokenizer, "_encodings", {})
+    monkeypatch.setattr(tokenizer, "_failed", {})
+    reads: list[str] = []
+    real_read = tokenizer.read_ranks
+
+    def read(name: str, data_dir: Path | None = None) -> dict[bytes, int]:
+        reads.append(name)
+        return real_read(name, data_dir)
+
+    monkeypatch.setattr(tokenizer, "read_ranks", read)
+    for _ in range(2):
+        with pytest.raises(tokenizer.TokenizerDataError, match=r"o200k_base rank file .* corrupt"):
+            tokenizer.get_encoding("o200k_base")
+    assert reads == ["o200k_base"] and not tokenizer.loaded("o200k_base")
+    assert tokenizer.get_encoding("cl100k_base").encode("hello world") == [15339, 1917]
+
+
 def test_building_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: Any, **kwargs: Any) -> bytes:
         raise AssertionError("tried to download")

@@ -339,3 +339,34 @@ async def test_a_chinese_history_is_trimmed_by_its_real_token_count(env: Env) ->
     older = turns[len(turns) - kept - 2 : len(turns) - kept]
     assert older[0]["role"] == "user"
     assert tokenizer.count_messages(GPT, enc, [*sent, *older]) > 128_000 - 1000
+
+
+async def test_a_broken_tokenizer_fails_the_request_instead_of_overflowing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conv = await post(
+        env,
+        env.principal,
+        "/v1/conversations",
+        {"messages": [{"role": "user", "content": "word " * 30_000}]},  # 150 KB > 128k window
+    )
+    monkeypatch.setattr(tokenizer, "_encodings", {})
+    monkeypatch.setattr(
+        tokenizer, "_failed", {"o200k_base": tokenizer.TokenizerDataError("corrupt rank file")}
+    )
+    with pytest.raises(openai.InternalServerError) as caught:
+        await env.client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"conversation_id": conv["id"]},
+        )
+    assert caught.value.status_code == 500
+    assert env.primary.chat_calls == 0  # nothing unchecked went upstream
+    # a history that fits by its size needs no tokenizer and still works
+    small = await post(env, env.principal, "/v1/conversations", {"title": "small"})
+    await env.client.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"conversation_id": small["id"]},
+    )
+    assert env.primary.chat_calls == 1

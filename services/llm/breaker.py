@@ -174,12 +174,8 @@ class SharedBreakers:
         self._stop.set()
         task, self._task = self._task, None
         if task is not None:
-            try:
-                await asyncio.wait_for(task, 2.0)
-            except TimeoutError:
-                pass  # wait_for cancelled it
-            except Exception:
-                log.warning("breaker listener ended with an error", exc_info=True)
+            task.cancel()  # rather than waiting out the current poll
+            await asyncio.wait([task], timeout=2.0)
 
     # ------------------------------------------------------------------ announcing
 
@@ -228,7 +224,8 @@ class SharedBreakers:
                 await self._load()
                 self._tried.set()
                 backoff = 0.1
-                # short polls: shutdown must not wait on a blocking read
+                # short polls rather than one blocking read, in case a read swallows the
+                # cancellation at shutdown (the stop event ends the loop anyway)
                 while not self._stop.is_set():
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self.poll_s

@@ -14,6 +14,8 @@ APPS = {
     "gateway": "gateway.app:app",
     **{name: f"services.{name}.app:app" for name in ("auth", "llm", "rag", "jobs", "billing")},
 }
+# uvicorn's httptools protocol, sending a complete answer in one write (libs/server.py)
+HTTP_PROTOCOL = "libs.server:HttpProtocol"
 DEFAULT_PORTS = {
     "gateway": 8000,
     "auth": 8001,
@@ -32,6 +34,7 @@ def main(argv: list[str]) -> int:
             sys.executable, "-m", "uvicorn", "--factory", APPS[name],
             "--host", os.environ.get("AISTACK_BIND", "0.0.0.0"),
             "--port", port, "--no-access-log", "--timeout-graceful-shutdown", "10",
+            "--http", HTTP_PROTOCOL,
             "--proxy-headers",
             "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
             *argv[2:],

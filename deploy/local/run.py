@@ -62,7 +62,7 @@ def processes(plan: Plan) -> dict[str, str]:
     py = f"exec {sys.executable}"
     uv = (
         f"{py} -m uvicorn --factory --no-access-log --no-proxy-headers"
-        " --timeout-graceful-shutdown 5"
+        " --timeout-graceful-shutdown 5 --http libs.server:HttpProtocol"
     )
     procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
     for name, port in plan.ports.items():

@@ -8,7 +8,7 @@ The same trivial upstream behind the same gateway process, reached three ways:
   internal token;
 - access token: the same with an EdDSA JWT verified against the cached JWKS.
 
-Every process is a real one (uvicorn, one worker, uvloop + httptools) on loopback, on
+Every process is a real one (uvicorn, one worker, uvloop, libs.server's protocol) on loopback, on
 embedded PostgreSQL and Redis; the load generator shares the machine.
 
     python -m tests.bench.auth_bench [--duration 8]

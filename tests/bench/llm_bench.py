@@ -1,7 +1,7 @@
 """The gateway and the llm service against a fast fake OpenAI upstream, through an API key.
 
-Every process is a real one (uvicorn, one worker each, uvloop + httptools) on loopback, on
-embedded PostgreSQL and Redis. Reports requests/s and p50/p99 at concurrency 1 and 16,
+Every process is a real one (uvicorn, one worker each, uvloop, libs.server's protocol) on
+loopback, on embedded PostgreSQL and Redis. Reports requests/s and p50/p99 at concurrency 1 and 16,
 non-streamed and streamed (20 chunks), and each process's resident memory.
 
     python -m tests.bench.llm_bench [--duration 10]
@@ -156,7 +156,10 @@ def run_bench(duration: float, log_level: str = "WARNING") -> str:
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
         # WARNING: no access line per request; INFO (the default in deployments) adds them
         s.env["LOG_LEVEL"] = log_level
-        upstream = s.start("fake-openai", "tests.bench.fake_openai:app", factory=False)
+        # the vendor's stand-in runs on plain uvicorn (headers and body in separate writes)
+        upstream = s.start(
+            "fake-openai", "tests.bench.fake_openai:app", factory=False, http="httptools"
+        )
         config = models_yaml(upstream.url, Path(tmp))
         procs = _start_services(s, config)
         idle = {name: p.rss_mb() for name, p in procs.items()}

@@ -42,9 +42,16 @@ class Stack:
     procs: dict[str, Proc] = field(default_factory=dict)
 
     def start(
-        self, name: str, app: str, *, factory: bool = True, env: dict[str, str] | None = None
+        self,
+        name: str,
+        app: str,
+        *,
+        factory: bool = True,
+        env: dict[str, str] | None = None,
+        http: str = "libs.server:HttpProtocol",
     ) -> Proc:
-        """Run ``app`` under uvicorn (one worker, uvloop, httptools) and wait for it to answer."""
+        """Run ``app`` under uvicorn (one worker, uvloop, the apps' HTTP protocol as deployed;
+        ``http="httptools"`` for stand-ins of outside servers) and wait for it to answer."""
         port = free_port()
         cmd = [
             sys.executable,
@@ -62,7 +69,7 @@ class Stack:
             "--loop",
             "uvloop",
             "--http",
-            "httptools",
+            http,
         ]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         popen = subprocess.Popen(

@@ -438,6 +438,11 @@ class LocalProvider(Provider):
             grammar = LlamaGrammar.from_json_schema(
                 json.dumps(plan.schema or {"type": "object"}), verbose=False
             )
+        if "seed" in plan.sampling:
+            # a seeded request must sample the same logits every time: evaluate the prompt in
+            # full instead of reusing the cached prefix of the previous request (batched
+            # differently, its logits can differ in the last bits and flip a sampled token)
+            llm.reset()
         stream = llm.create_completion(
             tokens, max_tokens=max_tokens, stream=True, grammar=grammar, **plan.sampling
         )

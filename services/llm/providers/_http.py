@@ -36,10 +36,30 @@ def api_key(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """An httpx client for one vendor whose :meth:`send_upstream` goes straight to the transport.
+
+    ``AsyncClient.send`` runs auth flows, redirect handling and cookie extraction on every
+    call; vendor calls use none of them (credentials are headers, redirects are errors, cookies
+    are ignored), and on the chat path that bookkeeping cost as much as the HTTP exchange
+    itself. Requests are still built by the client (base URL, default headers, timeouts).
+    """
+
+    def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        self.upstream = transport
+
+    async def send_upstream(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` as is; the response body is not read yet (the caller closes it)."""
+        response = await self.upstream.handle_async_request(request)
+        response.request = request
+        return response
+
+
 def make_client(
     config: Mapping[str, Any], *, default_base_url: str, headers: Mapping[str, str]
-) -> httpx.AsyncClient:
-    """An AsyncClient for one vendor; ``transport`` in config is injectable (tests).
+) -> UpstreamClient:
+    """The client of one vendor; ``transport`` in config is injectable (tests).
 
     The connections come from aiohttp's pool (``http_pool: aiohttp``, the default; see
     :mod:`._aiohttp`) or httpx's own (``http_pool: httpx``).
@@ -50,19 +70,23 @@ def make_client(
     # one pooled keep-alive client per provider; the pool is sized for a busy gateway
     connections = int(config.get("max_connections", 200))
     keepalive = float(config.get("keepalive_expiry", 30.0))
-    if transport is None and config.get("http_pool", "aiohttp") == "aiohttp":
-        from services.llm.providers._aiohttp import AiohttpTransport
+    if transport is None:
+        if config.get("http_pool", "aiohttp") == "aiohttp":
+            from services.llm.providers._aiohttp import AiohttpTransport
 
-        transport = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
-    return httpx.AsyncClient(
+            transport = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
+        else:
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=connections,
+                    max_keepalive_connections=connections,
+                    keepalive_expiry=keepalive,
+                )
+            )
+    return UpstreamClient(
         base_url=str(config.get("base_url") or default_base_url).rstrip("/"),
         headers={**headers, **dict(config.get("headers") or {})},
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        limits=httpx.Limits(
-            max_connections=connections,
-            max_keepalive_connections=connections,
-            keepalive_expiry=keepalive,
-        ),
         transport=transport,
     )
 
@@ -346,7 +370,10 @@ async def send(
     answer has no ``Retry-After`` header. The caller owns the returned response and must close it.
     """
     try:
-        response = await client.send(request, stream=True)
+        if isinstance(client, UpstreamClient):
+            response = await client.send_upstream(request)
+        else:
+            response = await client.send(request, stream=True)
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from exc
     if response.status_code < 300:

@@ -75,6 +75,7 @@ class OpenAIProvider(Provider):
         )
         self.stream_usage = bool(config.get("stream_usage", True))
         self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._timeout = self.client.timeout.as_dict()
 
     # -- hooks the Azure adapter overrides ------------------------------------------------
 
@@ -111,7 +112,14 @@ class OpenAIProvider(Provider):
             ).url
             if len(self._urls) < 1024:
                 self._urls[(operation, model)] = url
-        return self.client.build_request("POST", url, content=orjson.dumps(body))
+        # what build_request would add besides: cookies (none) and a second URL merge
+        return httpx.Request(
+            "POST",
+            url,
+            headers=self.client.headers,
+            content=orjson.dumps(body),
+            extensions={"timeout": self._timeout},
+        )
 
     def _chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body = t.merged_params(self.config, request.params)

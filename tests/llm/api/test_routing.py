@@ -14,12 +14,17 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 async def metric(env: Env, name: str, **labels: str) -> float | None:
+    """The sum of the samples of ``name`` that carry ``labels`` (others may differ)."""
     text = (await env.http.get("/metrics")).text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{want}}} not exported")
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
+    if not values:
+        raise AssertionError(f"{name}{{{want}}} not exported")
+    return sum(values)
 
 
 @pytest.mark.parametrize("status", [429, 500])

@@ -7,7 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
@@ -16,6 +16,7 @@ from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.redis import make_redis
+from libs.sessions import LazySessionFactory
 from libs.settings import ServiceSettings
 from libs.telemetry import (
     BodyLimitMiddleware,
@@ -33,12 +34,20 @@ QUIET_PATHS = ("/health", "/ready", "/metrics")
 _frozen = False
 
 
-async def check_database(app: FastAPI) -> None:
-    """Readiness: the service's Postgres answers."""
+async def check_database(app: FastAPI) -> str | None:
+    """Readiness: the service's Postgres answers (a lazy database: once it is in use)."""
+    engine = getattr(app.state, "engine", None)
+    if engine is None:
+        factory = app.state.session_factory
+        engine = getattr(factory, "engine", None)
+        if engine is None:
+            # a lazy database nothing has needed yet; requests that do will connect
+            return "not connected yet: connects on first use"
     from sqlalchemy import text
 
-    async with app.state.engine.connect() as conn:
+    async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+    return None
 
 
 async def check_redis(app: FastAPI) -> None:
@@ -53,7 +62,9 @@ async def run_ready_checks(
 
     async def one(check: ReadyCheck) -> dict[str, Any]:
         try:
-            await asyncio.wait_for(check(app), limit_s)
+            detail = await asyncio.wait_for(check(app), limit_s)
+            if isinstance(detail, str):
+                return {"status": "ok", "detail": detail}
             return {"status": "ok"}
         except TimeoutError:
             return {"status": "error", "error": f"timed out after {limit_s}s"}
@@ -73,7 +84,7 @@ def create_app(
     title: str | None = None,
     description: str = "",
     version: str = "0.1.0",
-    use_database: bool = True,
+    use_database: bool | Literal["lazy"] = True,
     use_redis: bool = True,
     resources: Sequence[Resources] = (),
     ready_checks: dict[str, ReadyCheck] | None = None,
@@ -91,7 +102,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            if use_database:
+            if use_database == "lazy":
+                # SQLAlchemy and the engine come with the first session (libs/sessions.py)
+                lazy = LazySessionFactory(
+                    settings.database_url, pool_size=settings.db_pool_size, application_name=service
+                )
+                app.state.session_factory = lazy
+                stack.push_async_callback(lazy.aclose)
+            elif use_database:
                 # imported here: the gateway has no database and need not load SQLAlchemy
                 from libs.db import make_engine, make_session_factory
 

@@ -10,9 +10,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from fastapi import Depends, Request
 from sqlalchemy import DateTime, MetaData, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -21,6 +20,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# the request-scoped session dependency lives where it needs no SQLAlchemy (llm loads it late)
+from libs.sessions import SessionDep as SessionDep
+from libs.sessions import get_session as get_session
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -113,15 +116,6 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
             await rollback(session)
             raise
 
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """Request-scoped session: commit on success, roll back on any error."""
-    async with session_scope(request.app.state.session_factory) as session:
-        yield session
-
-
-# scope="function": the commit happens before the response is sent, so a 2xx means it is durable
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 ModelT = TypeVar("ModelT", bound=DeclarativeBase)
 

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from arq.connections import ArqRedis
@@ -54,11 +54,13 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, WatchError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.context import get_request_id, new_request_id, request_id_var
-from libs.db import after_commit
 from libs.telemetry import JOB_LATENCY, JOBS, extract_trace_context, inject_trace_headers
+
+if TYPE_CHECKING:
+    # only for types: publishing usage needs no SQLAlchemy (the llm loads it late)
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 log = logging.getLogger("aistack.queue")
 
@@ -304,6 +306,8 @@ async def enqueue(
             defer_by=defer_by,
             expires=expires,
         )
+
+    from libs.db import after_commit
 
     after_commit(session, hook)
     return jid

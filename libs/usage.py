@@ -12,13 +12,15 @@ import uuid
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepared, prepare_job
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 BILLING_SERVICE = "billing"
 RECORD_USAGE = "record_usage"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 from fastapi import FastAPI
 
-from libs.testing import Infra, client_for
+from libs.testing import Infra, auth_headers, client_for, principal
 
 SERVICES = ["auth", "llm", "rag", "jobs", "billing"]
 
@@ -26,7 +28,10 @@ async def test_health_ready_metrics_openapi(service: str, infra: Infra) -> None:
         assert resp.json() == {"status": "ok", "service": service}
         resp = await client.get("/ready")
         assert resp.status_code == 200, resp.text
-        assert resp.json()["checks"] == {"database": {"status": "ok"}, "redis": {"status": "ok"}}
+        database = {"status": "ok"}
+        if service == "llm":  # connects with its first prompt or conversation
+            database["detail"] = "not connected yet: connects on first use"
+        assert resp.json()["checks"] == {"database": database, "redis": {"status": "ok"}}
         await client.get("/definitely-not-here")
         resp = await client.get("/metrics")
         assert resp.status_code == 200
@@ -51,3 +56,29 @@ async def test_ready_reports_dependency_down(infra: Infra, monkeypatch: pytest.M
         assert err["code"] == "not_ready"
         assert err["details"]["checks"]["database"] == {"status": "ok"}
         assert err["details"]["checks"]["redis"]["status"] == "error"
+
+
+def test_llm_serves_chat_without_loading_its_database_layer() -> None:
+    # a fresh interpreter: this one has long imported SQLAlchemy for other tests
+    code = (
+        "import sys\n"
+        "from services.llm.app import build_app\n"
+        "build_app()\n"
+        "late = ('sqlalchemy', 'asyncpg', 'jinja2', 'tiktoken')\n"
+        "print(sorted(m for m in late if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+async def test_llm_connects_its_database_on_first_use(infra: Infra) -> None:
+    async with client_for(build("llm")) as client:
+        resp = await client.get("/ready")
+        assert resp.json()["checks"]["database"]["detail"].startswith("not connected yet")
+        headers = auth_headers(principal(scopes=["llm:use"]))
+        resp = await client.get("/v1/conversations", headers=headers)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["data"] == []
+        resp = await client.get("/ready")
+        assert resp.status_code == 200
+        assert resp.json()["checks"]["database"] == {"status": "ok"}

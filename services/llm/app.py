@@ -91,6 +91,8 @@ def build_app(
         description="OpenAI-compatible LLM API over many providers.",
         resources=[llm_resources],
         openai_error_prefixes=OPENAI_PREFIXES,
+        # only prompts and conversations use the database: SQLAlchemy loads with the first
+        use_database="lazy",
     )
 
 

@@ -58,11 +58,6 @@ AISTACK_FIELDS = frozenset({"prompt", "conversation_id"})
 REPLY_FIELDS = frozenset({"role", "content", "tool_calls", "function_call", "name", "refusal"})
 
 
-def wants_context(body: ChatCompletionRequest) -> bool:
-    """True when the request names a prompt or a conversation."""
-    return body.prompt is not None or body.conversation_id is not None
-
-
 @dataclass
 class ChatContext:
     """What a prompt and a conversation made of a request, and how to record its reply."""

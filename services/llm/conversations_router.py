@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from libs.db import SessionDep
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
+from libs.sessions import SessionDep
 from services.llm.conversation_schemas import (
     ConversationCreate,
     ConversationDetail,
@@ -20,12 +20,27 @@ from services.llm.conversation_schemas import (
     MessageList,
     MessagesAppend,
 )
-from services.llm.conversations import ConversationService, message_out
-from services.llm.models import Conversation, ConversationMessage
+
+if TYPE_CHECKING:
+    from services.llm.conversations import ConversationService
+    from services.llm.models import Conversation, ConversationMessage
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
 UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE.value)]
+
+
+async def conversation_service(session: SessionDep, principal: UsePrincipal) -> ConversationService:
+    """The caller's conversations; the database layer loads with the first request."""
+    from services.llm.conversations import ConversationService
+
+    return ConversationService(session, principal)
+
+
+if TYPE_CHECKING:
+    Conversations = Annotated[ConversationService, Depends(conversation_service)]
+else:
+    Conversations = Annotated[Any, Depends(conversation_service)]
 
 
 def conversation_out(c: Conversation) -> ConversationOut:
@@ -41,16 +56,15 @@ def conversation_out(c: Conversation) -> ConversationOut:
 
 
 def detail_out(c: Conversation, rows: list[ConversationMessage]) -> ConversationDetail:
+    from services.llm.conversations import message_out
+
     return ConversationDetail(
         **conversation_out(c).model_dump(), messages=[message_out(r) for r in rows]
     )
 
 
 @router.post("", status_code=201, response_model=ConversationDetail, summary="Start a conversation")
-async def create_conversation(
-    body: ConversationCreate, session: SessionDep, principal: UsePrincipal
-) -> ConversationDetail:
-    svc = ConversationService(session, principal)
+async def create_conversation(body: ConversationCreate, svc: Conversations) -> ConversationDetail:
     conversation = await svc.create(body)
     return detail_out(conversation, await svc.repo.messages(conversation.id))
 
@@ -61,14 +75,11 @@ async def create_conversation(
     summary="List your conversations, newest first (cursor pagination)",
 )
 async def list_conversations(
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Conversations,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ConversationList:
-    rows, has_more, next_cursor = await ConversationService(session, principal).list_page(
-        limit, cursor
-    )
+    rows, has_more, next_cursor = await svc.list_page(limit, cursor)
     return ConversationList(
         data=[conversation_out(c) for c in rows], has_more=has_more, next_cursor=next_cursor
     )
@@ -79,10 +90,8 @@ async def list_conversations(
     response_model=ConversationDetail,
     summary="Get a conversation with its messages",
 )
-async def get_conversation(
-    conversation_id: uuid.UUID, session: SessionDep, principal: UsePrincipal
-) -> ConversationDetail:
-    conversation, rows = await ConversationService(session, principal).messages(conversation_id)
+async def get_conversation(conversation_id: uuid.UUID, svc: Conversations) -> ConversationDetail:
+    conversation, rows = await svc.messages(conversation_id)
     return detail_out(conversation, rows)
 
 
@@ -94,19 +103,14 @@ async def get_conversation(
 async def update_conversation(
     conversation_id: uuid.UUID,
     body: ConversationUpdate,
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Conversations,
 ) -> ConversationOut:
-    return conversation_out(
-        await ConversationService(session, principal).update(conversation_id, body)
-    )
+    return conversation_out(await svc.update(conversation_id, body))
 
 
 @router.delete("/{conversation_id}", status_code=204, summary="Delete a conversation")
-async def delete_conversation(
-    conversation_id: uuid.UUID, session: SessionDep, principal: UsePrincipal
-) -> Response:
-    await ConversationService(session, principal).delete(conversation_id)
+async def delete_conversation(conversation_id: uuid.UUID, svc: Conversations) -> Response:
+    await svc.delete(conversation_id)
     return Response(status_code=204)
 
 
@@ -119,10 +123,11 @@ async def delete_conversation(
 async def append_messages(
     conversation_id: uuid.UUID,
     body: MessagesAppend,
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Conversations,
 ) -> MessageList:
-    rows = await ConversationService(session, principal).append(conversation_id, body.messages)
+    from services.llm.conversations import message_out
+
+    rows = await svc.append(conversation_id, body.messages)
     return MessageList(data=[message_out(r) for r in rows])
 
 
@@ -132,10 +137,8 @@ async def append_messages(
     responses={200: {"content": {"application/json": {}}}},
     response_model=None,
 )
-async def export_conversation(
-    conversation_id: uuid.UUID, session: SessionDep, principal: UsePrincipal
-) -> Response:
-    data = await ConversationService(session, principal).export(conversation_id)
+async def export_conversation(conversation_id: uuid.UUID, svc: Conversations) -> Response:
+    data = await svc.export(conversation_id)
     return Response(
         orjson.dumps(data, option=orjson.OPT_INDENT_2),
         media_type="application/json",

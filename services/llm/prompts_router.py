@@ -4,15 +4,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
-from libs.db import SessionDep
 from libs.errors import ValidationFailed
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
-from services.llm.models import Prompt, PromptEvent, PromptLabel, PromptVersion
+from libs.sessions import SessionDep
 from services.llm.prompt_schemas import (
     LABEL_NAME,
     RESERVED_LABELS,
@@ -31,7 +30,10 @@ from services.llm.prompt_schemas import (
     RenderOut,
     RenderRequest,
 )
-from services.llm.prompts import PromptService, check_templates
+
+if TYPE_CHECKING:
+    from services.llm.models import Prompt, PromptEvent, PromptLabel, PromptVersion
+    from services.llm.prompts import PromptService
 
 router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
 
@@ -40,6 +42,20 @@ PromptRef = Annotated[str, Path(min_length=1, max_length=200, description="Promp
 LabelName = Annotated[str, Path(pattern=LABEL_NAME, description="Label name")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0)]
+
+
+async def prompt_service(session: SessionDep, principal: UsePrincipal) -> PromptService:
+    """The caller's prompt store; the database layer and the template engine load with the
+    first request."""
+    from services.llm.prompts import PromptService
+
+    return PromptService(session, principal)
+
+
+if TYPE_CHECKING:
+    Prompts = Annotated[PromptService, Depends(prompt_service)]
+else:
+    Prompts = Annotated[Any, Depends(prompt_service)]
 
 
 def prompt_out(prompt: Prompt, labels: list[PromptLabel]) -> PromptOut:
@@ -59,6 +75,8 @@ def prompt_out(prompt: Prompt, labels: list[PromptLabel]) -> PromptOut:
 
 
 def version_out(version: PromptVersion, labels: list[PromptLabel]) -> PromptVersionOut:
+    from services.llm.prompts import check_templates
+
     vid = str(version.id)
     return PromptVersionOut(
         id=version.id,
@@ -95,34 +113,24 @@ async def _prompt_out(svc: PromptService, prompt: Prompt) -> PromptOut:
 
 
 @router.post("", status_code=201, response_model=PromptOut, summary="Create a prompt")
-async def create_prompt(
-    body: PromptCreate, session: SessionDep, principal: UsePrincipal
-) -> PromptOut:
-    svc = PromptService(session, principal)
+async def create_prompt(body: PromptCreate, svc: Prompts) -> PromptOut:
     return await _prompt_out(svc, await svc.create(body))
 
 
 @router.get("", response_model=PromptList, summary="List prompts (by name)")
-async def list_prompts(
-    session: SessionDep, principal: UsePrincipal, limit: Limit = 20, offset: Offset = 0
-) -> PromptList:
-    svc = PromptService(session, principal)
+async def list_prompts(svc: Prompts, limit: Limit = 20, offset: Offset = 0) -> PromptList:
     rows, has_more = await svc.list_page(limit, offset)
     labels = await svc.labels_of(rows)
     return PromptList(data=[prompt_out(p, labels[p.id]) for p in rows], has_more=has_more)
 
 
 @router.get("/{prompt}", response_model=PromptOut, summary="Get a prompt and its labels")
-async def get_prompt(prompt: PromptRef, session: SessionDep, principal: UsePrincipal) -> PromptOut:
-    svc = PromptService(session, principal)
+async def get_prompt(prompt: PromptRef, svc: Prompts) -> PromptOut:
     return await _prompt_out(svc, await svc.get(prompt))
 
 
 @router.patch("/{prompt}", response_model=PromptOut, summary="Change a prompt's description")
-async def update_prompt(
-    prompt: PromptRef, body: PromptUpdate, session: SessionDep, principal: UsePrincipal
-) -> PromptOut:
-    svc = PromptService(session, principal)
+async def update_prompt(prompt: PromptRef, body: PromptUpdate, svc: Prompts) -> PromptOut:
     return await _prompt_out(svc, await svc.update(prompt, body.description))
 
 
@@ -133,9 +141,8 @@ async def update_prompt(
     summary="Create a new immutable version (optionally pointing labels at it)",
 )
 async def create_version(
-    prompt: PromptRef, body: PromptVersionCreate, session: SessionDep, principal: UsePrincipal
+    prompt: PromptRef, body: PromptVersionCreate, svc: Prompts
 ) -> PromptVersionOut:
-    svc = PromptService(session, principal)
     version = await svc.create_version(prompt, body)
     labels = await svc.repo.labels([version.prompt_id])
     return version_out(version, labels)
@@ -146,12 +153,10 @@ async def create_version(
 )
 async def list_versions(
     prompt: PromptRef,
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Prompts,
     limit: Limit = 20,
     offset: Offset = 0,
 ) -> PromptVersionList:
-    svc = PromptService(session, principal)
     found, rows, has_more = await svc.versions(prompt, limit, offset)
     labels = await svc.repo.labels([found.id])
     return PromptVersionList(data=[version_out(v, labels) for v in rows], has_more=has_more)
@@ -163,10 +168,8 @@ async def list_versions(
 async def get_version(
     prompt: PromptRef,
     number: Annotated[int, Path(ge=1)],
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Prompts,
 ) -> PromptVersionOut:
-    svc = PromptService(session, principal)
     found, version = await svc.version(prompt, number)
     return version_out(version, await svc.repo.labels([found.id]))
 
@@ -180,12 +183,10 @@ async def set_label(
     prompt: PromptRef,
     label: LabelName,
     body: LabelSet,
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Prompts,
 ) -> PromptOut:
     if label in RESERVED_LABELS:
         raise ValidationFailed(f"Label '{label}' is reserved", code="reserved_label")
-    svc = PromptService(session, principal)
     return await _prompt_out(svc, await svc.set_label(prompt, label, body))
 
 
@@ -194,18 +195,13 @@ async def set_label(
     response_model=PromptOut,
     summary="Point a label back where it was before its last move",
 )
-async def rollback_label(
-    prompt: PromptRef, label: LabelName, session: SessionDep, principal: UsePrincipal
-) -> PromptOut:
-    svc = PromptService(session, principal)
+async def rollback_label(prompt: PromptRef, label: LabelName, svc: Prompts) -> PromptOut:
     return await _prompt_out(svc, await svc.rollback_label(prompt, label))
 
 
 @router.delete("/{prompt}/labels/{label}", status_code=204, summary="Remove a label")
-async def delete_label(
-    prompt: PromptRef, label: LabelName, session: SessionDep, principal: UsePrincipal
-) -> Response:
-    await PromptService(session, principal).delete_label(prompt, label)
+async def delete_label(prompt: PromptRef, label: LabelName, svc: Prompts) -> Response:
+    await svc.delete_label(prompt, label)
     return Response(status_code=204)
 
 
@@ -216,13 +212,12 @@ async def delete_label(
 )
 async def history(
     prompt: PromptRef,
-    session: SessionDep,
-    principal: UsePrincipal,
+    svc: Prompts,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
     label: Annotated[str | None, Query(pattern=LABEL_NAME)] = None,
 ) -> HistoryList:
-    rows, has_more = await PromptService(session, principal).history(prompt, limit, offset, label)
+    rows, has_more = await svc.history(prompt, limit, offset, label)
     return HistoryList(data=[event_out(e) for e in rows], has_more=has_more)
 
 
@@ -231,12 +226,8 @@ async def history(
     response_model=RenderOut,
     summary="Preview: render a version (by label, A/B choice or number) with variables",
 )
-async def render(
-    prompt: PromptRef, body: RenderRequest, session: SessionDep, principal: UsePrincipal
-) -> RenderOut:
-    resolved = await PromptService(session, principal).render(
-        prompt, body.label, body.version, body.variables, body.ab_key
-    )
+async def render(prompt: PromptRef, body: RenderRequest, svc: Prompts) -> RenderOut:
+    resolved = await svc.render(prompt, body.label, body.version, body.variables, body.ab_key)
     return RenderOut(
         prompt_id=resolved.prompt_id,
         name=resolved.name,

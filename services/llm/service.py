@@ -17,12 +17,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import orjson
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.errors import AppError, BadRequest, NotFound, RateLimited
 from libs.identity import Principal
@@ -32,7 +31,6 @@ from libs.usage import UsageEvent, prepare_usage, publish_usage_batch
 from services.llm import cache as rc
 from services.llm import tokens
 from services.llm.breaker import SharedBreakers
-from services.llm.chat_context import ChatContext, prepare_chat, wants_context
 from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
 from services.llm.providers.base import ChatRequest, Provider, ProviderError
@@ -41,6 +39,13 @@ from services.llm.routing import Alias, Price, RoutingConfig, Target
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.settings import LlmSettings
 from services.llm.streaming import DONE, Assembler, IdleTimeout, replay_chunks, sse
+
+if TYPE_CHECKING:
+    # chat, embeddings and models need no database: its layer loads with the first prompt or
+    # conversation (services/llm/chat_context.py), not with the process
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from services.llm.chat_context import ChatContext
 
 log = logging.getLogger("aistack.llm")
 
@@ -440,8 +445,11 @@ class LlmService:
             else None
         )
         ctx: ChatContext | None = None
-        if wants_context(body):
-            # a prompt and/or a conversation make the request the provider gets
+        if body.prompt is not None or body.conversation_id is not None:
+            # a prompt and/or a conversation make the request the provider gets; the database
+            # layer (SQLAlchemy, the models, the template engine) loads with the first one
+            from services.llm.chat_context import prepare_chat
+
             reserve = self.settings.tpm_completion_reserve
             ctx = await prepare_chat(
                 self.sessions(), self.config, principal, body, call_id, reserve

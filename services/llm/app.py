@@ -10,12 +10,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from libs.app import create_app
 from services.llm.conversations_router import router as conversations_router
 from services.llm.prompts_router import router as prompts_router
 from services.llm.providers.base import Provider
-from services.llm.router import OPENAI_PREFIXES, router
+from services.llm.router import OPENAI_PREFIXES, ChatFirst, router
 from services.llm.routing import RoutingConfig, default_config, load_config
 from services.llm.service import LlmService, UsagePublisher
 from services.llm.settings import LlmSettings, get_settings
@@ -83,7 +84,7 @@ def build_app(
         finally:
             await service.aclose()
 
-    return create_app(
+    app = create_app(
         service="llm",
         settings=settings,
         routers=[router, prompts_router, conversations_router],
@@ -94,6 +95,9 @@ def build_app(
         # only prompts and conversations use the database: SQLAlchemy loads with the first
         use_database="lazy",
     )
+    # innermost middleware: chat completions straight to their handler (services/llm/router.py)
+    app.user_middleware.append(Middleware(ChatFirst))
+    return app
 
 
 def app() -> FastAPI:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -14,17 +15,20 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Send
+from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from libs.errors import BadRequest
+from libs.errors import AppError, BadRequest, error_response
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.service import CallOptions, LlmService, Result
 
 OPENAI_PREFIXES = ("/v1/chat", "/v1/embeddings", "/v1/models")
+
+log = logging.getLogger("aistack.llm")
 
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -42,40 +46,44 @@ def _fast(handler: Handler) -> Callable[[F], F]:
     return register
 
 
+def openai_handler(handler: Handler) -> Handler:
+    """``handler`` answering an invalid body as OpenAI does: 400 ``invalid_request_error``."""
+
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RequestValidationError as exc:
+            details = [
+                {
+                    "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
+                    "message": err.get("msg", ""),
+                    "type": err.get("type", ""),
+                }
+                for err in exc.errors()
+            ]
+            if any(d["type"] == "json_invalid" for d in details):
+                raise BadRequest(
+                    "We could not parse the JSON body of your request.",
+                    code="malformed_json",
+                    details=details,
+                ) from exc
+            first = details[0] if details else {"field": "", "message": "invalid"}
+            raise BadRequest(
+                f"Invalid request: {first['field']}: {first['message']}",
+                code="invalid_request",
+                details=details,
+            ) from exc
+
+    return route
+
+
 class OpenAIRoute(APIRoute):
     """OpenAI answers an invalid body with 400 ``invalid_request_error`` (not 422)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         # a hand-written handler where FastAPI's per-request dependency solving was the
         # largest cost of the call; the endpoint's signature still makes the OpenAPI document
-        handler = _FAST.get(self.endpoint) or super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestValidationError as exc:
-                details = [
-                    {
-                        "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
-                        "message": err.get("msg", ""),
-                        "type": err.get("type", ""),
-                    }
-                    for err in exc.errors()
-                ]
-                if any(d["type"] == "json_invalid" for d in details):
-                    raise BadRequest(
-                        "We could not parse the JSON body of your request.",
-                        code="malformed_json",
-                        details=details,
-                    ) from exc
-                first = details[0] if details else {"field": "", "message": "invalid"}
-                raise BadRequest(
-                    f"Invalid request: {first['field']}: {first['message']}",
-                    code="invalid_request",
-                    details=details,
-                ) from exc
-
-        return route
+        return openai_handler(_FAST.get(self.endpoint) or super().get_route_handler())
 
 
 class SSEResponse(StreamingResponse):
@@ -249,3 +257,41 @@ async def list_models(principal: UsePrincipal, service: ServiceDep) -> ModelList
 @router.get("/v1/models/{model_id:path}", summary="Get one model alias", response_model=ModelObject)
 async def get_model(model_id: str, principal: UsePrincipal, service: ServiceDep) -> ModelObject:
     return service.get_model(model_id)
+
+
+class ChatFirst:
+    """ASGI: ``POST /v1/chat/completions`` straight to its handler, past the router and the
+    exception layers (the innermost middleware: observability and the body limit still wrap
+    it). Errors are rendered as the app's handlers render them on this route: OpenAI's shape.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.handler = openai_handler(_chat_completions_fast)
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != "/v1/chat/completions"
+            or scope["method"] != "POST"
+        ):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)  # scope["app"] is the FastAPI app (set by Starlette)
+        try:
+            response = await self.handler(request)
+        except AppError as exc:
+            response = error_response(
+                exc.status_code,
+                exc.code,
+                exc.message,
+                exc.details,
+                headers=exc.headers,
+                openai=True,
+            )
+        except ClientDisconnect:
+            return  # nobody to answer
+        except Exception as exc:
+            log.error("unhandled exception on POST %s", scope["path"], exc_info=exc)
+            response = error_response(500, "internal_error", "Internal server error", openai=True)
+        await response(scope, receive, send)

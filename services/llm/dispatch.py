@@ -73,6 +73,12 @@ def classify(exc: BaseException, provider: str) -> ProviderError:
     )
 
 
+def _retry_after(err: ProviderError) -> dict[str, str] | None:
+    if err.retry_after is None:
+        return None
+    return {"Retry-After": str(max(1, round(err.retry_after)))}
+
+
 def to_app_error(err: ProviderError | None, outcome: Outcome) -> AppError:
     """The error the client sees once every target failed."""
     details = {"tried": outcome.tried} if outcome.tried else None
@@ -85,17 +91,22 @@ def to_app_error(err: ProviderError | None, outcome: Outcome) -> AppError:
     if err.status in CLIENT_ERROR_STATUSES:
         return BadRequest(err.message, code=err.code or "invalid_request", details=details)
     if err.status == 429:
-        headers = None
-        if err.retry_after is not None:
-            headers = {"Retry-After": str(max(1, round(err.retry_after)))}
         return RateLimited(
             f"Upstream rate limit: {err.message}",
             code="upstream_rate_limited",
             details=details,
-            headers=headers,
+            headers=_retry_after(err),
         )
     if err.code == "timeout" or err.status == 504:
         return GatewayTimeout(err.message, code="upstream_timeout", details=details)
+    if err.status == 503:
+        # overloaded, not broken (Anthropic's 529, a busy local model): worth retrying later
+        return ServiceUnavailable(
+            err.message,
+            code=err.code or "upstream_unavailable",
+            details=details,
+            headers=_retry_after(err),
+        )
     return BadGateway(err.message, code=err.code or "upstream_error", details=details)
 
 

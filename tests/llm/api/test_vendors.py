@@ -704,14 +704,15 @@ async def test_vendor_403_and_404_are_configuration_problems(
     assert len(case.chat_requests()) == 1
 
 
-async def test_anthropic_overloaded_is_retried_then_a_502(
+async def test_anthropic_overloaded_is_retried_then_a_503(
     venv: Env, upstreams: dict[str, Upstream]
 ) -> None:
     anthropic = upstreams["anthropic"]
     anthropic.behavior.status = 529
     with pytest.raises(openai.InternalServerError) as exc:
         await venv.client.chat.completions.create(model="claude", messages=MESSAGES)
-    assert exc.value.status_code == 502
+    # overloaded, not broken: 503, which clients retry later
+    assert exc.value.status_code == 503
     assert exc.value.code == "upstream_overloaded"
     assert "overloaded_error" in exc.value.message
     assert len(anthropic.behavior.requests) == 2

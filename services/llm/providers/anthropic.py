@@ -127,15 +127,18 @@ def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) ->
         body["metadata"] = {"user_id": str(params["user"])}
     mode, name = t.tool_choice(params.get("tool_choice"))
     tools = t.functions(params.get("tools"))
-    if tools and mode != "none":
+    if tools:
+        # with "none" the tools are still sent: a history holding tool_use or tool_result
+        # blocks is refused (400) by a request that defines no tools
         body["tools"] = [
             {"name": f["name"], "description": f["description"], "input_schema": f["parameters"]}
             for f in tools
         ]
-        choice: dict[str, Any] = {"type": {"auto": "auto", "required": "any"}.get(mode, "tool")}
+        kinds = {"auto": "auto", "required": "any", "none": "none"}
+        choice: dict[str, Any] = {"type": kinds.get(mode, "tool")}
         if mode == "function":
             choice["name"] = name
-        if params.get("parallel_tool_calls") is False:
+        if params.get("parallel_tool_calls") is False and mode != "none":
             choice["disable_parallel_tool_use"] = True
         body["tool_choice"] = choice
     if stream:

@@ -110,12 +110,14 @@ async def test_tool_choice_modes(
     assert behavior.last["json"]["tool_choice"] == expected
 
 
-async def test_tool_choice_none_omits_tools_and_default_max_tokens(
+async def test_tool_choice_none_keeps_tools_and_default_max_tokens(
     provider: AnthropicProvider, behavior: Behavior
 ) -> None:
+    # the tools stay (a history with tool_use blocks needs them); the model may not call one
     await provider.chat(req(tools=TOOLS, tool_choice="none"))
     body = behavior.last["json"]
-    assert "tools" not in body and "tool_choice" not in body
+    assert [t["name"] for t in body["tools"]] == [t["function"]["name"] for t in TOOLS]
+    assert body["tool_choice"] == {"type": "none"}
     assert body["max_tokens"] == 1024
     assert "system" not in body
 

@@ -7,6 +7,7 @@ caller's trace (W3C ``traceparent``), the request metrics and one access log lin
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping, MutableMapping
@@ -17,6 +18,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -55,12 +57,19 @@ def setup_tracing(service: str, otlp_endpoint: str | None = None) -> None:
     """Install the SDK tracer provider once per process; export over OTLP/HTTP when configured.
 
     Spans are always created (so trace ids reach logs and jobs); they leave the process only
-    when an endpoint is set.
+    when an endpoint is set. Without one, a span is recorded only when the caller's
+    ``traceparent`` asks for it (sampled): the others carry their ids without the cost of
+    recording attributes and timings nobody receives.
     """
     global _tracing_configured
     if _tracing_configured:
         return
-    provider = TracerProvider(resource=Resource.create({"service.name": f"aistack-{service}"}))
+    sampler = None  # the SDK's default, or OTEL_TRACES_SAMPLER
+    if not otlp_endpoint and not os.environ.get("OTEL_TRACES_SAMPLER"):
+        sampler = ParentBased(ALWAYS_OFF)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"aistack-{service}"}), sampler=sampler
+    )
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

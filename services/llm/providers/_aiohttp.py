@@ -68,6 +68,13 @@ class _Body(httpx.AsyncByteStream):
         except _ERRORS as exc:
             raise _map_error(exc, self.request) from exc
 
+    async def read_all(self) -> bytes:
+        """The whole body in one piece (aiohttp's own buffer, no chunk list to join)."""
+        try:
+            return await self.resp.read()
+        except _ERRORS as exc:
+            raise _map_error(exc, self.request) from exc
+
     async def aclose(self) -> None:
         # a fully read response returns its connection to the pool; a half-read one is dropped
         if self.resp.content.at_eof():

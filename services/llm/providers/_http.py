@@ -404,7 +404,8 @@ async def send_json(
     """Send and return the whole JSON object body."""
     response = await send(client, provider, request, extract_message, retry_delay)
     try:
-        body = await response.aread()
+        read_all = getattr(response.stream, "read_all", None)
+        body = await read_all() if read_all is not None else await response.aread()
     except httpx.HTTPError as exc:
         raise transport_error(provider, exc) from exc
     finally:

@@ -3,6 +3,8 @@
 make bench                          all of them
 make bench BENCH_ARGS="llm"         one of them (llm, auth)
 make bench BENCH_ARGS="--duration 20"
+make bench BENCH_ARGS="litellm"     LiteLLM's proxy measured the same way (never run by default:
+                                    it needs its own virtualenv, see tests/bench/litellm_anchor.py)
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ BENCHES = {
     "llm": "tests.bench.llm_bench",
     "auth": "tests.bench.auth_bench",
 }
+# run only when named: a reference measured next to aistack, not a benchmark of aistack
+OPTIONAL = {"litellm": "tests.bench.litellm_anchor"}
 
 
 def main() -> None:
+    known = {**BENCHES, **OPTIONAL}
     parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("only", nargs="*", help=f"benchmarks to run ({', '.join(BENCHES)})")
+    parser.add_argument("only", nargs="*", help=f"benchmarks to run ({', '.join(known)})")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     args = parser.parse_args()
-    unknown = set(args.only) - set(BENCHES)
+    unknown = set(args.only) - set(known)
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     print(
@@ -32,7 +37,7 @@ def main() -> None:
         f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB\n"
     )
     for name in args.only or list(BENCHES):
-        module = importlib.import_module(BENCHES[name])
+        module = importlib.import_module(known[name])
         print(f"## {name}\n", flush=True)
         print(module.run_bench(args.duration), "\n", flush=True)
 

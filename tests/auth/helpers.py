@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pickle
 import re
+import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,34 @@ from services.auth.security import Cipher
 from services.auth.settings import AuthSettings
 
 PASSWORD = "Tr0ub4dor&3-horse"
-SERVICE = auth_headers(Principal())  # the gateway itself: no user, no org
+
+
+class _GatewayHeaders(Mapping[str, str]):
+    """The gateway's own headers (no user, no org), signed afresh every 20 s: an internal
+    token lives 60 s, and one signed when the module was imported had expired by the time
+    later tests of a full run used it."""
+
+    def __init__(self) -> None:
+        self._headers: dict[str, str] = {}
+        self._signed_at = float("-inf")
+
+    def _current(self) -> dict[str, str]:
+        now = time.monotonic()
+        if now - self._signed_at > 20:
+            self._headers, self._signed_at = auth_headers(Principal()), now
+        return self._headers
+
+    def __getitem__(self, name: str) -> str:
+        return self._current()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+SERVICE: Mapping[str, str] = _GatewayHeaders()
 
 
 def new_email() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import platform
+import time
 
 import psutil
 
@@ -21,6 +22,19 @@ BENCHES = {
 }
 # run only when named: a reference measured next to aistack, not a benchmark of aistack
 OPTIONAL = {"litellm": "tests.bench.litellm_anchor"}
+
+
+def machine_speed() -> float:
+    """Seconds for a plain interpreter loop: virtual machines of one class differ by 2-3x
+    between days, and so do requests/s."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -34,7 +48,9 @@ def main() -> None:
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     print(
         f"# aistack benchmarks\n\n{platform.python_implementation()} {platform.python_version()}, "
-        f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB\n"
+        f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"this machine's speed: {machine_speed():.2f} s for 10 million Python additions "
+        "(the figures scale with it: compare runs of different days by their ratios)\n"
     )
     for name in args.only or list(BENCHES):
         module = importlib.import_module(known[name])

@@ -587,8 +587,9 @@ class LlmService:
             raise
         target = outcome.target
         assert target is not None
+        # the stream is open; its time to first token is taken at the first chunk with a choice
+        # (Azure opens with a chunk of content-filter results and none)
         ttft = time.perf_counter() - call.started
-        TTFT.labels(target.provider, target.model).observe(ttft)
         headers.update(_route_headers(target, outcome))
         relay = self._relay(
             call,
@@ -625,11 +626,15 @@ class LlmService:
         failed = False
         base = {"id": call.id, "object": "chat.completion.chunk"}
         idle = IdleTimeout(timeout_s)
+        first_choice: float | None = None
         try:
             chunk = first
             while chunk is not None:
                 asm.add(chunk)
                 if chunk.get("choices"):
+                    if first_choice is None:
+                        first_choice = time.perf_counter() - call.started
+                        TTFT.labels(target.provider, target.model).observe(first_choice)
                     out = {**chunk, **base}
                     if include_usage:
                         out["usage"] = None
@@ -680,7 +685,12 @@ class LlmService:
             self._emit(
                 call,
                 self._event(
-                    call, target=target, usage=usage, cached=False, status=status, ttft_s=ttft
+                    call,
+                    target=target,
+                    usage=usage,
+                    cached=False,
+                    status=status,
+                    ttft_s=first_choice if first_choice is not None else ttft,
                 ),
             )
             completion = asm.completion(call.id, call.created, usage) if finished else None

@@ -947,3 +947,16 @@ async def test_local_model_through_the_api(venv: Env) -> None:
         usage.prompt_tokens,
         usage.completion_tokens,
     )
+
+
+async def test_azure_time_to_first_token_waits_for_a_choice(
+    venv: Env, upstreams: dict[str, Upstream]
+) -> None:
+    # Azure opens its stream at once with a content-filter chunk that has no choices; the time
+    # to first token is when the first choice arrives, not that
+    upstreams["azure"].behavior.pause_after_first = 0.3
+    stream = await venv.client.chat.completions.create(model="az", messages=MESSAGES, stream=True)
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    events = await venv.usage_events()
+    assert len(events) == 1
+    assert events[0]["ttft_ms"] >= 300, events[0]["ttft_ms"]

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 from openai.types import CreateEmbeddingResponse, Model
@@ -253,6 +254,8 @@ def make_app(behavior: Behavior, *, azure: bool = False) -> Starlette:
             payload = sse(
                 chunks(behavior, model, include_usage=include_usage, azure=azure), behavior
             )
+            if behavior.pause_after_first:
+                return StreamingResponse(paused(payload, behavior), media_type="text/event-stream")
             return StreamingResponse(body_slices(payload, behavior), media_type="text/event-stream")
         if behavior.malformed:
             return Response(b'{"id": "chatcmpl-x", "choices": [', media_type="application/json")
@@ -293,3 +296,12 @@ def make_app(behavior: Behavior, *, azure: bool = False) -> Starlette:
             Route("/v1/models", models, methods=["GET"]),
         ]
     return Starlette(routes=routes)
+
+
+async def paused(payload: bytes, behavior: Behavior) -> AsyncIterator[bytes]:
+    """The stream's first event, a pause, then the rest (a slow first token)."""
+    head, sep, rest = payload.partition(b"\n\n")
+    yield head + sep
+    await asyncio.sleep(behavior.pause_after_first)
+    async for piece in body_slices(rest, behavior):
+        yield piece

@@ -48,6 +48,7 @@ class Behavior:
     clean_eof: bool = False  # with break_after: end the body normally instead of dropping
     stall_after: int | None = None  # go silent (for a long time) after this many body bytes
     malformed: bool = False  # put a chunk that is not JSON into the stream
+    pause_after_first: float = 0.0  # a stream: wait this long after its first event
     embeddings: list[list[float]] = field(default_factory=lambda: [[0.1, 0.2], [0.3, 0.4]])
     requests: list[dict[str, Any]] = field(default_factory=list)
 

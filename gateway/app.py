@@ -13,10 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware import Middleware
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway import revocations
 from gateway.apikeys import ApiKeyResolver
@@ -287,24 +286,15 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.router.routes.append(
         StarletteRoute("/{path:path}", endpoint=proxy, include_in_schema=False, methods=None)
     )
-    # innermost middleware: a service prefix goes to the proxy at once, past the router and
-    # its exception layers (no gateway route lives under a service prefix)
-    app.user_middleware.append(Middleware(ProxyFirst, proxy=proxy))
+    # the hot route: a request under a service prefix goes from the middleware straight to
+    # the proxy, past FastAPI's layers and the router (no gateway route lives under a service
+    # prefix; libs/app.py)
+    app.set_hot_route(_proxied, proxy)
     return app
 
 
-class ProxyFirst:
-    """Send requests under a service prefix straight to the proxy; the rest to the routes."""
-
-    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
-        self.app = app
-        self.proxy = proxy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and match_route(scope["path"]) is not None:
-            await self.proxy(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+def _proxied(scope: Scope) -> bool:
+    return match_route(scope["path"]) is not None
 
 
 def app() -> FastAPI:

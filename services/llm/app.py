@@ -10,13 +10,13 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from libs.app import create_app
+from services.llm import tokenizer
 from services.llm.conversations_router import router as conversations_router
 from services.llm.prompts_router import router as prompts_router
 from services.llm.providers.base import Provider
-from services.llm.router import OPENAI_PREFIXES, ChatFirst, router
+from services.llm.router import OPENAI_PREFIXES, ChatEndpoint, is_chat_completion, router
 from services.llm.routing import RoutingConfig, default_config, load_config
 from services.llm.service import LlmService, UsagePublisher
 from services.llm.settings import LlmSettings, get_settings
@@ -65,6 +65,8 @@ def build_app(
 
     @asynccontextmanager
     async def llm_resources(app: FastAPI) -> AsyncIterator[None]:
+        # LLM_TOKENIZER_PRELOAD: loaded in a thread before the app is ready, not on a request
+        await tokenizer.preload(settings.tokenizers_to_preload)
         factory = provider_factory or default_provider_factory()
         providers: dict[str, Provider] = {}
         for name, spec in config.providers.items():
@@ -95,8 +97,8 @@ def build_app(
         # only prompts and conversations use the database: SQLAlchemy loads with the first
         use_database="lazy",
     )
-    # innermost middleware: chat completions straight to their handler (services/llm/router.py)
-    app.user_middleware.append(Middleware(ChatFirst))
+    # chat completions go from the app's middleware straight to their handler (libs/app.py)
+    app.set_hot_route(is_chat_completion, ChatEndpoint())
     return app
 
 

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from libs.errors import AppError, BadRequest, app_error_response, error_response
@@ -259,25 +259,22 @@ async def get_model(model_id: str, principal: UsePrincipal, service: ServiceDep)
     return service.get_model(model_id)
 
 
-class ChatFirst:
-    """ASGI: ``POST /v1/chat/completions`` straight to its handler, past the router and the
-    exception layers (the innermost middleware: observability and the body limit still wrap
-    it). Errors are rendered as the app's handlers render them on this route: OpenAI's shape.
+def is_chat_completion(scope: AsgiScope) -> bool:
+    """The hot route of the llm app: ``POST /v1/chat/completions``."""
+    return scope["path"] == "/v1/chat/completions" and scope["method"] == "POST"
+
+
+class ChatEndpoint:
+    """ASGI: ``POST /v1/chat/completions`` served by its handler, without the router (the
+    app's hot route, see ``libs.app.App``). Errors are rendered as the app's handlers render
+    them on this route: OpenAI's shape.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self.handler = openai_handler(_chat_completions_fast)
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["path"] != "/v1/chat/completions"
-            or scope["method"] != "POST"
-        ):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive)  # scope["app"] is the FastAPI app (set by Starlette)
+        request = Request(scope, receive)  # scope["app"] is the app (set by App)
         try:
             response = await self.handler(request)
         except AppError as exc:

@@ -22,6 +22,7 @@ is at least one byte; true of the tiktoken encodings, Llama 3, SmolLM2, GPT-2 st
 tokenizers), so :func:`message_bound` is an upper bound that needs no tokenizer. An encoding is
 loaded only when that bound does not fit, once per process, in a worker thread
 (:func:`load_encoding`): o200k_base takes ~1.2 s of CPU and ~45 MiB, cl100k_base half that.
+``LLM_TOKENIZER_PRELOAD`` loads the named ones at start-up instead (:func:`preload`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -237,6 +238,14 @@ async def load_encoding(name: str) -> Encoding:
     if found is not None:
         return found
     return await asyncio.to_thread(get_encoding, name)
+
+
+async def preload(names: Iterable[str]) -> None:
+    """Load encodings ``names`` now, each in a worker thread (``LLM_TOKENIZER_PRELOAD``, at
+    start-up: no request then waits for a first load, and the process pays their memory even
+    if it never counts a token)."""
+    for name in names:
+        await load_encoding(name)
 
 
 # ------------------------------------------------------------------------- which encoding

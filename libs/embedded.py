@@ -34,6 +34,19 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
+def _pid_alive(pid: int) -> bool:
+    """The process exists and has not exited (an unreaped zombie has)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    with contextlib.suppress(OSError):  # Linux: state is the field after "(name)"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
 def _pg_bin() -> Path:
     import pgserver  # noqa: F401  (locates the shipped binaries)
     from pgserver._commands import POSTGRES_BIN_PATH
@@ -187,6 +200,14 @@ class EmbeddedPostgres:
             "CREATE EXTENSION IF NOT EXISTS vector",
         )
 
+    def running(self) -> bool:
+        """True while the postmaster of this data directory is alive (not a zombie)."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        return _pid_alive(pid)
+
     def stop(self) -> None:
         """Fast shutdown (active connections are closed, data is flushed)."""
         if (self.pgdata / "postmaster.pid").exists():
@@ -252,6 +273,10 @@ class EmbeddedRedis:
                 raise RuntimeError("redis-server did not start within 20s")
             time.sleep(0.05)
         return self
+
+    def running(self) -> bool:
+        """True while the redis-server this object started is alive."""
+        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -3,14 +3,25 @@
 When ``DATABASE_URL`` / ``REDIS_URL`` are not set, an embedded PostgreSQL (with pgvector) and
 an embedded Redis start from Python packages, keeping their data under ``AISTACK_DATA_DIR``
 (default ``.data/local``) so the next start finds it again. Then every service's migrations
-are applied and the gateway, the five services and their workers run under honcho, each
-log line prefixed by the process name. Ctrl-C stops everything, databases included.
+are applied and the gateway, the five services and their workers run under
+:class:`deploy.local.supervisor.Supervisor`, each log line prefixed by the process name.
+
+A process that exits on its own (a crash, the OOM killer, ``kill -9``) is started again after
+a pause doubling from 0.5 s to 10 s while the others keep serving; the embedded PostgreSQL and
+Redis are watched and restarted the same way. One that exits five times in a row without
+staying up 30 s cannot start (a bad setting): the runner then stops everything and exits 1.
+Ctrl-C or SIGTERM stops everything, databases included.
+
+The supervisor is a small loop over honcho's pieces (its ``Process`` and ``Printer``) rather
+than honcho's ``Manager``, which stops the whole stack when one process exits, or another
+library (supervisor, circus): the reasons are in its module docstring.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
 import threading
 import time
@@ -19,8 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from honcho.manager import Manager
-
+from deploy.local.supervisor import Supervisor
 from libs.embedded import EmbeddedPostgres, EmbeddedRedis, port_open
 
 SERVICES: dict[str, int] = {"auth": 8001, "llm": 8002, "rag": 8003, "jobs": 8004, "billing": 8005}
@@ -109,6 +119,8 @@ def main() -> int:
         print(f"aistack: ports already in use: {busy}. Stop what uses them or set *_PORT.")
         return 1
 
+    # until the supervisor takes over: SIGTERM stops the start-up like Ctrl-C (databases too)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     pg: EmbeddedPostgres | None = None
     redis: EmbeddedRedis | None = None
     try:
@@ -134,19 +146,30 @@ def main() -> int:
         env.setdefault("LOG_JSON", "false")
         env["PYTHONUNBUFFERED"] = "1"
 
-        manager = Manager()
+        supervisor = Supervisor()
         for name, cmd in processes(plan).items():
-            manager.add_process(name, cmd, env=env, cwd=str(ROOT))
+            supervisor.add_process(name, cmd, env=env, cwd=str(ROOT))
+        if pg:
+            supervisor.watch("postgres", pg.running, pg.start)
+        if redis and redis.proc:  # not one that was already answering on the port
+            supervisor.watch("redis", redis.running, redis.start)
         stop = threading.Event()
         shown_host = "localhost" if plan.host in ("127.0.0.1", "0.0.0.0") else plan.host
         url = f"http://{shown_host}:{plan.gateway_port}"
         threading.Thread(
             target=_announce_when_ready, args=(url, started, stop), daemon=True
         ).start()
-        manager.loop()
+        code = supervisor.run()
         stop.set()
-        return manager.returncode or 0
+        if supervisor.gave_up:
+            print(f"aistack: stopped: {supervisor.gave_up} (its last lines are above)", flush=True)
+        return code
+    except KeyboardInterrupt:
+        return 130
     finally:
+        # a second Ctrl-C must not leave the databases running
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if redis:
             redis.stop()
         if pg:

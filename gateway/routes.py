@@ -77,9 +77,10 @@ def match_route(path: str) -> Route | None:
     """The route owning ``path`` (exact prefix or below it), or None.
 
     Paths with dot segments are never matched: the upstream client would normalise them and
-    ``/v1/chat/../../internal/x`` must not reach an internal route.
+    ``/v1/chat/../../internal/x`` must not reach an internal route. Nor are paths with a
+    backslash: a client following the URL standard reads it as a slash (``/v1/chat/..\\x``).
     """
-    if "/." in path and _has_dot_segment(path):
+    if "\\" in path or ("/." in path and _has_dot_segment(path)):
         return None
     if path == "/internal" or path.startswith(("/internal/", "//")):
         # service-to-service routes are never reachable from outside

@@ -1,9 +1,16 @@
 """Upstream HTTP clients for the proxy: one keep-alive pool shared by every request.
 
-Two interchangeable backends. aiohttp is used when installed: measured on this machine at
-concurrency 16 against a trivial upstream, aiohttp did ~11,000 req/s where httpx's pool did
-~760 req/s (httpx scans every pooled connection on each request). httpx is the fallback.
-Neither retries: a POST is never sent twice.
+Three interchangeable backends (``GATEWAY_UPSTREAM_CLIENT``):
+
+- ``pyreqwest`` (the default): Rust's reqwest/hyper behind a thin binding; requests are
+  built, sent and parsed outside the interpreter. Measured on this machine at concurrency 16
+  against a trivial upstream: ~68 µs of CPU per request where aiohttp took ~209 µs, and at
+  concurrency 1 half aiohttp's latency. In the gateway that is a sixth of its CPU per request.
+- ``aiohttp``: ~11,000 req/s where httpx's pool did ~760 (httpx scans every pooled connection
+  on each request).
+- ``httpx``: the fallback.
+
+None retries: a POST is never sent twice.
 """
 
 from __future__ import annotations
@@ -232,9 +239,131 @@ class AiohttpUpstream:
         await self.session.close()
 
 
+# ------------------------------------------------------------------------ pyreqwest
+
+
+def _classify_pyreqwest(exc: BaseException, service: str) -> UpstreamError:
+    from pyreqwest import exceptions as e
+
+    if isinstance(exc, e.ConnectError | e.PoolTimeoutError) or (
+        isinstance(exc, e.ConnectTimeoutError) and connect_phase(exc)
+    ):
+        return unavailable(service)
+    if isinstance(exc, TimeoutError):  # read, write, or the request's own timeout
+        return timed_out(service)
+    return bad_gateway(service)
+
+
+def connect_phase(exc: Any) -> bool:
+    """Did this pyreqwest error happen while connecting?
+
+    pyreqwest 0.15 raises ConnectTimeoutError for a read timeout while waiting for the
+    response's head too; only the cause chain tells them apart (hyper's "client error
+    (Connect)" is there when connecting failed).
+    """
+    details = getattr(exc, "details", None) or {}
+    return any("(Connect)" in c.get("message", "") for c in details.get("causes") or ())
+
+
+class _PyreqwestResponse:
+    def __init__(self, service: str, request: Any, resp: Any) -> None:
+        self.service = service
+        self.request = request  # the streamed request: closing it ends the exchange
+        self.resp = resp
+        self.status = resp.status
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.items()]
+        self.content_length = _content_length(self.headers)
+
+    async def read(self) -> bytes:
+        from pyreqwest.exceptions import PyreqwestError
+
+        try:
+            return bytes(await self.resp.body_reader.bytes())
+        except PyreqwestError as exc:
+            raise _classify_pyreqwest(exc, self.service) from exc
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        from pyreqwest.exceptions import PyreqwestError
+
+        reader = self.resp.body_reader
+        try:
+            while (chunk := await reader.read_chunk()) is not None:
+                yield bytes(chunk)
+        except PyreqwestError as exc:
+            raise _classify_pyreqwest(exc, self.service) from exc
+
+    async def close(self) -> None:
+        # a fully read connection goes back to the pool; a half-read one is dropped
+        await self.request.__aexit__(None, None, None)
+
+
+class PyreqwestUpstream:
+    def __init__(self, settings: GatewaySettings) -> None:
+        from datetime import timedelta
+
+        from pyreqwest.client import ClientBuilder
+        from pyreqwest.exceptions import PyreqwestError
+
+        self.errors = PyreqwestError
+        self.client = (
+            ClientBuilder()
+            .max_connections(settings.upstream_max_connections)
+            .pool_max_idle_per_host(settings.upstream_max_keepalive)
+            .pool_idle_timeout(timedelta(seconds=30))
+            .connect_timeout(timedelta(seconds=settings.upstream_connect_timeout))
+            .pool_timeout(timedelta(seconds=settings.upstream_pool_timeout))
+            # between two reads, as aiohttp's sock_read: a stream may stay silent that long
+            .read_timeout(timedelta(seconds=settings.upstream_read_timeout))
+            .follow_redirects(False)
+            # bodies pass through as they are, compressed or not, and no proxy from the
+            # environment sits between the gateway and its services
+            .gzip(False)
+            .brotli(False)
+            .zstd(False)
+            .deflate(False)
+            .no_proxy()
+            .tcp_nodelay(True)
+            .http1_only()
+            .build()
+        )
+
+    async def send(
+        self, service: str, method: str, url: str, headers: RawHeaders, body: Body
+    ) -> UpstreamResponse:
+        builder = (
+            self.client.request(method, url)
+            .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+            # hand each chunk on as it arrives (the default buffers up to 64 KiB first)
+            .streamed_read_buffer_limit(1)
+        )
+        if isinstance(body, bytes):
+            if body:
+                builder = builder.body_bytes(body)
+        elif body is not None:
+            builder = builder.body_stream(body)
+        request = builder.build_streamed()
+        try:
+            resp = await request.__aenter__()
+        except self.errors as exc:
+            raise _classify_pyreqwest(exc, service) from exc
+        return _PyreqwestResponse(service, request, resp)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
 def make_upstream(settings: GatewaySettings) -> Upstream:
-    """The configured backend (``auto``: aiohttp when installed, else httpx)."""
+    """The configured backend (``auto``: pyreqwest, else aiohttp, else httpx: what is
+    installed)."""
     choice = settings.upstream_client
+    if choice in ("auto", "pyreqwest"):
+        try:
+            import pyreqwest  # noqa: F401
+        except ImportError:
+            if choice == "pyreqwest":
+                raise
+        else:
+            return PyreqwestUpstream(settings)
     if choice in ("auto", "aiohttp"):
         try:
             import aiohttp  # noqa: F401

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -233,16 +234,10 @@ class Stack:
 
 
 def _backend_available(name: str) -> bool:
-    if name == "httpx":
-        return True
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec(name) is not None
 
 
-@pytest.fixture(scope="session", params=["httpx", "aiohttp"])
+@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The whole setup, once per upstream client backend the gateway can use."""
     backend: str = request.param

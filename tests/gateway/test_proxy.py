@@ -267,3 +267,25 @@ async def test_large_streamed_body_passes_intact(gw: httpx.AsyncClient) -> None:
     resp = await gw.get("/v1/chat/big")
     assert resp.status_code == 200
     assert resp.content == b"x" * (64 * 4096)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/v1/chat/../../internal/secret",
+        b"/v1/chat/%2e%2e/%2E%2E/internal/secret",
+        b"/v1/chat/.%2e/..%2finternal/secret",
+        b"/v1/chat/..\\..\\internal/secret",
+        b"/v1/chat/%5c..%5c..%5cinternal/secret",
+        b"/v1/chat/./stream",
+    ],
+)
+async def test_paths_a_url_parser_would_rewrite_are_404(
+    gw: httpx.AsyncClient, target: bytes
+) -> None:
+    # sent as is (httpx would resolve the dots itself): an upstream client that follows the URL
+    # standard (pyreqwest) would turn them into a path the gateway never routes
+    resp = await gw.get("/v1/chat/x", extensions={"target": target})
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["error"]["code"] == "not_found"
+    assert "secret" not in resp.text

@@ -126,11 +126,14 @@ def main() -> int:
     try:
         if not env.get("DATABASE_URL"):
             print(f"aistack: embedded PostgreSQL on :{plan.pg_port} ({plan.data_dir})", flush=True)
-            pg = EmbeddedPostgres(plan.data_dir / "postgres", port=plan.pg_port).start()
+            # assigned before start(): an interrupted start is still stopped below
+            pg = EmbeddedPostgres(plan.data_dir / "postgres", port=plan.pg_port)
+            pg.start()
             env["DATABASE_URL"] = pg.url
         if not env.get("REDIS_URL"):
             print(f"aistack: embedded Redis on :{plan.redis_port}", flush=True)
-            redis = EmbeddedRedis(plan.data_dir / "redis", port=plan.redis_port).start()
+            redis = EmbeddedRedis(plan.data_dir / "redis", port=plan.redis_port)
+            redis.start()
             env["REDIS_URL"] = redis.url
 
         from libs.migrations import upgrade_all

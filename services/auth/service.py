@@ -15,6 +15,8 @@ import httpx
 import orjson
 import pyotp
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -1263,8 +1265,17 @@ class AuthService:
             return inactive
         if key.expires_at is not None and key.expires_at <= now:
             return inactive
-        # last-used is informative: write it at most once a minute per key
-        if await self.redis.set(f"{_APIKEY_USED}{key.id}", b"1", ex=60, nx=True):
+        # last-used is informative: write it at most once a minute per key. Without Redis
+        # it is skipped, not an error: the gateway asks here precisely when its own Redis
+        # cache is down, and every API call would fail with it.
+        try:
+            first_this_minute = await self.redis.set(
+                f"{_APIKEY_USED}{key.id}", b"1", ex=60, nx=True
+            )
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("api key %s: last-used not recorded (Redis: %s)", key.id, exc)
+            first_this_minute = False
+        if first_this_minute:
             await self.session.execute(
                 update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now)
             )

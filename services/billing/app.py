@@ -5,19 +5,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.outages import install_outage_handlers
 from services.billing.router import router
 from services.billing.settings import BillingSettings, get_settings
 
 
 def build_app(settings: BillingSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    return create_app(
+    app = create_app(
         service="billing",
         settings=settings,
         routers=[router],
         title="aistack billing",
         description="Plans, subscriptions, usage and invoices.",
     )
+    install_outage_handlers(app)
+    return app
 
 
 def app() -> FastAPI:

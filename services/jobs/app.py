@@ -5,19 +5,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.outages import install_outage_handlers
 from services.jobs.router import router
 from services.jobs.settings import JobsSettings, get_settings
 
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    return create_app(
+    app = create_app(
         service="jobs",
         settings=settings,
         routers=[router],
         title="aistack jobs",
         description="Background jobs, schedules and notifications.",
     )
+    install_outage_handlers(app)
+    return app
 
 
 def app() -> FastAPI:

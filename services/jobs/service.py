@@ -23,7 +23,7 @@ from libs.queue import (
     JobEvent,
     cancel_job,
     emit_event,
-    enqueue,
+    enqueue_now,
     new_job_id,
     queue_name,
 )
@@ -196,6 +196,21 @@ class JobService:
         retry_of: str | None = None,
     ) -> Job:
         job_id = new_job_id()
+        # queued first, recorded second: with Redis down the request fails (503) with nothing
+        # written, where a row committed before an enqueue that then failed stayed "queued"
+        # forever. The worker only needs the job's arguments, not this row, and its events
+        # merge with the row below in whatever order they land.
+        await enqueue_now(
+            self.redis,
+            service=service,
+            function=function,
+            args=args,
+            kwargs=kwargs,
+            job_id=job_id,
+            org_id=self.org_id,
+            user_id=self.principal.user_id,
+            retry_of=retry_of,
+        )
         # the row exists at once (GET works before the consumer sees the queued event)
         await self.repo.apply_event(
             JobEvent(
@@ -213,18 +228,6 @@ class JobService:
                 request_id=get_request_id(),
                 trace_id=current_trace_id(),
             )
-        )
-        await enqueue(
-            self.session,
-            self.redis,
-            service=service,
-            function=function,
-            args=args,
-            kwargs=kwargs,
-            job_id=job_id,
-            org_id=self.org_id,
-            user_id=self.principal.user_id,
-            retry_of=retry_of,
         )
         return await self.get(job_id)
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.outages import install_outage_handlers
 from services.rag.router import router
 from services.rag.settings import RagSettings, get_settings
 
 
 def build_app(settings: RagSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    return create_app(
+    app = create_app(
         service="rag",
         settings=settings,
         routers=[router],
         title="aistack rag",
         description="Knowledge bases, ingestion and cited answers.",
     )
+    install_outage_handlers(app)
+    return app
 
 
 def app() -> FastAPI:

@@ -1,0 +1,56 @@
+"""Test helpers: PostgreSQL or Redis "down" as a client sees it (connection refused)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.db import make_engine, make_session_factory
+
+
+def closed_port() -> int:
+    """A local port with nothing listening on it (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def database_down(app: FastAPI) -> AsyncIterator[AsyncEngine]:
+    """Point the running app's sessions at a PostgreSQL that refuses connections."""
+    engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/aistack")
+    saved = app.state.session_factory
+    app.state.session_factory = make_session_factory(engine)
+    try:
+        yield engine
+    finally:
+        app.state.session_factory = saved
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def redis_down(app: FastAPI) -> AsyncIterator[Redis]:
+    """Point the running app's Redis client at a port that refuses connections."""
+    dead = Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0")
+    saved = app.state.redis
+    app.state.redis = dead
+    try:
+        yield dead
+    finally:
+        app.state.redis = saved
+        await dead.aclose()
+
+
+def assert_unavailable(resp: httpx.Response, dependency: str) -> None:
+    assert resp.status_code == 503, resp.text
+    assert resp.headers["retry-after"] == "2"
+    error = resp.json()["error"]
+    assert error["code"] == "service_unavailable"
+    assert error["details"] == {"dependency": dependency}
+    assert error["request_id"] == resp.headers["x-request-id"]

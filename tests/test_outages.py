@@ -1,0 +1,93 @@
+"""PostgreSQL or Redis going away: clients get 503 service_unavailable, not a 500 traceback.
+
+The servers are "down" the way a client sees it: the service's engine or Redis client is
+pointed at a port where nothing listens (connection refused), while the app keeps running.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
+
+from libs.app import create_app
+from libs.outages import install_outage_handlers
+from libs.settings import ServiceSettings
+from libs.testing import Infra, auth_headers, client_for, principal
+from services.billing.app import build_app as billing_app
+from services.jobs.app import build_app as jobs_app
+from services.rag.app import build_app as rag_app
+from tests.outages import assert_unavailable, database_down, redis_down
+
+
+@pytest.mark.parametrize(
+    ("build", "path"),
+    [
+        (rag_app, "/v1/knowledge-bases"),
+        (jobs_app, "/v1/jobs"),
+        (billing_app, "/v1/billing/usage"),
+    ],
+)
+async def test_database_down_is_503_then_recovers(infra: Infra, build: object, path: str) -> None:
+    app = build()  # type: ignore[operator]
+    who = principal(scopes=["rag:read", "jobs:read", "billing:read"])
+    async with client_for(app) as c:
+        async with database_down(app):
+            resp = await c.get(path, headers=auth_headers(who))
+            assert_unavailable(resp, "database")
+        # the same process serves again once the database answers
+        resp = await c.get(path, headers=auth_headers(who))
+        assert resp.status_code == 200, resp.text
+
+
+async def test_redis_down_is_503_on_a_route_that_needs_it(infra: Infra) -> None:
+    app = jobs_app()
+    who = principal(scopes=["jobs:read", "jobs:write"])
+    async with client_for(app) as c:
+        # a purge job: its row is written, then it is queued on Redis
+        async with redis_down(app):
+            resp = await c.post(
+                "/v1/jobs/maintenance/purge",
+                json={"older_than_days": 30},
+                headers=auth_headers(principal(scopes=["admin"], org_id=who.org_id)),
+            )
+            assert_unavailable(resp, "redis")
+        # nothing half-done stays behind: the job row was rolled back with the request
+        listing = await c.get("/v1/jobs", headers=auth_headers(who))
+        assert listing.status_code == 200 and listing.json()["data"] == []
+
+
+def _toy_app(openai: bool) -> FastAPI:
+    settings = ServiceSettings(log_json=False)
+    app = create_app(
+        service="toy",
+        settings=settings,
+        use_database=False,
+        use_redis=False,
+        openai_error_prefixes=["/v1/chat"] if openai else [],
+    )
+
+    @app.get("/v1/chat/x")
+    async def chat() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    @app.get("/conflict")
+    async def conflict() -> None:
+        # a database error that is not an outage stays a 500
+        raise IntegrityError("INSERT", {}, Exception("duplicate key"))
+
+    install_outage_handlers(app)
+    return app
+
+
+async def test_openai_routes_get_openai_shape_and_other_db_errors_stay_500() -> None:
+    app = _toy_app(openai=True)
+    async with client_for(app) as c:
+        resp = await c.get("/v1/chat/x")
+        assert resp.status_code == 503
+        error = resp.json()["error"]
+        assert error["type"] == "api_error" and error["code"] == "service_unavailable"
+        assert "details" not in error
+        resp = await c.get("/conflict")
+        assert resp.status_code == 500
+        assert resp.json()["error"]["code"] == "internal_error"

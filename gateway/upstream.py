@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.settings import GatewaySettings
+from libs.http import failed_while_connecting
 
 Body = bytes | AsyncIterator[bytes] | None
 RawHeaders = list[tuple[bytes, bytes]]
@@ -246,23 +247,12 @@ def _classify_pyreqwest(exc: BaseException, service: str) -> UpstreamError:
     from pyreqwest import exceptions as e
 
     if isinstance(exc, e.ConnectError | e.PoolTimeoutError) or (
-        isinstance(exc, e.ConnectTimeoutError) and connect_phase(exc)
+        isinstance(exc, e.ConnectTimeoutError) and failed_while_connecting(exc)
     ):
         return unavailable(service)
     if isinstance(exc, TimeoutError):  # read, write, or the request's own timeout
         return timed_out(service)
     return bad_gateway(service)
-
-
-def connect_phase(exc: Any) -> bool:
-    """Did this pyreqwest error happen while connecting?
-
-    pyreqwest 0.15 raises ConnectTimeoutError for a read timeout while waiting for the
-    response's head too; only the cause chain tells them apart (hyper's "client error
-    (Connect)" is there when connecting failed).
-    """
-    details = getattr(exc, "details", None) or {}
-    return any("(Connect)" in c.get("message", "") for c in details.get("causes") or ())
 
 
 class _PyreqwestResponse:

@@ -21,6 +21,17 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
+def failed_while_connecting(exc: BaseException) -> bool:
+    """Did this pyreqwest error happen while connecting (not while waiting for an answer)?
+
+    pyreqwest 0.15 raises ``ConnectTimeoutError`` for a read timeout before the response's
+    head too; only the cause chain tells them apart: hyper's "client error (Connect)" is in
+    it when connecting failed.
+    """
+    details = getattr(exc, "details", None) or {}
+    return any("(Connect)" in c.get("message", "") for c in details.get("causes") or ())
+
+
 class RetryingTransport(httpx.AsyncBaseTransport):
     """Retries idempotent requests with jittered exponential backoff."""
 

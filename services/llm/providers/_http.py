@@ -61,8 +61,9 @@ def make_client(
 ) -> UpstreamClient:
     """The client of one vendor; ``transport`` in config is injectable (tests).
 
-    The connections come from aiohttp's pool (``http_pool: aiohttp``, the default; see
-    :mod:`._aiohttp`) or httpx's own (``http_pool: httpx``).
+    The connections come from pyreqwest (``http_pool: pyreqwest``, the default; see
+    :mod:`._pyreqwest`), aiohttp's pool (``http_pool: aiohttp``, :mod:`._aiohttp`) or httpx's
+    own (``http_pool: httpx``).
     """
     timeout = float(config.get("timeout", 60.0))
     connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
@@ -71,7 +72,17 @@ def make_client(
     connections = int(config.get("max_connections", 200))
     keepalive = float(config.get("keepalive_expiry", 30.0))
     if transport is None:
-        if config.get("http_pool", "aiohttp") == "aiohttp":
+        pool = config.get("http_pool", "pyreqwest")
+        if pool == "pyreqwest":
+            from services.llm.providers._pyreqwest import PyreqwestTransport
+
+            transport = PyreqwestTransport(
+                max_connections=connections,
+                keepalive_expiry=keepalive,
+                connect_timeout=connect_timeout,
+                read_timeout=timeout,
+            )
+        elif pool == "aiohttp":
             from services.llm.providers._aiohttp import AiohttpTransport
 
             transport = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)

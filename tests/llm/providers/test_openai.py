@@ -317,12 +317,18 @@ async def test_malformed_body(provider: OpenAIProvider, behavior: Behavior) -> N
     assert info.value.code == "upstream_bad_response"
 
 
+# the tests below talk to a real socket, once per connection pool the adapters can use
+@pytest.fixture(params=["pyreqwest", "aiohttp", "httpx"])
+def pool(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.mark.parametrize("clean_eof", [True, False])
-async def test_stream_breaking_midway(behavior: Behavior, clean_eof: bool) -> None:
+async def test_stream_breaking_midway(behavior: Behavior, clean_eof: bool, pool: str) -> None:
     payload = sse(chunks(behavior, MODEL, include_usage=True), behavior)
     behavior.break_after, behavior.clean_eof = len(payload) // 2, clean_eof
     with serve(make_app(behavior)) as url:
-        p = OpenAIProvider("o", config(f"{url}/v1"))
+        p = OpenAIProvider("o", config(f"{url}/v1", http_pool=pool))
         seen: list[dict[str, Any]] = []
         with pytest.raises(ProviderError) as info:
             async for chunk in p.stream_chat(req()):
@@ -332,10 +338,10 @@ async def test_stream_breaking_midway(behavior: Behavior, clean_eof: bool) -> No
     assert (info.value.code, info.value.retryable) == ("upstream_stream_broken", True)
 
 
-async def test_timeout(behavior: Behavior) -> None:
+async def test_timeout(behavior: Behavior, pool: str) -> None:
     behavior.delay = 3
     with serve(make_app(behavior)) as url:
-        p = OpenAIProvider("o", config(f"{url}/v1", timeout=0.2))
+        p = OpenAIProvider("o", config(f"{url}/v1", timeout=0.2, http_pool=pool))
         with pytest.raises(ProviderError) as info:
             await p.chat(req())
         await p.aclose()
@@ -346,27 +352,35 @@ async def test_timeout(behavior: Behavior) -> None:
     )
 
 
-async def test_stream_stalling_midway_times_out(behavior: Behavior) -> None:
-    behavior.stall_after = 300
+async def test_stream_stalling_midway_times_out(behavior: Behavior, pool: str) -> None:
+    payload = sse(chunks(behavior, MODEL, include_usage=True), behavior)
+    # silent after three whole events
+    behavior.stall_after = (
+        payload.index(b"\n\n", payload.index(b"\n\n", payload.index(b"\n\n") + 2) + 2) + 2
+    )
     with serve(make_app(behavior)) as url:
-        p = OpenAIProvider("o", config(f"{url}/v1", timeout=0.3))
+        p = OpenAIProvider("o", config(f"{url}/v1", timeout=0.3, http_pool=pool))
+        seen: list[dict[str, Any]] = []
         with pytest.raises(ProviderError) as info:
-            await collect(p, req())
+            async for chunk in p.stream_chat(req()):
+                seen.append(chunk)
         await p.aclose()
     assert (info.value.status, info.value.code) == (504, "upstream_timeout")
+    # what was sent before the stall was handed on at once, not held for more
+    assert seen
 
 
-async def test_connection_refused() -> None:
-    p = OpenAIProvider("o", config(f"http://127.0.0.1:{free_port()}/v1"))
+async def test_connection_refused(pool: str) -> None:
+    p = OpenAIProvider("o", config(f"http://127.0.0.1:{free_port()}/v1", http_pool=pool))
     with pytest.raises(ProviderError) as info:
         await p.chat(req())
     await p.aclose()
     assert (info.value.status, info.value.retryable) == (502, True)
 
 
-async def test_connections_are_kept_alive(behavior: Behavior) -> None:
+async def test_connections_are_kept_alive(behavior: Behavior, pool: str) -> None:
     with serve(make_app(behavior)) as url:
-        p = OpenAIProvider("o", config(f"{url}/v1"))
+        p = OpenAIProvider("o", config(f"{url}/v1", http_pool=pool))
         for _ in range(3):
             await p.chat(req())
         await collect(p, req())

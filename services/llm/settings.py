@@ -39,8 +39,9 @@ class LlmSettings(ServiceSettings):
     breaker_open_s: float = 30.0
     breaker_shared: bool = Field(
         default=True,
-        description="share open/closed breakers with every llm process through Redis "
-        "(key llm:breaker:<provider>, channel llm:breaker); off: each process learns alone",
+        description="share breakers with every llm process through Redis: failures counted "
+        "together, opened and closed everywhere, one trial call for all (keys "
+        "llm:breaker:<provider>[:failures], channel llm:breaker); off: each process learns alone",
     )
 
     # response cache and idempotency keys

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal
 
 import openai
@@ -92,14 +94,18 @@ async def test_breaker_opens_and_skips_the_failing_provider(env: Env) -> None:
     assert env.primary.chat_calls == 3
 
 
+@pytest.mark.parametrize("llm_overrides", [{"breaker_open_s": 0.3}])
 async def test_breaker_half_opens_after_cooldown(env: Env) -> None:
     breaker = env.service.dispatcher.breakers["primary"]
     env.primary.behavior.status = 500
-    for _ in range(2):
+    for _ in range(2):  # the second request's retry is held back: it asks for the trial
         await env.client.chat.completions.create(model="fallback", messages=MESSAGES)
     assert breaker.state.name == "OPEN"
-    breaker.open_s = 0  # cooldown over
-    assert breaker.state.name == "HALF_OPEN"
+    # cool-down over, and no other llm process claimed the trial: it is this one's
+    deadline = time.monotonic() + 2
+    while breaker.state.name != "HALF_OPEN":
+        assert time.monotonic() < deadline, breaker.state
+        await asyncio.sleep(0.01)
     env.primary.behavior.status = None
     raw = await env.client.chat.completions.with_raw_response.create(
         model="fallback", messages=MESSAGES

@@ -21,7 +21,7 @@ from libs.embedded import free_port
 from libs.testing import Infra, auth_headers, principal, running
 from libs.usage import UsageEvent
 from services.llm.app import build_app
-from services.llm.breaker import KEY_PREFIX, State
+from services.llm.breaker import CLOSED_MARK, KEY_PREFIX, State
 from services.llm.service import LlmService
 from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
 from tests.llm.fakes import openai_fake
@@ -99,16 +99,65 @@ async def test_a_provider_found_down_by_one_process_is_skipped_by_the_other(
         assert exc.value.code == "providers_unavailable"
         assert primary.chat_calls == 3
 
-        # after the cool-down a's trial call succeeds: closed in both
+        # both held calls back, so both asked for the trial: after the cool-down one of them
+        # has it, and its trial call succeeds: closed in both
         primary.behavior.status = None
-        await asyncio.sleep(1.05)
-        await client_a.chat.completions.create(model="default", messages=MESSAGES)
-        assert a.dispatcher.breakers["primary"].state is State.CLOSED
-        await eventually(lambda: breaker_b.state is State.CLOSED)
-        assert await redis.exists(KEY_PREFIX + "primary") == 0
-        assert primary.chat_calls == 4, "b sent no trial call of its own"
-        await client_b.chat.completions.create(model="default", messages=MESSAGES)
+        breaker_a = a.dispatcher.breakers["primary"]
+        await eventually(lambda: State.HALF_OPEN in (breaker_a.state, breaker_b.state))
+        if breaker_a.state is State.HALF_OPEN:
+            trial, other, other_client = client_a, breaker_b, client_b
+        else:
+            trial, other, other_client = client_b, breaker_a, client_a
+        assert other.state is State.OPEN
+        raw = await other_client.chat.completions.with_raw_response.create(
+            model="fallback", messages=MESSAGES
+        )
+        assert raw.headers["x-aistack-provider"] == "backup", "no trial of its own"
+        await trial.chat.completions.create(model="default", messages=MESSAGES)
+        assert primary.chat_calls == 4
+        await eventually(lambda: breaker_a.state is State.CLOSED and other.state is State.CLOSED)
+        assert await redis.get(KEY_PREFIX + "primary") == CLOSED_MARK
+        await other_client.chat.completions.create(model="default", messages=MESSAGES)
         assert primary.chat_calls == 5
+
+
+async def test_after_the_cool_down_one_process_sends_the_trial_for_all(
+    infra: Infra,
+    tmp_path: Path,
+    primary: Upstream,
+    backup: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
+    async with (
+        llm_process(tmp_path, primary, backup, breaker_open_s=0.5, retries=0) as (a, client_a),
+        llm_process(tmp_path, primary, backup, breaker_open_s=0.5, retries=0) as (b, client_b),
+        llm_process(tmp_path, primary, backup, breaker_open_s=0.5, retries=0) as (c, client_c),
+    ):
+        clients = (client_a, client_b, client_c)
+        breakers = [s.dispatcher.breakers["primary"] for s in (a, b, c)]
+        primary.behavior.status = 500
+        # breaker_failures=3 in total: one failed call in each process opens it in all
+        for client in clients:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="fallback", messages=MESSAGES
+            )
+            assert raw.headers["x-aistack-provider"] == "backup"
+        assert primary.chat_calls == 3
+        await eventually(lambda: all(br.state is State.OPEN for br in breakers))
+
+        # every process keeps calling through the cool-down and past it, but only one
+        # trial call reaches the sick provider; it fails and opens the breaker again
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline:
+            for client in clients:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="fallback", messages=MESSAGES
+                )
+                assert raw.headers["x-aistack-provider"] == "backup"
+            await asyncio.sleep(0.02)
+        assert primary.chat_calls == 4, "one trial for the three processes"
+        assert all(br.state is State.OPEN for br in breakers)
 
 
 async def test_calls_and_breakers_work_without_redis(

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from libs.app import create_app
 from libs.db import session_scope
-from libs.outages import install_outage_handlers
+from libs.storage_errors import install_storage_error_handlers
 from services.auth.router import router
 from services.auth.service import publish_flag_definitions
 from services.auth.settings import AuthSettings, get_settings
@@ -42,7 +42,7 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
     )
-    install_outage_handlers(app)
+    install_storage_error_handlers(app)
     app.state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
     # identity providers' discovery documents and keys, WeCom access tokens
     app.state.oauth_cache = {}

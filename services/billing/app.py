@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from libs.outages import install_outage_handlers
+from libs.storage_errors import install_storage_error_handlers
 from services.billing.router import router
 from services.billing.settings import BillingSettings, get_settings
 
@@ -19,7 +19,7 @@ def build_app(settings: BillingSettings | None = None) -> FastAPI:
         title="aistack billing",
         description="Plans, subscriptions, usage and invoices.",
     )
-    install_outage_handlers(app)
+    install_storage_error_handlers(app)
     return app
 
 

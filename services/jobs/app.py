@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from libs.outages import install_outage_handlers
+from libs.storage_errors import install_storage_error_handlers
 from services.jobs.router import router
 from services.jobs.settings import JobsSettings, get_settings
 
@@ -19,7 +19,7 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         title="aistack jobs",
         description="Background jobs, schedules and notifications.",
     )
-    install_outage_handlers(app)
+    install_storage_error_handlers(app)
     return app
 
 

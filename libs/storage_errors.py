@@ -1,10 +1,13 @@
-"""An outage of PostgreSQL or Redis reaches the client as a 503 in the error shape.
+"""PostgreSQL and Redis errors that are not bugs, in the error shape instead of a 500.
 
-Without these handlers a refused connection is an unhandled exception: a 500
-``internal_error`` and a traceback per request, which tells a client nothing it can act on.
-With them the client gets ``503 service_unavailable`` with ``Retry-After`` and the
-dependency that failed, and the log gets one warning line per request. Errors of a
-different kind (a constraint violation, a bad query) still surface as 500s.
+- An outage (a refused or dropped connection, an exhausted pool): without a handler it is
+  an unhandled exception, a 500 ``internal_error`` and a traceback per request, which tells
+  a client nothing it can act on. Here it is ``503 service_unavailable`` with
+  ``Retry-After`` and the dependency that failed, and one warning line in the log.
+- A value PostgreSQL cannot store (SQLSTATE class 22, "data exception": a NUL character in
+  a text, an out-of-range number) came from the request: ``422 validation_error``.
+
+Other database errors (a constraint violation nobody handled, a bad query) stay 500s.
 """
 
 from __future__ import annotations
@@ -17,9 +20,25 @@ from starlette.responses import Response
 
 from libs.errors import error_response, is_openai_path
 
-log = logging.getLogger("aistack.outages")
+log = logging.getLogger("aistack.storage_errors")
 
 RETRY_AFTER_S = 2
+# connection exceptions; the server shutting down, crashed or starting; too many connections
+_OUTAGE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _sqlstate(exc: BaseException) -> str:
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy error ("" when there is none)."""
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A value PostgreSQL refused to store (SQLSTATE class 22), i.e. the request's fault."""
+    from sqlalchemy import exc as sa_errors
+
+    return isinstance(exc, sa_errors.DataError) or (
+        isinstance(exc, sa_errors.DBAPIError) and _sqlstate(exc).startswith("22")
+    )
 
 
 def outage_of(exc: BaseException) -> str | None:
@@ -30,9 +49,11 @@ def outage_of(exc: BaseException) -> str | None:
         return "redis"
     from sqlalchemy import exc as sa_errors
 
-    if isinstance(exc, sa_errors.OperationalError | sa_errors.InterfaceError):
+    if isinstance(exc, sa_errors.OperationalError):
         return "database"
-    if isinstance(exc, sa_errors.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa_errors.DBAPIError) and (
+        exc.connection_invalidated or _sqlstate(exc).startswith(_OUTAGE_STATES)
+    ):
         return "database"
     if isinstance(exc, sa_errors.TimeoutError):  # the pool had no connection to give
         return "database"
@@ -44,23 +65,44 @@ def outage_of(exc: BaseException) -> str | None:
 
 def outage_response(request: Request, dependency: str) -> Response:
     """The 503 a client sees while ``dependency`` is unreachable."""
-    prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
     return error_response(
         503,
         "service_unavailable",
         f"The service's {dependency} is unavailable; retry shortly",
         {"dependency": dependency},
         headers={"Retry-After": str(RETRY_AFTER_S)},
-        openai=bool(prefixes) and is_openai_path(request.url.path, prefixes),
+        openai=_wants_openai(request),
     )
 
 
-def install_outage_handlers(app: FastAPI) -> None:
-    """Render database and Redis connection failures as 503 instead of 500."""
+def _wants_openai(request: Request) -> bool:
+    prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
+    return bool(prefixes) and is_openai_path(request.url.path, prefixes)
+
+
+def data_error_response(request: Request, exc: Exception) -> Response:
+    """The 422 for a value PostgreSQL refused to store (its reason, without the statement)."""
+    orig = getattr(exc, "orig", None)
+    reason = str(orig or exc).splitlines()[0]
+    # asyncpg's text reads "<class 'asyncpg...'>: invalid byte sequence ..."
+    reason = reason.rsplit(">: ", 1)[-1][:200]
+    return error_response(
+        422,
+        "validation_error",
+        "A value in the request cannot be stored",
+        [{"field": "body", "message": reason, "type": "invalid_value"}],
+        openai=_wants_openai(request),
+    )
+
+
+def install_storage_error_handlers(app: FastAPI) -> None:
+    """Render outages as 503 and unstorable values as 422 instead of 500."""
     from redis import exceptions as redis_errors
     from sqlalchemy import exc as sa_errors
 
     async def handler(request: Request, exc: Exception) -> Response:
+        if is_data_error(exc):
+            return data_error_response(request, exc)
         dependency = outage_of(exc)
         if dependency is None:
             raise exc  # not an outage: the generic 500 handling applies

@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.app import create_app
-from libs.outages import install_outage_handlers
 from libs.settings import ServiceSettings
+from libs.storage_errors import install_storage_error_handlers
 from libs.testing import Infra, auth_headers, client_for, principal
 from services.billing.app import build_app as billing_app
 from services.jobs.app import build_app as jobs_app
@@ -76,7 +77,7 @@ def _toy_app(openai: bool) -> FastAPI:
         # a database error that is not an outage stays a 500
         raise IntegrityError("INSERT", {}, Exception("duplicate key"))
 
-    install_outage_handlers(app)
+    install_storage_error_handlers(app)
     return app
 
 
@@ -91,3 +92,25 @@ async def test_openai_routes_get_openai_shape_and_other_db_errors_stay_500() -> 
         resp = await c.get("/conflict")
         assert resp.status_code == 500
         assert resp.json()["error"]["code"] == "internal_error"
+
+
+async def test_a_value_postgres_cannot_store_is_422_not_500(db: AsyncConnection) -> None:
+    """A NUL character is valid JSON but no PostgreSQL text may hold one."""
+    app = rag_app()
+    who = principal()
+    async with client_for(app, connection=db) as c:
+        resp = await c.post(
+            "/v1/knowledge-bases", json={"name": "hand\u0000book"}, headers=auth_headers(who)
+        )
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["details"][0]["type"] == "invalid_value"
+        assert "0x00" in error["details"][0]["message"]
+        # nothing was stored, and the same request without the NUL works
+        listing = await c.get("/v1/knowledge-bases", headers=auth_headers(who))
+        assert listing.json()["data"] == []
+        resp = await c.post(
+            "/v1/knowledge-bases", json={"name": "handbook"}, headers=auth_headers(who)
+        )
+        assert resp.status_code == 201

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Conflict, NotFound
@@ -11,6 +12,10 @@ from libs.identity import Principal
 from services.rag.models import KnowledgeBase
 from services.rag.repository import KnowledgeBaseRepository
 from services.rag.schemas import KnowledgeBaseCreate, KnowledgeBaseUpdate
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"A knowledge base named '{name}' already exists", code="name_taken")
 
 
 class KnowledgeBaseService:
@@ -21,9 +26,7 @@ class KnowledgeBaseService:
 
     async def create(self, data: KnowledgeBaseCreate) -> KnowledgeBase:
         if await self.repo.get_by_name(self.org_id, data.name):
-            raise Conflict(
-                f"A knowledge base named '{data.name}' already exists", code="name_taken"
-            )
+            raise _name_taken(data.name)
         kb = KnowledgeBase(
             org_id=self.org_id,
             name=data.name,
@@ -31,7 +34,13 @@ class KnowledgeBaseService:
             embedding_model=data.embedding_model,
             created_by=self.principal.user_id,
         )
-        return await self.repo.add(kb)
+        # the check above cannot see a concurrent request's uncommitted row: the unique
+        # constraint decides, and the loser gets the same 409 (was a 500)
+        try:
+            async with self.repo.session.begin_nested():
+                return await self.repo.add(kb)
+        except IntegrityError:
+            raise _name_taken(data.name) from None
 
     async def get(self, kb_id: uuid.UUID) -> KnowledgeBase:
         kb = await self.repo.get_for_org(self.org_id, kb_id)
@@ -48,13 +57,15 @@ class KnowledgeBaseService:
         kb = await self.get(kb_id)
         if data.name is not None and data.name != kb.name:
             if await self.repo.get_by_name(self.org_id, data.name):
-                raise Conflict(
-                    f"A knowledge base named '{data.name}' already exists", code="name_taken"
-                )
+                raise _name_taken(data.name)
             kb.name = data.name
         if data.description is not None:
             kb.description = data.description
-        await self.repo.session.flush()
+        try:
+            async with self.repo.session.begin_nested():
+                await self.repo.session.flush()
+        except IntegrityError:
+            raise _name_taken(str(data.name)) from None
         await self.repo.session.refresh(kb)
         return kb
 

@@ -234,10 +234,10 @@ class Stack:
 
 
 def _backend_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    return name == "auto" or importlib.util.find_spec(name) is not None
 
 
-@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest"])
+@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest", "auto"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The whole setup, once per upstream client backend the gateway can use."""
     backend: str = request.param

@@ -56,14 +56,41 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
+# set on a request whose answer is read whole (see send_json)
+READ_WHOLE = "aistack.read_whole"
+
+
+class SplitTransport(httpx.AsyncBaseTransport):
+    """Requests whose answer is read whole through one transport, streams through another.
+
+    pyreqwest sends and parses an exchange outside the interpreter (a third of aiohttp's CPU
+    for a JSON answer), but hands each chunk of a stream over from its I/O thread: ~15 % more
+    CPU than aiohttp per streamed answer, more when its events arrive back to back (aiohttp
+    then reads them in one go). See docs/benchmarks.md.
+    """
+
+    def __init__(self, whole: httpx.AsyncBaseTransport, streams: httpx.AsyncBaseTransport):
+        self.whole, self.streams = whole, streams
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.extensions.get(READ_WHOLE):
+            return await self.whole.handle_async_request(request)
+        return await self.streams.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.whole.aclose()
+        await self.streams.aclose()
+
+
 def make_client(
     config: Mapping[str, Any], *, default_base_url: str, headers: Mapping[str, str]
 ) -> UpstreamClient:
     """The client of one vendor; ``transport`` in config is injectable (tests).
 
-    The connections come from pyreqwest (``http_pool: pyreqwest``, the default; see
-    :mod:`._pyreqwest`), aiohttp's pool (``http_pool: aiohttp``, :mod:`._aiohttp`) or httpx's
-    own (``http_pool: httpx``).
+    The connections come from pyreqwest (``http_pool: pyreqwest``, see :mod:`._pyreqwest`),
+    aiohttp's pool (``http_pool: aiohttp``, :mod:`._aiohttp`), httpx's own (``http_pool:
+    httpx``), or, by default (``auto``), pyreqwest for answers read whole and aiohttp for
+    streams (:class:`SplitTransport`).
     """
     timeout = float(config.get("timeout", 60.0))
     connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
@@ -72,8 +99,8 @@ def make_client(
     connections = int(config.get("max_connections", 200))
     keepalive = float(config.get("keepalive_expiry", 30.0))
     if transport is None:
-        pool = config.get("http_pool", "pyreqwest")
-        if pool == "pyreqwest":
+        pool = config.get("http_pool", "auto")
+        if pool in ("auto", "pyreqwest"):
             from services.llm.providers._pyreqwest import PyreqwestTransport
 
             transport = PyreqwestTransport(
@@ -82,11 +109,12 @@ def make_client(
                 connect_timeout=connect_timeout,
                 read_timeout=timeout,
             )
-        elif pool == "aiohttp":
+        if pool in ("auto", "aiohttp"):
             from services.llm.providers._aiohttp import AiohttpTransport
 
-            transport = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
-        else:
+            streams = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
+            transport = streams if transport is None else SplitTransport(transport, streams)
+        if transport is None:
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(
                     max_connections=connections,
@@ -413,6 +441,7 @@ async def send_json(
     retry_delay: RetryDelayExtractor | None = None,
 ) -> dict[str, Any]:
     """Send and return the whole JSON object body."""
+    request.extensions[READ_WHOLE] = True
     response = await send(client, provider, request, extract_message, retry_delay)
     try:
         read_all = getattr(response.stream, "read_all", None)

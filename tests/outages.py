@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import make_engine, make_session_factory
+from libs.redis import make_redis
 
 
 def closed_port() -> int:
@@ -54,3 +55,21 @@ def assert_unavailable(resp: httpx.Response, dependency: str) -> None:
     assert error["code"] == "service_unavailable"
     assert error["details"] == {"dependency": dependency}
     assert error["request_id"] == resp.headers["x-request-id"]
+
+
+@asynccontextmanager
+async def redis_hung(app: FastAPI) -> AsyncIterator[Redis]:
+    """Point the running app's Redis at a server that accepts connections and never answers
+    (what a stopped or overloaded Redis looks like to a client), with the platform's
+    client timeouts (libs.redis.make_redis)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)  # the kernel completes handshakes; nothing ever reads or replies
+        hung = make_redis(f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+        saved = app.state.redis
+        app.state.redis = hung
+        try:
+            yield hung
+        finally:
+            app.state.redis = saved
+            await hung.aclose()

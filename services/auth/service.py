@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -107,6 +108,8 @@ SESSION_REVOKED_PREFIX = "aistack:auth:session-revoked:"
 SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
 _LOGIN_FAIL = "aistack:auth:login-fail:"
 _APIKEY_USED = "aistack:auth:apikey-used:"
+# a hung Redis must not hold an introspection past the gateway's auth timeout (2 s)
+_LAST_USED_REDIS_WAIT_S = 0.25
 _MAIL_COUNT = "aistack:auth:mail:"
 OAUTH_STATE_PREFIX = "aistack:auth:oauth-state:"
 OAUTH_STATE_COOKIE = "aistack_oauth_state"
@@ -1266,14 +1269,18 @@ class AuthService:
         if key.expires_at is not None and key.expires_at <= now:
             return inactive
         # last-used is informative: write it at most once a minute per key. Without Redis
-        # it is skipped, not an error: the gateway asks here precisely when its own Redis
-        # cache is down, and every API call would fail with it.
+        # (refused, or hung past a short wait) it is skipped, not an error: the gateway asks
+        # here precisely when its own Redis cache is down, within its own short timeout, and
+        # every API call would fail with it.
         try:
-            first_this_minute = await self.redis.set(
-                f"{_APIKEY_USED}{key.id}", b"1", ex=60, nx=True
+            async with asyncio.timeout(_LAST_USED_REDIS_WAIT_S):
+                first_this_minute = await self.redis.set(
+                    f"{_APIKEY_USED}{key.id}", b"1", ex=60, nx=True
+                )
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError) as exc:
+            log.warning(
+                "api key %s: last-used not recorded (Redis: %s)", key.id, exc or "no answer"
             )
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.warning("api key %s: last-used not recorded (Redis: %s)", key.id, exc)
             first_this_minute = False
         if first_this_minute:
             await self.session.execute(

@@ -7,6 +7,8 @@ answer 503 service_unavailable (they were 500 tracebacks).
 
 from __future__ import annotations
 
+import time
+
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,7 +18,7 @@ from services.auth.app import build_app
 from services.auth.models import ApiKey
 from tests.auth.conftest import auth_settings
 from tests.auth.helpers import PASSWORD, SERVICE, signup
-from tests.outages import assert_unavailable, database_down, redis_down
+from tests.outages import assert_unavailable, database_down, redis_down, redis_hung
 
 
 async def test_api_keys_still_introspect_without_redis(
@@ -42,6 +44,14 @@ async def test_api_keys_still_introspect_without_redis(
             # the sign-in limits live in Redis: refuse clearly rather than unchecked
             resp = await c.post("/v1/auth/login", json={"email": acct.email, "password": PASSWORD})
             assert_unavailable(resp, "redis")
+
+        # a Redis that accepts connections and never answers: still an answer, and quickly
+        # (the gateway gives up on auth after 2 s; the client's own timeout is 5 s)
+        async with redis_hung(app):
+            started = time.monotonic()
+            resp = await c.post("/internal/api-keys/introspect", json={"key": key}, headers=SERVICE)
+            assert resp.status_code == 200 and resp.json()["active"] is True, resp.text
+            assert time.monotonic() - started < 1.5
 
         # back: last-used is recorded again
         resp = await c.post("/internal/api-keys/introspect", json={"key": key}, headers=SERVICE)

@@ -25,9 +25,9 @@ class GatewaySettings(ServiceSettings):
     jobs_url: str = "http://127.0.0.1:8004"
     billing_url: str = "http://127.0.0.1:8005"
 
-    # the HTTP client to the services; auto: pyreqwest for answers read whole, aiohttp for
-    # streams (gateway/upstream.py has what each costs)
-    upstream_client: Literal["auto", "pyreqwest", "aiohttp", "httpx"] = "auto"
+    # the HTTP client to the services; auto: aiohttp, else httpx; split: pyreqwest for answers
+    # read whole, aiohttp for streams (gateway/upstream.py has what each costs)
+    upstream_client: Literal["auto", "split", "pyreqwest", "aiohttp", "httpx"] = "auto"
     upstream_connect_timeout: float = 2.0
     # generous: an SSE answer may stay silent while a model thinks
     upstream_read_timeout: float = 300.0

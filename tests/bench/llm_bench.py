@@ -33,13 +33,19 @@ LIMITS = {
 BODY = {"model": "default", "messages": [{"role": "user", "content": "Say hello"}]}
 
 
-def models_yaml(upstream: str, folder: Path) -> Path:
+def models_yaml(upstream: str, folder: Path, http_client: str = "auto") -> Path:
     path = folder / "models.yaml"
     path.write_text(
         json.dumps(
             {
                 "providers": {
-                    "fake": {"kind": "openai", "base_url": f"{upstream}/v1", "api_key": "sk-bench"}
+                    "fake": {
+                        "kind": "openai",
+                        "base_url": f"{upstream}/v1",
+                        "api_key": "sk-bench",
+                        # the gateway's auto is aiohttp; the providers name it so
+                        "http_pool": "aiohttp" if http_client == "auto" else http_client,
+                    }
                 },
                 "models": {
                     "default": {
@@ -152,7 +158,7 @@ def report(results: list[load.Result], memory: dict[str, tuple[float, float]]) -
     return "\n".join(lines)
 
 
-def run_bench(duration: float, log_level: str = "WARNING") -> str:
+def run_bench(duration: float, log_level: str = "WARNING", http_client: str = "auto") -> str:
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
         # WARNING: no access line per request; INFO (the default in deployments) adds them
         s.env["LOG_LEVEL"] = log_level
@@ -160,8 +166,8 @@ def run_bench(duration: float, log_level: str = "WARNING") -> str:
         upstream = s.start(
             "fake-openai", "tests.bench.fake_openai:app", factory=False, http="httptools"
         )
-        config = models_yaml(upstream.url, Path(tmp))
-        procs = _start_services(s, config)
+        config = models_yaml(upstream.url, Path(tmp), http_client)
+        procs = _start_services(s, config, http_client)
         idle = {name: p.rss_mb() for name, p in procs.items()}
         key = api_key(procs["gateway"].url)
         watched = {
@@ -177,13 +183,18 @@ def run_bench(duration: float, log_level: str = "WARNING") -> str:
         return report(results, memory)
 
 
-def _start_services(s: Stack, config: Path) -> dict[str, Any]:
+def _start_services(s: Stack, config: Path, http_client: str = "auto") -> dict[str, Any]:
     auth = s.start("auth", "services.auth.app:app")
     llm = s.start("llm", "services.llm.app:app", env={"LLM_MODELS_CONFIG": str(config)})
     gateway = s.start(
         "gateway",
         "gateway.app:app",
-        env={"GATEWAY_AUTH_URL": auth.url, "GATEWAY_LLM_URL": llm.url, **LIMITS},
+        env={
+            "GATEWAY_AUTH_URL": auth.url,
+            "GATEWAY_LLM_URL": llm.url,
+            "GATEWAY_UPSTREAM_CLIENT": http_client,
+            **LIMITS,
+        },
     )
     return {"gateway": gateway, "llm": llm, "auth": auth}
 
@@ -194,8 +205,14 @@ def main() -> None:
     parser.add_argument(
         "--log-level", default="WARNING", help="LOG_LEVEL of the processes (INFO: access lines)"
     )
+    parser.add_argument(
+        "--http-client",
+        default="auto",
+        choices=["auto", "split", "pyreqwest", "aiohttp", "httpx"],
+        help="the gateway's and the llm's HTTP client (GATEWAY_UPSTREAM_CLIENT, http_pool)",
+    )
     args = parser.parse_args()
-    print(run_bench(args.duration, args.log_level))
+    print(run_bench(args.duration, args.log_level, args.http_client))
 
 
 if __name__ == "__main__":

@@ -234,10 +234,10 @@ class Stack:
 
 
 def _backend_available(name: str) -> bool:
-    return name == "auto" or importlib.util.find_spec(name) is not None
+    return name == "split" or importlib.util.find_spec(name) is not None
 
 
-@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest", "auto"])
+@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest", "split"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The whole setup, once per upstream client backend the gateway can use."""
     backend: str = request.param

@@ -437,7 +437,7 @@ async def test_connections_are_kept_alive_across_streams(behavior: Behavior) -> 
         await p.chat(req())
         await p.chat(req())
         await p.aclose()
-    # streams share one connection, answers read whole another (http_pool auto: two pools)
+    # streams reuse one connection, answers read whole one (the same one, or two: http_pool split)
     streams = {r["client"] for r in behavior.requests if r["json"].get("stream")}
     whole = {r["client"] for r in behavior.requests if not r["json"].get("stream")}
     assert len(streams) == len(whole) == 1

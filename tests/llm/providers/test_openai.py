@@ -318,7 +318,7 @@ async def test_malformed_body(provider: OpenAIProvider, behavior: Behavior) -> N
 
 
 # the tests below talk to a real socket, once per connection pool the adapters can use
-@pytest.fixture(params=["auto", "pyreqwest", "aiohttp", "httpx"])
+@pytest.fixture(params=["split", "pyreqwest", "aiohttp", "httpx"])
 def pool(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -389,7 +389,7 @@ async def test_connections_are_kept_alive(behavior: Behavior, pool: str) -> None
     streams = {r["client"] for r in behavior.requests if r["json"].get("stream")}
     whole = {r["client"] for r in behavior.requests if not r["json"].get("stream")}
     assert len(streams) == len(whole) == 1
-    if pool != "auto":  # one pool: one connection for both
+    if pool != "split":  # one pool: one connection for both
         assert streams == whole
 
 

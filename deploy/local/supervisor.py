@@ -262,7 +262,11 @@ class Supervisor:
             self._exited(self._procs[msg.name], msg.data["returncode"], now)
         elif msg.type == "signal":
             signum = signal.Signals(msg.data)
-            if self._stopping_since is not None and not self._killed:
+            if self._stopping_since is not None and now - self._stopping_since < 1.0:
+                # one Ctrl-C in a terminal arrives twice: from the terminal to the whole
+                # process group and forwarded by `uv run`; only a second press kills
+                pass
+            elif self._stopping_since is not None and not self._killed:
                 self._say(f"{signum.name} received again: killing everything now")
                 self._kill_all()
             else:

@@ -233,3 +233,16 @@ def test_a_watched_server_that_cannot_start_again_stops_everything() -> None:
     assert supervisor.gave_up == (
         "postgres is down and 1 restarts in a row did not keep it up; giving up on it"
     )
+
+
+def test_one_ctrl_c_delivered_twice_still_stops_cleanly(
+    start_runner: Callable[..., Runner],
+) -> None:
+    # a terminal's Ctrl-C reaches the runner twice: from the terminal and forwarded by uv run
+    runner = start_runner({"api": "serve"}, kill_wait=5.0)
+    wait_for(lambda: runner.said("api up as"))
+    runner.proc.send_signal(signal.SIGINT)
+    runner.proc.send_signal(signal.SIGINT)
+    assert runner.finish() == 130, runner.output()
+    assert not runner.said("killing everything now")
+    assert runner.said(r"api stopped \(rc=-15\)")

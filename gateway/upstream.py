@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.settings import GatewaySettings
-from libs.http import failed_while_connecting
+from libs.http import failed_while_connecting, pyreqwest_client, pyreqwest_open
 
 Body = bytes | AsyncIterator[bytes] | None
 RawHeaders = list[tuple[bytes, bytes]]
@@ -298,51 +298,24 @@ class _PyreqwestResponse:
 
 class PyreqwestUpstream:
     def __init__(self, settings: GatewaySettings) -> None:
-        from datetime import timedelta
-
-        from pyreqwest.client import ClientBuilder
         from pyreqwest.exceptions import PyreqwestError
 
         self.errors = PyreqwestError
-        self.client = (
-            ClientBuilder()
-            .max_connections(settings.upstream_max_connections)
-            .pool_max_idle_per_host(settings.upstream_max_keepalive)
-            .pool_idle_timeout(timedelta(seconds=30))
-            .connect_timeout(timedelta(seconds=settings.upstream_connect_timeout))
-            .pool_timeout(timedelta(seconds=settings.upstream_pool_timeout))
-            # between two reads, as aiohttp's sock_read: a stream may stay silent that long
-            .read_timeout(timedelta(seconds=settings.upstream_read_timeout))
-            .follow_redirects(False)
-            # bodies pass through as they are, compressed or not, and no proxy from the
-            # environment sits between the gateway and its services
-            .gzip(False)
-            .brotli(False)
-            .zstd(False)
-            .deflate(False)
-            .no_proxy()
-            .tcp_nodelay(True)
-            .http1_only()
-            .build()
+        self.client = pyreqwest_client(
+            max_connections=settings.upstream_max_connections,
+            max_idle_per_host=settings.upstream_max_keepalive,
+            connect_timeout=settings.upstream_connect_timeout,
+            pool_timeout=settings.upstream_pool_timeout,
+            # a stream may stay silent that long between two events
+            read_timeout=settings.upstream_read_timeout,
+            internal=True,
         )
 
     async def send(
         self, service: str, method: str, url: str, headers: RawHeaders, body: Body
     ) -> UpstreamResponse:
-        builder = (
-            self.client.request(method, url)
-            .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
-            # hand each chunk on as it arrives (the default buffers up to 64 KiB first)
-            .streamed_read_buffer_limit(1)
-        )
-        if isinstance(body, bytes):
-            if body:
-                builder = builder.body_bytes(body)
-        elif body is not None:
-            builder = builder.body_stream(body)
-        request = builder.build_streamed()
         try:
-            resp = await request.__aenter__()
+            request, resp = await pyreqwest_open(self.client, method, url, headers, body)
         except self.errors as exc:
             raise _classify_pyreqwest(exc, service) from exc
         return _PyreqwestResponse(service, request, resp)

@@ -14,15 +14,14 @@ httpx errors the adapters already classify (timeouts, connect failures, broken s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
 from pyreqwest import exceptions as e
-from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.client import Client
 from pyreqwest.exceptions import PyreqwestError
 
-from libs.http import failed_while_connecting
+from libs.http import failed_while_connecting, pyreqwest_client, pyreqwest_open
 
 
 def _map_error(exc: PyreqwestError, request: httpx.Request) -> httpx.TransportError:
@@ -95,37 +94,20 @@ class PyreqwestTransport(httpx.AsyncBaseTransport):
     def _get_client(self) -> Client:
         client = self._client
         if client is None:
-            client = self._client = (
-                ClientBuilder()
-                .max_connections(self.max_connections)
-                .pool_idle_timeout(timedelta(seconds=self.keepalive_expiry))
-                .connect_timeout(timedelta(seconds=self.connect_timeout))
-                .read_timeout(timedelta(seconds=self.read_timeout))
-                .follow_redirects(False)
-                # httpx decodes content-encoding; the adapters set every header they want
-                .gzip(False)
-                .brotli(False)
-                .zstd(False)
-                .deflate(False)
-                .tcp_nodelay(True)
-                .build()
+            client = self._client = pyreqwest_client(
+                max_connections=self.max_connections,
+                keepalive_s=self.keepalive_expiry,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
             )
         return client
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        client = self._get_client()
-        builder = (
-            client.request(request.method, str(request.url))
-            .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw])
-            # hand each chunk on as it arrives (the default buffers up to 64 KiB first)
-            .streamed_read_buffer_limit(1)
-        )
         body = await request.aread()
-        if body:
-            builder = builder.body_bytes(body)
-        streamed = builder.build_streamed()
         try:
-            resp = await streamed.__aenter__()
+            streamed, resp = await pyreqwest_open(
+                self._get_client(), request.method, str(request.url), request.headers.raw, body
+            )
         except PyreqwestError as exc:
             raise _map_error(exc, request) from exc
         return httpx.Response(

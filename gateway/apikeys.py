@@ -9,6 +9,14 @@ Contract with the auth service:
   auth deletes that key and publishes the sha256 hex on ``aistack:apikey:revoked``; every
   gateway drops its in-process entry at once. In-process entries live at most one second,
   so even a missed message leaves a revoked key usable for under a second.
+
+Redis unavailable (down or hung; :mod:`libs.redis` skips it after one failed call for every
+caller): the Redis cache is skipped, not waited on, and every lookup goes to introspection,
+which is authoritative (the auth service answers it from its database, without Redis). This
+fails neither open nor closed: a revoked key is refused as soon as its in-process entry
+(<= 1 s) expires, and a valid key keeps working as long as the auth service answers. The cost
+is one introspection per key per ``local_ttl`` per process (concurrent lookups of one key
+share it).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from redis.exceptions import RedisError
 
 from libs.errors import ServiceUnavailable
 from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
+from libs.redis import guard_for
 
 log = logging.getLogger("aistack.gateway.apikeys")
 
@@ -40,6 +49,7 @@ INTROSPECT_PATH = "/internal/api-keys/introspect"
 # "ask_" + 40 random characters; a little leeway in length, none in alphabet
 _KEY_RE = re.compile(r"^ask_[A-Za-z0-9_-]{20,128}$")
 _MAX_LOCAL = 50_000
+_LOG_EVERY = 10.0
 
 
 def looks_like_api_key(value: str) -> bool:
@@ -144,6 +154,7 @@ class ApiKeyResolver:
         self.url = auth_url.rstrip("/") + INTROSPECT_PATH
         self.secret = internal_secret
         self.redis = redis
+        self.guard = guard_for(redis) if redis is not None else None
         self.local_ttl = min(local_ttl, 1.0)
         self.cache_ttl = cache_ttl
         self.negative_ttl = negative_ttl
@@ -154,6 +165,7 @@ class ApiKeyResolver:
         # must not bring the key back
         self._revoked: dict[str, float] = {}
         self._token: tuple[float, str] = (0.0, "")
+        self._logged_at = float("-inf")
         self.introspections = 0
 
     async def resolve(self, key: str) -> KeyInfo:
@@ -193,11 +205,11 @@ class ApiKeyResolver:
     async def _load(self, digest: str, key: str) -> KeyInfo:
         info: KeyInfo | None = None
         cache_key = CACHE_PREFIX + digest
-        if self.redis is not None:
+        if self.redis is not None and self.guard is not None:
             try:
-                raw = await self.redis.get(cache_key)
+                raw = await self.guard.run("gateway_api_key_cache", self.redis.get(cache_key))
             except (RedisError, OSError) as exc:
-                log.warning("API key cache read failed, asking auth: %s", exc)
+                self._log_redis("API key cache read failed, asking auth: %s", exc)
                 raw = None
             if raw is not None:
                 try:
@@ -213,13 +225,24 @@ class ApiKeyResolver:
         return info
 
     async def _store(self, cache_key: str, digest: str, info: KeyInfo) -> None:
-        if self.redis is None or (info.active and self._recently_revoked(digest)):
+        if self.redis is None or self.guard is None or not self.guard.up:
+            return  # no Redis (or skipped while it is down): the next lookup asks auth again
+        if info.active and self._recently_revoked(digest):
             return
         ttl = self.cache_ttl if info.active else self.negative_ttl
         try:
-            await self.redis.set(cache_key, orjson.dumps(info.raw), ex=ttl)
+            await self.guard.run(
+                "gateway_api_key_cache", self.redis.set(cache_key, orjson.dumps(info.raw), ex=ttl)
+            )
         except (RedisError, OSError) as exc:
-            log.warning("API key cache write failed: %s", exc)
+            self._log_redis("API key cache write failed: %s", exc)
+
+    def _log_redis(self, text: str, exc: BaseException) -> None:
+        # once per interval: during an outage every lookup fails the same way
+        now = time.monotonic()
+        if now - self._logged_at >= _LOG_EVERY:
+            self._logged_at = now
+            log.warning(text, exc)
 
     def _remember(self, digest: str, info: KeyInfo) -> None:
         if len(self._local) >= _MAX_LOCAL:

@@ -32,6 +32,7 @@ from gateway.upstream import make_upstream
 from libs.app import create_app, run_ready_checks
 from libs.errors import error_response
 from libs.http import make_http_client
+from libs.redis import guard_for
 
 TITLE = "aistack API"
 DESCRIPTION = (
@@ -191,7 +192,17 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             negative_ttl=settings.api_key_negative_ttl,
             timeout=settings.auth_timeout,
         )
-        sessions = SessionRevocations(redis) if redis is not None else None
+        if redis is not None:
+            guard_for(redis).configure(
+                name="gateway",
+                timeout_s=settings.redis_timeout_seconds,
+                retry_s=settings.redis_retry_seconds,
+            )
+        sessions = (
+            SessionRevocations(redis, grace=settings.session_revocation_grace_seconds)
+            if redis is not None
+            else None
+        )
         proxy.guard = Guard(
             jwks=JWKSCache(
                 settings.resolved_jwks_url(),

@@ -12,6 +12,17 @@ a lease's unspent units expire with it (at most 1 % of a limit, once per burst).
 (a lease no longer fits) every request is counted on its own again, so the last units of a
 window go exactly to the requests that fit. ``rate_limit_lease_fraction=0``: one round trip
 per request.
+
+Redis unavailable (down, or hung: see :mod:`libs.redis`, which skips it for every caller after
+one call fails or takes longer than ``redis_timeout_seconds``): the default fail mode is
+*open*, degraded to per-process limits. Refusing every request while the counter store is down
+would turn a Redis outage into a full API outage, for limits whose job is fairness and
+capacity; counting the same limits in process memory instead (:class:`libs.ratelimit.
+LocalLimiter`) keeps both, loosened to ``limit`` per gateway process rather than overall.
+Answers carry no ``RateLimit-*`` headers meanwhile (the local numbers are not the global
+ones), and each such request is counted in ``aistack_gateway_rate_limit_unavailable_total``.
+``rate_limit_fail_mode=closed`` answers 503 instead, for deployments where a limit is a
+contract (a hard cap on a metered resource) rather than protection.
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from redis.exceptions import RedisError
 from gateway.settings import GatewaySettings
 from libs.errors import RateLimited, ServiceUnavailable
 from libs.identity import Principal
-from libs.ratelimit import RateDecision, RateDecisions, hit_many
+from libs.ratelimit import LocalLimiter, RateDecision, RateDecisions, hit_many
+from libs.redis import guard_for
 
 log = logging.getLogger("aistack.gateway.ratelimit")
 
@@ -38,7 +50,8 @@ FAIL_PREFIX = "aistack:rl:authfail"
 
 REDIS_FAILURES = Counter(
     "aistack_gateway_rate_limit_unavailable_total",
-    "Requests whose rate limit could not be checked (Redis down), by fail mode applied",
+    "Requests whose rate limit could not be checked in Redis (down or hung), by fail mode "
+    "applied (open: counted per process instead)",
     ["mode"],
 )
 REFUSED = Counter(
@@ -87,9 +100,11 @@ class RequestLimiter:
         self.user_rpm = settings.rate_limit_user_rpm
         self.org_rpm = settings.rate_limit_org_rpm
         self.fail_closed = settings.rate_limit_fail_mode == "closed"
-        self.retry_seconds = settings.rate_limit_retry_seconds
+        self.retry_seconds = settings.redis_retry_seconds
         self.lease_fraction = settings.rate_limit_lease_fraction
-        self._down_until = 0.0
+        self.guard = guard_for(redis)
+        # the limits while Redis is unavailable (failing open), this process alone
+        self.local = LocalLimiter()
         self._logged_at = float("-inf")
         self._leases: dict[tuple[tuple[str, int], ...], _Lease] = {}
         self._taking: dict[tuple[tuple[str, int], ...], asyncio.Future[None]] = {}
@@ -115,12 +130,12 @@ class RequestLimiter:
             return {}
         cap = min(LEASE_MAX, int(min(limit for _, _, limit in limits) * self.lease_fraction))
         if cap <= 1:
-            if time.monotonic() < self._down_until:
-                return self._unavailable(None)
+            if not self.guard.up:
+                return self._unavailable(limits, None)
             try:
                 result = await self._hit(limits, 1)
             except (RedisError, OSError, TimeoutError) as exc:
-                return self._redis_failed(exc)
+                return self._unavailable(limits, exc)
             return self._decide(limits, result)
         ident = tuple((key, limit) for _, key, limit in limits)
         while True:
@@ -134,8 +149,8 @@ class RequestLimiter:
                 break
             # another request of this principal is taking the next lease: share it
             await asyncio.shield(taking)
-        if now < self._down_until:
-            return self._unavailable(None)
+        if not self.guard.up:
+            return self._unavailable(limits, None)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._taking[ident] = done
         try:
@@ -168,7 +183,7 @@ class RequestLimiter:
                 result = await self._hit(limits, 1)
         except (RedisError, OSError, TimeoutError) as exc:
             self._leases.pop(ident, None)
-            return self._redis_failed(exc)
+            return self._unavailable(limits, exc)
         taken = time.monotonic()
         if not result.allowed:
             exact_until = taken + EXACT_SECONDS
@@ -190,9 +205,8 @@ class RequestLimiter:
             self._leases.clear()
 
     async def _hit(self, limits: list[tuple[str, str, int]], cost: int) -> RateDecisions:
-        return await hit_many(
-            self.redis, [(key, limit, self.window) for _, key, limit in limits], cost
-        )
+        call = hit_many(self.redis, [(key, limit, self.window) for _, key, limit in limits], cost)
+        return await self.guard.run("gateway_rate_limit", call)
 
     def _decide(self, limits: list[tuple[str, str, int]], result: RateDecisions) -> dict[str, str]:
         decision = result.strictest()
@@ -207,11 +221,10 @@ class RequestLimiter:
             )
         return headers
 
-    def _redis_failed(self, exc: BaseException) -> dict[str, str]:
-        self._down_until = time.monotonic() + self.retry_seconds
-        return self._unavailable(exc)
-
-    def _unavailable(self, exc: BaseException | None) -> dict[str, str]:
+    def _unavailable(
+        self, limits: list[tuple[str, str, int]], exc: BaseException | None
+    ) -> dict[str, str]:
+        """Redis is unavailable: refuse (closed), or count in this process only (open)."""
         mode = "closed" if self.fail_closed else "open"
         REDIS_FAILURES.labels(mode).inc()
         now = time.monotonic()
@@ -220,15 +233,17 @@ class RequestLimiter:
             self._logged_at = now
             log.error(
                 "rate limits unavailable (Redis: %s); failing %s",
-                exc if exc is not None else "recently failed",
-                mode,
+                exc if exc is not None else "skipped while it is down",
+                mode if self.fail_closed else "open, to per-process limits",
             )
         if self.fail_closed:
             raise ServiceUnavailable(
                 "Rate limiting is unavailable",
                 code="rate_limit_unavailable",
-                headers={"Retry-After": str(max(1, round(self.retry_seconds)))},
+                headers={"Retry-After": str(max(1, math.ceil(self.retry_seconds)))},
             )
+        result = self.local.hit_many([(key, limit, self.window) for _, key, limit in limits])
+        self._decide(limits, result)  # raises 429 past a limit
         return {}
 
 
@@ -236,14 +251,18 @@ class FailureLimiter:
     """Failed authentications per client address; past the limit the address is refused
     (429) before anything is verified, so guessing keys cannot load the auth service.
 
-    Only failures touch Redis; the block itself is remembered in-process until it ends.
+    Only failures touch Redis; the block itself is remembered in-process until it ends. While
+    Redis is unavailable failures are counted in this process alone (guessing stays limited).
     """
 
     def __init__(self, redis: Redis, limit: int, window: int = 60) -> None:
         self.redis = redis
         self.limit = limit
         self.window = window
+        self.guard = guard_for(redis)
+        self.local = LocalLimiter()
         self._blocked: dict[str, float] = {}
+        self._logged_at = float("-inf")
 
     def blocked(self, ip: str) -> float:
         """Seconds the address must still wait (0: not blocked)."""
@@ -258,13 +277,17 @@ class FailureLimiter:
 
     async def record(self, ip: str) -> None:
         """Count one failure of ``ip``."""
+        limits = [(f"{FAIL_PREFIX}:{ip}", self.limit, self.window)]
         try:
-            result = await hit_many(
-                self.redis, [(f"{FAIL_PREFIX}:{ip}", self.limit, self.window)], force=True
+            result = await self.guard.run(
+                "gateway_auth_failures", hit_many(self.redis, limits, force=True)
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not count a failed authentication: %s", exc)
-            return
+            now = time.monotonic()
+            if now - self._logged_at >= _LOG_EVERY:
+                self._logged_at = now
+                log.warning("failed authentications counted per process (Redis: %s)", exc)
+            result = self.local.hit_many(limits, force=True)
         decision = result.decisions[0]
         if decision.remaining == 0:
             # that was the last failure allowed: block until one more would fit

@@ -72,10 +72,18 @@ class GatewaySettings(ServiceSettings):
     rate_limit_lease_fraction: float = Field(default=0.01, ge=0, le=0.1)
     # failed authentications per client address per window; then 429 (0: no limit)
     rate_limit_auth_failures: int = 30
-    # Redis down: let requests through ("open") or refuse them with 503 ("closed")
+    # Redis down or hung: count per gateway process instead ("open") or refuse with 503
+    # ("closed"); see gateway/ratelimit.py
     rate_limit_fail_mode: Literal["open", "closed"] = "open"
-    # after a Redis failure, apply the fail mode without retrying Redis for this long
-    rate_limit_retry_seconds: float = 1.0
+
+    # Redis on the request path (API-key cache, rate limits, session revocations): the longest
+    # one call may take; after one fails or times out Redis is skipped by every request until
+    # a background probe (every redis_retry_seconds) hears from it again (libs/redis.py)
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    redis_retry_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Redis unavailable: a session this process found not revoked within this long stays
+    # usable; others are refused with 503 (0: refuse all). See gateway/revocations.py
+    session_revocation_grace_seconds: float = Field(default=30.0, ge=0, le=900)
 
     # browsers: origins allowed to call the API (none by default)
     # JSON list or comma-separated

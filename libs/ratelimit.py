@@ -19,11 +19,16 @@ now, so a refund restores at most what was taken and never lifts a limit above `
 
 With Redis Cluster, all keys of one :func:`hit_many` or :func:`refund_many` call must share
 a hash slot (``{...}`` hash tags).
+
+:class:`LocalLimiter` is the same algorithm in process memory: what callers count instead while
+Redis is unavailable (libs/redis.py), so failing open still bounds a caller to its limit per
+process rather than to nothing.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -267,3 +272,68 @@ async def refund_many(
         args += [int(limit), int(window * 1_000_000), int(n)]
     rows = await _REFUND(redis, keys, args)
     return tuple(int(r) for r in rows)
+
+
+_LOCAL_MAX_KEYS = 100_000
+
+
+class LocalLimiter:
+    """GCRA like :func:`hit_many`, in this process's memory (monotonic clock).
+
+    The fallback while Redis is unavailable: each process enforces every limit on its own, so a
+    caller gets at most ``limit`` per process instead of ``limit`` overall. The state is
+    independent of Redis's and forgotten when Redis is back.
+    """
+
+    def __init__(self, max_keys: int = _LOCAL_MAX_KEYS) -> None:
+        self.max_keys = max_keys
+        self._tat: dict[str, float] = {}
+
+    def hit_many(
+        self,
+        limits: Sequence[tuple[str, int, float]],
+        cost: int = 1,
+        *,
+        force: bool = False,
+    ) -> RateDecisions:
+        """As :func:`hit_many`, decided in memory."""
+        if not limits:
+            return RateDecisions(True, ())
+        if cost < 0:
+            raise ValueError("cost must be >= 0")
+        now = time.monotonic()
+        rows: list[tuple[float, float, float, bool]] = []  # interval, offset, new, fits
+        all_ok = True
+        for key, limit, window in limits:
+            if limit < 1 or window <= 0:
+                raise ValueError(f"invalid limit {limit}/{window}s for {key}")
+            interval = window / limit
+            offset = max(0.0, self._tat.get(key, now) - now)
+            new = offset + cost * interval
+            fits = new <= window + 1e-9
+            all_ok = all_ok and fits
+            rows.append((interval, offset, new, fits))
+        if (all_ok or force) and cost > 0 and len(self._tat) >= self.max_keys:
+            self._tat = {k: t for k, t in self._tat.items() if t > now}
+            if len(self._tat) >= self.max_keys:
+                self._tat.clear()
+        decisions = []
+        for (key, limit, window), (interval, offset, new, fits) in zip(limits, rows, strict=True):
+            after = offset
+            if (all_ok or force) and cost > 0:
+                after = new
+                self._tat[key] = now + new
+            remaining = max(0, math.floor((window - after) / interval + 1e-6))
+            decisions.append(
+                RateDecision(
+                    allowed=fits,
+                    limit=int(limit),
+                    remaining=remaining,
+                    reset_seconds=after,
+                    retry_after=0.0 if fits else new - window,
+                )
+            )
+        return RateDecisions(all_ok, tuple(decisions))
+
+    def clear(self) -> None:
+        self._tat.clear()

@@ -26,7 +26,10 @@ others through Redis (:class:`SharedBreakers`), in background tasks, off the req
 
 Without Redis (``LLM_BREAKER_SHARED`` off, or Redis failing) each process decides alone, as a
 breaker without :attr:`CircuitBreaker.peers` does: its own count, its own trial. A Redis
-error never fails a call; at worst a process decides alone for a while.
+error never fails a call; at worst a process decides alone for a while. Redis down or hung
+(the client's guard, :mod:`libs.redis`, skipped it after one failed call anywhere in the
+process) is the same: nothing is sent while it is, each write has the guard's short deadline,
+and a hung Redis costs background writes a fraction of a second instead of the socket timeout.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from redis.asyncio import Redis
 
+from libs.redis import guard_for
 from services.llm.metrics import BREAKER_STATE
 
 log = logging.getLogger("aistack.llm.breaker")
@@ -248,6 +252,7 @@ class SharedBreakers:
     ) -> None:
         self.breakers = breakers
         self.redis = redis
+        self.guard = guard_for(redis)
         self.key_prefix = key_prefix
         self.channel = channel
         self.poll_s = poll_s
@@ -336,7 +341,7 @@ class SharedBreakers:
         lock = self._order.setdefault(provider, asyncio.Lock())
         try:
             async with lock:
-                return await write(provider)
+                return await self.guard.run("llm_breaker", write(provider))
         except Exception as exc:
             self._redis_failed("could not share the breaker of %s (%s)", provider, exc)
             return None
@@ -479,7 +484,7 @@ class SharedBreakers:
 
     def _alone(self) -> bool:
         """Whether Redis failed lately: count and claim trials alone meanwhile."""
-        return time.monotonic() < self._alone_until
+        return not self.guard.up or time.monotonic() < self._alone_until
 
     def _redis_failed(self, text: str, *args: Any) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import struct
 import time
 import uuid
@@ -23,10 +24,11 @@ import anyio
 import orjson
 from redis.asyncio import Redis
 
-from libs.errors import AppError, BadRequest, NotFound, RateLimited
+from libs.errors import AppError, BadRequest, NotFound, RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.queue import PreparedJob
-from libs.ratelimit import hit_many, refund_many
+from libs.ratelimit import LocalLimiter, hit_many, refund_many
+from libs.redis import RedisUnavailable, guard_for
 from libs.usage import UsageEvent, prepare_usage, publish_usage_batch
 from services.llm import cache as rc
 from services.llm import tokens
@@ -105,6 +107,13 @@ class LlmService:
         self.config = config
         self.providers = providers
         self.redis = redis
+        # Redis on the request path: short deadlines, skipped while down (libs/redis.py); what
+        # each call does without it is written where it calls
+        self.guard = guard_for(redis).configure(
+            name="llm", timeout_s=settings.redis_timeout_s, retry_s=settings.redis_retry_s
+        )
+        self._local_tpm = LocalLimiter()
+        self._tpm_logged_at = float("-inf")
         self.dispatcher = Dispatcher(providers, settings)
         # breakers opened or closed in one llm process reach the others (see breaker.py)
         self.shared_breakers = (
@@ -228,14 +237,22 @@ class LlmService:
         if not limits:
             return
         try:
-            decisions = await hit_many(self.redis, limits, max(estimate, 1))
-        except Exception:
-            # Redis trouble must not take the LLM API down with it: fail open, loudly
-            log.warning("TPM check failed; allowing the request", exc_info=True)
-            return
-        if decisions.allowed:
-            call.tpm_limits, call.tpm_reserved = limits, max(estimate, 1)
+            decisions = await self.guard.run(
+                "llm_tpm", hit_many(self.redis, limits, max(estimate, 1))
+            )
+        except Exception as exc:
+            # Redis down or hung must not take the LLM API down with it: fail open, to the
+            # same limits counted in this process alone (no later refund or top-up: those go
+            # to Redis), loudly but once per interval
+            now = time.monotonic()
+            if now - self._tpm_logged_at >= 10:
+                self._tpm_logged_at = now
+                log.warning("TPM limits counted per process (Redis: %s)", exc)
+            decisions = self._local_tpm.hit_many(limits, max(estimate, 1))
         else:
+            if decisions.allowed:
+                call.tpm_limits, call.tpm_reserved = limits, max(estimate, 1)
+        if not decisions.allowed:
             decision = decisions.strictest()
             too_big = estimate > decision.limit
             raise RateLimited(
@@ -389,7 +406,10 @@ class LlmService:
                 for pending in batch.values():
                     limits = list(pending)
                     try:
-                        await refund_many(self.redis, limits, [pending[k] for k in limits])
+                        refund = refund_many(self.redis, limits, [pending[k] for k in limits])
+                        await self.guard.run("llm_tpm", refund)
+                    except RedisUnavailable:
+                        pass  # lost while Redis is down (counted in aistack_redis_fallbacks)
                     except Exception:
                         # lost: the limit stays stricter until the tokens refill on their own
                         log.warning("could not refund TPM tokens %s", pending, exc_info=True)
@@ -398,7 +418,9 @@ class LlmService:
 
     async def _count_extra_tokens(self, limits: list[tuple[str, int, float]], extra: int) -> None:
         try:
-            await hit_many(self.redis, limits, extra, force=True)
+            await self.guard.run("llm_tpm", hit_many(self.redis, limits, extra, force=True))
+        except RedisUnavailable:
+            pass  # lost while Redis is down (counted in aistack_redis_fallbacks)
         except Exception:
             log.warning("could not count %d extra tokens against TPM limits", extra, exc_info=True)
 
@@ -411,24 +433,47 @@ class LlmService:
         if len(opts.idempotency_key) > 255:
             raise BadRequest("Idempotency-Key is longer than 255 characters")
         key = rc.idempotency_redis_key(call.org_id, opts.idempotency_key)
-        return await rc.idempotency_claim(
-            self.redis,
-            key,
-            fp,
-            lock_ttl_s=self.settings.max_request_timeout_s + 30,
-            wait_s=self.settings.idempotency_wait_s,
-        )
+        try:
+            return await rc.idempotency_claim(
+                self.redis,
+                key,
+                fp,
+                lock_ttl_s=self.settings.max_request_timeout_s + 30,
+                wait_s=self.settings.idempotency_wait_s,
+                guard=self.guard,
+            )
+        except RedisUnavailable as exc:
+            # fail closed, before anything runs: without the claim a retry would run twice
+            # (services/llm/cache.py); SDKs retry a 503 after Retry-After
+            raise ServiceUnavailable(
+                "Idempotency keys are unavailable right now; the request was not run, retry "
+                "shortly",
+                code="idempotency_unavailable",
+                headers={"Retry-After": str(max(1, math.ceil(self.guard.retry_s)))},
+            ) from exc
 
     def _settle(self, claim: rc.IdempotencyClaim | None, result: dict[str, Any] | None) -> None:
         """Store the result under the idempotency key (or free the key after a failure)."""
         if claim is None or not claim.owner:
             return
+        self.spawn(self._settle_write(claim, result))
+
+    async def _settle_write(
+        self, claim: rc.IdempotencyClaim, result: dict[str, Any] | None
+    ) -> None:
+        # Redis away since the claim: wait (bounded) for it to come back rather than leave the
+        # key "pending" until its lock expires (retries get 409 meanwhile, never a second run)
+        if not await self.guard.wait_up(rc.SETTLE_WAIT_S):
+            log.error("idempotency key %s left pending: Redis unavailable", claim.key)
+            return
         if result is None:
-            self.spawn(rc.idempotency_release(self.redis, claim))
+            write = rc.idempotency_release(self.redis, claim)
         else:
-            self.spawn(
-                rc.idempotency_store(self.redis, claim, result, self.settings.idempotency_ttl_s)
-            )
+            write = rc.idempotency_store(self.redis, claim, result, self.settings.idempotency_ttl_s)
+        try:
+            await self.guard.run("llm_idempotency", write)
+        except Exception:
+            log.error("idempotency key %s left pending", claim.key, exc_info=True)
 
     # ------------------------------------------------------------------ chat
 
@@ -517,7 +562,7 @@ class LlmService:
             if fp is None:
                 fp = rc.fingerprint("chat", body.model_dump(exclude_none=True))
             cache_key = rc.cache_key(call.org_id, fp)
-            hit = await rc.cache_get(self.redis, cache_key)
+            hit = await self._cache_get(cache_key)
             CACHE.labels("chat", "hit" if hit else "miss").inc()
             if hit is not None:
                 completion = {**hit["completion"], "id": call.id, "created": call.created}
@@ -698,10 +743,24 @@ class LlmService:
                 self.spawn(self._cache_put(cache_key, completion, target))
             self._settle(claim, {"completion": completion} if completion else None)
 
-    async def _cache_put(self, key: str, completion: dict[str, Any], target: Target) -> None:
+    async def _cache_get(self, key: str) -> dict[str, Any] | None:
+        # Redis down or hung: skipped, a miss (services/llm/cache.py)
         try:
-            value = {"completion": completion, "provider": target.provider, "model": target.model}
-            await rc.cache_put(self.redis, key, value, self.settings.cache_ttl_s)
+            return await self.guard.run("llm_cache", rc.cache_get(self.redis, key))
+        except RedisUnavailable:
+            return None
+
+    async def _cache_put(self, key: str, completion: dict[str, Any], target: Target) -> None:
+        value = {"completion": completion, "provider": target.provider, "model": target.model}
+        await self._cache_write(key, value)
+
+    async def _cache_write(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            await self.guard.run(
+                "llm_cache", rc.cache_put(self.redis, key, value, self.settings.cache_ttl_s)
+            )
+        except RedisUnavailable:
+            pass  # dropped while Redis is down (counted in aistack_redis_fallbacks)
         except Exception:
             log.warning("response cache write failed", exc_info=True)
 
@@ -747,7 +806,7 @@ class LlmService:
         cache_key = None
         if self._cache_wanted(body.cache, opts.cache, False):
             cache_key = rc.cache_key(call.org_id, fp)
-            hit = await rc.cache_get(self.redis, cache_key)
+            hit = await self._cache_get(cache_key)
             CACHE.labels("embeddings", "hit" if hit else "miss").inc()
             if hit is not None:
                 response = hit["response"]
@@ -798,7 +857,7 @@ class LlmService:
         self._ok(call, target, usage)
         if cache_key:
             value = {"response": response, "provider": target.provider, "model": target.model}
-            self.spawn(rc.cache_put(self.redis, cache_key, value, self.settings.cache_ttl_s))
+            self.spawn(self._cache_write(cache_key, value))
         self._settle(claim, {"response": response})
         headers = {"x-aistack-cache": "miss" if cache_key else "off"}
         headers.update(_route_headers(target, outcome))

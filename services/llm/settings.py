@@ -44,6 +44,12 @@ class LlmSettings(ServiceSettings):
         "llm:breaker:<provider>[:failures], channel llm:breaker); off: each process learns alone",
     )
 
+    # Redis on the request path (TPM limits, response cache, idempotency keys): the longest
+    # one call may take; after one fails or times out Redis is skipped by every request until
+    # a background probe (every redis_retry_s) hears from it again (libs/redis.py)
+    redis_timeout_s: float = Field(default=0.25, gt=0, le=5)
+    redis_retry_s: float = Field(default=2.0, gt=0, le=60)
+
     # response cache and idempotency keys
     cache_ttl_s: int = 3600
     idempotency_ttl_s: int = 24 * 3600

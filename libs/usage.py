@@ -4,23 +4,37 @@ One event per (``request_id``, ``kind``); billing stores it at most once, so a p
 send the same event again (retries, at-least-once delivery) without double counting. Events
 travel on the billing queue (``aistack:queue:billing``, function ``record_usage``) with job id
 ``usage:<kind>:<request_id>``, so duplicates are also collapsed before they run.
+
+A producer sends through :class:`UsageSender`: batched off the request path, retried for as
+long as Redis is unreachable, and parked in its own PostgreSQL table (:class:`UsageOutbox`)
+when too many wait or the process stops, to be queued once Redis answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
 import uuid
 import weakref
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepared, prepare_job
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+log = logging.getLogger("aistack.usage")
 
 BILLING_SERVICE = "billing"
 RECORD_USAGE = "record_usage"
@@ -109,3 +123,310 @@ def prepare_usage(event: UsageEvent) -> PreparedJob:
 async def publish_usage_batch(jobs: list[PreparedJob], redis: Redis) -> None:
     """Send prepared usage events now, in one round trip (duplicates collapse by job id)."""
     await enqueue_prepared(redis, jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# durable sending: memory, then the service's outbox table, never dropped
+
+
+USAGE_PENDING = Gauge(
+    "aistack_usage_events_pending",
+    "Usage events not yet on the billing queue, by where they wait: memory (this process, "
+    "Redis unreachable or a batch in flight) or outbox (the service's PostgreSQL table, "
+    "as last counted by this process)",
+    ["service", "store"],
+)
+USAGE_LOST = Counter(
+    "aistack_usage_events_lost_total",
+    "Usage events dropped: neither Redis nor the outbox table took them at shutdown",
+    ["service"],
+)
+
+OUTBOX_TABLE = "usage_outbox"
+
+
+def _job_json(job: PreparedJob) -> str:
+    return orjson.dumps(dataclasses.asdict(job)).decode()
+
+
+def job_from_json(raw: Any) -> PreparedJob:
+    """A prepared job back from its outbox JSON (text or already decoded)."""
+    data = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    return PreparedJob(**data)
+
+
+class UsageOutbox:
+    """Usage events parked in the service's PostgreSQL table ``<schema>.usage_outbox``.
+
+    Written when Redis stays unreachable (too many events waiting, or the process stopping);
+    :meth:`replay` moves them to the billing queue once Redis answers. Rows are claimed with
+    ``FOR UPDATE SKIP LOCKED`` and deleted in the transaction that queued them, so several
+    processes may replay at once; a replay cut short sends some again, which the job id and
+    billing's ledger collapse. SQLAlchemy loads only when the table is first used.
+    """
+
+    def __init__(
+        self, schema: str, sessions: Callable[[], async_sessionmaker[AsyncSession] | None]
+    ) -> None:
+        self.schema = schema
+        self.sessions = sessions
+
+    def _factory(self) -> async_sessionmaker[AsyncSession]:
+        factory = self.sessions()
+        if factory is None:
+            raise RuntimeError("no database session factory for the usage outbox")
+        return factory
+
+    async def put(self, jobs: Sequence[PreparedJob]) -> None:
+        """Store jobs (a job id already stored is kept as it is)."""
+        if not jobs:
+            return
+        from sqlalchemy import text
+
+        stmt = text(
+            f"INSERT INTO {self.schema}.{OUTBOX_TABLE} (job_id, job) "  # noqa: S608 - our schema
+            "VALUES (:job_id, CAST(:job AS jsonb)) ON CONFLICT (job_id) DO NOTHING"
+        )
+        async with self._factory()() as session:
+            for i in range(0, len(jobs), OUTBOX_CHUNK):
+                chunk = jobs[i : i + OUTBOX_CHUNK]
+                await session.execute(
+                    stmt, [{"job_id": j.job_id, "job": _job_json(j)} for j in chunk]
+                )
+            await session.commit()
+
+    async def count(self) -> int:
+        """How many events wait in the table."""
+        from sqlalchemy import text
+
+        async with self._factory()() as session:
+            stmt = text(f"SELECT count(*) FROM {self.schema}.{OUTBOX_TABLE}")  # noqa: S608
+            return int(await session.scalar(stmt) or 0)
+
+    async def replay(self, redis: Redis, *, batch: int = 500) -> int:
+        """Queue stored events to billing until the table is empty; return how many were sent.
+
+        Raises when Redis or PostgreSQL fails; what was not sent stays in the table.
+        """
+        from sqlalchemy import text
+
+        claim = text(
+            f"DELETE FROM {self.schema}.{OUTBOX_TABLE} WHERE job_id IN "  # noqa: S608
+            f"(SELECT job_id FROM {self.schema}.{OUTBOX_TABLE} ORDER BY created_at, job_id "
+            "LIMIT :n FOR UPDATE SKIP LOCKED) RETURNING job"
+        )
+        sent = 0
+        while True:
+            async with self._factory()() as session:
+                rows = (await session.execute(claim, {"n": batch})).scalars().all()
+                if not rows:
+                    return sent
+                # queued before the delete commits: a failure here rolls the delete back
+                await publish_usage_batch([job_from_json(r) for r in rows], redis)
+                await session.commit()
+            sent += len(rows)
+            if len(rows) < batch:
+                return sent
+
+
+OUTBOX_CHUNK = 1000
+
+
+class UsageSender:
+    """Sends usage events to billing in batches, and never drops one while it can keep it.
+
+    :meth:`add` (the request path) only appends to a list; one task at a time sends what
+    waits, many events per Redis round trip. While Redis is unreachable the task retries with
+    capped exponential backoff; when more than ``max_pending`` events wait in memory they move
+    to the ``outbox`` table, and :meth:`close` (graceful shutdown) moves whatever still waits
+    there. Once Redis answers again the outbox is replayed by the task (and by the service's
+    worker, for rows a stopped process left behind).
+    """
+
+    def __init__(
+        self,
+        service: str,
+        redis: Callable[[], Redis],
+        *,
+        outbox: UsageOutbox | None = None,
+        max_pending: int = 10_000,
+        batch: int = 200,
+        retry_min_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        close_timeout_s: float = 5.0,
+    ) -> None:
+        self.service = service
+        self.redis = redis
+        self.outbox = outbox
+        self.max_pending = max_pending
+        self.batch = batch
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.close_timeout_s = close_timeout_s
+        self._pending: list[PreparedJob] = []
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._wake = asyncio.Event()
+        # rows this process put in the outbox that it has not seen replayed yet
+        self._outbox_dirty = False
+        self._replay_at = 0.0
+        self._replay_delay = retry_min_s
+        self._down_since: float | None = None
+        self._last_report = 0.0
+        ref = weakref.ref(self)
+        USAGE_PENDING.labels(service, "memory").set_function(
+            lambda: float(len(sender._pending)) if (sender := ref()) is not None else 0.0
+        )
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in this process's memory."""
+        return len(self._pending)
+
+    @property
+    def busy(self) -> bool:
+        """Whether the sending task is running (events or outbox rows to send)."""
+        return self._task is not None
+
+    def add(self, job: PreparedJob) -> None:
+        """Queue one prepared usage event (no I/O here; sent by the background task)."""
+        self._pending.append(job)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def drain(self) -> None:
+        """Wait until nothing waits in memory or this process's outbox rows (tests)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        """Stop retrying: send what waits once more, else park it in the outbox."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), self.close_timeout_s)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._pending:
+            # the task was cut off mid-send (a hung Redis): keep what it held
+            await self._spill(final=True)
+
+    # -------------------------------------------------------------------------------- task
+
+    async def _run(self) -> None:
+        delay = self.retry_min_s
+        try:
+            while self._pending or self._replay_wanted():
+                if self._pending:
+                    batch = self._pending[: self.batch]
+                    try:
+                        await publish_usage_batch(batch, self.redis())
+                    except Exception as exc:
+                        self._report_down(exc)
+                        if self._closing:
+                            await self._spill(final=True)
+                            return
+                        if len(self._pending) > self.max_pending:
+                            await self._spill(final=False)
+                        await self._sleep(delay)
+                        delay = min(delay * 2, self.retry_max_s)
+                        continue
+                    del self._pending[: len(batch)]
+                    delay = self.retry_min_s
+                    self._report_up()
+                if self._replay_wanted():
+                    if not self._pending:
+                        await self._sleep(self._replay_at - time.monotonic())
+                    if self._replay_wanted() and time.monotonic() >= self._replay_at:
+                        await self._replay()
+        finally:
+            self._task = None
+
+    def _replay_wanted(self) -> bool:
+        return self._outbox_dirty and not self._closing and self.outbox is not None
+
+    async def _replay(self) -> None:
+        """Queue the outbox's events; on failure try again later (backoff of its own)."""
+        assert self.outbox is not None
+        try:
+            sent = await self.outbox.replay(self.redis())
+        except Exception as exc:
+            self._report_down(exc)
+            self._replay_at = time.monotonic() + self._replay_delay
+            self._replay_delay = min(self._replay_delay * 2, self.retry_max_s)
+            return
+        self._outbox_dirty = False
+        self._replay_delay = self.retry_min_s
+        self._report_up()
+        log.info("%d usage events replayed from the %s outbox table", sent, self.service)
+        await self._count_outbox()
+
+    async def _sleep(self, delay: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _spill(self, *, final: bool) -> None:
+        """Move every event waiting in memory to the outbox."""
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        try:
+            if self.outbox is None:
+                raise RuntimeError("no usage outbox")
+            await self.outbox.put(jobs)
+        except Exception:
+            if not final:
+                # kept in memory (past max_pending) and tried again after the next attempt
+                self._pending[:0] = jobs
+                log.error(
+                    "usage outbox unavailable: %d usage events held in memory",
+                    len(self._pending),
+                    exc_info=True,
+                )
+                return
+            USAGE_LOST.labels(self.service).inc(len(jobs))
+            log.exception("usage outbox unavailable at shutdown: %d usage events lost", len(jobs))
+            for job in jobs:
+                log.error("usage event lost: %s", orjson.dumps(job.args[0]).decode())
+            return
+        self._outbox_dirty = True
+        log.warning("%d usage events moved to the %s outbox table", len(jobs), self.service)
+        await self._count_outbox()
+
+    async def _count_outbox(self) -> None:
+        if self.outbox is None:
+            return
+        try:
+            USAGE_PENDING.labels(self.service, "outbox").set(await self.outbox.count())
+        except Exception:
+            log.debug("could not count the usage outbox", exc_info=True)
+
+    def _report_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = self._last_report = now
+            log.warning(
+                "usage events not queued (%s: %s); %d waiting, retrying every %.0f s at most",
+                type(exc).__name__,
+                exc,
+                len(self._pending),
+                self.retry_max_s,
+            )
+        elif now - self._last_report >= 30:
+            self._last_report = now
+            log.warning(
+                "usage events still not queued after %.0f s (%s); %d waiting in memory",
+                now - self._down_since,
+                type(exc).__name__,
+                len(self._pending),
+            )
+
+    def _report_up(self) -> None:
+        if self._down_since is not None:
+            log.info("usage events queued again after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None

@@ -171,3 +171,20 @@ class ConversationMessage(IdMixin, CreatedAtMixin, Base):
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
     prompt_version_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+
+
+# ---------------------------------------------------------------------------- usage outbox
+
+
+class UsageOutboxRow(CreatedAtMixin, Base):
+    """A usage event Redis could not take (an outage), kept until it is queued to billing.
+
+    Written and replayed by :class:`libs.usage.UsageOutbox` (raw SQL, so the chat path never
+    loads this module); ``job`` is the prepared queue job (:class:`libs.queue.PreparedJob`).
+    """
+
+    __tablename__ = "usage_outbox"
+    __table_args__ = (Index("ix_llm_usage_outbox_created_at", "created_at"),)
+
+    job_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job: Mapped[dict[str, Any]] = mapped_column(JSONB)

@@ -21,15 +21,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-import orjson
 from redis.asyncio import Redis
 
 from libs.errors import AppError, BadRequest, NotFound, RateLimited, ServiceUnavailable
 from libs.identity import Principal
-from libs.queue import PreparedJob
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
 from libs.redis import RedisUnavailable, guard_for
-from libs.usage import UsageEvent, prepare_usage, publish_usage_batch
+from libs.usage import UsageEvent, UsageOutbox, UsageSender, prepare_usage
 from services.llm import cache as rc
 from services.llm import tokens
 from services.llm.breaker import SharedBreakers
@@ -119,10 +117,16 @@ class LlmService:
         self.shared_breakers = (
             SharedBreakers(self.dispatcher.breakers, redis) if settings.breaker_shared else None
         )
-        # usage events: to an injected publisher one by one, else batched (see _flush_usage)
+        # usage events: to an injected publisher one by one (tests), else batched, one task
+        # at a time, and never dropped while Redis is down (libs.usage.UsageSender)
         self.publisher = publisher
-        self._usage: list[PreparedJob] = []
-        self._flushing = False
+        self.usage = UsageSender(
+            "llm",
+            lambda: self.redis,
+            outbox=UsageOutbox("llm", lambda: self.sessions()),
+            max_pending=settings.usage_max_pending,
+            batch=USAGE_BATCH,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         # usage events are queued by at most this many tasks at once: under load, one task
         # per event exhausted the Redis pool ("Too many connections") and events waited on
@@ -154,11 +158,16 @@ class LlmService:
 
     async def drain(self) -> None:
         """Wait for background work (usage events, cache writes) to finish."""
-        while self._tasks:
+        while self._tasks or self.usage.busy:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self.usage.drain()
 
     async def aclose(self) -> None:
-        await self.drain()
+        # background work first (it may still emit usage), then the usage sender: what Redis
+        # does not take now goes to the outbox table instead of waiting on the outage
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.usage.close()
         if self.shared_breakers is not None:
             await self.shared_breakers.stop()
         for provider in self.providers.values():
@@ -327,11 +336,9 @@ class LlmService:
             call.tpm_limits = []  # settled: one event, one adjustment
 
         if self.publisher is None:
-            # captured now (request id, trace); sent with whatever else is waiting
-            self._usage.append(prepare_usage(event))
-            if not self._flushing:
-                self._flushing = True
-                self.spawn(self._flush_usage())
+            # captured now (request id, trace); sent with whatever else is waiting, and kept
+            # (memory, then the outbox table) for as long as Redis is unreachable
+            self.usage.add(prepare_usage(event))
             return
         publisher = self.publisher
 
@@ -352,35 +359,6 @@ class LlmService:
             log.error("usage event lost: %s", event.model_dump_json())
 
         self.spawn(send())
-
-    async def _flush_usage(self) -> None:
-        """Queue waiting usage events, many per Redis round trip, until none is left.
-
-        One flush runs at a time; events arriving meanwhile join the next batch, so under load
-        the batches grow instead of the round trips (one per event, four each, lagged behind
-        the requests at 16 concurrent chats).
-        """
-        try:
-            while self._usage:
-                batch = self._usage[:USAGE_BATCH]
-                del self._usage[:USAGE_BATCH]
-                for attempt in range(5):
-                    try:
-                        await publish_usage_batch(batch, self.redis)
-                        break
-                    except Exception:
-                        log.warning(
-                            "%d usage events not queued (attempt %d)",
-                            len(batch),
-                            attempt + 1,
-                            exc_info=True,
-                        )
-                        await asyncio.sleep(0.2 * 2**attempt)
-                else:
-                    for job in batch:
-                        log.error("usage event lost: %s", orjson.dumps(job.args[0]).decode())
-        finally:
-            self._flushing = False
 
     def _refund(self, call: _Call, n: int) -> None:
         """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""

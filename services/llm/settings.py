@@ -63,6 +63,14 @@ class LlmSettings(ServiceSettings):
         "stalling the process's other requests once",
     )
 
+    usage_max_pending: int = Field(
+        default=10_000,
+        ge=0,
+        description="usage events one process keeps in memory while Redis is unreachable "
+        "(about 2 KiB each); beyond it they move to the llm.usage_outbox table, as they do "
+        "at shutdown, and are queued to billing once Redis is back",
+    )
+
     # tokens-per-minute limit of an organization (0: unlimited); keys carry their own
     org_tpm_limit: int = 0
     # completion tokens reserved against the TPM limit when a request gives no max_tokens

@@ -1,3 +1,51 @@
-"""Background job functions of the llm service."""
+"""Background work of the llm service: its worker replays the usage outbox.
+
+An llm process that stopped while Redis was unreachable left its usage events in
+``llm.usage_outbox`` (see :class:`libs.usage.UsageSender`); the llm worker
+(``python -m libs.worker llm``) queues them to billing every few seconds once Redis answers.
+A loop of its own rather than an arq cron job: an idle table costs one SELECT per interval
+and no queue traffic.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from libs.usage import USAGE_PENDING, UsageOutbox
+
+log = logging.getLogger("aistack.llm.tasks")
+
+REPLAY_INTERVAL_S = 10.0
+
+
+async def replay_outbox_forever(
+    outbox: UsageOutbox, redis: Any, interval_s: float = REPLAY_INTERVAL_S
+) -> None:
+    """Replay the outbox, then again every ``interval_s``; errors wait for the next round."""
+    while True:
+        try:
+            sent = await outbox.replay(redis)
+            if sent:
+                log.info("%d usage events replayed from the llm outbox table", sent)
+            USAGE_PENDING.labels("llm", "outbox").set(await outbox.count())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("usage outbox replay failed; next try in %.0f s", interval_s, exc_info=True)
+        await asyncio.sleep(interval_s)
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    outbox = UsageOutbox("llm", lambda: ctx["session_factory"])
+    ctx["usage_outbox_task"] = asyncio.create_task(replay_outbox_forever(outbox, ctx["redis"]))
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.get("usage_outbox_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

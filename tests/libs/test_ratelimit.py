@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from libs.ratelimit import RateDecision, hit, hit_many, refund_many
+from libs.ratelimit import LocalLimiter, RateDecision, hit, hit_many, refund_many
 from libs.testing import Infra
 
 
@@ -198,3 +198,24 @@ async def test_refunds_after_a_script_flush_and_bad_arguments(redis: Redis) -> N
         await refund_many(redis, [("rl:r-bad", 10, 60)], [1, 2])
     with pytest.raises(ValueError):
         await refund_many(redis, [("rl:r-bad", 0, 60)], 1)
+
+
+@pytest.mark.parametrize("limit", [1, 7, 60])
+async def test_the_local_limiter_decides_as_redis_does(redis: Redis, limit: int) -> None:
+    # the fallback while Redis is unavailable: the same answers, from process memory
+    local = LocalLimiter()
+    limits = [("rl:local:a", limit, 3600), ("rl:local:b", limit * 2, 3600)]
+    for _ in range(limit + 2):
+        remote = await hit_many(redis, limits)
+        mine = local.hit_many(limits)
+        assert mine.allowed == remote.allowed
+        for a, b in zip(mine.decisions, remote.decisions, strict=True):
+            assert (a.allowed, a.limit, a.remaining) == (b.allowed, b.limit, b.remaining)
+            assert a.retry_after == pytest.approx(b.retry_after, abs=0.01)
+            assert a.reset_seconds == pytest.approx(b.reset_seconds, abs=0.01)
+    # refused: nothing consumed on the other limit; forced: counted anyway
+    b = [("rl:local:b", limit * 2, 3600)]
+    assert local.hit_many(b, 0).decisions[0].remaining == limit
+    forced = local.hit_many(limits, force=True)
+    assert not forced.allowed
+    assert local.hit_many(b, 0).decisions[0].remaining == limit - 1

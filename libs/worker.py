@@ -11,6 +11,10 @@ an arq worker on ``aistack:queue:<service>`` with that module's:
   the service has a database, ``ctx["engine"]`` / ``ctx["session_factory"]``;
 - ``worker_options``: optional dict of arq ``Worker`` overrides.
 
+Redis unreachable (at start or later) does not end the worker: it logs once, retries with
+capped backoff (:data:`RECONNECT_MAX_S`) and picks up where it left off when Redis answers; a
+job whose end could not be recorded runs again (at-least-once).
+
 SIGTERM/SIGINT stop picking new jobs and give running ones ``job_completion_wait`` seconds
 (``WORKER_SHUTDOWN_GRACE_S``, default 25) before cancelling them; a cancelled job is re-run
 later (at-least-once). Liveness: arq writes ``<queue>:health-check`` every 30 s, and
@@ -21,15 +25,23 @@ later (at-least-once). Liveness: arq writes ``<queue>:health-check`` every 30 s,
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
 import importlib
 import logging
 import os
+import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings
-from arq.worker import Function, Worker, async_check_health
+from arq.connections import ArqRedis, RedisSettings, create_pool, log_redis_info
+from arq.utils import poll
+from arq.worker import Function, async_check_health
+from arq.worker import Worker as ArqWorker
+from redis.exceptions import RedisError
 
 from libs.db import make_engine, make_session_factory
 from libs.logging import configure_logging
@@ -40,6 +52,134 @@ from libs.telemetry import setup_tracing
 log = logging.getLogger("aistack.worker")
 
 Hook = Callable[[dict[str, Any]], Awaitable[Any]]
+
+# what an unreachable Redis raises (refused, reset, timed out); redis' ConnectionError and
+# TimeoutError are RedisErrors
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 5.0
+# while Redis stays away, a reminder in the log this often
+DOWN_REPORT_EVERY_S = 30.0
+
+
+class Worker(ArqWorker):
+    """arq's worker that waits for Redis instead of exiting when it is unreachable.
+
+    arq gives up after ``conn_retries`` (5 x 1 s) at start and on the first failed command
+    later, so a Redis outage longer than a few seconds took every worker down (and, under
+    ``make run``, the whole stack once the supervisor stopped restarting them).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._down_since: float | None = None
+        self._down_reported = 0.0
+        self._reconnect_s = RECONNECT_MIN_S
+
+    async def main(self) -> None:
+        # arq's main, with the connection and every poll iteration riding out Redis loss
+        if self._pool is None:
+            self._pool = await self._connect()
+        log.info(
+            "starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions)
+        )
+        with contextlib.suppress(*REDIS_DOWN):
+            await log_redis_info(self.pool, log.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        async for _ in poll(self.poll_delay_s):
+            try:
+                await self._poll_iteration()
+                if self.burst:
+                    if 0 <= self.max_burst_jobs <= self._jobs_started():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                    if await self.pool.zcard(self.queue_name) == 0:
+                        await asyncio.gather(*self.tasks.values())
+                        return
+            except REDIS_DOWN as exc:
+                await self._wait_for_redis(exc)
+                continue
+            self._redis_back()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except REDIS_DOWN:
+            # arq (0.28) counted the job it was claiming (job_counter, semaphore) before its
+            # Redis calls and gives neither back when they fail: without this, each outage
+            # hitting a claim would take one of max_jobs slots for good
+            self.job_counter -= 1
+            self.sem.release()
+            raise
+
+    async def _connect(self) -> ArqRedis:
+        assert self.redis_settings is not None
+        once = dataclasses.replace(self.redis_settings, conn_retries=0)
+        while True:
+            try:
+                pool = await create_pool(
+                    once,
+                    job_deserializer=self.job_deserializer,
+                    job_serializer=self.job_serializer,
+                    default_queue_name=self.queue_name,
+                    expires_extra_ms=self.expires_extra_ms,
+                )
+            except REDIS_DOWN as exc:
+                await self._wait_for_redis(exc)
+                continue
+            self._redis_back()
+            return pool
+
+    async def _wait_for_redis(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        service = self.ctx.get("service") or self.queue_name
+        if self._down_since is None:
+            self._down_since = self._down_reported = now
+            log.warning(
+                "%s worker: Redis unreachable (%s: %s); reconnecting every %.0f s at most",
+                service,
+                type(exc).__name__,
+                exc,
+                RECONNECT_MAX_S,
+            )
+        elif now - self._down_reported >= DOWN_REPORT_EVERY_S:
+            self._down_reported = now
+            log.warning(
+                "%s worker: Redis still unreachable after %.0f s (%s)",
+                service,
+                now - self._down_since,
+                type(exc).__name__,
+            )
+        await asyncio.sleep(self._reconnect_s)
+        self._reconnect_s = min(self._reconnect_s * 2, RECONNECT_MAX_S)
+
+    def _redis_back(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "%s worker: Redis reachable again after %.1f s",
+                self.ctx.get("service") or self.queue_name,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+            self._reconnect_s = RECONNECT_MIN_S
+
+    async def close(self) -> None:
+        # arq's close, not stopped by a Redis that is gone: on_shutdown still runs
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.pool.delete(self.health_check_key), 2)
+        except REDIS_DOWN:
+            log.warning("could not clear the worker's health key (Redis unreachable)")
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.aclose(close_connection_pool=True)
+        self._pool = None
 
 
 async def _ping(ctx: dict[str, Any], **_meta: Any) -> str:

@@ -441,17 +441,24 @@ class LlmService:
     ) -> None:
         # Redis away since the claim: wait (bounded) for it to come back rather than leave the
         # key "pending" until its lock expires (retries get 409 meanwhile, never a second run)
-        if not await self.guard.wait_up(rc.SETTLE_WAIT_S):
-            log.error("idempotency key %s left pending: Redis unavailable", claim.key)
-            return
-        if result is None:
-            write = rc.idempotency_release(self.redis, claim)
-        else:
-            write = rc.idempotency_store(self.redis, claim, result, self.settings.idempotency_ttl_s)
-        try:
-            await self.guard.run("llm_idempotency", write)
-        except Exception:
-            log.error("idempotency key %s left pending", claim.key, exc_info=True)
+        deadline = time.monotonic() + rc.SETTLE_WAIT_S
+        while True:
+            if not await self.guard.wait_up(deadline - time.monotonic()):
+                log.error("idempotency key %s left pending: Redis unavailable", claim.key)
+                return
+            if result is None:
+                write = rc.idempotency_release(self.redis, claim)
+            else:
+                ttl = self.settings.idempotency_ttl_s
+                write = rc.idempotency_store(self.redis, claim, result, ttl)
+            try:
+                await self.guard.run("llm_idempotency", write)
+                return
+            except RedisUnavailable:
+                await asyncio.sleep(0.05)  # went down just now: wait for the probe
+            except Exception:
+                log.error("idempotency key %s left pending", claim.key, exc_info=True)
+                return
 
     # ------------------------------------------------------------------ chat
 

@@ -34,6 +34,7 @@ BODY = {"model": "default", "messages": [{"role": "user", "content": "Say hello"
 
 
 def models_yaml(upstream: str, folder: Path, http_client: str = "auto") -> Path:
+    """The bench's models file; ``http_client`` is the llm's provider pool (auto: aiohttp)."""
     path = folder / "models.yaml"
     path.write_text(
         json.dumps(
@@ -158,7 +159,13 @@ def report(results: list[load.Result], memory: dict[str, tuple[float, float]]) -
     return "\n".join(lines)
 
 
-def run_bench(duration: float, log_level: str = "WARNING", http_client: str = "auto") -> str:
+def run_bench(
+    duration: float,
+    log_level: str = "WARNING",
+    http_client: str = "auto",
+    llm_client: str | None = None,
+) -> str:
+    """``http_client``: the gateway's upstream client, and the llm's pool unless ``llm_client``."""
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
         # WARNING: no access line per request; INFO (the default in deployments) adds them
         s.env["LOG_LEVEL"] = log_level
@@ -166,7 +173,7 @@ def run_bench(duration: float, log_level: str = "WARNING", http_client: str = "a
         upstream = s.start(
             "fake-openai", "tests.bench.fake_openai:app", factory=False, http="httptools"
         )
-        config = models_yaml(upstream.url, Path(tmp), http_client)
+        config = models_yaml(upstream.url, Path(tmp), llm_client or http_client)
         procs = _start_services(s, config, http_client)
         idle = {name: p.rss_mb() for name, p in procs.items()}
         key = api_key(procs["gateway"].url)
@@ -211,8 +218,14 @@ def main() -> None:
         choices=["auto", "split", "pyreqwest", "aiohttp", "httpx"],
         help="the gateway's and the llm's HTTP client (GATEWAY_UPSTREAM_CLIENT, http_pool)",
     )
+    parser.add_argument(
+        "--llm-client",
+        default=None,
+        choices=["auto", "split", "pyreqwest", "aiohttp", "httpx"],
+        help="the llm's provider pool when it differs from --http-client",
+    )
     args = parser.parse_args()
-    print(run_bench(args.duration, args.log_level, args.http_client))
+    print(run_bench(args.duration, args.log_level, args.http_client, args.llm_client))
 
 
 if __name__ == "__main__":

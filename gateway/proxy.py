@@ -52,6 +52,7 @@ _RESPONSE_DROP = _HOP_BY_HOP | {b"date", b"server"}
 _INTERNAL_PREFIX = b"x-aistack-"
 _INTERNAL_HEADER_B = INTERNAL_HEADER.encode()
 _SMALL_BODY = 65536
+_RETRY_SOON = {"Retry-After": "2"}
 
 
 class Proxy:
@@ -87,6 +88,8 @@ class Proxy:
                 exc.code,
                 exc.message,
                 {"service": route.service},
+                # a service down is worth another try soon (SDKs wait for it when retrying)
+                headers=_RETRY_SOON if exc.status == 503 else None,
                 openai=route.openai,
             )
             await resp(scope, receive, send)

@@ -23,7 +23,7 @@ from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
 from gateway.ratelimit import FailureLimiter, RequestLimiter
 from gateway.revocations import SessionRevocations
 from gateway.routes import Route
-from libs.errors import AppError, Forbidden, RateLimited, Unauthorized
+from libs.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from libs.identity import Principal, sign_internal_token
 from libs.permissions import scopes_for_roles
 
@@ -112,6 +112,7 @@ class Guard:
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
+        self._retry_after = str(max(1, math.ceil(jwks.min_refetch_interval)))
         self._verified: dict[str, tuple[float, Principal]] = {}
 
     async def check(
@@ -119,13 +120,16 @@ class Guard:
     ) -> Access:
         """Resolve and authorize the caller; raises 401/403/429/503 as :class:`AppError`."""
         if route.public:
-            # credentials are optional here; bad ones are ignored, not refused
+            # credentials are optional here; bad ones are ignored, not refused. Only bad
+            # ones: an auth outage (JWKS or introspection unreachable) is a 503, as anywhere,
+            # since passing the caller on anonymous gets them a 401 from the service, and a
+            # client told 401 throws a perfectly good token away
             try:
                 token = credentials(headers)
                 if not token or (self.failures and self.failures.blocked(client_ip)):
                     return Access(None)
                 return Access(await self._resolve(token, client_ip))
-            except AppError:
+            except Unauthorized:
                 return Access(None)
         token = credentials(headers)
         if not token:
@@ -154,6 +158,17 @@ class Guard:
             if self.failures is not None:
                 await self.failures.record(client_ip)
             raise
+        except ServiceUnavailable as exc:
+            if exc.headers and "Retry-After" in exc.headers:
+                raise
+            # the keys are not refetched sooner than this: say when trying again is worth it
+            # (a copy: waiters on one introspection share the exception)
+            raise ServiceUnavailable(
+                exc.message,
+                code=exc.code,
+                details=exc.details,
+                headers={**(exc.headers or {}), "Retry-After": self._retry_after},
+            ) from exc
 
     async def principal(self, token: str) -> Principal:
         """The principal behind a bearer token or API key."""

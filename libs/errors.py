@@ -8,7 +8,7 @@ shape instead so its SDKs raise the right exception types.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -187,9 +187,41 @@ def app_error_response(exc: AppError, *, openai: bool = False) -> Response:
     )
 
 
+def wants_openai(scope: Mapping[str, Any]) -> bool:
+    """True when the request of ASGI ``scope`` is on an OpenAI-compatible route of its app
+    (for code that answers before or outside the app's handlers: middleware, hot routes)."""
+    state = getattr(scope.get("app"), "state", None)
+    prefixes: Sequence[str] = getattr(state, "openai_error_prefixes", ())
+    return bool(prefixes) and is_openai_path(scope["path"], prefixes)
+
+
 def _wants_openai(request: Request) -> bool:
-    prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
-    return bool(prefixes) and is_openai_path(request.url.path, prefixes)
+    return wants_openai(request.scope)
+
+
+# Starlette's own (routing) errors: our wording; the code for any other status
+_HTTP_MESSAGES = {
+    404: ("not_found", "No route matches this path"),
+    405: ("method_not_allowed", "Method not allowed on this path"),
+}
+_HTTP_CODES = {413: "payload_too_large"}
+
+
+def http_exception_response(exc: StarletteHTTPException, *, openai: bool = False) -> Response:
+    """A Starlette ``HTTPException`` (no route, wrong method, body too large) as an error."""
+    status = exc.status_code
+    if status in _HTTP_MESSAGES:
+        code, message = _HTTP_MESSAGES[status]
+    else:
+        code, message = _HTTP_CODES.get(status, "http_error"), str(exc.detail)
+    return error_response(
+        status,
+        code,
+        message,
+        getattr(exc, "details", None),
+        headers=getattr(exc, "headers", None),
+        openai=openai,
+    )
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -230,21 +262,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        mapping = {
-            404: ("not_found", "No route matches this path"),
-            405: ("method_not_allowed", "Method not allowed on this path"),
-            413: ("payload_too_large", "Request body too large"),
-        }
-        code, message = mapping.get(exc.status_code, ("http_error", str(exc.detail)))
-        if exc.status_code not in mapping and isinstance(exc.detail, str):
-            message = exc.detail
-        return error_response(
-            exc.status_code,
-            code,
-            message,
-            headers=getattr(exc, "headers", None),
-            openai=_wants_openai(request),
-        )
+        return http_exception_response(exc, openai=_wants_openai(request))
 
     async def unhandled(request: Request, exc: Exception) -> Response:
         log.error("unhandled exception on %s %s", request.method, request.url.path, exc_info=exc)

@@ -257,7 +257,8 @@ class ObservabilityMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``max_bytes`` with 413 in the error shape, streamed or not."""
+    """Refuse request bodies over ``max_bytes`` with 413 in the error shape, streamed or not
+    (OpenAI's shape on the app's OpenAI-compatible routes, so its SDKs raise on it)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -267,8 +268,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or self.max_bytes <= 0:
             await self.app(scope, receive, send)
             return
-        from libs.errors import error_response
-
         declared: int | None = None
         chunked = False
         for k, v in scope["headers"]:
@@ -278,13 +277,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    resp = error_response(
-                        413,
-                        "payload_too_large",
-                        f"Request body exceeds {self.max_bytes} bytes",
-                        {"limit_bytes": self.max_bytes},
-                    )
-                    await resp(scope, receive, send)
+                    await self._refuse(scope, receive, send)
                     return
             elif k == b"transfer-encoding":
                 chunked = True
@@ -302,7 +295,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -316,17 +309,19 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if response_started:
                 raise
-            resp = error_response(
-                413,
-                "payload_too_large",
-                f"Request body exceeds {self.max_bytes} bytes",
-                {"limit_bytes": self.max_bytes},
-            )
-            await resp(scope, receive, send)
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from libs.errors import http_exception_response, wants_openai
+
+        resp = http_exception_response(_BodyTooLarge(self.max_bytes), openai=wants_openai(scope))
+        await resp(scope, receive, send)
 
 
 class _BodyTooLarge(StarletteHTTPException):
-    """Raised from ``receive`` so FastAPI's body parsing re-raises it as a 413."""
+    """Raised from ``receive`` so FastAPI's body parsing re-raises it as a 413 (rendered by
+    the app's handler, or by the middleware when nothing caught it)."""
 
-    def __init__(self) -> None:
-        super().__init__(status_code=413, detail="Request body too large")
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(status_code=413, detail=f"Request body exceeds {max_bytes} bytes")
+        self.details = {"limit_bytes": max_bytes}

@@ -15,18 +15,27 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
-from libs.errors import AppError, BadRequest, app_error_response, error_response
+from libs.errors import (
+    AppError,
+    BadRequest,
+    app_error_response,
+    error_response,
+    http_exception_response,
+)
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.service import CallOptions, LlmService, Result
 
-OPENAI_PREFIXES = ("/v1/chat", "/v1/embeddings", "/v1/models")
+# /v1/completions is not served, but the gateway routes it here as an OpenAI route: its 404
+# too is one an OpenAI SDK reads
+OPENAI_PREFIXES = ("/v1/chat", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 log = logging.getLogger("aistack.llm")
 
@@ -281,6 +290,9 @@ class ChatEndpoint:
             response = app_error_response(exc, openai=True)
         except ClientDisconnect:
             return  # nobody to answer
+        except StarletteHTTPException as exc:
+            # the body grew past the app's limit while being read (BodyLimitMiddleware)
+            response = http_exception_response(exc, openai=True)
         except Exception as exc:
             log.error("unhandled exception on POST %s", scope["path"], exc_info=exc)
             response = error_response(500, "internal_error", "Internal server error", openai=True)

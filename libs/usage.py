@@ -62,7 +62,11 @@ class UsageEvent(BaseModel):
     latency_ms: int = Field(default=0, ge=0)
     ttft_ms: int | None = Field(default=None, ge=0, description="Time to first token (streams)")
     cached: bool = False
-    status: Literal["ok", "error"] = "ok"
+    status: Literal["ok", "error", "cancelled"] = Field(
+        default="ok",
+        description="ok; error (nothing charged); cancelled: a stream the client left early,"
+        " with the tokens streamed until then",
+    )
     created_at: datetime = Field(default_factory=_now)
     prompt_version_id: str | None = Field(
         default=None, max_length=64, description="The stored prompt version that served it"

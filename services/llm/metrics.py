@@ -11,7 +11,8 @@ TOKENS = Counter(
 )
 REQUESTS = Counter(
     "aistack_llm_requests_total",
-    "Completion and embedding calls, by endpoint, alias and outcome (ok, error, cached)",
+    "Completion and embedding calls, by endpoint, alias and outcome (ok, error, cached, "
+    "cancelled: a stream the client left)",
     ["endpoint", "alias", "status"],
 )
 LATENCY = Histogram(

@@ -283,7 +283,7 @@ class LlmService:
         target: Target | None,
         usage: dict[str, Any] | None,
         cached: bool,
-        status: Literal["ok", "error"],
+        status: Literal["ok", "error", "cancelled"],
         ttft_s: float | None = None,
     ) -> UsageEvent:
         prompt = int((usage or {}).get("prompt_tokens") or 0)
@@ -320,7 +320,7 @@ class LlmService:
         endpoint = "chat" if event.kind == "chat" else "embeddings"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
-        if event.provider and not event.cached and event.status == "ok":
+        if event.provider and not event.cached and event.status != "error":
             TOKENS.labels(event.provider, event.model, "prompt").inc(event.prompt_tokens)
             TOKENS.labels(event.provider, event.model, "completion").inc(event.completion_tokens)
 
@@ -707,11 +707,18 @@ class LlmService:
             idle.close()
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await close_stream(upstream)
-            usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
+            # neither finished nor failed: the client left (the response closed this
+            # generator, or cancelled it waiting for the upstream). Billed for what it got.
+            status: Literal["ok", "error", "cancelled"] = (
+                "error" if failed else "ok" if finished else "cancelled"
+            )
+            if status == "cancelled":
+                usage = _delivered_usage(messages, body.tools, asm)
+            else:
+                usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
             LATENCY.labels(target.provider, target.model, "chat").observe(
                 time.perf_counter() - call.started
             )
-            status: Literal["ok", "error"] = "error" if failed else "ok"
             self._emit(
                 call,
                 self._event(
@@ -885,6 +892,18 @@ def _estimated_usage_stream(
 ) -> dict[str, int]:
     prompt = tokens.count_messages(messages, tools)
     out = -(-asm.chars // tokens.CHARS_PER_TOKEN)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def _delivered_usage(
+    messages: list[dict[str, Any]], tools: list[Any] | None, asm: Assembler
+) -> dict[str, int]:
+    """Usage of a stream cut short: an upstream's own count is of what it had reported by
+    then (often only the prompt); what was streamed counts at least as estimated."""
+    usage = _estimated_usage_stream(messages, tools, asm)
+    reported = asm.usage or {}
+    prompt = int(reported.get("prompt_tokens") or 0) or usage["prompt_tokens"]
+    out = max(int(reported.get("completion_tokens") or 0), usage["completion_tokens"])
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 

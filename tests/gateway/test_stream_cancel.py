@@ -1,0 +1,185 @@
+"""A client that leaves a chat stream early, through the gateway: the upstream request is
+cancelled, and billing records one usage event with status ``cancelled`` that charges the
+prompt and the tokens streamed until then."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.app import build_app as build_gateway
+from gateway.settings import GatewaySettings
+from libs.queue import queue_name
+from libs.testing import Infra
+from libs.usage import BILLING_SERVICE
+from services.billing import tasks as billing_tasks
+from services.billing.models import UsageEventRecord
+from services.llm.app import build_app as build_llm
+from tests.gateway.authfake import FakeAuth
+from tests.gateway.conftest import serve
+from tests.llm.api.conftest import KEY_ENV, settings_for
+from tests.llm.fakes import openai_fake
+from tests.llm.fakes.vendor_common import serve as serve_thread
+from tests.queue.helpers import run_burst
+
+CHUNKS = 400  # at 20 ms each: 8 s, far longer than the test waits for anything
+
+
+class SlowStreams:
+    """A slow OpenAI chat stream (one word every 20 ms), telling how each one ended."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.ended = threading.Event()
+        self.sent = 0
+        self.completed = False
+
+    def app(self) -> Starlette:
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            if request.headers.get("authorization") != f"Bearer {openai_fake.API_KEY}":
+                return JSONResponse(openai_fake.error_body(401, "Incorrect API key"), 401)
+            assert body.get("stream") is True
+            return StreamingResponse(self._events(body["model"]), media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+    async def _events(self, model: str) -> AsyncIterator[bytes]:
+        base = {
+            "id": "chatcmpl-slow",
+            "object": "chat.completion.chunk",
+            "created": openai_fake.CREATED,
+            "model": model,
+            "system_fingerprint": "fp_slow",
+        }
+        self.started.set()
+        try:
+            first = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+            yield _sse({**base, "choices": [{**first, "finish_reason": None}]})
+            for i in range(CHUNKS):
+                delta = {"content": f"word{i} "}
+                choice = {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
+                yield _sse({**base, "choices": [choice]})
+                self.sent += 1
+                await asyncio.sleep(0.02)
+            last = {"index": 0, "delta": {}, "finish_reason": "stop", "logprobs": None}
+            yield _sse({**base, "choices": [last]})
+            yield b"data: [DONE]\n\n"
+            self.completed = True
+        finally:
+            self.ended.set()
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+@pytest.fixture
+def slow() -> Iterator[tuple[SlowStreams, str]]:
+    streams = SlowStreams()
+    with serve_thread(streams.app()) as url:
+        yield streams, url
+
+
+def _routing(url: str) -> dict[str, Any]:
+    provider = {"kind": "openai", "base_url": f"{url}/v1", "api_key_env": KEY_ENV, "timeout": 30}
+    return {
+        "providers": {"slow": provider},
+        "models": {
+            "default": {
+                "price": {"input": 0.15, "output": 0.60},
+                "targets": [{"provider": "slow", "model": "gpt-4o-mini"}],
+            }
+        },
+    }
+
+
+async def test_an_abandoned_stream_is_billed_as_cancelled(
+    infra: Infra,
+    redis: Redis,
+    engine: AsyncEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    slow: tuple[SlowStreams, str],
+) -> None:
+    streams, url = slow
+    monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
+    auth = FakeAuth()
+    key, info = auth.add_api_key()
+    running = [await serve(auth.app())]
+    running.append(await serve(build_llm(settings_for(tmp_path, _routing(url)))))
+    settings = GatewaySettings.model_validate(
+        {
+            "use_redis": True,
+            "redis_url": infra.redis_url,
+            "auth_url": running[0].url,
+            "llm_url": running[1].url,
+        }
+    )
+    running.append(await serve(build_gateway(settings)))
+    try:
+        client = openai.AsyncOpenAI(
+            base_url=f"{running[2].url}/v1", api_key=key, max_retries=0, timeout=30
+        )
+        stream = await client.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "Count slowly"}], stream=True
+        )
+        text, request_id = "", ""
+        async for chunk in stream:
+            request_id = chunk.id
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+            if text.count("word") >= 5:
+                break
+        await stream.close()  # hang up
+        left = time.monotonic()
+
+        # the upstream request was cancelled, not left to run to its end
+        assert await asyncio.to_thread(streams.ended.wait, 5)
+        assert not streams.completed and streams.sent < CHUNKS
+        assert time.monotonic() - left < 5
+
+        # one usage event, once the relay has closed its end
+        queue = queue_name(BILLING_SERVICE)
+        for _ in range(100):
+            if await redis.zcard(queue):
+                break
+            await asyncio.sleep(0.05)
+        assert await redis.zcard(queue) == 1
+    finally:
+        for r in reversed(running):
+            await r.stop()
+
+    worker = await run_burst(
+        infra.redis_url, BILLING_SERVICE, billing_tasks.functions, database_url=infra.database_url
+    )
+    assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(UsageEventRecord).where(UsageEventRecord.request_id == request_id)
+            )
+        ).all()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.status == "cancelled"
+    assert str(row.org_id) == info["org_id"] and str(row.key_id) == info["key_id"]
+    assert row.prompt_tokens > 0
+    # what reached the client at least (about a token per word), not what was never sent
+    assert len(text) // 4 <= row.completion_tokens < CHUNKS
+    assert row.cost_usd > Decimal(0)

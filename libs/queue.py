@@ -23,6 +23,8 @@ Contracts every service relies on:
   worker's resources such as ``session_factory``), then its own args.
 - **Lifecycle events** go to the Redis stream :data:`EVENTS_STREAM` (fields: see
   :class:`JobEvent`); the jobs service turns them into ``jobs.jobs`` rows.
+- **Internal jobs** (``internal=True`` at enqueue, e.g. usage bookkeeping) carry the flag in
+  their metadata and every event; the jobs service keeps them out of users' job lists.
 - **Cancel** is cooperative: a flag in Redis checked before the job starts and at every
   ``progress()`` call (raising :class:`JobCancelled`), plus arq's abort for jobs blocked
   elsewhere. A job not yet picked up is removed from the queue outright.
@@ -132,6 +134,7 @@ class JobEvent:
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
     retry_of: str | None = None
+    internal: bool = False
     ts: datetime = field(default_factory=_now)
 
     def to_fields(self) -> dict[str, str]:
@@ -151,6 +154,8 @@ class JobEvent:
                 out[name] = str(value)
         if self.progress is not None:
             out["progress"] = str(self.progress)
+        if self.internal:
+            out["internal"] = "1"
         if self.args is not None:
             out["args"] = _json(self.args)
         if self.kwargs is not None:
@@ -187,6 +192,7 @@ class JobEvent:
                 args=orjson.loads(f["args"]) if f.get("args") else None,
                 kwargs=orjson.loads(f["kwargs"]) if f.get("kwargs") else None,
                 retry_of=f.get("retry_of") or None,
+                internal=f.get("internal") == "1",
                 ts=ts,
             )
         except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
@@ -211,7 +217,11 @@ async def emit_event(redis: Redis, event: JobEvent) -> None:
 
 
 def _build_meta(
-    service: str, org_id: Any, user_id: Any, retry_of: str | None = None
+    service: str,
+    org_id: Any,
+    user_id: Any,
+    retry_of: str | None = None,
+    internal: bool = False,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "service": service,
@@ -223,6 +233,8 @@ def _build_meta(
     }
     if retry_of:
         meta["retry_of"] = retry_of
+    if internal:
+        meta["internal"] = True
     return meta
 
 
@@ -284,14 +296,16 @@ async def enqueue(
     retry_of: str | None = None,
     defer_by: float | timedelta | None = None,
     expires: float | timedelta | None = None,
+    internal: bool = False,
 ) -> str:
     """Enqueue ``function`` on ``service``'s queue once ``session`` commits; return the job id.
 
     Nothing is sent if the transaction rolls back. The request id and trace context are
-    captured now (at the call), not at commit time.
+    captured now (at the call), not at commit time. ``internal``: platform bookkeeping that
+    users' job lists leave out.
     """
     jid = job_id or new_job_id()
-    meta = _build_meta(service, org_id, user_id, retry_of)
+    meta = _build_meta(service, org_id, user_id, retry_of, internal)
     kw = dict(kwargs or {})
 
     async def hook() -> None:
@@ -326,6 +340,7 @@ async def enqueue_now(
     retry_of: str | None = None,
     defer_by: float | timedelta | None = None,
     expires: float | timedelta | None = None,
+    internal: bool = False,
 ) -> str | None:
     """Enqueue immediately (no transaction); return the job id, or None for a duplicate id."""
     return await _enqueue(
@@ -335,7 +350,7 @@ async def enqueue_now(
         args=args,
         kwargs=dict(kwargs or {}),
         job_id=job_id or new_job_id(),
-        meta=_build_meta(service, org_id, user_id, retry_of),
+        meta=_build_meta(service, org_id, user_id, retry_of, internal),
         defer_by=defer_by,
         expires=expires,
     )
@@ -365,6 +380,7 @@ def prepare_job(
     job_id: str | None = None,
     org_id: Any = None,
     user_id: Any = None,
+    internal: bool = False,
 ) -> PreparedJob:
     """Capture a job now (metadata from the current request) for :func:`enqueue_prepared`."""
     return PreparedJob(
@@ -374,7 +390,7 @@ def prepare_job(
         args=orjson.loads(_json(list(args))),
         kwargs=orjson.loads(_json(dict(kwargs or {}))),
         job_id=job_id or new_job_id(),
-        meta=_build_meta(service, org_id, user_id),
+        meta=_build_meta(service, org_id, user_id, internal=internal),
     )
 
 
@@ -447,6 +463,7 @@ async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str
             args=job.args,
             kwargs=job.kwargs,
             retry_of=job.meta.get("retry_of"),
+            internal=bool(job.meta.get("internal")),
         ).to_fields()
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, queue]
         flat: list[str] = []
@@ -538,6 +555,7 @@ class JobContext:
     user_id: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
+    internal: bool = False
     _last_progress: int = 0
 
     def _event(self, status: str, **extra: Any) -> JobEvent:
@@ -551,6 +569,7 @@ class JobContext:
             user_id=self.user_id,
             request_id=self.request_id,
             trace_id=self.trace_id,
+            internal=self.internal,
             **extra,
         )
 
@@ -624,6 +643,7 @@ def job(
                 user_id=meta.get("user_id"),
                 request_id=request_id_var.get(),
                 trace_id=_current_trace_id(),
+                internal=bool(meta.get("internal")),
             )
             ctx[_JOB] = jc
             started = time.perf_counter()

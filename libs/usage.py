@@ -105,6 +105,8 @@ async def publish_usage(
         "job_id": event.job_id,
         "org_id": event.org_id,
         "user_id": event.user_id,
+        # bookkeeping, not work a user asked for: kept out of users' job lists
+        "internal": True,
     }
     if session is not None:
         await enqueue(session, redis, **common)
@@ -121,6 +123,7 @@ def prepare_usage(event: UsageEvent) -> PreparedJob:
         job_id=event.job_id,
         org_id=event.org_id,
         user_id=event.user_id,
+        internal=True,
     )
 
 

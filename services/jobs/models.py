@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, func
+from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, false, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -22,13 +22,20 @@ class Job(Base):
     """One background job of any service, as reported on the ``aistack:job-events`` stream.
 
     The id is the arq job id (text). ``attempts`` is the attempt the current status belongs
-    to; ``last_event_at`` orders progress updates that arrive out of order.
+    to; ``last_event_at`` orders progress updates that arrive out of order. ``internal`` jobs
+    (platform bookkeeping, e.g. billing's usage records: one per chat) are not listed to users.
     """
 
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_jobs_org_id_created_at", "org_id", "created_at"),
         Index("ix_jobs_jobs_org_id_status", "org_id", "status"),
+        Index(
+            "ix_jobs_jobs_visible_org_id_created_at",
+            "org_id",
+            "created_at",
+            postgresql_where=text("NOT internal"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -47,6 +54,7 @@ class Job(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), default=None)
     trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
     retry_of: Mapped[str | None] = mapped_column(String(255), default=None)
+    internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -11,9 +11,17 @@ from sqlalchemy.dialects.postgresql import insert
 
 from libs.db import Repository
 from libs.queue import TERMINAL_STATUSES, JobEvent, queue_name
+from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.jobs.models import Job
 
 _RANK = {"queued": 0, "running": 1}
+# internal before producers flagged them (events of a producer not yet upgraded)
+UNFLAGGED_INTERNAL = frozenset({(BILLING_SERVICE, RECORD_USAGE)})
+
+
+def is_internal(ev: JobEvent) -> bool:
+    """Platform bookkeeping rather than work a user asked for (kept out of users' lists)."""
+    return ev.internal or (ev.service, ev.function) in UNFLAGGED_INTERNAL
 
 
 def status_rank(status: str) -> int:
@@ -45,8 +53,11 @@ class JobRepository(Repository[Job]):
         service: str | None,
         limit: int,
         offset: int,
+        include_internal: bool = False,
     ) -> list[Job]:
         where: list[Any] = [Job.org_id == org_id]
+        if not include_internal:
+            where.append(~Job.internal)  # as the partial index says it: NOT internal
         if status:
             where.append(Job.status == status)
         if service:
@@ -88,6 +99,7 @@ class JobRepository(Repository[Job]):
             "request_id": ev.request_id,
             "trace_id": ev.trace_id,
             "retry_of": ev.retry_of,
+            "internal": is_internal(ev),
             "created_at": ev.ts,
             "started_at": started,
             "finished_at": finished,
@@ -113,6 +125,8 @@ class JobRepository(Repository[Job]):
             ),
             "last_event_at": func.greatest(Job.last_event_at, x.last_event_at),
             "created_at": func.least(Job.created_at, x.created_at),
+            # any event saying so makes it internal (they all do, from a flagged producer)
+            "internal": or_(Job.internal, x.internal),
             "updated_at": func.now(),
         }
         if progress is not None:

@@ -35,9 +35,20 @@ async def list_jobs(
     service: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
+    include_internal: Annotated[
+        bool,
+        Query(
+            description="Also list internal jobs (platform bookkeeping such as one usage "
+            "record per LLM call); needs the admin scope"
+        ),
+    ] = False,
 ) -> object:
     rows, has_more = await JobService(session, principal, redis).page(
-        status=status, service=service, limit=limit, offset=offset
+        status=status,
+        service=service,
+        limit=limit,
+        offset=offset,
+        include_internal=include_internal,
     )
     return {"data": rows, "has_more": has_more}
 

@@ -28,6 +28,11 @@ class JobOut(BaseModel):  # type: ignore[no-redef]
     request_id: str | None
     trace_id: str | None
     retry_of: str | None
+    internal: bool = Field(
+        default=False,
+        description="Platform bookkeeping (e.g. a usage record); listed only with "
+        "include_internal, read only",
+    )
     cancel_requested_at: datetime | None
     created_at: datetime
     started_at: datetime | None

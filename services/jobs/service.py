@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.context import get_request_id
 from libs.db import session_scope
-from libs.errors import Conflict, NotFound
+from libs.errors import Conflict, Forbidden, NotFound
 from libs.identity import Principal
 from libs.queue import (
     EVENTS_STREAM,
@@ -142,20 +142,49 @@ class JobService:
         self.org_id = principal.require_org()
         self.redis = redis
 
+    @property
+    def sees_internal(self) -> bool:
+        """Admins may look at internal jobs (read only); to everyone else they do not exist."""
+        return self.principal.has_scope("admin")
+
     async def get(self, job_id: str) -> Job:
         job = await self.repo.get_for_org(self.org_id, job_id)
-        if job is None:
+        if job is None or (job.internal and not self.sees_internal):
             # another organization's job looks exactly like an unknown one
             raise NotFound("Job not found", code="job_not_found")
         return job
 
     async def page(
-        self, *, status: str | None, service: str | None, limit: int, offset: int
+        self,
+        *,
+        status: str | None,
+        service: str | None,
+        limit: int,
+        offset: int,
+        include_internal: bool = False,
     ) -> tuple[list[Job], bool]:
+        if include_internal and not self.sees_internal:
+            raise Forbidden(
+                "Listing internal jobs requires the admin scope", code="insufficient_scope"
+            )
         rows = await self.repo.page(
-            self.org_id, status=status, service=service, limit=limit + 1, offset=offset
+            self.org_id,
+            status=status,
+            service=service,
+            limit=limit + 1,
+            offset=offset,
+            include_internal=include_internal,
         )
         return rows[:limit], len(rows) > limit
+
+    @staticmethod
+    def _not_internal(job: Job, action: str) -> None:
+        # cancelling a usage record would let an organization skip billing for a call
+        if job.internal:
+            raise Conflict(
+                f"Internal jobs cannot be {action}; the platform runs them to completion",
+                code="job_internal",
+            )
 
     async def _refresh(self, job: Job) -> Job:
         await self.session.flush()
@@ -164,6 +193,7 @@ class JobService:
 
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)
+        self._not_internal(job, "cancelled")
         if job.status in TERMINAL_STATUSES:
             raise Conflict(f"Job already {job.status}", code="job_finished")
         outcome = await cancel_job(self.redis, job_id=job.id, service=job.service)
@@ -233,6 +263,7 @@ class JobService:
 
     async def retry(self, job_id: str) -> Job:
         job = await self.get(job_id)
+        self._not_internal(job, "retried")
         if job.status not in ("failed", "cancelled"):
             raise Conflict(
                 f"Only failed or cancelled jobs can be retried (this one is {job.status})",

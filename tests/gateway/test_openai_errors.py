@@ -229,6 +229,18 @@ async def test_bad_requests(gateway: Stack) -> None:
         assert resp.status_code == 400
         assert resp.json()["error"]["type"] == "invalid_request_error"
         assert resp.json()["error"]["code"] == "malformed_json"
+        # JSON not declared as such is not read as JSON (as FastAPI): invalid body
+        resp = await raw.post(
+            "/v1/chat/completions",
+            content=b'{"model": "default", "messages": [{"role": "user", "content": "x"}]}',
+            headers={**headers, "content-type": "text/plain"},
+        )
+        assert resp.status_code == 400
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+        resp = await raw.get("/v1/chat/completions", headers=headers)
+        assert resp.status_code == 405
+        assert resp.json()["error"]["code"] == "method_not_allowed"
+        assert resp.json()["error"]["type"] == "invalid_request_error"
         # an OpenAI path the service does not serve: a 404 its SDKs still read
         resp = await raw.post("/v1/completions", json={"model": "default"}, headers=headers)
         assert resp.status_code == 404

@@ -12,9 +12,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import orjson
 import pytest
+from arq.jobs import Job
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,8 +27,8 @@ from starlette.routing import Route
 
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
-from libs.queue import queue_name
-from libs.testing import Infra
+from libs.queue import as_arq, queue_name
+from libs.testing import Infra, auth_headers, principal
 from libs.usage import BILLING_SERVICE
 from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
@@ -44,7 +46,8 @@ CHUNKS = 400  # at 20 ms each: 8 s, far longer than the test waits for anything
 class SlowStreams:
     """A slow OpenAI chat stream (one word every 20 ms), telling how each one ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_delay: float = 0.0) -> None:
+        self.first_delay = first_delay
         self.started = threading.Event()
         self.ended = threading.Event()
         self.sent = 0
@@ -70,6 +73,7 @@ class SlowStreams:
         }
         self.started.set()
         try:
+            await asyncio.sleep(self.first_delay)  # a slow first token
             first = {"index": 0, "delta": {"role": "assistant", "content": ""}}
             yield _sse({**base, "choices": [{**first, "finish_reason": None}]})
             for i in range(CHUNKS):
@@ -183,3 +187,42 @@ async def test_an_abandoned_stream_is_billed_as_cancelled(
     # what reached the client at least (about a token per word), not what was never sent
     assert len(text) // 4 <= row.completion_tokens < CHUNKS
     assert row.cost_usd > Decimal(0)
+
+
+async def test_a_client_gone_before_the_first_token_is_billed_and_closes_the_upstream(
+    infra: Infra, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the client leaves while the service still waits for the first token: when it comes,
+    # the answer starts to nobody; the relay must still run its end (close, bill)
+    streams = SlowStreams(first_delay=1.0)
+    monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
+    with serve_thread(streams.app()) as url:
+        llm = await serve(build_llm(settings_for(tmp_path, _routing(url))))
+        try:
+            body = {
+                "model": "default",
+                "messages": [{"role": "user", "content": "Count slowly"}],
+                "stream": True,
+            }
+            async with httpx.AsyncClient(base_url=llm.url, timeout=10) as client:
+                request = client.post(
+                    "/v1/chat/completions", json=body, headers=auth_headers(principal())
+                )
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(request, 0.3)
+            assert await asyncio.to_thread(streams.ended.wait, 5), "upstream left open"
+            assert not streams.completed
+            queue = queue_name(BILLING_SERVICE)
+            for _ in range(100):
+                if await redis.zcard(queue):
+                    break
+                await asyncio.sleep(0.05)
+            jobs = await redis.zrange(queue, 0, -1)
+            assert len(jobs) == 1
+        finally:
+            await llm.stop()
+    job = await Job(jobs[0].decode(), as_arq(redis), _queue_name=queue).info()
+    assert job is not None
+    event = job.args[0]
+    assert event["status"] == "cancelled"
+    assert event["prompt_tokens"] > 0

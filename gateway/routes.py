@@ -51,6 +51,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/completions", "llm", scope="llm:use", openai=True),
     Route("/v1/embeddings", "llm", scope="llm:use", openai=True),
     Route("/v1/models", "llm", scope="llm:use", openai=True),
+    Route("/v1/responses", "llm", scope="llm:use", openai=True),
     Route("/v1/prompts", "llm", scope="llm:use"),
     Route("/v1/conversations", "llm", scope="llm:use"),
     Route(

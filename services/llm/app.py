@@ -16,6 +16,8 @@ from services.llm import tokenizer
 from services.llm.conversations_router import router as conversations_router
 from services.llm.prompts_router import router as prompts_router
 from services.llm.providers.base import Provider
+from services.llm.responses import PREFIX as RESPONSES_PREFIX
+from services.llm.responses import router as responses_router
 from services.llm.router import OPENAI_PREFIXES, ChatEndpoint, is_chat_completion, router
 from services.llm.routing import RoutingConfig, default_config, load_config
 from services.llm.service import LlmService, UsagePublisher
@@ -89,11 +91,11 @@ def build_app(
     app = create_app(
         service="llm",
         settings=settings,
-        routers=[router, prompts_router, conversations_router],
+        routers=[router, responses_router, prompts_router, conversations_router],
         title="aistack llm",
         description="OpenAI-compatible LLM API over many providers.",
         resources=[llm_resources],
-        openai_error_prefixes=OPENAI_PREFIXES,
+        openai_error_prefixes=(*OPENAI_PREFIXES, RESPONSES_PREFIX),
         # only prompts and conversations use the database: SQLAlchemy loads with the first
         use_database="lazy",
     )

@@ -1,0 +1,767 @@
+"""OpenAI's Responses API (``POST /v1/responses``) as a translation over the chat pipeline.
+
+A Responses request becomes one chat completion request (:func:`to_chat`), served by
+``LlmService.chat`` exactly as ``/v1/chat/completions`` is: routing, fallback and breakers,
+TPM limits, the response cache, idempotency keys, prompts and conversations, metrics and the
+one usage event per call all apply unchanged. Its answer is translated back: a
+``chat.completion`` into a ``response`` object (:func:`to_response`), a stream of chunks into
+Responses' semantic events (:class:`EventStream`).
+
+Not supported: stored responses (``previous_response_id``, ``GET``/``DELETE``
+``/v1/responses/{id}``; ``store`` is accepted and answered ``false``), built-in tools
+(web_search, file_search, ...), file inputs, reasoning items as input (dropped).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from libs.errors import BadRequest, NotFound
+from services.llm.responses_schemas import NOT_FORWARDED, RESPONSES_ONLY, ResponsesRequest
+from services.llm.router import (
+    OpenAIRoute,
+    OptionsDep,
+    ServiceDep,
+    SSEResponse,
+    UsePrincipal,
+)
+from services.llm.schemas import ChatCompletionRequest
+
+PREFIX = "/v1/responses"
+
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequest:
+    """A 400 whose OpenAI error names ``param``."""
+    return BadRequest(message, code=code, details=[{"field": param, "message": message}])
+
+
+# ---------------------------------------------------------------------------- request
+
+
+def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[str, Any]]:
+    """Content parts in chat's shape: a plain text when only text, else chat parts."""
+    out: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        where = f"{param}[{i}]"
+        if not isinstance(part, dict):
+            raise _invalid(f"{where} must be an object", where)
+        kind = part.get("type")
+        if kind in ("input_text", "output_text", "text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise _invalid(f"{where}.text must be a string", f"{where}.text")
+            out.append({"type": "text", "text": text})
+        elif kind == "refusal":
+            out.append({"type": "text", "text": str(part.get("refusal") or "")})
+        elif kind == "input_image":
+            if not images:
+                raise _invalid(
+                    f"{where}: images are only supported in user messages",
+                    f"{where}.type",
+                    "unsupported_content",
+                )
+            url = part.get("image_url")
+            if not isinstance(url, str) or not url:
+                raise _invalid(
+                    f"{where}: give the image as image_url (a URL or a data: URL); "
+                    "file_id is not supported",
+                    f"{where}.image_url",
+                    "unsupported_content",
+                )
+            image: dict[str, Any] = {"url": url}
+            if part.get("detail"):
+                image["detail"] = part["detail"]
+            out.append({"type": "image_url", "image_url": image})
+        else:
+            raise _invalid(
+                f"{where}: content type `{kind}` is not supported "
+                "(input_text, input_image and output_text are)",
+                f"{where}.type",
+                "unsupported_content",
+            )
+    if all(p["type"] == "text" for p in out):
+        return "".join(p["text"] for p in out)
+    return out
+
+
+def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if body.instructions:
+        messages.append({"role": "system", "content": body.instructions})
+    if body.input is None:
+        return messages
+    if isinstance(body.input, str):
+        messages.append({"role": "user", "content": body.input})
+        return messages
+    # function_call items right after an assistant message (or each other) are its tool calls
+    open_assistant: dict[str, Any] | None = None
+    for i, item in enumerate(body.input):
+        where = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _ROLES:
+                raise _invalid(
+                    f"{where}.role must be one of user, system, developer, assistant",
+                    f"{where}.role",
+                )
+            content = item.get("content")
+            if isinstance(content, list):
+                content = _text_of(content, f"{where}.content", images=role == "user")
+            elif not isinstance(content, str):
+                raise _invalid(
+                    f"{where}.content must be a string or a list of parts", f"{where}.content"
+                )
+            message = {"role": role, "content": content}
+            messages.append(message)
+            open_assistant = message if role == "assistant" else None
+        elif kind == "function_call":
+            call_id, name = item.get("call_id"), item.get("name")
+            if not isinstance(call_id, str) or not call_id:
+                raise _invalid(f"{where}.call_id is required", f"{where}.call_id")
+            if not isinstance(name, str) or not name:
+                raise _invalid(f"{where}.name is required", f"{where}.name")
+            arguments = item.get("arguments")
+            if not isinstance(arguments, str):
+                raise _invalid(f"{where}.arguments must be a JSON string", f"{where}.arguments")
+            if open_assistant is None:
+                open_assistant = {"role": "assistant", "content": None}
+                messages.append(open_assistant)
+            open_assistant.setdefault("tool_calls", []).append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            )
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise _invalid(f"{where}.call_id is required", f"{where}.call_id")
+            output = item.get("output")
+            if isinstance(output, list):
+                output = _text_of(output, f"{where}.output", images=False)
+            elif not isinstance(output, str):
+                raise _invalid(
+                    f"{where}.output must be a string or a list of parts", f"{where}.output"
+                )
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+            open_assistant = None
+        elif kind == "reasoning":
+            continue  # no chat counterpart; the model reasons anew
+        elif kind == "item_reference":
+            raise _invalid(
+                f"{where}: item references are not supported (responses are not stored); "
+                "send the item itself",
+                f"{where}.type",
+                "unsupported_input",
+            )
+        else:
+            raise _invalid(
+                f"{where}: input item type `{kind}` is not supported (message, function_call "
+                "and function_call_output are)",
+                f"{where}.type",
+                "unsupported_input",
+            )
+    return messages
+
+
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for i, tool in enumerate(tools):
+        kind = tool.get("type")
+        if kind != "function":
+            raise _invalid(
+                f"Tool type `{kind}` is not supported: only function tools are (tools[{i}].type)",
+                f"tools[{i}].type",
+                "unsupported_tool_type",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise _invalid(f"tools[{i}].name is required", f"tools[{i}].name")
+        fn: dict[str, Any] = {"name": name}
+        for key in ("description", "parameters", "strict"):
+            if tool.get(key) is not None:
+                fn[key] = tool[key]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise _invalid("tool_choice must be auto, none, required or a function", "tool_choice")
+        return choice
+    name = choice.get("name")
+    if choice.get("type") != "function" or not isinstance(name, str) or not name:
+        raise _invalid(
+            f"tool_choice type `{choice.get('type')}` is not supported: give auto, none, "
+            "required or {type: function, name}",
+            "tool_choice",
+            "unsupported_tool_choice",
+        )
+    return {"type": "function", "function": {"name": name}}
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise _invalid("text.format must be an object", "text.format")
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        name, schema = fmt.get("name"), fmt.get("schema")
+        if not isinstance(name, str) or not name:
+            raise _invalid("text.format.name is required", "text.format.name")
+        if not isinstance(schema, dict):
+            raise _invalid("text.format.schema must be a JSON schema", "text.format.schema")
+        spec = {"name": name, "schema": schema}
+        for key in ("strict", "description"):
+            if fmt.get(key) is not None:
+                spec[key] = fmt[key]
+        return {"type": "json_schema", "json_schema": spec}
+    raise _invalid(
+        f"text.format type `{kind}` is not supported (text, json_object, json_schema are)",
+        "text.format.type",
+    )
+
+
+def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat completion request a Responses request amounts to (400 for what cannot be)."""
+    if body.previous_response_id is not None:
+        raise _invalid(
+            "previous_response_id is not supported: aistack does not store responses. Send "
+            "the earlier turns as input items, or keep the history in an aistack "
+            "conversation (conversation_id)",
+            "previous_response_id",
+            "previous_response_not_supported",
+        )
+    extras = dict(body.model_extra or {})
+    chat: dict[str, Any] = {"model": body.model, "messages": _messages(body)}
+    for key, value in extras.items():
+        if key in NOT_FORWARDED:
+            raise _invalid(
+                f"Unsupported parameter: '{key}' is not a Responses API parameter"
+                + (" (use max_output_tokens)" if "tokens" in key else ""),
+                key,
+                "unsupported_parameter",
+            )
+        if key == "conversation":
+            # OpenAI's conversation parameter, for an aistack conversation's id
+            conv = value.get("id") if isinstance(value, dict) else value
+            chat["conversation_id"] = conv
+        elif key not in RESPONSES_ONLY and value is not None:
+            chat[key] = value
+    if not chat["messages"] and chat.get("prompt") is None:
+        raise _invalid("input is required", "input")
+    if body.tools:
+        chat["tools"] = _tools(body.tools)
+        if body.parallel_tool_calls is not None:
+            chat["parallel_tool_calls"] = body.parallel_tool_calls
+    if body.tool_choice is not None:
+        chat["tool_choice"] = _tool_choice(body.tool_choice)
+    for key in ("temperature", "top_p", "user"):
+        if getattr(body, key) is not None:
+            chat[key] = getattr(body, key)
+    if body.max_output_tokens is not None:
+        chat["max_completion_tokens"] = body.max_output_tokens
+    text = body.text or {}
+    response_format = _response_format(text.get("format"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    if text.get("verbosity") is not None:
+        chat["verbosity"] = text["verbosity"]
+    effort = (body.reasoning or {}).get("effort")
+    if effort is not None:
+        chat["reasoning_effort"] = effort
+    if body.stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    try:
+        return ChatCompletionRequest.model_validate(chat)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if field.startswith("messages"):
+            field = "input"
+        raise _invalid(f"Invalid request: {field}: {err['msg']}", field) from exc
+
+
+# ---------------------------------------------------------------------------- response
+
+
+def _hex(completion_id: str | None) -> str:
+    if completion_id and completion_id.startswith("chatcmpl-") and len(completion_id) > 9:
+        return completion_id[9:]
+    return uuid.uuid4().hex
+
+
+def usage_of(usage: dict[str, Any] | None) -> dict[str, Any]:
+    usage = usage or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+
+
+class Shape:
+    """The parts of a ``response`` object that echo the request."""
+
+    def __init__(self, body: ResponsesRequest) -> None:
+        text = dict(body.text or {})
+        text.setdefault("format", {"type": "text"})
+        self.echo: dict[str, Any] = {
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
+            "max_tool_calls": None,
+            "metadata": body.metadata or {},
+            "parallel_tool_calls": (
+                True if body.parallel_tool_calls is None else body.parallel_tool_calls
+            ),
+            "previous_response_id": None,
+            "reasoning": {
+                "effort": (body.reasoning or {}).get("effort"),
+                "summary": (body.reasoning or {}).get("summary"),
+            },
+            "store": False,
+            "temperature": 1.0 if body.temperature is None else body.temperature,
+            "text": text,
+            "tool_choice": "auto" if body.tool_choice is None else body.tool_choice,
+            "tools": [_echo_tool(t) for t in body.tools or []],
+            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "truncation": "disabled",
+            "user": body.user,
+        }
+        self.model = body.model
+
+    def response(
+        self,
+        response_id: str,
+        created_at: int,
+        model: str | None,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": response_id,
+            "object": "response",
+            "created_at": created_at,
+            "status": status,
+            "model": model or self.model,
+            "output": output,
+            **self.echo,
+            "usage": usage,
+        }
+        if status == "completed":
+            out["completed_at"] = int(time.time())
+        return out
+
+
+def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    return {"strict": None, "parameters": None, "description": None, **tool}
+
+
+def _status(finish_reason: str | None) -> tuple[str, dict[str, Any] | None]:
+    reason = _INCOMPLETE.get(finish_reason or "")
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def to_response(completion: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    """A ``chat.completion`` as a ``response`` object."""
+    hexid = _hex(completion.get("id"))
+    choices = completion.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    status, incomplete = _status(choice.get("finish_reason"))
+    item_status = "incomplete" if incomplete else "completed"
+    output: list[dict[str, Any]] = []
+    content = message.get("content")
+    parts = []
+    if isinstance(content, list):  # an upstream that answers in parts
+        content = "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    if content or not message.get("tool_calls"):
+        parts.append(_text_part(content or ""))
+    if message.get("refusal"):
+        parts = [p for p in parts if p["text"]]
+        parts.append({"type": "refusal", "refusal": message["refusal"]})
+    if parts:
+        output.append(
+            {
+                "id": f"msg_{hexid}_0",
+                "type": "message",
+                "status": item_status,
+                "role": "assistant",
+                "content": parts,
+            }
+        )
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        output.append(
+            {
+                "id": f"fc_{hexid}_{len(output)}",
+                "type": "function_call",
+                "status": item_status,
+                "call_id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                "name": fn.get("name") or "",
+                "arguments": fn.get("arguments") or "",
+            }
+        )
+    out = shape.response(
+        f"resp_{hexid}",
+        int(completion.get("created") or time.time()),
+        completion.get("model"),
+        status,
+        output,
+        usage_of(completion.get("usage")),
+    )
+    out["incomplete_details"] = incomplete
+    return out
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+class EventStream:
+    """Chat completion chunks in, Responses' semantic events out (each with its
+    ``sequence_number``), ending in ``response.completed`` / ``incomplete`` / ``failed``."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.seq = 0
+        self.hex: str | None = None
+        self.created_at = int(time.time())
+        self.model: str | None = None
+        self.output: list[dict[str, Any]] = []
+        self.open: int | None = None  # output index of the item being streamed
+        self.part: int | None = None  # content index of the message part being streamed
+        self.tools: dict[int, int] = {}  # chat tool-call index -> output index
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    # framing
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    @property
+    def id(self) -> str:
+        return f"resp_{self.hex}"
+
+    def _response(self, status: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.shape.response(self.id, self.created_at, self.model, status, self.output, usage)
+
+    def start(self, chunk: dict[str, Any] | None) -> list[bytes]:
+        self.hex = _hex((chunk or {}).get("id"))
+        if chunk:
+            self.created_at = int(chunk.get("created") or self.created_at)
+            self.model = chunk.get("model") or None
+        snapshot = self._response("in_progress")
+        return [
+            self._event("response.created", response=snapshot),
+            self._event("response.in_progress", response=snapshot),
+        ]
+
+    # items
+
+    def _add(self, item: dict[str, Any]) -> list[bytes]:
+        self.output.append(item)
+        self.open = len(self.output) - 1
+        return [self._event("response.output_item.added", output_index=self.open, item=item)]
+
+    def _open_part(self, part: dict[str, Any]) -> list[bytes]:
+        events: list[bytes] = []
+        if self.open is None or self.output[self.open]["type"] != "message":
+            events += self._close()
+            events += self._add(
+                {
+                    "id": f"msg_{self.hex}_{len(self.output)}",
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                }
+            )
+        item = self.output[self.open]  # type: ignore[index]
+        content: list[dict[str, Any]] = item["content"]
+        if self.part is not None and content[self.part]["type"] == part["type"]:
+            return events
+        events += self._close_part()
+        content.append(part)
+        self.part = len(content) - 1
+        events.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=self.open,
+                content_index=self.part,
+                part={**part},
+            )
+        )
+        return events
+
+    def _close_part(self) -> list[bytes]:
+        if self.open is None or self.part is None:
+            return []
+        item = self.output[self.open]
+        part = item["content"][self.part]
+        where = {"item_id": item["id"], "output_index": self.open, "content_index": self.part}
+        if part["type"] == "output_text":
+            done = self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        else:
+            done = self._event("response.refusal.done", **where, refusal=part["refusal"])
+        self.part = None
+        return [done, self._event("response.content_part.done", **where, part=part)]
+
+    def _close(self, status: str = "completed") -> list[bytes]:
+        if self.open is None:
+            return []
+        index, item = self.open, self.output[self.open]
+        events = self._close_part()
+        if item["type"] == "function_call":
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        item["status"] = status
+        events.append(self._event("response.output_item.done", output_index=index, item=item))
+        self.open = None
+        return events
+
+    # chunks
+
+    def add(self, chunk: dict[str, Any]) -> list[bytes]:
+        events: list[bytes] = []
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        self.model = self.model or chunk.get("model") or None
+        for choice in chunk.get("choices") or []:
+            if int(choice.get("index") or 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                events += self._open_part(_text_part(""))
+                events += self._delta_text(delta["content"])
+            if delta.get("refusal"):
+                events += self._open_part({"type": "refusal", "refusal": ""})
+                item = self.output[self.open]  # type: ignore[index]
+                item["content"][self.part]["refusal"] += delta["refusal"]
+                events.append(
+                    self._event(
+                        "response.refusal.delta",
+                        item_id=item["id"],
+                        output_index=self.open,
+                        content_index=self.part,
+                        delta=delta["refusal"],
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                events += self._tool_delta(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def _delta_text(self, text: str) -> list[bytes]:
+        item = self.output[self.open]  # type: ignore[index]
+        item["content"][self.part]["text"] += text
+        return [
+            self._event(
+                "response.output_text.delta",
+                item_id=item["id"],
+                output_index=self.open,
+                content_index=self.part,
+                delta=text,
+                logprobs=[],
+            )
+        ]
+
+    def _tool_delta(self, call: dict[str, Any]) -> list[bytes]:
+        events: list[bytes] = []
+        fn = call.get("function") or {}
+        index = int(call.get("index") or 0)
+        at = self.tools.get(index)
+        if at is None:
+            events += self._close()
+            events += self._add(
+                {
+                    "id": f"fc_{self.hex}_{len(self.output)}",
+                    "type": "function_call",
+                    "status": "in_progress",
+                    "call_id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                    "name": fn.get("name") or "",
+                    "arguments": "",
+                }
+            )
+            at = self.tools[index] = len(self.output) - 1
+        item = self.output[at]
+        if fn.get("name") and not item["name"]:
+            item["name"] = fn["name"]
+        if fn.get("arguments"):
+            # a late piece of a call already closed still reaches the final response
+            item["arguments"] += fn["arguments"]
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=at,
+                    delta=fn["arguments"],
+                )
+            )
+        return events
+
+    def finish(self) -> list[bytes]:
+        """The stream ended well: close what is open, then completed or incomplete."""
+        status, incomplete = _status(self.finish_reason)
+        item_status = "incomplete" if incomplete else "completed"
+        events = self._close(item_status)
+        if not self.output:  # nothing said: an empty message, as a JSON answer has
+            events += self._open_part(_text_part(""))
+            events += self._close(item_status)
+        response = self._response(status, usage_of(self.usage))
+        response["incomplete_details"] = incomplete
+        kind = "response.completed" if status == "completed" else "response.incomplete"
+        return [*events, self._event(kind, response=response)]
+
+    def fail(self, error: dict[str, Any]) -> list[bytes]:
+        """The upstream broke mid-stream: an ``error`` event, then ``response.failed``."""
+        code = str(error.get("code") or "upstream_error")
+        message = str(error.get("message") or "The upstream stream failed")
+        events = [self._event("error", code=code, message=message, param=None)]
+        if self.open is not None:
+            self.part = None
+            self.output[self.open]["status"] = "incomplete"
+            self.open = None
+        response = self._response("failed", usage_of(self.usage) if self.usage else None)
+        response["error"] = {"code": "server_error", "message": message}
+        events.append(self._event("response.failed", response=response))
+        return events
+
+
+async def translate_stream(chunks: AsyncIterator[bytes], shape: Shape) -> AsyncIterator[bytes]:
+    """The chat pipeline's SSE bytes as Responses events; closing this closes ``chunks``
+    (and with it the upstream call: a client that leaves cancels it)."""
+    events = EventStream(shape)
+    started = ended = False
+    buffer = b""
+    try:
+        # read to the end, past [DONE]: the chat relay settles the call (usage, cache,
+        # idempotency) only once it has run out, and counts a stream closed early as cut short
+        async for piece in chunks:
+            if ended:
+                continue
+            buffer += piece
+            while b"\n\n" in buffer and not ended:
+                frame, buffer = buffer.split(b"\n\n", 1)
+                if not frame.startswith(b"data: "):
+                    continue
+                data = frame[6:]
+                chunk = None if data == b"[DONE]" else orjson.loads(data)
+                if not started:
+                    started = True
+                    for out in events.start(None if chunk is None or "error" in chunk else chunk):
+                        yield out
+                if chunk is None:
+                    ended = True
+                    for out in events.finish():
+                        yield out
+                elif "error" in chunk:
+                    ended = True
+                    for out in events.fail(chunk["error"] or {}):
+                        yield out
+                else:
+                    for out in events.add(chunk):
+                        yield out
+        if not ended:  # the chat stream always ends in [DONE] or an error event
+            if not started:
+                for out in events.start(None):
+                    yield out
+            for out in events.fail({"message": "The stream ended early"}):
+                yield out
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# ---------------------------------------------------------------------------- routes
+
+router = APIRouter(tags=["llm"], route_class=OpenAIRoute)
+
+
+@router.post(
+    PREFIX,
+    summary="Create a model response (OpenAI's Responses API; SSE when stream=true)",
+    response_model=None,
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+)
+async def create_response(
+    body: ResponsesRequest,
+    principal: UsePrincipal,
+    service: ServiceDep,
+    options: OptionsDep,
+) -> Response:
+    chat = to_chat(body)
+    shape = Shape(body)
+    result = await service.chat(principal, chat, options)
+    if result.stream is not None:
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers}
+        return SSEResponse(translate_stream(result.stream, shape), headers=headers)
+    assert result.body is not None
+    return Response(
+        orjson.dumps(to_response(result.body, shape)),
+        media_type="application/json",
+        headers=result.headers,
+    )
+
+
+def _not_stored(response_id: str) -> NotFound:
+    return NotFound(
+        f"No response found with id '{response_id}': aistack does not store responses",
+        code="response_not_found",
+    )
+
+
+@router.get(f"{PREFIX}/{{response_id}}", summary="Not supported: responses are not stored")
+async def get_response(response_id: str, principal: UsePrincipal) -> Response:
+    raise _not_stored(response_id)
+
+
+@router.delete(f"{PREFIX}/{{response_id}}", summary="Not supported: responses are not stored")
+async def delete_response(response_id: str, principal: UsePrincipal) -> Response:
+    raise _not_stored(response_id)

@@ -210,7 +210,7 @@ class UsageOutbox:
             stmt = text(f"SELECT count(*) FROM {self.schema}.{OUTBOX_TABLE}")  # noqa: S608
             return int(await session.scalar(stmt) or 0)
 
-    async def replay(self, redis: Redis, *, batch: int = 500) -> int:
+    async def replay(self, redis: Redis, *, batch: int = 200) -> int:
         """Queue stored events to billing until the table is empty; return how many were sent.
 
         Raises when Redis or PostgreSQL fails; what was not sent stays in the table.
@@ -379,7 +379,8 @@ class UsageSender:
 
     async def _spill(self, *, final: bool) -> None:
         """Move every event waiting in memory to the outbox."""
-        jobs, self._pending = self._pending, []
+        # removed only once stored: cut short (shutdown timeout), they are still here
+        jobs = list(self._pending)
         if not jobs:
             return
         try:
@@ -389,18 +390,20 @@ class UsageSender:
         except Exception:
             if not final:
                 # kept in memory (past max_pending) and tried again after the next attempt
-                self._pending[:0] = jobs
                 log.error(
                     "usage outbox unavailable: %d usage events held in memory",
                     len(self._pending),
                     exc_info=True,
                 )
                 return
+            del self._pending[: len(jobs)]
             USAGE_LOST.labels(self.service).inc(len(jobs))
             log.exception("usage outbox unavailable at shutdown: %d usage events lost", len(jobs))
             for job in jobs:
                 log.error("usage event lost: %s", orjson.dumps(job.args[0]).decode())
             return
+        # events added meanwhile came after these
+        del self._pending[: len(jobs)]
         self._outbox_dirty = True
         log.warning("%d usage events moved to the %s outbox table", len(jobs), self.service)
         await self._count_outbox()

@@ -51,6 +51,7 @@ class UsageRepository(Repository[UsageEventRecord]):
                 func.coalesce(func.sum(u.cost_usd), 0).label("cost_usd"),
                 func.count().filter(u.status == "error").label("errors"),
                 func.count().filter(u.cached.is_(True)).label("cached"),
+                func.count().filter(u.status == "cancelled").label("cancelled"),
             )
             .where(u.org_id == org_id, u.created_at >= start, u.created_at < end)
             .group_by(literal_column("day"), u.model)

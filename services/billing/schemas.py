@@ -21,6 +21,8 @@ class UsageTotals(BaseModel):
     cost_usd: Decimal = Decimal(0)
     errors: int = 0
     cached: int = 0
+    # streams the client left early (charged for the tokens streamed until then)
+    cancelled: int = 0
 
     @field_serializer("cost_usd")
     def _fixed_point(self, value: Decimal) -> str:

@@ -14,7 +14,15 @@ from services.billing.schemas import UsageByDayModel, UsageByModel, UsageReport,
 
 MAX_RANGE_DAYS = 366
 DEFAULT_RANGE_DAYS = 30
-_SUMS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "errors", "cached")
+_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "errors",
+    "cached",
+    "cancelled",
+)
 
 
 def _add(into: dict[str, Any], row: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -28,9 +29,10 @@ from starlette.routing import Route
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
 from libs.queue import as_arq, queue_name
-from libs.testing import Infra, auth_headers, principal
+from libs.testing import Infra, auth_headers, client_for, principal
 from libs.usage import BILLING_SERVICE
 from services.billing import tasks as billing_tasks
+from services.billing.app import build_app as build_billing
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app as build_llm
 from tests.gateway.authfake import FakeAuth
@@ -187,6 +189,16 @@ async def test_an_abandoned_stream_is_billed_as_cancelled(
     # what reached the client at least (about a token per word), not what was never sent
     assert len(text) // 4 <= row.completion_tokens < CHUNKS
     assert row.cost_usd > Decimal(0)
+
+    # and the organization's usage report shows it
+    owner = principal(org_id=uuid.UUID(info["org_id"]), scopes=["billing:read"])
+    async with client_for(build_billing()) as billing:
+        resp = await billing.get("/v1/billing/usage", headers=auth_headers(owner))
+    assert resp.status_code == 200, resp.text
+    totals = resp.json()["totals"]
+    assert totals["requests"] == 1 and totals["cancelled"] == 1 and totals["errors"] == 0
+    assert totals["completion_tokens"] == row.completion_tokens
+    assert Decimal(totals["cost_usd"]) == row.cost_usd
 
 
 async def test_a_client_gone_before_the_first_token_is_billed_and_closes_the_upstream(

@@ -582,3 +582,54 @@ async def test_stored_responses_are_not_found(env: Env) -> None:
     assert _error(info.value)["code"] == "response_not_found"
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.delete("resp_123")
+
+
+# ------------------------------------------------------------------------------ aistack extras
+
+
+async def test_conversation_and_prompt(env: Env) -> None:
+    headers = auth_headers(env.principal)
+    conv = await env.http.post(
+        "/v1/conversations",
+        json={"title": "c", "messages": [{"role": "system", "content": "Be brief."}]},
+        headers=headers,
+    )
+    assert conv.status_code == 201, conv.text
+    cid = conv.json()["id"]
+    # OpenAI's conversation parameter names an aistack conversation
+    first = await env.client.responses.create(model="default", input="Hi", conversation=cid)
+    assert first.output_text == "Hello there, how can I help?"
+    env.primary.behavior.reply.text = "Second answer"
+    async with env.client.responses.stream(
+        model="default", input="And?", conversation={"id": cid}
+    ) as stream:
+        final = await stream.get_final_response()
+    assert final.output_text == "Second answer"
+    assert upstream_body(env)["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there, how can I help?"},
+        {"role": "user", "content": "And?"},
+    ]
+    got = (await env.http.get(f"/v1/conversations/{cid}", headers=headers)).json()
+    assert [m["content"] for m in got["messages"]][-1] == "Second answer"
+
+    prompt = {
+        "name": "greeter",
+        "version": {"messages": [{"role": "system", "content": "You are {{ persona }}."}]},
+    }
+    created = await env.http.post("/v1/prompts", json=prompt, headers=headers)
+    assert created.status_code == 201, created.text
+    await env.client.responses.create(
+        model="default",
+        input="Hello",
+        extra_body={"prompt": {"name": "greeter", "variables": {"persona": "kind"}}},
+    )
+    assert upstream_body(env)["messages"] == [
+        {"role": "system", "content": "You are kind."},
+        {"role": "user", "content": "Hello"},
+    ]
+    with pytest.raises(openai.NotFoundError):
+        await env.client.responses.create(
+            model="default", input="Hi", conversation="00000000-0000-0000-0000-000000000000"
+        )

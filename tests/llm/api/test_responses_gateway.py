@@ -1,0 +1,156 @@
+"""``/v1/responses`` through the gateway, in front of the real llm service (real sockets), with
+the real ``openai`` SDK and an API key: answers, streams, credentials, the OpenAPI document,
+and a client that hangs up mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+from redis.asyncio import Redis
+
+from gateway.app import build_app as build_gateway
+from gateway.settings import GatewaySettings
+from libs.queue import queue_name
+from libs.testing import Infra
+from libs.usage import BILLING_SERVICE
+from services.llm.app import build_app as build_llm
+from tests.gateway.authfake import FakeAuth
+from tests.gateway.conftest import Running, serve
+from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
+from tests.llm.fakes import openai_fake
+from tests.llm.fakes.vendor_common import Behavior
+from tests.llm.fakes.vendor_common import serve as serve_thread
+
+
+@dataclass
+class Stack:
+    gateway: str
+    auth: FakeAuth
+    upstream: Upstream
+
+    def sdk(self, key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=f"{self.gateway}/v1", api_key=key, max_retries=0, timeout=20
+        )
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[Upstream]:
+    behavior = Behavior()
+    with serve_thread(openai_fake.make_app(behavior)) as url:
+        yield Upstream(url, behavior)
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KEY_ENV, openai_fake.API_KEY)
+    auth = FakeAuth()
+    running: list[Running] = [await serve(auth.app())]
+    settings = settings_for(
+        tmp_path_factory.mktemp("llm"), routing(fake_openai, fake_openai), request_timeout_s=60
+    )
+    running.append(await serve(build_llm(settings)))
+    gateway_settings = GatewaySettings.model_validate(
+        {
+            "use_redis": True,
+            "redis_url": infra.redis_url,
+            "auth_url": running[0].url,
+            "llm_url": running[1].url,
+        }
+    )
+    running.append(await serve(build_gateway(gateway_settings)))
+    yield Stack(running[2].url, auth, fake_openai)
+    for r in reversed(running):
+        await r.stop()
+    mp.undo()
+
+
+@pytest.fixture
+async def gw(stack: Stack, redis: Redis) -> Stack:
+    stack.upstream.reset()
+    return stack
+
+
+async def _usage_count(redis: Redis, n: int, within: float = 5) -> int:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        count = int(await redis.zcard(queue_name(BILLING_SERVICE)))
+        if count >= n:
+            return count
+        await asyncio.sleep(0.05)
+    return int(await redis.zcard(queue_name(BILLING_SERVICE)))
+
+
+async def test_answer_and_stream_through_the_gateway(gw: Stack, redis: Redis) -> None:
+    key, _ = gw.auth.add_api_key()
+    client = gw.sdk(key)
+    resp = await client.responses.create(
+        model="default", instructions="Be nice.", input="Say hello"
+    )
+    assert resp.status == "completed" and resp.output_text == "Hello there, how can I help?"
+
+    deltas = []
+    async with client.responses.stream(model="default", input="Say hello") as stream:
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = await stream.get_final_response()
+    assert len(deltas) > 1 and "".join(deltas) == final.output_text
+    assert final.usage is not None and final.usage.total_tokens == 19
+    # one usage event per call
+    assert await _usage_count(redis, 2) == 2
+    await asyncio.sleep(0.2)
+    assert await redis.zcard(queue_name(BILLING_SERVICE)) == 2
+
+
+async def test_credentials_and_errors_in_openai_shape(gw: Stack) -> None:
+    with pytest.raises(openai.AuthenticationError) as bad_key:
+        await gw.sdk("ask_" + "n" * 40).responses.create(model="default", input="Hi")
+    err = bad_key.value.response.json()["error"]
+    assert (err["type"], err["code"]) == ("authentication_error", "invalid_api_key")
+
+    key, _ = gw.auth.add_api_key(scopes=["jobs:read"])
+    with pytest.raises(openai.PermissionDeniedError):
+        await gw.sdk(key).responses.create(model="default", input="Hi")
+
+    key, _ = gw.auth.add_api_key()
+    client = gw.sdk(key)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model="no-such-model", input="Hi")
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.responses.create(
+            model="default", input="Hi", tools=[{"type": "file_search", "vector_store_ids": []}]
+        )
+    assert bad.value.response.json()["error"]["param"] == "tools[0].type"
+    assert gw.upstream.chat_calls == 0
+
+
+async def test_openapi_document_lists_the_route(gw: Stack) -> None:
+    async with httpx.AsyncClient(base_url=gw.gateway) as client:
+        doc = (await client.get("/openapi.json")).json()
+    assert "post" in doc["paths"]["/v1/responses"]
+    assert "ResponsesRequest" in doc["components"]["schemas"]
+
+
+async def test_client_hanging_up_cancels_the_upstream(gw: Stack, redis: Redis) -> None:
+    # the upstream sends its first chunks, then goes silent for 30 s
+    gw.upstream.behavior.stall_after = 600
+    key, _ = gw.auth.add_api_key()
+    stream = await gw.sdk(key).responses.create(model="default", input="Hi", stream=True)
+    async for event in stream:
+        if event.type == "response.output_text.delta":
+            break
+    await stream.close()
+    started = time.monotonic()
+    # the llm settles the call (one usage event) only once the upstream request is closed
+    assert await _usage_count(redis, 1) == 1
+    assert time.monotonic() - started < 5, "the upstream was kept open after the client left"

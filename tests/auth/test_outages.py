@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.redis import guard_for
 from libs.testing import Infra, client_for
 from services.auth.app import build_app
 from services.auth.models import ApiKey
@@ -47,11 +48,18 @@ async def test_api_keys_still_introspect_without_redis(
 
         # a Redis that accepts connections and never answers: still an answer, and quickly
         # (the gateway gives up on auth after 2 s; the client's own timeout is 5 s)
-        async with redis_hung(app):
+        async with redis_hung(app) as hung:
             started = time.monotonic()
             resp = await c.post("/internal/api-keys/introspect", json={"key": key}, headers=SERVICE)
             assert resp.status_code == 200 and resp.json()["active"] is True, resp.text
             assert time.monotonic() - started < 1.5
+            # the first wait marked Redis down: the next introspection does not wait again
+            guard = guard_for(hung)
+            assert not guard.up
+            skipped = guard.skipped
+            resp = await c.post("/internal/api-keys/introspect", json={"key": key}, headers=SERVICE)
+            assert resp.status_code == 200 and resp.json()["active"] is True, resp.text
+            assert guard.skipped == skipped + 1
 
         # back: last-used is recorded again
         resp = await c.post("/internal/api-keys/introspect", json={"key": key}, headers=SERVICE)

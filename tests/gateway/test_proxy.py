@@ -23,6 +23,7 @@ PREFIXES = {
     "/v1/completions": "llm",
     "/v1/embeddings": "llm",
     "/v1/models": "llm",
+    "/v1/responses": "llm",
     "/v1/prompts/p1": "llm",
     "/v1/conversations": "llm",
     "/v1/knowledge-bases/kb1/documents": "rag",
@@ -52,7 +53,13 @@ def test_route_table_covers_the_documented_prefixes() -> None:
         route = match_route(path)
         assert route is not None and route.service == service
     openai = {r.prefix for r in ROUTES if r.openai}
-    assert openai == {"/v1/chat", "/v1/completions", "/v1/embeddings", "/v1/models"}
+    assert openai == {
+        "/v1/chat",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/responses",
+    }
     # a prefix must match whole segments
     assert match_route("/v1/chatty") is None
     assert match_route("/v1/jobsx/1") is None

@@ -78,14 +78,15 @@ async def test_failures_of_all_processes_together_open_the_breaker(
         b.record_failure()
         await eventually_async(lambda: redis.get(count), b"2")
         assert a.state is State.CLOSED and b.state is State.CLOSED
-        assert 59_000 < await redis.pttl(count) <= 60_000  # expires a while after the last
+        # expires a while after the last failure (slack for a busy CI machine)
+        assert 50_000 < await redis.pttl(count) <= 60_000
 
         # a third failure anywhere opens it everywhere: 3 calls in total, not 3 per process
         a.record_failure()
         await eventually(lambda: a.state is State.OPEN and b.state is State.OPEN)
         assert not a.allow() and not b.allow()
         assert gauge(provider) == State.OPEN
-        assert 29_000 < await redis.pttl(KEY_PREFIX + provider) <= 30_000
+        assert 20_000 < await redis.pttl(KEY_PREFIX + provider) <= 30_000
         assert await redis.exists(count) == 0, "the next count starts at 0"
 
 

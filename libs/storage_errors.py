@@ -13,12 +13,11 @@ Other database errors (a constraint violation nobody handled, a bad query) stay 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from libs.errors import error_response, is_openai_path
+from libs.errors import error_response, wants_openai
 
 log = logging.getLogger("aistack.storage_errors")
 
@@ -71,13 +70,8 @@ def outage_response(request: Request, dependency: str) -> Response:
         f"The service's {dependency} is unavailable; retry shortly",
         {"dependency": dependency},
         headers={"Retry-After": str(RETRY_AFTER_S)},
-        openai=_wants_openai(request),
+        openai=wants_openai(request.scope),
     )
-
-
-def _wants_openai(request: Request) -> bool:
-    prefixes: Sequence[str] = getattr(request.app.state, "openai_error_prefixes", ())
-    return bool(prefixes) and is_openai_path(request.url.path, prefixes)
 
 
 def data_error_response(request: Request, exc: Exception) -> Response:
@@ -91,7 +85,7 @@ def data_error_response(request: Request, exc: Exception) -> Response:
         "validation_error",
         "A value in the request cannot be stored",
         [{"field": "body", "message": reason, "type": "invalid_value"}],
-        openai=_wants_openai(request),
+        openai=wants_openai(request.scope),
     )
 
 

@@ -211,15 +211,10 @@ class ObservabilityMiddleware:
             log.error("unhandled exception on %s %s", method, path, exc_info=exc)
             if started:
                 raise
-            from libs.errors import error_response, is_openai_path
+            from libs.errors import error_response, wants_openai
 
-            app_state = scope.get("app")
-            prefixes = getattr(getattr(app_state, "state", None), "openai_error_prefixes", ())
             resp = error_response(
-                500,
-                "internal_error",
-                "Internal server error",
-                openai=is_openai_path(path, prefixes),
+                500, "internal_error", "Internal server error", openai=wants_openai(scope)
             )
             await resp(scope, receive, send_wrapper)
             status = 500

@@ -214,8 +214,8 @@ async def test_the_local_limiter_decides_as_redis_does(redis: Redis, limit: int)
             assert a.retry_after == pytest.approx(b.retry_after, abs=0.01)
             assert a.reset_seconds == pytest.approx(b.reset_seconds, abs=0.01)
     # refused: nothing consumed on the other limit; forced: counted anyway
-    b = [("rl:local:b", limit * 2, 3600)]
-    assert local.hit_many(b, 0).decisions[0].remaining == limit
+    only_b = [("rl:local:b", limit * 2, 3600)]
+    assert local.hit_many(only_b, 0).decisions[0].remaining == limit
     forced = local.hit_many(limits, force=True)
     assert not forced.allowed
-    assert local.hit_many(b, 0).decisions[0].remaining == limit - 1
+    assert local.hit_many(only_b, 0).decisions[0].remaining == limit - 1

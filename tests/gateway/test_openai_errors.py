@@ -16,10 +16,10 @@ from redis.asyncio import Redis
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
 from libs.testing import Infra, auth_headers, client_for, principal
-from services.llm.app import build_app as build_llm
 from tests.gateway.authfake import FakeAuth
-from tests.gateway.conftest import Running, dead_url, serve
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
+from tests.gateway.conftest import dead_url, serve
+from tests.gateway.llmstack import gateway_settings, llm_behind_gateway
+from tests.llm.api.conftest import KEY_ENV, Upstream, routing
 from tests.llm.fakes import openai_fake
 from tests.llm.fakes.vendor_common import Behavior
 from tests.llm.fakes.vendor_common import serve as serve_thread
@@ -35,7 +35,6 @@ class Stack:
     auth: FakeAuth
     auth_url: str
     upstream: Upstream
-    redis_url: str
     llm_app: Any
 
 
@@ -52,36 +51,20 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     mp = pytest.MonkeyPatch()
     mp.setenv(KEY_ENV, openai_fake.API_KEY)
-    auth = FakeAuth()
-    running: list[Running] = [await serve(auth.app())]
-    llm_app = build_llm(
-        settings_for(
-            tmp_path_factory.mktemp("llm"),
-            routing(fake_openai, fake_openai),
-            max_body_bytes=LLM_LIMIT,
-            request_timeout_s=10,
-        )
-    )
-    running.append(await serve(llm_app))
-    running.append(await serve(build_gateway(_settings(infra, running[0].url, running[1].url))))
-    yield Stack(
-        running[2].url, running[1].url, auth, running[0].url, fake_openai, infra.redis_url, llm_app
-    )
-    for r in reversed(running):
-        await r.stop()
+    async with llm_behind_gateway(
+        infra,
+        tmp_path_factory.mktemp("llm"),
+        routing(fake_openai, fake_openai),
+        llm={"max_body_bytes": LLM_LIMIT, "request_timeout_s": 10},
+        gateway={"max_body_bytes": GATEWAY_LIMIT},
+    ) as s:
+        yield Stack(s.gateway, s.llm, s.auth, s.auth_url, fake_openai, s.llm_app)
     mp.undo()
 
 
 def _settings(infra: Infra, auth_url: str, llm_url: str, **overrides: Any) -> GatewaySettings:
-    return GatewaySettings.model_validate(
-        {
-            "use_redis": True,
-            "redis_url": infra.redis_url,
-            "auth_url": auth_url,
-            "llm_url": llm_url,
-            "max_body_bytes": GATEWAY_LIMIT,
-            **overrides,
-        }
+    return gateway_settings(
+        infra, auth_url, llm_url, **{"max_body_bytes": GATEWAY_LIMIT, **overrides}
     )
 
 

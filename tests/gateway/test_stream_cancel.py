@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import orjson
 import pytest
 from arq.jobs import Job
@@ -26,8 +25,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.app import build_app as build_gateway
-from gateway.settings import GatewaySettings
 from libs.queue import as_arq, queue_name
 from libs.testing import Infra, auth_headers, client_for, principal
 from libs.usage import BILLING_SERVICE
@@ -35,8 +32,8 @@ from services.billing import tasks as billing_tasks
 from services.billing.app import build_app as build_billing
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app as build_llm
-from tests.gateway.authfake import FakeAuth
 from tests.gateway.conftest import serve
+from tests.gateway.llmstack import llm_behind_gateway
 from tests.llm.api.conftest import KEY_ENV, settings_for
 from tests.llm.fakes import openai_fake
 from tests.llm.fakes.vendor_common import serve as serve_thread
@@ -126,23 +123,9 @@ async def test_an_abandoned_stream_is_billed_as_cancelled(
 ) -> None:
     streams, url = slow
     monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
-    auth = FakeAuth()
-    key, info = auth.add_api_key()
-    running = [await serve(auth.app())]
-    running.append(await serve(build_llm(settings_for(tmp_path, _routing(url)))))
-    settings = GatewaySettings.model_validate(
-        {
-            "use_redis": True,
-            "redis_url": infra.redis_url,
-            "auth_url": running[0].url,
-            "llm_url": running[1].url,
-        }
-    )
-    running.append(await serve(build_gateway(settings)))
-    try:
-        client = openai.AsyncOpenAI(
-            base_url=f"{running[2].url}/v1", api_key=key, max_retries=0, timeout=30
-        )
+    async with llm_behind_gateway(infra, tmp_path, _routing(url)) as path:
+        key, info = path.auth.add_api_key()
+        client = path.sdk(key, timeout=30)
         stream = await client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "Count slowly"}], stream=True
         )
@@ -167,9 +150,6 @@ async def test_an_abandoned_stream_is_billed_as_cancelled(
                 break
             await asyncio.sleep(0.05)
         assert await redis.zcard(queue) == 1
-    finally:
-        for r in reversed(running):
-            await r.stop()
 
     worker = await run_burst(
         infra.redis_url, BILLING_SERVICE, billing_tasks.functions, database_url=infra.database_url

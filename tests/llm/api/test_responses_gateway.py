@@ -14,15 +14,12 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from gateway.app import build_app as build_gateway
-from gateway.settings import GatewaySettings
 from libs.queue import queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
-from services.llm.app import build_app as build_llm
 from tests.gateway.authfake import FakeAuth
-from tests.gateway.conftest import Running, serve
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
+from tests.gateway.llmstack import LlmStack, llm_behind_gateway
+from tests.llm.api.conftest import KEY_ENV, Upstream, routing
 from tests.llm.fakes import openai_fake
 from tests.llm.fakes.vendor_common import Behavior
 from tests.llm.fakes.vendor_common import serve as serve_thread
@@ -30,14 +27,19 @@ from tests.llm.fakes.vendor_common import serve as serve_thread
 
 @dataclass
 class Stack:
-    gateway: str
-    auth: FakeAuth
+    path: LlmStack
     upstream: Upstream
 
+    @property
+    def gateway(self) -> str:
+        return self.path.gateway
+
+    @property
+    def auth(self) -> FakeAuth:
+        return self.path.auth
+
     def sdk(self, key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=f"{self.gateway}/v1", api_key=key, max_retries=0, timeout=20
-        )
+        return self.path.sdk(key)
 
 
 @pytest.fixture(scope="module")
@@ -53,24 +55,13 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     mp = pytest.MonkeyPatch()
     mp.setenv(KEY_ENV, openai_fake.API_KEY)
-    auth = FakeAuth()
-    running: list[Running] = [await serve(auth.app())]
-    settings = settings_for(
-        tmp_path_factory.mktemp("llm"), routing(fake_openai, fake_openai), request_timeout_s=60
-    )
-    running.append(await serve(build_llm(settings)))
-    gateway_settings = GatewaySettings.model_validate(
-        {
-            "use_redis": True,
-            "redis_url": infra.redis_url,
-            "auth_url": running[0].url,
-            "llm_url": running[1].url,
-        }
-    )
-    running.append(await serve(build_gateway(gateway_settings)))
-    yield Stack(running[2].url, auth, fake_openai)
-    for r in reversed(running):
-        await r.stop()
+    async with llm_behind_gateway(
+        infra,
+        tmp_path_factory.mktemp("llm"),
+        routing(fake_openai, fake_openai),
+        llm={"request_timeout_s": 60},
+    ) as path:
+        yield Stack(path, fake_openai)
     mp.undo()
 
 

@@ -80,6 +80,7 @@ class GatewaySettings(ServiceSettings):
     # one call may take; after one fails or times out Redis is skipped by every request until
     # a background probe (every redis_retry_seconds) hears from it again (libs/redis.py)
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    # while Redis is skipped, how often the background probe PINGs it
     redis_retry_seconds: float = Field(default=2.0, gt=0, le=60)
     # Redis unavailable: a session this process found not revoked within this long stays
     # usable; others are refused with 503 (0: refuse all). See gateway/revocations.py

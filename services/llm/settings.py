@@ -48,6 +48,7 @@ class LlmSettings(ServiceSettings):
     # one call may take; after one fails or times out Redis is skipped by every request until
     # a background probe (every redis_retry_s) hears from it again (libs/redis.py)
     redis_timeout_s: float = Field(default=0.25, gt=0, le=5)
+    # while Redis is skipped, how often the background probe PINGs it
     redis_retry_s: float = Field(default=2.0, gt=0, le=60)
 
     # response cache and idempotency keys

@@ -85,6 +85,7 @@ async def run(
     count = 0
     measuring = False
     stop_at = 0.0
+    began = float("inf")
 
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -104,10 +105,12 @@ async def run(
                 elapsed = (time.perf_counter() - start) * 1000
                 if measuring:
                     count += 1
-                    if good:
-                        latencies.append(elapsed)
-                    else:
+                    if not good:
                         errors += 1
+                    elif start >= began:
+                        # latencies of requests sent in the window only: one sent during the
+                        # warm-up (a cold start's connection storm) is not this window's
+                        latencies.append(elapsed)
 
         tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
         await asyncio.sleep(warmup)

@@ -268,9 +268,12 @@ async def get_model(model_id: str, principal: UsePrincipal, service: ServiceDep)
     return service.get_model(model_id)
 
 
+CHAT_ROUTE = "/v1/chat/completions"
+
+
 def is_chat_completion(scope: AsgiScope) -> bool:
     """The hot route of the llm app: ``POST /v1/chat/completions``."""
-    return scope["path"] == "/v1/chat/completions" and scope["method"] == "POST"
+    return scope["path"] == CHAT_ROUTE and scope["method"] == "POST"
 
 
 class ChatEndpoint:
@@ -283,6 +286,8 @@ class ChatEndpoint:
         self.handler = openai_handler(_chat_completions_fast)
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        # the route label of the request metrics (no router ran to set scope["route"])
+        scope["aistack.route"] = CHAT_ROUTE
         request = Request(scope, receive)  # scope["app"] is the app (set by App)
         try:
             response = await self.handler(request)

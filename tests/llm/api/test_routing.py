@@ -147,6 +147,7 @@ async def test_metrics(env: Env) -> None:
         await value("aistack_llm_time_to_first_token_seconds_count", **ttft),
         await value("aistack_llm_errors_total", **errors),
         await value("aistack_llm_cache_total", endpoint="chat", result="miss"),
+        await value("aistack_http_request_duration_seconds_count", route="/v1/chat/completions"),
     ]
     await env.client.chat.completions.create(model="default", messages=MESSAGES, temperature=0)
     stream = await env.client.chat.completions.create(
@@ -163,5 +164,7 @@ async def test_metrics(env: Env) -> None:
         await value("aistack_llm_time_to_first_token_seconds_count", **ttft),
         await value("aistack_llm_errors_total", **errors),
         await value("aistack_llm_cache_total", endpoint="chat", result="miss"),
+        # the hot chat route is labelled as its route, not "unmatched"
+        await value("aistack_http_request_duration_seconds_count", route="/v1/chat/completions"),
     ]
-    assert [a - b for a, b in zip(after, before, strict=True)] == [24, 14, 1, 2, 1]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [24, 14, 1, 2, 1, 3]

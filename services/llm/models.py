@@ -188,3 +188,37 @@ class UsageOutboxRow(CreatedAtMixin, Base):
 
     job_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     job: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+# ---------------------------------------------------------------------------- stored responses
+
+
+class StoredResponse(Base):
+    """A ``/v1/responses`` answer kept for ``GET``/``DELETE`` and ``previous_response_id``.
+
+    ``response`` is the response object as answered; ``input_items`` this turn's input in the
+    Responses item shape (``GET .../input_items``); ``history`` the whole conversation as chat
+    messages up to and including this turn's output (without ``instructions``, which are not
+    inherited), so a later turn that names this one prepends it with one row read. Rows past
+    ``expires_at`` are invisible and purged by the llm worker (:mod:`services.llm.tasks`).
+    """
+
+    __tablename__ = "responses"
+    __table_args__ = (
+        Index("ix_llm_responses_expires_at", "expires_at"),
+        Index("ix_llm_responses_org_created", "org_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    org_id: Mapped[uuid.UUID] = mapped_column()
+    user_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    key_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    model: Mapped[str] = mapped_column(String(200))
+    previous_response_id: Mapped[str | None] = mapped_column(String(80), default=None)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -7,20 +7,30 @@ one usage event per call all apply unchanged. Its answer is translated back: a
 ``chat.completion`` into a ``response`` object (:func:`to_response`), a stream of chunks into
 Responses' semantic events (:class:`EventStream`).
 
-Not supported: stored responses (``previous_response_id``, ``GET``/``DELETE``
-``/v1/responses/{id}``; ``store`` is accepted and answered ``false``), built-in tools
-(web_search, file_search, ...), file inputs, reasoning items as input (dropped).
+Stored responses: ``store`` (default true) keeps the answer in PostgreSQL
+(:mod:`services.llm.responses_store`), written off the response path once it is complete (a
+stream: with ``response.completed``); ``previous_response_id`` prepends the stored history of
+the named response (its inputs and outputs, recursively; not its ``instructions``) to this
+turn's messages; ``GET``/``DELETE /v1/responses/{id}`` and ``GET .../input_items`` read them.
+
+Not supported: built-in tools (web_search, file_search, ...), file inputs, item references,
+reasoning items as input (dropped), ``background``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
+from prometheus_client import Counter
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -35,7 +45,20 @@ from services.llm.router import (
 )
 from services.llm.schemas import ChatCompletionRequest
 
+if TYPE_CHECKING:
+    from libs.identity import Principal
+    from services.llm.service import LlmService
+
+log = logging.getLogger("aistack.llm.responses")
+
 PREFIX = "/v1/responses"
+
+STORED = Counter(
+    "aistack_llm_responses_stored_total",
+    "Responses of /v1/responses written to the store (ok) or not (error: logged; a later "
+    "previous_response_id to it is a 404)",
+    ["status"],
+)
 
 _ROLES = frozenset({"user", "system", "developer", "assistant"})
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -95,19 +118,20 @@ def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[s
     return out
 
 
-def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
+def item_messages(
+    items: str | list[dict[str, Any]] | None, param: str = "input"
+) -> list[dict[str, Any]]:
+    """Input items (or a response's output items) as chat messages."""
     messages: list[dict[str, Any]] = []
-    if body.instructions:
-        messages.append({"role": "system", "content": body.instructions})
-    if body.input is None:
+    if items is None:
         return messages
-    if isinstance(body.input, str):
-        messages.append({"role": "user", "content": body.input})
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
         return messages
     # function_call items right after an assistant message (or each other) are its tool calls
     open_assistant: dict[str, Any] | None = None
-    for i, item in enumerate(body.input):
-        where = f"input[{i}]"
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
@@ -162,8 +186,8 @@ def _messages(body: ResponsesRequest) -> list[dict[str, Any]]:
             continue  # no chat counterpart; the model reasons anew
         elif kind == "item_reference":
             raise _invalid(
-                f"{where}: item references are not supported (responses are not stored); "
-                "send the item itself",
+                f"{where}: item references are not supported; send the item itself, or "
+                "chain with previous_response_id",
                 f"{where}.type",
                 "unsupported_input",
             )
@@ -241,18 +265,23 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     )
 
 
-def to_chat(body: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat completion request a Responses request amounts to (400 for what cannot be)."""
-    if body.previous_response_id is not None:
-        raise _invalid(
-            "previous_response_id is not supported: aistack does not store responses. Send "
-            "the earlier turns as input items, or keep the history in an aistack "
-            "conversation (conversation_id)",
-            "previous_response_id",
-            "previous_response_not_supported",
-        )
+def to_chat(
+    body: ResponsesRequest,
+    history: list[dict[str, Any]] | None = None,
+    turn: list[dict[str, Any]] | None = None,
+) -> ChatCompletionRequest:
+    """The chat completion request a Responses request amounts to (400 for what cannot be):
+    ``instructions``, then ``history`` (a previous response's), then this turn's input
+    (``turn``: its messages when already translated)."""
+    if turn is None:
+        turn = item_messages(body.input)
+    messages: list[dict[str, Any]] = []
+    if body.instructions:
+        messages.append({"role": "system", "content": body.instructions})
+    messages += history or []
+    messages += turn
     extras = dict(body.model_extra or {})
-    chat: dict[str, Any] = {"model": body.model, "messages": _messages(body)}
+    chat: dict[str, Any] = {"model": body.model, "messages": messages}
     for key, value in extras.items():
         if key in NOT_FORWARDED:
             raise _invalid(
@@ -343,12 +372,12 @@ class Shape:
             "parallel_tool_calls": (
                 True if body.parallel_tool_calls is None else body.parallel_tool_calls
             ),
-            "previous_response_id": None,
+            "previous_response_id": body.previous_response_id,
             "reasoning": {
                 "effort": (body.reasoning or {}).get("effort"),
                 "summary": (body.reasoning or {}).get("summary"),
             },
-            "store": False,
+            "store": body.store is not False,
             "temperature": 1.0 if body.temperature is None else body.temperature,
             "text": text,
             "tool_choice": "auto" if body.tool_choice is None else body.tool_choice,
@@ -467,6 +496,7 @@ class EventStream:
         self.tools: dict[int, int] = {}  # chat tool-call index -> output index
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.final: dict[str, Any] | None = None  # the response object once finished
 
     # framing
 
@@ -655,6 +685,7 @@ class EventStream:
             events += self._close(item_status)
         response = self._response(status, usage_of(self.usage))
         response["incomplete_details"] = incomplete
+        self.final = response
         kind = "response.completed" if status == "completed" else "response.incomplete"
         return [*events, self._event(kind, response=response)]
 
@@ -673,9 +704,15 @@ class EventStream:
         return events
 
 
-async def translate_stream(chunks: AsyncIterator[bytes], shape: Shape) -> AsyncIterator[bytes]:
+async def translate_stream(
+    chunks: AsyncIterator[bytes],
+    shape: Shape,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> AsyncIterator[bytes]:
     """The chat pipeline's SSE bytes as Responses events; closing this closes ``chunks``
-    (and with it the upstream call: a client that leaves cancels it)."""
+    (and with it the upstream call: a client that leaves cancels it). ``on_done`` gets the
+    final response object of a stream that ended well (completed or incomplete), before its
+    last event is sent."""
     events = EventStream(shape)
     started = ended = False
     buffer = b""
@@ -698,7 +735,10 @@ async def translate_stream(chunks: AsyncIterator[bytes], shape: Shape) -> AsyncI
                         yield out
                 if chunk is None:
                     ended = True
-                    for out in events.finish():
+                    finished = events.finish()
+                    if on_done is not None and events.final is not None:
+                        on_done(events.final)
+                    for out in finished:
                         yield out
                 elif "error" in chunk:
                     ended = True
@@ -719,6 +759,132 @@ async def translate_stream(chunks: AsyncIterator[bytes], shape: Shape) -> AsyncI
             await aclose()
 
 
+# ---------------------------------------------------------------------------- storage
+
+# well-formed response ids (ours): only these are worth waiting for
+_RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")
+# another llm process may still be writing a response its client has already chained to
+_CHAIN_RETRIES_S = (0.05, 0.1, 0.2)
+# writes of this process not yet committed, by response id (read-your-writes)
+_pending: dict[str, asyncio.Event] = {}
+
+
+def _not_found(response_id: str, param: str | None = None) -> NotFound:
+    message = f"{'Previous response' if param else 'Response'} with id '{response_id}' not found."
+    details = [{"field": param, "message": message}] if param else None
+    return NotFound(message, code="response_not_found", details=details)
+
+
+def input_items_of(items: str | list[dict[str, Any]] | None, hexid: str) -> list[dict[str, Any]]:
+    """This turn's input in the shape ``GET .../input_items`` lists: items with ids, message
+    contents as parts (reasoning items were dropped, so they are not listed)."""
+    if items is None:
+        return []
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    out: list[dict[str, Any]] = []
+    for i, raw in enumerate(items):
+        item = {k: v for k, v in raw.items() if v is not None}
+        kind = item.setdefault("type", "message")
+        if kind == "reasoning":
+            continue
+        if kind == "message":
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            content = item.get("content")
+            if isinstance(content, str):
+                content = [{"type": part, "text": content}]
+            parts = []
+            for p in content or []:
+                p = dict(p)
+                if p.get("type") == "text":
+                    p["type"] = part
+                if p.get("type") == "output_text":
+                    p.setdefault("annotations", [])
+                if p.get("type") == "input_image":
+                    p.setdefault("detail", "auto")
+                parts.append(p)
+            item["content"] = parts
+            prefix = "msg"
+        else:
+            prefix = {"function_call": "fc", "function_call_output": "fco"}.get(kind, "item")
+        item.setdefault("id", f"{prefix}_{hexid}_in{i}")
+        item.setdefault("status", "completed")
+        out.append(item)
+    return out
+
+
+def _store_later(
+    service: LlmService,
+    principal: Principal,
+    body: ResponsesRequest,
+    history: list[dict[str, Any]],
+    turn: list[dict[str, Any]],
+    response: dict[str, Any],
+) -> None:
+    """Write ``response`` off the response path (a task the service drains at shutdown)."""
+    sessions = service.sessions()
+    response_id = response["id"]
+    if sessions is None:
+        STORED.labels("error").inc()
+        log.warning("response %s not stored: the llm service has no database", response_id)
+        return
+    done = _pending[response_id] = asyncio.Event()
+    org_id = principal.require_org()
+    ttl_days = service.settings.responses_ttl_days
+
+    async def write() -> None:
+        try:
+            # SQLAlchemy and the models load with the first stored response
+            from services.llm import responses_store
+
+            output = item_messages(response.get("output") or [], "output")
+            await responses_store.save(
+                sessions,
+                response=response,
+                org_id=org_id,
+                user_id=principal.user_id,
+                key_id=principal.key_id,
+                input_items=input_items_of(body.input, response_id.removeprefix("resp_")),
+                history=[*history, *turn, *output],
+                ttl_days=ttl_days,
+            )
+            STORED.labels("ok").inc()
+        except Exception:
+            STORED.labels("error").inc()
+            log.exception("response %s could not be stored", response_id)
+        finally:
+            done.set()
+            if _pending.get(response_id) is done:
+                del _pending[response_id]
+
+    service.spawn(write())
+
+
+async def _find(
+    service: LlmService, org_id: uuid.UUID, response_id: str, *, chained: bool = False
+) -> Any:
+    """The stored row (``StoredResponse``), or None. A response this process is still
+    writing is waited for; when ``chained`` (previous_response_id), one another process
+    may be writing is looked up again a few times before it is called unknown."""
+    sessions = service.sessions()
+    if sessions is None or len(response_id) > 80:
+        return None
+    from services.llm import responses_store
+
+    pending = _pending.get(response_id)
+    if pending is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pending.wait(), timeout=10)
+    row = await responses_store.load(sessions, org_id, response_id)
+    if row is None and chained and _RESPONSE_ID.fullmatch(response_id):
+        for delay in _CHAIN_RETRIES_S:
+            await asyncio.sleep(delay)
+            row = await responses_store.load(sessions, org_id, response_id)
+            if row is not None:
+                break
+    return row
+
+
 # ---------------------------------------------------------------------------- routes
 
 router = APIRouter(tags=["llm"], route_class=OpenAIRoute)
@@ -736,32 +902,103 @@ async def create_response(
     service: ServiceDep,
     options: OptionsDep,
 ) -> Response:
-    chat = to_chat(body)
+    org_id = principal.require_org()
+    turn = item_messages(body.input)
+    history: list[dict[str, Any]] = []
+    if body.previous_response_id is not None:
+        previous = await _find(service, org_id, body.previous_response_id, chained=True)
+        if previous is None:
+            raise _not_found(body.previous_response_id, "previous_response_id")
+        history = list(previous.history)
+    chat = to_chat(body, history, turn)
     shape = Shape(body)
     result = await service.chat(principal, chat, options)
+
+    on_done: Callable[[dict[str, Any]], None] | None = None
+    if body.store is not False:
+
+        def on_done(response: dict[str, Any]) -> None:
+            _store_later(service, principal, body, history, turn, response)
+
     if result.stream is not None:
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers}
-        return SSEResponse(translate_stream(result.stream, shape), headers=headers)
+        return SSEResponse(translate_stream(result.stream, shape, on_done), headers=headers)
     assert result.body is not None
-    return Response(
-        orjson.dumps(to_response(result.body, shape)),
-        media_type="application/json",
-        headers=result.headers,
+    response = to_response(result.body, shape)
+    if on_done is not None:
+        on_done(response)
+    return Response(orjson.dumps(response), media_type="application/json", headers=result.headers)
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+@router.get(
+    f"{PREFIX}/{{response_id}}",
+    summary="Retrieve a stored response (one of your organization's, not expired)",
+    response_model=None,
+    responses={200: {"content": {"application/json": {}}}},
+)
+async def get_response(response_id: str, principal: UsePrincipal, service: ServiceDep) -> Response:
+    row = await _find(service, principal.require_org(), response_id)
+    if row is None:
+        raise _not_found(response_id)
+    return _json(row.response)
+
+
+@router.delete(
+    f"{PREFIX}/{{response_id}}",
+    summary="Delete a stored response",
+    response_model=None,
+    responses={200: {"content": {"application/json": {}}}},
+)
+async def delete_response(
+    response_id: str, principal: UsePrincipal, service: ServiceDep
+) -> Response:
+    org_id = principal.require_org()
+    # a response still being written is waited for, so it is deleted rather than left
+    if await _find(service, org_id, response_id) is None:
+        raise _not_found(response_id)
+    from services.llm import responses_store
+
+    if not await responses_store.remove(service.sessions(), org_id, response_id):
+        raise _not_found(response_id)
+    return _json({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+@router.get(
+    f"{PREFIX}/{{response_id}}/input_items",
+    summary="List the input items of a stored response (this turn's, as sent)",
+    response_model=None,
+    responses={200: {"content": {"application/json": {}}}},
+)
+async def list_input_items(
+    response_id: str,
+    principal: UsePrincipal,
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    row = await _find(service, principal.require_org(), response_id)
+    if row is None:
+        raise _not_found(response_id)
+    items: list[dict[str, Any]] = list(row.input_items)
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        at = next((i for i, item in enumerate(items) if item.get("id") == after), None)
+        if at is None:
+            raise _invalid(f"No input item with id '{after}' in this response", "after")
+        items = items[at + 1 :]
+    page = items[:limit]
+    return _json(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
     )
-
-
-def _not_stored(response_id: str) -> NotFound:
-    return NotFound(
-        f"No response found with id '{response_id}': aistack does not store responses",
-        code="response_not_found",
-    )
-
-
-@router.get(f"{PREFIX}/{{response_id}}", summary="Not supported: responses are not stored")
-async def get_response(response_id: str, principal: UsePrincipal) -> Response:
-    raise _not_stored(response_id)
-
-
-@router.delete(f"{PREFIX}/{{response_id}}", summary="Not supported: responses are not stored")
-async def delete_response(response_id: str, principal: UsePrincipal) -> Response:
-    raise _not_stored(response_id)

@@ -76,12 +76,15 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
     stream: bool = False
     store: bool | None = Field(
-        default=None, description="Accepted; aistack does not store responses (store is false)"
+        default=None,
+        description="Keep the response (default true) for GET /v1/responses/{id} and "
+        "previous_response_id, for LLM_RESPONSES_TTL_DAYS; false stores nothing",
     )
     previous_response_id: str | None = Field(
         default=None,
-        description="Not supported (responses are not stored): send the history as input "
-        "items, or use an aistack conversation (conversation_id)",
+        max_length=200,
+        description="A stored response of your organization: its history (inputs and "
+        "outputs, recursively; not its instructions) goes before this input",
     )
 
     @field_validator("metadata")

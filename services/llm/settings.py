@@ -72,6 +72,13 @@ class LlmSettings(ServiceSettings):
         "at shutdown, and are queued to billing once Redis is back",
     )
 
+    responses_ttl_days: int = Field(
+        default=30,
+        ge=1,
+        description="days a stored /v1/responses answer (store, the default) is kept for "
+        "GET and previous_response_id; older ones are invisible and purged by the llm worker",
+    )
+
     # tokens-per-minute limit of an organization (0: unlimited); keys carry their own
     org_tpm_limit: int = 0
     # completion tokens reserved against the TPM limit when a request gives no max_tokens

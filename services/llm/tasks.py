@@ -1,4 +1,5 @@
-"""Background work of the llm service: its worker replays the usage outbox.
+"""Background work of the llm service: its worker replays the usage outbox and purges
+expired stored responses (``llm.responses``, hourly).
 
 An llm process that stopped while Redis was unreachable left its usage events in
 ``llm.usage_outbox`` (see :class:`libs.usage.UsageSender`); the llm worker
@@ -19,6 +20,7 @@ from libs.usage import USAGE_PENDING, UsageOutbox
 log = logging.getLogger("aistack.llm.tasks")
 
 REPLAY_INTERVAL_S = 10.0
+PURGE_INTERVAL_S = 3600.0
 
 
 async def replay_outbox_forever(
@@ -38,14 +40,35 @@ async def replay_outbox_forever(
         await asyncio.sleep(interval_s)
 
 
+async def purge_responses_forever(sessions: Any, interval_s: float = PURGE_INTERVAL_S) -> None:
+    """Delete stored responses past their expiry (``LLM_RESPONSES_TTL_DAYS``), then again
+    every ``interval_s`` (expired ones are invisible already: this only frees the space)."""
+    from services.llm import responses_store
+
+    while True:
+        try:
+            purged = await responses_store.purge(sessions)
+            if purged:
+                log.info("%d expired stored responses purged", purged)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("responses purge failed; next in %.0f s", interval_s, exc_info=True)
+        await asyncio.sleep(interval_s)
+
+
 async def on_startup(ctx: dict[str, Any]) -> None:
     outbox = UsageOutbox("llm", lambda: ctx["session_factory"])
     ctx["usage_outbox_task"] = asyncio.create_task(replay_outbox_forever(outbox, ctx["redis"]))
+    ctx["responses_purge_task"] = asyncio.create_task(
+        purge_responses_forever(ctx["session_factory"])
+    )
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    task: asyncio.Task[None] | None = ctx.get("usage_outbox_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("usage_outbox_task", "responses_purge_task"):
+        task: asyncio.Task[None] | None = ctx.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

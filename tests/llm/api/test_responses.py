@@ -139,7 +139,7 @@ async def test_response_object_echoes_the_request(env: Env) -> None:
     assert data["instructions"] == "Be brief."
     assert (data["temperature"], data["top_p"], data["max_output_tokens"]) == (0.2, 0.9, 50)
     assert data["metadata"] == {"ticket": "42"} and data["user"] == "u-1"
-    assert data["store"] is False  # not stored, whatever was asked
+    assert data["store"] is True
     assert data["tools"][0]["name"] == "get_weather"
     assert data["tool_choice"] == {"type": "function", "name": "get_weather"}
     assert data["parallel_tool_calls"] is False
@@ -533,11 +533,6 @@ async def test_unknown_model_is_404(env: Env) -> None:
             "text.format.name",
             "invalid_request",
         ),
-        (
-            {"model": "default", "input": "Hi", "previous_response_id": "resp_abc"},
-            "previous_response_id",
-            "previous_response_not_supported",
-        ),
         ({"model": "default", "input": "Hi", "n": 2}, "n", "unsupported_parameter"),
     ],
 )
@@ -560,7 +555,7 @@ async def test_sdk_raises_bad_request_for_unsupported_tools(env: Env) -> None:
         )
     err = _error(info.value)
     assert err["code"] == "unsupported_tool_type" and "web_search" in err["message"]
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.NotFoundError):
         await env.client.responses.create(
             model="default", input="Hi", previous_response_id="resp_123", stream=True
         )
@@ -576,7 +571,7 @@ async def test_upstream_failure_before_the_stream(env: Env) -> None:
     assert [u["status"] for u in await env.usage_events()] == ["error"]
 
 
-async def test_stored_responses_are_not_found(env: Env) -> None:
+async def test_unknown_responses_are_not_found(env: Env) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         await env.client.responses.retrieve("resp_123")
     assert _error(info.value)["code"] == "response_not_found"

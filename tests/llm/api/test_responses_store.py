@@ -1,0 +1,316 @@
+"""Stored responses of ``/v1/responses``: ``store``, ``previous_response_id``, ``GET``/``DELETE
+/v1/responses/{id}`` and ``.../input_items``, driven by the real ``openai`` SDK against the llm
+app (PostgreSQL for the store) in front of a fake OpenAI upstream that records requests."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import openai
+import pytest
+from openai.types.responses import Response
+from sqlalchemy import text
+
+from libs.testing import auth_headers, principal
+from services.llm import responses_store
+from services.llm.responses import STORED
+from tests.llm.api.conftest import Env
+from tests.llm.api.test_responses import WEATHER, raw_events, upstream_body
+from tests.llm.fakes.vendor_common import ToolCall
+
+
+def _error(exc: openai.APIStatusError) -> dict[str, Any]:
+    err: dict[str, Any] = exc.response.json()["error"]
+    assert {"message", "type", "param", "code"} <= set(err)
+    return err
+
+
+def _texts(page: Any) -> list[tuple[str, str]]:
+    """(role, first text) of listed message items, from their wire shape."""
+    out = []
+    for item in page.data:
+        d = item.model_dump()
+        out.append((d["role"], d["content"][0]["text"]))
+    return out
+
+
+def _stored(resp: Response) -> Any:
+    return (resp.model_extra or {}).get("store", getattr(resp, "store", None))
+
+
+async def _sql(env: Env, sql: str, **params: Any) -> Any:
+    async with env.app.state.session_factory() as session:
+        result = await session.execute(text(sql), params)
+        await session.commit()
+        return result
+
+
+async def test_two_turn_chain_sends_the_history_upstream(env: Env) -> None:
+    env.primary.behavior.reply.text = "Paris."
+    first = await env.client.responses.create(
+        model="default", instructions="Answer in one word.", input="Capital of France?"
+    )
+    assert _stored(first) is True and first.previous_response_id is None
+    # chained at once, without waiting: the write of this process is waited for
+    env.primary.behavior.reply.text = "Berlin."
+    second = await env.client.responses.create(
+        model="default",
+        instructions="Be terse.",
+        input="And of Germany?",
+        previous_response_id=first.id,
+    )
+    assert second.output_text == "Berlin."
+    assert second.previous_response_id == first.id and second.id != first.id
+    # the first turn's messages, not its instructions (OpenAI's rule)
+    assert upstream_body(env)["messages"] == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Germany?"},
+    ]
+    # a third turn gets both earlier ones, through the second alone
+    env.primary.behavior.reply.text = "Rome."
+    await env.client.responses.create(
+        model="default",
+        input=[{"role": "user", "content": "Italy?"}],
+        previous_response_id=second.id,
+    )
+    assert upstream_body(env)["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Germany?"},
+        {"role": "assistant", "content": "Berlin."},
+        {"role": "user", "content": "Italy?"},
+    ]
+    # each turn bills as one chat call
+    assert len(await env.usage_events()) == 3
+
+
+async def test_retrieve_input_items_delete(env: Env) -> None:
+    created = await env.client.responses.create(
+        model="default",
+        input=[
+            {"role": "developer", "content": "Be kind."},
+            {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "How are you?"},
+        ],
+        metadata={"ticket": "7"},
+    )
+    got = await env.client.responses.retrieve(created.id)
+    assert got.model_dump() == created.model_dump()
+    # the stored object as sent, strictly a Responses ``Response``
+    resp = await env.http.get(f"/v1/responses/{created.id}", headers=auth_headers(env.principal))
+    assert resp.status_code == 200
+    Response.model_validate(resp.json())
+    assert resp.json()["metadata"] == {"ticket": "7"} and resp.json()["store"] is True
+
+    page = await env.client.responses.input_items.list(created.id)
+    # newest first by default, as OpenAI lists them
+    assert _texts(page) == [
+        ("user", "How are you?"),
+        ("assistant", "Hello!"),
+        ("user", "Hi"),
+        ("developer", "Be kind."),
+    ]
+    assert page.data[1].model_dump()["content"][0]["type"] == "output_text"
+    assert len({i.id for i in page.data}) == 4
+    first = await env.client.responses.input_items.list(created.id, order="asc", limit=3)
+    assert [t for _, t in _texts(first)] == ["Be kind.", "Hi", "Hello!"]
+    wire = first.model_extra or {}
+    assert first.has_more is True and wire["last_id"] == first.data[-1].id
+    assert wire["first_id"] == first.data[0].id
+    rest = await env.client.responses.input_items.list(
+        created.id, order="asc", limit=3, after=wire["last_id"]
+    )
+    assert _texts(rest) == [("user", "How are you?")]
+    assert rest.has_more is False
+    # the SDK's auto-pagination walks the pages
+    walked = [i.id async for i in env.client.responses.input_items.list(created.id, limit=1)]
+    assert walked == [i.id for i in page.data]
+
+    await env.client.responses.delete(created.id)  # the wire body is checked below
+    with pytest.raises(openai.NotFoundError) as info:
+        await env.client.responses.retrieve(created.id)
+    err = _error(info.value)
+    assert err["code"] == "response_not_found" and created.id in err["message"]
+    with pytest.raises(openai.NotFoundError):
+        await env.client.responses.input_items.list(created.id)
+    with pytest.raises(openai.NotFoundError) as info:
+        await env.client.responses.create(
+            model="default", input="More", previous_response_id=created.id
+        )
+    err = _error(info.value)
+    assert (err["code"], err["param"]) == ("response_not_found", "previous_response_id")
+    assert created.id in err["message"]
+
+    other = await env.client.responses.create(model="default", input="x")
+    resp = await env.http.delete(f"/v1/responses/{other.id}", headers=auth_headers(env.principal))
+    assert resp.status_code == 200
+    assert resp.json() == {"id": other.id, "object": "response.deleted", "deleted": True}
+    resp = await env.http.delete(f"/v1/responses/{other.id}", headers=auth_headers(env.principal))
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "response_not_found"
+
+
+async def test_another_organizations_response_is_not_found(env: Env) -> None:
+    mine = await env.client.responses.create(model="default", input="Secret plan")
+    stranger = env.sdk(principal(key_id=uuid.uuid4()))
+    calls_before = env.primary.chat_calls
+    with pytest.raises(openai.NotFoundError):
+        await stranger.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        await stranger.responses.input_items.list(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        await stranger.responses.delete(mine.id)
+    with pytest.raises(openai.NotFoundError) as info:
+        await stranger.responses.create(model="default", input="x", previous_response_id=mine.id)
+    assert _error(info.value)["param"] == "previous_response_id"
+    assert env.primary.chat_calls == calls_before
+    # still there for its owner; another key of the same organization sees it too
+    assert (await env.client.responses.retrieve(mine.id)).id == mine.id
+    colleague = env.sdk(principal(org_id=env.principal.org_id, key_id=uuid.uuid4()))
+    assert (await colleague.responses.retrieve(mine.id)).id == mine.id
+
+
+async def test_store_false_stores_nothing(env: Env) -> None:
+    resp = await env.client.responses.create(model="default", input="Hi", store=False)
+    assert _stored(resp) is False
+    await env.service.drain()
+    with pytest.raises(openai.NotFoundError):
+        await env.client.responses.retrieve(resp.id)
+    with pytest.raises(openai.NotFoundError) as info:
+        await env.client.responses.create(model="default", input="x", previous_response_id=resp.id)
+    assert _error(info.value)["code"] == "response_not_found"
+    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=resp.id)
+    assert count.scalar() == 0
+
+
+async def test_streamed_response_is_stored_and_chainable(env: Env) -> None:
+    env.primary.behavior.reply.text = "Streamed answer"
+    events = await raw_events(env, {"model": "default", "input": "Tell me"})
+    completed = events[-1]
+    assert completed["type"] == "response.completed"
+    final = completed["response"]
+    assert final["store"] is True
+    got = await env.client.responses.retrieve(final["id"])
+    assert got.output_text == "Streamed answer"
+    assert got.model_dump(exclude_none=True) == Response.model_validate(final).model_dump(
+        exclude_none=True
+    )
+    # chained from a streamed turn, itself streamed through the SDK helper
+    env.primary.behavior.reply.text = "Second"
+    async with env.client.responses.stream(
+        model="default", input="Go on", previous_response_id=final["id"]
+    ) as stream:
+        second = await stream.get_final_response()
+    assert second.previous_response_id == final["id"]
+    assert upstream_body(env)["messages"] == [
+        {"role": "user", "content": "Tell me"},
+        {"role": "assistant", "content": "Streamed answer"},
+        {"role": "user", "content": "Go on"},
+    ]
+    assert (await env.client.responses.retrieve(second.id)).output_text == "Second"
+
+
+async def test_tool_call_chain(env: Env) -> None:
+    """The agent loop: a function call, then only its output with previous_response_id."""
+    env.primary.behavior.reply.tool_calls = [ToolCall("get_weather", {"city": "Paris"})]
+    env.primary.behavior.reply.text = ""
+    first = await env.client.responses.create(
+        model="default", input="Weather in Paris?", tools=[WEATHER]
+    )
+    [call] = first.output
+    assert call.type == "function_call"
+    env.primary.behavior.reply.tool_calls = []
+    env.primary.behavior.reply.text = "It is 21 degrees."
+    second = await env.client.responses.create(
+        model="default",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"t": 21}'}],
+        tools=[WEATHER],
+    )
+    assert second.output_text == "It is 21 degrees."
+    assert upstream_body(env)["messages"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": call.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.call_id, "content": '{"t": 21}'},
+    ]
+    items = await env.client.responses.input_items.list(second.id)
+    [item] = items.data
+    assert item.type == "function_call_output" and item.call_id == call.call_id
+    assert json.loads(item.output) == {"t": 21}  # type: ignore[arg-type]
+
+
+async def test_expired_responses_are_invisible_and_purged(env: Env) -> None:
+    old = await env.client.responses.create(model="default", input="Old")
+    fresh = await env.client.responses.create(model="default", input="Fresh")
+    await env.service.drain()
+    ttl = await _sql(
+        env,
+        "SELECT extract(epoch FROM expires_at - created_at) FROM llm.responses WHERE id = :id",
+        id=fresh.id,
+    )
+    assert ttl.scalar() == 30 * 86400  # LLM_RESPONSES_TTL_DAYS
+    await _sql(
+        env,
+        "UPDATE llm.responses SET expires_at = now() - interval '1 second' WHERE id = :id",
+        id=old.id,
+    )
+    with pytest.raises(openai.NotFoundError):
+        await env.client.responses.retrieve(old.id)
+    with pytest.raises(openai.NotFoundError):
+        await env.client.responses.create(model="default", input="x", previous_response_id=old.id)
+    assert await responses_store.purge(env.app.state.session_factory) >= 1
+    left = await _sql(
+        env, "SELECT id FROM llm.responses WHERE id IN (:a, :b)", a=old.id, b=fresh.id
+    )
+    assert [r[0] for r in left] == [fresh.id]
+
+
+async def test_a_failed_write_is_counted_and_the_answer_unharmed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("database went away")
+
+    monkeypatch.setattr(responses_store, "save", broken)
+    errors = STORED.labels("error")._value.get()
+    resp = await env.client.responses.create(model="default", input="Hi")
+    assert resp.output_text and _stored(resp) is True
+    await env.service.drain()
+    assert STORED.labels("error")._value.get() == errors + 1
+    monkeypatch.undo()
+    with pytest.raises(openai.NotFoundError) as info:
+        await env.client.responses.create(model="default", input="x", previous_response_id=resp.id)
+    assert _error(info.value)["code"] == "response_not_found"
+
+
+async def test_idempotent_replay_keeps_one_stored_response(env: Env) -> None:
+    headers = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
+    first = await env.client.responses.create(model="default", input="Hi", extra_headers=headers)
+    again = await env.client.responses.create(model="default", input="Hi", extra_headers=headers)
+    assert again.id == first.id
+    await env.service.drain()
+    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=first.id)
+    assert count.scalar() == 1
+
+
+async def test_openapi_lists_the_routes(env: Env) -> None:
+    paths = (await env.http.get("/openapi.json")).json()["paths"]
+    assert {"get", "delete"} <= set(paths["/v1/responses/{response_id}"])
+    assert "get" in paths["/v1/responses/{response_id}/input_items"]
+    params = {
+        p["name"] for p in paths["/v1/responses/{response_id}/input_items"]["get"]["parameters"]
+    }
+    assert {"limit", "order", "after"} <= params

@@ -125,10 +125,45 @@ async def test_credentials_and_errors_in_openai_shape(gw: Stack) -> None:
     assert gw.upstream.chat_calls == 0
 
 
+async def test_stored_responses_through_the_gateway(gw: Stack) -> None:
+    key, _ = gw.auth.add_api_key()
+    client = gw.sdk(key)
+    gw.upstream.behavior.reply.text = "Paris."
+    first = await client.responses.create(model="default", input="Capital of France?")
+    # chained at once, over real sockets: the first turn is read back, not a 404
+    gw.upstream.behavior.reply.text = "Berlin."
+    second = await client.responses.create(
+        model="default", input="And Germany?", previous_response_id=first.id
+    )
+    chats = [r for r in gw.upstream.behavior.requests if r["path"].endswith("/chat/completions")]
+    assert chats[-1]["json"]["messages"] == [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And Germany?"},
+    ]
+    assert (await client.responses.retrieve(second.id)).output_text == "Berlin."
+    items = await client.responses.input_items.list(second.id)
+    assert [i.model_dump()["content"][0]["text"] for i in items.data] == ["And Germany?"]
+
+    stranger_key, _ = gw.auth.add_api_key()  # another organization
+    with pytest.raises(openai.NotFoundError) as info:
+        await gw.sdk(stranger_key).responses.retrieve(second.id)
+    assert info.value.response.json()["error"]["code"] == "response_not_found"
+    no_scope, _ = gw.auth.add_api_key(scopes=["jobs:read"])
+    with pytest.raises(openai.PermissionDeniedError):
+        await gw.sdk(no_scope).responses.retrieve(second.id)
+
+    await client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.retrieve(second.id)
+
+
 async def test_openapi_document_lists_the_route(gw: Stack) -> None:
     async with httpx.AsyncClient(base_url=gw.gateway) as client:
         doc = (await client.get("/openapi.json")).json()
     assert "post" in doc["paths"]["/v1/responses"]
+    assert {"get", "delete"} <= set(doc["paths"]["/v1/responses/{response_id}"])
+    assert "get" in doc["paths"]["/v1/responses/{response_id}/input_items"]
     assert "ResponsesRequest" in doc["components"]["schemas"]
 
 

@@ -4,6 +4,7 @@ app (PostgreSQL for the store) in front of a fake OpenAI upstream that records r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -314,3 +315,52 @@ async def test_openapi_lists_the_routes(env: Env) -> None:
         p["name"] for p in paths["/v1/responses/{response_id}/input_items"]["get"]["parameters"]
     }
     assert {"limit", "order", "after"} <= params
+
+
+async def test_chaining_waits_for_a_write_still_in_flight(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next turn may arrive before the previous one is written: in this process the
+    write is waited for; one another process is writing is looked up again briefly."""
+    real_save = responses_store.save
+
+    async def slow_save(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.3)
+        await real_save(*args, **kwargs)
+
+    monkeypatch.setattr(responses_store, "save", slow_save)
+    first = await env.client.responses.create(model="default", input="One")
+    second = await env.client.responses.create(
+        model="default", input="Two", previous_response_id=first.id
+    )
+    assert second.previous_response_id == first.id
+    assert [m["content"] for m in upstream_body(env)["messages"]] == [
+        "One",
+        "Hello there, how can I help?",
+        "Two",
+    ]
+    monkeypatch.undo()
+
+    # another process's write, landing 0.1 s after the chained request arrives
+    other_id = "resp_" + uuid.uuid4().hex
+    org_id = env.principal.org_id
+    assert org_id is not None
+
+    async def other_process() -> None:
+        await asyncio.sleep(0.1)
+        response = (await env.client.responses.retrieve(first.id)).model_dump()
+        await responses_store.save(
+            env.app.state.session_factory,
+            response={**response, "id": other_id},
+            org_id=org_id,
+            user_id=None,
+            key_id=None,
+            input_items=[],
+            history=[{"role": "user", "content": "From elsewhere"}],
+            ttl_days=1,
+        )
+
+    writer = asyncio.create_task(other_process())
+    await env.client.responses.create(model="default", input="Three", previous_response_id=other_id)
+    await writer
+    assert [m["content"] for m in upstream_body(env)["messages"]] == ["From elsewhere", "Three"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +13,7 @@ from fastapi import FastAPI
 from libs.app import create_app
 from libs.db import session_scope
 from libs.storage_errors import install_storage_error_handlers
+from services.auth.revocations import replay_forever
 from services.auth.router import router
 from services.auth.service import publish_flag_definitions
 from services.auth.settings import AuthSettings, get_settings
@@ -32,13 +35,26 @@ async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+@asynccontextmanager
+async def revocation_replay(app: FastAPI) -> AsyncIterator[None]:
+    """Announce session revocations that Redis missed (services/auth/revocations.py)."""
+    # the process's own database (tests swap the request sessions' factory afterwards)
+    task = asyncio.create_task(replay_forever(app.state.session_factory, app.state.redis))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def build_app(settings: AuthSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = create_app(
         service="auth",
         settings=settings,
         routers=[router],
-        resources=[flag_definitions],
+        resources=[flag_definitions, revocation_replay],
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
     )

@@ -222,3 +222,20 @@ class Identity(IdMixin, Base):
     email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[datetime] = _now_col()
     last_login_at: Mapped[datetime] = _now_col()
+
+
+class PendingRevocation(Base):
+    """A session revocation not yet announced in Redis (its session-revoked marker and
+    message): the outbox that makes a logout during a Redis outage reach the gateways once
+    Redis is back (services/auth/revocations.py). Written in the transaction that ends the
+    session; deleted once announced. No foreign key: the marker must go out even if the
+    session row is gone by then."""
+
+    __tablename__ = "pending_revocations"
+
+    session_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    # when the session's last access token has expired: no marker is needed after that
+    marker_expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )

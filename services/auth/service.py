@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.context import get_request_id
-from libs.db import after_commit, commit
+from libs.db import after_commit, commit, rollback
 from libs.errors import (
     AppError,
     BadRequest,
@@ -44,7 +44,7 @@ from libs.identity import Principal
 from libs.permissions import ROLE_RANK, ROLE_SCOPES, Role
 from libs.ratelimit import hit, hit_many
 from libs.redis import RedisUnavailable, guard_for
-from services.auth import mail, oauth
+from services.auth import mail, oauth, revocations
 from services.auth.models import (
     ApiKey,
     AuditEvent,
@@ -102,8 +102,8 @@ log = logging.getLogger("aistack.auth")
 # Redis contracts shared with the gateway
 APIKEY_CACHE_PREFIX = "aistack:apikey:"
 APIKEY_REVOKED_CHANNEL = "aistack:apikey:revoked"
-SESSION_REVOKED_PREFIX = "aistack:auth:session-revoked:"
-SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
+SESSION_REVOKED_PREFIX = revocations.SESSION_REVOKED_PREFIX
+SESSION_REVOKED_CHANNEL = revocations.SESSION_REVOKED_CHANNEL
 _LOGIN_FAIL = "aistack:auth:login-fail:"
 _APIKEY_USED = "aistack:auth:apikey-used:"
 # a hung Redis must not hold an introspection past the gateway's auth timeout (2 s)
@@ -293,29 +293,40 @@ class AuthService:
         row.used_at = utcnow()
         return row
 
-    def _revoked_sessions_published(self, session_ids: list[uuid.UUID]) -> None:
-        """After commit, tell gateways these sessions ended (their access tokens die early)."""
+    async def _revoked_sessions_published(self, session_ids: list[uuid.UUID]) -> None:
+        """Tell gateways these sessions ended (their access tokens die early): recorded in
+        this transaction, announced after the commit, replayed if Redis misses it
+        (services/auth/revocations.py)."""
         if not session_ids:
             return
-        ttl = self.settings.access_token_ttl + 60
-        redis = self.redis
+        ttl = revocations.marker_ttl(self.settings.access_token_ttl)
+        await revocations.record(self.session, session_ids, utcnow(), ttl)
+        redis, session = self.redis, self.session
 
         async def hook() -> None:
             try:
-                pipe = redis.pipeline(transaction=False)
-                for sid in session_ids:
-                    pipe.set(f"{SESSION_REVOKED_PREFIX}{sid}", b"1", ex=ttl)
-                    pipe.publish(SESSION_REVOKED_CHANNEL, str(sid))
-                await pipe.execute()
+                await revocations.announce(redis, [(sid, ttl) for sid in session_ids])
+            except Exception as exc:
+                log.warning(
+                    "%d revoked sessions not announced yet (%s); kept in "
+                    "auth.pending_revocations and announced when Redis is back",
+                    len(session_ids),
+                    exc,
+                )
+                return
+            try:
+                await revocations.announced(session, session_ids)
             except Exception:
-                log.warning("could not publish %d revoked sessions", len(session_ids))
+                # announced already; the replay sends it once more and drops the rows
+                log.warning("could not clear %d pending revocations", len(session_ids))
+                await rollback(session)
 
         after_commit(self.session, hook)
 
     async def _end_sessions(self, sessions: list[AuthSession], reason: str) -> None:
         live = [s for s in sessions if s.revoked_at is None]
         await self.sessions.revoke(live, utcnow(), reason)
-        self._revoked_sessions_published([s.id for s in live])
+        await self._revoked_sessions_published([s.id for s in live])
 
     async def _end_sessions_in_org(self, user_id: uuid.UUID, org_id: uuid.UUID, reason: str) -> int:
         """End the sessions whose tokens carry a membership that just shrank or ended.

@@ -1,8 +1,10 @@
-"""Background job functions of the auth service: outgoing email over SMTP, nightly cleanup."""
+"""Background work of the auth service: outgoing email over SMTP, nightly cleanup, and the
+replay of session revocations Redis missed (services/auth/revocations.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -18,6 +20,7 @@ from libs.db import session_scope
 from libs.queue import JobContext, job
 from services.auth.mail import SEND_EMAIL
 from services.auth.models import AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
+from services.auth.revocations import replay_forever
 from services.auth.security import Cipher
 from services.auth.settings import AuthSettings, get_settings
 
@@ -93,6 +96,20 @@ async def cleanup(ctx: JobContext) -> dict[str, int]:
     counts = await cleanup_expired(ctx.state["session_factory"])
     log.info("cleanup: %s", counts)
     return counts
+
+
+async def on_startup(ctx: dict[str, Any]) -> None:
+    ctx["revocation_replay_task"] = asyncio.create_task(
+        replay_forever(ctx["session_factory"], ctx["redis"])
+    )
+
+
+async def on_shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.get("revocation_replay_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 functions = [send_email, cleanup]

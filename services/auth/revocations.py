@@ -1,0 +1,162 @@
+"""Session revocations reach every gateway, even when Redis is down at the moment they happen.
+
+Gateways learn that a session ended (logout, logout everywhere, password change or reset,
+a shrunk or ended membership, a reused refresh token, a claimed account) from Redis: the
+marker ``aistack:auth:session-revoked:<sid>`` (kept for the access tokens' lifetime) and a
+message on ``aistack:auth:session-revoked`` (gateway/revocations.py). Both used to be written
+once, after the commit, and dropped when Redis did not answer: a session ended during an
+outage became usable again when Redis came back, until its access token expired.
+
+Now PostgreSQL holds the truth (``auth.sessions.revoked_at``) and, in the same transaction,
+one ``auth.pending_revocations`` row per ended session (an outbox). After the commit the
+announcement is tried at once (through the Redis guard: 250 ms at most when Redis hangs,
+nothing when it is known down); when it went out, the rows are deleted. Rows left behind
+(Redis down or hung, the process died between commit and announcement) are announced by
+:func:`replay_forever`, which runs in every auth process and in the auth worker: once a
+second, and at once when this process's Redis guard sees Redis come back. The logout itself
+never fails for Redis: it answers 204 once PostgreSQL has the revocation.
+
+Replays are idempotent (the same marker set again, the same message sent again) and spread
+over processes with ``FOR UPDATE SKIP LOCKED``. A marker replayed late lives only until the
+session's last access token expires; a row whose tokens have all expired is dropped unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.db import session_scope
+from libs.redis import guard_for
+from services.auth.models import PendingRevocation
+
+log = logging.getLogger("aistack.auth.revocations")
+
+# Redis contract with the gateway (gateway/revocations.py)
+SESSION_REVOKED_PREFIX = "aistack:auth:session-revoked:"
+SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
+
+REPLAY_INTERVAL_S = 1.0
+REPLAY_BATCH = 500
+# the marker outlives the access tokens a little (clock skew between processes)
+MARKER_MARGIN_S = 60
+
+
+def marker_ttl(access_token_ttl: int) -> int:
+    return access_token_ttl + MARKER_MARGIN_S
+
+
+async def record(
+    session: AsyncSession, session_ids: Sequence[uuid.UUID], now: datetime, ttl: int
+) -> None:
+    """In the transaction that ends the sessions: remember to announce them."""
+    if not session_ids:
+        return
+    expires = now + timedelta(seconds=ttl)
+    stmt = insert(PendingRevocation).values(
+        [{"session_id": sid, "marker_expires_at": expires} for sid in session_ids]
+    )
+    await session.execute(stmt.on_conflict_do_nothing(index_elements=["session_id"]))
+
+
+async def announce(redis: Redis, items: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Set each session's marker (``ttl`` seconds) and tell every gateway; raises if Redis
+    did not take them all (``libs.redis.RedisUnavailable`` when it is down or hung)."""
+    pipe = redis.pipeline(transaction=False)
+    for sid, ttl in items:
+        pipe.set(f"{SESSION_REVOKED_PREFIX}{sid}", b"1", ex=ttl)
+        pipe.publish(SESSION_REVOKED_CHANNEL, str(sid))
+    await guard_for(redis).run("auth_session_revoked", pipe.execute())
+
+
+async def announced(session: AsyncSession, session_ids: Sequence[uuid.UUID]) -> None:
+    """After :func:`announce` succeeded: these need no replay (commits ``session``)."""
+    await session.execute(
+        delete(PendingRevocation).where(PendingRevocation.session_id.in_(list(session_ids)))
+    )
+    await session.commit()
+
+
+async def replay(
+    session_factory: Callable[[], AsyncSession], redis: Redis, now: datetime | None = None
+) -> int:
+    """Announce every pending revocation; how many markers were written. Raises when Redis
+    does not take them (the rows stay for the next try)."""
+    total = 0
+    while True:
+        now_ = now or datetime.now(UTC)
+        async with session_scope(session_factory) as session:  # type: ignore[arg-type]
+            rows = (
+                await session.execute(
+                    select(PendingRevocation.session_id, PendingRevocation.marker_expires_at)
+                    .order_by(PendingRevocation.created_at)
+                    .limit(REPLAY_BATCH)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return total
+            live = [
+                (sid, math.ceil((expires - now_).total_seconds()))
+                for sid, expires in rows
+                if expires > now_
+            ]
+            if live:
+                await announce(redis, live)
+            await session.execute(
+                delete(PendingRevocation).where(
+                    PendingRevocation.session_id.in_([sid for sid, _ in rows])
+                )
+            )
+        total += len(live)
+        if len(rows) < REPLAY_BATCH:
+            return total
+
+
+async def replay_forever(
+    session_factory: Callable[[], Any], redis: Redis, interval_s: float = REPLAY_INTERVAL_S
+) -> None:
+    """Replay pending revocations every ``interval_s``, and at once when Redis comes back."""
+    guard = guard_for(redis)
+    failing = False
+    while True:
+        try:
+            sent = await replay(session_factory, redis)
+            if sent:
+                log.warning("announced %d session revocations that Redis missed", sent)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not failing:
+                log.warning("pending session revocations not announced yet (%s); retrying", exc)
+            failing = True
+        if failing and not guard.up:
+            # the guard's probe hears Redis first: replay right then, before the next tick
+            await guard.wait_up(interval_s)
+            if guard.up:
+                continue
+        else:
+            await asyncio.sleep(interval_s)
+
+
+__all__ = [
+    "SESSION_REVOKED_CHANNEL",
+    "SESSION_REVOKED_PREFIX",
+    "announce",
+    "announced",
+    "marker_ttl",
+    "record",
+    "replay",
+    "replay_forever",
+]

@@ -12,8 +12,8 @@ one ``auth.pending_revocations`` row per ended session (an outbox). After the co
 announcement is tried at once (through the Redis guard: 250 ms at most when Redis hangs,
 nothing when it is known down); when it went out, the rows are deleted. Rows left behind
 (Redis down or hung, the process died between commit and announcement) are announced by
-:func:`replay_forever`, which runs in every auth process and in the auth worker: once a
-second, and at once when this process's Redis guard sees Redis come back. The logout itself
+:func:`replay_forever`, which runs in every auth process and in the auth worker and asks
+Redis itself once a second: within about a second of Redis answering again. The logout itself
 never fails for Redis: it answers 204 once PostgreSQL has the revocation.
 
 Replays are idempotent (the same marker set again, the same message sent again) and spread
@@ -48,6 +48,7 @@ SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
 
 REPLAY_INTERVAL_S = 1.0
 REPLAY_BATCH = 500
+REPLAY_DEADLINE_S = 2.0
 # the marker outlives the access tokens a little (clock skew between processes)
 MARKER_MARGIN_S = 60
 
@@ -69,14 +70,21 @@ async def record(
     await session.execute(stmt.on_conflict_do_nothing(index_elements=["session_id"]))
 
 
-async def announce(redis: Redis, items: Sequence[tuple[uuid.UUID, int]]) -> None:
+async def announce(
+    redis: Redis, items: Sequence[tuple[uuid.UUID, int]], deadline_s: float | None = None
+) -> None:
     """Set each session's marker (``ttl`` seconds) and tell every gateway; raises if Redis
-    did not take them all (``libs.redis.RedisUnavailable`` when it is down or hung)."""
+    did not take them all. Through the Redis guard (the request path: its short deadline,
+    skipped while Redis is marked down), or with ``deadline_s`` asking Redis itself."""
     pipe = redis.pipeline(transaction=False)
     for sid, ttl in items:
         pipe.set(f"{SESSION_REVOKED_PREFIX}{sid}", b"1", ex=ttl)
         pipe.publish(SESSION_REVOKED_CHANNEL, str(sid))
-    await guard_for(redis).run("auth_session_revoked", pipe.execute())
+    if deadline_s is None:
+        await guard_for(redis).run("auth_session_revoked", pipe.execute())
+        return
+    async with asyncio.timeout(deadline_s):
+        await pipe.execute()
 
 
 async def announced(session: AsyncSession, session_ids: Sequence[uuid.UUID]) -> None:
@@ -112,7 +120,10 @@ async def replay(
                 if expires > now_
             ]
             if live:
-                await announce(redis, live)
+                # not through the guard: the replay asks Redis itself every round, so it
+                # announces within a round of Redis answering, before most gateways' own
+                # probes (every 2 s) have even noticed
+                await announce(redis, live, deadline_s=REPLAY_DEADLINE_S)
             await session.execute(
                 delete(PendingRevocation).where(
                     PendingRevocation.session_id.in_([sid for sid, _ in rows])
@@ -126,8 +137,7 @@ async def replay(
 async def replay_forever(
     session_factory: Callable[[], Any], redis: Redis, interval_s: float = REPLAY_INTERVAL_S
 ) -> None:
-    """Replay pending revocations every ``interval_s``, and at once when Redis comes back."""
-    guard = guard_for(redis)
+    """Announce pending revocations every ``interval_s`` until cancelled."""
     failing = False
     while True:
         try:
@@ -141,13 +151,7 @@ async def replay_forever(
             if not failing:
                 log.warning("pending session revocations not announced yet (%s); retrying", exc)
             failing = True
-        if failing and not guard.up:
-            # the guard's probe hears Redis first: replay right then, before the next tick
-            await guard.wait_up(interval_s)
-            if guard.up:
-                continue
-        else:
-            await asyncio.sleep(interval_s)
+        await asyncio.sleep(interval_s)
 
 
 __all__ = [

@@ -34,6 +34,14 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
+def redis_ready(host: str, port: int) -> bool:
+    """True when a Redis on host:port answers PING (not while it loads its data: LOADING)."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+    return False
+
+
 def _pid_alive(pid: int) -> bool:
     """The process exists and has not exited (an unreaped zombie has)."""
     try:
@@ -266,7 +274,9 @@ class EmbeddedRedis:
             start_new_session=True,
         )
         deadline = time.monotonic() + 20
-        while not port_open(self.host, self.port):
+        # ready once it answers, not once it listens: it refuses commands while it loads its
+        # append-only file (a restart with data), and callers start using it at once
+        while not redis_ready(self.host, self.port):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
             if time.monotonic() > deadline:

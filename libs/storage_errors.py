@@ -13,9 +13,11 @@ Other database errors (a constraint violation nobody handled, a bad query) stay 
 from __future__ import annotations
 
 import logging
+import sys
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from libs.errors import error_response, wants_openai
 
@@ -46,6 +48,10 @@ def outage_of(exc: BaseException) -> str | None:
 
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError):
         return "redis"
+    if "sqlalchemy" not in sys.modules:
+        # an app that loads SQLAlchemy late (the llm) and has not: not a database error, and
+        # asking must not load it
+        return None
     from sqlalchemy import exc as sa_errors
 
     if isinstance(exc, sa_errors.OperationalError):
@@ -87,6 +93,18 @@ def data_error_response(request: Request, exc: Exception) -> Response:
         [{"field": "body", "message": reason, "type": "invalid_value"}],
         openai=wants_openai(request.scope),
     )
+
+
+def unhandled_outage_response(scope: Scope, exc: BaseException) -> Response | None:
+    """For code that answers an unhandled exception itself (ObservabilityMiddleware, hot
+    routes): the 503 when ``exc`` says PostgreSQL or Redis is unreachable, else None (a 500)."""
+    dependency = outage_of(exc)
+    if dependency is None:
+        return None
+    log.warning(
+        "%s %s: %s unavailable (%s)", scope.get("method"), scope.get("path"), dependency, exc
+    )
+    return outage_response(Request(scope), dependency)
 
 
 def install_storage_error_handlers(app: FastAPI) -> None:

@@ -208,16 +208,22 @@ class ObservabilityMiddleware:
             # carries the request id, in the body and the header
             status = 500
             span.record_exception(exc)
-            log.error("unhandled exception on %s %s", method, path, exc_info=exc)
+            from libs.storage_errors import unhandled_outage_response
+
+            # PostgreSQL or Redis unreachable where no handler caught it: 503, not a bug
+            resp = unhandled_outage_response(scope, exc)
+            if resp is None:
+                log.error("unhandled exception on %s %s", method, path, exc_info=exc)
             if started:
                 raise
-            from libs.errors import error_response, wants_openai
+            if resp is None:
+                from libs.errors import error_response, wants_openai
 
-            resp = error_response(
-                500, "internal_error", "Internal server error", openai=wants_openai(scope)
-            )
+                resp = error_response(
+                    500, "internal_error", "Internal server error", openai=wants_openai(scope)
+                )
             await resp(scope, receive, send_wrapper)
-            status = 500
+            status = resp.status_code
         except BaseException as exc:
             status = 500
             span.record_exception(exc)

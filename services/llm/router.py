@@ -30,6 +30,7 @@ from libs.errors import (
 )
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
+from libs.storage_errors import unhandled_outage_response
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.service import CallOptions, LlmService, Result
 
@@ -299,6 +300,12 @@ class ChatEndpoint:
             # the body grew past the app's limit while being read (BodyLimitMiddleware)
             response = http_exception_response(exc, openai=True)
         except Exception as exc:
-            log.error("unhandled exception on POST %s", scope["path"], exc_info=exc)
-            response = error_response(500, "internal_error", "Internal server error", openai=True)
+            outage = unhandled_outage_response(scope, exc)  # PostgreSQL/Redis down: 503
+            if outage is not None:
+                response = outage
+            else:
+                log.error("unhandled exception on POST %s", scope["path"], exc_info=exc)
+                response = error_response(
+                    500, "internal_error", "Internal server error", openai=True
+                )
         await response(scope, receive, send)

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -19,6 +20,7 @@ from libs.identity import Principal
 from libs.testing import auth_headers, client_for, principal
 from services.llm.prompts import resolve_prompt
 from tests.llm.store_helpers import store_app
+from tests.outages import assert_unavailable, database_down
 
 V1 = {
     "messages": [
@@ -399,3 +401,32 @@ async def test_bad_input_and_auth(c: httpx.AsyncClient) -> None:
     viewer = principal(org_id=p.org_id, scopes=["rag:read"])
     resp = await c.get("/v1/prompts", headers=h(viewer))
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "insufficient_scope"
+
+
+async def test_database_down_is_503_not_500(
+    db: AsyncConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the llm loads SQLAlchemy late, so it has no storage error handlers: the outage is told
+    # apart where unhandled exceptions are answered (libs.storage_errors)
+    app = store_app(tmp_path, monkeypatch)
+    async with client_for(app, connection=db) as c:
+        await _database_down_checks(app, c)
+
+
+async def _database_down_checks(app: FastAPI, c: httpx.AsyncClient) -> None:
+    p = principal()
+    await make_prompt(c, p)
+    async with database_down(app):
+        resp = await c.get("/v1/prompts", headers=h(p))
+        assert_unavailable(resp, "database")
+        # the hot chat route, with a stored prompt to render: OpenAI's shape
+        resp = await c.post(
+            "/v1/chat/completions",
+            json={"model": "default", "prompt": {"name": "summarize", "label": "production"}},
+            headers=h(p),
+        )
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "2"
+        assert resp.json()["error"]["code"] == "service_unavailable"
+        assert "type" in resp.json()["error"]  # OpenAI's shape
+    assert (await c.get("/v1/prompts", headers=h(p))).status_code == 200

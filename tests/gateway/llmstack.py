@@ -4,7 +4,7 @@ service: what a client of the OpenAI routes talks to, for tests that need the wh
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,10 @@ from libs.testing import Infra
 from services.llm.app import build_app as build_llm
 from tests.gateway.authfake import FakeAuth
 from tests.gateway.conftest import Running, serve
-from tests.llm.api.conftest import settings_for
+from tests.llm.api.conftest import Upstream, settings_for
+from tests.llm.fakes import openai_fake
+from tests.llm.fakes.vendor_common import Behavior
+from tests.llm.fakes.vendor_common import serve as serve_thread
 
 
 @dataclass
@@ -34,6 +37,14 @@ class LlmStack:
         return openai.AsyncOpenAI(
             base_url=f"{self.gateway}/v1", api_key=key, max_retries=0, timeout=timeout
         )
+
+
+@contextlib.contextmanager
+def fake_openai_upstream() -> Iterator[Upstream]:
+    """The fake OpenAI API in a thread, with the behaviour tests steer it by."""
+    behavior = Behavior()
+    with serve_thread(openai_fake.make_app(behavior)) as url:
+        yield Upstream(url, behavior)
 
 
 def gateway_settings(

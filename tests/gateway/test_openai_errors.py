@@ -18,11 +18,9 @@ from gateway.settings import GatewaySettings
 from libs.testing import Infra, auth_headers, client_for, principal
 from tests.gateway.authfake import FakeAuth
 from tests.gateway.conftest import dead_url, serve
-from tests.gateway.llmstack import gateway_settings, llm_behind_gateway
+from tests.gateway.llmstack import fake_openai_upstream, gateway_settings, llm_behind_gateway
 from tests.llm.api.conftest import KEY_ENV, Upstream, routing
 from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import Behavior
-from tests.llm.fakes.vendor_common import serve as serve_thread
 
 GATEWAY_LIMIT = 50_000
 LLM_LIMIT = 20_000
@@ -40,9 +38,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def fake_openai() -> Iterator[Upstream]:
-    behavior = Behavior()
-    with serve_thread(openai_fake.make_app(behavior)) as url:
-        yield Upstream(url, behavior)
+    with fake_openai_upstream() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="module")

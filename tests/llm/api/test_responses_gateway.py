@@ -18,11 +18,9 @@ from libs.queue import queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
 from tests.gateway.authfake import FakeAuth
-from tests.gateway.llmstack import LlmStack, llm_behind_gateway
+from tests.gateway.llmstack import LlmStack, fake_openai_upstream, llm_behind_gateway
 from tests.llm.api.conftest import KEY_ENV, Upstream, routing
 from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import Behavior
-from tests.llm.fakes.vendor_common import serve as serve_thread
 
 
 @dataclass
@@ -44,9 +42,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def fake_openai() -> Iterator[Upstream]:
-    behavior = Behavior()
-    with serve_thread(openai_fake.make_app(behavior)) as url:
-        yield Upstream(url, behavior)
+    with fake_openai_upstream() as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="module")

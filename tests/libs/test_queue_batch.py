@@ -5,13 +5,23 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
+import pytest
 from arq.jobs import Job
+from opentelemetry import trace
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
 
 from libs.context import request_id_var
-from libs.queue import as_arq, enqueue_now, enqueue_prepared, prepare_job, queue_name
+from libs.queue import (
+    _trace_id_from_carrier,
+    as_arq,
+    enqueue_now,
+    enqueue_prepared,
+    prepare_job,
+    queue_name,
+)
+from libs.telemetry import extract_trace_context
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE, UsageEvent, prepare_usage
 from services.billing import tasks as billing_tasks
@@ -89,3 +99,23 @@ async def test_batched_usage_events_are_recorded_once(
     async with factory() as s:
         count = await s.scalar(select(func.count()).where(UsageEventRecord.org_id == org))
     assert count == 5
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"},
+        {"traceparent": "00-00000000000000000000000000000000-b7ad6b7169203331-01"},
+        {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"},
+        {"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"},
+        {"traceparent": "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x"},
+        {"traceparent": "garbage"},
+        {},
+    ],
+)
+def test_queued_events_read_the_trace_id_as_the_propagator_does(carrier: dict[str, str]) -> None:
+    # the queued event's trace id is read from the job's carrier without extracting a context
+    span_ctx = trace.get_current_span(extract_trace_context(carrier)).get_span_context()
+    expected = format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None
+    assert _trace_id_from_carrier(carrier) == expected

@@ -48,6 +48,28 @@ class UpstreamClient(httpx.AsyncClient):
     def __init__(self, *, transport: httpx.AsyncBaseTransport, **kwargs: Any) -> None:
         super().__init__(transport=transport, **kwargs)
         self.upstream = transport
+        # the client's headers plus Host, per host: what httpx.Request would derive per call
+        self._post_headers: dict[bytes, httpx.Headers] = {}
+
+    def post_request(
+        self, url: httpx.URL, content: bytes, extensions: dict[str, Any]
+    ) -> httpx.Request:
+        """A POST of ``content`` to ``url`` (absolute), as ``httpx.Request(..., content=...)``
+        would build it with the client's headers, at a fifth of the cost: the header list is
+        normalised once per host, not per call (a visible share of every chat call)."""
+        template = self._post_headers.get(url.netloc)
+        if template is None:
+            template = httpx.Headers(self.headers)
+            template["host"] = url.netloc.decode("ascii")
+            if len(self._post_headers) < 64:
+                self._post_headers[url.netloc] = template
+        headers = httpx.Headers(template)  # a copy of the normalised list
+        headers["content-length"] = str(len(content))
+        request = httpx.Request(
+            "POST", url, headers=headers, stream=httpx.ByteStream(content), extensions=extensions
+        )
+        request._content = content  # read already: aread() returns it without a copy
+        return request
 
     async def send_upstream(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` as is; the response body is not read yet (the caller closes it)."""

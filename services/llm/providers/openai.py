@@ -115,13 +115,7 @@ class OpenAIProvider(Provider):
             if len(self._urls) < 1024:
                 self._urls[(operation, model)] = url
         # what build_request would add besides: cookies (none) and a second URL merge
-        return httpx.Request(
-            "POST",
-            url,
-            headers=self.client.headers,
-            content=orjson.dumps(body),
-            extensions={"timeout": self._timeout},
-        )
+        return self.client.post_request(url, orjson.dumps(body), {"timeout": self._timeout})
 
     def _chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body = t.merged_params(self.config, request.params)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -193,6 +194,13 @@ class UsageOutboxRow(CreatedAtMixin, Base):
 # ---------------------------------------------------------------------------- stored responses
 
 
+# the ids of a stored response's input items and output items, as one JSON array
+RESPONSE_ITEM_IDS = (
+    "(jsonb_path_query_array(input_items, '$[*].\"id\"'::jsonpath) || "
+    'jsonb_path_query_array(response, \'$."output"[*]."id"\'::jsonpath))'
+)
+
+
 class StoredResponse(Base):
     """A ``/v1/responses`` answer kept for ``GET``/``DELETE`` and ``previous_response_id``.
 
@@ -207,6 +215,8 @@ class StoredResponse(Base):
     __table_args__ = (
         Index("ix_llm_responses_expires_at", "expires_at"),
         Index("ix_llm_responses_org_created", "org_id", "created_at"),
+        # item_reference inputs: the ids of a row's input and output items (migration llm_0004)
+        Index("ix_llm_responses_item_ids", text(RESPONSE_ITEM_IDS), postgresql_using="gin"),
     )
 
     id: Mapped[str] = mapped_column(String(80), primary_key=True)

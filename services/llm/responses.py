@@ -8,13 +8,45 @@ one usage event per call all apply unchanged. Its answer is translated back: a
 Responses' semantic events (:class:`EventStream`).
 
 Stored responses: ``store`` (default true) keeps the answer in PostgreSQL
-(:mod:`services.llm.responses_store`), written off the response path once it is complete (a
-stream: with ``response.completed``); ``previous_response_id`` prepends the stored history of
-the named response (its inputs and outputs, recursively; not its ``instructions``) to this
-turn's messages; ``GET``/``DELETE /v1/responses/{id}`` and ``GET .../input_items`` read them.
+(:mod:`services.llm.responses_store`), written off the response path once it is over;
+``previous_response_id`` prepends the stored history of the named response (its inputs and
+outputs, recursively; not its ``instructions``) to this turn's messages;
+``GET``/``DELETE /v1/responses/{id}`` and ``GET .../input_items`` read them. What is stored:
 
-Not supported: built-in tools (web_search, file_search, ...), file inputs, item references,
-reasoning items as input (dropped), ``background``.
+- an answer (JSON) or a stream that ends in ``response.completed`` / ``response.incomplete``
+  (``max_output_tokens``, content filter): as sent;
+- a stream that breaks midway (the provider fails after the first event): as OpenAI does, the
+  ``response.failed`` object, with the output produced so far (the open item ``incomplete``),
+  ``error`` (``server_error``) and ``usage`` when the provider had sent it (else null);
+- a stream whose client leaves before its last event: the client has seen ``response.created``
+  with the id, so the response is stored, with ``status: incomplete``, the output so far (the
+  open item ``incomplete``), ``incomplete_details: {"reason": null}`` (none of OpenAI's
+  reasons applies) and ``usage: null`` (the usage event bills what was delivered). OpenAI's
+  behaviour here is not documented: a stream's generation stops when its client leaves, and a
+  GET then has been seen to answer 404; keeping the partial turn lets an agent that reconnects
+  see what was said and chain from it. A client that leaves before ``response.created`` has no
+  id, and nothing is stored;
+- a call refused or failed before its answer starts (an HTTP error, JSON or a stream not yet
+  open) has no response id for the client: nothing is stored, as with OpenAI.
+
+Writes are background tasks of the service (drained at shutdown); this process's writes in
+flight are waited for by reads (``_pending``: read-your-writes). At most
+``LLM_RESPONSES_MAX_PENDING_WRITES`` may be in flight per process: past it (PostgreSQL slow
+or many clients) a request waits for its own write before its answer, or its stream's last
+event, is sent (counted in ``aistack_llm_responses_store_waits_total``), so a slow database
+slows its clients instead of growing memory, and nothing the client is told is stored is
+dropped. A write that fails is logged and counted (``aistack_llm_responses_stored_total``).
+
+Input items: messages (text and ``input_image`` by URL in user messages; ``output_text``
+parts, annotations and logprobs ignored, and ``refusal`` parts in assistant history),
+``function_call``, ``function_call_output`` (text), ``item_reference`` (resolved against the
+organization's stored responses: the ``previous_response_id`` chain's items, then by id;
+another organization's or an unknown id is a 404 ``item_not_found`` naming the item).
+``reasoning`` items (with or without ``encrypted_content``) are dropped: the chat model reasons
+anew. Refused with a 400 naming the item or part: ``input_file``, ``input_image`` by
+``file_id``, images in assistant, system or tool output messages, and every other item type
+(built-in tool calls and outputs, custom tool calls, compaction). Also not supported:
+built-in tools (web_search, file_search, ...), ``background``.
 """
 
 from __future__ import annotations
@@ -30,7 +62,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -59,6 +91,15 @@ STORED = Counter(
     "previous_response_id to it is a 404)",
     ["status"],
 )
+STORE_WAITS = Counter(
+    "aistack_llm_responses_store_waits_total",
+    "Requests of /v1/responses that waited for their own store write before answering, "
+    "because LLM_RESPONSES_MAX_PENDING_WRITES writes of this process were in flight",
+)
+PENDING_WRITES = Gauge(
+    "aistack_llm_responses_pending_writes",
+    "Stored responses of /v1/responses this process has still to write to PostgreSQL",
+)
 
 _ROLES = frozenset({"user", "system", "developer", "assistant"})
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -72,8 +113,11 @@ def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequ
 # ---------------------------------------------------------------------------- request
 
 
-def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[str, Any]]:
-    """Content parts in chat's shape: a plain text when only text, else chat parts."""
+def _text_of(
+    parts: list[Any], param: str, *, images: bool, owner: str = "user"
+) -> str | list[dict[str, Any]]:
+    """Content parts in chat's shape: a plain text when only text, else chat parts.
+    ``owner`` names what holds them (a refused image says where images may go)."""
     out: list[dict[str, Any]] = []
     for i, part in enumerate(parts):
         where = f"{param}[{i}]"
@@ -90,7 +134,8 @@ def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[s
         elif kind == "input_image":
             if not images:
                 raise _invalid(
-                    f"{where}: images are only supported in user messages",
+                    f"{where}: images are only supported in user messages, not in {owner} "
+                    "(the chat models behind this API take them nowhere else)",
                     f"{where}.type",
                     "unsupported_content",
                 )
@@ -98,7 +143,7 @@ def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[s
             if not isinstance(url, str) or not url:
                 raise _invalid(
                     f"{where}: give the image as image_url (a URL or a data: URL); "
-                    "file_id is not supported",
+                    "file_id is not supported (there is no Files API here)",
                     f"{where}.image_url",
                     "unsupported_content",
                 )
@@ -106,10 +151,17 @@ def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[s
             if part.get("detail"):
                 image["detail"] = part["detail"]
             out.append({"type": "image_url", "image_url": image})
+        elif kind == "input_file":
+            raise _invalid(
+                f"{where}: file inputs (input_file) are not supported: send the file's text "
+                "as input_text, or an image as input_image with image_url",
+                f"{where}.type",
+                "unsupported_content",
+            )
         else:
             raise _invalid(
                 f"{where}: content type `{kind}` is not supported "
-                "(input_text, input_image and output_text are)",
+                "(input_text, input_image, output_text and refusal are)",
                 f"{where}.type",
                 "unsupported_content",
             )
@@ -118,10 +170,17 @@ def _text_of(parts: list[Any], param: str, *, images: bool) -> str | list[dict[s
     return out
 
 
+def _is_reference(item: dict[str, Any]) -> bool:
+    """An ``item_reference`` (its ``type`` is optional: an object with only an ``id``)."""
+    kind = item.get("type")
+    return kind == "item_reference" or (kind is None and "role" not in item and "id" in item)
+
+
 def item_messages(
     items: str | list[dict[str, Any]] | None, param: str = "input"
 ) -> list[dict[str, Any]]:
-    """Input items (or a response's output items) as chat messages."""
+    """Input items (or a response's output items) as chat messages; item references must
+    have been resolved (:func:`resolve_references`)."""
     messages: list[dict[str, Any]] = []
     if items is None:
         return messages
@@ -132,7 +191,9 @@ def item_messages(
     open_assistant: dict[str, Any] | None = None
     for i, item in enumerate(items):
         where = f"{param}[{i}]"
-        kind = item.get("type", "message")
+        if not isinstance(item, dict):
+            raise _invalid(f"{where} must be an object", where)
+        kind = item.get("type") or ("item_reference" if _is_reference(item) else "message")
         if kind == "message":
             role = item.get("role")
             if role not in _ROLES:
@@ -142,7 +203,9 @@ def item_messages(
                 )
             content = item.get("content")
             if isinstance(content, list):
-                content = _text_of(content, f"{where}.content", images=role == "user")
+                content = _text_of(
+                    content, f"{where}.content", images=role == "user", owner=f"{role} messages"
+                )
             elif not isinstance(content, str):
                 raise _invalid(
                     f"{where}.content must be a string or a list of parts", f"{where}.content"
@@ -175,7 +238,9 @@ def item_messages(
                 raise _invalid(f"{where}.call_id is required", f"{where}.call_id")
             output = item.get("output")
             if isinstance(output, list):
-                output = _text_of(output, f"{where}.output", images=False)
+                output = _text_of(
+                    output, f"{where}.output", images=False, owner="function_call_output"
+                )
             elif not isinstance(output, str):
                 raise _invalid(
                     f"{where}.output must be a string or a list of parts", f"{where}.output"
@@ -183,18 +248,16 @@ def item_messages(
             messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
             open_assistant = None
         elif kind == "reasoning":
-            continue  # no chat counterpart; the model reasons anew
-        elif kind == "item_reference":
-            raise _invalid(
-                f"{where}: item references are not supported; send the item itself, or "
-                "chain with previous_response_id",
-                f"{where}.type",
-                "unsupported_input",
-            )
+            # no chat counterpart (encrypted_content is for OpenAI's models only): the model
+            # reasons anew
+            continue
+        elif kind == "item_reference":  # resolved before; only a stored item can hold one
+            raise _invalid(f"{where}: an item reference cannot be resolved here", f"{where}.id")
         else:
             raise _invalid(
-                f"{where}: input item type `{kind}` is not supported (message, function_call "
-                "and function_call_output are)",
+                f"{where}: input item type `{kind}` is not supported (message, function_call, "
+                "function_call_output, item_reference and reasoning are; built-in and custom "
+                "tool calls are not)",
                 f"{where}.type",
                 "unsupported_input",
             )
@@ -700,19 +763,45 @@ class EventStream:
             self.open = None
         response = self._response("failed", usage_of(self.usage) if self.usage else None)
         response["error"] = {"code": "server_error", "message": message}
+        self.final = response
         events.append(self._event("response.failed", response=response))
         return events
+
+    def cut(self) -> dict[str, Any]:
+        """The client left before the last event: the response as far as it got (stored as
+        ``incomplete``; see the module's docstring)."""
+        if self.open is not None:
+            self.part = None
+            self.output[self.open]["status"] = "incomplete"
+            self.open = None
+        response = self._response("incomplete", usage_of(self.usage) if self.usage else None)
+        response["incomplete_details"] = {"reason": None}
+        return response
+
+
+# stores a response object; an event to wait for before answering when the caller must
+# (backpressure); ``wait=False``: never (a client already gone)
+Store = Callable[..., asyncio.Event | None]
+
+
+async def _stored(store: Store | None, response: dict[str, Any] | None) -> None:
+    """``response`` handed to ``store``, waiting for its write when told to."""
+    if store is None or response is None:
+        return
+    done = store(response)
+    if done is not None:
+        await done.wait()  # cancelled (the client left): the write itself goes on
 
 
 async def translate_stream(
     chunks: AsyncIterator[bytes],
     shape: Shape,
-    on_done: Callable[[dict[str, Any]], None] | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[bytes]:
     """The chat pipeline's SSE bytes as Responses events; closing this closes ``chunks``
-    (and with it the upstream call: a client that leaves cancels it). ``on_done`` gets the
-    final response object of a stream that ended well (completed or incomplete), before its
-    last event is sent."""
+    (and with it the upstream call: a client that leaves cancels it). ``store`` gets the
+    final response object (completed, incomplete or failed) before the last event is sent,
+    or, when the client leaves after ``response.created``, the response as far as it got."""
     events = EventStream(shape)
     started = ended = False
     buffer = b""
@@ -736,24 +825,32 @@ async def translate_stream(
                 if chunk is None:
                     ended = True
                     finished = events.finish()
-                    if on_done is not None and events.final is not None:
-                        on_done(events.final)
+                    await _stored(store, events.final)
                     for out in finished:
                         yield out
                 elif "error" in chunk:
                     ended = True
-                    for out in events.fail(chunk["error"] or {}):
+                    failed = events.fail(chunk["error"] or {})
+                    await _stored(store, events.final)
+                    for out in failed:
                         yield out
                 else:
                     for out in events.add(chunk):
                         yield out
         if not ended:  # the chat stream always ends in [DONE] or an error event
             if not started:
+                started = True
                 for out in events.start(None):
                     yield out
-            for out in events.fail({"message": "The stream ended early"}):
+            ended = True
+            failed = events.fail({"message": "The stream ended early"})
+            await _stored(store, events.final)
+            for out in failed:
                 yield out
     finally:
+        if started and not ended and store is not None:
+            # the client left (this generator closed or cancelled) after seeing the id
+            store(events.cut(), wait=False)
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -813,22 +910,40 @@ def input_items_of(items: str | list[dict[str, Any]] | None, hexid: str) -> list
     return out
 
 
+def _output_messages(response: dict[str, Any]) -> list[dict[str, Any]]:
+    """A response's output as chat history; a stream cut off may leave a function call
+    without its name yet, which is left out (nothing could have run it)."""
+    output = [
+        item
+        for item in response.get("output") or []
+        if item.get("type") != "function_call" or item.get("name")
+    ]
+    return item_messages(output, "output")
+
+
 def _store_later(
     service: LlmService,
     principal: Principal,
-    body: ResponsesRequest,
+    items: str | list[dict[str, Any]] | None,
     history: list[dict[str, Any]],
     turn: list[dict[str, Any]],
     response: dict[str, Any],
-) -> None:
-    """Write ``response`` off the response path (a task the service drains at shutdown)."""
+    *,
+    wait: bool = True,
+) -> asyncio.Event | None:
+    """Write ``response`` (this turn's input ``items``) off the response path, in a task the
+    service drains at shutdown. The write's event when the caller must wait for it before
+    answering: ``LLM_RESPONSES_MAX_PENDING_WRITES`` writes are already in flight (and
+    ``wait``; a client already gone is not waited for)."""
     sessions = service.sessions()
     response_id = response["id"]
     if sessions is None:
         STORED.labels("error").inc()
         log.warning("response %s not stored: the llm service has no database", response_id)
-        return
+        return None
+    crowded = len(_pending) >= service.settings.responses_max_pending_writes
     done = _pending[response_id] = asyncio.Event()
+    PENDING_WRITES.set(len(_pending))
     org_id = principal.require_org()
     ttl_days = service.settings.responses_ttl_days
 
@@ -837,15 +952,14 @@ def _store_later(
             # SQLAlchemy and the models load with the first stored response
             from services.llm import responses_store
 
-            output = item_messages(response.get("output") or [], "output")
             await responses_store.save(
                 sessions,
                 response=response,
                 org_id=org_id,
                 user_id=principal.user_id,
                 key_id=principal.key_id,
-                input_items=input_items_of(body.input, response_id.removeprefix("resp_")),
-                history=[*history, *turn, *output],
+                input_items=input_items_of(items, response_id.removeprefix("resp_")),
+                history=[*history, *turn, *_output_messages(response)],
                 ttl_days=ttl_days,
             )
             STORED.labels("ok").inc()
@@ -856,8 +970,13 @@ def _store_later(
             done.set()
             if _pending.get(response_id) is done:
                 del _pending[response_id]
+            PENDING_WRITES.set(len(_pending))
 
     service.spawn(write())
+    if crowded and wait:
+        STORE_WAITS.inc()
+        return done
+    return None
 
 
 async def _find(
@@ -885,6 +1004,75 @@ async def _find(
     return row
 
 
+# item ids aistack gives (output items: msg_/fc_<hex>_<n>; input items: <prefix>_<hex>_in<n>)
+# name their response: resp_<hex>
+_ITEM_ID = re.compile(r"(?:msg|fc|fco|item)_([0-9a-f]{32})_(?:in)?[0-9]+")
+
+
+def _item_not_found(item_id: str, param: str) -> NotFound:
+    message = f"Item with id '{item_id}' not found."
+    return NotFound(message, code="item_not_found", details=[{"field": param, "message": message}])
+
+
+async def resolve_references(
+    service: LlmService,
+    org_id: uuid.UUID,
+    items: str | list[dict[str, Any]] | None,
+    previous: Any = None,
+) -> str | list[dict[str, Any]] | None:
+    """``items`` with each ``item_reference`` replaced by the item it names: one of the
+    ``previous`` response's (its output, then its input items), else one of the
+    organization's stored responses (:func:`responses_store.find_items`). Another
+    organization's, an expired or an unknown id: 404 ``item_not_found`` naming the item."""
+    if not isinstance(items, list):
+        return items
+    refs: dict[int, str] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and _is_reference(item):
+            item_id = item.get("id")
+            if not isinstance(item_id, str) or not item_id or len(item_id) > 200:
+                raise _invalid(f"input[{i}].id must be the id of a stored item", f"input[{i}].id")
+            refs[i] = item_id
+    if not refs:
+        return items
+    known: dict[str, dict[str, Any]] = {}
+    if previous is not None:
+        for item in [*(previous.response.get("output") or []), *previous.input_items]:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                known.setdefault(item["id"], item)
+    missing = list(dict.fromkeys(v for v in refs.values() if v not in known))
+    sessions = service.sessions()
+    if missing and sessions is not None:
+        from services.llm import responses_store
+
+        owners = {
+            item_id: f"resp_{m.group(1)}"
+            for item_id in missing
+            if (m := _ITEM_ID.fullmatch(item_id)) is not None
+        }
+        # responses this process is still writing are waited for (read-your-writes)
+        for response_id in set(owners.values()):
+            pending = _pending.get(response_id)
+            if pending is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.wait(), timeout=10)
+        known.update(await responses_store.find_items(sessions, org_id, missing, owners))
+        # one another process may still be writing (named by its id): looked up again briefly
+        late = {k: v for k, v in owners.items() if k not in known}
+        for delay in _CHAIN_RETRIES_S if late else ():
+            await asyncio.sleep(delay)
+            known.update(await responses_store.find_items(sessions, org_id, list(late), late))
+            late = {k: v for k, v in late.items() if k not in known}
+            if not late:
+                break
+    out = list(items)
+    for i, item_id in refs.items():
+        if item_id not in known:
+            raise _item_not_found(item_id, f"input[{i}].id")
+        out[i] = known[item_id]
+    return out
+
+
 # ---------------------------------------------------------------------------- routes
 
 router = APIRouter(tags=["llm"], route_class=OpenAIRoute)
@@ -903,30 +1091,31 @@ async def create_response(
     options: OptionsDep,
 ) -> Response:
     org_id = principal.require_org()
-    turn = item_messages(body.input)
     history: list[dict[str, Any]] = []
+    previous = None
     if body.previous_response_id is not None:
         previous = await _find(service, org_id, body.previous_response_id, chained=True)
         if previous is None:
             raise _not_found(body.previous_response_id, "previous_response_id")
         history = list(previous.history)
+    items = await resolve_references(service, org_id, body.input, previous)
+    turn = item_messages(items)
     chat = to_chat(body, history, turn)
     shape = Shape(body)
     result = await service.chat(principal, chat, options)
 
-    on_done: Callable[[dict[str, Any]], None] | None = None
+    store: Store | None = None
     if body.store is not False:
 
-        def on_done(response: dict[str, Any]) -> None:
-            _store_later(service, principal, body, history, turn, response)
+        def store(response: dict[str, Any], wait: bool = True) -> asyncio.Event | None:
+            return _store_later(service, principal, items, history, turn, response, wait=wait)
 
     if result.stream is not None:
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers}
-        return SSEResponse(translate_stream(result.stream, shape, on_done), headers=headers)
+        return SSEResponse(translate_stream(result.stream, shape, store), headers=headers)
     assert result.body is not None
     response = to_response(result.body, shape)
-    if on_done is not None:
-        on_done(response)
+    await _stored(store, response)
     return Response(orjson.dumps(response), media_type="application/json", headers=result.headers)
 
 

@@ -8,6 +8,10 @@ naming it with ``previous_response_id`` reads one row by primary key, whatever t
 length, and deleting or expiring an older response of the chain does not break later ones.
 The price is storage: turn *n* of a chain repeats the *n - 1* turns before it (bounded by
 the TTL).
+
+``item_reference`` inputs are looked up with :func:`find_items`: by primary key when the id
+names its response (every id aistack gives an item does), else through the GIN index over
+each row's item ids (migration llm_0004).
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Text, cast, delete, func, literal, literal_column, select
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import session_scope
-from services.llm.models import StoredResponse
+from services.llm.models import RESPONSE_ITEM_IDS, StoredResponse
 
 Sessions = Any  # an async_sessionmaker or libs.sessions.LazySessionFactory
 
@@ -80,6 +84,68 @@ async def load(sessions: Sessions, org_id: uuid.UUID, response_id: str) -> Store
             select(StoredResponse).where(_visible(org_id, response_id))
         )
         return row
+
+
+# the ids of a row's items, as the item-id index has them (the same expression, or no index)
+_ITEM_IDS = literal_column(RESPONSE_ITEM_IDS, JSONB)
+_ITEM_PATH: Any = literal_column("'$[*] ? (@.id == $id)'::jsonpath")
+
+
+def _item_by_id(org_id: uuid.UUID, item_id: str) -> Any:
+    """The item of the organization's newest visible row holding ``item_id`` (index scan)."""
+    wanted = cast(literal(item_id), Text)
+    items = StoredResponse.response["output"].op("||", return_type=JSONB)(
+        StoredResponse.input_items
+    )
+    return (
+        select(
+            func.jsonb_path_query_first(
+                items, _ITEM_PATH, func.jsonb_build_object("id", wanted), type_=JSONB
+            )
+        )
+        .where(
+            _ITEM_IDS.op("@>")(func.jsonb_build_array(wanted))
+            & (StoredResponse.org_id == org_id)
+            & (StoredResponse.expires_at > func.now())
+        )
+        .order_by(StoredResponse.created_at.desc())
+        .limit(1)
+    )
+
+
+async def find_items(
+    sessions: Sessions,
+    org_id: uuid.UUID,
+    item_ids: list[str],
+    owners: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Items (output or input) of the organization's visible responses, by id; ids not found
+    are missing from the answer. ``owners`` maps an item id to the response id it names:
+    those rows are read first, by primary key; other ids go through the item-id index."""
+    found: dict[str, dict[str, Any]] = {}
+    wanted = set(item_ids)
+    session: AsyncSession
+    async with sessions() as session:
+        if owners:
+            rows = await session.execute(
+                select(StoredResponse.response["output"], StoredResponse.input_items).where(
+                    StoredResponse.id.in_(sorted(set(owners.values())))
+                    & (StoredResponse.org_id == org_id)
+                    & (StoredResponse.expires_at > func.now())
+                )
+            )
+            for output, inputs in rows:
+                for item in [*(output or []), *(inputs or [])]:
+                    item_id = item.get("id") if isinstance(item, dict) else None
+                    if item_id in wanted and item_id not in found:
+                        found[item_id] = item
+        for item_id in item_ids:
+            if item_id in found:
+                continue
+            item = await session.scalar(_item_by_id(org_id, item_id))
+            if isinstance(item, dict):
+                found[item_id] = item
+    return found
 
 
 async def remove(sessions: Sessions, org_id: uuid.UUID, response_id: str) -> bool:

@@ -78,6 +78,14 @@ class LlmSettings(ServiceSettings):
         description="days a stored /v1/responses answer (store, the default) is kept for "
         "GET and previous_response_id; older ones are invisible and purged by the llm worker",
     )
+    responses_max_pending_writes: int = Field(
+        default=256,
+        ge=0,
+        description="stored /v1/responses answers one process may have waiting to be written "
+        "to PostgreSQL; past it, a request waits for its own write before its answer (or "
+        "the stream's last event) is sent, slowing clients instead of growing memory "
+        "(aistack_llm_responses_store_waits_total); 0: every request waits",
+    )
 
     # tokens-per-minute limit of an organization (0: unlimited); keys carry their own
     org_tpm_limit: int = 0

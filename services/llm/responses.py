@@ -911,12 +911,15 @@ def input_items_of(items: str | list[dict[str, Any]] | None, hexid: str) -> list
 
 
 def _output_messages(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """A response's output as chat history; a stream cut off may leave a function call
-    without its name yet, which is left out (nothing could have run it)."""
+    """A response's output as chat history. A function call the model did not finish (status
+    ``incomplete``: cut by max_output_tokens, a failed stream or a client gone) is left out:
+    its arguments are cut short, nothing could have run it, and a provider refuses a tool
+    call with no tool result after it."""
     output = [
         item
         for item in response.get("output") or []
-        if item.get("type") != "function_call" or item.get("name")
+        if item.get("type") != "function_call"
+        or (item.get("name") and item.get("status") != "incomplete")
     ]
     return item_messages(output, "output")
 

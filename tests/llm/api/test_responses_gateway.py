@@ -177,3 +177,47 @@ async def test_client_hanging_up_cancels_the_upstream(gw: Stack, redis: Redis) -
     # the llm settles the call (one usage event) only once the upstream request is closed
     assert await _usage_count(redis, 1) == 1
     assert time.monotonic() - started < 5, "the upstream was kept open after the client left"
+
+
+async def test_client_hanging_up_keeps_the_response_so_far(gw: Stack) -> None:
+    """The client saw the id (``response.created``), then left: the response is stored as
+    ``incomplete`` with what was produced, and a reconnecting agent can chain from it."""
+    gw.upstream.behavior.stall_after = 600  # a few chunks, then silence
+    key, _ = gw.auth.add_api_key()
+    client = gw.sdk(key)
+    stream = await client.responses.create(model="default", input="Hi", stream=True)
+    response_id, said = "", ""
+    async for event in stream:
+        if event.type == "response.created":
+            response_id = event.response.id
+        if event.type == "response.output_text.delta":
+            said += event.delta
+            break
+    await stream.close()
+    assert response_id and said
+
+    deadline = time.monotonic() + 5
+    while True:  # written once the llm has noticed the client left
+        try:
+            cut = await client.responses.retrieve(response_id)
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline, "the cut response was not stored"
+            await asyncio.sleep(0.05)
+    assert cut.status == "incomplete" and cut.error is None
+    assert cut.incomplete_details is not None and cut.incomplete_details.reason is None
+    assert cut.usage is None  # the usage event bills what was delivered
+    [message] = cut.output
+    assert message.type == "message" and message.status == "incomplete"
+    # at least what the client read, and no more than the upstream had sent
+    assert cut.output_text.startswith(said)
+    assert "Hello there, how can I help?".startswith(cut.output_text)
+
+    gw.upstream.behavior.stall_after = None
+    await client.responses.create(model="default", input="Go on", previous_response_id=cut.id)
+    [*_, last] = [r for r in gw.upstream.behavior.requests if r["path"].endswith("/completions")]
+    assert last["json"]["messages"] == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": cut.output_text},
+        {"role": "user", "content": "Go on"},
+    ]

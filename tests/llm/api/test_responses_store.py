@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from libs.testing import auth_headers, principal
 from services.llm import responses_store
-from services.llm.responses import STORED
+from services.llm.responses import PENDING_WRITES, STORE_WAITS, STORED
 from tests.llm.api.conftest import Env
 from tests.llm.api.test_responses import WEATHER, raw_events, upstream_body
 from tests.llm.fakes.vendor_common import ToolCall
@@ -364,3 +364,165 @@ async def test_chaining_waits_for_a_write_still_in_flight(
     await env.client.responses.create(model="default", input="Three", previous_response_id=other_id)
     await writer
     assert [m["content"] for m in upstream_body(env)["messages"]] == ["From elsewhere", "Three"]
+
+
+# ------------------------------------------------------------------ streams that do not complete
+
+
+def _text(response: dict[str, Any]) -> str:
+    return "".join(
+        part.get("text", "")
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+    )
+
+
+async def test_stream_broken_midway_is_stored_as_failed(env: Env) -> None:
+    env.primary.behavior.break_after = 700  # a few chunks, then the connection drops
+    events = await raw_events(env, {"model": "default", "input": "Say hello"})
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    said = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert said and "Hello there, how can I help?".startswith(said)
+
+    # retrievable at once (this process's write is waited for), as OpenAI keeps it
+    got = await env.client.responses.retrieve(failed["id"])
+    assert got.status == "failed" and got.error is not None
+    assert got.error.code == "server_error" and "Upstream stream failed" in got.error.message
+    assert got.output_text == said  # the partial output, as the client saw it
+    assert got.output[0].status == "incomplete"  # type: ignore[union-attr]
+    assert got.usage is None  # the provider never sent it
+    wire = await env.http.get(f"/v1/responses/{failed['id']}", headers=auth_headers(env.principal))
+    assert wire.json() == failed
+    Response.model_validate(wire.json())
+    items = await env.client.responses.input_items.list(failed["id"])
+    assert _texts(items) == [("user", "Say hello")]
+
+    # an agent may chain from it: what was said so far is history
+    env.primary.behavior.break_after = None
+    await env.client.responses.create(
+        model="default", input="Go on", previous_response_id=failed["id"]
+    )
+    assert upstream_body(env)["messages"] == [
+        {"role": "user", "content": "Say hello"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "Go on"},
+    ]
+
+
+async def test_stream_broken_inside_a_tool_call_is_stored(env: Env) -> None:
+    """The unfinished call is kept in the stored response, and left out of the history a
+    chained turn sends (its arguments are cut short; a provider refuses a tool call with no
+    tool result after it)."""
+    env.primary.behavior.reply.text = ""
+    env.primary.behavior.reply.tool_calls = [ToolCall("get_weather", {"city": "Paris"})]
+    env.primary.behavior.break_after = 700  # inside the tool call
+    events = await raw_events(env, {"model": "default", "input": "Weather?", "tools": [WEATHER]})
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    got = await env.client.responses.retrieve(failed["id"])
+    assert got.status == "failed"
+    [call] = got.output
+    assert call.type == "function_call" and call.status == "incomplete"
+    assert call.name == "get_weather"
+    env.primary.behavior.break_after = None
+    env.primary.behavior.reply.tool_calls = []
+    await env.client.responses.create(
+        model="default", input="Try again", previous_response_id=failed["id"]
+    )
+    assert upstream_body(env)["messages"] == [
+        {"role": "user", "content": "Weather?"},
+        {"role": "user", "content": "Try again"},
+    ]
+
+
+async def test_stream_cut_by_max_output_tokens_is_stored_incomplete(env: Env) -> None:
+    env.primary.behavior.reply.stop = "length"
+    events = await raw_events(env, {"model": "default", "input": "Story", "max_output_tokens": 7})
+    final = events[-1]["response"]
+    got = await env.client.responses.retrieve(final["id"])
+    assert got.status == "incomplete" and got.incomplete_details is not None
+    assert got.incomplete_details.reason == "max_output_tokens"
+    assert got.usage is not None and got.usage.output_tokens == 7
+
+
+async def test_store_false_keeps_no_failed_stream(env: Env) -> None:
+    env.primary.behavior.break_after = 700
+    events = await raw_events(env, {"model": "default", "input": "Hi", "store": False})
+    assert events[-1]["type"] == "response.failed"
+    await env.service.drain()
+    count = await _sql(
+        env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=events[-1]["response"]["id"]
+    )
+    assert count.scalar() == 0
+
+
+# ------------------------------------------------------------------ bounded pending writes
+
+
+def _slow_save(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    real_save = responses_store.save
+
+    async def slow_save(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(seconds)
+        await real_save(*args, **kwargs)
+
+    monkeypatch.setattr(responses_store, "save", slow_save)
+
+
+async def _is_stored(env: Env, response_id: str) -> bool:
+    """In PostgreSQL now (not through GET, which waits for this process's writes)."""
+    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=response_id)
+    return bool(count.scalar())
+
+
+async def test_writes_below_the_bound_do_not_hold_the_answer(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_save(monkeypatch, 0.5)
+    waits = STORE_WAITS._value.get()
+    resp = await env.client.responses.create(model="default", input="Hi")
+    assert not await _is_stored(env, resp.id)  # answered while the write is in flight
+    assert PENDING_WRITES._value.get() >= 1
+    await env.service.drain()
+    assert await _is_stored(env, resp.id)
+    assert STORE_WAITS._value.get() == waits
+    assert PENDING_WRITES._value.get() == 0
+
+
+@pytest.mark.parametrize("llm_overrides", [{"responses_max_pending_writes": 1}])
+async def test_past_the_bound_the_request_waits_for_its_write(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_save(monkeypatch, 0.5)
+    waits = STORE_WAITS._value.get()
+    first = await env.client.responses.create(model="default", input="One")
+    assert not await _is_stored(env, first.id)  # one write in flight: within the bound
+    # the second finds one pending: it answers only once its own write is in PostgreSQL
+    second = await env.client.responses.create(model="default", input="Two")
+    assert await _is_stored(env, second.id)
+    assert STORE_WAITS._value.get() == waits + 1
+    # a stream too: its last event comes after the write
+    third_first = await env.client.responses.create(model="default", input="Three")
+    events = await raw_events(env, {"model": "default", "input": "Four"})
+    assert events[-1]["type"] == "response.completed"
+    assert await _is_stored(env, events[-1]["response"]["id"])
+    assert STORE_WAITS._value.get() == waits + 2
+    await env.service.drain()
+    assert await _is_stored(env, first.id) and await _is_stored(env, third_first.id)
+
+
+@pytest.mark.parametrize("llm_overrides", [{"responses_max_pending_writes": 0}])
+async def test_a_bound_of_zero_stores_before_answering(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_save(monkeypatch, 0.2)
+    waits = STORE_WAITS._value.get()
+    resp = await env.client.responses.create(model="default", input="Hi")
+    assert await _is_stored(env, resp.id)
+    env.primary.behavior.break_after = 700  # a failed stream is waited for too
+    events = await raw_events(env, {"model": "default", "input": "Hi"})
+    assert events[-1]["type"] == "response.failed"
+    assert await _is_stored(env, events[-1]["response"]["id"])
+    assert STORE_WAITS._value.get() == waits + 2

@@ -1,17 +1,22 @@
 """A fast fake OpenAI upstream for benchmarks: canned answers in OpenAI's wire format.
 
-A bare ASGI callable (no framework) so the upstream costs as little CPU as possible and
-the figures measure aistack, not the fake.
-
-    python -m uvicorn tests.bench.fake_openai:app --port 9100
+It stands in for a vendor on another machine, yet shares this one's two cores with what is
+measured, so it costs as little CPU as it can: ``python -m tests.bench.fake_openai --port 9100``
+serves HTTP/1.1 from an asyncio protocol (httptools parser, uvloop, canned bytes; what the
+benchmarks run), and ``app`` is the same answers as a bare ASGI callable for uvicorn.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import socket
 import time
-from typing import Any
+from typing import Any, cast
 
+import httptools
 import orjson
+import uvloop
 
 CHUNKS = 20
 _CREATED = int(time.time())
@@ -101,3 +106,85 @@ async def _send(send: Any, status: int, ctype: bytes, body: bytes) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+# ------------------------------------------------------------------------- the raw server
+
+
+def _head(ctype: bytes, length: int | None) -> bytes:
+    size = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
+    return b"HTTP/1.1 200 OK\r\ncontent-type: " + ctype + b"\r\n" + size + b"\r\n\r\n"
+
+
+# head and body in separate writes, as uvicorn sends them (and as the vendors' servers do)
+_COMPLETION_ANSWER = (_head(b"application/json", len(_COMPLETION)), _COMPLETION)
+_MODELS_ANSWER = (_head(b"application/json", len(_MODELS)), _MODELS)
+_STREAM_HEAD = _head(b"text/event-stream", None)
+_STREAM_CHUNKS = [b"%x\r\n" % len(e) + e + b"\r\n" for e in _EVENTS] + [b"0\r\n\r\n"]
+
+
+class _Upstream(asyncio.Protocol):
+    """One client connection: keep-alive HTTP/1.1, one answer per request."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # as uvicorn: small writes (stream events) leave at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        url, body = self.url, b"".join(self.body)
+        self.url, self.body = b"", []
+        if url.split(b"?", 1)[0].endswith(b"/models"):
+            for part in _MODELS_ANSWER:
+                transport.write(part)
+        elif b'"stream":true' in body.replace(b" ", b""):
+            transport.write(_STREAM_HEAD)
+            for chunk in _STREAM_CHUNKS:  # one write per event, as a real upstream streams them
+                transport.write(chunk)
+        else:
+            for part in _COMPLETION_ANSWER:
+                transport.write(part)
+        if not self.parser.should_keep_alive():
+            transport.close()
+
+
+async def serve(port: int, host: str = "127.0.0.1") -> None:
+    server = await asyncio.get_running_loop().create_server(
+        _Upstream, host, port, backlog=2048, reuse_address=True
+    )
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.fake_openai")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    uvloop.run(serve(args.port, args.host))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,9 @@
 """LiteLLM's proxy measured exactly as ``llm_bench`` measures aistack, on the same machine.
 
 The machine's speed varies between sessions, so absolute requests/s are not comparable across
-days; LiteLLM measured right next to aistack is. Same fake OpenAI upstream (plain uvicorn,
-httptools), same body, same closed-loop load generator and CPU probes, same table.
+days; LiteLLM measured right next to aistack is. Same fake OpenAI upstream
+(:mod:`tests.bench.fake_openai`), same body, same closed-loop load generator and CPU probes,
+same table.
 
 LiteLLM is not a project dependency: it lives in its own virtualenv (default
 ``.bench/litellm-venv``, gitignored) and runs as a subprocess. Its proxy runs as the issue's
@@ -206,9 +207,7 @@ def run_bench(duration: float, venv: Path = DEFAULT_VENV) -> str:
         # no PostgreSQL or Redis: an empty Infra, whose stop() does nothing
         s = Stack(Infra(database_url="", redis_url=""), env, folder)
         try:
-            upstream = s.start(
-                "fake-openai", "tests.bench.fake_openai:app", factory=False, http="httptools"
-            )
+            upstream = s.start_fake_openai()
             litellm = _start_litellm(s, venv, upstream.url, folder)
             idle = litellm.rss_mb()
             _smoke(litellm.url)

@@ -169,10 +169,7 @@ def run_bench(
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
         # WARNING: no access line per request; INFO (the default in deployments) adds them
         s.env["LOG_LEVEL"] = log_level
-        # the vendor's stand-in runs on plain uvicorn (headers and body in separate writes)
-        upstream = s.start(
-            "fake-openai", "tests.bench.fake_openai:app", factory=False, http="httptools"
-        )
+        upstream = s.start_fake_openai()
         config = models_yaml(upstream.url, Path(tmp), llm_client or http_client)
         procs = _start_services(s, config, http_client)
         idle = {name: p.rss_mb() for name, p in procs.items()}

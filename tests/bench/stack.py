@@ -80,6 +80,17 @@ class Stack:
         _wait_for(proc, self.logs / f"{name}.log")
         return proc
 
+    def start_fake_openai(self, name: str = "fake-openai") -> Proc:
+        """The bench's fake OpenAI upstream (:mod:`tests.bench.fake_openai`, its own server)."""
+        port = free_port()
+        cmd = [sys.executable, "-m", "tests.bench.fake_openai", "--port", str(port)]
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        popen = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = Proc(name, f"http://127.0.0.1:{port}", popen)
+        self.procs[name] = proc
+        _wait_for(proc, self.logs / f"{name}.log")
+        return proc
+
     def stop(self) -> None:
         for proc in self.procs.values():
             proc.popen.terminate()

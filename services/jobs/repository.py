@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Integer, and_, case, delete, func, literal, or_, select, tuple_
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from libs.db import Repository
@@ -74,69 +87,20 @@ class JobRepository(Repository[Job]):
         current attempt and state; fields only ``queued`` carries (args) fill in whenever it
         arrives.
         """
-        row_status = "running" if ev.status == "progress" else ev.status
-        rank = status_rank(row_status)
-        terminal = row_status in TERMINAL_STATUSES
-        progress = (
-            ev.progress if ev.progress is not None else (100 if ev.status == "succeeded" else None)
-        )
-        started = ev.ts if row_status == "running" else None
-        finished = ev.ts if terminal else None
-        values = {
-            "id": ev.job_id,
-            "service": ev.service,
-            "function": ev.function,
-            "queue": ev.queue or queue_name(ev.service),
-            "org_id": _uuid(ev.org_id),
-            "user_id": _uuid(ev.user_id),
-            "status": row_status,
-            "progress": progress or 0,
-            "message": ev.message,
-            "error": ev.error,
-            "args": ev.args,
-            "kwargs": ev.kwargs,
-            "attempts": ev.attempt,
-            "request_id": ev.request_id,
-            "trace_id": ev.trace_id,
-            "retry_of": ev.retry_of,
-            "internal": is_internal(ev),
-            "created_at": ev.ts,
-            "started_at": started,
-            "finished_at": finished,
-            "last_event_at": ev.ts,
-        }
-        stmt = insert(Job).values(**values)
-        x = stmt.excluded
-        old_rank = case((Job.status == "queued", 0), (Job.status == "running", 1), else_=2)
-        new_rank = literal(rank, Integer)
-        advance = tuple_(x.attempts, new_rank) > tuple_(Job.attempts, old_rank)
-        same_state = and_(x.attempts == Job.attempts, new_rank == old_rank)
-        newer = or_(advance, and_(same_state, x.last_event_at >= Job.last_event_at))
-        set_: dict[str, Any] = {
-            "status": case((advance, x.status), else_=Job.status),
-            "attempts": func.greatest(Job.attempts, x.attempts),
-            "error": case((advance, x.error), else_=Job.error),
-            "finished_at": case((advance, x.finished_at), else_=Job.finished_at),
-            "started_at": case(
-                (and_(advance, x.started_at.is_not(None)), x.started_at),
-                # LEAST ignores NULLs: the earliest start seen for this attempt
-                (x.attempts == Job.attempts, func.least(Job.started_at, x.started_at)),
-                else_=Job.started_at,
-            ),
-            "last_event_at": func.greatest(Job.last_event_at, x.last_event_at),
-            "created_at": func.least(Job.created_at, x.created_at),
-            # any event saying so makes it internal (they all do, from a flagged producer)
-            "internal": or_(Job.internal, x.internal),
-            "updated_at": func.now(),
-        }
-        if progress is not None:
-            set_["progress"] = case((newer, x.progress), else_=Job.progress)
-        if ev.message is not None:
-            set_["message"] = case((newer, x.message), else_=Job.message)
-        for name in ("args", "kwargs", "org_id", "user_id", "request_id", "trace_id", "retry_of"):
-            col = getattr(Job, name)
-            set_[name] = func.coalesce(col, getattr(x, name))
-        await self.session.execute(stmt.on_conflict_do_update(index_elements=[Job.id], set_=set_))
+        await self.apply_events([ev])
+
+    async def apply_events(self, events: Sequence[JobEvent]) -> int:
+        """Fold events into their jobs' rows: the same rows as :meth:`apply_event` on each, in
+        order, in one round trip (one upsert statement, executed once per row).
+
+        A job's consecutive events become one row where that is exact (see
+        :func:`plan_upserts`). Rows go in job id order, so concurrent consumers lock rows in
+        the same order. Returns the number of rows upserted.
+        """
+        rows = plan_upserts(events)
+        if rows:
+            await self.session.execute(_UPSERT, rows)
+        return len(rows)
 
     async def purge_batch(self, org_id: uuid.UUID, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` finished jobs of ``org_id`` that finished before ``before``."""
@@ -160,3 +124,164 @@ class JobRepository(Repository[Job]):
             Job.finished_at < before,
         )
         return int((await self.session.scalar(stmt)) or 0)
+
+
+_COALESCED = ("args", "kwargs", "org_id", "user_id", "request_id", "trace_id", "retry_of")
+
+
+@dataclass(slots=True)
+class _Step:
+    """One event as the upsert sees it: its row's parameters, and what orders it."""
+
+    values: dict[str, Any]
+    attempt: int
+    rank: int
+    ts: datetime
+
+
+def _step(ev: JobEvent) -> _Step:
+    row_status = "running" if ev.status == "progress" else ev.status
+    terminal = row_status in TERMINAL_STATUSES
+    values = {
+        "id": ev.job_id,
+        "service": ev.service,
+        "function": ev.function,
+        "queue": ev.queue or queue_name(ev.service),
+        "org_id": _uuid(ev.org_id),
+        "user_id": _uuid(ev.user_id),
+        "status": row_status,
+        # None leaves the row's progress alone (an insert writes 0)
+        "progress": (
+            ev.progress if ev.progress is not None else (100 if ev.status == "succeeded" else None)
+        ),
+        # None leaves the row's message alone
+        "message": ev.message,
+        "error": ev.error,
+        "args": ev.args,
+        "kwargs": ev.kwargs,
+        "attempts": ev.attempt,
+        "request_id": ev.request_id,
+        "trace_id": ev.trace_id,
+        "retry_of": ev.retry_of,
+        "internal": is_internal(ev),
+        "created_at": ev.ts,
+        "started_at": ev.ts if row_status == "running" else None,
+        "finished_at": ev.ts if terminal else None,
+        "last_event_at": ev.ts,
+    }
+    return _Step(values, ev.attempt, status_rank(row_status), ev.ts)
+
+
+def _mergeable(steps: Sequence[_Step]) -> bool:
+    """Whether :func:`_merge` of ``steps`` is exactly applying them one by one, whatever the row.
+
+    It is when they belong to one attempt, their ranks never go back, and the last event
+    setting progress (and the last setting the message: then the same event) outranks every
+    event before it, has the run's top rank and its newest ``ts``: applied one by one, that
+    event then wins progress/message exactly when the merged row does (a row already at that
+    state and newer keeps its own). Otherwise an earlier event's value could win against some
+    rows and not others, which one merged row cannot express.
+    """
+    attempt, top = steps[0].attempt, steps[-1].rank
+    newest = max(s.ts for s in steps)
+    for i, s in enumerate(steps):
+        if s.attempt != attempt or (i and s.rank < steps[i - 1].rank):
+            return False
+    for name in ("progress", "message"):
+        last = next(
+            (i for i in reversed(range(len(steps))) if steps[i].values[name] is not None), None
+        )
+        if last is None:
+            continue
+        s = steps[last]
+        if s.rank != top or s.ts != newest or any(p.rank >= s.rank for p in steps[:last]):
+            return False
+    return True
+
+
+def _merge(steps: Sequence[_Step]) -> dict[str, Any]:
+    """One upsert row equal to applying ``steps`` in order (given :func:`_mergeable`)."""
+    first = steps[0]
+    if len(steps) == 1:
+        return first.values
+    top = steps[-1].rank
+    # the status moves only on a strictly higher (attempt, rank): the first to reach the top
+    winner = next(s for s in steps if s.rank == top)
+    values = dict(first.values)  # service, function, queue: only an insert writes them
+    for name in ("status", "error", "finished_at"):
+        values[name] = winner.values[name]
+    values["created_at"] = min(s.ts for s in steps)
+    values["last_event_at"] = max(s.ts for s in steps)
+    # the earliest start of the attempt (see the started_at rule of _UPSERT)
+    starts = [s.values["started_at"] for s in steps if s.values["started_at"] is not None]
+    values["started_at"] = min(starts) if starts else None
+    values["internal"] = any(s.values["internal"] for s in steps)
+    for name in (*_COALESCED, "progress", "message"):
+        found = [s.values[name] for s in steps if s.values[name] is not None]
+        # first one wins a COALESCE; the last one set is the newest progress/message
+        values[name] = (found[0] if name in _COALESCED else found[-1]) if found else None
+    return values
+
+
+def plan_upserts(events: Sequence[JobEvent]) -> list[dict[str, Any]]:
+    """The upsert rows of a batch: per job (in id order), its events in batch order, merged
+    into the longest runs :func:`_mergeable` allows (a usage job's queued, running, succeeded
+    become one row)."""
+    runs: dict[str, list[list[_Step]]] = {}
+    for ev in events:
+        step = _step(ev)
+        job_runs = runs.setdefault(ev.job_id, [])
+        if job_runs and _mergeable([*job_runs[-1], step]):
+            job_runs[-1].append(step)
+        else:
+            job_runs.append([step])
+    return [_merge(run) for job_id in sorted(runs) for run in runs[job_id]]
+
+
+def _build_upsert() -> Any:
+    """``INSERT .. ON CONFLICT DO UPDATE`` folding one row (an event, or a merged run of a
+    job's events, see :func:`_step`) into the job's row; every rule reads the row's own
+    values (``excluded``). Built once, with parameters only, so SQLAlchemy compiles it once
+    and a batch runs it as one executemany."""
+    table = cast(Table, Job.__table__)
+    c = table.c
+    params: dict[str, Any] = {name: bindparam(name, type_=c[name].type) for name in _PARAMS}
+    progress = params["progress"]
+    stmt = insert(table).values({**params, "progress": func.coalesce(progress, 0)})
+    x = stmt.excluded
+    old_rank = case((c.status == "queued", 0), (c.status == "running", 1), else_=2)
+    new_rank = case((x.status == "queued", 0), (x.status == "running", 1), else_=2)
+    advance = tuple_(x.attempts, new_rank) > tuple_(c.attempts, old_rank)
+    same_state = and_(x.attempts == c.attempts, new_rank == old_rank)
+    newer = or_(advance, and_(same_state, x.last_event_at >= c.last_event_at))
+    # a start moves the row on when (attempt, running) is ahead of it: for one event that is
+    # "advance" (only running/progress carry started_at); for a merged run (queued, running,
+    # succeeded) it keeps an earlier start of the same attempt, as applying them one by one does
+    starts_ahead = tuple_(x.attempts, literal_column("1")) > tuple_(c.attempts, old_rank)
+    set_: dict[str, Any] = {
+        "status": case((advance, x.status), else_=c.status),
+        "attempts": func.greatest(c.attempts, x.attempts),
+        "error": case((advance, x.error), else_=c.error),
+        "finished_at": case((advance, x.finished_at), else_=c.finished_at),
+        "started_at": case(
+            (and_(starts_ahead, x.started_at.is_not(None)), x.started_at),
+            # LEAST ignores NULLs: the earliest start seen for this attempt
+            (x.attempts == c.attempts, func.least(c.started_at, x.started_at)),
+            else_=c.started_at,
+        ),
+        "last_event_at": func.greatest(c.last_event_at, x.last_event_at),
+        "created_at": func.least(c.created_at, x.created_at),
+        # any event saying so makes it internal (they all do, from a flagged producer)
+        "internal": or_(c.internal, x.internal),
+        # progress and message follow the newest event that carries one
+        "progress": case((and_(newer, progress.is_not(None)), x.progress), else_=c.progress),
+        "message": case((and_(newer, x.message.is_not(None)), x.message), else_=c.message),
+        "updated_at": func.now(),
+    }
+    for name in _COALESCED:
+        set_[name] = func.coalesce(c[name], x[name])
+    return stmt.on_conflict_do_update(index_elements=[c.id], set_=set_)
+
+
+_PARAMS = tuple(_step(JobEvent(job_id="", service="", function="", status="queued")).values)
+_UPSERT = _build_upsert()

@@ -21,6 +21,7 @@ from pydantic_settings import (
 DEV_INTERNAL_SECRET = "dev-internal-token-secret-change-me-0000000000"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:54329/aistack"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:63799/0"
+WORKER_REDIS_TIMEOUT_S = 5.0
 
 Environment = Literal["development", "test", "production"]
 
@@ -35,6 +36,7 @@ SHARED_FIELDS = frozenset(
         "otlp_endpoint",
         "max_body_bytes",
         "db_pool_size",
+        "worker_redis_timeout_s",
     }
 )
 
@@ -69,6 +71,14 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint")
     max_body_bytes: int = 1_048_576
     db_pool_size: int = 10
+    worker_redis_timeout_s: float = Field(
+        default=WORKER_REDIS_TIMEOUT_S,
+        gt=0,
+        description=(
+            "queue workers: longest wait for a Redis answer before Redis counts as hung and "
+            "the worker reconnects (blocking reads get their own wait on top; libs/worker.py)"
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -12,8 +12,36 @@ an arq worker on ``aistack:queue:<service>`` with that module's:
 - ``worker_options``: optional dict of arq ``Worker`` overrides.
 
 Redis unreachable (at start or later) does not end the worker: it logs once, retries with
-capped backoff (:data:`RECONNECT_MAX_S`) and picks up where it left off when Redis answers; a
-job whose end could not be recorded runs again (at-least-once).
+capped backoff (:data:`RECONNECT_MAX_S`) and picks up where it left off when Redis answers,
+with one more line saying so.
+
+A *hung* Redis (stopped, or a network that drops packets: connections open, nothing answers)
+is made into an unreachable one: every read on the worker's connections has a deadline,
+``WORKER_REDIS_TIMEOUT_S`` (:data:`DEFAULT_REDIS_TIMEOUT_S`, 5 s; arq itself sets only a
+connect timeout, so a worker used to wait forever on a connection whose answer never came).
+A command that waits in Redis by design (``XREADGROUP ... BLOCK``, ``BLPOP`` and the like) gets
+its own wait on top of the deadline, so the deadline needs to be longer only than a sick
+Redis's slowest answer, not than the longest blocking read (the jobs worker's event consumer
+blocks 5 s). A deadline missed closes that connection; the next command opens another.
+
+What happens to jobs while Redis hangs or is down:
+
+- a job already running keeps running. Its own Redis calls fail after the deadline: lifecycle
+  events are skipped with a warning (:func:`libs.queue.emit_event`), while ``progress()`` and
+  a job's own commands raise, and a job that lets that error out fails as any job raising does
+  (arq does not retry it; the jobs service's retry can);
+- its end (result, removal from the queue) is recorded when Redis answers again: the worker
+  retries it with the same backoff, so a job that finished during the outage is not run again.
+  Writing the end twice is harmless (a stopped Redis may also run the first, timed-out try
+  when it resumes), except that an arq ``Retry(defer=...)`` may be deferred twice as long;
+- a job whose start could not be read (the outage began between claiming it and loading it)
+  or whose end could not be recorded before the worker stopped runs again once its claim
+  expires: ``job_timeout`` + 10 s after it was claimed (610 s by default), as its next try
+  (``max_tries``, 5 by default, counts it). So does a job whose claim Redis took but whose
+  answer was lost;
+- if the outage outlasts the claim (over ``job_timeout`` + 10 s), another worker may start the
+  job again before this one records its end: it runs twice (at-least-once, as for any worker
+  that dies; jobs are idempotent, :mod:`libs.queue`).
 
 SIGTERM/SIGINT stop picking new jobs and give running ones ``job_completion_wait`` seconds
 (``WORKER_SHUTDOWN_GRACE_S``, default 25) before cancelling them; a cancelled job is re-run
@@ -28,8 +56,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,16 +67,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from arq.connections import ArqRedis, RedisSettings, create_pool, log_redis_info
+from arq.connections import ArqRedis, RedisSettings, log_redis_info
+from arq.constants import health_check_key_suffix
 from arq.utils import poll
-from arq.worker import Function, async_check_health
+from arq.worker import Function
 from arq.worker import Worker as ArqWorker
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from libs.db import make_engine, make_session_factory
 from libs.logging import configure_logging
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name
-from libs.settings import ServiceSettings
+from libs.settings import WORKER_REDIS_TIMEOUT_S, ServiceSettings
 from libs.telemetry import setup_tracing
 
 log = logging.getLogger("aistack.worker")
@@ -60,6 +92,161 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
 # while Redis stays away, a reminder in the log this often
 DOWN_REPORT_EVERY_S = 30.0
+# longest wait for an answer from Redis (WORKER_REDIS_TIMEOUT_S); see the module docstring
+DEFAULT_REDIS_TIMEOUT_S = WORKER_REDIS_TIMEOUT_S
+
+
+@dataclasses.dataclass
+class WorkerRedisSettings(RedisSettings):
+    """arq's Redis settings plus the read deadline of :class:`Worker`'s connections (arq's own
+    ``Worker`` and ``create_pool`` ignore it)."""
+
+    read_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
+
+
+def worker_redis_settings(
+    url: str, read_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
+) -> WorkerRedisSettings:
+    base = RedisSettings.from_dsn(url)
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    return WorkerRedisSettings(**fields, read_timeout_s=read_timeout_s)
+
+
+# commands that wait in Redis by design, by where their wait is written (seconds; 0: forever)
+_WAIT_IN_LAST_ARG = frozenset({"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BZPOPMIN", "BZPOPMAX"})
+_WAIT_IN_FIRST_ARG = frozenset({"BLMPOP", "BZMPOP"})
+
+
+def _word(arg: Any) -> str:
+    return arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)
+
+
+def _waits_in_redis(args: Sequence[Any]) -> float | None:
+    """How long a command may wait in Redis by design, in seconds (``inf``: until something
+    arrives); None for a command that answers at once."""
+    if not args:
+        return None
+    name = _word(args[0]).upper()
+    try:
+        if name in ("XREAD", "XREADGROUP"):
+            wait = None
+            for i in range(1, len(args) - 1):
+                word = _word(args[i]).upper()
+                if word == "STREAMS":
+                    break
+                if word == "BLOCK":
+                    wait = float(args[i + 1]) / 1000
+                    break
+            if wait is None:
+                return None
+        elif name in _WAIT_IN_LAST_ARG:
+            wait = float(args[-1])
+        elif name in _WAIT_IN_FIRST_ARG:
+            wait = float(args[1])
+        else:
+            return None
+    except (ValueError, TypeError, IndexError):
+        return None  # Redis refuses it at once
+    return math.inf if wait <= 0 else wait
+
+
+class _WaitAware(AbstractConnection):
+    """Mixed into the pool's connection class: a command that waits in Redis by design gets
+    that wait on top of the socket timeout (redis-py applies the socket timeout alone, so a
+    ``BLOCK`` longer than it raised TimeoutError on a healthy Redis)."""
+
+    _waits_s: float | None = None
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        self._waits_s = None  # pipelines send here directly: their reads take the plain timeout
+        await super().send_packed_command(command, check_health)
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        await super().send_command(*args, **kwargs)
+        self._waits_s = _waits_in_redis(args)
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 - redis-py's signature
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        waits, self._waits_s = self._waits_s, None
+        deadline = self.socket_timeout
+        if waits is not None and timeout is None and deadline is not None:
+            self.socket_timeout = None if math.isinf(waits) else deadline + waits
+        try:
+            return await super().read_response(
+                disable_decoding,
+                timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
+        finally:
+            self.socket_timeout = deadline
+
+
+_WAIT_AWARE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _wait_aware(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    if issubclass(cls, _WaitAware):
+        return cls
+    made = _WAIT_AWARE.get(cls)
+    if made is None:
+        made = _WAIT_AWARE[cls] = type(f"WaitAware{cls.__name__}", (_WaitAware, cls), {})
+    return made
+
+
+def open_pool(
+    settings: RedisSettings,
+    *,
+    job_serializer: Any = None,
+    job_deserializer: Any = None,
+    default_queue_name: str | None = None,
+    expires_extra_ms: int | None = None,
+) -> ArqRedis:
+    """arq's pool as :func:`arq.connections.create_pool` makes it (without its connection
+    retries and PING: it connects on first use), whose reads have a deadline:
+    ``settings.read_timeout_s`` (:class:`WorkerRedisSettings`), blocking reads get their wait
+    on top."""
+    if settings.sentinel or not isinstance(settings.host, str):
+        raise ValueError("libs.worker does not support Redis Sentinel settings")
+    extra: dict[str, Any] = {}
+    if default_queue_name is not None:
+        extra["default_queue_name"] = default_queue_name
+    if expires_extra_ms is not None:
+        extra["expires_extra_ms"] = expires_extra_ms
+    pool = ArqRedis(
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        **extra,
+        host=settings.host,
+        port=settings.port,
+        unix_socket_path=settings.unix_socket_path,
+        socket_connect_timeout=settings.conn_timeout,
+        socket_timeout=getattr(settings, "read_timeout_s", DEFAULT_REDIS_TIMEOUT_S),
+        ssl=settings.ssl,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_cert_reqs=settings.ssl_cert_reqs,
+        ssl_ca_certs=settings.ssl_ca_certs,
+        ssl_ca_data=settings.ssl_ca_data,
+        ssl_check_hostname=settings.ssl_check_hostname,
+        retry=settings.retry,
+        retry_on_timeout=settings.retry_on_timeout,
+        retry_on_error=settings.retry_on_error,
+        max_connections=settings.max_connections,
+        db=settings.database,
+        username=settings.username,
+        password=settings.password,
+        encoding="utf8",
+    )
+    connections = pool.connection_pool
+    connections.connection_class = _wait_aware(connections.connection_class)
+    return pool
 
 
 class Worker(ArqWorker):
@@ -75,6 +262,13 @@ class Worker(ArqWorker):
         self._down_since: float | None = None
         self._down_reported = 0.0
         self._reconnect_s = RECONNECT_MIN_S
+        # set when the poll loop hears from Redis again: whoever waits for it goes on at once
+        self._back = asyncio.Event()
+        self._closing = False
+        # jobs whose end is recorded in Redis, until their run_job returns
+        self._recorded: set[str] = set()
+        # writes of jobs' ends waiting for Redis (arq shields them from the job's cancellation)
+        self._recording: set[asyncio.Task[Any]] = set()
 
     async def main(self) -> None:
         # arq's main, with the connection and every poll iteration riding out Redis loss
@@ -116,21 +310,79 @@ class Worker(ArqWorker):
 
     async def _connect(self) -> ArqRedis:
         assert self.redis_settings is not None
-        once = dataclasses.replace(self.redis_settings, conn_retries=0)
         while True:
+            pool = open_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
             try:
-                pool = await create_pool(
-                    once,
-                    job_deserializer=self.job_deserializer,
-                    job_serializer=self.job_serializer,
-                    default_queue_name=self.queue_name,
-                    expires_extra_ms=self.expires_extra_ms,
-                )
+                await pool.ping()
             except REDIS_DOWN as exc:
+                await pool.aclose(close_connection_pool=True)
                 await self._wait_for_redis(exc)
                 continue
             self._redis_back()
             return pool
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_DOWN as exc:
+            # not raised on into the poll loop: by the time it looks, Redis may be back (the
+            # loop finds out for itself and logs the outage once)
+            if job_id in self._recorded:
+                log.warning(
+                    "job %s ended and that is recorded, but its after-end hook could not "
+                    "reach Redis (%s: %s)",
+                    job_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                log.warning(
+                    "job %s: Redis unreachable (%s: %s) before the job could start or its end "
+                    "be recorded; it runs again when its claim expires (%.0f s after it was "
+                    "claimed)",
+                    job_id,
+                    type(exc).__name__,
+                    exc,
+                    self.in_progress_timeout_s,
+                )
+        finally:
+            self._recorded.discard(job_id)
+
+    async def finish_job(self, job_id: str, *args: Any) -> None:
+        await self._record_end(job_id, functools.partial(super().finish_job, job_id, *args))
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await self._record_end(
+            job_id, functools.partial(super().finish_failed_job, job_id, result_data)
+        )
+
+    async def _record_end(self, job_id: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Write a job's end (result, off the queue); while Redis is unreachable, again with
+        the reconnect backoff until it answers or the worker closes (then the job's claim
+        expires and it runs again)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._recording.add(task)
+        try:
+            while True:
+                try:
+                    await write()
+                except REDIS_DOWN as exc:
+                    if self._closing:
+                        raise
+                    await self._wait_for_redis(exc)
+                    continue
+                self._recorded.add(job_id)
+                return
+        finally:
+            if task is not None:
+                self._recording.discard(task)
 
     async def _wait_for_redis(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -152,7 +404,10 @@ class Worker(ArqWorker):
                 now - self._down_since,
                 type(exc).__name__,
             )
-        await asyncio.sleep(self._reconnect_s)
+        back = self._back
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._reconnect_s):
+                await back.wait()
         self._reconnect_s = min(self._reconnect_s * 2, RECONNECT_MAX_S)
 
     def _redis_back(self) -> None:
@@ -164,14 +419,22 @@ class Worker(ArqWorker):
             )
             self._down_since = None
             self._reconnect_s = RECONNECT_MIN_S
+            self._back.set()
+            self._back = asyncio.Event()
 
     async def close(self) -> None:
         # arq's close, not stopped by a Redis that is gone: on_shutdown still runs
+        self._closing = True
         if not self._handle_signals:
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        # ends still waiting for Redis are given up: those jobs run again when their claims
+        # expire
+        for task in list(self._recording):
+            task.cancel()
+        await asyncio.gather(*self._recording, return_exceptions=True)
         try:
             await asyncio.wait_for(self.pool.delete(self.health_check_key), 2)
         except REDIS_DOWN:
@@ -204,6 +467,7 @@ def worker_settings(
     redis_url: str | None = None,
     redis_settings: RedisSettings | None = None,
     redis_pool: ArqRedis | None = None,
+    redis_timeout_s: float | None = None,
     database_url: str | None = None,
     settings: ServiceSettings | None = None,
     ctx: dict[str, Any] | None = None,
@@ -215,6 +479,8 @@ def worker_settings(
 
     Results are kept :data:`libs.queue.RESULT_RETENTION_S` so a duplicate job id stays a no-op
     for that long after the job finished; abort is enabled for the jobs service's cancel.
+    ``redis_timeout_s`` (default: ``settings.worker_redis_timeout_s``, else
+    :data:`DEFAULT_REDIS_TIMEOUT_S`) is the longest wait for a Redis answer (:class:`Worker`).
     """
     names = {getattr(f, "name", getattr(f, "__name__", None)) for f in functions}
     funcs = list(functions) if PING.name in names else [*functions, PING]
@@ -242,8 +508,18 @@ def worker_settings(
                 await engine.dispose()
         log.info("%s worker stopped", service)
 
+    if redis_timeout_s is None:
+        redis_timeout_s = (
+            settings.worker_redis_timeout_s if settings is not None else DEFAULT_REDIS_TIMEOUT_S
+        )
     if redis_settings is None and redis_pool is None:
-        redis_settings = RedisSettings.from_dsn(redis_url or ServiceSettings().redis_url)
+        url = redis_url or (settings or ServiceSettings()).redis_url
+        redis_settings = worker_redis_settings(url, redis_timeout_s)
+    elif redis_settings is not None and not isinstance(redis_settings, WorkerRedisSettings):
+        fields = {
+            f.name: getattr(redis_settings, f.name) for f in dataclasses.fields(redis_settings)
+        }
+        redis_settings = WorkerRedisSettings(**fields, read_timeout_s=redis_timeout_s)
     opts: dict[str, Any] = {
         "functions": funcs,
         "cron_jobs": list(cron_jobs or []) or None,
@@ -297,6 +573,26 @@ def settings_for(service: str, **overrides: Any) -> dict[str, Any]:
     )
 
 
+async def _check_health(service: str, settings: ServiceSettings) -> int:
+    """0 when the worker's health key (arq writes it every 30 s) is fresh; 1 otherwise, also
+    when Redis is down or does not answer within the worker's deadline (arq's check waited
+    forever on a hung Redis)."""
+    key = queue_name(service) + health_check_key_suffix
+    redis = open_pool(worker_redis_settings(settings.redis_url, settings.worker_redis_timeout_s))
+    try:
+        data = await redis.get(key)
+    except REDIS_DOWN as exc:
+        log.warning("health check failed: Redis unreachable (%s: %s)", type(exc).__name__, exc)
+        return 1
+    finally:
+        await redis.aclose(close_connection_pool=True)
+    if not data:
+        log.warning("health check failed: no fresh %s (the worker is not polling)", key)
+        return 1
+    log.info("health check successful: %s", data.decode(errors="replace"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(prog="python -m libs.worker")
@@ -308,10 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _service_settings(service)
     configure_logging(f"{service}-worker", settings.log_level, settings.log_json)
     if args.check:
-        import asyncio
-
-        rs = RedisSettings.from_dsn(settings.redis_url)
-        return asyncio.run(async_check_health(rs, None, queue_name(service)))
+        return asyncio.run(_check_health(service, settings))
     setup_tracing(f"{service}-worker", settings.otlp_endpoint)
     port = int(os.environ.get("WORKER_METRICS_PORT", "0") or 0)
     if port:

@@ -104,7 +104,7 @@ def _item_by_id(org_id: uuid.UUID, item_id: str) -> Any:
             )
         )
         .where(
-            _ITEM_IDS.op("@>")(func.jsonb_build_array(wanted))
+            _ITEM_IDS.op("@>", is_comparison=True)(func.jsonb_build_array(wanted))
             & (StoredResponse.org_id == org_id)
             & (StoredResponse.expires_at > func.now())
         )

@@ -21,11 +21,10 @@ outputs, recursively; not its ``instructions``) to this turn's messages;
 - a stream whose client leaves before its last event: the client has seen ``response.created``
   with the id, so the response is stored, with ``status: incomplete``, the output so far (the
   open item ``incomplete``), ``incomplete_details: {"reason": null}`` (none of OpenAI's
-  reasons applies) and ``usage: null`` (the usage event bills what was delivered). OpenAI's
-  behaviour here is not documented: a stream's generation stops when its client leaves, and a
-  GET then has been seen to answer 404; keeping the partial turn lets an agent that reconnects
-  see what was said and chain from it. A client that leaves before ``response.created`` has no
-  id, and nothing is stored;
+  reasons applies) and ``usage: null`` (the usage event bills what was delivered). OpenAI
+  documents only that the generation stops when the client leaves (one report has a later GET
+  answer 404); keeping the partial turn lets an agent that reconnects see what was said and
+  chain from it. A client that leaves before ``response.created`` has no id: nothing stored;
 - a call refused or failed before its answer starts (an HTTP error, JSON or a stream not yet
   open) has no response id for the client: nothing is stored, as with OpenAI.
 
@@ -850,7 +849,10 @@ async def translate_stream(
     finally:
         if started and not ended and store is not None:
             # the client left (this generator closed or cancelled) after seeing the id
-            store(events.cut(), wait=False)
+            try:
+                store(events.cut(), wait=False)
+            except Exception:  # the upstream must still be closed below
+                log.exception("the response %s cut short could not be stored", events.id)
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -20,9 +20,10 @@ is made into an unreachable one: every read on the worker's connections has a de
 ``WORKER_REDIS_TIMEOUT_S`` (:data:`DEFAULT_REDIS_TIMEOUT_S`, 5 s; arq itself sets only a
 connect timeout, so a worker used to wait forever on a connection whose answer never came).
 A command that waits in Redis by design (``XREADGROUP ... BLOCK``, ``BLPOP`` and the like) gets
-its own wait on top of the deadline, so the deadline needs to be longer only than a sick
-Redis's slowest answer, not than the longest blocking read (the jobs worker's event consumer
-blocks 5 s). A deadline missed closes that connection; the next command opens another.
+its own wait on top of the deadline, so the deadline needs to be longer only than the slowest
+answer of a busy but healthy Redis, not than the longest blocking read (the jobs worker's event
+consumer blocks 5 s); a pub/sub listener on the pool polls with ``get_message(timeout=...)``.
+A deadline missed closes that connection; the next command opens another.
 
 What happens to jobs while Redis hangs or is down:
 
@@ -36,9 +37,9 @@ What happens to jobs while Redis hangs or is down:
   when it resumes), except that an arq ``Retry(defer=...)`` may be deferred twice as long;
 - a job whose start could not be read (the outage began between claiming it and loading it)
   or whose end could not be recorded before the worker stopped runs again once its claim
-  expires: ``job_timeout`` + 10 s after it was claimed (610 s by default), as its next try
-  (``max_tries``, 5 by default, counts it). So does a job whose claim Redis took but whose
-  answer was lost;
+  expires: ``job_timeout`` + 10 s after it was claimed (610 s by default; arq counts its
+  tries against ``max_tries``, 5). So does a job whose claim Redis took but whose answer was
+  lost (a command Redis received before it stopped still runs when it resumes);
 - if the outage outlasts the claim (over ``job_timeout`` + 10 s), another worker may start the
   job again before this one records its end: it runs twice (at-least-once, as for any worker
   that dies; jobs are idempotent, :mod:`libs.queue`).

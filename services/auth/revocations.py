@@ -10,11 +10,22 @@ outage became usable again when Redis came back, until its access token expired.
 Now PostgreSQL holds the truth (``auth.sessions.revoked_at``) and, in the same transaction,
 one ``auth.pending_revocations`` row per ended session (an outbox). After the commit the
 announcement is tried at once (through the Redis guard: 250 ms at most when Redis hangs,
-nothing when it is known down); when it went out, the rows are deleted. Rows left behind
-(Redis down or hung, the process died between commit and announcement) are announced by
-:func:`replay_forever`, which runs in every auth process and in the auth worker and asks
-Redis itself once a second: within about a second of Redis answering again. The logout itself
+nothing when it is known down); when it went out, the rows are deleted. The logout itself
 never fails for Redis: it answers 204 once PostgreSQL has the revocation.
+
+Rows left behind (Redis down or hung, the process died between commit and announcement) are
+announced by :func:`replay_forever`, which runs in every auth process and in the auth worker.
+The table is empty nearly always, so it does not poll it every second: it looks when it starts
+and then every ``AUTH_REVOCATION_REPLAY_IDLE_SECONDS`` (15 s), but once a second (asking Redis
+itself, not through the guard) from the moment an announcement failed in its process, its
+own or a request's, until nothing is owed. So a revocation is announced:
+
+- within about a second of Redis answering again when its process lives on, or is restarted
+  (a new process looks at once, and every second while Redis is still away);
+- otherwise (its process died and stays down) at the next look of another process: within
+  about a second of Redis answering when the outage lasted longer than the idle interval (a
+  look during the outage found the row, failed and went to once a second), else at most the
+  idle interval after Redis is back.
 
 Replays are idempotent (the same marker set again, the same message sent again) and spread
 over processes with ``FOR UPDATE SKIP LOCKED``. A marker replayed late lives only until the
@@ -24,6 +35,7 @@ session's last access token expires; a row whose tokens have all expired is drop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -39,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.db import session_scope
 from libs.redis import guard_for
 from services.auth.models import PendingRevocation
+from services.auth.settings import get_settings
 
 log = logging.getLogger("aistack.auth.revocations")
 
@@ -46,6 +59,7 @@ log = logging.getLogger("aistack.auth.revocations")
 SESSION_REVOKED_PREFIX = "aistack:auth:session-revoked:"
 SESSION_REVOKED_CHANNEL = "aistack:auth:session-revoked"
 
+# while an announcement is failing; else AuthSettings.revocation_replay_idle_seconds
 REPLAY_INTERVAL_S = 1.0
 REPLAY_BATCH = 500
 REPLAY_DEADLINE_S = 2.0
@@ -80,11 +94,18 @@ async def announce(
     for sid, ttl in items:
         pipe.set(f"{SESSION_REVOKED_PREFIX}{sid}", b"1", ex=ttl)
         pipe.publish(SESSION_REVOKED_CHANNEL, str(sid))
-    if deadline_s is None:
-        await guard_for(redis).run("auth_session_revoked", pipe.execute())
-        return
-    async with asyncio.timeout(deadline_s):
-        await pipe.execute()
+    try:
+        if deadline_s is None:
+            await guard_for(redis).run("auth_session_revoked", pipe.execute())
+            return
+        async with asyncio.timeout(deadline_s):
+            await pipe.execute()
+    except Exception:
+        # the rows stay in auth.pending_revocations: this process's replay looks every
+        # second from now on, so they go out within a second of Redis answering
+        for wake in _wakeups:
+            wake.set()
+        raise
 
 
 async def announced(session: AsyncSession, session_ids: Sequence[uuid.UUID]) -> None:
@@ -134,24 +155,52 @@ async def replay(
             return total
 
 
+# one event per running replay_forever: set when an announcement fails in this process
+_wakeups: set[asyncio.Event] = set()
+
+
 async def replay_forever(
-    session_factory: Callable[[], Any], redis: Redis, interval_s: float = REPLAY_INTERVAL_S
+    session_factory: Callable[[], Any],
+    redis: Redis,
+    interval_s: float = REPLAY_INTERVAL_S,
+    idle_s: float | None = None,
 ) -> None:
-    """Announce pending revocations every ``interval_s`` until cancelled."""
+    """Announce pending revocations until cancelled: at once, then every ``idle_s``
+    (default ``AUTH_REVOCATION_REPLAY_IDLE_SECONDS``), but every ``interval_s`` from an
+    announcement failing in this process until one succeeds (the module docstring)."""
+    if idle_s is None:
+        idle_s = get_settings().revocation_replay_idle_seconds
+    wake = asyncio.Event()
+    _wakeups.add(wake)
     failing = False
-    while True:
-        try:
-            sent = await replay(session_factory, redis)
-            if sent:
-                log.warning("announced %d session revocations that Redis missed", sent)
-            failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not failing:
-                log.warning("pending session revocations not announced yet (%s); retrying", exc)
-            failing = True
-        await asyncio.sleep(interval_s)
+    try:
+        while True:
+            wake.clear()
+            try:
+                sent = await replay(session_factory, redis)
+                if sent:
+                    log.warning("announced %d session revocations that Redis missed", sent)
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    log.warning(
+                        "pending session revocations not announced yet (%s); retrying every %.0f s",
+                        exc,
+                        interval_s,
+                    )
+                failing = True
+            if failing:
+                await asyncio.sleep(interval_s)
+                continue
+            # nothing owed that this process knows of: look again after idle_s, or at once
+            # when an announcement fails here meanwhile
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(idle_s):
+                    await wake.wait()
+    finally:
+        _wakeups.discard(wake)
 
 
 __all__ = [

@@ -88,6 +88,12 @@ class AuthSettings(ServiceSettings):
     # feature flags: evaluated sets are cached in Redis this long
     flags_cache_seconds: int = 30
 
+    # session revocations still owed to the gateways (auth.pending_revocations): each auth
+    # process and the auth worker look every second while an announcement is failing, else
+    # this often; it bounds how late, after Redis is back, one left by a process that died
+    # in the outage (and was not restarted) is announced
+    revocation_replay_idle_seconds: float = Field(default=15.0, gt=0)
+
     # external sign-in: {"google": {"issuer": ..., "client_id": ..., "client_secret": ...}}
     oidc_providers: dict[str, OIDCProvider] = Field(default_factory=dict)
     wechat: WeChatProvider | None = None

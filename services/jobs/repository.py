@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -182,21 +183,40 @@ def _mergeable(steps: Sequence[_Step]) -> bool:
     state and newer keeps its own). Otherwise an earlier event's value could win against some
     rows and not others, which one merged row cannot express.
     """
-    attempt, top = steps[0].attempt, steps[-1].rank
+    return _in_order(steps) and _newest_settles(steps)
+
+
+def _in_order(steps: Sequence[_Step]) -> bool:
+    return all(s.attempt == steps[0].attempt and s.rank >= p.rank for p, s in pairwise(steps))
+
+
+def _newest_settles(steps: Sequence[_Step]) -> bool:
+    top = steps[-1].rank
     newest = max(s.ts for s in steps)
-    for i, s in enumerate(steps):
-        if s.attempt != attempt or (i and s.rank < steps[i - 1].rank):
-            return False
     for name in ("progress", "message"):
-        last = next(
-            (i for i in reversed(range(len(steps))) if steps[i].values[name] is not None), None
-        )
+        last = max((i for i, s in enumerate(steps) if s.values[name] is not None), default=None)
         if last is None:
             continue
         s = steps[last]
         if s.rank != top or s.ts != newest or any(p.rank >= s.rank for p in steps[:last]):
             return False
     return True
+
+
+def _runs(steps: list[_Step]) -> list[list[_Step]]:
+    """One job's steps cut into runs to merge: from each start, the longest mergeable one."""
+    out: list[list[_Step]] = []
+    i = 0
+    while i < len(steps):
+        end = j = i + 1
+        # _in_order holds for a prefix of what follows; _newest_settles may come and go
+        while j < len(steps) and _in_order(steps[j - 1 : j + 1]):
+            j += 1
+            if _newest_settles(steps[i:j]):
+                end = j
+        out.append(steps[i:end])
+        i = end
+    return out
 
 
 def _merge(steps: Sequence[_Step]) -> dict[str, Any]:
@@ -227,15 +247,10 @@ def plan_upserts(events: Sequence[JobEvent]) -> list[dict[str, Any]]:
     """The upsert rows of a batch: per job (in id order), its events in batch order, merged
     into the longest runs :func:`_mergeable` allows (a usage job's queued, running, succeeded
     become one row)."""
-    runs: dict[str, list[list[_Step]]] = {}
+    by_job: dict[str, list[_Step]] = {}
     for ev in events:
-        step = _step(ev)
-        job_runs = runs.setdefault(ev.job_id, [])
-        if job_runs and _mergeable([*job_runs[-1], step]):
-            job_runs[-1].append(step)
-        else:
-            job_runs.append([step])
-    return [_merge(run) for job_id in sorted(runs) for run in runs[job_id]]
+        by_job.setdefault(ev.job_id, []).append(_step(ev))
+    return [_merge(run) for job_id in sorted(by_job) for run in _runs(by_job[job_id])]
 
 
 def _build_upsert() -> Any:

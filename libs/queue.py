@@ -56,7 +56,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from libs.context import get_request_id, new_request_id, request_id_var
 from libs.telemetry import JOB_LATENCY, JOBS, extract_trace_context, inject_trace_headers
@@ -590,8 +590,17 @@ class JobContext:
         )
 
     async def check_cancelled(self) -> None:
-        """Raise :class:`JobCancelled` if cancellation was requested."""
-        if await is_cancel_requested(self.redis, self.job_id):
+        """Raise :class:`JobCancelled` if cancellation was requested.
+
+        Redis unreachable: the job goes on (a cancellation is asked for through Redis, so none
+        can have been asked meanwhile; one asked before stays and is seen at a later call).
+        """
+        try:
+            cancelled = await is_cancel_requested(self.redis, self.job_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("job %s: cancellation not checked (Redis: %s)", self.job_id, exc)
+            return
+        if cancelled:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     async def progress(self, pct: float, message: str | None = None) -> None:

@@ -264,3 +264,24 @@ async def test_deferred_job_waits_and_expires_later(infra: Infra, redis: Redis) 
     ttl_ms = await redis.pttl(f"arq:job:{jid}")
     assert 100_000 < ttl_ms <= 120_000
     assert [e.status for e in await events_for(redis, jid)] == ["queued"]
+
+
+async def test_progress_goes_on_while_redis_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a job reporting progress during a Redis outage keeps working: no cancellation can have
+    # been asked meanwhile (it is asked through Redis) and the progress event is only logged
+    from libs.embedded import free_port
+
+    down = Redis(port=free_port(), socket_connect_timeout=0.5)
+    ctx = JobContext(
+        job_id="j-outage", service=SERVICE, function="f", attempt=1, redis=down, state={}
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="aistack.queue"):
+            await ctx.progress(50, "half way")
+            await ctx.check_cancelled()
+    finally:
+        await down.aclose()
+    assert ctx._last_progress == 50
+    assert "cancellation not checked" in caplog.text

@@ -33,6 +33,7 @@ Contracts every service relies on:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -205,8 +206,20 @@ class JobEvent:
             raise ValueError(f"invalid job event: {exc}") from exc
 
 
+# events whose XADD failed (Redis down or hung), sent again with the next event that gets
+# through (or when a worker sees Redis back): the jobs service's fold is idempotent and
+# order-independent, so a late or repeated event lands where it belongs; bounded (oldest
+# dropped past it, logged) so a long outage cannot grow memory without limit
+UNSENT_EVENTS_MAX = 10_000
+_unsent: collections.deque[JobEvent] = collections.deque()
+
+
 async def emit_event(redis: Redis, event: JobEvent) -> None:
-    """XADD one lifecycle event (approximate MAXLEN); failures are logged, never raised."""
+    """XADD one lifecycle event (approximate MAXLEN); failures are logged, never raised.
+
+    An event that could not be sent is kept and sent again after the next one that is (see
+    :func:`resend_unsent_events`), so a job that ended during an outage is not shown running.
+    """
     try:
         await redis.xadd(
             EVENTS_STREAM,
@@ -214,8 +227,45 @@ async def emit_event(redis: Redis, event: JobEvent) -> None:
             maxlen=EVENTS_MAXLEN,
             approximate=True,
         )
-    except Exception:
-        log.warning("could not emit %s event for job %s", event.status, event.job_id, exc_info=True)
+    except Exception as exc:
+        log.warning(
+            "could not emit %s event for job %s (kept to send again): %s",
+            event.status,
+            event.job_id,
+            exc,
+        )
+        if len(_unsent) >= UNSENT_EVENTS_MAX:
+            lost = _unsent.popleft()
+            log.error("job event lost (too many unsent): %s %s", lost.status, lost.job_id)
+        _unsent.append(event)
+        return
+    if _unsent:
+        await resend_unsent_events(redis)
+
+
+async def resend_unsent_events(redis: Redis) -> int:
+    """Send the events kept by :func:`emit_event` (oldest first); returns how many went."""
+    sent = 0
+    while _unsent:
+        batch = [_unsent.popleft() for _ in range(min(len(_unsent), 500))]
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for ev in batch:
+                    pipe.xadd(
+                        EVENTS_STREAM,
+                        ev.to_fields(),  # type: ignore[arg-type]
+                        maxlen=EVENTS_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except Exception as exc:
+            _unsent.extendleft(reversed(batch))  # kept, in order, for the next try
+            log.warning("unsent job events still not sent (%d): %s", len(_unsent), exc)
+            break
+        sent += len(batch)
+    if sent:
+        log.info("sent %d job events kept during a Redis outage", sent)
+    return sent
 
 
 # ---------------------------------------------------------------------------------------------

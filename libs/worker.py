@@ -78,7 +78,7 @@ from redis.exceptions import RedisError
 
 from libs.db import make_engine, make_session_factory
 from libs.logging import configure_logging
-from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name
+from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name, resend_unsent_events
 from libs.settings import WORKER_REDIS_TIMEOUT_S, ServiceSettings
 from libs.telemetry import setup_tracing
 
@@ -263,6 +263,7 @@ class Worker(ArqWorker):
         self._down_since: float | None = None
         self._down_reported = 0.0
         self._reconnect_s = RECONNECT_MIN_S
+        self._resend_tasks: set[asyncio.Task[int]] = set()
         # set when the poll loop hears from Redis again: whoever waits for it goes on at once
         self._back = asyncio.Event()
         self._closing = False
@@ -422,6 +423,11 @@ class Worker(ArqWorker):
             self._reconnect_s = RECONNECT_MIN_S
             self._back.set()
             self._back = asyncio.Event()
+            if self.pool is not None:
+                # lifecycle events that could not be sent meanwhile (libs.queue.emit_event)
+                task = asyncio.get_running_loop().create_task(resend_unsent_events(self.pool))
+                self._resend_tasks.add(task)
+                task.add_done_callback(self._resend_tasks.discard)
 
     async def close(self) -> None:
         # arq's close, not stopped by a Redis that is gone: on_shutdown still runs

@@ -285,3 +285,28 @@ async def test_progress_goes_on_while_redis_is_unreachable(
         await down.aclose()
     assert ctx._last_progress == 50
     assert "cancellation not checked" in caplog.text
+
+
+async def test_events_unsent_during_an_outage_go_with_the_next_one(redis: Redis) -> None:
+    # a job that ended while Redis was unreachable must not stay "running" in the jobs service
+    from libs import queue as q
+    from libs.embedded import free_port
+
+    q._unsent.clear()
+    down = Redis(port=free_port(), socket_connect_timeout=0.5)
+    ctx = JobContext(
+        job_id="j-unsent", service=SERVICE, function="f", attempt=1, redis=down, state={}
+    )
+    try:
+        await q.emit_event(down, ctx._event("running"))
+        await q.emit_event(down, ctx._event("succeeded", progress=100))
+    finally:
+        await down.aclose()
+    assert await events_for(redis, "j-unsent") == []
+    other = JobContext(
+        job_id="j-next", service=SERVICE, function="f", attempt=1, redis=redis, state={}
+    )
+    await q.emit_event(redis, other._event("running"))
+    statuses = [e.status for e in await events_for(redis, "j-unsent")]
+    assert statuses == ["running", "succeeded"]
+    assert not q._unsent

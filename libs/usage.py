@@ -239,6 +239,10 @@ class UsageOutbox:
 OUTBOX_CHUNK = 1000
 
 
+# how long the sender waits after the first event before sending
+LINGER_S = 0.005
+
+
 class UsageSender:
     """Sends usage events to billing in batches, and never drops one while it can keep it.
 
@@ -326,7 +330,11 @@ class UsageSender:
 
     async def _run(self) -> None:
         delay = self.retry_min_s
+        # a moment for the events of other calls to join the batch, and for the answer that
+        # produced this one to leave first (at low concurrency the send then competes with
+        # nobody's response for the CPU)
         try:
+            await asyncio.sleep(LINGER_S)
             while self._pending or self._replay_wanted():
                 if self._pending:
                     batch = self._pending[: self.batch]

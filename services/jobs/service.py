@@ -258,8 +258,18 @@ class EventConsumer:
                 delay = 0.5
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("job events consumer failed; retrying in %.1fs", delay)
+            except Exception as exc:
+                dependency = outage_of(exc)
+                if dependency is not None:
+                    # an outage, not a bug: one line per try (backing off), no traceback
+                    log.warning(
+                        "job events consumer: %s unreachable (%s); retrying in %.1fs",
+                        "Redis" if dependency == "redis" else "PostgreSQL",
+                        _reason(exc),
+                        delay,
+                    )
+                else:
+                    log.exception("job events consumer failed; retrying in %.1fs", delay)
                 self._group_ready = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)

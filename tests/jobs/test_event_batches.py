@@ -4,6 +4,8 @@ blocking the stream, and nothing is acknowledged while PostgreSQL is down."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -391,3 +393,22 @@ async def _sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+async def test_a_redis_outage_is_one_line_per_try_not_a_traceback(
+    factory: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = Redis(port=free_port(), socket_connect_timeout=0.5)
+    consumer = EventConsumer(down, factory, block_ms=100)
+    task = asyncio.create_task(consumer.run_forever())
+    try:
+        with caplog.at_level(logging.WARNING, logger="aistack.jobs"):
+            await asyncio.sleep(1.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await down.aclose()
+    tries = [r for r in caplog.records if "consumer" in r.getMessage()]
+    assert tries, caplog.text
+    assert all("Redis unreachable" in r.getMessage() and not r.exc_info for r in tries)

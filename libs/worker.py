@@ -27,9 +27,10 @@ A deadline missed closes that connection; the next command opens another.
 
 What happens to jobs while Redis hangs or is down:
 
-- a job already running keeps running. Its own Redis calls fail after the deadline: lifecycle
-  events are skipped with a warning (:func:`libs.queue.emit_event`), while ``progress()`` and
-  a job's own commands raise, and a job that lets that error out fails as any job raising does
+- a job already running keeps running. Its own Redis calls fail after the deadline:
+  lifecycle events are kept and sent once Redis answers (:func:`libs.queue.emit_event`),
+  ``progress()`` goes on without its cancellation check (none can be asked meanwhile), and a
+  job's own commands raise: a job that lets that error out fails as any job raising does
   (arq does not retry it; the jobs service's retry can);
 - its end (result, removal from the queue) is recorded when Redis answers again: the worker
   retries it with the same backoff, so a job that finished during the outage is not run again.

@@ -984,6 +984,15 @@ def _store_later(
     return None
 
 
+async def _own_write(response_id: str) -> None:
+    """Wait (at most 10 s) for this process's write of ``response_id`` if one is in flight
+    (read-your-writes)."""
+    pending = _pending.get(response_id)
+    if pending is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(pending.wait(), timeout=10)
+
+
 async def _find(
     service: LlmService, org_id: uuid.UUID, response_id: str, *, chained: bool = False
 ) -> Any:
@@ -995,10 +1004,7 @@ async def _find(
         return None
     from services.llm import responses_store
 
-    pending = _pending.get(response_id)
-    if pending is not None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pending.wait(), timeout=10)
+    await _own_write(response_id)
     row = await responses_store.load(sessions, org_id, response_id)
     if row is None and chained and _RESPONSE_ID.fullmatch(response_id):
         for delay in _CHAIN_RETRIES_S:
@@ -1057,10 +1063,7 @@ async def resolve_references(
         }
         # responses this process is still writing are waited for (read-your-writes)
         for response_id in set(owners.values()):
-            pending = _pending.get(response_id)
-            if pending is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(pending.wait(), timeout=10)
+            await _own_write(response_id)
         known.update(await responses_store.find_items(sessions, org_id, missing, owners))
         # one another process may still be writing (named by its id): looked up again briefly
         late = {k: v for k, v in owners.items() if k not in known}

@@ -1,4 +1,5 @@
-"""HTTP routes of the llm service: OpenAI's ``/v1/chat/completions``, ``/v1/embeddings``,
+"""HTTP routes of the llm service: OpenAI's ``/v1/chat/completions``, ``/v1/completions``
+(:mod:`services.llm.completions`), ``/v1/embeddings``,
 ``/v1/models``. Errors on them use OpenAI's error shape (see ``OPENAI_PREFIXES``)."""
 
 from __future__ import annotations
@@ -31,11 +32,10 @@ from libs.errors import (
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
 from libs.storage_errors import unhandled_outage_response
+from services.llm.completions import CompletionRequest, create_completion
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.service import CallOptions, LlmService, Result
 
-# /v1/completions is not served, but the gateway routes it here as an OpenAI route: its 404
-# too is one an OpenAI SDK reads
 OPENAI_PREFIXES = ("/v1/chat", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 log = logging.getLogger("aistack.llm")
@@ -243,6 +243,22 @@ async def chat_completions(
     options: OptionsDep,
 ) -> Response:
     return _render(await service.chat(principal, body, options))
+
+
+@router.post(
+    "/v1/completions",
+    summary="Create a text completion (OpenAI's legacy Completions API, over chat; SSE when "
+    "stream=true)",
+    response_model=None,
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+)
+async def completions(
+    body: CompletionRequest,
+    principal: UsePrincipal,
+    service: ServiceDep,
+    options: OptionsDep,
+) -> Response:
+    return _render(await create_completion(service, principal, body, options))
 
 
 @router.post(

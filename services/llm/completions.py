@@ -1,0 +1,506 @@
+"""OpenAI's legacy Completions API (``POST /v1/completions``) as a translation over the chat
+pipeline.
+
+Each prompt becomes one chat completion request with the prompt as its one user message
+(:func:`to_chat`), served by ``LlmService.chat`` exactly as ``/v1/chat/completions`` is:
+routing and aliases, retries, fallback and breakers, TPM limits, the response cache,
+``Idempotency-Key``, metrics and one usage event per chat call all apply unchanged. The
+answer is translated back into a ``text_completion`` (:func:`to_completion`), a stream of chat
+chunks into ``text_completion`` chunks (:func:`translate_stream`). The model answers the prompt
+as a chat turn; it does not continue it as raw text (no provider behind aistack is called in
+raw completion mode).
+
+A list of prompts is one chat call per prompt (at most :data:`MAX_PROMPTS`, run at once; at
+most :data:`CONCURRENCY` at a time when not streamed), with OpenAI's choice indexes: prompt
+``i``'s ``j``-th choice has index ``i * n + j``; ``usage`` is the sum of the calls'. Each
+call is its own upstream request, so each emits its own usage event (billing stays exact);
+with an ``Idempotency-Key`` each call is claimed under ``<key>:<i>`` (one prompt: the key as
+sent). If one call fails before its answer starts, the request fails with that call's error;
+calls already answered are billed (their upstream did the work), streams already open are
+closed and billed as cut short.
+
+Supported: ``prompt`` (a text or a list of texts), ``max_tokens`` (default 16, as OpenAI;
+``null``: no limit), ``temperature``, ``top_p``, ``n``, ``stop``, ``stream`` and
+``stream_options.include_usage``, ``echo`` (the prompt before each choice's text; streamed:
+in each choice's first chunk), ``best_of`` equal to ``n`` (no ranking to do),
+``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``seed``, ``user``, and aistack's
+``cache`` and ``timeout``. Refused with a 400 naming the parameter: token-id prompts (aistack
+cannot know the model's tokenizer), ``suffix``, ``logprobs``, ``best_of`` other than ``n``,
+``max_tokens`` 0, and any parameter OpenAI does not define.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from libs.errors import AppError, BadRequest
+from services.llm.schemas import ChatCompletionRequest, StreamOptions
+from services.llm.service import CallOptions, Result
+from services.llm.streaming import DONE, sse
+
+if TYPE_CHECKING:
+    from libs.identity import Principal
+    from services.llm.service import LlmService
+
+PATH = "/v1/completions"
+MAX_PROMPTS = 128
+CONCURRENCY = 16  # chat calls of one non-streamed request running at once
+
+_FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions``."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"model": "default", "prompt": "Say hello", "max_tokens": 32}]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=200, description="A model alias or provider/model")
+    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
+        default=None,
+        description="A text or a list of texts (one chat call each; token-id prompts are "
+        "refused). The model answers it as a user message.",
+    )
+    max_tokens: int | None = Field(
+        default=16, ge=1, description="Most tokens per choice (default 16; null: no limit)"
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=16)
+    best_of: int | None = Field(default=None, ge=1, le=16, description="Must equal n")
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    echo: bool | None = Field(default=None, description="Put the prompt before the text")
+    suffix: str | None = Field(default=None, description="Not supported (400)")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Not supported (400)")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+    cache: bool | None = Field(
+        default=None,
+        description="aistack: opt in (true) or out (false) of the response cache; "
+        "by default only temperature 0 requests are cached",
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="aistack: per-request timeout in seconds (capped)"
+    )
+
+
+def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequest:
+    """A 400 whose OpenAI error names ``param``."""
+    return BadRequest(message, code=code, details=[{"field": param, "message": message}])
+
+
+# ---------------------------------------------------------------------------- request
+
+
+def prompts_of(body: CompletionRequest) -> list[str]:
+    """The prompts as texts (400 for token ids, an empty list, too many or none)."""
+    prompt = body.prompt
+    if prompt is None:
+        raise _invalid("prompt is required", "prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise _invalid("prompt must not be an empty list", "prompt")
+    if not all(isinstance(p, str) for p in prompt):
+        raise _invalid(
+            "Token-id prompts are not supported; send the prompt as text",
+            "prompt",
+            "unsupported_parameter",
+        )
+    if len(prompt) > MAX_PROMPTS:
+        raise _invalid(f"at most {MAX_PROMPTS} prompts per request", "prompt")
+    return [str(p) for p in prompt]
+
+
+def check(body: CompletionRequest) -> None:
+    """400 for what would change the answer and is not supported."""
+    for key in body.model_extra or {}:
+        raise _invalid(
+            f"Unrecognized request argument supplied: {key}", key, "unsupported_parameter"
+        )
+    if body.suffix:
+        raise _invalid(
+            "suffix is not supported: the prompt is answered as a chat turn, with nothing to "
+            "insert into",
+            "suffix",
+            "unsupported_parameter",
+        )
+    if body.logprobs is not None:
+        raise _invalid(
+            "logprobs is not supported on /v1/completions", "logprobs", "unsupported_parameter"
+        )
+    n = body.n or 1
+    if body.best_of is not None and body.best_of != n:
+        raise _invalid(
+            f"best_of must equal n ({n}): aistack does not rank candidate completions",
+            "best_of",
+            "unsupported_parameter",
+        )
+
+
+def to_chat(body: CompletionRequest, prompt: str) -> ChatCompletionRequest:
+    """The chat completion request one prompt amounts to. Streams always ask for usage (the
+    sum over prompts needs each call's); whether the client sees it is decided later."""
+    chat: dict[str, Any] = {"model": body.model, "messages": [{"role": "user", "content": prompt}]}
+    for key in (
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "user",
+        "cache",
+        "timeout",
+    ):
+        value = getattr(body, key)
+        if value is not None:
+            chat[key] = value
+    if body.logit_bias:
+        chat["logit_bias"] = body.logit_bias
+    if body.stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    try:
+        return ChatCompletionRequest.model_validate(chat)
+    except ValidationError as exc:  # the fields above are validated alike: not expected
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if field.startswith("messages"):
+            field = "prompt"
+        raise _invalid(f"Invalid request: {field}: {err['msg']}", field) from exc
+
+
+# ---------------------------------------------------------------------------- response
+
+
+def completion_id(chat_id: str | None) -> str:
+    """``cmpl-<hex>`` for the chat call ``chatcmpl-<hex>`` (the usage event's request id)."""
+    return "cmpl-" + (chat_id or "").removeprefix("chatcmpl-")
+
+
+def finish_reason(reason: str | None) -> str | None:
+    """A chat finish reason as a completion's (tool calls cannot occur: no tools are sent)."""
+    if reason is None:
+        return None
+    return _FINISH.get(reason, "stop")
+
+
+def add_usage(total: dict[str, Any] | None, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """``total`` plus ``usage``, every count summed (nested details too)."""
+    out: dict[str, Any] = dict(total or {})
+    for key, value in (usage or {}).items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            prior = out.get(key)
+            out[key] = (prior if isinstance(prior, int | float) else 0) + value
+        elif isinstance(value, dict):
+            prior = out.get(key)
+            out[key] = add_usage(prior if isinstance(prior, dict) else None, value)
+    return out
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the translation back needs of the request."""
+
+    prompts: list[str]
+    n: int
+    echo: bool
+    include_usage: bool
+
+    @classmethod
+    def of(cls, body: CompletionRequest, prompts: list[str]) -> Shape:
+        return cls(
+            prompts=prompts,
+            n=body.n or 1,
+            echo=bool(body.echo),
+            include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        )
+
+
+def to_completion(completions: list[dict[str, Any]], shape: Shape) -> dict[str, Any]:
+    """The chat completions of each prompt (in prompt order) as one ``text_completion``."""
+    first = completions[0]
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] = {}
+    for i, chat in enumerate(completions):
+        prompt = shape.prompts[i]
+        for choice in chat.get("choices") or []:
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            if shape.echo:
+                text = prompt + text
+            choices.append(
+                {
+                    "text": text,
+                    "index": i * shape.n + int(choice.get("index") or 0),
+                    "logprobs": None,
+                    "finish_reason": finish_reason(choice.get("finish_reason")) or "stop",
+                }
+            )
+        usage = add_usage(usage, chat.get("usage"))
+    out: dict[str, Any] = {
+        "id": completion_id(first.get("id")),
+        "object": "text_completion",
+        "created": first.get("created") or 0,
+        "model": first.get("model") or "",
+        "choices": sorted(choices, key=lambda c: c["index"]),
+        "usage": usage,
+    }
+    if first.get("system_fingerprint"):
+        out["system_fingerprint"] = first["system_fingerprint"]
+    return out
+
+
+class ChunkTranslator:
+    """Chat chunks of each prompt's call as ``text_completion`` chunks, sharing one id."""
+
+    def __init__(self, shape: Shape) -> None:
+        self.shape = shape
+        self.base: dict[str, Any] | None = None
+        self.started: set[int] = set()  # choice indexes whose first text was sent (echo)
+        self.usage: dict[str, Any] | None = None
+
+    def _base(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        if self.base is None:
+            self.base = {
+                "id": completion_id(chunk.get("id")),
+                "object": "text_completion",
+                "created": chunk.get("created") or 0,
+                "model": chunk.get("model") or "",
+            }
+            if chunk.get("system_fingerprint"):
+                self.base["system_fingerprint"] = chunk["system_fingerprint"]
+        return self.base
+
+    def add(self, prompt_index: int, chunk: dict[str, Any]) -> bytes | None:
+        """One chat chunk of prompt ``prompt_index``'s call; the SSE event for it, if any."""
+        base = self._base(chunk)
+        if chunk.get("usage"):
+            self.usage = add_usage(self.usage, chunk["usage"])
+        choices = []
+        for choice in chunk.get("choices") or []:
+            index = prompt_index * self.shape.n + int(choice.get("index") or 0)
+            text = (choice.get("delta") or {}).get("content") or ""
+            if self.shape.echo and index not in self.started:
+                text = self.shape.prompts[prompt_index] + text
+            finish = finish_reason(choice.get("finish_reason"))
+            if not text and finish is None:
+                continue  # the role chunk: OpenAI's text completions send none
+            self.started.add(index)
+            choices.append(
+                {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+            )
+        if not choices:
+            return None
+        out = {**base, "choices": choices}
+        if self.shape.include_usage:
+            out["usage"] = None
+        return sse(out)
+
+    def final(self) -> list[bytes]:
+        """The usage chunk (when asked for) and ``[DONE]``."""
+        events = []
+        if self.shape.include_usage and self.base is not None:
+            events.append(sse({**self.base, "choices": [], "usage": self.usage or {}}))
+        events.append(DONE)
+        return events
+
+
+_END = object()
+
+
+async def _events(stream: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any] | None, None]:
+    """The chat pipeline's SSE bytes as chunk dicts; ``None`` for ``[DONE]``. Reads on past
+    ``[DONE]`` to the stream's end: the chat relay settles the call (usage, cache,
+    idempotency) only once it has run out, and counts a stream closed early as cut short."""
+    buffer = b""
+    async for piece in stream:
+        buffer += piece
+        while b"\n\n" in buffer:
+            frame, buffer = buffer.split(b"\n\n", 1)
+            if frame.startswith(b"data: "):
+                data = frame[6:]
+                yield None if data == b"[DONE]" else orjson.loads(data)
+
+
+async def _aclose(stream: AsyncIterator[bytes] | None) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def translate_stream(
+    streams: list[AsyncIterator[bytes]], shape: Shape
+) -> AsyncIterator[bytes]:
+    """The SSE streams of each prompt's chat call as one stream of ``text_completion`` chunks
+    (several prompts: interleaved as they come); an in-band error of any call is passed on
+    and ends the stream. Closing this closes every call's stream (and the upstream calls)."""
+    out = ChunkTranslator(shape)
+    if len(streams) == 1:
+        try:
+            async with contextlib.aclosing(_events(streams[0])) as chunks:
+                async for chunk in chunks:
+                    if chunk is None:
+                        continue
+                    if "error" in chunk:
+                        yield sse(chunk)
+                        return
+                    event = out.add(0, chunk)
+                    if event is not None:
+                        yield event
+            for event in out.final():
+                yield event
+        finally:
+            await _aclose(streams[0])
+        return
+
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[bytes]) -> None:
+        try:
+            async with contextlib.aclosing(_events(stream)) as chunks:
+                async for chunk in chunks:
+                    if chunk is not None:
+                        await queue.put((i, chunk))
+        except Exception as exc:  # the relay reports upstream failures in-band: not expected
+            await queue.put((i, exc))
+        finally:
+            await _aclose(stream)
+            await queue.put((i, _END))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            i, item = await queue.get()
+            if item is _END:
+                running -= 1
+            elif isinstance(item, Exception):
+                raise item
+            elif "error" in item:
+                yield sse(item)
+                return
+            else:
+                event = out.add(i, item)
+                if event is not None:
+                    yield event
+        for event in out.final():
+            yield event
+    finally:
+        for task in tasks:
+            task.cancel()
+        # each pump closes its stream: a call cut short is billed for what it delivered
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------- calls
+
+
+def _options(opts: CallOptions, index: int, count: int) -> CallOptions:
+    if count == 1 or not opts.idempotency_key:
+        return opts
+    return replace(opts, idempotency_key=f"{opts.idempotency_key}:{index}")
+
+
+def _first_error(errors: Iterable[BaseException]) -> BaseException:
+    errors = list(errors)
+    for err in errors:
+        if isinstance(err, AppError):
+            return err
+    return errors[0]
+
+
+async def _close_unread(result: Result) -> None:
+    """Close the stream of a call that will not be relayed: started first, so that the chat
+    relay's own cleanup runs (closes the upstream; bills what was produced as cut short)."""
+    stream = result.stream
+    if stream is None:
+        return
+    with contextlib.suppress(StopAsyncIteration):
+        await anext(stream)
+    await _aclose(stream)
+
+
+async def _open_all(
+    service: LlmService,
+    principal: Principal,
+    chats: list[ChatCompletionRequest],
+    options: CallOptions,
+    limit: int | None,
+) -> list[Result]:
+    """Every prompt's chat call (at most ``limit`` at a time); on a failure, the calls not yet
+    done are cancelled, open streams closed and the first failure raised."""
+    slots = asyncio.Semaphore(limit or len(chats))
+
+    async def one(i: int, chat: ChatCompletionRequest) -> Result:
+        async with slots:
+            return await service.chat(principal, chat, _options(options, i, len(chats)))
+
+    tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(chats)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await _settle_tasks(tasks)
+        raise
+    failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if not failed:
+        return [t.result() for t in tasks]
+    for task in tasks:
+        task.cancel()
+    await _settle_tasks(tasks)
+    raise _first_error(e for e in failed if e is not None)
+
+
+async def _settle_tasks(tasks: list[asyncio.Task[Result]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            await _close_unread(task.result())
+
+
+async def create_completion(
+    service: LlmService, principal: Principal, body: CompletionRequest, options: CallOptions
+) -> Result:
+    """``POST /v1/completions``: the request's chat calls, their answers translated back."""
+    check(body)
+    prompts = prompts_of(body)
+    chats = [to_chat(body, p) for p in prompts]
+    shape = Shape.of(body, prompts)
+    if body.stream:
+        results = await _open_all(service, principal, chats, options, None)
+        streams = []
+        for result in results:
+            if result.stream is None:  # not expected: the chat path streams a stream request
+                for other in results:
+                    await _close_unread(other)
+                raise RuntimeError("the chat call of a streamed completion did not stream")
+            streams.append(result.stream)
+        return Result(stream=translate_stream(streams, shape), headers=results[0].headers)
+    results = await _open_all(service, principal, chats, options, CONCURRENCY)
+    bodies = [r.body for r in results if r.body is not None]
+    if len(bodies) != len(results):
+        raise RuntimeError("the chat call of a completion answered without a body")
+    return Result(body=to_completion(bodies, shape), headers=results[0].headers)

@@ -3,6 +3,7 @@ answers, streams, lists of prompts, n, echo, refusals, idempotency and usage eve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -349,11 +350,15 @@ def test_add_usage_sums_nested_counts() -> None:
 
 def _n_fake(behavior: Behavior) -> Starlette:
     """An OpenAI chat endpoint that honours ``n`` (choice ``i`` answers ``answer <i>``), its
-    payloads validated with the SDK's types (the shared fake always answers one choice)."""
+    payloads validated with the SDK's types (the shared fake always answers one choice). The
+    prompt ``refuse`` is refused, after a while, with OpenAI's 400 body."""
 
     async def chat(request: Request) -> Response:
         body = await request.json()
         behavior.requests.append({"path": request.url.path, "json": body})
+        if body["messages"][0]["content"] == "refuse":
+            await asyncio.sleep(0.3)
+            return JSONResponse(openai_fake.error_body(400, "Invalid prompt."), status_code=400)
         n, model = int(body.get("n") or 1), body["model"]
         usage = {"prompt_tokens": 5, "completion_tokens": 3 * n, "total_tokens": 5 + 3 * n}
         base = {"id": "chatcmpl-n", "created": openai_fake.CREATED, "model": model}
@@ -469,3 +474,22 @@ async def test_n_choices_per_prompt_keep_openai_indexes(n_env: Env, n_server: Up
     assert finishes == {0: "stop", 1: "length", 2: "stop", 3: "length"}
     assert last is not None and last.usage is not None and last.usage.total_tokens == 22
     assert len(await n_env.usage_events()) == 4
+
+
+async def test_one_prompt_failing_fails_the_request_and_closes_the_others(
+    n_env: Env, n_server: Upstream
+) -> None:
+    # not streamed: the request fails with that call's error; the answered call is billed
+    with pytest.raises(openai.BadRequestError):
+        await n_env.client.completions.create(model="multi", prompt=["p0", "refuse"])
+    events = await n_env.usage_events()
+    assert sorted(e["status"] for e in events) == ["error", "ok"]
+    seen = {e["job_id"] for e in events}
+
+    # streamed: the stream already open for p0 is closed, billed as cut short
+    with pytest.raises(openai.BadRequestError):
+        await n_env.client.completions.create(model="multi", prompt=["p0", "refuse"], stream=True)
+    events = [e for e in await n_env.usage_events() if e["job_id"] not in seen]
+    assert sorted(e["status"] for e in events) == ["cancelled", "error"]
+    cut = next(e for e in events if e["status"] == "cancelled")
+    assert cut["prompt_tokens"] > 0

@@ -222,7 +222,7 @@ async def test_bad_requests(gateway: Stack) -> None:
         assert resp.json()["error"]["code"] == "method_not_allowed"
         assert resp.json()["error"]["type"] == "invalid_request_error"
         # an OpenAI path the service does not serve: a 404 its SDKs still read
-        resp = await raw.post("/v1/completions", json={"model": "default"}, headers=headers)
+        resp = await raw.post("/v1/chat/unknown", json={"model": "default"}, headers=headers)
         assert resp.status_code == 404
         assert resp.json()["error"]["type"] == "not_found_error"
     assert gateway.upstream.chat_calls == 0

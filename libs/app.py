@@ -146,7 +146,11 @@ def create_app(
             if use_database == "lazy":
                 # SQLAlchemy and the engine come with the first session (libs/sessions.py)
                 lazy = LazySessionFactory(
-                    settings.database_url, pool_size=settings.db_pool_size, application_name=service
+                    settings.database_url,
+                    pool_size=settings.db_pool_size,
+                    application_name=service,
+                    command_timeout_s=settings.db_command_timeout_seconds,
+                    pool_timeout_s=settings.db_pool_timeout_seconds,
                 )
                 app.state.session_factory = lazy
                 stack.push_async_callback(lazy.aclose)
@@ -155,7 +159,11 @@ def create_app(
                 from libs.db import make_engine, make_session_factory
 
                 engine = make_engine(
-                    settings.database_url, pool_size=settings.db_pool_size, application_name=service
+                    settings.database_url,
+                    pool_size=settings.db_pool_size,
+                    application_name=service,
+                    command_timeout_s=settings.db_command_timeout_seconds,
+                    pool_timeout_s=settings.db_pool_timeout_seconds,
                 )
                 app.state.engine = engine
                 app.state.session_factory = make_session_factory(engine)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # the request-scoped session dependency lives where it needs no SQLAlchemy (llm loads it late)
 from libs.sessions import SessionDep as SessionDep
 from libs.sessions import get_session as get_session
+from libs.settings import DB_COMMAND_TIMEOUT_S, DB_POOL_TIMEOUT_S
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -66,15 +67,40 @@ class TimestampMixin:
     )
 
 
-def make_engine(url: str, *, pool_size: int = 10, application_name: str = "aistack") -> AsyncEngine:
-    """Create the async engine (asyncpg) for a service."""
+CONNECT_TIMEOUT_S = 5.0
+
+
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    application_name: str = "aistack",
+    command_timeout_s: float = DB_COMMAND_TIMEOUT_S,
+    pool_timeout_s: float = DB_POOL_TIMEOUT_S,
+) -> AsyncEngine:
+    """Create the async engine (asyncpg) for a service.
+
+    Every wait on PostgreSQL has a deadline, so a hung server (stopped, swapping, a
+    black-holed network: the kernel accepts, nothing answers) cannot hang a request or a
+    background loop: ``command_timeout_s`` for each statement's answer (BEGIN, the pool's
+    pre-ping and COMMIT too), ``min(5 s, command_timeout_s)`` for a new connection,
+    ``pool_timeout_s`` for a free connection of the pool. Past one, asyncpg raises
+    ``TimeoutError``; SQLAlchemy drops that connection (closed within 2 s more, never
+    returned to the pool) and :func:`libs.storage_errors.outage_of` calls it a database
+    outage (503 ``service_unavailable``).
+    """
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout_s,
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={"server_settings": {"application_name": application_name}, "timeout": 5},
+        connect_args={
+            "server_settings": {"application_name": application_name},
+            "timeout": min(CONNECT_TIMEOUT_S, command_timeout_s),
+            "command_timeout": command_timeout_s,
+        },
     )
 
 

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
+from libs.settings import DB_COMMAND_TIMEOUT_S, DB_POOL_TIMEOUT_S
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -40,10 +42,20 @@ class LazySessionFactory:
     Called like ``async_sessionmaker``: ``factory()`` is a new ``AsyncSession``.
     """
 
-    def __init__(self, url: str, *, pool_size: int, application_name: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int,
+        application_name: str,
+        command_timeout_s: float = DB_COMMAND_TIMEOUT_S,
+        pool_timeout_s: float = DB_POOL_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.application_name = application_name
+        self.command_timeout_s = command_timeout_s
+        self.pool_timeout_s = pool_timeout_s
         self.engine: AsyncEngine | None = None
         self._factory: async_sessionmaker[AsyncSession] | None = None
 
@@ -53,7 +65,11 @@ class LazySessionFactory:
             from libs.db import make_engine, make_session_factory
 
             self.engine = make_engine(
-                self.url, pool_size=self.pool_size, application_name=self.application_name
+                self.url,
+                pool_size=self.pool_size,
+                application_name=self.application_name,
+                command_timeout_s=self.command_timeout_s,
+                pool_timeout_s=self.pool_timeout_s,
             )
             factory = self._factory = make_session_factory(self.engine)
         return factory()

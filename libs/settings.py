@@ -22,6 +22,12 @@ DEV_INTERNAL_SECRET = "dev-internal-token-secret-change-me-0000000000"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:54329/aistack"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:63799/0"
 WORKER_REDIS_TIMEOUT_S = 5.0
+# PostgreSQL deadlines (libs/db.py:make_engine): statements on the request path take
+# milliseconds and the longest legitimate ones (batched purges, vector searches) well under a
+# second, so 10 s is an order of magnitude past them, yet far below the gateway's upstream
+# read timeout and a client's patience: a hung server is a 503 in seconds, not a hang.
+DB_COMMAND_TIMEOUT_S = 10.0
+DB_POOL_TIMEOUT_S = 10.0
 
 Environment = Literal["development", "test", "production"]
 
@@ -36,6 +42,8 @@ SHARED_FIELDS = frozenset(
         "otlp_endpoint",
         "max_body_bytes",
         "db_pool_size",
+        "db_command_timeout_seconds",
+        "db_pool_timeout_seconds",
         "worker_redis_timeout_s",
     }
 )
@@ -71,6 +79,23 @@ class ServiceSettings(BaseSettings):
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint")
     max_body_bytes: int = 1_048_576
     db_pool_size: int = 10
+    db_command_timeout_seconds: float = Field(
+        default=DB_COMMAND_TIMEOUT_S,
+        gt=0,
+        description=(
+            "PostgreSQL: longest wait for one statement's answer (and for a new connection, "
+            "at most 5 s); past it the connection is dropped and the request answers 503 "
+            "service_unavailable, so a hung server cannot hang requests or background loops"
+        ),
+    )
+    db_pool_timeout_seconds: float = Field(
+        default=DB_POOL_TIMEOUT_S,
+        gt=0,
+        description=(
+            "longest wait for a free connection of the process's pool (DB_POOL_SIZE, and as "
+            "many again for bursts); past it: 503 service_unavailable"
+        ),
+    )
     worker_redis_timeout_s: float = Field(
         default=WORKER_REDIS_TIMEOUT_S,
         gt=0,

@@ -1,6 +1,7 @@
 """PostgreSQL and Redis errors that are not bugs, in the error shape instead of a 500.
 
-- An outage (a refused or dropped connection, an exhausted pool): without a handler it is
+- An outage (a refused or dropped connection, an exhausted pool, PostgreSQL not answering
+  within ``DB_COMMAND_TIMEOUT_SECONDS``: libs/db.py): without a handler it is
   an unhandled exception, a 500 ``internal_error`` and a traceback per request, which tells
   a client nothing it can act on. Here it is ``503 service_unavailable`` with
   ``Retry-After`` and the dependency that failed, and one warning line in the log.
@@ -31,6 +32,33 @@ _OUTAGE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 def _sqlstate(exc: BaseException) -> str:
     """The PostgreSQL SQLSTATE behind a SQLAlchemy error ("" when there is none)."""
     return str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+
+
+def database_timeout(exc: BaseException) -> bool:
+    """A ``TimeoutError`` raised by asyncpg: PostgreSQL did not answer within the engine's
+    deadline (a statement, the pool's pre-ping or a new connection; libs/db.py:make_engine).
+
+    SQLAlchemy passes it on unwrapped (it drops the connection, as for a cancellation), so
+    it is told apart from the timeouts of everything else (``asyncio.timeout`` around a
+    Redis call or an HTTP request) by where it came from: asyncpg's code is on its way up.
+    """
+    if not isinstance(exc, TimeoutError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """An outage's reason for a log line: the error's type and first line (a deadline
+    passing has no message of its own: it is named)."""
+    if database_timeout(exc):
+        return "TimeoutError: no answer within the deadline (DB_COMMAND_TIMEOUT_SECONDS)"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -64,6 +92,8 @@ def outage_of(exc: BaseException) -> str | None:
         return "database"
     # asyncpg's connect raises the socket's own error (SQLAlchemy re-raises it unwrapped)
     if isinstance(exc, ConnectionError):
+        return "database"
+    if database_timeout(exc):  # hung: no answer within the deadline (libs/db.py)
         return "database"
     return None
 
@@ -102,7 +132,11 @@ def unhandled_outage_response(scope: Scope, exc: BaseException) -> Response | No
     if dependency is None:
         return None
     log.warning(
-        "%s %s: %s unavailable (%s)", scope.get("method"), scope.get("path"), dependency, exc
+        "%s %s: %s unavailable (%s)",
+        scope.get("method"),
+        scope.get("path"),
+        dependency,
+        describe(exc),
     )
     return outage_response(Request(scope), dependency)
 
@@ -119,12 +153,11 @@ def install_storage_error_handlers(app: FastAPI) -> None:
         if dependency is None:
             raise exc  # not an outage: the generic 500 handling applies
         log.warning(
-            "%s %s: %s unavailable (%s: %s)",
+            "%s %s: %s unavailable (%s)",
             request.method,
             request.url.path,
             dependency,
-            type(exc).__name__,
-            str(exc).splitlines()[0][:200] if str(exc) else "",
+            describe(exc),
         )
         return outage_response(request, dependency)
 
@@ -134,5 +167,6 @@ def install_storage_error_handlers(app: FastAPI) -> None:
         sa_errors.DBAPIError,
         sa_errors.TimeoutError,
         ConnectionError,
+        TimeoutError,  # only asyncpg's (database_timeout); any other stays a 500
     ):
         app.add_exception_handler(kind, handler)

@@ -66,6 +66,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from libs.errors import BadRequest, NotFound
+from libs.storage_errors import describe, outage_of
 from services.llm.responses_schemas import NOT_FORWARDED, RESPONSES_ONLY, ResponsesRequest
 from services.llm.router import (
     OpenAIRoute,
@@ -968,9 +969,16 @@ def _store_later(
                 ttl_days=ttl_days,
             )
             STORED.labels("ok").inc()
-        except Exception:
+        except Exception as exc:
             STORED.labels("error").inc()
-            log.exception("response %s could not be stored", response_id)
+            if outage_of(exc) is not None:  # down, or hung past DB_COMMAND_TIMEOUT_SECONDS
+                log.warning(
+                    "response %s could not be stored: database unavailable (%s)",
+                    response_id,
+                    describe(exc),
+                )
+            else:
+                log.exception("response %s could not be stored", response_id)
         finally:
             done.set()
             if _pending.get(response_id) is done:

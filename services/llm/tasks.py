@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any
 
+from libs.storage_errors import describe, outage_of
 from libs.usage import USAGE_PENDING, UsageOutbox
 
 log = logging.getLogger("aistack.llm.tasks")
@@ -35,8 +36,8 @@ async def replay_outbox_forever(
             USAGE_PENDING.labels("llm", "outbox").set(await outbox.count())
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.warning("usage outbox replay failed; next try in %.0f s", interval_s, exc_info=True)
+        except Exception as exc:
+            _failed("usage outbox replay", exc, interval_s)
         await asyncio.sleep(interval_s)
 
 
@@ -52,9 +53,25 @@ async def purge_responses_forever(sessions: Any, interval_s: float = PURGE_INTER
                 log.info("%d expired stored responses purged", purged)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.warning("responses purge failed; next in %.0f s", interval_s, exc_info=True)
+        except Exception as exc:
+            _failed("responses purge", exc, interval_s)
         await asyncio.sleep(interval_s)
+
+
+def _failed(what: str, exc: Exception, interval_s: float) -> None:
+    """A round that failed: PostgreSQL or Redis unreachable (or PostgreSQL hung past
+    ``DB_COMMAND_TIMEOUT_SECONDS``) is one line; anything else carries its traceback."""
+    dependency = outage_of(exc)
+    if dependency is not None:
+        log.warning(
+            "%s failed: %s unavailable (%s); next try in %.0f s",
+            what,
+            dependency,
+            describe(exc),
+            interval_s,
+        )
+    else:
+        log.warning("%s failed; next try in %.0f s", what, interval_s, exc_info=exc)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:

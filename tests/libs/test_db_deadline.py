@@ -1,0 +1,273 @@
+"""A hung PostgreSQL (it accepts connections and never answers) must not hang the services.
+
+PostgreSQL is hung the way a client sees it: the service's engine goes through a proxy
+(tests/pg_faults.py) that stops passing bytes, while the shared test PostgreSQL runs on.
+Every wait on it has a deadline (libs/db.py:make_engine, ``DB_COMMAND_TIMEOUT_SECONDS``):
+past it, requests answer 503 service_unavailable (one warning line, no traceback) and
+background loops retry later, and all of it works again once PostgreSQL answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from libs.db import make_engine, make_session_factory
+from libs.queue import emit_event
+from libs.storage_errors import database_timeout, outage_of
+from libs.testing import Infra, auth_headers, client_for, principal
+from services.jobs.app import build_app as jobs_app
+from services.jobs.models import Job
+from services.jobs.service import EventConsumer
+from services.jobs.settings import JobsSettings
+from tests.jobs.test_event_batches import usage_job
+from tests.llm.store_helpers import store_app
+from tests.outages import assert_unavailable
+from tests.pg_faults import HangingProxy, hanging_postgres
+from tests.redis_faults import eventually
+
+DEADLINE_S = 0.5
+# the deadline, then up to 2 s for SQLAlchemy's graceful close of the dropped connection
+# (asyncpg's own close timeout, which a hung server always runs out), then slack for a
+# busy machine
+ANSWER_WITHIN_S = DEADLINE_S + 2 + 1.5
+
+
+class Records(logging.Handler):
+    """Every log record from the moment it is attached (apps replace the root handlers)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def at_least(self, level: int) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.levelno >= level]
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[Records]:
+    handler = Records()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+@pytest.fixture
+def proxy(infra: Infra) -> Iterator[HangingProxy]:
+    with hanging_postgres(infra.database_url) as p:
+        yield p
+
+
+@pytest.fixture
+async def hung_engine(proxy: HangingProxy) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(proxy.url, command_timeout_s=DEADLINE_S, pool_timeout_s=DEADLINE_S)
+    yield engine
+    proxy.resume()
+    await engine.dispose()
+
+
+async def _timed(coro: object) -> tuple[BaseException | None, float]:
+    """Run ``coro``; the error it raised (None) and how long it took. Bounded, so a
+    regression (an endless wait) fails the test instead of hanging it."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(15):
+            await coro  # type: ignore[misc]
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
+async def test_a_statement_past_the_deadline_is_a_database_outage_and_its_connection_dropped(
+    proxy: HangingProxy, hung_engine: AsyncEngine
+) -> None:
+    async with hung_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT 1")) == 1
+        proxy.hang()
+        exc, took = await _timed(conn.scalar(text("SELECT 2")))
+        assert isinstance(exc, TimeoutError), exc
+        assert took < ANSWER_WITHIN_S
+        assert outage_of(exc) == "database"
+        # dropped, not given back to the pool to be used again
+        assert conn.invalidated
+
+    # a pooled connection: its pre-ping has the same deadline, and is an outage too
+    exc, took = await _timed(_select_one(hung_engine))
+    assert isinstance(exc, TimeoutError) and outage_of(exc) == "database", exc
+    assert took < ANSWER_WITHIN_S
+    # a new connection: the connect has it too
+    exc, took = await _timed(_select_one(hung_engine))
+    assert isinstance(exc, TimeoutError) and outage_of(exc) == "database", exc
+    assert took < ANSWER_WITHIN_S
+
+    # answering again: the same engine works at once, nothing is left checked out
+    proxy.resume()
+    exc, took = await _timed(_select_one(hung_engine))
+    assert exc is None and took < 1.0, exc
+    assert hung_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def _select_one(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT 1")) == 1
+
+
+async def test_other_timeouts_are_not_the_database(infra: Infra) -> None:
+    assert outage_of(TimeoutError()) is None
+
+    async def slow() -> None:
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+
+    with pytest.raises(TimeoutError) as raised:
+        await slow()
+    assert outage_of(raised.value) is None
+    # not even inside a transaction (SQLAlchemy's code is then on the way up)
+    engine = make_engine(infra.database_url)
+    try:
+        with pytest.raises(TimeoutError) as raised:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT 1"))
+                await slow()
+        assert not database_timeout(raised.value)
+        assert outage_of(raised.value) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_a_request_while_postgres_hangs_is_503_within_the_deadline_then_200(
+    proxy: HangingProxy,
+) -> None:
+    # the deadlines come from the settings (DB_COMMAND_TIMEOUT_SECONDS, DB_POOL_TIMEOUT_SECONDS)
+    settings = JobsSettings(
+        database_url=proxy.url,
+        db_command_timeout_seconds=DEADLINE_S,
+        db_pool_timeout_seconds=DEADLINE_S,
+        log_json=False,
+    )
+    app = jobs_app(settings)
+    who = auth_headers(principal(scopes=["jobs:read"]))
+    async with client_for(app) as c:
+        assert (await c.get("/v1/jobs", headers=who)).status_code == 200
+        proxy.hang()
+        with recording() as logs:
+            # a pooled connection (pre-ping), then a new one (connect)
+            for _ in range(2):
+                started = time.monotonic()
+                async with asyncio.timeout(15):
+                    resp = await c.get("/v1/jobs", headers=who)
+                assert time.monotonic() - started < ANSWER_WITHIN_S
+                assert_unavailable(resp, "database")
+        # one warning line per request, no traceback, no error
+        warnings = [r for r in logs.at_least(logging.WARNING) if r.name == "aistack.storage_errors"]
+        assert len(warnings) == 2, [r.getMessage() for r in logs.records]
+        assert all("database unavailable" in r.getMessage() for r in warnings)
+        assert all("DB_COMMAND_TIMEOUT_SECONDS" in r.getMessage() for r in warnings)
+        assert not logs.at_least(logging.ERROR)
+        assert not any(r.exc_info for r in logs.records)
+
+        proxy.resume()
+        resp = await c.get("/v1/jobs", headers=who)
+        assert resp.status_code == 200, resp.text
+
+
+async def test_the_llm_hot_route_answers_openai_shaped_503_while_postgres_hangs(
+    proxy: HangingProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The llm builds its engine lazily (libs/sessions.py) and answers errors of its hot
+    chat route itself (libs.storage_errors.unhandled_outage_response): a stored prompt to
+    render needs the database."""
+    monkeypatch.setenv("DATABASE_URL", proxy.url)
+    monkeypatch.setenv("DB_COMMAND_TIMEOUT_SECONDS", str(DEADLINE_S))
+    app = store_app(tmp_path, monkeypatch)
+    p = principal()
+    async with client_for(app) as c:
+        version = {
+            "messages": [{"role": "user", "content": "Summarize: {{ text }}"}],
+            "model": "default",
+            "labels": ["production"],
+        }
+        body = {"name": "summarize", "description": "d", "version": version}
+        resp = await c.post("/v1/prompts", json=body, headers=auth_headers(p))
+        assert resp.status_code == 201, resp.text
+        proxy.hang()
+        started = time.monotonic()
+        async with asyncio.timeout(15):
+            resp = await c.post(
+                "/v1/chat/completions",
+                json={"model": "default", "prompt": {"name": "summarize", "label": "production"}},
+                headers=auth_headers(p),
+            )
+        assert time.monotonic() - started < ANSWER_WITHIN_S
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "2"
+        error = resp.json()["error"]
+        assert error["code"] == "service_unavailable" and error["type"] == "api_error"
+        async with asyncio.timeout(15):
+            resp = await c.get("/v1/prompts", headers=auth_headers(p))
+        assert_unavailable(resp, "database")
+        proxy.resume()
+        assert (await c.get("/v1/prompts", headers=auth_headers(p))).status_code == 200
+
+
+async def test_the_job_events_consumer_keeps_going_through_a_hang(
+    proxy: HangingProxy, hung_engine: AsyncEngine, engine: AsyncEngine, redis: Redis
+) -> None:
+    """One warning line per try while PostgreSQL hangs (not a traceback, nothing set aside
+    as a poison event), and the events sent meanwhile are applied once it answers."""
+    consumer = EventConsumer(redis, make_session_factory(hung_engine), consumer="t", block_ms=100)
+    direct = async_sessionmaker(engine, expire_on_commit=False)
+    run = uuid.uuid4().hex[:8]
+
+    async def applied(job_id: str) -> bool:
+        async with direct() as s:
+            job = await s.scalar(select(Job).where(Job.id == job_id))
+        return job is not None and job.status == "succeeded"
+
+    with recording() as logs:
+        task = asyncio.create_task(consumer.run_forever())
+        try:
+            for ev in usage_job(f"before-{run}", 0):
+                await emit_event(redis, ev)
+            await eventually(lambda: applied(f"before-{run}"))
+
+            proxy.hang()
+            for ev in usage_job(f"during-{run}", 0):
+                await emit_event(redis, ev)
+
+            async def tried_twice() -> bool:
+                return len(_consumer_warnings(logs)) >= 2
+
+            await eventually(tried_twice, within=15)
+            assert not task.done()  # it runs until cancelled
+
+            proxy.resume()
+            await eventually(lambda: applied(f"during-{run}"), within=15)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    tries = _consumer_warnings(logs)
+    assert all("PostgreSQL unreachable" in r.getMessage() for r in tries), tries
+    assert not logs.at_least(logging.ERROR), [r.getMessage() for r in logs.at_least(logging.ERROR)]
+    assert not any(r.exc_info for r in logs.records)
+
+
+def _consumer_warnings(logs: Records) -> list[logging.LogRecord]:
+    return [r for r in logs.at_least(logging.WARNING) if "events consumer" in r.getMessage()]

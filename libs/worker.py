@@ -499,7 +499,17 @@ def worker_settings(
         if settings is not None:
             c.setdefault("settings", settings)
         if database_url and "session_factory" not in c:
-            engine = make_engine(database_url, pool_size=5, application_name=f"{service}-worker")
+            deadlines = (  # DB_COMMAND_TIMEOUT_SECONDS, DB_POOL_TIMEOUT_SECONDS (libs/db.py)
+                {}
+                if settings is None
+                else {
+                    "command_timeout_s": settings.db_command_timeout_seconds,
+                    "pool_timeout_s": settings.db_pool_timeout_seconds,
+                }
+            )
+            engine = make_engine(
+                database_url, pool_size=5, application_name=f"{service}-worker", **deadlines
+            )
             engine_holder.append(engine)
             c["engine"] = engine
             c["session_factory"] = make_session_factory(engine)

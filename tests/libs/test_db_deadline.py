@@ -271,3 +271,30 @@ async def test_the_job_events_consumer_keeps_going_through_a_hang(
 
 def _consumer_warnings(logs: Records) -> list[logging.LogRecord]:
     return [r for r in logs.at_least(logging.WARNING) if "events consumer" in r.getMessage()]
+
+
+async def test_workers_take_their_deadlines_from_the_settings(infra: Infra) -> None:
+    from libs.settings import ServiceSettings
+    from libs.worker import worker_settings
+
+    settings = ServiceSettings(
+        database_url=infra.database_url, db_command_timeout_seconds=7.5, db_pool_timeout_seconds=2.5
+    )
+    opts = worker_settings(
+        "deadlines",
+        [],
+        database_url=infra.database_url,
+        redis_url=infra.redis_url,
+        settings=settings,
+    )
+    ctx: dict[str, object] = {}
+    await opts["on_startup"](ctx)
+    engine = ctx["engine"]
+    assert isinstance(engine, AsyncEngine)
+    try:
+        assert engine.pool.timeout() == 2.5  # type: ignore[attr-defined]
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert raw.driver_connection._config.command_timeout == 7.5  # type: ignore[union-attr]
+    finally:
+        await opts["on_shutdown"](ctx)

@@ -15,12 +15,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from libs.db import make_engine, make_session_factory
 from libs.queue import emit_event
@@ -298,3 +299,53 @@ async def test_workers_take_their_deadlines_from_the_settings(infra: Infra) -> N
             assert raw.driver_connection._config.command_timeout == 7.5  # type: ignore[union-attr]
     finally:
         await opts["on_shutdown"](ctx)
+
+
+async def test_the_revocation_replay_keeps_going_through_a_hang(
+    proxy: HangingProxy, hung_engine: AsyncEngine, engine: AsyncEngine, redis: Redis
+) -> None:
+    """A session revocation owed to the gateways while PostgreSQL hangs goes out once it
+    answers: the replay's tries end at the deadline instead of waiting for ever."""
+    from sqlalchemy import delete
+
+    from services.auth.models import PendingRevocation
+    from services.auth.revocations import SESSION_REVOKED_PREFIX, record, replay_forever
+
+    direct = async_sessionmaker(engine, expire_on_commit=False)
+    sid = uuid.uuid4()
+    async with direct() as session:
+        await record(session, [sid], datetime.now(UTC), 960)
+        await session.commit()
+
+    async def announced() -> bool:
+        return bool(await redis.exists(f"{SESSION_REVOKED_PREFIX}{sid}"))
+
+    hung_factory = make_session_factory(hung_engine)
+    tries = 0
+
+    def counted() -> AsyncSession:
+        nonlocal tries
+        tries += 1
+        return hung_factory()
+
+    await _select_one(hung_engine)  # a pooled connection: the hang meets its pre-ping
+    proxy.hang()
+    task = asyncio.create_task(replay_forever(counted, redis, interval_s=0.2, idle_s=0.2))
+    try:
+
+        async def tried_again() -> bool:
+            return tries >= 3
+
+        await eventually(tried_again, within=10)
+        assert not await announced() and not task.done()
+        proxy.resume()
+        await eventually(announced, within=10)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with direct() as session:
+            await session.execute(
+                delete(PendingRevocation).where(PendingRevocation.session_id == sid)
+            )
+            await session.commit()

@@ -27,7 +27,7 @@ from libs.errors import AppError, BadRequest, NotFound, RateLimited, ServiceUnav
 from libs.identity import Principal
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
 from libs.redis import RedisUnavailable, guard_for
-from libs.usage import UsageEvent, UsageOutbox, UsageSender, prepare_usage
+from libs.usage import UsageEvent, UsageOutbox, UsageSender
 from services.llm import cache as rc
 from services.llm import tokens
 from services.llm.breaker import SharedBreakers
@@ -338,7 +338,7 @@ class LlmService:
         if self.publisher is None:
             # captured now (request id, trace); sent with whatever else is waiting, and kept
             # (memory, then the outbox table) for as long as Redis is unreachable
-            self.usage.add(prepare_usage(event))
+            self.usage.add_event(event)
             return
         publisher = self.publisher
 

@@ -11,13 +11,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from arq.jobs import Job
+from opentelemetry.context import attach, detach
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from libs.context import request_id_var
 from libs.embedded import EmbeddedRedis
+from libs.queue import META_KWARG, as_arq, queue_name
 from libs.redis import make_redis
-from libs.usage import UsageEvent, UsageOutbox, UsageSender, prepare_usage
+from libs.telemetry import extract_trace_context
+from libs.usage import BILLING_SERVICE, UsageEvent, UsageOutbox, UsageSender, prepare_usage
 from tests.redis_outage import own_redis, start, stop
 
 
@@ -97,4 +102,32 @@ async def test_events_stay_in_memory_while_the_outbox_is_unavailable_too(
     await asyncio.wait_for(sender.drain(), 10)
     queued = {m.decode() for m in await client.zrange("aistack:queue:billing", 0, -1)}
     assert queued == {ev.job_id for ev in evs}
+    await client.aclose()
+
+
+async def test_add_event_prepares_in_the_callers_context_and_close_sends_it(
+    server: EmbeddedRedis,
+) -> None:
+    """``add_event`` prepares the job after the caller's step (off the answer's path), with the
+    caller's request id and trace, and an event added just before shutdown is still sent."""
+    client = Redis.from_url(server.url)
+    sender = UsageSender("test", lambda: client)
+    org = uuid.uuid4()
+    (ev,) = events(org, 1)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    token = request_id_var.set("req-context-check")
+    ctx = attach(extract_trace_context({"traceparent": traceparent}))
+    try:
+        sender.add_event(ev)
+        assert sender.pending == 0 and sender.busy  # scheduled, not prepared yet
+    finally:
+        detach(ctx)
+        request_id_var.reset(token)
+    await sender.close()  # right away: the scheduled preparation runs, then the send
+    assert sender.pending == 0
+    info = await Job(ev.job_id, as_arq(client), _queue_name=queue_name(BILLING_SERVICE)).info()
+    assert info is not None
+    meta = info.kwargs[META_KWARG]
+    assert meta["request_id"] == "req-context-check"
+    assert meta["trace"]["traceparent"].split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
     await client.aclose()

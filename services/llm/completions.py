@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
     from libs.identity import Principal
     from services.llm.service import LlmService
 
-PATH = "/v1/completions"
+log = logging.getLogger("aistack.llm.completions")
+
 MAX_PROMPTS = 128
 CONCURRENCY = 16  # chat calls of one non-streamed request running at once
 
@@ -328,6 +330,15 @@ class ChunkTranslator:
 
 
 _END = object()
+# what the client is told, in-band as the chat relay does, if relaying one call's stream fails
+_STREAM_FAILED = {
+    "error": {
+        "message": "The completion stream failed",
+        "type": "api_error",
+        "param": None,
+        "code": "internal_error",
+    }
+}
 
 
 async def _events(stream: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any] | None, None]:
@@ -383,8 +394,9 @@ async def translate_stream(
                 async for chunk in chunks:
                     if chunk is not None:
                         await queue.put((i, chunk))
-        except Exception as exc:  # the relay reports upstream failures in-band: not expected
-            await queue.put((i, exc))
+        except Exception:  # the relay reports upstream failures in-band: not expected
+            log.exception("the stream of prompt %d of a completion failed", i)
+            await queue.put((i, _STREAM_FAILED))
         finally:
             await _aclose(stream)
             await queue.put((i, _END))
@@ -396,8 +408,6 @@ async def translate_stream(
             i, item = await queue.get()
             if item is _END:
                 running -= 1
-            elif isinstance(item, Exception):
-                raise item
             elif "error" in item:
                 yield sse(item)
                 return

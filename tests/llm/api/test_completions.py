@@ -228,6 +228,7 @@ async def test_echo_streamed(env: Env) -> None:
         ({"prompt": [1, 2, 3]}, "prompt"),
         ({"prompt": [[1, 2], [3]]}, "prompt"),
         ({"prompt": []}, "prompt"),
+        ({"prompt": ["x"] * 129}, "prompt"),
         ({"prompt": None}, "prompt"),
         ({"prompt": "x", "suffix": "end"}, "suffix"),
         ({"prompt": "x", "logprobs": 1}, "logprobs"),

@@ -497,6 +497,13 @@ async def create_completion(
     """``POST /v1/completions``: the request's chat calls, their answers translated back."""
     check(body)
     prompts = prompts_of(body)
+    key = options.idempotency_key
+    if key and len(prompts) > 1 and len(key) + len(f":{len(prompts) - 1}") > 255:
+        raise BadRequest(
+            f"Idempotency-Key is too long for {len(prompts)} prompts: each is claimed under "
+            "<key>:<index>, at most 255 characters",
+            code="invalid_idempotency_key",
+        )
     chats = [to_chat(body, p) for p in prompts]
     shape = Shape.of(body, prompts)
     if body.stream:

@@ -313,6 +313,12 @@ async def test_idempotency_key_replays(env: Env) -> None:
     )
     assert retried.id == listed.id and retried.choices == listed.choices
     assert env.primary.chat_calls == 3
+    with pytest.raises(openai.BadRequestError) as long_key:
+        await env.client.completions.create(
+            model="default", prompt=["a", "b"], extra_headers={"Idempotency-Key": "k" * 254}
+        )
+    assert long_key.value.code == "invalid_idempotency_key"
+    assert env.primary.chat_calls == 3
 
 
 async def test_response_cache_serves_deterministic_requests(env: Env) -> None:

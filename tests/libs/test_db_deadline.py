@@ -349,3 +349,32 @@ async def test_the_revocation_replay_keeps_going_through_a_hang(
                 delete(PendingRevocation).where(PendingRevocation.session_id == sid)
             )
             await session.commit()
+
+
+async def test_billing_records_usage_again_later_when_postgres_hangs(
+    proxy: HangingProxy, hung_engine: AsyncEngine, redis: Redis
+) -> None:
+    """A usage event billing could not store because PostgreSQL hung is run again later
+    (arq's Retry, backing off), not failed for good: the usage would be lost."""
+    from arq.worker import Retry
+
+    from libs.usage import UsageEvent
+    from services.billing.tasks import record_usage
+
+    usage = UsageEvent(request_id=uuid.uuid4().hex, org_id=uuid.uuid4(), model="m", provider="p")
+    event = usage.model_dump(mode="json")
+
+    def ctx(attempt: int) -> dict[str, object]:
+        factory = make_session_factory(hung_engine)
+        return {"redis": redis, "session_factory": factory, "job_id": "t", "job_try": attempt}
+
+    await _select_one(hung_engine)
+    proxy.hang()
+    exc, took = await _timed(record_usage.coroutine(ctx(1), event))
+    assert isinstance(exc, Retry), exc
+    assert exc.defer_score == 5000 and took < ANSWER_WITHIN_S
+    exc, _ = await _timed(record_usage.coroutine(ctx(4), event))
+    assert isinstance(exc, Retry) and exc.defer_score == 40_000, exc
+    proxy.resume()
+    assert await record_usage.coroutine(ctx(5), event) == {"recorded": True}
+    assert await record_usage.coroutine(ctx(6), event) == {"recorded": False}

@@ -16,7 +16,7 @@ from services.billing.repository import UsageRepository
 log = logging.getLogger("aistack.billing.tasks")
 
 # PostgreSQL down or hung: tried again after 5, 10, 20, 40, then every 60 s, about 8 minutes
-# in all, before the job fails (it stays in the jobs service, where it can be retried)
+# in all, before the job fails (shown failed, with its event, by the jobs service)
 RECORD_TRIES = 12
 
 

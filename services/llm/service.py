@@ -634,6 +634,11 @@ class LlmService:
             cache_key,
             claim,
         )
+        # run it to its first (empty) yield, inside its try: closed without ever being read
+        # (a client gone before the first write, a caller that drops it), its cleanup still
+        # runs (upstream closed, one usage event, idempotency settled); a generator never
+        # started skips its finally when closed
+        await anext(relay)
         return Result(stream=relay, headers=headers)
 
     async def _relay(
@@ -658,6 +663,7 @@ class LlmService:
         idle = IdleTimeout(timeout_s)
         first_choice: float | None = None
         try:
+            yield b""  # primed by _chat (see there); never sent
             chunk = first
             while chunk is not None:
                 asm.add(chunk)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 from decimal import Decimal
+from typing import cast
 
 from openai.types.chat import (
     ChatCompletionMessageFunctionToolCall,
@@ -12,6 +14,8 @@ from openai.types.chat import (
 )
 
 from libs.testing import auth_headers
+from services.llm.schemas import ChatCompletionRequest
+from services.llm.service import CallOptions
 from tests.llm.api.conftest import Env
 from tests.llm.fakes.vendor_common import ToolCall
 
@@ -147,3 +151,26 @@ async def test_tool_calls(env: Env) -> None:
             finish = choice.finish_reason or finish
     assert name == "get_weather" and json.loads(args) == {"city": "Paris"}
     assert finish == "tool_calls"
+
+
+async def test_a_stream_closed_unread_is_settled_once(env: Env) -> None:
+    """A streamed answer dropped before its first byte is read (the client left before the
+    first write) still closes the upstream, bills one ``cancelled`` usage event and releases
+    its Idempotency-Key, so a retry with the key runs instead of waiting on a claim."""
+    body = ChatCompletionRequest.model_validate(
+        {"model": "default", "messages": MESSAGES, "stream": True}
+    )
+    options = CallOptions(idempotency_key="unread-stream-1")
+    result = await env.service.chat(env.principal, body, options)
+    assert result.stream is not None
+    await cast(AsyncGenerator[bytes, None], result.stream).aclose()
+
+    events = await env.usage_events()
+    assert [e["status"] for e in events] == ["cancelled"]
+    assert events[0]["prompt_tokens"] > 0  # the prompt was sent upstream: billed
+
+    again = await env.service.chat(env.principal, body, options)
+    assert again.stream is not None
+    text = b"".join([chunk async for chunk in again.stream])
+    assert text.endswith(b"data: [DONE]\n\n")
+    assert len(await env.usage_events()) == 2

@@ -442,14 +442,10 @@ def _first_error(errors: Iterable[BaseException]) -> BaseException:
 
 
 async def _close_unread(result: Result) -> None:
-    """Close the stream of a call that will not be relayed: started first, so that the chat
-    relay's own cleanup runs (closes the upstream; bills what was produced as cut short)."""
-    stream = result.stream
-    if stream is None:
-        return
-    with contextlib.suppress(StopAsyncIteration):
-        await anext(stream)
-    await _aclose(stream)
+    """Close the stream of a call that will not be relayed: the chat relay's cleanup runs
+    (closes the upstream; bills what was produced as cut short) though it was never read."""
+    if result.stream is not None:
+        await _aclose(result.stream)
 
 
 async def _open_all(

@@ -675,12 +675,18 @@ def job(
     timeout: float | None = None,
     max_tries: int | None = None,
     keep_result: float | None = None,
+    retry_outages: bool = False,
 ) -> Any:
     """Turn ``async def fn(ctx: JobContext, *args, **kwargs)`` into an arq function.
 
     The wrapper restores the request id and trace context (a CONSUMER span, child of the
     enqueuer's span), emits running/succeeded/failed/cancelled events, checks the cancel flag
     before running, and records ``aistack_jobs_total`` / ``aistack_job_duration_seconds``.
+
+    ``retry_outages`` (for a job that is safe to run again, as an idempotent one is): when it
+    fails because PostgreSQL is down or hung (:func:`libs.storage_errors.outage_of`), it is
+    run again later (:func:`outage_retry_delay_s`: 5, 10, 20, 40, then every 60 s) rather than
+    failed, until its last try (``max_tries``), which fails with the outage's error.
     """
 
     def decorate(func: JobFunction) -> Function:
@@ -727,7 +733,12 @@ def job(
                 try:
                     await jc.check_cancelled()
                     await emit_event(redis, jc._event("running", progress=jc._last_progress))
-                    result = await func(jc, *args, **kwargs)
+                    try:
+                        result = await func(jc, *args, **kwargs)
+                    except Exception as exc:
+                        if retry_outages:
+                            _retry_outage(jc, exc, max_tries or DEFAULT_MAX_TRIES)
+                        raise
                 except JobCancelled as exc:
                     outcome = "cancelled"
                     await emit_event(redis, jc._event("cancelled", message=str(exc)))
@@ -801,6 +812,35 @@ def job(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+# arq's default tries for a function that names none (libs.worker keeps it)
+DEFAULT_MAX_TRIES = 5
+
+
+def outage_retry_delay_s(attempt: int) -> float:
+    """Seconds before try ``attempt + 1`` of a job that met a database outage."""
+    return float(min(60, 5 * 2 ** (attempt - 1)))
+
+
+def _retry_outage(jc: JobContext, exc: Exception, tries: int) -> None:
+    """Raise arq's Retry when ``exc`` is a database outage and tries are left."""
+    from libs.storage_errors import describe, outage_of
+
+    if jc.attempt >= tries or outage_of(exc) != "database":
+        return
+    defer = outage_retry_delay_s(jc.attempt)
+    log.warning(
+        "job %s.%s %s: database unavailable (%s); try %d of %d, next in %.0f s",
+        jc.service,
+        jc.function,
+        jc.job_id,
+        describe(exc),
+        jc.attempt,
+        tries,
+        defer,
+    )
+    raise Retry(defer=defer) from exc
 
 
 async def after_job_end(ctx: dict[str, Any]) -> None:

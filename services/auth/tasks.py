@@ -91,7 +91,7 @@ async def cleanup_expired(session_factory: Any, now: datetime | None = None) -> 
     return counts
 
 
-@job(name="auth_cleanup", max_tries=3, timeout=300)
+@job(name="auth_cleanup", max_tries=3, timeout=300, retry_outages=True)
 async def cleanup(ctx: JobContext) -> dict[str, int]:
     counts = await cleanup_expired(ctx.state["session_factory"])
     log.info("cleanup: %s", counts)

@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from arq.worker import Retry
-
 from libs.db import session_scope
 from libs.queue import JobContext, job
-from libs.storage_errors import describe, outage_of
 from libs.usage import RECORD_USAGE, UsageEvent
 from services.billing.repository import UsageRepository
 
@@ -20,33 +17,13 @@ log = logging.getLogger("aistack.billing.tasks")
 RECORD_TRIES = 12
 
 
-def retry_after_s(attempt: int) -> float:
-    return float(min(60, 5 * 2 ** (attempt - 1)))
-
-
-@job(name=RECORD_USAGE, max_tries=RECORD_TRIES)
+@job(name=RECORD_USAGE, max_tries=RECORD_TRIES, retry_outages=True)
 async def record_usage(ctx: JobContext, event: dict[str, Any]) -> dict[str, bool]:
     """Add one usage event to the ledger; a duplicate (same request_id and kind) is a no-op,
     so it is safe to run again after an outage (also one whose COMMIT went through)."""
     usage = UsageEvent.model_validate(event)
-    try:
-        async with session_scope(ctx.state["session_factory"]) as session:
-            recorded = await UsageRepository(session).record(usage)
-    except Exception as exc:
-        if outage_of(exc) != "database":
-            raise
-        defer = retry_after_s(ctx.attempt)
-        log.warning(
-            "usage event %s (%s) not recorded: database unavailable (%s); try %d of %d, "
-            "next in %.0f s",
-            usage.request_id,
-            usage.kind,
-            describe(exc),
-            ctx.attempt,
-            RECORD_TRIES,
-            defer,
-        )
-        raise Retry(defer=defer) from exc
+    async with session_scope(ctx.state["session_factory"]) as session:
+        recorded = await UsageRepository(session).record(usage)
     if not recorded:
         log.info("usage event %s (%s) already recorded", usage.request_id, usage.kind)
     return {"recorded": recorded}

@@ -24,7 +24,7 @@ PURGE_BATCH = 500
 log = logging.getLogger("aistack.jobs.tasks")
 
 
-@job
+@job(retry_outages=True)
 async def purge_finished_jobs(ctx: JobContext, org_id: str, older_than_days: int) -> dict[str, int]:
     """Delete an organization's finished job records older than N days, in batches.
 

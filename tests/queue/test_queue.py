@@ -10,10 +10,12 @@ import pytest
 from arq.worker import Retry
 from opentelemetry import trace
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from libs.context import request_id_var
 from libs.db import make_session_factory, session_scope
+from libs.embedded import free_port
 from libs.logging import JsonFormatter
 from libs.queue import (
     JobContext,
@@ -22,6 +24,7 @@ from libs.queue import (
     enqueue,
     enqueue_now,
     job,
+    outage_retry_delay_s,
     queue_name,
 )
 from libs.telemetry import JOBS, setup_tracing
@@ -310,3 +313,60 @@ async def test_events_unsent_during_an_outage_go_with_the_next_one(redis: Redis)
     statuses = [e.status for e in await events_for(redis, "j-unsent")]
     assert statuses == ["running", "succeeded"]
     assert not q._unsent
+
+
+async def _query_a_closed_port() -> None:
+    """A real database outage: asyncpg connecting where nothing listens."""
+    engine = create_async_engine(f"postgresql+asyncpg://x@127.0.0.1:{free_port()}/x")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+
+
+@job(max_tries=3, retry_outages=True)
+async def db_down(ctx: JobContext, fail_with: str) -> None:
+    calls.append(ctx.attempt)
+    if fail_with == "outage":
+        await _query_a_closed_port()
+    raise ValueError("bad input")
+
+
+@job(max_tries=3, name="db_down_plain")
+async def db_down_plain(ctx: JobContext) -> None:
+    calls.append(ctx.attempt)
+    await _query_a_closed_port()
+
+
+async def test_a_job_that_retries_outages_runs_again_until_its_last_try(
+    infra: Infra, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("libs.queue.outage_retry_delay_s", lambda attempt: 0.05 * attempt)
+    calls.clear()
+    outage = await enqueue_now(redis, service=SERVICE, function="db_down", args=["outage"])
+    bug = await enqueue_now(redis, service=SERVICE, function="db_down", args=["bug"])
+    plain = await enqueue_now(redis, service=SERVICE, function="db_down_plain")
+    assert outage and bug and plain
+    await run_burst(infra.redis_url, SERVICE, [db_down, db_down_plain])
+    assert sorted(calls) == [1, 1, 1, 2, 3]  # only the outage ran again
+
+    evs = await events_for(redis, outage)
+    assert [(e.status, e.attempt) for e in evs] == [
+        ("queued", 1),
+        ("running", 1),
+        ("queued", 2),
+        ("running", 2),
+        ("queued", 3),
+        ("running", 3),
+        ("failed", 3),  # the last try fails with the outage itself
+    ]
+    assert "ConnectionRefusedError" in (evs[-1].error or "")
+    # not an outage, or a job that did not ask: failed at once
+    for jid in (bug, plain):
+        evs = await events_for(redis, jid)
+        assert [(e.status, e.attempt) for e in evs][-1] == ("failed", 1)
+
+
+async def test_outage_retry_delays_back_off_to_a_minute() -> None:
+    assert [outage_retry_delay_s(a) for a in range(1, 8)] == [5, 10, 20, 40, 60, 60, 60]

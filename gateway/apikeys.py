@@ -17,6 +17,19 @@ fails neither open nor closed: a revoked key is refused as soon as its in-proces
 (<= 1 s) expires, and a valid key keeps working as long as the auth service answers. The cost
 is one introspection per key per ``local_ttl`` per process (concurrent lookups of one key
 share it).
+
+Auth unavailable (down, hung, or its database is): a key that introspection confirmed active
+within ``stale_ttl`` seconds (``GATEWAY_API_KEY_STALE_SECONDS``, 300; 0 turns this off) keeps
+working, as user tokens do on the cached JWKS, instead of every API call answering
+``503 auth_unavailable``. Positive answers stay in Redis that much longer, marked with the
+time they stop being fresh (``_fresh_until``); past it a lookup asks auth as before, and only
+when auth cannot answer is the stale answer used (its own expiry still applies), and auth asked
+again after ``_STALE_RECHECK_S`` (5 s: while auth hangs, one lookup per key and process waits
+its timeout that often, not every request). A revoked key is never among them: revoking deletes
+the Redis entry and announces it, which drops this process's copies, and nothing can be
+revoked while auth is down. (If that announcement is lost just as auth comes back, a key served
+stale in the last 5 s works for up to 5 s more, where the bound is otherwise one second.)
+Counted in ``aistack_gateway_api_key_stale_total``.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -50,6 +64,14 @@ INTROSPECT_PATH = "/internal/api-keys/introspect"
 _KEY_RE = re.compile(r"^ask_[A-Za-z0-9_-]{20,128}$")
 _MAX_LOCAL = 50_000
 _LOG_EVERY = 10.0
+# while auth cannot answer, a key served from a stale answer is asked about again after this
+_STALE_RECHECK_S = 5.0
+
+STALE_SERVED = Counter(
+    "aistack_gateway_api_key_stale_total",
+    "API key lookups answered from an answer past its freshness because the auth service "
+    "could not be asked (GATEWAY_API_KEY_STALE_SECONDS)",
+)
 
 
 def looks_like_api_key(value: str) -> bool:
@@ -148,6 +170,7 @@ class ApiKeyResolver:
         local_ttl: float = 0.5,
         cache_ttl: int = 30,
         negative_ttl: int = 5,
+        stale_ttl: int = 0,
         timeout: float = 2.0,
     ) -> None:
         self.client = client
@@ -158,8 +181,12 @@ class ApiKeyResolver:
         self.local_ttl = min(local_ttl, 1.0)
         self.cache_ttl = cache_ttl
         self.negative_ttl = negative_ttl
+        self.stale_ttl = stale_ttl
         self.timeout = timeout
         self._local: dict[str, tuple[float, KeyInfo]] = {}
+        # the last active answer per key and until when (monotonic) it may stand in for auth
+        self._last_good: dict[str, tuple[float, KeyInfo]] = {}
+        self._stale_logged_at = float("-inf")
         self._inflight: dict[str, asyncio.Future[KeyInfo]] = {}
         # revoked here recently: a cache entry written by a lookup racing the revocation
         # must not bring the key back
@@ -190,6 +217,7 @@ class ApiKeyResolver:
     def forget(self, digest: str) -> None:
         """Drop a key from the in-process cache (it was revoked)."""
         self._local.pop(digest, None)
+        self._last_good.pop(digest, None)
         self._revoked[digest] = time.monotonic() + self.cache_ttl + 5
         if len(self._revoked) > _MAX_LOCAL:
             now = time.monotonic()
@@ -197,6 +225,7 @@ class ApiKeyResolver:
 
     def forget_all(self) -> None:
         self._local.clear()
+        self._last_good.clear()
 
     def _recently_revoked(self, digest: str) -> bool:
         until = self._revoked.get(digest)
@@ -204,6 +233,7 @@ class ApiKeyResolver:
 
     async def _load(self, digest: str, key: str) -> KeyInfo:
         info: KeyInfo | None = None
+        stale: KeyInfo | None = None
         cache_key = CACHE_PREFIX + digest
         if self.redis is not None and self.guard is not None:
             try:
@@ -213,15 +243,48 @@ class ApiKeyResolver:
                 raw = None
             if raw is not None:
                 try:
-                    info = KeyInfo.from_json(orjson.loads(raw))
+                    data = orjson.loads(raw)
+                    info = KeyInfo.from_json(data)
                 except orjson.JSONDecodeError:
                     info = None
                 if info is not None and info.active and self._recently_revoked(digest):
                     info = None
+                if info is not None and info.active and isinstance(data, dict):
+                    fresh_until = data.get("_fresh_until")
+                    if isinstance(fresh_until, int | float) and time.time() >= fresh_until:
+                        stale, info = info, None  # ask auth; this stands in if it cannot answer
         if info is None:
-            info = await self._introspect(key)
+            try:
+                info = await self._introspect(key)
+            except ServiceUnavailable:
+                fallback = self._stale_answer(digest, stale)
+                if fallback is None:
+                    raise
+                self._remember(digest, fallback, min(_STALE_RECHECK_S, self.stale_ttl))
+                return fallback
             await self._store(cache_key, digest, info)
         self._remember(digest, info)
+        return info
+
+    def _stale_answer(self, digest: str, from_redis: KeyInfo | None) -> KeyInfo | None:
+        """An active answer to stand in while auth cannot answer, or None."""
+        if self.stale_ttl <= 0 or self._recently_revoked(digest):
+            return None
+        info = from_redis
+        if info is None:
+            entry = self._last_good.get(digest)
+            if entry is not None and entry[0] > time.monotonic():
+                info = entry[1]
+        if info is None or info.expired():
+            return None
+        STALE_SERVED.inc()
+        now = time.monotonic()
+        if now - self._stale_logged_at >= _LOG_EVERY:
+            self._stale_logged_at = now
+            log.warning(
+                "auth unavailable: API keys it confirmed in the last %d s keep working",
+                self.stale_ttl,
+            )
         return info
 
     async def _store(self, cache_key: str, digest: str, info: KeyInfo) -> None:
@@ -229,10 +292,16 @@ class ApiKeyResolver:
             return  # no Redis (or skipped while it is down): the next lookup asks auth again
         if info.active and self._recently_revoked(digest):
             return
-        ttl = self.cache_ttl if info.active else self.negative_ttl
+        value = info.raw
+        if info.active and self.stale_ttl > 0:
+            # kept past its freshness, to stand in while auth cannot answer (see the module)
+            ttl = self.cache_ttl + self.stale_ttl
+            value = {**value, "_fresh_until": time.time() + self.cache_ttl}
+        else:
+            ttl = self.cache_ttl if info.active else self.negative_ttl
         try:
             await self.guard.run(
-                "gateway_api_key_cache", self.redis.set(cache_key, orjson.dumps(info.raw), ex=ttl)
+                "gateway_api_key_cache", self.redis.set(cache_key, orjson.dumps(value), ex=ttl)
             )
         except (RedisError, OSError) as exc:
             self._log_redis("API key cache write failed: %s", exc)
@@ -244,13 +313,16 @@ class ApiKeyResolver:
             self._logged_at = now
             log.warning(text, exc)
 
-    def _remember(self, digest: str, info: KeyInfo) -> None:
-        if len(self._local) >= _MAX_LOCAL:
-            now = time.monotonic()
-            self._local = {d: e for d, e in self._local.items() if e[0] > now}
-            if len(self._local) >= _MAX_LOCAL:
-                self._local.clear()
-        self._local[digest] = (time.monotonic() + self.local_ttl, info)
+    def _remember(self, digest: str, info: KeyInfo, ttl: float | None = None) -> None:
+        now = time.monotonic()
+        self._local = _bounded(self._local, now)
+        self._local[digest] = (now + (self.local_ttl if ttl is None else ttl), info)
+        if self.stale_ttl > 0 and ttl is None:  # an answer from auth or its fresh cache
+            if info.active:
+                self._last_good = _bounded(self._last_good, now)
+                self._last_good[digest] = (now + self.stale_ttl, info)
+            else:
+                self._last_good.pop(digest, None)
 
     def _service_token(self) -> str:
         expires, token = self._token
@@ -279,6 +351,16 @@ class ApiKeyResolver:
             return KeyInfo.from_json(resp.json())
         except ValueError as exc:
             raise _auth_unavailable() from exc
+
+
+def _bounded(
+    entries: dict[str, tuple[float, KeyInfo]], now: float
+) -> dict[str, tuple[float, KeyInfo]]:
+    """``entries`` with room for one more: expired ones dropped, all of them if still full."""
+    if len(entries) < _MAX_LOCAL:
+        return entries
+    entries = {d: e for d, e in entries.items() if e[0] > now}
+    return entries if len(entries) < _MAX_LOCAL else {}
 
 
 def _auth_unavailable() -> ServiceUnavailable:

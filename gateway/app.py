@@ -190,6 +190,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
             local_ttl=settings.api_key_local_ttl,
             cache_ttl=settings.api_key_cache_ttl,
             negative_ttl=settings.api_key_negative_ttl,
+            stale_ttl=settings.api_key_stale_seconds,
             timeout=settings.auth_timeout,
         )
         if redis is not None:

@@ -60,6 +60,9 @@ class GatewaySettings(ServiceSettings):
     api_key_local_ttl: float = Field(default=0.5, ge=0, le=1.0)
     api_key_cache_ttl: int = 30
     api_key_negative_ttl: int = 5
+    # while the auth service cannot answer (down, or its database is), a key it confirmed
+    # within this many seconds keeps working (0: refuse every key until auth answers)
+    api_key_stale_seconds: int = Field(default=300, ge=0)
 
     # requests per window, per API key (when the key sets no rpm_limit), user and organization
     rate_limit_enabled: bool = True

@@ -3,6 +3,7 @@ Retry-After everywhere, public routes included, so clients keep their tokens and
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,6 +12,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from gateway.apikeys import STALE_SERVED
 from gateway.app import build_app
 from libs.testing import Infra, running
 from tests.gateway.authfake import FakeAuth
@@ -100,3 +102,74 @@ async def test_introspection_down_is_503_on_a_public_route(
         # back up: the same key is forwarded as itself
         p = forwarded_principal(await gw.get("/v1/auth/me", headers={"x-api-key": key}))
         assert p is not None and p.key_id is not None
+
+
+async def test_a_key_auth_confirmed_keeps_working_while_auth_is_down(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    """Within GATEWAY_API_KEY_STALE_SECONDS of auth's last yes, a key keeps working while auth
+    cannot answer (from Redis, past the entry's freshness); a key auth never confirmed, or one
+    revoked since, does not."""
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, api_key_cache_ttl=1, api_key_stale_seconds=60
+    )
+    key, info = upstream.auth.add_api_key()
+    revoked, _ = upstream.auth.add_api_key()
+    never_seen, _ = upstream.auth.add_api_key()
+    async with gateway_client(settings) as gw:
+        for k in (key, revoked):
+            assert (await gw.get("/v1/models", headers={"x-api-key": k})).status_code == 200
+        await upstream.auth.revoke(revoked, redis)
+        await asyncio.sleep(1.2)  # past the Redis entry's freshness and the in-process one
+        before = STALE_SERVED._value.get()
+        upstream.auth.up = False
+        try:
+            p = forwarded_principal(await gw.get("/v1/models", headers={"x-api-key": key}))
+            assert p is not None and str(p.key_id) == info["key_id"]
+            assert STALE_SERVED._value.get() > before
+            _assert_outage(await gw.get("/v1/models", headers={"x-api-key": never_seen}))
+            _assert_outage(await gw.get("/v1/models", headers={"x-api-key": revoked}))
+        finally:
+            upstream.auth.up = True
+        # auth back: a key revoked now is refused at once (the stale copy is dropped too)
+        await upstream.auth.revoke(key, redis)
+        for _ in range(100):
+            if (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 401:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the revoked key still works")
+
+
+async def test_without_redis_the_process_remembers_the_last_yes(
+    upstream: Upstream, infra: Infra
+) -> None:
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, use_redis=False, api_key_stale_seconds=60
+    )
+    key, _ = upstream.auth.add_api_key()
+    async with gateway_client(settings) as gw:
+        assert (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+        await asyncio.sleep(0.6)  # past the in-process entry (0.5 s)
+        upstream.auth.up = False
+        try:
+            assert (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+        finally:
+            upstream.auth.up = True
+
+
+async def test_stale_answers_can_be_turned_off(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, api_key_cache_ttl=1, api_key_stale_seconds=0
+    )
+    key, _ = upstream.auth.add_api_key()
+    async with gateway_client(settings) as gw:
+        assert (await gw.get("/v1/models", headers={"x-api-key": key})).status_code == 200
+        await asyncio.sleep(1.2)
+        upstream.auth.up = False
+        try:
+            _assert_outage(await gw.get("/v1/models", headers={"x-api-key": key}))
+        finally:
+            upstream.auth.up = True

@@ -151,6 +151,7 @@ def create_app(
                     application_name=service,
                     command_timeout_s=settings.db_command_timeout_seconds,
                     pool_timeout_s=settings.db_pool_timeout_seconds,
+                    guard_retry_s=settings.db_guard_retry_seconds,
                 )
                 app.state.session_factory = lazy
                 stack.push_async_callback(lazy.aclose)
@@ -164,6 +165,7 @@ def create_app(
                     application_name=service,
                     command_timeout_s=settings.db_command_timeout_seconds,
                     pool_timeout_s=settings.db_pool_timeout_seconds,
+                    guard_retry_s=settings.db_guard_retry_seconds,
                 )
                 app.state.engine = engine
                 app.state.session_factory = make_session_factory(engine)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import DateTime, MetaData, func, select
+from sqlalchemy import DateTime, MetaData, event, func, select
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -21,10 +21,12 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from libs.db_guard import DatabaseGuard, GuardedPool
+
 # the request-scoped session dependency lives where it needs no SQLAlchemy (llm loads it late)
 from libs.sessions import SessionDep as SessionDep
 from libs.sessions import get_session as get_session
-from libs.settings import DB_COMMAND_TIMEOUT_S, DB_POOL_TIMEOUT_S
+from libs.settings import DB_COMMAND_TIMEOUT_S, DB_GUARD_RETRY_S, DB_POOL_TIMEOUT_S
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +79,7 @@ def make_engine(
     application_name: str = "aistack",
     command_timeout_s: float = DB_COMMAND_TIMEOUT_S,
     pool_timeout_s: float = DB_POOL_TIMEOUT_S,
+    guard_retry_s: float | None = DB_GUARD_RETRY_S,
 ) -> AsyncEngine:
     """Create the async engine (asyncpg) for a service.
 
@@ -88,9 +91,15 @@ def make_engine(
     ``TimeoutError``; SQLAlchemy drops that connection (closed within 2 s more, never
     returned to the pool) and :func:`libs.storage_errors.outage_of` calls it a database
     outage (503 ``service_unavailable``).
+
+    Past the first one, the engine's :class:`libs.db_guard.DatabaseGuard` refuses
+    connections at once (the same 503) until a probe every ``guard_retry_s`` seconds
+    (``DB_GUARD_RETRY_SECONDS``) sees PostgreSQL answer, so a hung server costs one request
+    the deadline, not every request. ``guard_retry_s=None``: no guard (every call waits).
     """
-    return create_async_engine(
+    engine = create_async_engine(
         url,
+        poolclass=None if guard_retry_s is None else GuardedPool,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=pool_timeout_s,
@@ -102,6 +111,35 @@ def make_engine(
             "command_timeout": command_timeout_s,
         },
     )
+    if guard_retry_s is not None:
+        _guard(engine, application_name, guard_retry_s)
+    return engine
+
+
+def _guard(engine: AsyncEngine, name: str, retry_s: float) -> None:
+    """Give ``engine`` its :class:`libs.db_guard.DatabaseGuard`.
+
+    Checkouts go through it (:class:`libs.db_guard.GuardedPool`: refused while down; a
+    pre-ping or connect past its deadline marks it down). A statement (or COMMIT) past its
+    deadline makes SQLAlchemy invalidate the connection with asyncpg's ``TimeoutError``: the
+    pool's ``invalidate`` event tells the guard, at no cost to statements that answer.
+    """
+    guard = DatabaseGuard(name, retry_s=retry_s)
+
+    async def ping() -> None:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    guard.ping = ping
+    pool = engine.sync_engine.pool
+    assert isinstance(pool, GuardedPool)
+    pool.guard = guard
+
+    def invalidated(_dbapi: Any, _record: Any, exc: BaseException | None) -> None:
+        guard.observe(exc)
+
+    # kept by the pool engine.dispose() puts in its place (SQLAlchemy passes its dispatch on)
+    event.listen(pool, "invalidate", invalidated)
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 
-from libs.settings import DB_COMMAND_TIMEOUT_S, DB_POOL_TIMEOUT_S
+from libs.settings import DB_COMMAND_TIMEOUT_S, DB_GUARD_RETRY_S, DB_POOL_TIMEOUT_S
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -50,12 +50,14 @@ class LazySessionFactory:
         application_name: str,
         command_timeout_s: float = DB_COMMAND_TIMEOUT_S,
         pool_timeout_s: float = DB_POOL_TIMEOUT_S,
+        guard_retry_s: float = DB_GUARD_RETRY_S,
     ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.application_name = application_name
         self.command_timeout_s = command_timeout_s
         self.pool_timeout_s = pool_timeout_s
+        self.guard_retry_s = guard_retry_s
         self.engine: AsyncEngine | None = None
         self._factory: async_sessionmaker[AsyncSession] | None = None
 
@@ -70,6 +72,7 @@ class LazySessionFactory:
                 application_name=self.application_name,
                 command_timeout_s=self.command_timeout_s,
                 pool_timeout_s=self.pool_timeout_s,
+                guard_retry_s=self.guard_retry_s,
             )
             factory = self._factory = make_session_factory(self.engine)
         return factory()

@@ -28,6 +28,8 @@ WORKER_REDIS_TIMEOUT_S = 5.0
 # read timeout and a client's patience: a hung server is a 503 in seconds, not a hang.
 DB_COMMAND_TIMEOUT_S = 10.0
 DB_POOL_TIMEOUT_S = 10.0
+# while PostgreSQL is hung, how often the guard asks it again (libs/db_guard.py)
+DB_GUARD_RETRY_S = 2.0
 
 Environment = Literal["development", "test", "production"]
 
@@ -44,6 +46,7 @@ SHARED_FIELDS = frozenset(
         "db_pool_size",
         "db_command_timeout_seconds",
         "db_pool_timeout_seconds",
+        "db_guard_retry_seconds",
         "worker_redis_timeout_s",
     }
 )
@@ -94,6 +97,14 @@ class ServiceSettings(BaseSettings):
         description=(
             "longest wait for a free connection of the process's pool (DB_POOL_SIZE, and as "
             "many again for bursts); past it: 503 service_unavailable"
+        ),
+    )
+    db_guard_retry_seconds: float = Field(
+        default=DB_GUARD_RETRY_S,
+        gt=0,
+        description=(
+            "PostgreSQL hung (no answer within DB_COMMAND_TIMEOUT_SECONDS): requests answer 503 "
+            "at once, without waiting, until a probe (SELECT 1, sent this often) sees it answer"
         ),
     )
     worker_redis_timeout_s: float = Field(

@@ -505,6 +505,7 @@ def worker_settings(
                 else {
                     "command_timeout_s": settings.db_command_timeout_seconds,
                     "pool_timeout_s": settings.db_pool_timeout_seconds,
+                    "guard_retry_s": settings.db_guard_retry_seconds,
                 }
             )
             engine = make_engine(

@@ -42,7 +42,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.errors import AppError, BadRequest
-from services.llm.schemas import ChatCompletionRequest, StreamOptions
+from services.llm.schemas import (
+    CacheOption,
+    ChatCompletionRequest,
+    StreamOptions,
+    TimeoutOption,
+)
 from services.llm.service import CallOptions, Result
 from services.llm.streaming import DONE, sse
 
@@ -92,14 +97,8 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
     user: str | None = None
-    cache: bool | None = Field(
-        default=None,
-        description="aistack: opt in (true) or out (false) of the response cache; "
-        "by default only temperature 0 requests are cached",
-    )
-    timeout: float | None = Field(
-        default=None, gt=0, description="aistack: per-request timeout in seconds (capped)"
-    )
+    cache: CacheOption = None
+    timeout: TimeoutOption = None
 
 
 def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequest:

@@ -8,7 +8,7 @@ translate.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -29,6 +29,19 @@ LOCAL_FIELDS = frozenset(
         "conversation_id",
     }
 )
+
+
+# aistack's own fields beside OpenAI's, on every request model
+CacheOption = Annotated[
+    bool | None,
+    Field(
+        description="aistack: opt in (true) or out (false) of the response cache; "
+        "by default only temperature 0 requests are cached",
+    ),
+]
+TimeoutOption = Annotated[
+    float | None, Field(gt=0, description="aistack: per-request timeout in seconds (capped)")
+]
 
 
 class ChatMessage(BaseModel):
@@ -91,14 +104,8 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     user: str | None = None
-    cache: bool | None = Field(
-        default=None,
-        description="aistack: opt in (true) or out (false) of the response cache; "
-        "by default only temperature 0 requests are cached",
-    )
-    timeout: float | None = Field(
-        default=None, gt=0, description="aistack: per-request timeout in seconds (capped)"
-    )
+    cache: CacheOption = None
+    timeout: TimeoutOption = None
 
     @field_validator("messages")
     @classmethod
@@ -142,8 +149,8 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
-    cache: bool | None = None
-    timeout: float | None = Field(default=None, gt=0)
+    cache: CacheOption = None
+    timeout: TimeoutOption = None
 
     def texts(self) -> list[str] | None:
         """The inputs as texts; None when given as token ids (not supported)."""

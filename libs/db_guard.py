@@ -87,8 +87,9 @@ class DatabaseGuard:
         if self.up or _PROBING.get():
             return
         self.refused += 1
-        if self._probe is None or self._probe.done():  # its loop ended (not in a service)
-            self._start_probe()
+        probe = self._probe
+        if probe is None or probe.done() or probe.get_loop().is_closed():
+            self._start_probe()  # its loop ended (tests: one loop per test), not in a service
         raise DatabaseUnavailable(
             "PostgreSQL is marked unavailable: it did not answer within the deadline "
             "(DB_COMMAND_TIMEOUT_SECONDS) and has not answered since "

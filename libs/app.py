@@ -143,30 +143,24 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            # the engine's pool, deadlines and guard (libs/db.py:make_engine)
+            engine_options: dict[str, Any] = {
+                "pool_size": settings.db_pool_size,
+                "application_name": service,
+                "command_timeout_s": settings.db_command_timeout_seconds,
+                "pool_timeout_s": settings.db_pool_timeout_seconds,
+                "guard_retry_s": settings.db_guard_retry_seconds,
+            }
             if use_database == "lazy":
                 # SQLAlchemy and the engine come with the first session (libs/sessions.py)
-                lazy = LazySessionFactory(
-                    settings.database_url,
-                    pool_size=settings.db_pool_size,
-                    application_name=service,
-                    command_timeout_s=settings.db_command_timeout_seconds,
-                    pool_timeout_s=settings.db_pool_timeout_seconds,
-                    guard_retry_s=settings.db_guard_retry_seconds,
-                )
+                lazy = LazySessionFactory(settings.database_url, **engine_options)
                 app.state.session_factory = lazy
                 stack.push_async_callback(lazy.aclose)
             elif use_database:
                 # imported here: the gateway has no database and need not load SQLAlchemy
                 from libs.db import make_engine, make_session_factory
 
-                engine = make_engine(
-                    settings.database_url,
-                    pool_size=settings.db_pool_size,
-                    application_name=service,
-                    command_timeout_s=settings.db_command_timeout_seconds,
-                    pool_timeout_s=settings.db_pool_timeout_seconds,
-                    guard_retry_s=settings.db_guard_retry_seconds,
-                )
+                engine = make_engine(settings.database_url, **engine_options)
                 app.state.engine = engine
                 app.state.session_factory = make_session_factory(engine)
                 stack.push_async_callback(engine.dispose)

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import session_scope
 from libs.redis import guard_for
+from libs.storage_errors import describe
 from services.auth.models import PendingRevocation
 from services.auth.settings import get_settings
 
@@ -187,7 +188,7 @@ async def replay_forever(
                 if not failing:
                     log.warning(
                         "pending session revocations not announced yet (%s); retrying every %.0f s",
-                        exc,
+                        describe(exc),
                         interval_s,
                     )
                 failing = True

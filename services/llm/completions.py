@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.errors import AppError, BadRequest
 from services.llm.schemas import (
@@ -47,6 +47,8 @@ from services.llm.schemas import (
     ChatCompletionRequest,
     StreamOptions,
     TimeoutOption,
+    invalid_param,
+    translated_chat,
 )
 from services.llm.service import CallOptions, Result
 from services.llm.streaming import DONE, sse
@@ -101,11 +103,6 @@ class CompletionRequest(BaseModel):
     timeout: TimeoutOption = None
 
 
-def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequest:
-    """A 400 whose OpenAI error names ``param``."""
-    return BadRequest(message, code=code, details=[{"field": param, "message": message}])
-
-
 # ---------------------------------------------------------------------------- request
 
 
@@ -113,42 +110,42 @@ def prompts_of(body: CompletionRequest) -> list[str]:
     """The prompts as texts (400 for token ids, an empty list, too many or none)."""
     prompt = body.prompt
     if prompt is None:
-        raise _invalid("prompt is required", "prompt")
+        raise invalid_param("prompt is required", "prompt")
     if isinstance(prompt, str):
         return [prompt]
     if not prompt:
-        raise _invalid("prompt must not be an empty list", "prompt")
+        raise invalid_param("prompt must not be an empty list", "prompt")
     if not all(isinstance(p, str) for p in prompt):
-        raise _invalid(
+        raise invalid_param(
             "Token-id prompts are not supported; send the prompt as text",
             "prompt",
             "unsupported_parameter",
         )
     if len(prompt) > MAX_PROMPTS:
-        raise _invalid(f"at most {MAX_PROMPTS} prompts per request", "prompt")
+        raise invalid_param(f"at most {MAX_PROMPTS} prompts per request", "prompt")
     return [str(p) for p in prompt]
 
 
 def check(body: CompletionRequest) -> None:
     """400 for what would change the answer and is not supported."""
     for key in body.model_extra or {}:
-        raise _invalid(
+        raise invalid_param(
             f"Unrecognized request argument supplied: {key}", key, "unsupported_parameter"
         )
     if body.suffix:
-        raise _invalid(
+        raise invalid_param(
             "suffix is not supported: the prompt is answered as a chat turn, with nothing to "
             "insert into",
             "suffix",
             "unsupported_parameter",
         )
     if body.logprobs is not None:
-        raise _invalid(
+        raise invalid_param(
             "logprobs is not supported on /v1/completions", "logprobs", "unsupported_parameter"
         )
     n = body.n or 1
     if body.best_of is not None and body.best_of != n:
-        raise _invalid(
+        raise invalid_param(
             f"best_of must equal n ({n}): aistack does not rank candidate completions",
             "best_of",
             "unsupported_parameter",
@@ -180,14 +177,7 @@ def to_chat(body: CompletionRequest, prompt: str) -> ChatCompletionRequest:
     if body.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    try:
-        return ChatCompletionRequest.model_validate(chat)
-    except ValidationError as exc:  # the fields above are validated alike: not expected
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        if field.startswith("messages"):
-            field = "prompt"
-        raise _invalid(f"Invalid request: {field}: {err['msg']}", field) from exc
+    return translated_chat(chat, "prompt")
 
 
 # ---------------------------------------------------------------------------- response

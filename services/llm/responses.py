@@ -62,10 +62,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Query
 from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 from starlette.responses import Response
 
-from libs.errors import BadRequest, NotFound
+from libs.errors import NotFound
 from libs.storage_errors import describe, outage_of
 from services.llm.responses_schemas import NOT_FORWARDED, RESPONSES_ONLY, ResponsesRequest
 from services.llm.router import (
@@ -75,7 +74,7 @@ from services.llm.router import (
     SSEResponse,
     UsePrincipal,
 )
-from services.llm.schemas import ChatCompletionRequest
+from services.llm.schemas import ChatCompletionRequest, invalid_param, translated_chat
 
 if TYPE_CHECKING:
     from libs.identity import Principal
@@ -105,11 +104,6 @@ _ROLES = frozenset({"user", "system", "developer", "assistant"})
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-def _invalid(message: str, param: str, code: str = "invalid_request") -> BadRequest:
-    """A 400 whose OpenAI error names ``param``."""
-    return BadRequest(message, code=code, details=[{"field": param, "message": message}])
-
-
 # ---------------------------------------------------------------------------- request
 
 
@@ -122,18 +116,18 @@ def _text_of(
     for i, part in enumerate(parts):
         where = f"{param}[{i}]"
         if not isinstance(part, dict):
-            raise _invalid(f"{where} must be an object", where)
+            raise invalid_param(f"{where} must be an object", where)
         kind = part.get("type")
         if kind in ("input_text", "output_text", "text"):
             text = part.get("text")
             if not isinstance(text, str):
-                raise _invalid(f"{where}.text must be a string", f"{where}.text")
+                raise invalid_param(f"{where}.text must be a string", f"{where}.text")
             out.append({"type": "text", "text": text})
         elif kind == "refusal":
             out.append({"type": "text", "text": str(part.get("refusal") or "")})
         elif kind == "input_image":
             if not images:
-                raise _invalid(
+                raise invalid_param(
                     f"{where}: images are only supported in user messages, not in {owner} "
                     "(the chat models behind this API take them nowhere else)",
                     f"{where}.type",
@@ -141,7 +135,7 @@ def _text_of(
                 )
             url = part.get("image_url")
             if not isinstance(url, str) or not url:
-                raise _invalid(
+                raise invalid_param(
                     f"{where}: give the image as image_url (a URL or a data: URL); "
                     "file_id is not supported (there is no Files API here)",
                     f"{where}.image_url",
@@ -152,14 +146,14 @@ def _text_of(
                 image["detail"] = part["detail"]
             out.append({"type": "image_url", "image_url": image})
         elif kind == "input_file":
-            raise _invalid(
+            raise invalid_param(
                 f"{where}: file inputs (input_file) are not supported: send the file's text "
                 "as input_text, or an image as input_image with image_url",
                 f"{where}.type",
                 "unsupported_content",
             )
         else:
-            raise _invalid(
+            raise invalid_param(
                 f"{where}: content type `{kind}` is not supported "
                 "(input_text, input_image, output_text and refusal are)",
                 f"{where}.type",
@@ -192,12 +186,12 @@ def item_messages(
     for i, item in enumerate(items):
         where = f"{param}[{i}]"
         if not isinstance(item, dict):
-            raise _invalid(f"{where} must be an object", where)
+            raise invalid_param(f"{where} must be an object", where)
         kind = item.get("type") or ("item_reference" if _is_reference(item) else "message")
         if kind == "message":
             role = item.get("role")
             if role not in _ROLES:
-                raise _invalid(
+                raise invalid_param(
                     f"{where}.role must be one of user, system, developer, assistant",
                     f"{where}.role",
                 )
@@ -207,7 +201,7 @@ def item_messages(
                     content, f"{where}.content", images=role == "user", owner=f"{role} messages"
                 )
             elif not isinstance(content, str):
-                raise _invalid(
+                raise invalid_param(
                     f"{where}.content must be a string or a list of parts", f"{where}.content"
                 )
             message = {"role": role, "content": content}
@@ -216,12 +210,14 @@ def item_messages(
         elif kind == "function_call":
             call_id, name = item.get("call_id"), item.get("name")
             if not isinstance(call_id, str) or not call_id:
-                raise _invalid(f"{where}.call_id is required", f"{where}.call_id")
+                raise invalid_param(f"{where}.call_id is required", f"{where}.call_id")
             if not isinstance(name, str) or not name:
-                raise _invalid(f"{where}.name is required", f"{where}.name")
+                raise invalid_param(f"{where}.name is required", f"{where}.name")
             arguments = item.get("arguments")
             if not isinstance(arguments, str):
-                raise _invalid(f"{where}.arguments must be a JSON string", f"{where}.arguments")
+                raise invalid_param(
+                    f"{where}.arguments must be a JSON string", f"{where}.arguments"
+                )
             if open_assistant is None:
                 open_assistant = {"role": "assistant", "content": None}
                 messages.append(open_assistant)
@@ -235,14 +231,14 @@ def item_messages(
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise _invalid(f"{where}.call_id is required", f"{where}.call_id")
+                raise invalid_param(f"{where}.call_id is required", f"{where}.call_id")
             output = item.get("output")
             if isinstance(output, list):
                 output = _text_of(
                     output, f"{where}.output", images=False, owner="function_call_output"
                 )
             elif not isinstance(output, str):
-                raise _invalid(
+                raise invalid_param(
                     f"{where}.output must be a string or a list of parts", f"{where}.output"
                 )
             messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
@@ -252,9 +248,11 @@ def item_messages(
             # reasons anew
             continue
         elif kind == "item_reference":  # resolved before; only a stored item can hold one
-            raise _invalid(f"{where}: an item reference cannot be resolved here", f"{where}.id")
+            raise invalid_param(
+                f"{where}: an item reference cannot be resolved here", f"{where}.id"
+            )
         else:
-            raise _invalid(
+            raise invalid_param(
                 f"{where}: input item type `{kind}` is not supported (message, function_call, "
                 "function_call_output, item_reference and reasoning are; built-in and custom "
                 "tool calls are not)",
@@ -269,14 +267,14 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, tool in enumerate(tools):
         kind = tool.get("type")
         if kind != "function":
-            raise _invalid(
+            raise invalid_param(
                 f"Tool type `{kind}` is not supported: only function tools are (tools[{i}].type)",
                 f"tools[{i}].type",
                 "unsupported_tool_type",
             )
         name = tool.get("name")
         if not isinstance(name, str) or not name:
-            raise _invalid(f"tools[{i}].name is required", f"tools[{i}].name")
+            raise invalid_param(f"tools[{i}].name is required", f"tools[{i}].name")
         fn: dict[str, Any] = {"name": name}
         for key in ("description", "parameters", "strict"):
             if tool.get(key) is not None:
@@ -288,11 +286,13 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
-            raise _invalid("tool_choice must be auto, none, required or a function", "tool_choice")
+            raise invalid_param(
+                "tool_choice must be auto, none, required or a function", "tool_choice"
+            )
         return choice
     name = choice.get("name")
     if choice.get("type") != "function" or not isinstance(name, str) or not name:
-        raise _invalid(
+        raise invalid_param(
             f"tool_choice type `{choice.get('type')}` is not supported: give auto, none, "
             "required or {type: function, name}",
             "tool_choice",
@@ -305,7 +305,7 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     if fmt is None:
         return None
     if not isinstance(fmt, dict):
-        raise _invalid("text.format must be an object", "text.format")
+        raise invalid_param("text.format must be an object", "text.format")
     kind = fmt.get("type")
     if kind == "text":
         return None
@@ -314,15 +314,15 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
     if kind == "json_schema":
         name, schema = fmt.get("name"), fmt.get("schema")
         if not isinstance(name, str) or not name:
-            raise _invalid("text.format.name is required", "text.format.name")
+            raise invalid_param("text.format.name is required", "text.format.name")
         if not isinstance(schema, dict):
-            raise _invalid("text.format.schema must be a JSON schema", "text.format.schema")
+            raise invalid_param("text.format.schema must be a JSON schema", "text.format.schema")
         spec = {"name": name, "schema": schema}
         for key in ("strict", "description"):
             if fmt.get(key) is not None:
                 spec[key] = fmt[key]
         return {"type": "json_schema", "json_schema": spec}
-    raise _invalid(
+    raise invalid_param(
         f"text.format type `{kind}` is not supported (text, json_object, json_schema are)",
         "text.format.type",
     )
@@ -347,7 +347,7 @@ def to_chat(
     chat: dict[str, Any] = {"model": body.model, "messages": messages}
     for key, value in extras.items():
         if key in NOT_FORWARDED:
-            raise _invalid(
+            raise invalid_param(
                 f"Unsupported parameter: '{key}' is not a Responses API parameter"
                 + (" (use max_output_tokens)" if "tokens" in key else ""),
                 key,
@@ -360,7 +360,7 @@ def to_chat(
         elif key not in RESPONSES_ONLY and value is not None:
             chat[key] = value
     if not chat["messages"] and chat.get("prompt") is None:
-        raise _invalid("input is required", "input")
+        raise invalid_param("input is required", "input")
     if body.tools:
         chat["tools"] = _tools(body.tools)
         if body.parallel_tool_calls is not None:
@@ -384,14 +384,7 @@ def to_chat(
     if body.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
-    try:
-        return ChatCompletionRequest.model_validate(chat)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        if field.startswith("messages"):
-            field = "input"
-        raise _invalid(f"Invalid request: {field}: {err['msg']}", field) from exc
+    return translated_chat(chat, "input")
 
 
 # ---------------------------------------------------------------------------- response
@@ -1050,7 +1043,9 @@ async def resolve_references(
         if isinstance(item, dict) and _is_reference(item):
             item_id = item.get("id")
             if not isinstance(item_id, str) or not item_id or len(item_id) > 200:
-                raise _invalid(f"input[{i}].id must be the id of a stored item", f"input[{i}].id")
+                raise invalid_param(
+                    f"input[{i}].id must be the id of a stored item", f"input[{i}].id"
+                )
             refs[i] = item_id
     if not refs:
         return items
@@ -1195,7 +1190,7 @@ async def list_input_items(
     if after is not None:
         at = next((i for i, item in enumerate(items) if item.get("id") == after), None)
         if at is None:
-            raise _invalid(f"No input item with id '{after}' in this response", "after")
+            raise invalid_param(f"No input item with id '{after}' in this response", "after")
         items = items[at + 1 :]
     page = items[:limit]
     return _json(

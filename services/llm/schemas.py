@@ -10,8 +10,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
+from libs.errors import BadRequest
 from services.llm.prompt_schemas import PromptRef
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -181,3 +189,22 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+def invalid_param(message: str, param: str, code: str = "invalid_request") -> BadRequest:
+    """A 400 whose OpenAI error names ``param``."""
+    return BadRequest(message, code=code, details=[{"field": param, "message": message}])
+
+
+def translated_chat(chat: dict[str, Any], messages_param: str) -> ChatCompletionRequest:
+    """Validate a chat request built from another API's request (legacy completions, the
+    Responses API): a field it refuses is a 400 naming it, ``messages`` named as the caller's
+    own parameter (``messages_param``)."""
+    try:
+        return ChatCompletionRequest.model_validate(chat)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        if field.startswith("messages"):
+            field = messages_param
+        raise invalid_param(f"Invalid request: {field}: {err['msg']}", field) from exc

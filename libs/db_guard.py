@@ -65,6 +65,9 @@ class DatabaseUnavailable(ConnectionError):
     """PostgreSQL is marked down (it did not answer within its deadline and has not answered
     the probe since): the connection was not even tried."""
 
+    # the guard logs the outage once with how many it refused: no line per refused request
+    logged_by_guard = True
+
 
 class DatabaseGuard:
     """The "PostgreSQL is down" window of one engine (see the module docstring)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
@@ -131,14 +132,15 @@ def unhandled_outage_response(scope: Scope, exc: BaseException) -> Response | No
     dependency = outage_of(exc)
     if dependency is None:
         return None
-    log.warning(
-        "%s %s: %s unavailable (%s)",
-        scope.get("method"),
-        scope.get("path"),
-        dependency,
-        describe(exc),
-    )
+    _log_outage(scope.get("method"), scope.get("path"), dependency, exc)
     return outage_response(Request(scope), dependency)
+
+
+def _log_outage(method: Any, path: Any, dependency: str, exc: BaseException) -> None:
+    # a request the database guard refused without trying: the guard logs the outage once,
+    # with how many it refused (libs/db_guard.py), not a line per request
+    if not getattr(exc, "logged_by_guard", False):
+        log.warning("%s %s: %s unavailable (%s)", method, path, dependency, describe(exc))
 
 
 def install_storage_error_handlers(app: FastAPI) -> None:
@@ -152,13 +154,7 @@ def install_storage_error_handlers(app: FastAPI) -> None:
         dependency = outage_of(exc)
         if dependency is None:
             raise exc  # not an outage: the generic 500 handling applies
-        log.warning(
-            "%s %s: %s unavailable (%s)",
-            request.method,
-            request.url.path,
-            dependency,
-            describe(exc),
-        )
+        _log_outage(request.method, request.url.path, dependency, exc)
         return outage_response(request, dependency)
 
     for kind in (

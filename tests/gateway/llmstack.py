@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 from fastapi import FastAPI
 
 from gateway.app import build_app as build_gateway
@@ -18,7 +19,7 @@ from libs.testing import Infra
 from services.llm.app import build_app as build_llm
 from tests.gateway.authfake import FakeAuth
 from tests.gateway.conftest import Running, serve
-from tests.llm.api.conftest import Upstream, settings_for
+from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
 from tests.llm.fakes import openai_fake
 from tests.llm.fakes.vendor_common import Behavior
 from tests.llm.fakes.vendor_common import serve as serve_thread
@@ -84,3 +85,22 @@ async def llm_behind_gateway(
     finally:
         for r in reversed(running):
             await r.stop()
+
+
+@contextlib.asynccontextmanager
+async def openai_behind_gateway(
+    infra: Infra,
+    llm_dir: Path,
+    upstream: Upstream,
+    *,
+    llm: dict[str, Any] | None = None,
+    gateway: dict[str, Any] | None = None,
+) -> AsyncIterator[LlmStack]:
+    """:func:`llm_behind_gateway` with every alias on the fake OpenAI ``upstream`` (as primary
+    and backup), its API key variable set for as long as the stack runs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, openai_fake.API_KEY)
+        async with llm_behind_gateway(
+            infra, llm_dir, routing(upstream, upstream), llm=llm, gateway=gateway
+        ) as stack:
+            yield stack

@@ -18,9 +18,12 @@ from gateway.settings import GatewaySettings
 from libs.testing import Infra, auth_headers, client_for, principal
 from tests.gateway.authfake import FakeAuth
 from tests.gateway.conftest import dead_url, serve
-from tests.gateway.llmstack import fake_openai_upstream, gateway_settings, llm_behind_gateway
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing
-from tests.llm.fakes import openai_fake
+from tests.gateway.llmstack import (
+    fake_openai_upstream,
+    gateway_settings,
+    openai_behind_gateway,
+)
+from tests.llm.api.conftest import Upstream
 
 GATEWAY_LIMIT = 50_000
 LLM_LIMIT = 20_000
@@ -46,17 +49,14 @@ def fake_openai() -> Iterator[Upstream]:
 async def stack(
     infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, openai_fake.API_KEY)
-    async with llm_behind_gateway(
+    async with openai_behind_gateway(
         infra,
         tmp_path_factory.mktemp("llm"),
-        routing(fake_openai, fake_openai),
+        fake_openai,
         llm={"max_body_bytes": LLM_LIMIT, "request_timeout_s": 10},
         gateway={"max_body_bytes": GATEWAY_LIMIT},
     ) as s:
         yield Stack(s.gateway, s.llm, s.auth, s.auth_url, fake_openai, s.llm_app)
-    mp.undo()
 
 
 def _settings(infra: Infra, auth_url: str, llm_url: str, **overrides: Any) -> GatewaySettings:

@@ -16,9 +16,12 @@ from redis.asyncio import Redis
 from libs.queue import as_arq, queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
-from tests.gateway.llmstack import LlmStack, fake_openai_upstream, llm_behind_gateway
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing
-from tests.llm.fakes import openai_fake
+from tests.gateway.llmstack import (
+    LlmStack,
+    fake_openai_upstream,
+    openai_behind_gateway,
+)
+from tests.llm.api.conftest import Upstream
 
 REPLY = "Hello there, how can I help?"
 
@@ -33,16 +36,13 @@ def fake_openai() -> Iterator[Upstream]:
 async def stack(
     infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LlmStack]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, openai_fake.API_KEY)
-    async with llm_behind_gateway(
+    async with openai_behind_gateway(
         infra,
         tmp_path_factory.mktemp("llm"),
-        routing(fake_openai, fake_openai),
+        fake_openai,
         llm={"request_timeout_s": 60},
     ) as path:
         yield path
-    mp.undo()
 
 
 @pytest.fixture

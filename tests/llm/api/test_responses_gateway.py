@@ -18,9 +18,12 @@ from libs.queue import queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
 from tests.gateway.authfake import FakeAuth
-from tests.gateway.llmstack import LlmStack, fake_openai_upstream, llm_behind_gateway
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing
-from tests.llm.fakes import openai_fake
+from tests.gateway.llmstack import (
+    LlmStack,
+    fake_openai_upstream,
+    openai_behind_gateway,
+)
+from tests.llm.api.conftest import Upstream
 
 
 @dataclass
@@ -50,16 +53,13 @@ def fake_openai() -> Iterator[Upstream]:
 async def stack(
     infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, openai_fake.API_KEY)
-    async with llm_behind_gateway(
+    async with openai_behind_gateway(
         infra,
         tmp_path_factory.mktemp("llm"),
-        routing(fake_openai, fake_openai),
+        fake_openai,
         llm={"request_timeout_s": 60},
     ) as path:
         yield Stack(path, fake_openai)
-    mp.undo()
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
+from fastapi import FastAPI
+
 
 class HangingProxy:
     """A TCP proxy to ``upstream_url``'s host and port that can hang and resume."""
@@ -119,3 +121,19 @@ def hanging_postgres(database_url: str) -> Iterator[HangingProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+def jobs_app_through(proxy: HangingProxy, *, deadline_s: float, guard_retry_s: float) -> FastAPI:
+    """The jobs service's app on PostgreSQL through ``proxy``, with short deadlines (its
+    DB_COMMAND_TIMEOUT_SECONDS and DB_POOL_TIMEOUT_SECONDS) and guard probe interval."""
+    from services.jobs.app import build_app
+    from services.jobs.settings import JobsSettings
+
+    settings = JobsSettings(
+        database_url=proxy.url,
+        db_command_timeout_seconds=deadline_s,
+        db_pool_timeout_seconds=deadline_s,
+        db_guard_retry_seconds=guard_retry_s,
+        log_json=False,
+    )
+    return build_app(settings)

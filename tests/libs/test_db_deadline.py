@@ -27,14 +27,12 @@ from libs.db import make_engine, make_session_factory
 from libs.queue import emit_event
 from libs.storage_errors import database_timeout, outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
-from services.jobs.app import build_app as jobs_app
 from services.jobs.models import Job
 from services.jobs.service import EventConsumer
-from services.jobs.settings import JobsSettings
 from tests.jobs.test_event_batches import usage_job
 from tests.llm.store_helpers import store_app
 from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, hanging_postgres
+from tests.pg_faults import HangingProxy, hanging_postgres, jobs_app_through
 from tests.redis_faults import eventually
 
 DEADLINE_S = 0.5
@@ -162,14 +160,7 @@ async def test_a_request_while_postgres_hangs_is_503_within_the_deadline_then_20
     proxy: HangingProxy,
 ) -> None:
     # the deadlines come from the settings (DB_COMMAND_TIMEOUT_SECONDS, DB_POOL_TIMEOUT_SECONDS)
-    settings = JobsSettings(
-        database_url=proxy.url,
-        db_command_timeout_seconds=DEADLINE_S,
-        db_pool_timeout_seconds=DEADLINE_S,
-        db_guard_retry_seconds=GUARD_RETRY_S,
-        log_json=False,
-    )
-    app = jobs_app(settings)
+    app = jobs_app_through(proxy, deadline_s=DEADLINE_S, guard_retry_s=GUARD_RETRY_S)
     who = auth_headers(principal(scopes=["jobs:read"]))
     async with client_for(app) as c:
         assert (await c.get("/v1/jobs", headers=who)).status_code == 200

@@ -22,11 +22,9 @@ from libs.db import make_engine
 from libs.db_guard import PROBE_TASK, DatabaseGuard, DatabaseUnavailable, guard_of
 from libs.storage_errors import outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
-from services.jobs.app import build_app as jobs_app
-from services.jobs.settings import JobsSettings
 from tests.libs.test_db_deadline import recording
 from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, hanging_postgres
+from tests.pg_faults import HangingProxy, hanging_postgres, jobs_app_through
 
 DEADLINE_S = 0.5
 RETRY_S = 0.5
@@ -137,14 +135,7 @@ async def test_a_timeout_marks_it_down_and_later_checkouts_fail_at_once(
 async def test_a_request_while_postgres_hangs_waits_once_then_503_at_once_then_200(
     proxy: HangingProxy,
 ) -> None:
-    settings = JobsSettings(
-        database_url=proxy.url,
-        db_command_timeout_seconds=DEADLINE_S,
-        db_pool_timeout_seconds=DEADLINE_S,
-        db_guard_retry_seconds=RETRY_S,
-        log_json=False,
-    )
-    app = jobs_app(settings)
+    app = jobs_app_through(proxy, deadline_s=DEADLINE_S, guard_retry_s=RETRY_S)
     who = auth_headers(principal(scopes=["jobs:read"]))
     async with client_for(app) as c:
         assert (await c.get("/v1/jobs", headers=who)).status_code == 200

@@ -70,24 +70,16 @@ def usage_triples(jobs: int, burst: int) -> list[JobEvent]:
                 )
             )
         for jid in ids:
-            out.append(
-                JobEvent(
-                    job_id=jid,
-                    status="running",
-                    progress=0,
-                    ts=ts + timedelta(milliseconds=1),
-                    **base,
+            for status, progress, after_ms in (("running", 0, 1), ("succeeded", 100, 2)):
+                out.append(
+                    JobEvent(
+                        job_id=jid,
+                        status=status,
+                        progress=progress,
+                        ts=ts + timedelta(milliseconds=after_ms),
+                        **base,
+                    )
                 )
-            )
-            out.append(
-                JobEvent(
-                    job_id=jid,
-                    status="succeeded",
-                    progress=100,
-                    ts=ts + timedelta(milliseconds=2),
-                    **base,
-                )
-            )
     return out
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+import prometheus_client
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -20,13 +21,56 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.context import new_request_id, request_id_var
 
 log = logging.getLogger("aistack.access")
+
+_KEPT_MAX = 4096
+
+
+class _KeptChildren:
+    """``labels()`` that keeps the children it looked up, for metrics counted on every request.
+
+    prometheus_client takes a lock and builds a tuple of strings on every ``labels()`` call (a
+    few µs each, several per request); here a seen label set is one dict lookup. At most
+    ``_KEPT_MAX`` label sets are kept (past that, looked up each time as before).
+    """
+
+    def labels(self, *values: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            return super().labels(*values, **kwargs)  # type: ignore[misc]
+        kept: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_kept", {})
+        child = kept.get(values)
+        if child is None:
+            child = super().labels(*values)  # type: ignore[misc]
+            if len(kept) < _KEPT_MAX:
+                kept[values] = child
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.pop("_kept", None)
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.pop("_kept", None)
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_KeptChildren, prometheus_client.Counter):
+    """A Prometheus counter whose labelled children are kept (see :class:`_KeptChildren`)."""
+
+
+class Gauge(_KeptChildren, prometheus_client.Gauge):
+    """A Prometheus gauge whose labelled children are kept (see :class:`_KeptChildren`)."""
+
+
+class Histogram(_KeptChildren, prometheus_client.Histogram):
+    """A Prometheus histogram whose labelled children are kept (see :class:`_KeptChildren`)."""
+
 
 REQUESTS = Counter(
     "aistack_http_requests_total", "HTTP requests handled", ["service", "method", "route", "status"]
@@ -116,8 +160,8 @@ class ObservabilityMiddleware:
     """Request id, server span, metrics and access log for every HTTP request.
 
     On the path of every request of every process, so it does the least it can: it reads
-    only the headers it needs, keeps the metric children it has used (a ``labels()`` lookup
-    takes a lock and builds a tuple), and sets the span's attributes in one call.
+    only the headers it needs, counts on metrics that keep their labelled children
+    (:class:`Counter`, ...), and sets the span's attributes in one call.
     """
 
     def __init__(self, app: ASGIApp, service: str, quiet_paths: tuple[str, ...] = ()) -> None:
@@ -130,31 +174,12 @@ class ObservabilityMiddleware:
         self.trace_headers = frozenset(
             f.lower().encode("latin-1") for f in propagate.get_global_textmap().fields
         )
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._latency: dict[tuple[str, str], Any] = {}
-        self._errors: dict[tuple[str, int], Any] = {}
 
     def _count(self, method: str, route: str, status: int, elapsed: float) -> None:
-        key = (method, route, status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = REQUESTS.labels(self.service, method, route, str(status))
-            if len(self._requests) < 4096:
-                self._requests[key] = counter
-        counter.inc()
-        histogram = self._latency.get((method, route))
-        if histogram is None:
-            histogram = LATENCY.labels(self.service, method, route)
-            if len(self._latency) < 4096:
-                self._latency[(method, route)] = histogram
-        histogram.observe(elapsed)
+        REQUESTS.labels(self.service, method, route, status).inc()
+        LATENCY.labels(self.service, method, route).observe(elapsed)
         if status >= 400:
-            errors = self._errors.get((route, status))
-            if errors is None:
-                errors = ERRORS.labels(self.service, route, str(status))
-                if len(self._errors) < 4096:
-                    self._errors[(route, status)] = errors
-            errors.inc()
+            ERRORS.labels(self.service, route, status).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from libs.telemetry import Counter, Gauge, Histogram
 
 TOKENS = Counter(
     "aistack_llm_tokens_total",

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import logging
 import math
+import os
 import struct
 import time
 import uuid
@@ -466,7 +467,7 @@ class LlmService:
         self, principal: Principal, body: ChatCompletionRequest, opts: CallOptions
     ) -> Result:
         org_id = principal.require_org()
-        call_id = f"chatcmpl-{uuid.uuid4().hex}"
+        call_id = f"chatcmpl-{os.urandom(16).hex()}"
         # the Idempotency-Key guards the request as sent (the history behind it may grow);
         # hashed only when a key or the cache needs it (a full dump of the body per request)
         fp = (

@@ -109,11 +109,13 @@ class GatewayTimeout(AppError):
     status_code, code, message = 504, "gateway_timeout", "Upstream service timed out"
 
 
+# OpenAI's ``error.type`` by status; OpenAI itself answers a 404 (unknown model, route or
+# object) with ``invalid_request_error``, which its SDKs and clients match on
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",

@@ -198,7 +198,7 @@ async def test_bad_requests(gateway: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         await client.chat.completions.create(**{**_chat(), "model": "no-such-model"})
     assert missing.value.status_code == 404
-    assert missing.value.response.json()["error"]["type"] == "not_found_error"
+    _assert_openai_error(missing.value, 404, "invalid_request_error", "model_not_found")
     with pytest.raises(openai.BadRequestError) as bad:
         await client.embeddings.create(model="embed", input="x", extra_body={"dimensions": "a"})
     err = _assert_openai_error(bad.value, 400, "invalid_request_error", "invalid_request")
@@ -224,7 +224,7 @@ async def test_bad_requests(gateway: Stack) -> None:
         # an OpenAI path the service does not serve: a 404 its SDKs still read
         resp = await raw.post("/v1/chat/unknown", json={"model": "default"}, headers=headers)
         assert resp.status_code == 404
-        assert resp.json()["error"]["type"] == "not_found_error"
+        assert resp.json()["error"]["type"] == "invalid_request_error"
     assert gateway.upstream.chat_calls == 0
 
 

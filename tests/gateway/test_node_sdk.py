@@ -28,12 +28,15 @@ from tests.llm.fakes.vendor_common import serve as serve_thread
 NODE_DIR = Path(__file__).parent / "node_sdk"
 REPLY = Reply().text
 TOOL_REPLY = Reply(text="", tool_calls=[ToolCall("get_weather", {"city": "Paris"})])
+BREAK_AFTER = 800  # bytes of the fake's stream: its first chunks
+JSON_REPLY = Reply(text=json.dumps({"city": "Paris", "forecast": "sunny"}))
 VECTORS = [[0.5, -0.25, 0.125, 1.0, 2.0, -3.5], [1.5, 0.0, -1.0, 0.25, 0.75, 4.0]] * 2
 
 
 class ToolUsingModel(Behavior):
     """The fake OpenAI model as a tool-using one: offered tools and no tool result yet, it
-    calls ``get_weather``; otherwise it answers in text (so ``runTools`` ends)."""
+    calls ``get_weather``; asked for a JSON schema, it answers in JSON; otherwise in text (so
+    ``runTools`` ends)."""
 
     @property
     def reply(self) -> Reply:
@@ -41,11 +44,24 @@ class ToolUsingModel(Behavior):
         messages = body.get("messages") or []
         if body.get("tools") and not any(m.get("role") == "tool" for m in messages):
             return TOOL_REPLY
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            return JSON_REPLY
         return self._reply
 
     @reply.setter
     def reply(self, value: Reply) -> None:
         self._reply = value
+
+    @property
+    def break_after(self) -> int | None:
+        """Asked to (a message that says BREAK), it drops a stream after its first events."""
+        body = self.requests[-1]["json"] if self.requests else {}
+        said = json.dumps(body.get("messages") or [])
+        return BREAK_AFTER if "BREAK" in said else self._break_after
+
+    @break_after.setter
+    def break_after(self, value: int | None) -> None:
+        self._break_after = value
 
 
 @dataclass
@@ -176,6 +192,15 @@ def test_stream_and_run_tools_helpers(node_run: NodeRun) -> None:
     assert node_run["run_tools"]["completions"] == 2
 
 
+def test_structured_output_parse_helper(node_run: NodeRun) -> None:
+    parsed = node_run.ok("chat_parse")
+    assert parsed == {"parsed": {"city": "Paris", "forecast": "sunny"}, "refusal": None}
+    formats = [r["json"].get("response_format") for r in node_run.upstream.behavior.requests]
+    sent = [f for f in formats if f]
+    assert sent and sent[0]["type"] == "json_schema"
+    assert sent[0]["json_schema"]["name"] == "weather"
+
+
 def test_embeddings_in_the_sdks_default_base64(node_run: NodeRun) -> None:
     emb = node_run.ok("embeddings")
     assert emb["object"] == "list" and emb["model"] == "text-embedding-3-small"
@@ -224,6 +249,24 @@ def test_responses_api(node_run: NodeRun) -> None:
     helper = node_run.ok("responses_stream_helper")
     assert helper["deltas"] > 1 and helper["output_text"] == REPLY
     assert helper["status"] == "completed"
+
+
+def test_stored_responses(node_run: NodeRun) -> None:
+    stored = node_run.ok("responses_stored")
+    rid = stored["id"]
+    assert rid.startswith("resp_") and stored["retrieved_id"] == rid
+    assert stored["retrieved_output_text"] == REPLY
+    assert stored["next_previous_response_id"] == rid
+    # the SDK's auto-pagination (limit 1: one page per item, by ``after``) saw both items
+    assert [(i["type"], i["role"], i["text"]) for i in stored["items"]] == [
+        ("message", "user", "Say hello"),
+        ("message", "user", "and goodbye"),
+    ]
+    assert len({i["id"] for i in stored["items"]}) == 2 and stored["pages"] == 2
+    assert stored["deleted"] == {"id": rid, "object": "response.deleted", "deleted": True}
+    gone = stored["after_delete"]
+    assert gone["class"] == "NotFoundError" and gone["status"] == 404
+    assert (gone["type"], gone["code"]) == ("invalid_request_error", "response_not_found")
 
 
 # check → (SDK class, status, error.type, error.code, error.param); type and code as OpenAI's
@@ -300,6 +343,23 @@ def test_errors_raise_the_sdks_classes(node_run: NodeRun, check: str) -> None:
     # the SDK read the message out of the body (not a dump of it) and kept the request id
     assert err["message"].startswith(f"{status} ") and "{" not in err["message"], err
     _request_id(err["requestID"])
+
+
+def test_a_stream_broken_upstream_raises_in_the_loop(node_run: NodeRun) -> None:
+    # the error arrives in-band (OpenAI's way once the stream has begun): the SDK raises an
+    # APIError out of ``for await``, after the text that came before it
+    chat = node_run.ok("error_mid_stream")
+    assert chat["text"] and REPLY.startswith(chat["text"]) and chat["text"] != REPLY
+    err = chat["threw_in_loop"]
+    assert err is not None and err["class"] == "APIError" and err["status"] is None
+    assert (err["type"], err["code"]) == ("api_error", "upstream_stream_broken")
+    assert err["message"].startswith("Upstream stream failed")
+    responses = node_run.ok("error_mid_stream_responses")
+    assert responses["types"][0] == "response.created"
+    assert "response.completed" not in responses["types"]
+    err = responses["threw_in_loop"]
+    assert err is not None and err["class"] == "APIError"
+    assert (err["type"], err["code"]) == ("error", "upstream_stream_broken")
 
 
 def test_rate_limit_tells_when_to_retry(node_run: NodeRun) -> None:

@@ -186,6 +186,28 @@ const checks = {
     return { called, content, roles: runner.messages.map((m) => m.role) };
   },
 
+  async chat_parse() {
+    // structured output: the SDK's parse helper over a json_schema response_format
+    const data = await sdk.chat.completions.parse({
+      model: 'default',
+      messages: [{ role: 'user', content: 'Weather in Paris as JSON' }],
+      response_format: {
+        type: 'json_schema',
+        json_schema: {
+          name: 'weather',
+          strict: true,
+          schema: {
+            type: 'object',
+            properties: { city: { type: 'string' }, forecast: { type: 'string' } },
+            required: ['city', 'forecast'],
+            additionalProperties: false,
+          },
+        },
+      },
+    });
+    return { parsed: data.choices[0].message.parsed, refusal: data.choices[0].message.refusal };
+  },
+
   async embeddings() {
     // no encoding_format: the SDK asks for base64 and decodes it to numbers
     const data = await sdk.embeddings.create({ model: 'embed', input: ['one', 'two', 'three'] });
@@ -305,6 +327,50 @@ const checks = {
     return { deltas, output_text: final.output_text, status: final.status };
   },
 
+  async responses_stored() {
+    // a stored response: retrieve it, chain on it, page its input items, delete it
+    const first = await sdk.responses.create({
+      model: 'default',
+      input: [
+        { role: 'user', content: 'Say hello' },
+        { role: 'user', content: 'and goodbye' },
+      ],
+    });
+    const again = await sdk.responses.retrieve(first.id);
+    const next = await sdk.responses.create({
+      model: 'default',
+      input: 'Once more',
+      previous_response_id: first.id,
+    });
+    const items = [];
+    for await (const item of sdk.responses.inputItems.list(first.id, { limit: 1, order: 'asc' })) {
+      items.push({ id: item.id, type: item.type, role: item.role, text: item.content?.[0]?.text });
+    }
+    let page = await sdk.responses.inputItems.list(first.id, { limit: 1, order: 'asc' });
+    let pages = 1;
+    while (page.hasNextPage()) {
+      page = await page.getNextPage();
+      pages++;
+    }
+    const deleted = await sdk.responses.delete(first.id);
+    let afterDelete = null;
+    try {
+      await sdk.responses.retrieve(first.id);
+    } catch (err) {
+      afterDelete = describe(err);
+    }
+    return {
+      id: first.id,
+      retrieved_id: again.id,
+      retrieved_output_text: again.output_text,
+      next_previous_response_id: next.previous_response_id,
+      items,
+      pages,
+      deleted: deleted ?? null,
+      after_delete: afterDelete,
+    };
+  },
+
   async error_bad_key() {
     await client(process.env.BAD_KEY).chat.completions.create({ model: 'default', messages: hi });
   },
@@ -342,6 +408,37 @@ const checks = {
     for await (const _ of stream);
   },
 
+  async error_mid_stream() {
+    // the upstream drops the stream after its first chunks: the SDK raises from the loop
+    const stream = await sdk.chat.completions.create({
+      model: 'default',
+      messages: [{ role: 'user', content: 'BREAK after a few words' }],
+      stream: true,
+    });
+    let text = '';
+    try {
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+    } catch (err) {
+      return { text, threw_in_loop: describe(err) };
+    }
+    return { text, threw_in_loop: null };
+  },
+
+  async error_mid_stream_responses() {
+    const stream = await sdk.responses.create({
+      model: 'default',
+      input: 'BREAK after a few words',
+      stream: true,
+    });
+    const types = [];
+    try {
+      for await (const event of stream) types.push(event.type);
+    } catch (err) {
+      return { types, threw_in_loop: describe(err) };
+    }
+    return { types, threw_in_loop: null };
+  },
+
   async error_rate_limited() {
     const limited = client(process.env.LIMITED_KEY);
     await limited.models.list();
@@ -350,14 +447,16 @@ const checks = {
 };
 
 const only = process.argv.slice(2);
-const out = {};
+const out = { _ms: {} };
 for (const [name, check] of Object.entries(checks)) {
   if (only.length && !only.includes(name)) continue;
+  const started = performance.now();
   try {
     const value = await check();
     out[name] = value === undefined ? { returned: true } : value;
   } catch (err) {
     out[name] = { threw: describe(err) };
   }
+  out._ms[name] = Math.round(performance.now() - started);
 }
 process.stdout.write(JSON.stringify(out) + '\n');

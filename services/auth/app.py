@@ -8,12 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-# FastAPI enters an anyio cancel scope for each yield dependency (every request's database
-# session), and anyio imports its asyncio backend on first use: on the first request,
-# otherwise. Imported with the rest of the code instead: where Python finds no cached
-# bytecode, compiling that module (110 KB of source) during a request left about 4 MiB of
-# the heap fragmented for the life of the process, and delayed that request by 0.1-0.2 s.
-import anyio._backends._asyncio  # noqa: F401
 from fastapi import FastAPI
 
 from libs.app import create_app

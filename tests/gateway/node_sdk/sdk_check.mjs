@@ -36,6 +36,21 @@ function describe(err) {
   };
 }
 
+// the weather tool as runTools wants it: parsed arguments in, `answer(args)` out, each call kept
+function runnableWeather(called, answer) {
+  return {
+    type: 'function',
+    function: {
+      ...weatherTool.function,
+      parse: JSON.parse,
+      function: (args) => {
+        called.push(args);
+        return answer(args);
+      },
+    },
+  };
+}
+
 const checks = {
   async chat() {
     const { data, response, request_id } = await sdk.chat.completions
@@ -139,19 +154,7 @@ const checks = {
     const runner = sdk.chat.completions.runTools({
       model: 'default',
       messages: [{ role: 'user', content: 'Weather in Paris?' }],
-      tools: [
-        {
-          type: 'function',
-          function: {
-            ...weatherTool.function,
-            parse: JSON.parse,
-            function: (args) => {
-              called.push(args);
-              return { city: args.city, forecast: 'sunny' };
-            },
-          },
-        },
-      ],
+      tools: [runnableWeather(called, (args) => ({ city: args.city, forecast: 'sunny' }))],
     });
     const content = await runner.finalContent();
     return {
@@ -168,19 +171,7 @@ const checks = {
       model: 'default',
       messages: [{ role: 'user', content: 'Weather in Paris?' }],
       stream: true,
-      tools: [
-        {
-          type: 'function',
-          function: {
-            ...weatherTool.function,
-            parse: JSON.parse,
-            function: (args) => {
-              called.push(args);
-              return 'sunny';
-            },
-          },
-        },
-      ],
+      tools: [runnableWeather(called, () => 'sunny')],
     });
     const content = await runner.finalContent();
     return { called, content, roles: runner.messages.map((m) => m.role) };

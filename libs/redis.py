@@ -296,7 +296,9 @@ def make_redis(url: str, *, max_connections: int = 50) -> Redis:
     return redis
 
 
-def get_redis(request: Request) -> Redis:
+# async, like every dependency on a request path: FastAPI runs a plain ``def`` dependency in
+# anyio's thread pool, a hop to a worker thread and back per request
+async def get_redis(request: Request) -> Redis:
     """The app's shared Redis client."""
     redis: Redis = request.app.state.redis
     return redis

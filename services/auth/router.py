@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import SessionDep
 from libs.identity import Principal, PrincipalDep
+from libs.redis import RedisDep
 from services.auth.schemas import (
     Accepted,
     ApiKeyCreate,
@@ -68,10 +69,10 @@ def client_of(request: Request) -> Client:
     )
 
 
-def _context(request: Request, session: AsyncSession, principal: Principal | None) -> AuthContext:
-    state = request.app.state
-    settings: AuthSettings = state.settings
-    redis: Redis = state.redis  # the app's shared client, as libs.redis.RedisDep gives it
+def _context(
+    request: Request, session: AsyncSession, redis: Redis, principal: Principal | None
+) -> AuthContext:
+    settings: AuthSettings = request.app.state.settings
     return AuthContext(
         session=session,
         redis=redis,
@@ -84,19 +85,17 @@ def _context(request: Request, session: AsyncSession, principal: Principal | Non
     )
 
 
-# The two dependencies are coroutines, and take Redis from the app's state rather than
-# through libs.redis.RedisDep (a plain function): FastAPI runs a plain-function dependency in
-# anyio's thread pool, a hop to a worker thread and back on every request, and a thread of
-# its own (its stack and malloc arena) for nothing that blocks.
-async def _public(request: Request, session: SessionDep) -> AuthService:
+# coroutines: FastAPI runs a plain ``def`` dependency in anyio's thread pool, a hop to a
+# worker thread and back on every request (and a thread of its own, for nothing that blocks)
+async def _public(request: Request, session: SessionDep, redis: RedisDep) -> AuthService:
     """Public routes ignore any forwarded principal."""
-    return AuthService(_context(request, session, None))
+    return AuthService(_context(request, session, redis, None))
 
 
 async def _authenticated(
-    request: Request, session: SessionDep, principal: PrincipalDep
+    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
 ) -> AuthService:
-    return AuthService(_context(request, session, principal))
+    return AuthService(_context(request, session, redis, principal))
 
 
 Public = Annotated[AuthService, Depends(_public)]

@@ -13,11 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from libs.db import make_engine
 
 
 class HangingProxy:
@@ -121,6 +125,18 @@ def hanging_postgres(database_url: str) -> Iterator[HangingProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+@asynccontextmanager
+async def engine_through(proxy: HangingProxy, **options: Any) -> AsyncIterator[AsyncEngine]:
+    """An engine on PostgreSQL through ``proxy`` (``options``: :func:`libs.db.make_engine`'s);
+    at the end the proxy is resumed, so the engine's connections close, then it is disposed."""
+    engine = make_engine(proxy.url, **options)
+    try:
+        yield engine
+    finally:
+        proxy.resume()
+        await engine.dispose()
 
 
 def jobs_app_through(proxy: HangingProxy, *, deadline_s: float, guard_retry_s: float) -> FastAPI:

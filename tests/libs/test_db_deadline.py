@@ -32,7 +32,7 @@ from services.jobs.service import EventConsumer
 from tests.jobs.test_event_batches import usage_job
 from tests.llm.store_helpers import store_app
 from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, hanging_postgres, jobs_app_through
+from tests.pg_faults import HangingProxy, engine_through, jobs_app_through
 from tests.redis_faults import eventually
 
 DEADLINE_S = 0.5
@@ -70,21 +70,13 @@ def recording() -> Iterator[Records]:
 
 
 @pytest.fixture
-def proxy(infra: Infra) -> Iterator[HangingProxy]:
-    with hanging_postgres(infra.database_url) as p:
-        yield p
-
-
-@pytest.fixture
 async def hung_engine(proxy: HangingProxy) -> AsyncIterator[AsyncEngine]:
     # the deadlines alone; the guard that skips a hung PostgreSQL after the first one passes
     # is tests/libs/test_db_guard.py's
-    engine = make_engine(
-        proxy.url, command_timeout_s=DEADLINE_S, pool_timeout_s=DEADLINE_S, guard_retry_s=None
-    )
-    yield engine
-    proxy.resume()
-    await engine.dispose()
+    async with engine_through(
+        proxy, command_timeout_s=DEADLINE_S, pool_timeout_s=DEADLINE_S, guard_retry_s=None
+    ) as engine:
+        yield engine
 
 
 async def _timed(coro: object) -> tuple[BaseException | None, float]:

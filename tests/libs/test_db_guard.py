@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -24,7 +24,7 @@ from libs.storage_errors import outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
 from tests.libs.test_db_deadline import recording
 from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, hanging_postgres, jobs_app_through
+from tests.pg_faults import HangingProxy, engine_through, jobs_app_through
 
 DEADLINE_S = 0.5
 RETRY_S = 0.5
@@ -36,23 +36,15 @@ FAST_S = 0.1
 
 
 @pytest.fixture
-def proxy(infra: Infra) -> Iterator[HangingProxy]:
-    with hanging_postgres(infra.database_url) as p:
-        yield p
-
-
-@pytest.fixture
 async def guarded(proxy: HangingProxy) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(
-        proxy.url,
+    async with engine_through(
+        proxy,
         application_name="guard-test",
         command_timeout_s=DEADLINE_S,
         pool_timeout_s=DEADLINE_S,
         guard_retry_s=RETRY_S,
-    )
-    yield engine
-    proxy.resume()
-    await engine.dispose()
+    ) as engine:
+        yield engine
 
 
 def _guard(engine: AsyncEngine) -> DatabaseGuard:

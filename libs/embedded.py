@@ -248,31 +248,32 @@ class EmbeddedRedis:
         if port_open(self.host, self.port):
             log.info("Redis already answering on %s:%s", self.host, self.port)
             return self
-        logfile = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603
-            [
-                self.binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                self.host,
-                "--dir",
-                str(self.data_dir),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # the child keeps its own copy of the log file's descriptor; ours is closed at once
+        with open(self.data_dir / "redis.log", "ab") as logfile:
+            self.proc = subprocess.Popen(  # noqa: S603
+                [
+                    self.binary(),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    self.host,
+                    "--dir",
+                    str(self.data_dir),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                    "--loglevel",
+                    "warning",
+                ],
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         # ready once it answers, not once it listens: it refuses commands while it loads its
         # append-only file (a restart with data), and callers start using it at once

@@ -161,12 +161,21 @@ class EmbeddingRequest(BaseModel):
     timeout: TimeoutOption = None
 
     def texts(self) -> list[str] | None:
-        """The inputs as texts; None when given as token ids (not supported)."""
+        """The inputs as texts; None when given as token ids (:meth:`token_inputs`)."""
         if isinstance(self.input, str):
             return [self.input]
         if all(isinstance(x, str) for x in self.input):
             return [str(x) for x in self.input]
         return None
+
+    def token_inputs(self) -> list[list[int]]:
+        """Token-id input as one list of ids per input (one list of ints is one input)."""
+        if isinstance(self.input, str):
+            return []
+        ids = [x for x in self.input if isinstance(x, int)]
+        if ids:
+            return [ids]
+        return [list(x) for x in self.input if isinstance(x, list)]
 
     def params(self) -> dict[str, Any]:
         return self.model_dump(

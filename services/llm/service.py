@@ -30,7 +30,7 @@ from libs.ratelimit import LocalLimiter, hit_many, refund_many
 from libs.redis import RedisUnavailable, guard_for
 from libs.usage import UsageEvent, UsageOutbox, UsageSender
 from services.llm import cache as rc
-from services.llm import tokens
+from services.llm import tokenizer, tokens
 from services.llm.breaker import SharedBreakers
 from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
@@ -772,7 +772,7 @@ class LlmService:
         alias = self._resolve(body.model, "embedding")
         texts = body.texts()
         if texts is None:
-            raise BadRequest("Token-id input is not supported; send text", code="unsupported_input")
+            texts = await self._decode_inputs(body)
         if not texts:
             raise BadRequest("input must not be empty", code="invalid_input")
         call = _Call(principal, org_id, alias, "embedding", f"embd-{uuid.uuid4().hex}")
@@ -791,6 +791,25 @@ class LlmService:
             self._settle(claim, None)
             self._refund_all(call)
             raise
+
+    @staticmethod
+    async def _decode_inputs(body: EmbeddingRequest) -> list[str]:
+        """Token-id input read as OpenAI reads it (cl100k_base ids), then embedded as text."""
+        token_lists = body.token_inputs()
+        if any(not ids for ids in token_lists):
+            raise BadRequest(
+                "input must not contain an empty list of tokens",
+                code="invalid_input",
+                details=[{"field": "input", "message": "empty token list"}],
+            )
+        decoded = await tokenizer.decode_inputs(token_lists)
+        if isinstance(decoded, int):
+            raise BadRequest(
+                f"Invalid token in input[{decoded}]",
+                code="invalid_input",
+                details=[{"field": f"input.{decoded}", "message": "unknown token id"}],
+            )
+        return decoded
 
     async def _embed(
         self,

@@ -240,6 +240,32 @@ async def load_encoding(name: str) -> Encoding:
     return await asyncio.to_thread(get_encoding, name)
 
 
+# the encoding OpenAI's embedding models read token-id input in (ada-002, text-embedding-3-*)
+EMBEDDING_INPUT_ENCODING: EncodingName = "cl100k_base"
+_DECODE_INLINE_TOKENS = 20_000  # more than this is decoded in a worker thread
+
+
+def _decode_all(encoding: Any, token_lists: list[list[int]]) -> list[str] | int:
+    """Each list decoded (invalid UTF-8 replaced); the index of a list with an unknown id."""
+    top = encoding.max_token_value
+    texts = []
+    for i, ids in enumerate(token_lists):
+        if any(not 0 <= t <= top for t in ids):
+            return i
+        texts.append(encoding.decode(ids))
+    return texts
+
+
+async def decode_inputs(token_lists: list[list[int]]) -> list[str] | int:
+    """Token-id embedding inputs as texts, as OpenAI reads them (cl100k_base: LangChain's
+    ``OpenAIEmbeddings`` sends its inputs so by default); or the index of the first input
+    holding an id outside the encoding."""
+    encoding = await load_encoding(EMBEDDING_INPUT_ENCODING)
+    if sum(len(ids) for ids in token_lists) <= _DECODE_INLINE_TOKENS:
+        return _decode_all(encoding, token_lists)
+    return await asyncio.to_thread(_decode_all, encoding, token_lists)
+
+
 async def preload(names: Iterable[str]) -> None:
     """Load encodings ``names`` now, each in a worker thread (``LLM_TOKENIZER_PRELOAD``, at
     start-up: no request then waits for a first load, and the process pays their memory even

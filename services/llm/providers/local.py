@@ -247,15 +247,73 @@ def chat_messages(messages: list[dict[str, Any]], system_extra: list[str]) -> li
 
 
 def _tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    variants = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
-            "required": ["name", "arguments"],
-        }
-        for f in tools
-    ]
-    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+    """The schema of one call of one of ``tools``: ``{"name", "arguments"}``.
+
+    A tool's parameters nest under ``arguments`` here, so their local definitions (``$defs``,
+    ``definitions``: what Pydantic writes for a nested model, as instructor and others send
+    it) move to the root, where their ``#/...`` references resolve, under names kept apart
+    per tool."""
+    variants = []
+    defs: dict[str, Any] = {}
+    for i, f in enumerate(tools):
+        parameters, found = _hoist_definitions(f["parameters"], f"t{i}." if len(tools) > 1 else "")
+        defs.update(found)
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": f["name"]}, "arguments": parameters},
+                "required": ["name", "arguments"],
+            }
+        )
+    schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {**schema, "$defs": defs} if defs else schema
+
+
+_DEF_KEYS = ("$defs", "definitions")
+
+
+def _hoist_definitions(schema: Any, prefix: str) -> tuple[Any, dict[str, Any]]:
+    """``schema`` without its root definitions, its references renamed to ``#/$defs/<prefix>
+    <name>``; and those definitions under their new names."""
+    if not isinstance(schema, dict) or not any(isinstance(schema.get(k), dict) for k in _DEF_KEYS):
+        return schema, {}
+    renames = {
+        f"#/{key}/{name}": f"#/$defs/{prefix}{name}"
+        for key in _DEF_KEYS
+        for name in (schema.get(key) or {})
+    }
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: renames.get(v, v) if k == "$ref" and isinstance(v, str) else rename(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    defs = {
+        f"{prefix}{name}": rename(value)
+        for key in _DEF_KEYS
+        for name, value in (schema.get(key) or {}).items()
+    }
+    return rename({k: v for k, v in schema.items() if k not in _DEF_KEYS}), defs
+
+
+# llama.cpp's JSON-schema converter (this llama-cpp-python) lets a JSON string hold raw control
+# characters; a model that writes a newline there leaves JSON no strict parser reads (and a
+# forced tool call that is no call). Strings may hold only escaped ones, as JSON says.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def json_grammar(schema: dict[str, Any]) -> str:
+    """GBNF for JSON values matching ``schema`` (``{}``: any JSON object)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    gbnf: str = json_schema_to_gbnf(json.dumps(schema or {"type": "object"}))
+    return gbnf.replace(_LOOSE_CHAR, _STRICT_CHAR)
 
 
 def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
@@ -366,7 +424,7 @@ class LocalProvider(Provider):
         if int(params.get("n") or 1) != 1:
             raise t.invalid("the local model returns one choice per request (n must be 1)")
         for param in UNSUPPORTED_PARAMS:
-            if params.get(param):
+            if params.get(param) and not (param == "modalities" and params[param] == ["text"]):
                 raise unsupported(f"the local model does not support {param}")
         sampling: dict[str, Any] = {
             "temperature": float(params["temperature"]),
@@ -426,8 +484,12 @@ class LocalProvider(Provider):
         tokens = llm.tokenize(prompt.encode(), add_bos=add_bos, special=True)
         room = self.n_ctx - len(tokens)
         if room <= 0:
+            # OpenAI's wording: clients recognise an overflow by it (LiteLLM's
+            # ContextWindowExceededError matches "maximum context length is")
             raise ProviderError(
-                f"the prompt has {len(tokens)} tokens; the local model's context is {self.n_ctx}",
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your "
+                f"messages resulted in {len(tokens)} tokens. Please reduce the length of the "
+                "messages.",
                 status=400,
                 provider=self.name,
                 code="context_length_exceeded",
@@ -435,9 +497,7 @@ class LocalProvider(Provider):
         max_tokens = min(plan.max_tokens or self.default_max_tokens, room)
         grammar = None
         if plan.schema is not None:
-            grammar = LlamaGrammar.from_json_schema(
-                json.dumps(plan.schema or {"type": "object"}), verbose=False
-            )
+            grammar = LlamaGrammar.from_string(json_grammar(plan.schema), verbose=False)
         if "seed" in plan.sampling:
             # a seeded request must sample the same logits every time: evaluate the prompt in
             # full instead of reusing the cached prefix of the previous request (batched

@@ -20,6 +20,8 @@ from services.llm.providers.local import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
     LocalProvider,
+    _tool_call_schema,
+    json_grammar,
     parse_tool_calls,
 )
 from tests.llm.fakes.vendor_common import assemble
@@ -181,6 +183,111 @@ async def test_json_schema_response_format(local: LocalProvider) -> None:
     assert list(value) == ["age"] and isinstance(value["age"], int)
 
 
+# instructor's create_iterable(response_model=Person): its tool's parameters refer to a
+# nested model through "$defs", as Pydantic writes them (the exact tool it sends)
+ITERABLE_PERSON: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "IterablePerson",
+        "description": "Correct segmentation of `Person` tasks",
+        "parameters": {
+            "$defs": {
+                "Person": {
+                    "properties": {
+                        "name": {"title": "Name", "type": "string"},
+                        "age": {"title": "Age", "type": "integer"},
+                    },
+                    "required": ["name", "age"],
+                    "title": "Person",
+                    "type": "object",
+                }
+            },
+            "properties": {
+                "tasks": {
+                    "description": "Correctly segmented list of `Person` tasks",
+                    "items": {"$ref": "#/$defs/Person"},
+                    "title": "Tasks",
+                    "type": "array",
+                }
+            },
+            "type": "object",
+            "required": [],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_tool_whose_parameters_have_defs(local: LocalProvider, stream: bool) -> None:
+    request = ChatRequest(
+        model=CHAT_MODEL,
+        messages=[{"role": "user", "content": "Ada is 36, Bob is 40"}],
+        params={
+            "max_tokens": 80,
+            "stream": stream,
+            "tool_choice": {"type": "function", "function": {"name": "IterablePerson"}},
+            "tools": [ITERABLE_PERSON],
+            "seed": 1,
+        },
+    )
+    if stream:
+        _, calls, finish = assemble(await collect(local, request))
+    else:
+        out = await local.chat(request)
+        calls = [c["function"] for c in out["choices"][0]["message"].get("tool_calls") or []]
+        finish = out["choices"][0]["finish_reason"]
+    assert finish == "tool_calls"
+    [call] = calls
+    tasks = json.loads(call["arguments"])["tasks"]
+    assert tasks and all(set(p) == {"name", "age"} and isinstance(p["age"], int) for p in tasks)
+
+
+def test_definitions_of_several_tools_are_kept_apart() -> None:
+    def tool(name: str, key: str, kind: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "parameters": {
+                "type": "object",
+                "properties": {"x": {"$ref": f"#/{key}/Item"}},
+                key: {"Item": {"type": kind}},
+            },
+        }
+
+    schema = _tool_call_schema([tool("a", "$defs", "string"), tool("b", "definitions", "integer")])
+    assert schema["$defs"] == {"t0.Item": {"type": "string"}, "t1.Item": {"type": "integer"}}
+    arguments = [v["properties"]["arguments"] for v in schema["anyOf"]]
+    assert [a["properties"]["x"]["$ref"] for a in arguments] == [
+        "#/$defs/t0.Item",
+        "#/$defs/t1.Item",
+    ]
+    assert all("$defs" not in a and "definitions" not in a for a in arguments)
+    json_grammar(schema)  # llama.cpp resolves every reference (it raised on the nested ones)
+
+
+async def test_json_strings_hold_no_raw_control_characters(local: LocalProvider) -> None:
+    # greedily, this prompt starts a code block inside the string: with raw newlines allowed
+    # the answer "stopped" as JSON no strict parser reads
+    schema = {"type": "object", "properties": {"poem": {"type": "string"}}, "required": ["poem"]}
+    out = await local.chat(
+        req(
+            "Write a short Python function that adds two numbers, as JSON with the code in `poem`.",
+            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": schema}},
+            max_tokens=60,
+            temperature=0,
+            seed=0,
+        )
+    )
+    content = out["choices"][0]["message"]["content"]
+    assert not any(ord(c) < 0x20 for c in content), content
+    if out["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(content)["poem"], str)
+
+
+async def test_text_only_modalities_are_accepted(local: LocalProvider) -> None:
+    out = await local.chat(req(modalities=["text"], max_tokens=2))
+    assert out["choices"][0]["message"]["content"]
+
+
 async def test_tool_results_in_the_history_are_accepted(local: LocalProvider) -> None:
     call = {
         "id": "call_1",
@@ -251,6 +358,7 @@ async def test_concurrent_requests_are_served_in_turn(local: LocalProvider) -> N
         ),
         (req(n=2), "invalid_request", 400),
         (req(logit_bias={"50256": -100}), "unsupported", 400),
+        (req(modalities=["text", "audio"]), "unsupported", 400),
         (
             ChatRequest(
                 model=CHAT_MODEL,
@@ -275,6 +383,9 @@ async def test_refusals(
     with pytest.raises(ProviderError) as info:
         await local.chat(request_)
     assert (info.value.code, info.value.status, info.value.retryable) == (code, status, False)
+    if code == "context_length_exceeded":
+        # OpenAI's words, which LiteLLM (ContextWindowExceededError) and others look for
+        assert str(info.value).startswith("This model's maximum context length is 2048 tokens.")
 
 
 # -- embeddings ---------------------------------------------------------------------------

@@ -47,6 +47,26 @@ CORS_REQUEST_HEADERS = [
     "idempotency-key",
     "traceparent",
     "tracestate",
+    "x-aistack-cache",
+    "x-aistack-timeout",
+    # what OpenAI-compatible clients send from a page: the official Node SDK
+    # (dangerouslyAllowBrowser) its platform, retry and helper headers on every request and
+    # the organization/project it was given; the Vercel AI SDK its user-agent suffix (asked
+    # for by browsers that let a page set it). A preflight naming one not listed here fails.
+    "x-stainless-arch",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-retry-count",
+    "x-stainless-timeout",
+    "x-stainless-helper-method",
+    "x-stainless-poll-helper",
+    "x-stainless-custom-poll-interval",
+    "openai-organization",
+    "openai-project",
+    "user-agent",
 ]
 CORS_EXPOSED_HEADERS = [
     "RateLimit-Limit",
@@ -54,6 +74,9 @@ CORS_EXPOSED_HEADERS = [
     "RateLimit-Reset",
     "Retry-After",
     "x-request-id",
+    "x-aistack-cache",
+    "x-aistack-provider",
+    "x-aistack-idempotent-replay",
 ]
 # FastAPI's own versions of these are replaced by the gateway's
 _REPLACED = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})

@@ -24,7 +24,8 @@ a time on a dedicated thread so the event loop never blocks. A consumer that sto
 a stream (a client that went away) stops the generation at the next token.
 
 Tools: with ``tool_choice`` ``required`` or a named function, the output is constrained by
-a grammar to a valid call of one of the tools; with ``auto`` the tools are described in the
+a grammar to a valid call of one of the tools (cut short by ``max_tokens``: the call with
+its arguments so far and finish ``length``, as OpenAI answers); with ``auto`` the tools are described in the
 system prompt and an answer in SmolLM2's ``<tool_call>[...]</tool_call>`` format becomes
 tool calls (a 135M model rarely decides well on its own). JSON mode and ``json_schema``
 response formats are enforced with a grammar.
@@ -339,6 +340,26 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
     return calls or None
 
 
+# the grammar's output so far: the call's name whole, its arguments begun
+_PARTIAL_CALL = re.compile(
+    r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(.*)', re.S
+)
+
+
+def _partial_call(text: str) -> list[dict[str, Any]] | None:
+    """A forced call cut short by ``max_tokens``, as OpenAI hands one back (finish
+    ``length``): the call with the arguments written so far. None when its name is not whole
+    yet (the text is handed back instead)."""
+    match = _PARTIAL_CALL.fullmatch(text)
+    if not match:
+        return None
+    try:
+        name = json.loads(f'"{match.group(1)}"')
+    except ValueError:
+        return None
+    return [t.tool_call(t.tool_call_id(), name, match.group(2).rstrip())]
+
+
 @dataclass
 class _Plan:
     """How one chat request is run: the prompt, sampling and output handling."""
@@ -589,7 +610,7 @@ class LocalProvider(Provider):
             try:
                 item = json.loads(text)
             except ValueError:
-                return None  # cut short by max_tokens: handed back as text, finish "length"
+                return _partial_call(text)
             return [t.tool_call(t.tool_call_id(), item["name"], item.get("arguments") or {})]
         if plan.output == "tool_auto":
             return parse_tool_calls(text)

@@ -183,6 +183,36 @@ async def test_json_schema_response_format(local: LocalProvider) -> None:
     assert list(value) == ["age"] and isinstance(value["age"], int)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_call_cut_by_max_tokens_is_a_partial_call(
+    local: LocalProvider, stream: bool
+) -> None:
+    # as OpenAI answers it (LangChain puts it in invalid_tool_calls, instructor raises its
+    # IncompleteOutputException): the call begun, finish "length"; not its JSON as text
+    request = req(
+        "What is the weather in Paris?",
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=14,
+        stream=stream,
+    )
+    if stream:
+        text, calls, finish = assemble(await collect(local, request))
+    else:
+        out = await local.chat(request)
+        ChatCompletion.model_validate(out)
+        message = out["choices"][0]["message"]
+        text = message["content"] or ""
+        calls = [c["function"] for c in message["tool_calls"]]
+        finish = out["choices"][0]["finish_reason"]
+    assert (text, finish) == ("", "length")
+    [call] = calls
+    assert call["name"] == "get_weather"
+    assert call["arguments"].startswith("{")
+    with pytest.raises(ValueError):
+        json.loads(call["arguments"])
+
+
 # instructor's create_iterable(response_model=Person): its tool's parameters refer to a
 # nested model through "$defs", as Pydantic writes them (the exact tool it sends)
 ITERABLE_PERSON: dict[str, Any] = {

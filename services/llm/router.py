@@ -72,10 +72,11 @@ def openai_handler(handler: Handler) -> Handler:
                 for err in exc.errors()
             ]
             if any(d["type"] == "json_invalid" for d in details):
+                # no param, as OpenAI (the error's location is a character offset, not a field)
                 raise BadRequest(
                     "We could not parse the JSON body of your request.",
                     code="malformed_json",
-                    details=details,
+                    details=[{k: v for k, v in d.items() if k != "field"} for d in details],
                 ) from exc
             first = details[0] if details else {"field": "", "message": "invalid"}
             raise BadRequest(

@@ -43,3 +43,20 @@ async def test_token_id_input_forms_and_bad_ids(env: Env) -> None:
         await env.client.embeddings.create(model="embed", input=[[15339], []])
     assert exc.value.code == "invalid_input"
     assert len(await env.usage_events()) == 1  # the refused calls cost nothing
+
+
+async def test_malformed_json_names_no_param(env: Env) -> None:
+    # OpenAI answers an unparsable body with param null; clients show `param` as the field
+    # at fault (it was "0", the character offset pydantic reports)
+    resp = await env.http.post(
+        "/v1/chat/completions",
+        content=b'{"model": ',
+        headers={**auth_headers(env.principal), "content-type": "application/json"},
+    )
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "malformed_json",
+        None,
+        "invalid_request_error",
+    )

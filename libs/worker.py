@@ -80,6 +80,7 @@ from redis.exceptions import RedisError
 from libs.db import make_engine, make_session_factory
 from libs.logging import configure_logging
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name, resend_unsent_events
+from libs.redis import CancelSafeSend
 from libs.settings import WORKER_REDIS_TIMEOUT_S, ServiceSettings
 from libs.telemetry import setup_tracing
 
@@ -152,10 +153,12 @@ def _waits_in_redis(args: Sequence[Any]) -> float | None:
     return math.inf if wait <= 0 else wait
 
 
-class _WaitAware(AbstractConnection):
+class _WaitAware(CancelSafeSend):
     """Mixed into the pool's connection class: a command that waits in Redis by design gets
     that wait on top of the socket timeout (redis-py applies the socket timeout alone, so a
-    ``BLOCK`` longer than it raised TimeoutError on a healthy Redis)."""
+    ``BLOCK`` longer than it raised TimeoutError on a healthy Redis). Sends keep a
+    cancellation (:class:`libs.redis.CancelSafeSend`): without that, a worker's poll loop
+    could swallow the cancel meant to stop it and run on."""
 
     _waits_s: float | None = None
 

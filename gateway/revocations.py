@@ -155,8 +155,9 @@ async def listen(
                         log.warning("ignoring malformed announcement on %s", name)
         except Exception as exc:
             log.warning("revocation subscription lost (%s); retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see libs.redis.CancelSafeSend
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
             backoff = min(backoff * 2, 5.0)
         finally:
             # the connection may already be gone

@@ -413,8 +413,11 @@ class UsageSender:
 
     async def _sleep(self, delay: float) -> None:
         self._wake.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # lands as the event is set, and this task is cancelled to stop it
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
 
     async def _spill(self, *, final: bool) -> None:
         """Move every event waiting in memory to the outbox."""

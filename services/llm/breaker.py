@@ -444,8 +444,9 @@ class SharedBreakers:
             except Exception as exc:
                 self._tried.set()
                 self._redis_failed("breaker announcements unavailable (%s); retrying", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
+                with contextlib.suppress(TimeoutError):  # not wait_for (libs.redis.CancelSafeSend)
+                    async with asyncio.timeout(backoff):
+                        await self._stop.wait()
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):

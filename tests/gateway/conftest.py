@@ -28,6 +28,7 @@ from libs.app import create_app
 from libs.errors import Conflict
 from libs.settings import ServiceSettings
 from tests.gateway.authfake import FakeAuth
+from tests.gateway.authstack import Upstream, echo_app
 from tests.gateway.rag_models import Item as RagItem
 
 # the stack's auth upstream publishes this JWKS; the clients below carry one of its tokens
@@ -304,3 +305,13 @@ def controls(stack: Stack) -> Controls:
     c.stream_closed.clear()
     c.finished.clear()
     return c
+
+
+@pytest.fixture(scope="module")
+async def upstream() -> AsyncIterator[Upstream]:
+    """A service that echoes what the gateway forwarded, behind a fake auth service (modules
+    that need other signing keys define their own)."""
+    auth = FakeAuth()
+    running = await serve(echo_app(auth))
+    yield Upstream(auth, running.url)
+    await running.stop()

@@ -5,23 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from libs.testing import Infra
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
-from tests.gateway.conftest import serve
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[Upstream]:
-    auth = FakeAuth()
-    running = await serve(echo_app(auth))
-    yield Upstream(auth, running.url)
-    await running.stop()
+from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
 
 
 def _csp(resp: httpx.Response) -> dict[str, str]:

@@ -4,7 +4,6 @@ Retry-After everywhere, public routes included, so clients keep their tokens and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import httpx2
@@ -15,23 +14,13 @@ from redis.asyncio import Redis
 from gateway.apikeys import STALE_SERVED
 from gateway.app import build_app
 from libs.testing import Infra, running
-from tests.gateway.authfake import FakeAuth
 from tests.gateway.authstack import (
     Upstream,
-    echo_app,
     forwarded_principal,
     gateway_client,
     gateway_settings,
 )
-from tests.gateway.conftest import dead_url, serve
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[Upstream]:
-    auth = FakeAuth()
-    running = await serve(echo_app(auth))
-    yield Upstream(auth, running.url)
-    await running.stop()
+from tests.gateway.conftest import dead_url
 
 
 def _assert_outage(resp: httpx.Response) -> None:

@@ -3,14 +3,10 @@ with ``dangerouslyAllowBrowser``, the Vercel AI SDK): their preflights, as they 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from libs.testing import Infra
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
-from tests.gateway.conftest import serve
+from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
 
 ORIGIN = "https://app.example.com"
 
@@ -20,14 +16,6 @@ OPENAI_NODE_BROWSER = (
     "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
     "x-stainless-runtime-version,x-stainless-timeout"
 )
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[Upstream]:
-    auth = FakeAuth()
-    running = await serve(echo_app(auth))
-    yield Upstream(auth, running.url)
-    await running.stop()
 
 
 @pytest.mark.parametrize(

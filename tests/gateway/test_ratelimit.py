@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -13,17 +12,8 @@ from redis.asyncio import Redis
 from gateway.ratelimit import KEY_PREFIX
 from libs.ratelimit import hit_many
 from libs.testing import Infra
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
-from tests.gateway.conftest import dead_url, serve
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[Upstream]:
-    auth = FakeAuth()
-    running = await serve(echo_app(auth))
-    yield Upstream(auth, running.url)
-    await running.stop()
+from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
+from tests.gateway.conftest import dead_url
 
 
 async def test_two_gateways_sharing_redis_enforce_one_limit(

@@ -10,28 +10,18 @@ checked fail-closed (503) unless this process confirmed it within the grace peri
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.authstack import Upstream, echo_app, gateway_client, gateway_settings
-from tests.gateway.conftest import serve
+from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
 from tests.redis_faults import FaultyRedis, eventually, faulty_redis
 
 # a functional bound for "did not wait on Redis" (one Redis call used to wait 5 s): generous,
 # not a benchmark
 QUICK_S = 2.0
-
-
-@pytest.fixture(scope="module")
-async def upstream() -> AsyncIterator[Upstream]:
-    auth = FakeAuth()
-    running = await serve(echo_app(auth))
-    yield Upstream(auth, running.url)
-    await running.stop()
 
 
 @pytest.fixture

@@ -311,17 +311,23 @@ class CancelSafeSend(AbstractConnection):
             raise
 
 
-_CANCEL_SAFE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_MIXED: dict[tuple[type, type[AbstractConnection]], type[AbstractConnection]] = {}
+
+
+def mixed_in(mixin: type, cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """Connection class ``cls`` with ``mixin`` in front (one class per pair, made once)."""
+    if issubclass(cls, mixin):
+        return cls
+    made = _MIXED.get((mixin, cls))
+    if made is None:
+        name = f"{mixin.__name__.lstrip('_')}{cls.__name__}"
+        made = _MIXED[(mixin, cls)] = type(name, (mixin, cls), {})
+    return made
 
 
 def cancel_safe(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    """``cls`` with :class:`CancelSafeSend` mixed in (one class per connection class)."""
-    if issubclass(cls, CancelSafeSend):
-        return cls
-    made = _CANCEL_SAFE.get(cls)
-    if made is None:
-        made = _CANCEL_SAFE[cls] = type(f"CancelSafe{cls.__name__}", (CancelSafeSend, cls), {})
-    return made
+    """``cls`` with :class:`CancelSafeSend` mixed in."""
+    return mixed_in(CancelSafeSend, cls)
 
 
 class GuardedRedis(Redis):

@@ -74,13 +74,12 @@ from arq.constants import health_check_key_suffix
 from arq.utils import poll
 from arq.worker import Function
 from arq.worker import Worker as ArqWorker
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from libs.db import make_engine, make_session_factory
 from libs.logging import configure_logging
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name, resend_unsent_events
-from libs.redis import CancelSafeSend
+from libs.redis import CancelSafeSend, mixed_in
 from libs.settings import WORKER_REDIS_TIMEOUT_S, ServiceSettings
 from libs.telemetry import setup_tracing
 
@@ -193,18 +192,6 @@ class _WaitAware(CancelSafeSend):
             self.socket_timeout = deadline
 
 
-_WAIT_AWARE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
-
-
-def _wait_aware(cls: type[AbstractConnection]) -> type[AbstractConnection]:
-    if issubclass(cls, _WaitAware):
-        return cls
-    made = _WAIT_AWARE.get(cls)
-    if made is None:
-        made = _WAIT_AWARE[cls] = type(f"WaitAware{cls.__name__}", (_WaitAware, cls), {})
-    return made
-
-
 def open_pool(
     settings: RedisSettings,
     *,
@@ -250,7 +237,7 @@ def open_pool(
         encoding="utf8",
     )
     connections = pool.connection_pool
-    connections.connection_class = _wait_aware(connections.connection_class)
+    connections.connection_class = mixed_in(_WaitAware, connections.connection_class)
     return pool
 
 

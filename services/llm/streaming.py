@@ -118,11 +118,18 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
                 **extra,
             }
 
-        chunks.append(one({"role": message.get("role", "assistant"), "content": ""}))
-        if message.get("content"):
-            chunks.append(one({"content": message["content"]}))
-        for i, call in enumerate(message.get("tool_calls") or []):
-            chunks.append(one({"tool_calls": [{"index": i, **call}]}))
+        role = message.get("role", "assistant")
+        calls = [{"index": i, **call} for i, call in enumerate(message.get("tool_calls") or [])]
+        if calls and not message.get("content"):
+            # as OpenAI streams a tool call: the role comes with it, content null, no text part
+            chunks.append(one({"role": role, "content": None, "tool_calls": calls[:1]}))
+            calls = calls[1:]
+        else:
+            chunks.append(one({"role": role, "content": ""}))
+            if message.get("content"):
+                chunks.append(one({"content": message["content"]}))
+        for call in calls:
+            chunks.append(one({"tool_calls": [call]}))
         chunks.append(one({}, choice.get("finish_reason") or "stop"))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": completion.get("usage")})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from services.llm.providers.base import ProviderError
@@ -248,6 +248,9 @@ def tool_call(id: str, name: str, arguments: Any) -> dict[str, Any]:
     }
 
 
+ROLE_DELTA: dict[str, Any] = {"role": "assistant", "content": ""}
+
+
 class ChunkMaker:
     """Builds ``chat.completion.chunk`` dicts sharing one id, model and created time."""
 
@@ -274,7 +277,8 @@ class ChunkMaker:
         }
 
     def role(self, index: int = 0) -> dict[str, Any]:
-        return self.chunk({"role": "assistant", "content": ""}, index=index)
+        """The opening chunk of a choice; see :func:`role_with_first_content`."""
+        return self.chunk(dict(ROLE_DELTA), index=index)
 
     def text(self, text: str, index: int = 0) -> dict[str, Any]:
         return self.chunk({"content": text}, index=index)
@@ -307,6 +311,48 @@ class ChunkMaker:
             "choices": [],
             "usage": usage,
         }
+
+
+async def role_with_first_content(
+    chunks: AsyncIterator[dict[str, Any]],
+) -> AsyncIterator[dict[str, Any]]:
+    """A translated stream with each choice opened as OpenAI opens it.
+
+    The translations open every choice with :meth:`ChunkMaker.role` before they know what
+    follows. That chunk is held here until the choice's first content: a tool call then carries
+    the role itself, with ``"content": null`` (OpenAI's first chunk of a streamed tool call; a
+    ``"content": ""`` before it reads as an empty text part, e.g. to the Vercel AI SDK); text
+    or a finish follows it unchanged, as in OpenAI's text streams. Held back, it is also not
+    taken as the first token, and an error before any content can still be retried.
+    """
+    held: dict[int, dict[str, Any]] = {}
+    try:
+        async for chunk in chunks:
+            choices: list[dict[str, Any]] = chunk.get("choices") or []
+            if len(choices) == 1:
+                choice = choices[0]
+                index = int(choice.get("index") or 0)
+                delta = choice.get("delta") or {}
+                if delta == ROLE_DELTA and choice.get("finish_reason") is None:
+                    held.setdefault(index, chunk)
+                    continue
+                lead = held.pop(index, None) if held else None
+                if lead is not None:
+                    if delta.get("tool_calls") and "role" not in delta and "content" not in delta:
+                        choice["delta"] = {"role": "assistant", "content": None, **delta}
+                    else:
+                        yield lead
+            elif held:
+                for lead in held.values():  # not expected: a usage chunk comes after finishes
+                    yield lead
+                held.clear()
+            yield chunk
+        for lead in held.values():
+            yield lead
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()  # at once: a local generation stops when its stream is dropped
 
 
 def merged_params(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:

@@ -210,7 +210,7 @@ class AnthropicProvider(Provider):
         body = build_body(request, self.config, stream=True)
         response = await h.send(self.client, self.name, self._request(body), _error_message)
         try:
-            async for chunk in self._chunks(response, request.model):
+            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
                 yield chunk
         finally:
             await response.aclose()

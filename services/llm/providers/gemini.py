@@ -321,7 +321,7 @@ class GeminiProvider(Provider):
         url = f"/v1beta/{_model_path(request.model)}:streamGenerateContent"
         response = await self._open("POST", url, params={"alt": "sse"}, json=body)
         try:
-            async for chunk in self._chunks(response, request.model):
+            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
                 yield chunk
         finally:
             await response.aclose()

@@ -25,10 +25,10 @@ a stream (a client that went away) stops the generation at the next token.
 
 Tools: with ``tool_choice`` ``required`` or a named function, the output is constrained by
 a grammar to a valid call of one of the tools (cut short by ``max_tokens``: the call with
-its arguments so far and finish ``length``, as OpenAI answers); with ``auto`` the tools are described in the
-system prompt and an answer in SmolLM2's ``<tool_call>[...]</tool_call>`` format becomes
-tool calls (a 135M model rarely decides well on its own). JSON mode and ``json_schema``
-response formats are enforced with a grammar.
+its arguments so far and finish ``length``, as OpenAI answers); with ``auto`` the tools are
+described in the system prompt and an answer in SmolLM2's ``<tool_call>[...]</tool_call>``
+format becomes tool calls (a 135M model rarely decides well on its own). JSON mode and
+``json_schema`` response formats are enforced with a grammar.
 """
 
 from __future__ import annotations
@@ -616,7 +616,10 @@ class LocalProvider(Provider):
             return parse_tool_calls(text)
         return None
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+        return t.role_with_first_content(self._chunks(request))
+
+    async def _chunks(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         plan = self._plan(request)
         maker = t.ChunkMaker(t.new_id("chatcmpl-"), self.chat_model)
         yield maker.role()

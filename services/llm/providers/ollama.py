@@ -161,7 +161,7 @@ class OllamaProvider(Provider):
             self.client, self.name, self._request("POST", "/api/chat", json=body), _error_message
         )
         try:
-            async for chunk in self._chunks(response, request.model):
+            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
                 yield chunk
         finally:
             await response.aclose()

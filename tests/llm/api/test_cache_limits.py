@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -11,8 +12,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from libs.testing import principal
+from libs.testing import auth_headers, principal
 from tests.llm.api.conftest import Env
+from tests.llm.fakes.vendor_common import ToolCall
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -56,6 +58,29 @@ async def test_temperature_zero_is_cached_per_org_and_replayed_as_stream(env: En
     cached = [e for e in events if e["cached"]]
     assert len(cached) == 2
     assert all(Decimal(e["cost_usd"]) == 0 and e["prompt_tokens"] == 12 for e in cached)
+
+
+async def test_a_cached_tool_call_replays_as_openai_streams_it(env: Env) -> None:
+    env.primary.behavior.reply.text = ""
+    env.primary.behavior.reply.tool_calls = [ToolCall("get_weather", {"city": "Paris"})]
+    body: dict[str, Any] = {"model": "default", "messages": MESSAGES, "temperature": 0}
+    headers = auth_headers(env.principal)
+    miss = await env.http.post("/v1/chat/completions", json=body, headers=headers)
+    [call] = miss.json()["choices"][0]["message"]["tool_calls"]
+    await env.service.drain()  # the cache write happens off the response path
+    async with env.http.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+    ) as resp:
+        assert resp.headers["x-aistack-cache"] == "hit"
+        raw = (await resp.aread()).decode()
+    assert env.primary.chat_calls == 1
+    payloads = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")[:-2]]
+    # the role comes with the call, content null: no empty text part before it
+    assert [p["choices"][0]["delta"] for p in payloads] == [
+        {"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]},
+        {},
+    ]
+    assert payloads[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
 async def test_streamed_miss_fills_the_cache(env: Env) -> None:

@@ -412,6 +412,12 @@ async def test_streaming_wire_format_without_usage(venv: Env, case: Case) -> Non
         ChatCompletionChunk.model_validate(p)
     # no usage asked for: no usage field and no usage chunk
     assert all("usage" not in p and p["choices"] for p in payloads)
+    # OpenAI's opening of a text answer: the role with empty content, then the text
+    opening: dict[str, Any] = {"role": "assistant", "content": ""}
+    if case.vendor.provider == "azure":
+        opening["refusal"] = None  # passed through as Azure sends it
+    assert payloads[0]["choices"][0]["delta"] == opening
+    assert payloads[1]["choices"][0]["delta"]["content"]
     assert "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads) == TEXT
     # the usage is still billed
     events_ = await venv.usage_events()
@@ -514,6 +520,33 @@ async def test_streamed_tool_calls(venv: Env, case: Case) -> None:
     events = await venv.usage_events()
     assert len(events) == 1
     assert_usage_event(events[0], case, 12, 7)
+
+
+async def test_streamed_tool_call_opens_as_openai_does(venv: Env, case: Case) -> None:
+    """The role comes in the call's first chunk with content null, as OpenAI streams a tool
+    call; a chunk with content "" before it reads as an empty text part (Vercel AI SDK)."""
+    case.behavior.reply.tool_calls = CALLS
+    case.behavior.reply.text = ""
+    async with venv.http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": case.vendor.alias, "messages": MESSAGES, "tools": TOOLS, "stream": True},
+        headers=auth_headers(venv.principal),
+    ) as resp:
+        assert resp.status_code == 200
+        raw = (await resp.aread()).decode()
+    payloads = [json.loads(e.removeprefix("data: ")) for e in raw.split("\n\n")[:-2]]
+    [first] = payloads[0]["choices"]
+    [call] = first["delta"]["tool_calls"]
+    opening = {"role": "assistant", "content": None, "tool_calls": [call]}
+    if case.vendor.provider == "azure":
+        opening["refusal"] = None  # passed through as Azure sends it
+    assert first["delta"] == opening
+    assert (first["index"], first["finish_reason"]) == (0, None)
+    assert (call["index"], call["type"], call["function"]["name"]) == (0, "function", "get_weather")
+    assert call["id"]
+    later = [p["choices"][0]["delta"] for p in payloads[1:]]
+    assert not any("role" in d or "content" in d for d in later)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -128,25 +128,24 @@ def chunks(
                 "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": FILTER_OK}],
             }
         )
-    out.append(chunk({"role": "assistant", "content": "", "refusal": None}))
     text = reply.text
+    opening = {"role": "assistant", "content": "", "refusal": None}
+    if text or not reply.tool_calls:
+        out.append(chunk(opening))
     for i in range(0, len(text), 4):
         out.append(chunk({"content": text[i : i + 4]}))
     for i, call in enumerate(reply.tool_calls):
-        out.append(
-            chunk(
-                {
-                    "tool_calls": [
-                        {
-                            "index": i,
-                            "id": _call_id(i),
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": ""},
-                        }
-                    ]
-                }
-            )
-        )
+        start = {
+            "index": i,
+            "id": _call_id(i),
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        if i == 0 and not text:
+            # a streamed tool call opens with the role, content null and the call in one chunk
+            out.append(chunk({**opening, "content": None, "tool_calls": [start]}))
+        else:
+            out.append(chunk({"tool_calls": [start]}))
         arguments = json.dumps(call.arguments)
         for j in range(0, len(arguments), 6):
             out.append(

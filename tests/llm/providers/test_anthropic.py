@@ -181,12 +181,48 @@ async def test_stream_text_and_usage(provider: AnthropicProvider, behavior: Beha
     chunks = await collect(provider, req())
     assert behavior.last["json"]["stream"] is True
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    # OpenAI's opening of a text answer: the role with empty content, then the text
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[1]["choices"][0]["delta"] == {"content": "Hello ther"}
     text, calls, finish = assemble(chunks)
     assert text == "Hello there, how can I help?"
     assert calls == [] and finish == "stop"
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+
+
+async def test_stream_opening_with_a_tool_call(
+    provider: AnthropicProvider, behavior: Behavior
+) -> None:
+    """The role comes in the tool call's first chunk, content null, as OpenAI streams a call."""
+    behavior.reply = Reply(text="", tool_calls=[ToolCall("get_weather", {"city": "Paris"})])
+    chunks = await collect(provider, req(tools=TOOLS))
+    assert chunks[0]["id"] == "msg_01fake"
+    assert chunks[0]["choices"] == [
+        {
+            "index": 0,
+            "delta": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "toolu_0000",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": None,
+        }
+    ]
+    rest = [c["choices"][0]["delta"] for c in chunks[1:] if c["choices"]]
+    assert not any("role" in d or "content" in d for d in rest)
+    assert assemble(chunks)[1:] == (
+        [{"id": "toolu_0000", "name": "get_weather", "arguments": '{"city": "Paris"}'}],
+        "tool_calls",
+    )
 
 
 @pytest.mark.parametrize("split", [(1, 1), (1, 7)])

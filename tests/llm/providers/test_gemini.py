@@ -184,11 +184,86 @@ async def test_stream_text_and_usage(provider: GeminiProvider, behavior: Behavio
     out = await collect(provider, req())
     assert behavior.last["path"] == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
     assert behavior.last["query"] == {"alt": "sse"}
-    assert out[0]["choices"][0]["delta"]["role"] == "assistant"
+    # OpenAI's opening of a text answer: the role with empty content, then the text
+    assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert out[1]["choices"][0]["delta"] == {"content": "Hello there, h"}
     text, calls, finish = assemble(out)
     assert (text, calls, finish) == ("Hello there, how can I help?", [], "stop")
     assert out[-1]["choices"] == []
     assert out[-1]["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+
+
+async def test_stream_opening_with_a_tool_call(
+    provider: GeminiProvider, behavior: Behavior
+) -> None:
+    """The role comes in the tool call's first chunk, content null, as OpenAI streams a call."""
+    behavior.reply = Reply(text="", tool_calls=[ToolCall("get_weather", {"city": "Paris"})])
+    out = await collect(provider, req(tools=TOOLS))
+    [choice] = out[0]["choices"]
+    [call] = choice["delta"]["tool_calls"]
+    assert call["id"].startswith("call_")
+    assert choice == {
+        "index": 0,
+        "delta": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    "extra_content": {"google": {"thought_signature": SIGNATURE}},
+                }
+            ],
+        },
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    assert [c["choices"][0]["delta"] for c in out[1:] if c["choices"]] == [{}]  # the finish
+
+
+async def test_stream_opening_of_each_candidate() -> None:
+    """Candidates open on their own: one with text after a role chunk, one with its call."""
+    call_part = {"functionCall": {"name": "get_weather", "args": {}, "id": "fc-1"}}
+    frames: list[dict[str, Any]] = [
+        {
+            "candidates": [
+                {"content": {"role": "model", "parts": [call_part]}, "index": 1},
+                {"content": {"role": "model", "parts": [{"text": "Hi"}]}, "index": 0},
+            ],
+            "responseId": "resp-2",
+        }
+    ]
+    frames.append(
+        {
+            "candidates": [
+                {"content": {"parts": []}, "finishReason": "STOP", "index": 0},
+                {"content": {"parts": []}, "finishReason": "STOP", "index": 1},
+            ],
+            "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4},
+        }
+    )
+    body = "".join(f"data: {json.dumps(f)}\r\n\r\n" for f in frames)
+    transport = httpx.MockTransport(
+        lambda _: httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+    )
+    p = GeminiProvider("g", {"api_key": "k", "base_url": "http://fake", "transport": transport})
+    out = await collect(p, req(tools=TOOLS))
+    await p.aclose()
+    call = {
+        "index": 0,
+        "id": "fc-1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    assert [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in out[:3]] == [
+        (1, {"role": "assistant", "content": None, "tool_calls": [call]}),
+        (0, {"role": "assistant", "content": ""}),
+        (0, {"content": "Hi"}),
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in out[3:5]] == ["stop", "tool_calls"]
+    assert out[-1]["choices"] == []
 
 
 @pytest.mark.parametrize("split", [(1, 1), (1, 7)])

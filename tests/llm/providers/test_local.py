@@ -9,6 +9,7 @@ import json
 import sys
 from collections.abc import AsyncGenerator
 from typing import Any, cast
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -130,8 +131,13 @@ async def test_required_tool_choice_gives_a_valid_call(local: LocalProvider, str
         "What is the weather in Paris?", tools=TOOLS, tool_choice="required", max_tokens=40
     )
     if stream:
-        text, calls, finish = assemble(await collect(local, request))
+        chunks = await collect(local, request)
+        text, calls, finish = assemble(chunks)
         assert text == ""
+        # the call's first chunk carries the role, content null (OpenAI's streamed tool call)
+        first = chunks[0]["choices"][0]["delta"]
+        assert first == {"role": "assistant", "content": None, "tool_calls": [ANY]}
+        assert first["tool_calls"][0]["index"] == 0 and first["tool_calls"][0]["id"]
     else:
         out = await local.chat(request)
         ChatCompletion.model_validate(out)
@@ -519,6 +525,14 @@ async def test_auto_tool_calls_in_a_stream(
     assert got_text == text
     assert [c["name"] for c in calls] == names
     assert finish == ("tool_calls" if names else "stop")
+    first = out[0]["choices"][0]["delta"]
+    if names:
+        # as OpenAI streams a tool call: the role comes with it, content null, no text part
+        assert first == {"role": "assistant", "content": None, "tool_calls": [ANY]}
+        assert first["tool_calls"][0]["function"]["name"] == names[0]
+        assert not any("content" in c["choices"][0]["delta"] for c in out[1:] if c["choices"])
+    else:
+        assert first == {"role": "assistant", "content": ""}
     if not names and text.startswith("Sure"):
         # plain text is not held back: it arrives in as many chunks as it was generated
         assert [c["choices"][0]["delta"].get("content") for c in out[1:3]] == ["Sure", ", here"]

@@ -163,10 +163,41 @@ async def test_tool_call_round_trip(provider: OllamaProvider, behavior: Behavior
 async def test_stream_text_and_usage(provider: OllamaProvider, behavior: Behavior) -> None:
     out = await collect(provider, req())
     assert behavior.last["json"]["stream"] is True
-    assert out[0]["choices"][0]["delta"]["role"] == "assistant"
+    # OpenAI's opening of a text answer: the role with empty content, then the text
+    assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert out[1]["choices"][0]["delta"] == {"content": "Hello"}
     assert assemble(out) == ("Hello there, how can I help?", [], "stop")
     assert out[-1]["choices"] == []
     assert out[-1]["usage"] == {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+
+
+async def test_stream_opening_with_a_tool_call(
+    provider: OllamaProvider, behavior: Behavior
+) -> None:
+    """The role comes in the tool call's first chunk, content null, as OpenAI streams a call."""
+    behavior.reply = Reply(text="", tool_calls=[ToolCall("get_weather", {"city": "Zürich"})])
+    out = await collect(provider, req(tools=TOOLS))
+    [choice] = out[0]["choices"]
+    [call] = choice["delta"]["tool_calls"]
+    assert call["id"].startswith("call_")
+    assert choice == {
+        "index": 0,
+        "delta": {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
+                }
+            ],
+        },
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    assert [c["choices"][0]["delta"] for c in out[1:] if c["choices"]] == [{}]  # the finish
 
 
 @pytest.mark.parametrize("split", [(1, 1), (1, 7)])

@@ -197,3 +197,103 @@ def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert h.api_key({"api_key_env": "MY_VENDOR_KEY"}) == "secret"
     assert h.api_key({"api_key": "direct", "api_key_env": "MY_VENDOR_KEY"}) == "direct"
     assert h.api_key({}) is None
+
+
+async def opened(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks:
+            yield chunk
+
+    return [c async for c in t.role_with_first_content(source())]
+
+
+def deltas(chunks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any], str | None]]:
+    return [
+        (c["choices"][0]["index"], c["choices"][0]["delta"], c["choices"][0]["finish_reason"])
+        if c["choices"]
+        else (-1, c["usage"], None)
+        for c in chunks
+    ]
+
+
+async def test_a_tool_call_carries_the_role_with_content_null() -> None:
+    m = t.ChunkMaker("chatcmpl-1", "m")
+    out = await opened(
+        [
+            m.role(),
+            m.tool_start(0, "call_1", "get_weather"),
+            m.tool_arguments(0, '{"city": "Paris"}'),
+            m.finish("tool_calls"),
+            m.usage(t.usage(3, 4)),
+        ]
+    )
+    start = {"index": 0, "id": "call_1", "type": "function"}
+    assert deltas(out) == [
+        (
+            0,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{**start, "function": {"name": "get_weather", "arguments": ""}}],
+            },
+            None,
+        ),
+        (0, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]}, None),
+        (0, {}, "tool_calls"),
+        (-1, {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}, None),
+    ]
+    assert all(c["id"] == "chatcmpl-1" and c["object"] == "chat.completion.chunk" for c in out)
+
+
+async def test_text_and_empty_answers_keep_the_role_chunk_per_choice() -> None:
+    m = t.ChunkMaker("chatcmpl-1", "m")
+    role = {"role": "assistant", "content": ""}
+    out = await opened(
+        [
+            m.role(0),
+            m.role(1),
+            m.role(2),
+            m.tool_start(0, "call_1", "f", "{}", index=1),
+            m.text("Hi", 0),
+            m.text(" there", 0),
+            m.finish("stop", 2),  # choice 2 answered nothing
+            m.finish("stop", 0),
+            m.finish("tool_calls", 1),
+            m.usage(t.usage(1, 2)),
+        ]
+    )
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{}"},
+    }
+    assert deltas(out) == [
+        (1, {"role": "assistant", "content": None, "tool_calls": [call]}, None),
+        (0, role, None),
+        (0, {"content": "Hi"}, None),
+        (0, {"content": " there"}, None),
+        (2, role, None),
+        (2, {}, "stop"),
+        (0, {}, "stop"),
+        (1, {}, "tool_calls"),
+        (-1, {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, None),
+    ]
+
+
+async def test_a_dropped_stream_closes_its_source_at_once() -> None:
+    closed: list[bool] = []
+
+    async def source() -> AsyncIterator[dict[str, Any]]:
+        m = t.ChunkMaker("chatcmpl-1", "m")
+        try:
+            yield m.role()
+            yield m.text("a")
+            yield m.text("b")
+        finally:
+            closed.append(True)
+
+    stream = t.role_with_first_content(source())
+    assert "role" in (await anext(stream))["choices"][0]["delta"]
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert closed == [True]

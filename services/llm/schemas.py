@@ -110,6 +110,13 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # OpenAI's deprecated forms of tools / tool_choice (services/llm/functions.py)
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, description="Deprecated in favor of tools (still answered)"
+    )
+    function_call: str | dict[str, Any] | None = Field(
+        default=None, description="Deprecated in favor of tool_choice (still answered)"
+    )
     response_format: dict[str, Any] | None = None
     user: str | None = None
     cache: CacheOption = None

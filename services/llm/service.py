@@ -33,6 +33,8 @@ from services.llm import cache as rc
 from services.llm import tokenizer, tokens
 from services.llm.breaker import SharedBreakers
 from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
+from services.llm.functions import LegacyPlan, legacy_chunk, legacy_completion, speaks_legacy
+from services.llm.functions import plan as legacy_plan
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
 from services.llm.providers.base import ChatRequest, Provider, ProviderError
 from services.llm.providers.base import EmbeddingRequest as ProviderEmbeddingRequest
@@ -486,6 +488,9 @@ class LlmService:
                 self.sessions(), self.config, principal, body, call_id, reserve
             )
             body = ctx.body
+        # the deprecated functions / function_call (and their history messages), as tools for
+        # the providers that need them so (services/llm/functions.py)
+        legacy = legacy_plan(body)
         alias = self._resolve(body.model, "chat")
         call = _Call(principal, org_id, alias, "chat", call_id)
         call.prompt_version = ctx.prompt_version_id if ctx else None
@@ -501,7 +506,9 @@ class LlmService:
             return self._answer(completion, body.stream, include_usage, headers)
 
         try:
-            result = await self._chat(call, body, opts, claim, cache_fp, timeout_s, include_usage)
+            result = await self._chat(
+                call, body, opts, claim, cache_fp, timeout_s, include_usage, legacy
+            )
         except BaseException:
             self._settle(claim, None)
             # cut short before any usage was counted (cancelled while waiting on the provider)
@@ -541,6 +548,7 @@ class LlmService:
         fp: str | None,
         timeout_s: float,
         include_usage: bool,
+        legacy: LegacyPlan | None = None,
     ) -> Result:
         deterministic = body.temperature == 0 and (body.n or 1) == 1
         cache_key = None
@@ -570,7 +578,23 @@ class LlmService:
 
         messages = body.messages_json()
         params = body.params()
-        estimate = tokens.count_messages(messages, body.tools) + (
+        tools = body.tools
+        if legacy is not None:
+            # counted as the translated request (its tools, its tool-call history)
+            tools = legacy.tools
+
+        def chat_request(provider: Provider, target: Target) -> ChatRequest:
+            if legacy is None or speaks_legacy(provider):
+                return ChatRequest(target.model, messages, params)
+            return ChatRequest(target.model, legacy.messages, legacy.params)
+
+        def to_legacy(target: Target) -> bool:
+            """The answer goes back as function_call (it came as tool calls)."""
+            if legacy is None or not legacy.legacy_reply:
+                return False
+            return not speaks_legacy(self.providers[target.provider])
+
+        estimate = tokens.count_messages(messages, tools) + (
             body.output_limit or self.settings.tpm_completion_reserve
         )
         await self._reserve_tpm(call, estimate)
@@ -581,7 +605,7 @@ class LlmService:
         if not body.stream:
 
             async def complete(provider: Provider, target: Target) -> dict[str, Any]:
-                return await provider.chat(ChatRequest(target.model, messages, params))
+                return await provider.chat(chat_request(provider, target))
 
             try:
                 completion = await self.dispatcher.run(call.alias, complete, timeout_s, outcome)
@@ -591,9 +615,11 @@ class LlmService:
             target = outcome.target
             assert target is not None
             completion = {**completion, "id": call.id}
+            if to_legacy(target):
+                completion = legacy_completion(completion)
             usage = completion.get("usage") or {}
             if not usage.get("prompt_tokens") and not usage.get("completion_tokens"):
-                usage = _estimated_usage(messages, body.tools, completion)
+                usage = _estimated_usage(messages, tools, completion)
                 completion["usage"] = usage
             LATENCY.labels(target.provider, target.model, "chat").observe(
                 time.perf_counter() - call.started
@@ -608,8 +634,7 @@ class LlmService:
         async def open_stream(
             provider: Provider, target: Target
         ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-            request = ChatRequest(target.model, messages, params)
-            return await first_chunk(provider.stream_chat(request))
+            return await first_chunk(provider.stream_chat(chat_request(provider, target)))
 
         try:
             first, upstream = await self.dispatcher.run(call.alias, open_stream, timeout_s, outcome)
@@ -628,12 +653,13 @@ class LlmService:
             first,
             upstream,
             messages,
-            body,
+            tools,
             include_usage,
             timeout_s,
             ttft,
             cache_key,
             claim,
+            to_legacy(target),
         )
         # run it to its first (empty) yield, inside its try: closed without ever being read
         # (a client gone before the first write, a caller that drops it), its cleanup still
@@ -649,12 +675,13 @@ class LlmService:
         first: dict[str, Any] | None,
         upstream: AsyncIterator[dict[str, Any]],
         messages: list[dict[str, Any]],
-        body: ChatCompletionRequest,
+        tools: list[Any] | None,
         include_usage: bool,
         timeout_s: float,
         ttft: float,
         cache_key: str | None,
         claim: rc.IdempotencyClaim | None,
+        legacy_reply: bool = False,
     ) -> AsyncIterator[bytes]:
         """Forward upstream chunks as SSE; then usage, cache and idempotency, exactly once."""
         asm = Assembler()
@@ -667,6 +694,9 @@ class LlmService:
             yield b""  # primed by _chat (see there); never sent
             chunk = first
             while chunk is not None:
+                if legacy_reply:
+                    # tool calls back as the caller's deprecated function_call
+                    chunk = legacy_chunk(chunk)
                 asm.add(chunk)
                 if chunk.get("choices"):
                     if first_choice is None:
@@ -683,7 +713,7 @@ class LlmService:
                 except StopAsyncIteration:
                     chunk = None
             if include_usage:
-                usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
+                usage = asm.usage or _estimated_usage_stream(messages, tools, asm)
                 yield sse(
                     {
                         **base,
@@ -720,9 +750,9 @@ class LlmService:
                 "error" if failed else "ok" if finished else "cancelled"
             )
             if status == "cancelled":
-                usage = _delivered_usage(messages, body.tools, asm)
+                usage = _delivered_usage(messages, tools, asm)
             else:
-                usage = asm.usage or _estimated_usage_stream(messages, body.tools, asm)
+                usage = asm.usage or _estimated_usage_stream(messages, tools, asm)
             LATENCY.labels(target.provider, target.model, "chat").observe(
                 time.perf_counter() - call.started
             )
@@ -910,6 +940,8 @@ def _estimated_usage(
         out += tokens.count_text(str(message.get("content") or ""))
         for call in message.get("tool_calls") or []:
             out += tokens.count_text(str((call.get("function") or {}).get("arguments") or ""))
+        if message.get("function_call"):
+            out += tokens.count_text(str(message["function_call"].get("arguments") or ""))
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 

@@ -62,6 +62,12 @@ class Assembler:
                 for key, value in call.items():
                     if key not in ("index", "id", "type", "function"):
                         entry[key] = value
+            legacy = delta.get("function_call")
+            if legacy:  # the deprecated function_call (services/llm/functions.py)
+                fc = slot.setdefault("function_call", {"name": "", "arguments": ""})
+                fc["name"] += legacy.get("name") or ""
+                fc["arguments"] += legacy.get("arguments") or ""
+                self.chars += len(legacy.get("arguments") or "")
             if choice.get("finish_reason"):
                 slot["finish_reason"] = choice["finish_reason"]
 
@@ -72,6 +78,8 @@ class Assembler:
             message: dict[str, Any] = {"role": slot["role"], "content": slot["content"]}
             if slot["tool_calls"]:
                 message["tool_calls"] = [slot["tool_calls"][i] for i in sorted(slot["tool_calls"])]
+            if slot.get("function_call"):
+                message["function_call"] = slot["function_call"]
             choices.append(
                 {
                     "index": idx,
@@ -120,16 +128,22 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[dict[
 
         role = message.get("role", "assistant")
         calls = [{"index": i, **call} for i, call in enumerate(message.get("tool_calls") or [])]
+        function_call = message.get("function_call")  # the deprecated form of a tool call
         if calls and not message.get("content"):
             # as OpenAI streams a tool call: the role comes with it, content null, no text part
             chunks.append(one({"role": role, "content": None, "tool_calls": calls[:1]}))
             calls = calls[1:]
+        elif function_call and not message.get("content"):
+            chunks.append(one({"role": role, "content": None, "function_call": function_call}))
+            function_call = None
         else:
             chunks.append(one({"role": role, "content": ""}))
             if message.get("content"):
                 chunks.append(one({"content": message["content"]}))
         for call in calls:
             chunks.append(one({"tool_calls": [call]}))
+        if function_call:
+            chunks.append(one({"function_call": function_call}))
         chunks.append(one({}, choice.get("finish_reason") or "stop"))
     if include_usage:
         chunks.append({**base, "choices": [], "usage": completion.get("usage")})

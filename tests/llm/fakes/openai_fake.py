@@ -162,6 +162,30 @@ def chunks(
     return out
 
 
+def legacy_completion(completion_: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's answer to a request with ``functions``: one ``function_call``."""
+    [choice] = completion_["choices"]
+    message = choice["message"]
+    calls = message.pop("tool_calls", None)
+    if calls:
+        message["function_call"] = calls[0]["function"]
+        choice["finish_reason"] = "function_call"
+    ChatCompletion.model_validate(completion_)
+    return completion_
+
+
+def legacy_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chunk of OpenAI's stream for ``functions``: ``delta.function_call`` (name first)."""
+    for choice in chunk["choices"]:
+        delta = choice["delta"]
+        calls = delta.pop("tool_calls", None)
+        if calls and calls[0]["index"] == 0:
+            delta["function_call"] = calls[0]["function"]
+        if choice["finish_reason"] == "tool_calls":
+            choice["finish_reason"] = "function_call"
+    return chunk
+
+
 def sse(chunks_: list[dict[str, Any]], behavior: Behavior) -> bytes:
     events = [f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks_]
     if behavior.malformed:
@@ -248,17 +272,19 @@ def make_app(behavior: Behavior, *, azure: bool = False) -> Starlette:
         model = request.path_params.get("deployment") or body.get("model", MODEL)
         if azure:
             model = MODEL  # Azure answers with the underlying model name, not the deployment
+        # the deprecated functions: OpenAI answers with function_call, not tool_calls
+        legacy = body.get("functions") is not None
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            payload = sse(
-                chunks(behavior, model, include_usage=include_usage, azure=azure), behavior
-            )
+            out = chunks(behavior, model, include_usage=include_usage, azure=azure)
+            payload = sse([legacy_chunk(c) for c in out] if legacy else out, behavior)
             if behavior.pause_after_first:
                 return StreamingResponse(paused(payload, behavior), media_type="text/event-stream")
             return StreamingResponse(body_slices(payload, behavior), media_type="text/event-stream")
         if behavior.malformed:
             return Response(b'{"id": "chatcmpl-x", "choices": [', media_type="application/json")
-        return JSONResponse(completion(behavior, model, azure=azure))
+        answer = completion(behavior, model, azure=azure)
+        return JSONResponse(legacy_completion(answer) if legacy else answer)
 
     async def embed(request: Request) -> Response:
         body, failure = await record(request)

@@ -97,6 +97,20 @@ def assert_got_tools(body: dict[str, Any], vendor: str, forced: str | None) -> N
     assert "functions" not in body and "function_call" not in body
 
 
+async def read_legacy_stream(stream: openai.AsyncStream[Any]) -> tuple[str, str, str | None]:
+    """A streamed legacy answer as the SDK reads it: the function's name, its arguments and
+    the finish reason (no chunk carries tool_calls)."""
+    name, args, finish = "", "", None
+    async for chunk in stream:
+        for c in chunk.choices:
+            assert c.delta.tool_calls is None
+            if c.delta.function_call:
+                name += c.delta.function_call.name or ""
+                args += c.delta.function_call.arguments or ""
+            finish = c.finish_reason or finish
+    return name, args, finish
+
+
 @pytest.mark.parametrize("vendor", TRANSLATED)
 async def test_function_call_answered_in_the_legacy_shape(
     venv: Env, servers: dict[str, Upstream], vendor: str
@@ -158,14 +172,7 @@ async def test_streamed_function_call_in_the_legacy_shape(
     stream = await venv.client.chat.completions.create(
         model=VENDORS[vendor].alias, messages=MESSAGES, functions=FUNCTIONS, stream=True
     )
-    name, args, finish = "", "", None
-    async for chunk in stream:
-        for choice in chunk.choices:
-            assert choice.delta.tool_calls is None
-            if choice.delta.function_call:
-                name += choice.delta.function_call.name or ""
-                args += choice.delta.function_call.arguments or ""
-            finish = choice.finish_reason or finish
+    name, args, finish = await read_legacy_stream(stream)
     assert (name, json.loads(args), finish) == ("get_weather", {"city": "Paris"}, "function_call")
 
 
@@ -293,15 +300,7 @@ async def test_idempotent_replay_and_cache_hit_keep_the_legacy_shape(
             fc = choice.message.function_call
             return dict(raw.headers), fc.name, fc.arguments, choice.finish_reason
         assert isinstance(resp, openai.AsyncStream)
-        name, args, finish = "", "", None
-        async for chunk in resp:
-            for c in chunk.choices:
-                assert c.delta.tool_calls is None
-                if c.delta.function_call:
-                    name += c.delta.function_call.name or ""
-                    args += c.delta.function_call.arguments or ""
-                finish = c.finish_reason or finish
-        return dict(raw.headers), name, args, finish
+        return dict(raw.headers), *await read_legacy_stream(resp)
 
     key = {"extra_headers": {"Idempotency-Key": f"legacy-{stream}"}}
     fresh = await call(**key)
@@ -340,13 +339,7 @@ async def test_openai_and_azure_get_the_legacy_parameters_as_sent(
         )
         resp = raw.parse()
         if isinstance(resp, openai.AsyncStream):
-            name, args, finish = "", "", None
-            async for chunk in resp:
-                for c in chunk.choices:
-                    if c.delta.function_call:
-                        name += c.delta.function_call.name or ""
-                        args += c.delta.function_call.arguments or ""
-                    finish = c.finish_reason or finish
+            name, args, finish = await read_legacy_stream(resp)
         else:
             fc = resp.choices[0].message.function_call
             assert fc is not None and resp.choices[0].message.tool_calls is None
@@ -407,12 +400,5 @@ async def test_local_model_answers_a_forced_function_call(venv: Env, stream: boo
         )
     else:
         chunks = await venv.client.chat.completions.create(stream=True, **kw)
-        name, args, finish = "", "", None
-        async for chunk in chunks:
-            for c in chunk.choices:
-                assert c.delta.tool_calls is None
-                if c.delta.function_call:
-                    name += c.delta.function_call.name or ""
-                    args += c.delta.function_call.arguments or ""
-                finish = c.finish_reason or finish
+        name, args, finish = await read_legacy_stream(chunks)
     assert (name, json.loads(args), finish) == ("get_time", {}, "function_call")

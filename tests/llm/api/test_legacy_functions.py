@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import Function
 from redis.asyncio import Redis
 
@@ -97,11 +97,18 @@ def assert_got_tools(body: dict[str, Any], vendor: str, forced: str | None) -> N
     assert "functions" not in body and "function_call" not in body
 
 
-async def read_legacy_stream(stream: openai.AsyncStream[Any]) -> tuple[str, str, str | None]:
-    """A streamed legacy answer as the SDK reads it: the function's name, its arguments and
-    the finish reason (no chunk carries tool_calls)."""
+async def read_legacy_answer(
+    resp: ChatCompletion | openai.AsyncStream[ChatCompletionChunk],
+) -> tuple[str, str, str | None]:
+    """A legacy answer as the SDK reads it, whole or streamed: the function's name, its
+    arguments and the finish reason (no tool_calls anywhere)."""
+    if not isinstance(resp, openai.AsyncStream):
+        [choice] = resp.choices
+        fc = choice.message.function_call
+        assert choice.message.tool_calls is None and fc is not None
+        return fc.name, fc.arguments, choice.finish_reason
     name, args, finish = "", "", None
-    async for chunk in stream:
+    async for chunk in resp:
         for c in chunk.choices:
             assert c.delta.tool_calls is None
             if c.delta.function_call:
@@ -172,7 +179,7 @@ async def test_streamed_function_call_in_the_legacy_shape(
     stream = await venv.client.chat.completions.create(
         model=VENDORS[vendor].alias, messages=MESSAGES, functions=FUNCTIONS, stream=True
     )
-    name, args, finish = await read_legacy_stream(stream)
+    name, args, finish = await read_legacy_answer(stream)
     assert (name, json.loads(args), finish) == ("get_weather", {"city": "Paris"}, "function_call")
 
 
@@ -293,14 +300,8 @@ async def test_idempotent_replay_and_cache_hit_keep_the_legacy_shape(
             model="claude", messages=MESSAGES, functions=FUNCTIONS, stream=stream, **kw
         )
         resp = raw.parse()
-        if not stream:
-            assert not isinstance(resp, openai.AsyncStream)
-            [choice] = resp.choices
-            assert choice.message.tool_calls is None and choice.message.function_call
-            fc = choice.message.function_call
-            return dict(raw.headers), fc.name, fc.arguments, choice.finish_reason
-        assert isinstance(resp, openai.AsyncStream)
-        return dict(raw.headers), *await read_legacy_stream(resp)
+        assert isinstance(resp, openai.AsyncStream) == stream
+        return dict(raw.headers), *await read_legacy_answer(resp)
 
     key = {"extra_headers": {"Idempotency-Key": f"legacy-{stream}"}}
     fresh = await call(**key)
@@ -337,13 +338,7 @@ async def test_openai_and_azure_get_the_legacy_parameters_as_sent(
             stream=stream,
             extra_headers={"Idempotency-Key": f"{key}-{stream}"},
         )
-        resp = raw.parse()
-        if isinstance(resp, openai.AsyncStream):
-            name, args, finish = await read_legacy_stream(resp)
-        else:
-            fc = resp.choices[0].message.function_call
-            assert fc is not None and resp.choices[0].message.tool_calls is None
-            name, args, finish = fc.name, fc.arguments, resp.choices[0].finish_reason
+        name, args, finish = await read_legacy_answer(raw.parse())
         assert (name, json.loads(args), finish) == (
             "get_weather",
             {"city": "Paris"},
@@ -389,16 +384,7 @@ async def test_local_model_answers_a_forced_function_call(venv: Env, stream: boo
         # loading the model on first use outlasts the fixture's 3 s idle timeout
         "extra_headers": {"x-aistack-timeout": "120"},
     }
-    if not stream:
-        resp = await venv.client.chat.completions.create(**kw)
-        message = resp.choices[0].message
-        assert message.tool_calls is None and message.function_call is not None
-        name, args, finish = (
-            message.function_call.name,
-            message.function_call.arguments,
-            resp.choices[0].finish_reason,
-        )
-    else:
-        chunks = await venv.client.chat.completions.create(stream=True, **kw)
-        name, args, finish = await read_legacy_stream(chunks)
+    name, args, finish = await read_legacy_answer(
+        await venv.client.chat.completions.create(stream=stream, **kw)
+    )
     assert (name, json.loads(args), finish) == ("get_time", {}, "function_call")

@@ -114,6 +114,17 @@ def serve(app: Any) -> Iterator[str]:
         thread.join(5)
 
 
+def tool_call_opening(call: dict[str, Any]) -> dict[str, Any]:
+    """The first choice of a streamed tool call as OpenAI sends it: the role comes with the
+    call, content null."""
+    return {
+        "index": 0,
+        "delta": {"role": "assistant", "content": None, "tool_calls": [call]},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+
+
 def assemble(chunks: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]], str | None]:
     """Rebuild text, tool calls and finish reason from chunks the way OpenAI SDKs do."""
     text, finish = "", None

@@ -13,7 +13,14 @@ from libs.embedded import free_port
 from services.llm.providers.anthropic import AnthropicProvider
 from services.llm.providers.base import ChatRequest, ProviderError
 from tests.llm.fakes.anthropic_fake import MODEL, events, make_app, sse
-from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
+from tests.llm.fakes.vendor_common import (
+    Behavior,
+    Reply,
+    ToolCall,
+    assemble,
+    serve,
+    tool_call_opening,
+)
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -199,23 +206,14 @@ async def test_stream_opening_with_a_tool_call(
     chunks = await collect(provider, req(tools=TOOLS))
     assert chunks[0]["id"] == "msg_01fake"
     assert chunks[0]["choices"] == [
-        {
-            "index": 0,
-            "delta": {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "toolu_0000",
-                        "type": "function",
-                        "function": {"name": "get_weather", "arguments": ""},
-                    }
-                ],
-            },
-            "logprobs": None,
-            "finish_reason": None,
-        }
+        tool_call_opening(
+            {
+                "index": 0,
+                "id": "toolu_0000",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": ""},
+            }
+        )
     ]
     rest = [c["choices"][0]["delta"] for c in chunks[1:] if c["choices"]]
     assert not any("role" in d or "content" in d for d in rest)

@@ -13,7 +13,14 @@ from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.ollama import OllamaProvider
 from tests.llm.fakes.ollama_fake import MODEL, lines, make_app, ndjson
-from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
+from tests.llm.fakes.vendor_common import (
+    Behavior,
+    Reply,
+    ToolCall,
+    assemble,
+    serve,
+    tool_call_opening,
+)
 
 TOOLS: list[dict[str, Any]] = [
     {
@@ -180,23 +187,14 @@ async def test_stream_opening_with_a_tool_call(
     [choice] = out[0]["choices"]
     [call] = choice["delta"]["tool_calls"]
     assert call["id"].startswith("call_")
-    assert choice == {
-        "index": 0,
-        "delta": {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "index": 0,
-                    "id": call["id"],
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
-                }
-            ],
-        },
-        "logprobs": None,
-        "finish_reason": None,
-    }
+    assert choice == tool_call_opening(
+        {
+            "index": 0,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
+        }
+    )
     assert [c["choices"][0]["delta"] for c in out[1:] if c["choices"]] == [{}]  # the finish
 
 

@@ -18,6 +18,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.local import (
+    _LOOSE_CHAR,
+    _STRICT_CHAR,
     CHAT_MODEL,
     EMBEDDING_MODEL,
     LocalProvider,
@@ -298,6 +300,13 @@ def test_definitions_of_several_tools_are_kept_apart() -> None:
     ]
     assert all("$defs" not in a and "definitions" not in a for a in arguments)
     json_grammar(schema)  # llama.cpp resolves every reference (it raised on the nested ones)
+
+
+def test_the_json_grammar_refuses_raw_control_characters_in_strings() -> None:
+    """The grammar's string rule is rewritten (llama.cpp's allows raw control characters): a
+    llama-cpp-python whose converter writes that rule differently must not slip through."""
+    gbnf = json_grammar({"type": "object", "properties": {"s": {"type": "string"}}})
+    assert _STRICT_CHAR in gbnf and _LOOSE_CHAR not in gbnf
 
 
 async def test_json_strings_hold_no_raw_control_characters(local: LocalProvider) -> None:

@@ -18,7 +18,7 @@ from libs.testing import Infra, auth_headers, client_for, principal
 from services.billing.app import build_app as billing_app
 from services.jobs.app import build_app as jobs_app
 from services.rag.app import build_app as rag_app
-from tests.outages import assert_unavailable, database_down, redis_down
+from tests.support.faults.outages import assert_unavailable, database_down, redis_down
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from services.auth.app import build_app as build_auth
 from services.auth.settings import AuthSettings
 from services.jobs.app import build_app as build_jobs
 from services.jobs.tasks import purge_finished_jobs
-from tests.gateway.conftest import serve
-from tests.queue.helpers import events_for, run_burst
+from tests.support.servers import serve
+from tests.support.workers import events_for, run_burst
 
 
 class _Lines(logging.Handler):

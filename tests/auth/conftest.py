@@ -9,13 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.testing import Infra, client_for
 from services.auth.app import build_app
-from services.auth.settings import AuthSettings
-
-
-def auth_settings(**overrides: object) -> AuthSettings:
-    base: dict[str, object] = {"login_failures_per_ip": 1000, "log_json": False}
-    base.update(overrides)
-    return AuthSettings(**base)  # type: ignore[arg-type]
+from tests.support.stacks.auth import auth_settings
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auth.models import AuditEvent, User
 from services.auth.service import SESSION_REVOKED_PREFIX
-from tests.auth.helpers import (
+from tests.support.stacks.auth import (
     PASSWORD,
     account_from,
     login,

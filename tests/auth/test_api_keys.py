@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.identity import Principal
 from libs.testing import auth_headers
 from services.auth.models import ApiKey, AuditEvent
-from tests.auth.helpers import SERVICE, Account, signup
+from tests.support.stacks.auth import SERVICE, Account, signup
 
 
 async def _create(client: httpx.AsyncClient, acct: Account, **body: object) -> dict[str, object]:

@@ -19,9 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.testing import Infra
 from services.auth import tasks
 from services.auth.mail import SERVICE
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, new_email, token_in
-from tests.queue.helpers import run_burst
+from tests.support.stacks.auth import PASSWORD, auth_settings, new_email, token_in
+from tests.support.workers import run_burst
 
 
 class Inbox:
@@ -109,7 +108,7 @@ async def test_cleanup_deletes_only_what_is_dead(
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     from services.auth.models import AuthSession, RefreshToken
-    from tests.auth.helpers import signup
+    from tests.support.stacks.auth import signup
 
     old, live = await signup(client), await signup(client)
     assert (await client.post("/v1/auth/logout", headers=old.headers)).status_code == 204

@@ -16,8 +16,7 @@ from libs.testing import auth_headers, client_for
 from services.auth.app import build_app
 from services.auth.models import FeatureFlag
 from services.auth.service import publish_flag_definitions
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import SERVICE, signup
+from tests.support.stacks.auth import SERVICE, auth_settings, signup
 
 TTL = 0.3
 

@@ -11,8 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for
 from services.auth.app import build_app
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, SERVICE, new_email, signup
+from tests.support.stacks.auth import PASSWORD, SERVICE, auth_settings, new_email, signup
 
 
 @pytest.fixture

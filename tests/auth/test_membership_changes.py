@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auth.models import ApiKey
-from tests.auth.helpers import SERVICE, Account, account_from, login, mail_token, signup
+from tests.support.stacks.auth import SERVICE, Account, account_from, login, mail_token, signup
 
 
 async def _team(client: httpx.AsyncClient, owner: Account) -> uuid.UUID:

@@ -27,8 +27,7 @@ from services.auth.models import Identity, User
 from services.auth.oauth import OIDCClient, _Cached
 from services.auth.settings import OIDCProvider
 from services.auth.tokens import b64url
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, account_from, new_email, signup
+from tests.support.stacks.auth import PASSWORD, account_from, auth_settings, new_email, signup
 
 OIDC_DIR = Path(__file__).parent / "oidc"
 CLIENT_ID = "aistack-test"

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.auth.models import Membership
-from tests.auth.helpers import Account, mail_token, queued_mails, signup, token_in
+from tests.support.stacks.auth import Account, mail_token, queued_mails, signup, token_in
 
 
 async def _team(client: httpx.AsyncClient, owner: Account, name: str = "Team") -> str:

@@ -17,9 +17,8 @@ from libs.redis import guard_for
 from libs.testing import Infra, client_for
 from services.auth.app import build_app
 from services.auth.models import ApiKey
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, SERVICE, signup
-from tests.outages import assert_unavailable, database_down, redis_down, redis_hung
+from tests.support.faults.outages import assert_unavailable, database_down, redis_down, redis_hung
+from tests.support.stacks.auth import PASSWORD, SERVICE, auth_settings, signup
 
 
 async def test_api_keys_still_introspect_without_redis(

@@ -28,11 +28,10 @@ from services.auth import tasks
 from services.auth.app import build_app
 from services.auth.models import PendingRevocation, User
 from services.auth.revocations import SESSION_REVOKED_PREFIX, record, replay
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, login, new_email, signup
-from tests.gateway.conftest import serve
-from tests.redis_faults import eventually, faulty_redis
-from tests.redis_outage import own_redis, start, stop
+from tests.support.faults.redis import eventually, faulty_redis
+from tests.support.faults.redis_restart import own_redis, start, stop
+from tests.support.servers import serve
+from tests.support.stacks.auth import PASSWORD, auth_settings, login, new_email, signup
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from libs.redis import make_redis
 from services.auth.revocations import SESSION_REVOKED_PREFIX, announce, record, replay_forever
-from tests.redis_faults import eventually
-from tests.redis_outage import own_redis, start, stop
+from tests.support.faults.redis import eventually
+from tests.support.faults.redis_restart import own_redis, start, stop
 
 TTL = 960
 

@@ -19,9 +19,8 @@ from libs.identity import INTERNAL_HEADER, verify_internal_token
 from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import Infra, client_for
 from services.auth.app import build_app
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import PASSWORD, SERVICE, new_email
-from tests.gateway.conftest import Running, serve
+from tests.support.servers import Running, serve
+from tests.support.stacks.auth import PASSWORD, SERVICE, auth_settings, new_email
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

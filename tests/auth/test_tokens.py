@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from libs.identity import Principal
 from libs.testing import auth_headers
 from services.auth.models import SigningKey, User
-from tests.auth.helpers import SERVICE, login, signup, verify_access_token
+from tests.support.stacks.auth import SERVICE, login, signup, verify_access_token
 
 
 async def test_access_token_claims_contract(client: httpx.AsyncClient) -> None:

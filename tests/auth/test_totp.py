@@ -5,7 +5,7 @@ import time
 import httpx
 import pyotp
 
-from tests.auth.helpers import PASSWORD, Account, login, signup
+from tests.support.stacks.auth import PASSWORD, Account, login, signup
 
 
 def _code(secret: str, offset_steps: int = 0) -> str:

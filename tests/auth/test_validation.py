@@ -18,7 +18,7 @@ from services.auth.models import (
     Organization,
     User,
 )
-from tests.auth.helpers import SERVICE, signup
+from tests.support.stacks.auth import SERVICE, signup
 
 HUGE = "x" * 100_000
 BAD_EMAILS = ["not-an-email", "a@", "@b.com", "a b@c.com", 42, None, HUGE + "@example.com"]

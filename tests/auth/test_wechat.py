@@ -18,9 +18,8 @@ from starlette.responses import Response
 from libs.testing import client_for
 from services.auth.app import build_app
 from services.auth.settings import WeChatProvider, WeComProvider
-from tests.auth.conftest import auth_settings
-from tests.auth.helpers import account_from
-from tests.gateway.conftest import serve
+from tests.support.servers import serve
+from tests.support.stacks.auth import account_from, auth_settings
 
 BASE = "http://test"
 

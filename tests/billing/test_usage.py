@@ -16,7 +16,7 @@ from services.billing import tasks as billing_tasks
 from services.billing.app import build_app
 from services.billing.models import UsageEventRecord
 from services.billing.repository import UsageRepository
-from tests.queue.helpers import run_burst
+from tests.support.workers import run_burst
 
 
 def _event(org: uuid.UUID, **kw: object) -> UsageEvent:

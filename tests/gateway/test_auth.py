@@ -20,15 +20,15 @@ from gateway.apikeys import CACHE_PREFIX, REVOKED_CHANNEL, key_digest
 from gateway.revocations import SESSION_REVOKED_CHANNEL, SESSION_REVOKED_PREFIX
 from libs.permissions import scopes_for_roles
 from libs.testing import Infra
-from tests.gateway.authfake import FakeAuth, ed25519_key, rsa_key
-from tests.gateway.authstack import (
+from tests.support.fakes.auth_fake import FakeAuth, ed25519_key, rsa_key
+from tests.support.servers import serve
+from tests.support.stacks.echo import (
     Upstream,
     echo_app,
     forwarded_principal,
     gateway_client,
     gateway_settings,
 )
-from tests.gateway.conftest import serve
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from libs.testing import Infra
-from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
+from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
 
 
 def _csp(resp: httpx.Response) -> dict[str, str]:

@@ -14,13 +14,13 @@ from redis.asyncio import Redis
 from gateway.apikeys import STALE_SERVED
 from gateway.app import build_app
 from libs.testing import Infra, running
-from tests.gateway.authstack import (
+from tests.support.servers import dead_url
+from tests.support.stacks.echo import (
     Upstream,
     forwarded_principal,
     gateway_client,
     gateway_settings,
 )
-from tests.gateway.conftest import dead_url
 
 
 def _assert_outage(resp: httpx.Response) -> None:

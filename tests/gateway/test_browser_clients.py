@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from libs.testing import Infra
-from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
+from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
 
 ORIGIN = "https://app.example.com"
 

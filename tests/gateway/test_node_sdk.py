@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 from libs.testing import Infra
-from tests.gateway.llmstack import LlmStack, openai_behind_gateway
-from tests.llm.api.conftest import Upstream
-from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall
-from tests.llm.fakes.vendor_common import serve as serve_thread
+from tests.support.fakes import openai_fake
+from tests.support.fakes.vendor_common import Behavior, Reply, ToolCall
+from tests.support.fakes.vendor_common import serve as serve_thread
+from tests.support.stacks.llm import LlmStack, Upstream, openai_behind_gateway
 
 NODE_DIR = Path(__file__).parent / "node_sdk"
 REPLY = Reply().text

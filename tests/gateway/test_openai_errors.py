@@ -16,14 +16,14 @@ from redis.asyncio import Redis
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
 from libs.testing import Infra, auth_headers, client_for, principal
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.conftest import dead_url, serve
-from tests.gateway.llmstack import (
+from tests.support.fakes.auth_fake import FakeAuth
+from tests.support.servers import dead_url, serve
+from tests.support.stacks.llm import (
+    Upstream,
     fake_openai_upstream,
     gateway_settings,
     openai_behind_gateway,
 )
-from tests.llm.api.conftest import Upstream
 
 GATEWAY_LIMIT = 50_000
 LLM_LIMIT = 20_000

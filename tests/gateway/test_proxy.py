@@ -11,7 +11,7 @@ import pytest
 
 from gateway.routes import ROUTES, match_route
 from gateway.upstream import asks_for_stream
-from tests.gateway.conftest import FAKE_AUTH, Controls, Stack
+from tests.support.stacks.stand_ins import FAKE_AUTH, Controls, Stack
 
 PREFIXES = {
     "/v1/auth/login": "auth",

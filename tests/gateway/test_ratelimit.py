@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 from gateway.ratelimit import KEY_PREFIX
 from libs.ratelimit import hit_many
 from libs.testing import Infra
-from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
-from tests.gateway.conftest import dead_url
+from tests.support.servers import dead_url
+from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
 
 
 async def test_two_gateways_sharing_redis_enforce_one_limit(

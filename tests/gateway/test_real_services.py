@@ -12,7 +12,8 @@ import pytest
 from gateway.app import build_app
 from gateway.settings import SERVICES, GatewaySettings
 from libs.testing import Infra
-from tests.gateway.conftest import FAKE_AUTH, serve
+from tests.support.servers import serve
+from tests.support.stacks.stand_ins import FAKE_AUTH
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.authstack import Upstream, gateway_client, gateway_settings
-from tests.redis_faults import FaultyRedis, eventually, faulty_redis
+from tests.support.faults.redis import FaultyRedis, eventually, faulty_redis
+from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
 
 # a functional bound for "did not wait on Redis" (one Redis call used to wait 5 s): generous,
 # not a benchmark

@@ -32,12 +32,11 @@ from services.billing import tasks as billing_tasks
 from services.billing.app import build_app as build_billing
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app as build_llm
-from tests.gateway.conftest import serve
-from tests.gateway.llmstack import llm_behind_gateway
-from tests.llm.api.conftest import KEY_ENV, settings_for
-from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import serve as serve_thread
-from tests.queue.helpers import run_burst
+from tests.support.fakes import openai_fake
+from tests.support.fakes.vendor_common import serve as serve_thread
+from tests.support.servers import serve
+from tests.support.stacks.llm import KEY_ENV, llm_behind_gateway, settings_for
+from tests.support.workers import run_burst
 
 CHUNKS = 400  # at 20 ms each: 8 s, far longer than the test waits for anything
 

@@ -11,7 +11,6 @@ import logging
 import random
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,13 +22,12 @@ from sqlalchemy.orm import Session
 from libs.db import session_scope
 from libs.embedded import free_port
 from libs.queue import EVENTS_STREAM, JobEvent, emit_event
-from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.jobs.models import Job
 from services.jobs.repository import JobRepository, plan_upserts, status_rank
 from services.jobs.service import CONSUMER_GROUP, EventConsumer
+from tests.support.job_events import at, usage_job
 
 SVC = "batchtest"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COLUMNS = [
     c.key for c in Job.__table__.columns if c.key not in ("id", "updated_at", "cancel_requested_at")
 ]
@@ -74,27 +72,6 @@ def upserts(db: AsyncConnection) -> Iterator[list[int]]:
     event.listen(db.sync_connection, "before_cursor_execute", before)
     yield calls
     event.remove(db.sync_connection, "before_cursor_execute", before)
-
-
-def at(ms: float) -> datetime:
-    return T0 + timedelta(milliseconds=ms)
-
-
-def usage_job(job_id: str, start_ms: float) -> list[JobEvent]:
-    """What an LLM call's usage record emits: queued (API), running and succeeded (worker)."""
-    base: dict[str, Any] = {
-        "job_id": job_id,
-        "service": BILLING_SERVICE,
-        "function": RECORD_USAGE,
-        "org_id": str(uuid.uuid4()),
-        "internal": True,
-        "request_id": f"req-{job_id}",
-    }
-    return [
-        JobEvent(**base, status="queued", progress=0, args=[{"tokens": 15}], ts=at(start_ms)),
-        JobEvent(**base, status="running", progress=0, ts=at(start_ms + 2)),
-        JobEvent(**base, status="succeeded", progress=100, ts=at(start_ms + 5)),
-    ]
 
 
 KINDS = ["usage", "steps", "retried", "cancelled", "near", "chaos"]

@@ -21,7 +21,7 @@ from libs.usage import BILLING_SERVICE, RECORD_USAGE, UsageEvent, publish_usage
 from services.jobs.app import build_app
 from services.jobs.repository import JobRepository
 from services.jobs.service import EventConsumer
-from tests.queue.helpers import run_burst
+from tests.support.workers import run_burst
 
 SVC = "internaltest"
 

@@ -25,7 +25,7 @@ from services.jobs.models import Job
 from services.jobs.repository import JobRepository
 from services.jobs.service import EventConsumer
 from services.jobs.settings import JobsSettings
-from tests.queue.helpers import events_for, make_worker, run_burst
+from tests.support.workers import events_for, make_worker, run_burst
 
 SVC = "jobstest"
 flaky_calls: list[str] = []

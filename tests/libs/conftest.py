@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from libs.testing import Infra
-from tests.pg_faults import HangingProxy, hanging_postgres
+from tests.support.faults.postgres import HangingProxy, hanging_postgres
 
 
 @pytest.fixture
 def proxy(infra: Infra) -> Iterator[HangingProxy]:
-    """A proxy in front of the test PostgreSQL that a test can hang (tests/pg_faults.py)."""
+    """A proxy in front of the test PostgreSQL that a test can hang (support/faults/postgres)."""
     with hanging_postgres(infra.database_url) as p:
         yield p

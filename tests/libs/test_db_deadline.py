@@ -1,10 +1,11 @@
 """A hung PostgreSQL (it accepts connections and never answers) must not hang the services.
 
 PostgreSQL is hung the way a client sees it: the service's engine goes through a proxy
-(tests/pg_faults.py) that stops passing bytes, while the shared test PostgreSQL runs on.
-Every wait on it has a deadline (libs/db.py:make_engine, ``DB_COMMAND_TIMEOUT_SECONDS``):
-past it, requests answer 503 service_unavailable (one warning line, no traceback) and
-background loops retry later, and all of it works again once PostgreSQL answers.
+(tests/support/faults/postgres.py) that stops passing bytes, while the shared test
+PostgreSQL runs on. Every wait on it has a deadline (libs/db.py:make_engine,
+``DB_COMMAND_TIMEOUT_SECONDS``): past it, requests answer 503 service_unavailable (one
+warning line, no traceback) and background loops retry later, and all of it works again
+once PostgreSQL answers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,11 +30,12 @@ from libs.storage_errors import database_timeout, outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
 from services.jobs.models import Job
 from services.jobs.service import EventConsumer
-from tests.jobs.test_event_batches import usage_job
-from tests.llm.store_helpers import store_app
-from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, engine_through, jobs_app_through
-from tests.redis_faults import eventually
+from tests.support.faults.outages import assert_unavailable
+from tests.support.faults.postgres import HangingProxy, engine_through, jobs_app_through
+from tests.support.faults.redis import eventually
+from tests.support.job_events import usage_job
+from tests.support.logs import Records, recording
+from tests.support.stacks.llm_store import store_app
 
 DEADLINE_S = 0.5
 # the deadline, then up to 2 s for SQLAlchemy's graceful close of the dropped connection
@@ -42,31 +44,6 @@ DEADLINE_S = 0.5
 ANSWER_WITHIN_S = DEADLINE_S + 2 + 1.5
 # how often the guard probes a hung PostgreSQL (DB_GUARD_RETRY_SECONDS)
 GUARD_RETRY_S = 0.2
-
-
-class Records(logging.Handler):
-    """Every log record from the moment it is attached (apps replace the root handlers)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at_least(self, level: int) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno >= level]
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[Records]:
-    handler = Records()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 @pytest.fixture

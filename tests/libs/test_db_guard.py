@@ -3,7 +3,8 @@
 The first statement, pre-ping or connect of an engine that runs out of its deadline marks
 PostgreSQL down for the process; until a background probe hears from it again, taking a
 connection fails at once (a database outage: 503 with Retry-After), without opening one.
-Hung here means black-holed by tests/pg_faults.py's proxy; the shared PostgreSQL runs on.
+Hung here means black-holed by tests/support/faults/postgres.py's proxy; the shared
+PostgreSQL runs on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from libs.db import make_engine
 from libs.db_guard import PROBE_TASK, DatabaseGuard, DatabaseUnavailable, guard_of
 from libs.storage_errors import outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
-from tests.libs.test_db_deadline import recording
-from tests.outages import assert_unavailable
-from tests.pg_faults import HangingProxy, engine_through, jobs_app_through
+from tests.support.faults.outages import assert_unavailable
+from tests.support.faults.postgres import HangingProxy, engine_through, jobs_app_through
+from tests.support.logs import recording
 
 DEADLINE_S = 0.5
 RETRY_S = 0.5

@@ -26,7 +26,7 @@ from libs.testing import Infra
 from libs.usage import BILLING_SERVICE, UsageEvent, prepare_usage
 from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
-from tests.queue.helpers import events_for, run_burst
+from tests.support.workers import events_for, run_burst
 
 
 def _event(org: uuid.UUID) -> UsageEvent:

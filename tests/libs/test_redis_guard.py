@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from redis.exceptions import ResponseError
 
 from libs.redis import RedisGuard, RedisUnavailable, guard_for, make_redis
-from tests.redis_faults import FaultyRedis, eventually, faulty_redis
+from tests.support.faults.redis import FaultyRedis, eventually, faulty_redis
 
 
 @pytest.fixture

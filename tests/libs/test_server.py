@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from libs.server import HttpProtocol
-from tests.gateway.conftest import serve
+from tests.support.servers import serve
 
 WRITES: list[bytes] = []
 

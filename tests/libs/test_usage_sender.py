@@ -23,7 +23,7 @@ from libs.queue import META_KWARG, as_arq, queue_name
 from libs.redis import make_redis
 from libs.telemetry import extract_trace_context
 from libs.usage import BILLING_SERVICE, UsageEvent, UsageOutbox, UsageSender, prepare_usage
-from tests.redis_outage import own_redis, start, stop
+from tests.support.faults.redis_restart import own_redis, start, stop
 
 
 def events(org: uuid.UUID, n: int) -> list[UsageEvent]:

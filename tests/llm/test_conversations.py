@@ -19,7 +19,7 @@ from libs.testing import auth_headers, client_for, principal
 from services.llm import tokenizer
 from services.llm.conversations import load_history, store_exchange, trim_to_budget
 from services.llm.tokenizer import TokenPlan
-from tests.llm.store_helpers import store_app
+from tests.support.stacks.llm_store import store_app
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from libs.errors import NotFound, ValidationFailed
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for, principal
 from services.llm.prompts import resolve_prompt
-from tests.llm.store_helpers import store_app
-from tests.outages import assert_unavailable, database_down
+from tests.support.faults.outages import assert_unavailable, database_down
+from tests.support.stacks.llm_store import store_app
 
 V1 = {
     "messages": [

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from libs.testing import Infra, running
 from services.llm import tokenizer
 from services.llm.settings import LlmSettings
-from tests.llm.store_helpers import store_app
+from tests.support.stacks.llm_store import store_app
 
 
 @pytest.fixture

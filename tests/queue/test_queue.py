@@ -30,7 +30,7 @@ from libs.queue import (
 from libs.telemetry import JOBS, setup_tracing
 from libs.testing import Infra
 from libs.worker import worker_settings
-from tests.queue.helpers import events_for, make_worker, run_burst
+from tests.support.workers import events_for, make_worker, run_burst
 
 SERVICE = "qtest"
 calls: list[Any] = []

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from libs.queue import enqueue_now
 from libs.settings import ServiceSettings
 from libs.worker import Worker, WorkerRedisSettings, _check_health, open_pool, worker_settings
-from tests.redis_faults import FaultyRedis, eventually, faulty_redis
+from tests.support.faults.redis import FaultyRedis, eventually, faulty_redis
 
 SERVICE = "hungtest"
 # the worker's deadline for a Redis answer in these tests (5 s in production)

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from libs.embedded import EmbeddedRedis
 from libs.queue import enqueue_now
 from libs.worker import Worker, worker_settings
-from tests.redis_outage import own_redis, start, stop
+from tests.support.faults.redis_restart import own_redis, start, stop
 
 SERVICE = "outagetest"
 # arq alone: 5 tries 1 s apart at start, then the worker exits

@@ -13,8 +13,8 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from libs.testing import auth_headers, principal
-from tests.llm.api.conftest import Env
-from tests.llm.fakes.vendor_common import ToolCall
+from tests.support.fakes.vendor_common import ToolCall
+from tests.support.stacks.llm import Env
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2+2?"}]
 

@@ -16,8 +16,8 @@ from openai.types.chat import (
 from libs.testing import auth_headers
 from services.llm.schemas import ChatCompletionRequest
 from services.llm.service import CallOptions
-from tests.llm.api.conftest import Env
-from tests.llm.fakes.vendor_common import ToolCall
+from tests.support.fakes.vendor_common import ToolCall
+from tests.support.stacks.llm import Env
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 

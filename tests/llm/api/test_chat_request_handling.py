@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from libs.testing import auth_headers, principal
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 URL = "/v1/chat/completions"
 BODY = {"model": "default", "messages": [{"role": "user", "content": "Hi"}]}

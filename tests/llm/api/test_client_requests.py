@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from libs.testing import auth_headers
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 
 async def test_langchain_embeddings_send_token_ids(env: Env) -> None:

@@ -23,9 +23,9 @@ from starlette.routing import Route
 from libs.testing import Infra, auth_headers
 from services.llm.app import build_app
 from services.llm.completions import add_usage
-from tests.llm.api.conftest import KEY_ENV, Env, Upstream, open_env, routing, settings_for
-from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import Behavior, serve
+from tests.support.fakes import openai_fake
+from tests.support.fakes.vendor_common import Behavior, serve
+from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, routing, settings_for
 
 REPLY = "Hello there, how can I help?"
 

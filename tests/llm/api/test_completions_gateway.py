@@ -16,12 +16,12 @@ from redis.asyncio import Redis
 from libs.queue import as_arq, queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
-from tests.gateway.llmstack import (
+from tests.support.stacks.llm import (
     LlmStack,
+    Upstream,
     fake_openai_upstream,
     openai_behind_gateway,
 )
-from tests.llm.api.conftest import Upstream
 
 REPLY = "Hello there, how can I help?"
 

@@ -21,8 +21,8 @@ from libs.queue import queue_name
 from libs.testing import Infra, auth_headers, principal
 from libs.usage import BILLING_SERVICE
 from services.llm.app import build_app
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
-from tests.llm.fakes import openai_fake
+from tests.support.fakes import openai_fake
+from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from libs.testing import auth_headers, principal
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 

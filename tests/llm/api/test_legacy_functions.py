@@ -19,8 +19,10 @@ from redis.asyncio import Redis
 
 from libs.testing import Infra, auth_headers
 from services.llm.app import build_app
-from tests.llm.api.conftest import KEY_ENV, Env, Upstream, open_env, settings_for
-from tests.llm.api.test_vendors import (
+from tests.support.fakes import openai_fake
+from tests.support.fakes.vendor_common import Behavior, serve
+from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, settings_for
+from tests.support.stacks.vendors import (
     ANTHROPIC_KEY,
     ANTHROPIC_KEY_ENV,
     APPS,
@@ -32,8 +34,6 @@ from tests.llm.api.test_vendors import (
     VENDORS,
     vendor_routing,
 )
-from tests.llm.fakes import openai_fake
-from tests.llm.fakes.vendor_common import Behavior, serve
 
 FUNCTIONS: list[Function] = [
     {

@@ -7,7 +7,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 
 async def test_embeddings_base64_by_default_and_float(env: Env) -> None:

@@ -16,7 +16,7 @@ from libs.identity import Principal
 from libs.testing import Infra, auth_headers, principal
 from services.llm import tokenizer
 from services.llm.tokenizer import TokenPlan
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 GPT = TokenPlan("o200k_base")
 

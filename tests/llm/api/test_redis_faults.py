@@ -23,9 +23,9 @@ import pytest
 from libs.redis import make_redis
 from libs.testing import Infra, auth_headers, principal
 from services.llm.app import build_app
-from tests.llm.api.conftest import KEY_ENV, Env, Upstream, open_env, routing, settings_for
-from tests.llm.fakes import openai_fake
-from tests.redis_faults import FaultyRedis, eventually, faulty_redis
+from tests.support.fakes import openai_fake
+from tests.support.faults.redis import FaultyRedis, eventually, faulty_redis
+from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, routing, settings_for
 
 # a functional bound for "did not wait on Redis" (one Redis call used to wait 5 s): generous,
 # not a benchmark

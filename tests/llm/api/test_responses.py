@@ -11,34 +11,13 @@ from typing import Any
 
 import openai
 import pytest
-from openai.types.responses import FunctionToolParam, Response, ResponseStreamEvent
-from pydantic import BaseModel, TypeAdapter
+from openai.types.responses import Response
+from pydantic import BaseModel
 
 from libs.testing import auth_headers
-from tests.llm.api.conftest import Env
-from tests.llm.fakes.vendor_common import ToolCall
-
-EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
-
-WEATHER: FunctionToolParam = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
-
-
-def upstream_body(env: Env) -> dict[str, Any]:
-    chats = [r for r in env.primary.behavior.requests if r["path"].endswith("/chat/completions")]
-    assert chats, "the upstream got no chat request"
-    body: dict[str, Any] = chats[-1]["json"]
-    return body
+from tests.support.fakes.vendor_common import ToolCall
+from tests.support.responses import WEATHER, raw_events, upstream_body
+from tests.support.stacks.llm import Env
 
 
 async def raw(env: Env, body: dict[str, Any], **headers: str) -> dict[str, Any]:
@@ -50,31 +29,6 @@ async def raw(env: Env, body: dict[str, Any], **headers: str) -> dict[str, Any]:
     data: dict[str, Any] = resp.json()
     Response.model_validate(data, strict=False)
     return data
-
-
-async def raw_events(env: Env, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The SSE events of a streamed call: ``event:`` names match, each validates."""
-    events = []
-    async with env.http.stream(
-        "POST",
-        "/v1/responses",
-        json={**body, "stream": True},
-        headers=auth_headers(env.principal),
-    ) as resp:
-        assert resp.status_code == 200
-        assert resp.headers["content-type"].startswith("text/event-stream")
-        text = (await resp.aread()).decode()
-    for frame in text.split("\n\n"):
-        if not frame.strip():
-            continue
-        name_line, data_line = frame.split("\n")
-        assert name_line.startswith("event: ") and data_line.startswith("data: ")
-        event = json.loads(data_line[6:])
-        assert event["type"] == name_line[7:]
-        EVENTS.validate_python(event)
-        events.append(event)
-    assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    return events
 
 
 # ------------------------------------------------------------------------------ whole answers

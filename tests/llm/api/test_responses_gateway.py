@@ -17,13 +17,13 @@ from redis.asyncio import Redis
 from libs.queue import queue_name
 from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
-from tests.gateway.authfake import FakeAuth
-from tests.gateway.llmstack import (
+from tests.support.fakes.auth_fake import FakeAuth
+from tests.support.stacks.llm import (
     LlmStack,
+    Upstream,
     fake_openai_upstream,
     openai_behind_gateway,
 )
-from tests.llm.api.conftest import Upstream
 
 
 @dataclass

@@ -16,10 +16,9 @@ from sqlalchemy.dialects import postgresql
 
 from libs.testing import auth_headers, principal
 from services.llm import responses_store
-from tests.llm.api.conftest import Env
-from tests.llm.api.test_responses import WEATHER, upstream_body
-from tests.llm.api.test_responses_store import _error, _sql
-from tests.llm.fakes.vendor_common import ToolCall
+from tests.support.fakes.vendor_common import ToolCall
+from tests.support.responses import WEATHER, openai_error, run_sql, upstream_body
+from tests.support.stacks.llm import Env
 
 
 def _dump(items: Any) -> Any:
@@ -194,12 +193,12 @@ async def test_unknown_expired_and_other_organizations_items_are_not_found(env: 
                     ref(item_id),
                 ],
             )
-        err = _error(info.value)
+        err = openai_error(info.value)
         assert (err["code"], err["param"]) == ("item_not_found", "input[1].id")
         assert item_id in err["message"]
     assert env.primary.chat_calls == calls
 
-    await _sql(
+    await run_sql(
         env,
         "UPDATE llm.responses SET expires_at = now() - interval '1 second' WHERE id = :id",
         id=mine.id,

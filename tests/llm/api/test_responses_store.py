@@ -12,20 +12,13 @@ from typing import Any
 import openai
 import pytest
 from openai.types.responses import Response
-from sqlalchemy import text
 
 from libs.testing import auth_headers, principal
 from services.llm import responses_store
 from services.llm.responses import PENDING_WRITES, STORE_WAITS, STORED
-from tests.llm.api.conftest import Env
-from tests.llm.api.test_responses import WEATHER, raw_events, upstream_body
-from tests.llm.fakes.vendor_common import ToolCall
-
-
-def _error(exc: openai.APIStatusError) -> dict[str, Any]:
-    err: dict[str, Any] = exc.response.json()["error"]
-    assert {"message", "type", "param", "code"} <= set(err)
-    return err
+from tests.support.fakes.vendor_common import ToolCall
+from tests.support.responses import WEATHER, openai_error, raw_events, run_sql, upstream_body
+from tests.support.stacks.llm import Env
 
 
 def _texts(page: Any) -> list[tuple[str, str]]:
@@ -39,13 +32,6 @@ def _texts(page: Any) -> list[tuple[str, str]]:
 
 def _stored(resp: Response) -> Any:
     return (resp.model_extra or {}).get("store", getattr(resp, "store", None))
-
-
-async def _sql(env: Env, sql: str, **params: Any) -> Any:
-    async with env.app.state.session_factory() as session:
-        result = await session.execute(text(sql), params)
-        await session.commit()
-        return result
 
 
 async def test_two_turn_chain_sends_the_history_upstream(env: Env) -> None:
@@ -135,7 +121,7 @@ async def test_retrieve_input_items_delete(env: Env) -> None:
     await env.client.responses.delete(created.id)  # the wire body is checked below
     with pytest.raises(openai.NotFoundError) as info:
         await env.client.responses.retrieve(created.id)
-    err = _error(info.value)
+    err = openai_error(info.value)
     assert err["code"] == "response_not_found" and created.id in err["message"]
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.input_items.list(created.id)
@@ -143,7 +129,7 @@ async def test_retrieve_input_items_delete(env: Env) -> None:
         await env.client.responses.create(
             model="default", input="More", previous_response_id=created.id
         )
-    err = _error(info.value)
+    err = openai_error(info.value)
     assert (err["code"], err["param"]) == ("response_not_found", "previous_response_id")
     assert created.id in err["message"]
 
@@ -167,7 +153,7 @@ async def test_another_organizations_response_is_not_found(env: Env) -> None:
         await stranger.responses.delete(mine.id)
     with pytest.raises(openai.NotFoundError) as info:
         await stranger.responses.create(model="default", input="x", previous_response_id=mine.id)
-    assert _error(info.value)["param"] == "previous_response_id"
+    assert openai_error(info.value)["param"] == "previous_response_id"
     assert env.primary.chat_calls == calls_before
     # still there for its owner; another key of the same organization sees it too
     assert (await env.client.responses.retrieve(mine.id)).id == mine.id
@@ -183,8 +169,8 @@ async def test_store_false_stores_nothing(env: Env) -> None:
         await env.client.responses.retrieve(resp.id)
     with pytest.raises(openai.NotFoundError) as info:
         await env.client.responses.create(model="default", input="x", previous_response_id=resp.id)
-    assert _error(info.value)["code"] == "response_not_found"
-    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=resp.id)
+    assert openai_error(info.value)["code"] == "response_not_found"
+    count = await run_sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=resp.id)
     assert count.scalar() == 0
 
 
@@ -257,13 +243,13 @@ async def test_expired_responses_are_invisible_and_purged(env: Env) -> None:
     old = await env.client.responses.create(model="default", input="Old")
     fresh = await env.client.responses.create(model="default", input="Fresh")
     await env.service.drain()
-    ttl = await _sql(
+    ttl = await run_sql(
         env,
         "SELECT extract(epoch FROM expires_at - created_at) FROM llm.responses WHERE id = :id",
         id=fresh.id,
     )
     assert ttl.scalar() == 30 * 86400  # LLM_RESPONSES_TTL_DAYS
-    await _sql(
+    await run_sql(
         env,
         "UPDATE llm.responses SET expires_at = now() - interval '1 second' WHERE id = :id",
         id=old.id,
@@ -273,7 +259,7 @@ async def test_expired_responses_are_invisible_and_purged(env: Env) -> None:
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.create(model="default", input="x", previous_response_id=old.id)
     assert await responses_store.purge(env.app.state.session_factory) >= 1
-    left = await _sql(
+    left = await run_sql(
         env, "SELECT id FROM llm.responses WHERE id IN (:a, :b)", a=old.id, b=fresh.id
     )
     assert [r[0] for r in left] == [fresh.id]
@@ -294,7 +280,7 @@ async def test_a_failed_write_is_counted_and_the_answer_unharmed(
     monkeypatch.undo()
     with pytest.raises(openai.NotFoundError) as info:
         await env.client.responses.create(model="default", input="x", previous_response_id=resp.id)
-    assert _error(info.value)["code"] == "response_not_found"
+    assert openai_error(info.value)["code"] == "response_not_found"
 
 
 async def test_idempotent_replay_keeps_one_stored_response(env: Env) -> None:
@@ -303,7 +289,7 @@ async def test_idempotent_replay_keeps_one_stored_response(env: Env) -> None:
     again = await env.client.responses.create(model="default", input="Hi", extra_headers=headers)
     assert again.id == first.id
     await env.service.drain()
-    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=first.id)
+    count = await run_sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=first.id)
     assert count.scalar() == 1
 
 
@@ -452,7 +438,7 @@ async def test_store_false_keeps_no_failed_stream(env: Env) -> None:
     events = await raw_events(env, {"model": "default", "input": "Hi", "store": False})
     assert events[-1]["type"] == "response.failed"
     await env.service.drain()
-    count = await _sql(
+    count = await run_sql(
         env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=events[-1]["response"]["id"]
     )
     assert count.scalar() == 0
@@ -473,7 +459,7 @@ def _slow_save(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 async def _is_stored(env: Env, response_id: str) -> bool:
     """In PostgreSQL now (not through GET, which waits for this process's writes)."""
-    count = await _sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=response_id)
+    count = await run_sql(env, "SELECT count(*) FROM llm.responses WHERE id = :id", id=response_id)
     return bool(count.scalar())
 
 

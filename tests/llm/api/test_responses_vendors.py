@@ -14,15 +14,15 @@ from redis.asyncio import Redis
 
 from libs.testing import Infra
 from services.llm.app import build_app
-from tests.llm.api.conftest import Env, Upstream, open_env, settings_for
-from tests.llm.api.test_vendors import (
+from tests.support.fakes import anthropic_fake, gemini_fake
+from tests.support.fakes.vendor_common import Behavior, ToolCall, serve
+from tests.support.stacks.llm import Env, Upstream, open_env, settings_for
+from tests.support.stacks.vendors import (
     ANTHROPIC_KEY,
     ANTHROPIC_KEY_ENV,
     GEMINI_KEY,
     GEMINI_KEY_ENV,
 )
-from tests.llm.fakes import anthropic_fake, gemini_fake
-from tests.llm.fakes.vendor_common import Behavior, ToolCall, serve
 
 WEATHER: Any = {
     "type": "function",

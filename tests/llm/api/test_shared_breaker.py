@@ -23,8 +23,8 @@ from libs.usage import UsageEvent
 from services.llm.app import build_app
 from services.llm.breaker import CLOSED_MARK, KEY_PREFIX, State
 from services.llm.service import LlmService
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
-from tests.llm.fakes import openai_fake
+from tests.support.fakes import openai_fake
+from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 

@@ -10,7 +10,7 @@ import pytest
 
 from libs.testing import auth_headers
 from services.llm.streaming import IdleTimeout
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 
 async def test_wait_returns_in_time_and_times_out_when_idle() -> None:

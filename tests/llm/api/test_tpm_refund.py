@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from libs.identity import Principal
 from libs.ratelimit import hit_many
 from libs.testing import principal
-from tests.llm.api.conftest import Env
+from tests.support.stacks.llm import Env
 
 # estimated prompt: 3 priming + 4 framing + ceil(12 chars / 4) = 10 tokens
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 2+2?"}]

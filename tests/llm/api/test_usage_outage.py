@@ -30,10 +30,10 @@ from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app
 from services.llm.service import LlmService
-from tests.llm.api.conftest import KEY_ENV, Upstream, routing, settings_for
-from tests.llm.fakes import openai_fake
-from tests.queue.helpers import run_burst
-from tests.redis_outage import own_redis, start, stop
+from tests.support.fakes import openai_fake
+from tests.support.faults.redis_restart import own_redis, start, stop
+from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
+from tests.support.workers import run_burst
 
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
 

@@ -12,8 +12,8 @@ import pytest
 from libs.embedded import free_port
 from services.llm.providers.anthropic import AnthropicProvider
 from services.llm.providers.base import ChatRequest, ProviderError
-from tests.llm.fakes.anthropic_fake import MODEL, events, make_app, sse
-from tests.llm.fakes.vendor_common import (
+from tests.support.fakes.anthropic_fake import MODEL, events, make_app, sse
+from tests.support.fakes.vendor_common import (
     Behavior,
     Reply,
     ToolCall,

@@ -12,8 +12,15 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.llm.providers.azure import API_VERSION, AzureOpenAIProvider
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
-from tests.llm.fakes.openai_fake import AZURE_API_VERSION, AZURE_KEY, MODEL, chunks, make_app, sse
-from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
+from tests.support.fakes.openai_fake import (
+    AZURE_API_VERSION,
+    AZURE_KEY,
+    MODEL,
+    chunks,
+    make_app,
+    sse,
+)
+from tests.support.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
 
 DEPLOYMENTS = {"gpt-4o-mini": "prod-4o-mini", "text-embedding-3-small": "embed small"}
 

@@ -12,8 +12,8 @@ import pytest
 from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.gemini import GeminiProvider
-from tests.llm.fakes.gemini_fake import SIGNATURE, chunks, make_app, sse
-from tests.llm.fakes.vendor_common import (
+from tests.support.fakes.gemini_fake import SIGNATURE, chunks, make_app, sse
+from tests.support.fakes.vendor_common import (
     Behavior,
     Reply,
     ToolCall,

@@ -27,7 +27,7 @@ from services.llm.providers.local import (
     json_grammar,
     parse_tool_calls,
 )
-from tests.llm.fakes.vendor_common import assemble
+from tests.support.fakes.vendor_common import assemble
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ import pytest
 from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.ollama import OllamaProvider
-from tests.llm.fakes.ollama_fake import MODEL, lines, make_app, ndjson
-from tests.llm.fakes.vendor_common import (
+from tests.support.fakes.ollama_fake import MODEL, lines, make_app, ndjson
+from tests.support.fakes.vendor_common import (
     Behavior,
     Reply,
     ToolCall,

@@ -16,8 +16,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
 from services.llm.providers.openai import OpenAIProvider
-from tests.llm.fakes.openai_fake import API_KEY, MODEL, chunks, make_app, sse
-from tests.llm.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
+from tests.support.fakes.openai_fake import API_KEY, MODEL, chunks, make_app, sse
+from tests.support.fakes.vendor_common import Behavior, Reply, ToolCall, assemble, serve
 
 TOOLS: list[dict[str, Any]] = [
     {

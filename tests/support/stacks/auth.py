@@ -151,3 +151,9 @@ async def mail_token(redis: Redis, to: str, subject_part: str, path: str) -> str
     mails = [m for m in await queued_mails(redis) if m["to"] == to and subject_part in m["subject"]]
     assert mails, f"no mail {subject_part!r} to {to}"
     return token_in(mails[-1]["body"], path)
+
+
+def auth_settings(**overrides: object) -> AuthSettings:
+    base: dict[str, object] = {"login_failures_per_ip": 1000, "log_json": False}
+    base.update(overrides)
+    return AuthSettings(**base)  # type: ignore[arg-type]

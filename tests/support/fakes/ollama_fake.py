@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.llm.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "llama3.2:3b"
 CREATED = "2026-11-22T09:00:00.000000Z"

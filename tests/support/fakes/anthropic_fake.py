@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.llm.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "claude-sonnet-4-5"
 EVENT = TypeAdapter(RawMessageStreamEvent)

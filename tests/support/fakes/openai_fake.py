@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.llm.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1763800000

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.llm.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices
 
 MODEL = "gemini-2.5-flash"
 SIGNATURE = "Q2lRQlZLaG5fc2lnbmF0dXJl"  # opaque base64, echoed back by clients

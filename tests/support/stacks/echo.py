@@ -16,7 +16,7 @@ from gateway.settings import SERVICES, GatewaySettings
 from libs.identity import INTERNAL_HEADER, Principal, verify_internal_token
 from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import client_for
-from tests.gateway.authfake import FakeAuth
+from tests.support.fakes.auth_fake import FakeAuth
 
 
 def echo_app(auth: FakeAuth) -> FastAPI:

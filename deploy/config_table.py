@@ -18,6 +18,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from libs.registry import SERVICES
 from libs.settings import SHARED_FIELDS, ServiceSettings
 
 START, END = "<!-- config:start -->", "<!-- config:end -->"
@@ -25,11 +26,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 APPS: tuple[tuple[str, str, str], ...] = (
     ("gateway", "gateway.settings", "GatewaySettings"),
-    ("auth", "services.auth.settings", "AuthSettings"),
-    ("llm", "services.llm.settings", "LlmSettings"),
-    ("rag", "services.rag.settings", "RagSettings"),
-    ("jobs", "services.jobs.settings", "JobsSettings"),
-    ("billing", "services.billing.settings", "BillingSettings"),
+    *((name, *s.settings) for name, s in SERVICES.items()),
 )
 
 # read by the local runner (deploy/local/run.py), not by a settings class

@@ -10,20 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
-APPS = {
-    "gateway": "gateway.app:app",
-    **{name: f"services.{name}.app:app" for name in ("auth", "llm", "rag", "jobs", "billing")},
-}
+from libs.registry import GATEWAY_PORT, SERVICES
+
+APPS = {"gateway": "gateway.app:app", **{name: s.app for name, s in SERVICES.items()}}
 # uvicorn's httptools protocol, sending a complete answer in one write (libs/server.py)
 HTTP_PROTOCOL = "libs.server:HttpProtocol"
-DEFAULT_PORTS = {
-    "gateway": 8000,
-    "auth": 8001,
-    "llm": 8002,
-    "rag": 8003,
-    "jobs": 8004,
-    "billing": 8005,
-}
+DEFAULT_PORTS = {"gateway": GATEWAY_PORT, **{name: s.port for name, s in SERVICES.items()}}
 
 
 def main(argv: list[str]) -> int:

@@ -10,13 +10,14 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.routes import Route, match_route
+from gateway.routes import match_route
 from gateway.security import Guard, InternalTokens
 from gateway.settings import GatewaySettings
 from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
 from libs.context import get_request_id
 from libs.errors import AppError, app_error_response, error_response
 from libs.identity import INTERNAL_HEADER
+from libs.registry import Route
 from libs.telemetry import inject_trace_headers
 
 log = logging.getLogger("aistack.gateway.proxy")

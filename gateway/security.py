@@ -22,10 +22,10 @@ from gateway.apikeys import ApiKeyResolver, looks_like_api_key
 from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
 from gateway.ratelimit import FailureLimiter, RequestLimiter
 from gateway.revocations import SessionRevocations
-from gateway.routes import Route
 from libs.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from libs.identity import Principal, sign_internal_token
 from libs.permissions import scopes_for_roles
+from libs.registry import Route
 
 log = logging.getLogger("aistack.gateway.security")
 

@@ -8,22 +8,25 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from libs.registry import GATEWAY_PORT, NAMES, SERVICES
 from libs.settings import ServiceSettings
 
-SERVICES = ("auth", "llm", "rag", "jobs", "billing")
+
+def _local(service: str) -> str:
+    return f"http://127.0.0.1:{SERVICES[service].port}"
 
 
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     service_name: ClassVar[str] = "gateway"
-    port: int = 8000
+    port: int = GATEWAY_PORT
 
-    auth_url: str = "http://127.0.0.1:8001"
-    llm_url: str = "http://127.0.0.1:8002"
-    rag_url: str = "http://127.0.0.1:8003"
-    jobs_url: str = "http://127.0.0.1:8004"
-    billing_url: str = "http://127.0.0.1:8005"
+    auth_url: str = _local("auth")
+    llm_url: str = _local("llm")
+    rag_url: str = _local("rag")
+    jobs_url: str = _local("jobs")
+    billing_url: str = _local("billing")
 
     # the HTTP client to the services; auto: aiohttp, else httpx; split: pyreqwest for answers
     # read whole, aiohttp for streams (gateway/upstream.py has what each costs)
@@ -114,7 +117,7 @@ class GatewaySettings(ServiceSettings):
 
     def service_urls(self) -> dict[str, str]:
         """Base URL of every service, by name."""
-        return {name: str(getattr(self, f"{name}_url")).rstrip("/") for name in SERVICES}
+        return {name: str(getattr(self, f"{name}_url")).rstrip("/") for name in NAMES}
 
 
 def get_settings() -> GatewaySettings:

@@ -12,8 +12,11 @@ from sqlalchemy import MetaData, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from libs.registry import SERVICES as REGISTRY
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("auth", "llm", "rag", "jobs", "billing")
+# every service with a schema of its own, in the registry's order
+SERVICES = tuple(s.name for s in REGISTRY.values() if s.database)
 
 
 def alembic_config(service: str, database_url: str) -> Config:

@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -64,6 +64,8 @@ def describe(exc: BaseException) -> str:
 
 def is_data_error(exc: BaseException) -> bool:
     """A value PostgreSQL refused to store (SQLSTATE class 22), i.e. the request's fault."""
+    if "sqlalchemy" not in sys.modules:  # nothing loaded SQLAlchemy: not its error
+        return False
     from sqlalchemy import exc as sa_errors
 
     return isinstance(exc, sa_errors.DataError) or (
@@ -111,7 +113,7 @@ def outage_response(request: Request, dependency: str) -> Response:
     )
 
 
-def data_error_response(request: Request, exc: Exception) -> Response:
+def data_error_response(request: Request, exc: BaseException) -> Response:
     """The 422 for a value PostgreSQL refused to store (its reason, without the statement)."""
     orig = getattr(exc, "orig", None)
     reason = str(orig or exc).splitlines()[0]
@@ -126,9 +128,16 @@ def data_error_response(request: Request, exc: Exception) -> Response:
     )
 
 
-def unhandled_outage_response(scope: Scope, exc: BaseException) -> Response | None:
-    """For code that answers an unhandled exception itself (ObservabilityMiddleware, hot
-    routes): the 503 when ``exc`` says PostgreSQL or Redis is unreachable, else None (a 500)."""
+def storage_error_response(scope: Scope, exc: BaseException) -> Response | None:
+    """The answer to an exception no route handled when PostgreSQL or Redis caused it: 503
+    for an outage, 422 for a value PostgreSQL refused; None for anything else (a 500).
+
+    Rendered for every app by :class:`libs.telemetry.ObservabilityMiddleware`, the outermost
+    layer, so one place covers routes, dependencies and hot routes, and an app that loads
+    SQLAlchemy late (the llm) needs nothing registered before it does.
+    """
+    if is_data_error(exc):
+        return data_error_response(Request(scope), exc)
     dependency = outage_of(exc)
     if dependency is None:
         return None
@@ -141,28 +150,3 @@ def _log_outage(method: Any, path: Any, dependency: str, exc: BaseException) -> 
     # with how many it refused (libs/db_guard.py), not a line per request
     if not getattr(exc, "logged_by_guard", False):
         log.warning("%s %s: %s unavailable (%s)", method, path, dependency, describe(exc))
-
-
-def install_storage_error_handlers(app: FastAPI) -> None:
-    """Render outages as 503 and unstorable values as 422 instead of 500."""
-    from redis import exceptions as redis_errors
-    from sqlalchemy import exc as sa_errors
-
-    async def handler(request: Request, exc: Exception) -> Response:
-        if is_data_error(exc):
-            return data_error_response(request, exc)
-        dependency = outage_of(exc)
-        if dependency is None:
-            raise exc  # not an outage: the generic 500 handling applies
-        _log_outage(request.method, request.url.path, dependency, exc)
-        return outage_response(request, dependency)
-
-    for kind in (
-        redis_errors.ConnectionError,
-        redis_errors.TimeoutError,
-        sa_errors.DBAPIError,
-        sa_errors.TimeoutError,
-        ConnectionError,
-        TimeoutError,  # only asyncpg's (database_timeout); any other stays a 500
-    ):
-        app.add_exception_handler(kind, handler)

@@ -233,10 +233,10 @@ class ObservabilityMiddleware:
             # carries the request id, in the body and the header
             status = 500
             span.record_exception(exc)
-            from libs.storage_errors import unhandled_outage_response
+            from libs.storage_errors import storage_error_response
 
-            # PostgreSQL or Redis unreachable where no handler caught it: 503, not a bug
-            resp = unhandled_outage_response(scope, exc)
+            # PostgreSQL or Redis unreachable (503), or a value PostgreSQL refused (422)
+            resp = storage_error_response(scope, exc)
             if resp is None:
                 log.error("unhandled exception on %s %s", method, path, exc_info=exc)
             if started:

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.app import create_app
 from libs.settings import ServiceSettings
-from libs.storage_errors import install_storage_error_handlers
 from libs.testing import Infra, auth_headers, client_for, principal
 from services.billing.app import build_app as billing_app
 from services.jobs.app import build_app as jobs_app
@@ -77,7 +76,6 @@ def _toy_app(openai: bool) -> FastAPI:
         # a database error that is not an outage stays a 500
         raise IntegrityError("INSERT", {}, Exception("duplicate key"))
 
-    install_storage_error_handlers(app)
     return app
 
 

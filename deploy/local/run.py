@@ -32,8 +32,8 @@ from pathlib import Path
 
 from deploy.local.supervisor import Supervisor
 from libs.embedded import EmbeddedPostgres, EmbeddedRedis, port_open
+from libs.registry import GATEWAY_PORT, SERVICES
 
-SERVICES: dict[str, int] = {"auth": 8001, "llm": 8002, "rag": 8003, "jobs": 8004, "billing": 8005}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,8 +56,8 @@ def plan_from_env(env: dict[str, str]) -> Plan:
     """Read the runner's configuration from the environment (see the README's table)."""
     return Plan(
         host=env.get("AISTACK_HOST", "127.0.0.1"),
-        gateway_port=int(env.get("GATEWAY_PORT", "8000")),
-        ports={name: int(env.get(f"{name.upper()}_PORT", str(p))) for name, p in SERVICES.items()},
+        gateway_port=int(env.get("GATEWAY_PORT", str(GATEWAY_PORT))),
+        ports={n: int(env.get(f"{n.upper()}_PORT", str(s.port))) for n, s in SERVICES.items()},
         data_dir=Path(env.get("AISTACK_DATA_DIR", str(ROOT / ".data" / "local"))),
         pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
         redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
@@ -76,7 +76,7 @@ def processes(plan: Plan) -> dict[str, str]:
     )
     procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
     for name, port in plan.ports.items():
-        procs[name] = f"{uv} services.{name}.app:app --host {plan.host} --port {port}"
+        procs[name] = f"{uv} {SERVICES[name].app} --host {plan.host} --port {port}"
     if plan.workers:
         for name in plan.ports:
             procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"

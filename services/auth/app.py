@@ -12,7 +12,6 @@ from fastapi import FastAPI
 
 from libs.app import create_app
 from libs.db import session_scope
-from libs.storage_errors import install_storage_error_handlers
 from services.auth.revocations import replay_forever
 from services.auth.router import ROUTERS
 from services.auth.service import publish_flag_definitions
@@ -58,7 +57,6 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
     )
-    install_storage_error_handlers(app)
     app.state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
     # identity providers' discovery documents and keys, WeCom access tokens
     app.state.oauth_cache = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from libs.storage_errors import install_storage_error_handlers
 from services.billing.router import router
 from services.billing.settings import BillingSettings, get_settings
 
@@ -19,7 +18,6 @@ def build_app(settings: BillingSettings | None = None) -> FastAPI:
         title="aistack billing",
         description="Plans, subscriptions, usage and invoices.",
     )
-    install_storage_error_handlers(app)
     return app
 
 

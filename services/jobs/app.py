@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from libs.storage_errors import install_storage_error_handlers
 from services.jobs.router import router
 from services.jobs.settings import JobsSettings, get_settings
 
@@ -19,7 +18,6 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         title="aistack jobs",
         description="Background jobs, schedules and notifications.",
     )
-    install_storage_error_handlers(app)
     return app
 
 

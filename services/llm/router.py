@@ -31,7 +31,7 @@ from libs.errors import (
 )
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
-from libs.storage_errors import unhandled_outage_response
+from libs.storage_errors import storage_error_response
 from services.llm.completions import CompletionRequest, create_completion
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.service import CallOptions, LlmService, Result
@@ -317,7 +317,9 @@ class ChatEndpoint:
             # the body grew past the app's limit while being read (BodyLimitMiddleware)
             response = http_exception_response(exc, openai=True)
         except Exception as exc:
-            outage = unhandled_outage_response(scope, exc)  # PostgreSQL/Redis down: 503
+            outage = storage_error_response(
+                scope, exc
+            )  # PostgreSQL/Redis down: 503; a refused value: 422
             if outage is not None:
                 response = outage
             else:

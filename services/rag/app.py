@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from libs.storage_errors import install_storage_error_handlers
 from services.rag.router import router
 from services.rag.settings import RagSettings, get_settings
 
@@ -19,7 +18,6 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
         title="aistack rag",
         description="Knowledge bases, ingestion and cited answers.",
     )
-    install_storage_error_handlers(app)
     return app
 
 

@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from starlette.responses import JSONResponse
 
 from gateway.app import build_app as build_gateway
-from gateway.settings import SERVICES, GatewaySettings
+from gateway.settings import GatewaySettings
 from libs.embedded import EmbeddedRedis
+from libs.registry import NAMES
 from libs.testing import Infra, running
 from services.auth import tasks
 from services.auth.app import build_app
@@ -86,7 +87,7 @@ async def _outage_scenario(server: EmbeddedRedis, engine: AsyncEngine, emails: l
     auth_app = build_app(auth_settings(redis_url=server.url))
     auth = await serve(auth_app)
     echo = await serve(_echo())
-    urls = {f"{name}_url": echo.url for name in SERVICES}
+    urls = {f"{name}_url": echo.url for name in NAMES}
     urls["auth_url"] = auth.url
     settings = GatewaySettings.model_validate(
         {

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
 from starlette.responses import JSONResponse
 
 from gateway.app import build_app as build_gateway
-from gateway.settings import SERVICES, GatewaySettings
+from gateway.settings import GatewaySettings
 from libs.identity import INTERNAL_HEADER, verify_internal_token
+from libs.registry import NAMES
 from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import Infra, client_for
 from services.auth.app import build_app
@@ -50,7 +51,7 @@ async def stack(infra: Infra, db: AsyncConnection, redis: Redis) -> AsyncIterato
         bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
     )
     echo = await serve(_echo())
-    urls = {f"{name}_url": echo.url for name in SERVICES}
+    urls = {f"{name}_url": echo.url for name in NAMES}
     urls["auth_url"] = auth.url
     settings = GatewaySettings.model_validate(
         {"use_redis": True, "redis_url": infra.redis_url, "jwks_min_refetch_interval": 0.1, **urls}

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from gateway.app import build_app
-from gateway.settings import SERVICES, GatewaySettings
+from gateway.settings import GatewaySettings
+from libs.registry import NAMES
 from tests.support.fakes.auth_fake import FakeAuth
 from tests.support.servers import dead_url, serve
 from tests.support.stacks.echo import Upstream, echo_app
@@ -32,7 +33,7 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     if not backend_available(backend):
         pytest.skip(f"{backend} is not installed")
     controls = Controls()
-    ups = {name: await serve(upstream_app(name, controls, FAKE_AUTH)) for name in SERVICES}
+    ups = {name: await serve(upstream_app(name, controls, FAKE_AUTH)) for name in NAMES}
     urls = {f"{n}_url": r.url for n, r in ups.items()}
     gw = await serve(
         build_app(

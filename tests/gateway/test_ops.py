@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from gateway.openapi import merge_specs, swagger_assets_dir
-from gateway.settings import SERVICES
+from libs.registry import NAMES
 
 
 async def test_health_and_metrics(gw: httpx.AsyncClient) -> None:
@@ -31,7 +31,7 @@ async def test_ready_when_every_service_is(gw: httpx.AsyncClient) -> None:
     assert resp.status_code == 200
     assert resp.json() == {
         "status": "ready",
-        "services": {name: {"status": "ready"} for name in SERVICES},
+        "services": {name: {"status": "ready"} for name in NAMES},
     }
 
 
@@ -42,7 +42,7 @@ async def test_not_ready_lists_the_service_that_is_down(degraded: httpx.AsyncCli
     assert err["code"] == "not_ready"
     services = err["details"]["services"]
     assert services["billing"]["status"] == "unreachable"
-    assert all(services[n] == {"status": "ready"} for n in SERVICES if n != "billing")
+    assert all(services[n] == {"status": "ready"} for n in NAMES if n != "billing")
     assert "billing" in err["message"]
 
 
@@ -67,7 +67,7 @@ async def test_openapi_merges_every_service(gw: httpx.AsyncClient) -> None:
     assert "/v1/unrouted-by-gateway" not in paths
     assert "/metrics" not in paths
     assert paths["/v1/jobs/items"]["post"]["tags"] == ["jobs"]
-    assert {t["name"] for t in doc["tags"]} >= {"gateway", *SERVICES}
+    assert {t["name"] for t in doc["tags"]} >= {"gateway", *NAMES}
 
     schemas = doc["components"]["schemas"]
     # defined identically everywhere: shared under its own name

@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.routes import ROUTES, match_route
+from gateway.routes import match_route
 from gateway.upstream import asks_for_stream
+from libs.registry import ROUTES
 from tests.support.stacks.stand_ins import FAKE_AUTH, Controls, Stack
 
 PREFIXES = {
     "/v1/auth/login": "auth",
     "/v1/api-keys": "auth",
     "/v1/orgs/o1/members": "auth",
-    "/v1/users/me": "auth",
     "/.well-known/jwks.json": "auth",
     "/v1/chat/completions": "llm",
     "/v1/completions": "llm",

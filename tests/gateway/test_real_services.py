@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from gateway.app import build_app
-from gateway.settings import SERVICES, GatewaySettings
+from gateway.settings import GatewaySettings
+from libs.registry import NAMES
 from libs.testing import Infra
 from tests.support.servers import serve
 from tests.support.stacks.stand_ins import FAKE_AUTH
@@ -19,7 +20,7 @@ from tests.support.stacks.stand_ins import FAKE_AUTH
 @pytest.fixture(scope="module")
 async def real_gateway(infra: Infra) -> AsyncIterator[str]:
     running = {}
-    for name in SERVICES:
+    for name in NAMES:
         module = importlib.import_module(f"services.{name}.app")
         running[name] = await serve(module.build_app())
     # tokens signed by the test's keys, not by the auth service's own
@@ -42,7 +43,7 @@ async def test_ready_and_openapi_with_real_services(real_gateway: str) -> None:
         resp = await client.get("/ready")
         assert resp.status_code == 200, resp.text
         body = resp.json()
-        assert body["services"] == {n: {"status": "ready"} for n in SERVICES}
+        assert body["services"] == {n: {"status": "ready"} for n in NAMES}
         assert body["checks"] == {"redis": {"status": "ok"}}
         doc = (await client.get("/openapi.json")).json()
         assert "/v1/knowledge-bases/{kb_id}" in doc["paths"]

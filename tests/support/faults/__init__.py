@@ -1,0 +1,1 @@
+"""PostgreSQL and Redis faults as a service sees them: refused, hung, restarted."""

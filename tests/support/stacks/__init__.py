@@ -1,0 +1,1 @@
+"""Running setups of one or more apps that tests talk to."""

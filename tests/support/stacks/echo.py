@@ -12,8 +12,9 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
 from gateway.app import build_app
-from gateway.settings import SERVICES, GatewaySettings
+from gateway.settings import GatewaySettings
 from libs.identity import INTERNAL_HEADER, Principal, verify_internal_token
+from libs.registry import NAMES
 from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import client_for
 from tests.support.fakes.auth_fake import FakeAuth
@@ -40,7 +41,7 @@ def gateway_settings(upstream_url: str, redis_url: str, **overrides: Any) -> Gat
             "use_redis": True,
             "redis_url": redis_url,
             "jwks_min_refetch_interval": 0.2,
-            **{f"{name}_url": upstream_url for name in SERVICES},
+            **{f"{name}_url": upstream_url for name in NAMES},
             **overrides,
         }
     )

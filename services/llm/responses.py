@@ -65,13 +65,13 @@ from prometheus_client import Counter, Gauge
 from starlette.responses import Response
 
 from libs.errors import NotFound
+from libs.sse import SSEResponse
 from libs.storage_errors import describe, outage_of
 from services.llm.responses_schemas import NOT_FORWARDED, RESPONSES_ONLY, ResponsesRequest
 from services.llm.router import (
     OpenAIRoute,
     OptionsDep,
     ServiceDep,
-    SSEResponse,
     UsePrincipal,
 )
 from services.llm.schemas import ChatCompletionRequest, invalid_param, translated_chat
@@ -1122,8 +1122,7 @@ async def create_response(
             return _store_later(service, principal, items, history, turn, response, wait=wait)
 
     if result.stream is not None:
-        headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers}
-        return SSEResponse(translate_stream(result.stream, shape, store), headers=headers)
+        return SSEResponse(translate_stream(result.stream, shape, store), headers=result.headers)
     assert result.body is not None
     response = to_response(result.body, shape)
     await _stored(store, response)

@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-import anyio
 import orjson
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Send
 from starlette.types import Scope as AsgiScope
 
@@ -31,6 +29,7 @@ from libs.errors import (
 )
 from libs.identity import Principal, get_principal, require_scope
 from libs.permissions import Scope
+from libs.sse import SSEResponse
 from libs.storage_errors import storage_error_response
 from services.llm.completions import CompletionRequest, create_completion
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
@@ -97,38 +96,6 @@ class OpenAIRoute(APIRoute):
         return openai_handler(_FAST.get(self.endpoint) or super().get_route_handler())
 
 
-class SSEResponse(StreamingResponse):
-    """An SSE stream that notices a client going away even while the upstream is silent, and
-    always closes its body iterator, so a disconnect mid-stream cancels the upstream request.
-
-    (Starlette's own StreamingResponse only learns of a disconnect from a failed write under
-    ASGI 2.4, which never comes while the upstream is between chunks.)
-    """
-
-    media_type = "text/event-stream"
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-
-            async def stream() -> None:
-                with contextlib.suppress(OSError):  # the client went away mid-write
-                    await self.stream_response(send)
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await aclose()
-
-
 # dependencies are async: FastAPI runs plain ``def`` ones in a worker thread per request
 async def get_service(request: Request) -> LlmService:
     service: LlmService = request.app.state.llm
@@ -160,9 +127,8 @@ OptionsDep = Annotated[CallOptions, Depends(_options)]
 
 def _render(result: Result) -> Response:
     if result.stream is not None:
-        headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **result.headers}
         stream: AsyncIterator[bytes] = result.stream
-        return SSEResponse(stream, headers=headers)
+        return SSEResponse(stream, headers=result.headers)
     return Response(
         orjson.dumps(result.body), media_type="application/json", headers=result.headers
     )

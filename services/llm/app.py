@@ -12,16 +12,16 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.llm import tokenizer
 from services.llm.conversations_router import router as conversations_router
 from services.llm.prompts_router import router as prompts_router
 from services.llm.providers.base import Provider
 from services.llm.responses import PREFIX as RESPONSES_PREFIX
 from services.llm.responses import router as responses_router
 from services.llm.router import OPENAI_PREFIXES, ChatEndpoint, is_chat_completion, router
-from services.llm.routing import RoutingConfig, default_config, load_config
+from services.llm.routing.config import RoutingConfig, default_config, load_config
 from services.llm.service import LlmService, UsagePublisher
 from services.llm.settings import LlmSettings, get_settings
+from services.llm.tokens import tokenizer
 
 log = logging.getLogger("aistack.llm")
 

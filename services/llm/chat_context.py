@@ -15,7 +15,7 @@ A chat request may carry two aistack fields (with the openai SDK: ``extra_body``
   turn), trimmed (oldest whole turns first,
   system messages kept) to the model's context window minus the reply's reserve
   (``max_tokens``, else ``LLM_TPM_COMPLETION_RESERVE``), counted offline by
-  :mod:`services.llm.tokenizer` (the model's tiktoken encoding, loaded only when the
+  :mod:`services.llm.tokens.tokenizer` (the model's tiktoken encoding, loaded only when the
   history's UTF-8 size does not fit already). When the reply is complete, the new messages
   and the reply (the first choice) are appended; a streamed reply is stored before ``[DONE]``
   is sent. A failed or interrupted call stores nothing.
@@ -42,12 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.db import session_scope
 from libs.errors import ServiceUnavailable, ValidationFailed
 from libs.identity import Principal
-from services.llm import tokenizer, tokens
 from services.llm.conversations import KEEP_ROLES, load_history, store_exchange
 from services.llm.prompts import ResolvedPrompt, record_prompt_use, resolve_prompt
-from services.llm.routing import RoutingConfig
+from services.llm.routing.config import RoutingConfig
 from services.llm.schemas import ChatCompletionRequest
 from services.llm.streaming import DONE, Assembler
+from services.llm.tokens import estimate, tokenizer
 
 log = logging.getLogger("aistack.llm")
 
@@ -132,8 +132,8 @@ class ChatContext:
 
     def _estimate(self, asm: Assembler) -> dict[str, int]:
         """The same offline estimate the usage event gets when a stream reports no usage."""
-        prompt = tokens.count_messages(self.body.messages_json(), self.body.tools)
-        completion = -(-asm.chars // tokens.CHARS_PER_TOKEN)
+        prompt = estimate.count_messages(self.body.messages_json(), self.body.tools)
+        completion = -(-asm.chars // estimate.CHARS_PER_TOKEN)
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

@@ -6,7 +6,7 @@ yours reads exactly like an unknown one (404).
 
 For the chat path: :func:`load_history` returns the stored messages that fit the model's
 context window (oldest turns dropped first, system messages kept; counted by
-:mod:`services.llm.tokenizer`) and :func:`store_exchange` appends the request's new messages
+:mod:`services.llm.tokens.tokenizer`) and :func:`store_exchange` appends the request's new messages
 and the reply once the reply is complete.
 """
 
@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Forbidden, NotFound, ValidationFailed
 from libs.identity import Principal
-from services.llm import tokenizer
 from services.llm.conversation_schemas import (
     ConversationCreate,
     ConversationUpdate,
@@ -36,7 +35,8 @@ from services.llm.conversation_schemas import (
 from services.llm.models import Conversation, ConversationMessage
 from services.llm.repository import ConversationRepository, owner_filter
 from services.llm.schemas import ChatMessage
-from services.llm.tokenizer import TokenPlan
+from services.llm.tokens import tokenizer
+from services.llm.tokens.tokenizer import TokenPlan
 
 if TYPE_CHECKING:
     pass

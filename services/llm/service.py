@@ -30,18 +30,18 @@ from libs.ratelimit import LocalLimiter, hit_many, refund_many
 from libs.redis import RedisUnavailable, guard_for
 from libs.usage import UsageEvent, UsageOutbox, UsageSender
 from services.llm import cache as rc
-from services.llm import tokenizer, tokens
-from services.llm.breaker import SharedBreakers
-from services.llm.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.functions import LegacyPlan, legacy_chunk, legacy_completion, speaks_legacy
 from services.llm.functions import plan as legacy_plan
 from services.llm.metrics import CACHE, LATENCY, REQUESTS, TOKENS, TTFT
 from services.llm.providers.base import ChatRequest, Provider, ProviderError
 from services.llm.providers.base import EmbeddingRequest as ProviderEmbeddingRequest
-from services.llm.routing import Alias, Price, RoutingConfig, Target
+from services.llm.routing.breaker import SharedBreakers
+from services.llm.routing.config import Alias, Price, RoutingConfig, Target
+from services.llm.routing.dispatch import Dispatcher, Outcome, classify, close_stream, first_chunk
 from services.llm.schemas import ChatCompletionRequest, EmbeddingRequest, ModelList, ModelObject
 from services.llm.settings import LlmSettings
 from services.llm.streaming import DONE, Assembler, IdleTimeout, replay_chunks, sse
+from services.llm.tokens import estimate, tokenizer
 
 if TYPE_CHECKING:
     # chat, embeddings and models need no database: its layer loads with the first prompt or
@@ -116,7 +116,7 @@ class LlmService:
         self._local_tpm = LocalLimiter()
         self._tpm_logged_at = float("-inf")
         self.dispatcher = Dispatcher(providers, settings)
-        # breakers opened or closed in one llm process reach the others (see breaker.py)
+        # breakers opened or closed in one llm process reach the others (see routing/breaker.py)
         self.shared_breakers = (
             SharedBreakers(self.dispatcher.breakers, redis) if settings.breaker_shared else None
         )
@@ -238,7 +238,7 @@ class LlmService:
                 return False
         return deterministic
 
-    async def _reserve_tpm(self, call: _Call, estimate: int) -> None:
+    async def _reserve_tpm(self, call: _Call, needed: int) -> None:
         """Count the estimated tokens against the key's and the org's TPM limits."""
         principal, org_id = call.principal, call.org_id
         limits: list[tuple[str, int, float]] = []
@@ -250,7 +250,7 @@ class LlmService:
             return
         try:
             decisions = await self.guard.run(
-                "llm_tpm", hit_many(self.redis, limits, max(estimate, 1))
+                "llm_tpm", hit_many(self.redis, limits, max(needed, 1))
             )
         except Exception as exc:
             # Redis down or hung must not take the LLM API down with it: fail open, to the
@@ -260,23 +260,23 @@ class LlmService:
             if now - self._tpm_logged_at >= 10:
                 self._tpm_logged_at = now
                 log.warning("TPM limits counted per process (Redis: %s)", exc)
-            decisions = self._local_tpm.hit_many(limits, max(estimate, 1))
+            decisions = self._local_tpm.hit_many(limits, max(needed, 1))
         else:
             if decisions.allowed:
-                call.tpm_limits, call.tpm_reserved = limits, max(estimate, 1)
+                call.tpm_limits, call.tpm_reserved = limits, max(needed, 1)
         if not decisions.allowed:
             decision = decisions.strictest()
-            too_big = estimate > decision.limit
+            too_big = needed > decision.limit
             raise RateLimited(
                 (
-                    f"This request needs about {estimate} tokens, more than the limit of "
+                    f"This request needs about {needed} tokens, more than the limit of "
                     f"{decision.limit} tokens per minute"
                 )
                 if too_big
                 else f"Tokens-per-minute limit of {decision.limit} reached; retry later",
                 code="tokens_per_minute_exceeded",
                 headers=decision.headers(),
-                details={"limit": decision.limit, "estimated_tokens": estimate},
+                details={"limit": decision.limit, "estimated_tokens": needed},
             )
 
     def _event(
@@ -594,10 +594,10 @@ class LlmService:
                 return False
             return not speaks_legacy(self.providers[target.provider])
 
-        estimate = tokens.count_messages(messages, tools) + (
+        reserve = estimate.count_messages(messages, tools) + (
             body.output_limit or self.settings.tpm_completion_reserve
         )
-        await self._reserve_tpm(call, estimate)
+        await self._reserve_tpm(call, reserve)
 
         outcome = Outcome()
         headers = {"x-aistack-cache": "miss" if cache_key else "off"}
@@ -875,7 +875,7 @@ class LlmService:
                     headers={"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider},
                 )
 
-        await self._reserve_tpm(call, tokens.count_inputs(texts))
+        await self._reserve_tpm(call, estimate.count_inputs(texts))
         params = body.params()
         outcome = Outcome()
 
@@ -891,7 +891,7 @@ class LlmService:
         assert target is not None
         usage = dict(response.get("usage") or {})
         if not usage.get("prompt_tokens"):
-            n = tokens.count_inputs(texts)
+            n = estimate.count_inputs(texts)
             usage = {"prompt_tokens": n, "total_tokens": n}
         response = {
             "object": "list",
@@ -933,23 +933,23 @@ def _route_headers(target: Target, outcome: Outcome) -> dict[str, str]:
 def _estimated_usage(
     messages: list[dict[str, Any]], tools: list[Any] | None, completion: dict[str, Any]
 ) -> dict[str, int]:
-    prompt = tokens.count_messages(messages, tools)
+    prompt = estimate.count_messages(messages, tools)
     out = 0
     for choice in completion.get("choices") or []:
         message = choice.get("message") or {}
-        out += tokens.count_text(str(message.get("content") or ""))
+        out += estimate.count_text(str(message.get("content") or ""))
         for call in message.get("tool_calls") or []:
-            out += tokens.count_text(str((call.get("function") or {}).get("arguments") or ""))
+            out += estimate.count_text(str((call.get("function") or {}).get("arguments") or ""))
         if message.get("function_call"):
-            out += tokens.count_text(str(message["function_call"].get("arguments") or ""))
+            out += estimate.count_text(str(message["function_call"].get("arguments") or ""))
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 
 def _estimated_usage_stream(
     messages: list[dict[str, Any]], tools: list[Any] | None, asm: Assembler
 ) -> dict[str, int]:
-    prompt = tokens.count_messages(messages, tools)
-    out = -(-asm.chars // tokens.CHARS_PER_TOKEN)
+    prompt = estimate.count_messages(messages, tools)
+    out = -(-asm.chars // estimate.CHARS_PER_TOKEN)
     return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
 
 

@@ -1,5 +1,5 @@
-"""The llm app over fake OpenAI upstreams (real HTTP on loopback), called with the real
-``openai`` SDK through ``httpx.ASGITransport``."""
+"""Fixtures of every llm test folder: the llm app (``env``) over two fake OpenAI upstreams
+(real HTTP on loopback), called with the real ``openai`` SDK through ``httpx.ASGITransport``."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ import orjson
 from redis.asyncio import Redis
 
 from libs.redis import guard_for
-from services.llm.metrics import BREAKER_STATE
+from services.llm.routing.metrics import BREAKER_STATE
 
 log = logging.getLogger("aistack.llm.breaker")
 

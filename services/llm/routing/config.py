@@ -12,7 +12,7 @@ Loaded once at startup from the YAML file named by ``LLM_MODELS_CONFIG``::
         type: chat                  # chat (default) or embedding
         context_window: 128000
         price: {input: 0.15, output: 0.60}   # USD per 1M tokens
-        # tokenizer: o200k_base             # optional, see services.llm.tokenizer.plan_for
+        # tokenizer: o200k_base             # optional, see services.llm.tokens.tokenizer.plan_for
         # tokenizer_margin: 1.3
         targets:
           - {provider: openai, model: gpt-4o-mini}
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.llm.tokenizer import EncodingName
+from services.llm.tokens.tokenizer import LOCAL_CHAT_MODEL, EncodingName
 
 ModelType = Literal["chat", "embedding"]
 
@@ -182,7 +182,6 @@ def load_config(path: str | os.PathLike[str]) -> RoutingConfig:
     return parse_config(raw, str(p))
 
 
-LOCAL_CHAT_MODEL = "smollm2-135m-instruct"
 LOCAL_EMBED_MODEL = "all-minilm-l6-v2"
 
 

@@ -25,10 +25,10 @@ from libs.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from services.llm.breaker import CircuitBreaker
-from services.llm.metrics import ERRORS, FALLBACKS, RETRIES
 from services.llm.providers.base import Provider, ProviderError
-from services.llm.routing import Alias, Target
+from services.llm.routing.breaker import CircuitBreaker
+from services.llm.routing.config import Alias, Target
+from services.llm.routing.metrics import ERRORS, FALLBACKS, RETRIES
 from services.llm.settings import LlmSettings
 
 log = logging.getLogger("aistack.llm.dispatch")

@@ -9,7 +9,7 @@ average 3.5-4.5 characters per token there) and is never below o200k_base (gpt-4
 for the scripts above; cl100k_base (gpt-4) can count up to ~1.4x more for Arabic or emoji.
 Exact counts come from the upstream's ``usage`` whenever it reports one; this is only for the
 TPM reservation and for streams that end without usage. Trimming a conversation to a context
-window counts exactly instead (:mod:`services.llm.tokenizer`).
+window counts exactly instead (:mod:`services.llm.tokens.tokenizer`).
 """
 
 from __future__ import annotations

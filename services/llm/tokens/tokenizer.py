@@ -38,20 +38,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
-
-if TYPE_CHECKING:
-    from services.llm.routing import Alias
 
 log = logging.getLogger("aistack.llm")
 
 EncodingName = Literal["o200k_base", "cl100k_base", "smollm2"]
-# the local provider's chat model, counted with its own vocabulary (its GGUF file)
+# the local provider's chat model (services.llm.providers.local.CHAT_MODEL), counted with its
+# own vocabulary (its GGUF file)
+LOCAL_CHAT_MODEL = "smollm2-135m-instruct"
 LOCAL_VOCAB: EncodingName = "smollm2"
 LOCAL_VOCAB_MARGIN = 1.1  # its chat template frames a message in ~5 tokens, not 3 + role
 DATA_DIR = Path(__file__).parent / "data"
@@ -62,7 +61,7 @@ DEFAULT_MARGIN = 1.3
 MESSAGE_OVERHEAD = 3
 REPLY_PRIMING = 3
 NAME_OVERHEAD = 1
-IMAGE_TOKENS = 85  # OpenAI's low-detail image cost (the same flat estimate as tokens.py)
+IMAGE_TOKENS = 85  # OpenAI's low-detail image cost (the same flat estimate as estimate.py)
 
 
 class Encoding(Protocol):
@@ -78,6 +77,7 @@ class GgufVocab:
     """A GGUF model's own tokenizer, loaded without its weights (llama.cpp ``vocab_only``)."""
 
     def __init__(self, name: str, path: Path) -> None:
+        # llama.cpp's library loads with the first count in this vocabulary, not the process
         from llama_cpp import Llama
 
         self._name = name
@@ -98,6 +98,7 @@ class GgufVocab:
 
 
 def _local_vocab() -> GgufVocab:
+    # the local provider's module (and numpy with it) loads only when its vocabulary is used
     from services.llm.providers.base import ProviderError
     from services.llm.providers.local import GGUF_FILE, package_file
 
@@ -179,7 +180,7 @@ def build_encoding(name: str, data_dir: Path | None = None) -> Encoding:
     """A tiktoken Encoding from the shipped files (no network), or the local model's vocabulary."""
     if name == LOCAL_VOCAB:
         return _local_vocab()
-    import tiktoken
+    import tiktoken  # with the first encoding loaded, not with the process
 
     spec = SPECS[name]
     encoding = tiktoken.Encoding(
@@ -277,6 +278,24 @@ async def preload(names: Iterable[str]) -> None:
 # ------------------------------------------------------------------------- which encoding
 
 
+class _Model(Protocol):
+    @property
+    def model(self) -> str: ...
+
+
+class CountedAlias(Protocol):
+    """What choosing a plan reads of a model alias (``services.llm.routing.config.Alias``)."""
+
+    @property
+    def tokenizer(self) -> EncodingName | None: ...
+
+    @property
+    def tokenizer_margin(self) -> float | None: ...
+
+    @property
+    def targets(self) -> Sequence[_Model]: ...
+
+
 @dataclass(frozen=True)
 class TokenPlan:
     """How to count a model's tokens: an encoding, times ``margin`` when it is only close."""
@@ -343,15 +362,13 @@ def encoding_for_model(model: str) -> EncodingName | None:
 def plan_for_model(model: str) -> TokenPlan:
     """The counting plan of one upstream model: exact for OpenAI's models, else o200k_base
     times :data:`DEFAULT_MARGIN`."""
-    from services.llm.routing import LOCAL_CHAT_MODEL
-
     if model == LOCAL_CHAT_MODEL:
         return TokenPlan(LOCAL_VOCAB, LOCAL_VOCAB_MARGIN)
     name = encoding_for_model(model)
     return TokenPlan(name) if name is not None else TokenPlan("o200k_base", DEFAULT_MARGIN)
 
 
-def plan_for(alias: Alias | None) -> TokenPlan:
+def plan_for(alias: CountedAlias | None) -> TokenPlan:
     """The plan of a model alias: its ``tokenizer``/``tokenizer_margin`` when it names them,
     else the first target's encoding, with a margin unless every target is counted exactly
     by it (a fallback to another vendor must fit too)."""

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from libs.identity import Principal
 from libs.testing import Infra, auth_headers, principal
-from services.llm import tokenizer
-from services.llm.tokenizer import TokenPlan
+from services.llm.tokens import tokenizer
+from services.llm.tokens.tokenizer import TokenPlan
 from tests.support.stacks.llm import Env
 
 GPT = TokenPlan("o200k_base")

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from libs.embedded import free_port
 from libs.testing import Infra
-from services.llm.breaker import (
+from services.llm.routing.breaker import (
     CLOSED_MARK,
     FAILURES_SUFFIX,
     KEY_PREFIX,

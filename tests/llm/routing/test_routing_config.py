@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from services.llm.app import build_app, default_provider_factory
-from services.llm.routing import ConfigError, default_config, load_config
+from services.llm.routing.config import ConfigError, default_config, load_config
 from services.llm.settings import LlmSettings
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "models.example.yaml"

@@ -21,7 +21,7 @@ from libs.embedded import free_port
 from libs.testing import Infra, auth_headers, principal, running
 from libs.usage import UsageEvent
 from services.llm.app import build_app
-from services.llm.breaker import CLOSED_MARK, KEY_PREFIX, State
+from services.llm.routing.breaker import CLOSED_MARK, KEY_PREFIX, State
 from services.llm.service import LlmService
 from tests.support.fakes import openai_fake
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for

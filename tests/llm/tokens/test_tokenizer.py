@@ -1,5 +1,5 @@
 """The offline tokenizer: shipped rank files, exact counts, the byte bound, model plans, and
-the cheap estimate of tokens.py."""
+the cheap estimate of tokens/estimate.py."""
 
 # ruff: noqa: RUF001  (text in other scripts, punctuation included)
 
@@ -21,9 +21,9 @@ import tiktoken.load
 import tiktoken.model
 from tiktoken_ext import openai_public
 
-from services.llm import tokenizer, tokens
-from services.llm.routing import LOCAL_CHAT_MODEL, ConfigError, default_config, parse_config
-from services.llm.tokenizer import TokenPlan
+from services.llm.routing.config import ConfigError, default_config, parse_config
+from services.llm.tokens import estimate, tokenizer
+from services.llm.tokens.tokenizer import LOCAL_CHAT_MODEL, TokenPlan
 
 SAMPLES = {
     "en": "The quick brown fox jumps over the lazy dog, then naps. It's 12:30.",
@@ -362,16 +362,16 @@ def test_alias_plans_and_the_tokenizer_fields() -> None:
 
 def test_cheap_estimate_does_not_undercount_non_latin_text(o200k: tiktoken.Encoding) -> None:
     # ASCII: ceil(chars / 4) as before
-    assert tokens.count_text("hello world!") == 3
-    assert tokens.count_text("") == 0
+    assert estimate.count_text("hello world!") == 3
+    assert estimate.count_text("") == 0
     # a CJK character is one token, a Cyrillic letter half of one, an emoji one and a half
-    assert tokens.count_text("你好世界") == 4
-    assert tokens.count_text("Привет") == 3
-    assert tokens.count_text("🎉🎉") == 3
-    assert tokens.count_text("ab你好") == 3  # 2/4 + 2
+    assert estimate.count_text("你好世界") == 4
+    assert estimate.count_text("Привет") == 3
+    assert estimate.count_text("🎉🎉") == 3
+    assert estimate.count_text("ab你好") == 3  # 2/4 + 2
     for lang in ("zh", "ja", "ko", "ru", "ar", "th", "emoji"):
         text = SAMPLES[lang] * 5
-        assert tokens.count_text(text) >= len(o200k.encode_ordinary(text)), lang
+        assert estimate.count_text(text) >= len(o200k.encode_ordinary(text)), lang
     # chars / 4 counted 32 characters of Chinese as 8 tokens; the estimate stays O(n) cheap
-    assert tokens.count_text(SAMPLES["zh"]) >= len(SAMPLES["zh"])
-    assert tokens.count_messages([{"role": "user", "content": "你好世界"}]) == 3 + 4 + 4
+    assert estimate.count_text(SAMPLES["zh"]) >= len(SAMPLES["zh"])
+    assert estimate.count_messages([{"role": "user", "content": "你好世界"}]) == 3 + 4 + 4

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from libs.testing import Infra, running
-from services.llm import tokenizer
 from services.llm.settings import LlmSettings
+from services.llm.tokens import tokenizer
 from tests.support.stacks.llm_store import store_app
 
 

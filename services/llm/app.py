@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.llm.conversations_router import router as conversations_router
-from services.llm.prompts_router import router as prompts_router
+from services.llm.conversations.router import router as conversations_router
+from services.llm.prompts.router import router as prompts_router
 from services.llm.providers.base import Provider
 from services.llm.responses import PREFIX as RESPONSES_PREFIX
 from services.llm.responses import router as responses_router

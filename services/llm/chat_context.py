@@ -42,8 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.db import session_scope
 from libs.errors import ServiceUnavailable, ValidationFailed
 from libs.identity import Principal
-from services.llm.conversations import KEEP_ROLES, load_history, store_exchange
-from services.llm.prompts import ResolvedPrompt, record_prompt_use, resolve_prompt
+from services.llm.conversations.service import KEEP_ROLES, load_history, store_exchange
+from services.llm.prompts.service import ResolvedPrompt, record_prompt_use, resolve_prompt
 from services.llm.routing.config import RoutingConfig
 from services.llm.schemas import ChatCompletionRequest
 from services.llm.streaming import DONE, Assembler

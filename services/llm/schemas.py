@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from libs.errors import BadRequest
-from services.llm.prompt_schemas import PromptRef
+from services.llm.prompts.schemas import PromptRef
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from libs.errors import NotFound, ValidationFailed
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for, principal
-from services.llm.prompts import resolve_prompt
+from services.llm.prompts.service import resolve_prompt
 from tests.support.faults.outages import assert_unavailable, database_down
 from tests.support.stacks.llm_store import store_app
 

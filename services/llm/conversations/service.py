@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement
@@ -27,19 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Forbidden, NotFound, ValidationFailed
 from libs.identity import Principal
-from services.llm.conversation_schemas import (
+from services.llm.conversations.repository import ConversationRepository, owner_filter
+from services.llm.conversations.schemas import (
     ConversationCreate,
     ConversationUpdate,
     MessageOut,
 )
 from services.llm.models import Conversation, ConversationMessage
-from services.llm.repository import ConversationRepository, owner_filter
 from services.llm.schemas import ChatMessage
 from services.llm.tokens import tokenizer
 from services.llm.tokens.tokenizer import TokenPlan
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("aistack.llm")
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from libs.errors import NotFound
 from libs.identity import Principal
 from libs.testing import auth_headers, client_for, principal
-from services.llm.conversations import load_history, store_exchange, trim_to_budget
+from services.llm.conversations.service import load_history, store_exchange, trim_to_budget
 from services.llm.tokens import tokenizer
 from services.llm.tokens.tokenizer import TokenPlan
 from tests.support.stacks.llm_store import store_app

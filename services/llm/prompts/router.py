@@ -12,7 +12,7 @@ from libs.errors import ValidationFailed
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
 from libs.sessions import SessionDep
-from services.llm.prompt_schemas import (
+from services.llm.prompts.schemas import (
     LABEL_NAME,
     RESERVED_LABELS,
     Actor,
@@ -33,29 +33,30 @@ from services.llm.prompt_schemas import (
 
 if TYPE_CHECKING:
     from services.llm.models import Prompt, PromptEvent, PromptLabel, PromptVersion
-    from services.llm.prompts import PromptService
+    from services.llm.prompts.service import PromptService
 
 router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
 
-UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE.value)]
+UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE)]
 PromptRef = Annotated[str, Path(min_length=1, max_length=200, description="Prompt id or name")]
 LabelName = Annotated[str, Path(pattern=LABEL_NAME, description="Label name")]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0)]
 
 
-async def prompt_service(session: SessionDep, principal: UsePrincipal) -> PromptService:
-    """The caller's prompt store; the database layer and the template engine load with the
-    first request."""
-    from services.llm.prompts import PromptService
+async def get_prompt_service(session: SessionDep, principal: UsePrincipal) -> PromptService:
+    """The caller's prompt store."""
+    # imported here: SQLAlchemy, the models and Jinja load with the first prompt request, not
+    # with the llm process (chat, embeddings and models never need them)
+    from services.llm.prompts.service import PromptService
 
     return PromptService(session, principal)
 
 
 if TYPE_CHECKING:
-    Prompts = Annotated[PromptService, Depends(prompt_service)]
-else:
-    Prompts = Annotated[Any, Depends(prompt_service)]
+    PromptServiceDep = Annotated[PromptService, Depends(get_prompt_service)]
+else:  # the service's module is not imported yet when FastAPI reads these annotations
+    PromptServiceDep = Annotated[Any, Depends(get_prompt_service)]
 
 
 def prompt_out(prompt: Prompt, labels: list[PromptLabel]) -> PromptOut:
@@ -75,7 +76,7 @@ def prompt_out(prompt: Prompt, labels: list[PromptLabel]) -> PromptOut:
 
 
 def version_out(version: PromptVersion, labels: list[PromptLabel]) -> PromptVersionOut:
-    from services.llm.prompts import check_templates
+    from services.llm.prompts.render import check_templates  # Jinja, loaded by then
 
     vid = str(version.id)
     return PromptVersionOut(
@@ -113,24 +114,24 @@ async def _prompt_out(svc: PromptService, prompt: Prompt) -> PromptOut:
 
 
 @router.post("", status_code=201, response_model=PromptOut, summary="Create a prompt")
-async def create_prompt(body: PromptCreate, svc: Prompts) -> PromptOut:
+async def create_prompt(body: PromptCreate, svc: PromptServiceDep) -> PromptOut:
     return await _prompt_out(svc, await svc.create(body))
 
 
 @router.get("", response_model=PromptList, summary="List prompts (by name)")
-async def list_prompts(svc: Prompts, limit: Limit = 20, offset: Offset = 0) -> PromptList:
+async def list_prompts(svc: PromptServiceDep, limit: Limit = 20, offset: Offset = 0) -> PromptList:
     rows, has_more = await svc.list_page(limit, offset)
     labels = await svc.labels_of(rows)
     return PromptList(data=[prompt_out(p, labels[p.id]) for p in rows], has_more=has_more)
 
 
 @router.get("/{prompt}", response_model=PromptOut, summary="Get a prompt and its labels")
-async def get_prompt(prompt: PromptRef, svc: Prompts) -> PromptOut:
+async def get_prompt(prompt: PromptRef, svc: PromptServiceDep) -> PromptOut:
     return await _prompt_out(svc, await svc.get(prompt))
 
 
 @router.patch("/{prompt}", response_model=PromptOut, summary="Change a prompt's description")
-async def update_prompt(prompt: PromptRef, body: PromptUpdate, svc: Prompts) -> PromptOut:
+async def update_prompt(prompt: PromptRef, body: PromptUpdate, svc: PromptServiceDep) -> PromptOut:
     return await _prompt_out(svc, await svc.update(prompt, body.description))
 
 
@@ -141,7 +142,7 @@ async def update_prompt(prompt: PromptRef, body: PromptUpdate, svc: Prompts) -> 
     summary="Create a new immutable version (optionally pointing labels at it)",
 )
 async def create_version(
-    prompt: PromptRef, body: PromptVersionCreate, svc: Prompts
+    prompt: PromptRef, body: PromptVersionCreate, svc: PromptServiceDep
 ) -> PromptVersionOut:
     version = await svc.create_version(prompt, body)
     labels = await svc.repo.labels([version.prompt_id])
@@ -153,7 +154,7 @@ async def create_version(
 )
 async def list_versions(
     prompt: PromptRef,
-    svc: Prompts,
+    svc: PromptServiceDep,
     limit: Limit = 20,
     offset: Offset = 0,
 ) -> PromptVersionList:
@@ -168,7 +169,7 @@ async def list_versions(
 async def get_version(
     prompt: PromptRef,
     number: Annotated[int, Path(ge=1)],
-    svc: Prompts,
+    svc: PromptServiceDep,
 ) -> PromptVersionOut:
     found, version = await svc.version(prompt, number)
     return version_out(version, await svc.repo.labels([found.id]))
@@ -183,7 +184,7 @@ async def set_label(
     prompt: PromptRef,
     label: LabelName,
     body: LabelSet,
-    svc: Prompts,
+    svc: PromptServiceDep,
 ) -> PromptOut:
     if label in RESERVED_LABELS:
         raise ValidationFailed(f"Label '{label}' is reserved", code="reserved_label")
@@ -195,12 +196,12 @@ async def set_label(
     response_model=PromptOut,
     summary="Point a label back where it was before its last move",
 )
-async def rollback_label(prompt: PromptRef, label: LabelName, svc: Prompts) -> PromptOut:
+async def rollback_label(prompt: PromptRef, label: LabelName, svc: PromptServiceDep) -> PromptOut:
     return await _prompt_out(svc, await svc.rollback_label(prompt, label))
 
 
 @router.delete("/{prompt}/labels/{label}", status_code=204, summary="Remove a label")
-async def delete_label(prompt: PromptRef, label: LabelName, svc: Prompts) -> Response:
+async def delete_label(prompt: PromptRef, label: LabelName, svc: PromptServiceDep) -> Response:
     await svc.delete_label(prompt, label)
     return Response(status_code=204)
 
@@ -212,7 +213,7 @@ async def delete_label(prompt: PromptRef, label: LabelName, svc: Prompts) -> Res
 )
 async def history(
     prompt: PromptRef,
-    svc: Prompts,
+    svc: PromptServiceDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Offset = 0,
     label: Annotated[str | None, Query(pattern=LABEL_NAME)] = None,
@@ -226,7 +227,7 @@ async def history(
     response_model=RenderOut,
     summary="Preview: render a version (by label, A/B choice or number) with variables",
 )
-async def render(prompt: PromptRef, body: RenderRequest, svc: Prompts) -> RenderOut:
+async def render(prompt: PromptRef, body: RenderRequest, svc: PromptServiceDep) -> RenderOut:
     resolved = await svc.render(prompt, body.label, body.version, body.variables, body.ab_key)
     return RenderOut(
         prompt_id=resolved.prompt_id,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
 from libs.sessions import SessionDep
-from services.llm.conversation_schemas import (
+from services.llm.conversations.schemas import (
     ConversationCreate,
     ConversationDetail,
     ConversationList,
@@ -22,25 +22,29 @@ from services.llm.conversation_schemas import (
 )
 
 if TYPE_CHECKING:
-    from services.llm.conversations import ConversationService
+    from services.llm.conversations.service import ConversationService
     from services.llm.models import Conversation, ConversationMessage
 
 router = APIRouter(prefix="/v1/conversations", tags=["conversations"])
 
-UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE.value)]
+UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE)]
 
 
-async def conversation_service(session: SessionDep, principal: UsePrincipal) -> ConversationService:
-    """The caller's conversations; the database layer loads with the first request."""
-    from services.llm.conversations import ConversationService
+async def get_conversation_service(
+    session: SessionDep, principal: UsePrincipal
+) -> ConversationService:
+    """The caller's conversations."""
+    # imported here: SQLAlchemy and the models load with the first conversation request, not
+    # with the llm process (chat, embeddings and models never need them)
+    from services.llm.conversations.service import ConversationService
 
     return ConversationService(session, principal)
 
 
 if TYPE_CHECKING:
-    Conversations = Annotated[ConversationService, Depends(conversation_service)]
-else:
-    Conversations = Annotated[Any, Depends(conversation_service)]
+    ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
+else:  # the service's module is not imported yet when FastAPI reads these annotations
+    ConversationServiceDep = Annotated[Any, Depends(get_conversation_service)]
 
 
 def conversation_out(c: Conversation) -> ConversationOut:
@@ -56,7 +60,7 @@ def conversation_out(c: Conversation) -> ConversationOut:
 
 
 def detail_out(c: Conversation, rows: list[ConversationMessage]) -> ConversationDetail:
-    from services.llm.conversations import message_out
+    from services.llm.conversations.service import message_out  # loaded by then
 
     return ConversationDetail(
         **conversation_out(c).model_dump(), messages=[message_out(r) for r in rows]
@@ -64,7 +68,9 @@ def detail_out(c: Conversation, rows: list[ConversationMessage]) -> Conversation
 
 
 @router.post("", status_code=201, response_model=ConversationDetail, summary="Start a conversation")
-async def create_conversation(body: ConversationCreate, svc: Conversations) -> ConversationDetail:
+async def create_conversation(
+    body: ConversationCreate, svc: ConversationServiceDep
+) -> ConversationDetail:
     conversation = await svc.create(body)
     return detail_out(conversation, await svc.repo.messages(conversation.id))
 
@@ -75,7 +81,7 @@ async def create_conversation(body: ConversationCreate, svc: Conversations) -> C
     summary="List your conversations, newest first (cursor pagination)",
 )
 async def list_conversations(
-    svc: Conversations,
+    svc: ConversationServiceDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> ConversationList:
@@ -90,7 +96,9 @@ async def list_conversations(
     response_model=ConversationDetail,
     summary="Get a conversation with its messages",
 )
-async def get_conversation(conversation_id: uuid.UUID, svc: Conversations) -> ConversationDetail:
+async def get_conversation(
+    conversation_id: uuid.UUID, svc: ConversationServiceDep
+) -> ConversationDetail:
     conversation, rows = await svc.messages(conversation_id)
     return detail_out(conversation, rows)
 
@@ -103,13 +111,13 @@ async def get_conversation(conversation_id: uuid.UUID, svc: Conversations) -> Co
 async def update_conversation(
     conversation_id: uuid.UUID,
     body: ConversationUpdate,
-    svc: Conversations,
+    svc: ConversationServiceDep,
 ) -> ConversationOut:
     return conversation_out(await svc.update(conversation_id, body))
 
 
 @router.delete("/{conversation_id}", status_code=204, summary="Delete a conversation")
-async def delete_conversation(conversation_id: uuid.UUID, svc: Conversations) -> Response:
+async def delete_conversation(conversation_id: uuid.UUID, svc: ConversationServiceDep) -> Response:
     await svc.delete(conversation_id)
     return Response(status_code=204)
 
@@ -123,9 +131,9 @@ async def delete_conversation(conversation_id: uuid.UUID, svc: Conversations) ->
 async def append_messages(
     conversation_id: uuid.UUID,
     body: MessagesAppend,
-    svc: Conversations,
+    svc: ConversationServiceDep,
 ) -> MessageList:
-    from services.llm.conversations import message_out
+    from services.llm.conversations.service import message_out  # loaded by then
 
     rows = await svc.append(conversation_id, body.messages)
     return MessageList(data=[message_out(r) for r in rows])
@@ -137,7 +145,7 @@ async def append_messages(
     responses={200: {"content": {"application/json": {}}}},
     response_model=None,
 )
-async def export_conversation(conversation_id: uuid.UUID, svc: Conversations) -> Response:
+async def export_conversation(conversation_id: uuid.UUID, svc: ConversationServiceDep) -> Response:
     data = await svc.export(conversation_id)
     return Response(
         orjson.dumps(data, option=orjson.OPT_INDENT_2),

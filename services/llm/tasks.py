@@ -15,6 +15,7 @@ from typing import Any
 
 from libs.storage_errors import describe, outage_of
 from libs.usage import UsageOutbox, replay_outbox_forever
+from services.llm.responses import repository
 
 log = logging.getLogger("aistack.llm.tasks")
 
@@ -24,11 +25,9 @@ PURGE_INTERVAL_S = 3600.0
 async def purge_responses_forever(sessions: Any, interval_s: float = PURGE_INTERVAL_S) -> None:
     """Delete stored responses past their expiry (``LLM_RESPONSES_TTL_DAYS``), then again
     every ``interval_s`` (expired ones are invisible already: this only frees the space)."""
-    from services.llm import responses_store
-
     while True:
         try:
-            purged = await responses_store.purge(sessions)
+            purged = await repository.purge(sessions)
             if purged:
                 log.info("%d expired stored responses purged", purged)
         except asyncio.CancelledError:

@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from libs.db import make_session_factory
-from services.llm import responses_store, tasks
+from services.llm import tasks
+from services.llm.responses import repository
 
 
 async def _ids(engine: AsyncEngine, ids: list[str]) -> set[str]:
@@ -27,7 +28,7 @@ async def test_worker_purges_expired_responses(engine: AsyncEngine, redis: Redis
     org = uuid.uuid4()
     expired, live = f"resp_{uuid.uuid4().hex}", f"resp_{uuid.uuid4().hex}"
     for rid in (expired, live):
-        await responses_store.save(
+        await repository.save(
             sessions,
             response={"id": rid, "model": "m", "object": "response"},
             org_id=org,
@@ -42,7 +43,7 @@ async def test_worker_purges_expired_responses(engine: AsyncEngine, redis: Redis
             text("UPDATE llm.responses SET expires_at = now() - interval '1 minute' WHERE id = :i"),
             {"i": expired},
         )
-    assert await responses_store.load(sessions, org, expired) is None  # invisible already
+    assert await repository.load(sessions, org, expired) is None  # invisible already
     assert await _ids(engine, [expired, live]) == {expired, live}
 
     ctx: dict[str, Any] = {"session_factory": sessions, "redis": redis}

@@ -16,8 +16,9 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from services.llm.responses import Shape, to_response, translate_stream
-from services.llm.responses_schemas import ResponsesRequest
+from services.llm.responses.schemas import ResponsesRequest
+from services.llm.responses.stream import translate_stream
+from services.llm.responses.translate import Shape, to_response
 
 EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 ID = "chatcmpl-0123456789abcdef"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from services.llm.schemas import ChatMessage
+from services.llm.chat.schemas import ChatMessage
 
 MAX_METADATA_BYTES = 16_384
 

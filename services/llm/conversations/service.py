@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Forbidden, NotFound, ValidationFailed
 from libs.identity import Principal
+from services.llm.chat.schemas import ChatMessage
 from services.llm.conversations.repository import ConversationRepository, owner_filter
 from services.llm.conversations.schemas import (
     ConversationCreate,
@@ -34,7 +35,6 @@ from services.llm.conversations.schemas import (
     MessageOut,
 )
 from services.llm.models import Conversation, ConversationMessage
-from services.llm.schemas import ChatMessage
 from services.llm.tokens import tokenizer
 from services.llm.tokens.tokenizer import TokenPlan
 

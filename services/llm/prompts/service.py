@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.errors import Conflict, NotFound, ValidationFailed
 from libs.identity import Principal
+from services.llm.chat.schemas import ChatCompletionRequest
 from services.llm.models import Prompt, PromptEvent, PromptLabel, PromptUse, PromptVersion
 from services.llm.prompts.render import check_templates, render_messages
 from services.llm.prompts.repository import PromptRepository
@@ -34,7 +35,6 @@ from services.llm.prompts.schemas import (
     PromptCreate,
     PromptVersionCreate,
 )
-from services.llm.schemas import ChatCompletionRequest
 
 DEFAULT_LABEL = "production"
 LATEST = "latest"

@@ -70,3 +70,46 @@ def count_messages(messages: list[dict[str, Any]], tools: list[Any] | None = Non
 def count_inputs(inputs: list[str]) -> int:
     """Estimated tokens of embedding inputs."""
     return sum(count_text(text) for text in inputs)
+
+
+# ------------------------------------------------------------------ usage no upstream reported
+
+
+def completion_usage(
+    messages: list[dict[str, Any]], tools: list[Any] | None, completion: dict[str, Any]
+) -> dict[str, int]:
+    """Estimated usage of a ``chat.completion`` whose upstream reported none."""
+    prompt = count_messages(messages, tools)
+    out = 0
+    for choice in completion.get("choices") or []:
+        message = choice.get("message") or {}
+        out += count_text(str(message.get("content") or ""))
+        for call in message.get("tool_calls") or []:
+            out += count_text(str((call.get("function") or {}).get("arguments") or ""))
+        if message.get("function_call"):
+            out += count_text(str(message["function_call"].get("arguments") or ""))
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def stream_usage(
+    messages: list[dict[str, Any]], tools: list[Any] | None, chars: int
+) -> dict[str, int]:
+    """Estimated usage of a stream that reported none, from the ``chars`` it streamed."""
+    prompt = count_messages(messages, tools)
+    out = -(-chars // CHARS_PER_TOKEN)
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}
+
+
+def delivered_usage(
+    messages: list[dict[str, Any]],
+    tools: list[Any] | None,
+    chars: int,
+    reported: dict[str, Any] | None,
+) -> dict[str, int]:
+    """Usage of a stream cut short: an upstream's own count (``reported``) is of what it had
+    reported by then (often only the prompt); what was streamed counts at least as estimated."""
+    usage = stream_usage(messages, tools, chars)
+    reported = reported or {}
+    prompt = int(reported.get("prompt_tokens") or 0) or usage["prompt_tokens"]
+    out = max(int(reported.get("completion_tokens") or 0), usage["completion_tokens"])
+    return {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}

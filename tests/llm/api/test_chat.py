@@ -14,8 +14,8 @@ from openai.types.chat import (
 )
 
 from libs.testing import auth_headers
-from services.llm.schemas import ChatCompletionRequest
-from services.llm.service import CallOptions
+from services.llm.chat.schemas import ChatCompletionRequest
+from services.llm.chat.service import CallOptions
 from tests.support.fakes.vendor_common import ToolCall
 from tests.support.stacks.llm import Env
 

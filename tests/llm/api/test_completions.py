@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from libs.testing import Infra, auth_headers
 from services.llm.app import build_app
-from services.llm.completions import add_usage
+from services.llm.legacy.translate import add_usage
 from tests.support.fakes import openai_fake
 from tests.support.fakes.vendor_common import Behavior, serve
 from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, routing, settings_for

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
 from libs.testing import auth_headers, principal
-from services.llm import responses_store
+from services.llm.responses import repository
 from tests.support.fakes.vendor_common import ToolCall
 from tests.support.responses import WEATHER, openai_error, run_sql, upstream_body
 from tests.support.stacks.llm import Env
@@ -213,7 +213,7 @@ async def test_item_id_lookup_uses_its_index(env: Env) -> None:
     lookup (the query matches the llm_0004 index's expression), not a scan of its rows."""
     org_id = env.principal.org_id
     assert org_id is not None
-    query = responses_store._item_by_id(org_id, "item_4321")
+    query = repository._item_by_id(org_id, "item_4321")
     sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
     async with env.app.state.session_factory() as session:
         await session.execute(

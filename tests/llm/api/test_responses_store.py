@@ -14,8 +14,8 @@ import pytest
 from openai.types.responses import Response
 
 from libs.testing import auth_headers, principal
-from services.llm import responses_store
-from services.llm.responses import PENDING_WRITES, STORE_WAITS, STORED
+from services.llm.responses import repository
+from services.llm.responses.store import PENDING_WRITES, STORE_WAITS, STORED
 from tests.support.fakes.vendor_common import ToolCall
 from tests.support.responses import WEATHER, openai_error, raw_events, run_sql, upstream_body
 from tests.support.stacks.llm import Env
@@ -258,7 +258,7 @@ async def test_expired_responses_are_invisible_and_purged(env: Env) -> None:
         await env.client.responses.retrieve(old.id)
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.create(model="default", input="x", previous_response_id=old.id)
-    assert await responses_store.purge(env.app.state.session_factory) >= 1
+    assert await repository.purge(env.app.state.session_factory) >= 1
     left = await run_sql(
         env, "SELECT id FROM llm.responses WHERE id IN (:a, :b)", a=old.id, b=fresh.id
     )
@@ -271,7 +271,7 @@ async def test_a_failed_write_is_counted_and_the_answer_unharmed(
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("database went away")
 
-    monkeypatch.setattr(responses_store, "save", broken)
+    monkeypatch.setattr(repository, "save", broken)
     errors = STORED.labels("error")._value.get()
     resp = await env.client.responses.create(model="default", input="Hi")
     assert resp.output_text and _stored(resp) is True
@@ -308,13 +308,13 @@ async def test_chaining_waits_for_a_write_still_in_flight(
 ) -> None:
     """The next turn may arrive before the previous one is written: in this process the
     write is waited for; one another process is writing is looked up again briefly."""
-    real_save = responses_store.save
+    real_save = repository.save
 
     async def slow_save(*args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(0.3)
         await real_save(*args, **kwargs)
 
-    monkeypatch.setattr(responses_store, "save", slow_save)
+    monkeypatch.setattr(repository, "save", slow_save)
     first = await env.client.responses.create(model="default", input="One")
     second = await env.client.responses.create(
         model="default", input="Two", previous_response_id=first.id
@@ -335,7 +335,7 @@ async def test_chaining_waits_for_a_write_still_in_flight(
     async def other_process() -> None:
         await asyncio.sleep(0.1)
         response = (await env.client.responses.retrieve(first.id)).model_dump()
-        await responses_store.save(
+        await repository.save(
             env.app.state.session_factory,
             response={**response, "id": other_id},
             org_id=org_id,
@@ -448,13 +448,13 @@ async def test_store_false_keeps_no_failed_stream(env: Env) -> None:
 
 
 def _slow_save(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-    real_save = responses_store.save
+    real_save = repository.save
 
     async def slow_save(*args: Any, **kwargs: Any) -> None:
         await asyncio.sleep(seconds)
         await real_save(*args, **kwargs)
 
-    monkeypatch.setattr(responses_store, "save", slow_save)
+    monkeypatch.setattr(repository, "save", slow_save)
 
 
 async def _is_stored(env: Env, response_id: str) -> bool:

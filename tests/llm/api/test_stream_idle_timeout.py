@@ -9,7 +9,7 @@ import time
 import pytest
 
 from libs.testing import auth_headers
-from services.llm.streaming import IdleTimeout
+from services.llm.chat.stream import IdleTimeout
 from tests.support.stacks.llm import Env
 
 

@@ -29,7 +29,7 @@ from libs.worker import settings_for as worker_settings_for
 from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app
-from services.llm.service import LlmService
+from services.llm.chat.service import ChatService
 from tests.support.fakes import openai_fake
 from tests.support.faults.redis_restart import own_redis, start, stop
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
@@ -129,7 +129,7 @@ async def test_usage_made_during_a_long_redis_outage_reaches_billing_once(
     p = principal(key_id=uuid.uuid4())
     app = llm_app(tmp_path, primary, backup, server.url)
     async with running(app):
-        service: LlmService = app.state.llm
+        service: ChatService = app.state.llm
         before = await chat(app, p, 1)
         await service.drain()
 

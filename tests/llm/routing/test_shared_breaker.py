@@ -21,8 +21,8 @@ from libs.embedded import free_port
 from libs.testing import Infra, auth_headers, principal, running
 from libs.usage import UsageEvent
 from services.llm.app import build_app
+from services.llm.chat.service import ChatService
 from services.llm.routing.breaker import CLOSED_MARK, KEY_PREFIX, State
-from services.llm.service import LlmService
 from tests.support.fakes import openai_fake
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
 
@@ -32,7 +32,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 @asynccontextmanager
 async def llm_process(
     tmp_path: Path, primary: Upstream, backup: Upstream, **overrides: Any
-) -> AsyncIterator[tuple[LlmService, openai.AsyncOpenAI]]:
+) -> AsyncIterator[tuple[ChatService, openai.AsyncOpenAI]]:
     """One llm app with its own lifespan (providers, breakers, Redis clients)."""
     events: list[UsageEvent] = []
 

@@ -19,8 +19,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from services.llm.chat.schemas import ChatCompletionRequest, invalid_param
 from services.llm.providers.base import Provider
-from services.llm.schemas import ChatCompletionRequest, invalid_param
 
 
 def speaks_legacy(provider: Provider) -> bool:

@@ -42,11 +42,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from libs.db import session_scope
 from libs.errors import ServiceUnavailable, ValidationFailed
 from libs.identity import Principal
+from services.llm.chat.schemas import ChatCompletionRequest
+from services.llm.chat.stream import DONE, Assembler
 from services.llm.conversations.service import KEEP_ROLES, load_history, store_exchange
 from services.llm.prompts.service import ResolvedPrompt, record_prompt_use, resolve_prompt
 from services.llm.routing.config import RoutingConfig
-from services.llm.schemas import ChatCompletionRequest
-from services.llm.streaming import DONE, Assembler
 from services.llm.tokens import estimate, tokenizer
 
 log = logging.getLogger("aistack.llm")
@@ -132,13 +132,7 @@ class ChatContext:
 
     def _estimate(self, asm: Assembler) -> dict[str, int]:
         """The same offline estimate the usage event gets when a stream reports no usage."""
-        prompt = estimate.count_messages(self.body.messages_json(), self.body.tools)
-        completion = -(-asm.chars // estimate.CHARS_PER_TOKEN)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        return estimate.stream_usage(self.body.messages_json(), self.body.tools, asm.chars)
 
     async def _relay(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         asm = Assembler()

@@ -1,109 +1,28 @@
-"""OpenAI's legacy Completions API (``POST /v1/completions``) as a translation over the chat
-pipeline.
-
-Each prompt becomes one chat completion request with the prompt as its one user message
-(:func:`to_chat`), served by ``LlmService.chat`` exactly as ``/v1/chat/completions`` is:
-routing and aliases, retries, fallback and breakers, TPM limits, the response cache,
-``Idempotency-Key``, metrics and one usage event per chat call all apply unchanged. The
-answer is translated back into a ``text_completion`` (:func:`to_completion`), a stream of chat
-chunks into ``text_completion`` chunks (:func:`translate_stream`). The model answers the prompt
-as a chat turn; it does not continue it as raw text (no provider behind aistack is called in
-raw completion mode).
-
-A list of prompts is one chat call per prompt (at most :data:`MAX_PROMPTS`, run at once; at
-most :data:`CONCURRENCY` at a time when not streamed), with OpenAI's choice indexes: prompt
-``i``'s ``j``-th choice has index ``i * n + j``; ``usage`` is the sum of the calls'. Each
-call is its own upstream request, so each emits its own usage event (billing stays exact);
-with an ``Idempotency-Key`` each call is claimed under ``<key>:<i>`` (one prompt: the key as
-sent). If one call fails before its answer starts, the request fails with that call's error;
-calls already answered are billed (their upstream did the work), streams already open are
-closed and billed as cut short.
-
-Supported: ``prompt`` (a text or a list of texts), ``max_tokens`` (default 16, as OpenAI;
-``null``: no limit), ``temperature``, ``top_p``, ``n``, ``stop``, ``stream`` and
-``stream_options.include_usage``, ``echo`` (the prompt before each choice's text; streamed:
-in each choice's first chunk), ``best_of`` equal to ``n`` (no ranking to do),
-``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``seed``, ``user``, and aistack's
-``cache`` and ``timeout``. Refused with a 400 naming the parameter: token-id prompts (aistack
-cannot know the model's tokenizer), ``suffix``, ``logprobs``, ``best_of`` other than ``n``,
-``max_tokens`` 0, and any parameter OpenAI does not define.
-"""
+"""``/v1/completions`` as chat: each prompt as a chat request (:func:`to_chat`), the answers
+back as one ``text_completion`` (:func:`to_completion`) or one stream of its chunks
+(:func:`translate_stream`, several prompts' streams interleaved as they come)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
-from libs.errors import AppError, BadRequest
-from services.llm.schemas import (
-    CacheOption,
-    ChatCompletionRequest,
-    StreamOptions,
-    TimeoutOption,
-    invalid_param,
-    translated_chat,
-)
-from services.llm.service import CallOptions, Result
-from services.llm.streaming import DONE, sse
-
-if TYPE_CHECKING:
-    from libs.identity import Principal
-    from services.llm.service import LlmService
+from libs.sse import data_frame
+from services.llm.chat.schemas import ChatCompletionRequest, invalid_param, translated_chat
+from services.llm.chat.stream import DONE
+from services.llm.legacy.schemas import CompletionRequest
 
 log = logging.getLogger("aistack.llm.completions")
 
 MAX_PROMPTS = 128
-CONCURRENCY = 16  # chat calls of one non-streamed request running at once
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
-
-
-class CompletionRequest(BaseModel):
-    """``POST /v1/completions``."""
-
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [{"model": "default", "prompt": "Say hello", "max_tokens": 32}]
-        },
-    )
-
-    model: str = Field(min_length=1, max_length=200, description="A model alias or provider/model")
-    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
-        default=None,
-        description="A text or a list of texts (one chat call each; token-id prompts are "
-        "refused). The model answers it as a user message.",
-    )
-    max_tokens: int | None = Field(
-        default=16, ge=1, description="Most tokens per choice (default 16; null: no limit)"
-    )
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=16)
-    best_of: int | None = Field(default=None, ge=1, le=16, description="Must equal n")
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    echo: bool | None = Field(default=None, description="Put the prompt before the text")
-    suffix: str | None = Field(default=None, description="Not supported (400)")
-    logprobs: int | None = Field(default=None, ge=0, le=5, description="Not supported (400)")
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    seed: int | None = None
-    user: str | None = None
-    cache: CacheOption = None
-    timeout: TimeoutOption = None
-
-
-# ---------------------------------------------------------------------------- request
 
 
 def prompts_of(body: CompletionRequest) -> list[str]:
@@ -307,13 +226,13 @@ class ChunkTranslator:
         out = {**base, "choices": choices}
         if self.shape.include_usage:
             out["usage"] = None
-        return sse(out)
+        return data_frame(out)
 
     def final(self) -> list[bytes]:
         """The usage chunk (when asked for) and ``[DONE]``."""
         events = []
         if self.shape.include_usage and self.base is not None:
-            events.append(sse({**self.base, "choices": [], "usage": self.usage or {}}))
+            events.append(data_frame({**self.base, "choices": [], "usage": self.usage or {}}))
         events.append(DONE)
         return events
 
@@ -344,7 +263,8 @@ async def _events(stream: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any]
                 yield None if data == b"[DONE]" else orjson.loads(data)
 
 
-async def _aclose(stream: AsyncIterator[bytes] | None) -> None:
+async def aclose(stream: AsyncIterator[bytes] | None) -> None:
+    """Close a stream of SSE bytes (and the chat call behind it)."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
@@ -364,7 +284,7 @@ async def translate_stream(
                     if chunk is None:
                         continue
                     if "error" in chunk:
-                        yield sse(chunk)
+                        yield data_frame(chunk)
                         return
                     event = out.add(0, chunk)
                     if event is not None:
@@ -372,7 +292,7 @@ async def translate_stream(
             for event in out.final():
                 yield event
         finally:
-            await _aclose(streams[0])
+            await aclose(streams[0])
         return
 
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
@@ -387,7 +307,7 @@ async def translate_stream(
             log.exception("the stream of prompt %d of a completion failed", i)
             await queue.put((i, _STREAM_FAILED))
         finally:
-            await _aclose(stream)
+            await aclose(stream)
             await queue.put((i, _END))
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
@@ -398,7 +318,7 @@ async def translate_stream(
             if item is _END:
                 running -= 1
             elif "error" in item:
-                yield sse(item)
+                yield data_frame(item)
                 return
             else:
                 event = out.add(i, item)
@@ -411,98 +331,3 @@ async def translate_stream(
             task.cancel()
         # each pump closes its stream: a call cut short is billed for what it delivered
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# ---------------------------------------------------------------------------- calls
-
-
-def _options(opts: CallOptions, index: int, count: int) -> CallOptions:
-    if count == 1 or not opts.idempotency_key:
-        return opts
-    return replace(opts, idempotency_key=f"{opts.idempotency_key}:{index}")
-
-
-def _first_error(errors: Iterable[BaseException]) -> BaseException:
-    errors = list(errors)
-    for err in errors:
-        if isinstance(err, AppError):
-            return err
-    return errors[0]
-
-
-async def _close_unread(result: Result) -> None:
-    """Close the stream of a call that will not be relayed: the chat relay's cleanup runs
-    (closes the upstream; bills what was produced as cut short) though it was never read."""
-    if result.stream is not None:
-        await _aclose(result.stream)
-
-
-async def _open_all(
-    service: LlmService,
-    principal: Principal,
-    chats: list[ChatCompletionRequest],
-    options: CallOptions,
-    limit: int | None,
-) -> list[Result]:
-    """Every prompt's chat call (at most ``limit`` at a time); on a failure, the calls not yet
-    done are cancelled, open streams closed and the first failure raised."""
-    slots = asyncio.Semaphore(limit or len(chats))
-
-    async def one(i: int, chat: ChatCompletionRequest) -> Result:
-        async with slots:
-            return await service.chat(principal, chat, _options(options, i, len(chats)))
-
-    tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(chats)]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await _settle_tasks(tasks)
-        raise
-    failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
-    if not failed:
-        return [t.result() for t in tasks]
-    for task in tasks:
-        task.cancel()
-    await _settle_tasks(tasks)
-    raise _first_error(e for e in failed if e is not None)
-
-
-async def _settle_tasks(tasks: list[asyncio.Task[Result]]) -> None:
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is None:
-            await _close_unread(task.result())
-
-
-async def create_completion(
-    service: LlmService, principal: Principal, body: CompletionRequest, options: CallOptions
-) -> Result:
-    """``POST /v1/completions``: the request's chat calls, their answers translated back."""
-    check(body)
-    prompts = prompts_of(body)
-    key = options.idempotency_key
-    if key and len(prompts) > 1 and len(key) + len(f":{len(prompts) - 1}") > 255:
-        raise BadRequest(
-            f"Idempotency-Key is too long for {len(prompts)} prompts: each is claimed under "
-            "<key>:<index>, at most 255 characters",
-            code="invalid_idempotency_key",
-        )
-    chats = [to_chat(body, p) for p in prompts]
-    shape = Shape.of(body, prompts)
-    if body.stream:
-        results = await _open_all(service, principal, chats, options, None)
-        streams = []
-        for result in results:
-            if result.stream is None:  # not expected: the chat path streams a stream request
-                for other in results:
-                    await _close_unread(other)
-                raise RuntimeError("the chat call of a streamed completion did not stream")
-            streams.append(result.stream)
-        return Result(stream=translate_stream(streams, shape), headers=results[0].headers)
-    results = await _open_all(service, principal, chats, options, CONCURRENCY)
-    bodies = [r.body for r in results if r.body is not None]
-    if len(bodies) != len(results):
-        raise RuntimeError("the chat call of a completion answered without a body")
-    return Result(body=to_completion(bodies, shape), headers=results[0].headers)

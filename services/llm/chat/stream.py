@@ -1,4 +1,5 @@
-"""OpenAI chunk plumbing: SSE framing, usage-chunk placement, assembling and replaying streams."""
+"""OpenAI chunk plumbing: assembling a stream into its ``chat.completion``, replaying a stored one
+as chunks, and the idle timeout between chunks (SSE framing: :mod:`libs.sse`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-import orjson
-
 T = TypeVar("T")
 
-DONE = b"data: [DONE]\n\n"
-
-
-def sse(data: dict[str, Any]) -> bytes:
-    """One server-sent event exactly as OpenAI frames it."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+DONE = b"data: [DONE]\n\n"  # OpenAI's last event of a stream
 
 
 class Assembler:
@@ -63,7 +57,7 @@ class Assembler:
                     if key not in ("index", "id", "type", "function"):
                         entry[key] = value
             legacy = delta.get("function_call")
-            if legacy:  # the deprecated function_call (services/llm/functions.py)
+            if legacy:  # the deprecated function_call (services/llm/legacy/functions.py)
                 fc = slot.setdefault("function_call", {"name": "", "arguments": ""})
                 fc["name"] += legacy.get("name") or ""
                 fc["arguments"] += legacy.get("arguments") or ""

@@ -1,4 +1,5 @@
-"""Response cache and idempotency keys, both in Redis and both scoped per organization.
+"""Where chat keeps results to answer again: the response cache and idempotency keys, both in
+Redis and both scoped per organization (:class:`ResultStore`, over the commands below).
 
 Cache: exact match on everything that shapes the answer (alias, messages, parameters), for
 deterministic requests only; a streamed request is served from the same entry (replayed as
@@ -26,19 +27,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+import math
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
 
-from libs.errors import Conflict, ValidationFailed
-from libs.redis import RedisGuard
+from libs.errors import BadRequest, Conflict, ServiceUnavailable, ValidationFailed
+from libs.redis import RedisGuard, RedisUnavailable
+from services.llm.routing.config import Target
+from services.llm.settings import LlmSettings
 
 T = TypeVar("T")
+
+log = logging.getLogger("aistack.llm")
 
 CACHE_PREFIX = "llm:cache:"
 IDEM_PREFIX = "llm:idem:"
@@ -147,3 +154,110 @@ async def idempotency_release(redis: Redis, claim: IdempotencyClaim) -> None:
         current = await redis.get(claim.key)
         if current == _PENDING:
             await redis.delete(claim.key)
+
+
+class ResultStore:
+    """The response cache and idempotency keys as a call uses them: Redis down or hung
+    (:mod:`libs.redis`'s guard) is a cache miss and a dropped cache write, an idempotent call
+    refused before it runs, and a result written once Redis is back (see the module's
+    docstring). Writes run off the response path through ``spawn``."""
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        redis: Redis,
+        guard: RedisGuard,
+        spawn: Callable[[Awaitable[None]], None],
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.guard = guard
+        self.spawn = spawn
+
+    # ------------------------------------------------------------------ response cache
+
+    async def cached(self, key: str) -> dict[str, Any] | None:
+        """The cached value of ``key``; a miss while Redis is down or hung."""
+        try:
+            return await self.guard.run("llm_cache", cache_get(self.redis, key))
+        except RedisUnavailable:
+            return None
+
+    def cache_completion(self, key: str, completion: dict[str, Any], target: Target) -> None:
+        """Cache a chat completion (and who answered it), off the response path."""
+        value = {"completion": completion, "provider": target.provider, "model": target.model}
+        self.remember(key, value)
+
+    def remember(self, key: str, value: dict[str, Any]) -> None:
+        """Cache ``value`` under ``key``, off the response path."""
+        self.spawn(self._cache_write(key, value))
+
+    async def _cache_write(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            await self.guard.run(
+                "llm_cache", cache_put(self.redis, key, value, self.settings.cache_ttl_s)
+            )
+        except RedisUnavailable:
+            pass  # dropped while Redis is down (counted in aistack_redis_fallbacks)
+        except Exception:
+            log.warning("response cache write failed", exc_info=True)
+
+    # ------------------------------------------------------------------ idempotency keys
+
+    async def claim(
+        self, org_id: uuid.UUID, idempotency_key: str | None, fp: str | None
+    ) -> IdempotencyClaim | None:
+        """The call's claim on its ``Idempotency-Key`` (None without one): ours to run, or
+        the stored result of the first call with that key."""
+        if not idempotency_key:
+            return None
+        assert fp is not None
+        if len(idempotency_key) > 255:
+            raise BadRequest("Idempotency-Key is longer than 255 characters")
+        key = idempotency_redis_key(org_id, idempotency_key)
+        try:
+            return await idempotency_claim(
+                self.redis,
+                key,
+                fp,
+                lock_ttl_s=self.settings.max_request_timeout_s + 30,
+                wait_s=self.settings.idempotency_wait_s,
+                guard=self.guard,
+            )
+        except RedisUnavailable as exc:
+            # fail closed, before anything runs: without the claim a retry would run twice
+            # (see the module's docstring); SDKs retry a 503 after Retry-After
+            raise ServiceUnavailable(
+                "Idempotency keys are unavailable right now; the request was not run, retry "
+                "shortly",
+                code="idempotency_unavailable",
+                headers={"Retry-After": str(max(1, math.ceil(self.guard.retry_s)))},
+            ) from exc
+
+    def settle(self, claim: IdempotencyClaim | None, result: dict[str, Any] | None) -> None:
+        """Store the result under the idempotency key (or free the key after a failure)."""
+        if claim is None or not claim.owner:
+            return
+        self.spawn(self._settle_write(claim, result))
+
+    async def _settle_write(self, claim: IdempotencyClaim, result: dict[str, Any] | None) -> None:
+        # Redis away since the claim: wait (bounded) for it to come back rather than leave the
+        # key "pending" until its lock expires (retries get 409 meanwhile, never a second run)
+        deadline = time.monotonic() + SETTLE_WAIT_S
+        while True:
+            if not await self.guard.wait_up(deadline - time.monotonic()):
+                log.error("idempotency key %s left pending: Redis unavailable", claim.key)
+                return
+            if result is None:
+                write = idempotency_release(self.redis, claim)
+            else:
+                ttl = self.settings.idempotency_ttl_s
+                write = idempotency_store(self.redis, claim, result, ttl)
+            try:
+                await self.guard.run("llm_idempotency", write)
+                return
+            except RedisUnavailable:
+                await asyncio.sleep(0.05)  # went down just now: wait for the probe
+            except Exception:
+                log.error("idempotency key %s left pending", claim.key, exc_info=True)
+                return

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge
@@ -50,8 +51,16 @@ _CHAIN_RETRIES_S = (0.05, 0.1, 0.2)
 _ITEM_ID = re.compile(r"(?:msg|fc|fco|item)_([0-9a-f]{32})_(?:in)?[0-9]+")
 
 
+@dataclass(frozen=True)
+class _PendingWrite:
+    done: asyncio.Event
+    # the ids of the items it stores: an item_reference by an id that names no response (a
+    # client's own) finds its response here
+    item_ids: frozenset[str]
+
+
 # writes of this process not yet committed, by response id (read-your-writes)
-_pending: dict[str, asyncio.Event] = {}
+_pending: dict[str, _PendingWrite] = {}
 
 
 def not_found(response_id: str, param: str | None = None) -> NotFound:
@@ -65,13 +74,21 @@ def _item_not_found(item_id: str, param: str) -> NotFound:
     return NotFound(message, code="item_not_found", details=[{"field": param, "message": message}])
 
 
+def _item_ids(items: str | list[dict[str, Any]] | None, response: dict[str, Any]) -> frozenset[str]:
+    """The ids a stored response will hold: its output items' and its input items' own."""
+    ids = [item.get("id") for item in response.get("output") or []]
+    if isinstance(items, list):
+        ids += [item.get("id") for item in items if isinstance(item, dict)]
+    return frozenset(i for i in ids if isinstance(i, str))
+
+
 async def _own_write(response_id: str) -> None:
     """Wait (at most 10 s) for this process's write of ``response_id`` if one is in flight
     (read-your-writes)."""
     pending = _pending.get(response_id)
     if pending is not None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(pending.wait(), timeout=10)
+            await asyncio.wait_for(pending.done.wait(), timeout=10)
 
 
 class ResponseStore:
@@ -103,7 +120,8 @@ class ResponseStore:
             log.warning("response %s not stored: the llm service has no database", response_id)
             return None
         crowded = len(_pending) >= settings.responses_max_pending_writes
-        done = _pending[response_id] = asyncio.Event()
+        done = asyncio.Event()
+        pending = _pending[response_id] = _PendingWrite(done, _item_ids(items, response))
         PENDING_WRITES.set(len(_pending))
         org_id = principal.require_org()
         ttl_days = settings.responses_ttl_days
@@ -136,7 +154,7 @@ class ResponseStore:
                     log.exception("response %s could not be stored", response_id)
             finally:
                 done.set()
-                if _pending.get(response_id) is done:
+                if _pending.get(response_id) is pending:
                     del _pending[response_id]
                 PENDING_WRITES.set(len(_pending))
 
@@ -213,8 +231,11 @@ class ResponseStore:
                 for item_id in missing
                 if (m := _ITEM_ID.fullmatch(item_id)) is not None
             }
-            # responses this process is still writing are waited for (read-your-writes)
-            for response_id in set(owners.values()):
+            # responses this process is still writing are waited for (read-your-writes): the
+            # ones the ids name, and the ones holding an id (a client's own names none)
+            wanted = set(missing)
+            writing = {rid for rid, w in _pending.items() if not w.item_ids.isdisjoint(wanted)}
+            for response_id in set(owners.values()) | writing:
                 await _own_write(response_id)
             known.update(await repository.find_items(sessions, org_id, missing, owners))
             # one another process may still be writing (named by its id): looked up again briefly

@@ -6,6 +6,7 @@ encrypted content), plus the clear refusals of what cannot be served. Driven by 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -168,6 +169,46 @@ async def test_references_found_by_id_alone(env: Env) -> None:
     await env.client.responses.delete(third.id)
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.create(model="default", input=[ref("my-call-item-7")])
+
+
+async def test_a_reference_right_after_its_response_waits_for_its_write(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id that names no response (a client's own), referenced as soon as the response
+    holding it is answered, is found: this process's write of that response is waited for,
+    as a previous_response_id's is (read-your-writes), not looked up before it commits."""
+    real_save = repository.save
+
+    async def slow_save(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.5)  # the write commits well after the answer
+        await real_save(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "save", slow_save)
+    call = {
+        "type": "function_call",
+        "id": "my-call-item-8",
+        "call_id": "call_8",
+        "name": "get_weather",
+        "arguments": '{"city": "Bergen"}',
+    }
+    await env.client.responses.create(
+        model="default",
+        input=[
+            {"role": "user", "content": "Weather?"},
+            call,  # type: ignore[list-item]
+            {"type": "function_call_output", "call_id": "call_8", "output": "7"},
+        ],
+        tools=[WEATHER],
+    )
+    await env.client.responses.create(
+        model="default",
+        input=[
+            ref("my-call-item-8"),
+            {"type": "function_call_output", "call_id": "call_8", "output": "7"},
+        ],
+        tools=[WEATHER],
+    )
+    assert upstream_body(env)["messages"][0]["tool_calls"][0]["id"] == "call_8"
 
 
 async def test_unknown_expired_and_other_organizations_items_are_not_found(env: Env) -> None:

@@ -110,7 +110,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    # OpenAI's deprecated forms of tools / tool_choice (services/llm/functions.py)
+    # OpenAI's deprecated forms of tools / tool_choice (services/llm/legacy/functions.py)
     functions: list[dict[str, Any]] | None = Field(
         default=None, description="Deprecated in favor of tools (still answered)"
     )

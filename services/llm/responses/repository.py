@@ -1,7 +1,7 @@
 """Stored ``/v1/responses`` answers in ``llm.responses`` (see :class:`StoredResponse`).
 
-Imported only when a response is stored or read (``services.llm.responses`` imports it inside
-its functions), so an llm process that never does so never loads SQLAlchemy.
+Imported only when a response is stored or read (:mod:`.store` imports it inside its
+functions), so an llm process that never does so never loads SQLAlchemy.
 
 Each row carries the resolved chat history up to and including its own output: a later turn
 naming it with ``previous_response_id`` reads one row by primary key, whatever the chain's

@@ -1,7 +1,7 @@
 """The request of OpenAI's Responses API (``POST /v1/responses``), as aistack accepts it.
 
 Validated here: the fields aistack translates onto a chat completion (see
-:mod:`services.llm.responses`). Input items, tools and ``text.format`` are checked while they
+:mod:`.translate`). Input items, tools and ``text.format`` are checked while they
 are translated, so each refusal names the item or tool it is about (OpenAI's ``param``).
 Every other field is allowed (``extra="allow"``), as on the chat route.
 """

@@ -2,8 +2,8 @@
 decided behaviour, never after the 5 s socket timeout per Redis call; once Redis is back it is
 used again.
 
-Decided per call site (services/llm/service.py, cache.py): the TPM limit fails open to
-per-process limits, the response cache is skipped (a miss), a request with an Idempotency-Key
+Decided per call site (services/llm/chat/metering.py, repository.py): the TPM limit fails open
+to per-process limits, the response cache is skipped (a miss), a request with an Idempotency-Key
 is refused with 503 before it runs (running it unclaimed could run a retry twice).
 """
 

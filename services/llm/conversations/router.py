@@ -60,7 +60,7 @@ def conversation_out(c: Conversation) -> ConversationOut:
 
 
 def detail_out(c: Conversation, rows: list[ConversationMessage]) -> ConversationDetail:
-    from services.llm.conversations.service import message_out  # loaded by then
+    from services.llm.conversations.service import message_out  # not with the router: see above
 
     return ConversationDetail(
         **conversation_out(c).model_dump(), messages=[message_out(r) for r in rows]
@@ -133,7 +133,7 @@ async def append_messages(
     body: MessagesAppend,
     svc: ConversationServiceDep,
 ) -> MessageList:
-    from services.llm.conversations.service import message_out  # loaded by then
+    from services.llm.conversations.service import message_out  # not with the router: see above
 
     rows = await svc.append(conversation_id, body.messages)
     return MessageList(data=[message_out(r) for r in rows])

@@ -76,7 +76,7 @@ def prompt_out(prompt: Prompt, labels: list[PromptLabel]) -> PromptOut:
 
 
 def version_out(version: PromptVersion, labels: list[PromptLabel]) -> PromptVersionOut:
-    from services.llm.prompts.render import check_templates  # Jinja, loaded by then
+    from services.llm.prompts.render import check_templates  # Jinja: not with the router
 
     vid = str(version.id)
     return PromptVersionOut(

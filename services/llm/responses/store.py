@@ -11,7 +11,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -19,10 +19,8 @@ from libs.errors import NotFound
 from libs.identity import Principal
 from libs.storage_errors import describe, outage_of
 from services.llm.chat.schemas import invalid_param
+from services.llm.chat.service import ChatService
 from services.llm.responses.translate import input_items_of, is_reference, output_messages
-
-if TYPE_CHECKING:
-    from services.llm.chat.service import ChatService
 
 log = logging.getLogger("aistack.llm.responses")
 

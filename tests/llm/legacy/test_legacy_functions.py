@@ -5,34 +5,20 @@ request as sent."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import Function
-from redis.asyncio import Redis
 
-from libs.testing import Infra, auth_headers
-from services.llm.app import build_app
-from tests.support.fakes import openai_fake
-from tests.support.fakes.vendor_common import Behavior, serve
-from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, settings_for
+from libs.testing import auth_headers
+from tests.support.stacks.llm import Env, Upstream
 from tests.support.stacks.vendors import (
-    ANTHROPIC_KEY,
-    ANTHROPIC_KEY_ENV,
-    APPS,
-    AZURE_KEY_ENV,
     CALLS,
-    GEMINI_KEY,
-    GEMINI_KEY_ENV,
     MESSAGES,
     VENDORS,
-    vendor_routing,
 )
 
 FUNCTIONS: list[Function] = [
@@ -45,37 +31,6 @@ FUNCTIONS: list[Function] = [
 ]
 TRANSLATED = ["anthropic", "gemini", "ollama"]
 PARIS = '{"city": "Paris"}'
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[dict[str, Upstream]]:
-    with contextlib.ExitStack() as stack:
-        out = {}
-        for name, make_app in APPS.items():
-            behavior = Behavior()
-            out[name] = Upstream(stack.enter_context(serve(make_app(behavior))), behavior)
-        yield out
-
-
-@pytest.fixture
-async def venv(
-    infra: Infra,
-    redis: Redis,
-    tmp_path: Path,
-    servers: dict[str, Upstream],
-    primary: Upstream,
-    backup: Upstream,
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[Env]:
-    for upstream in servers.values():
-        upstream.reset()
-    monkeypatch.setenv(KEY_ENV, openai_fake.API_KEY)
-    monkeypatch.setenv(AZURE_KEY_ENV, openai_fake.AZURE_KEY)
-    monkeypatch.setenv(ANTHROPIC_KEY_ENV, ANTHROPIC_KEY)
-    monkeypatch.setenv(GEMINI_KEY_ENV, GEMINI_KEY)
-    app = build_app(settings_for(tmp_path, vendor_routing(servers)))
-    async with open_env(app, primary, backup, redis) as env:
-        yield env
 
 
 def vendor_requests(up: Upstream, vendor: str) -> list[dict[str, Any]]:
@@ -120,9 +75,9 @@ async def read_legacy_answer(
 
 @pytest.mark.parametrize("vendor", TRANSLATED)
 async def test_function_call_answered_in_the_legacy_shape(
-    venv: Env, servers: dict[str, Upstream], vendor: str
+    venv: Env, upstreams: dict[str, Upstream], vendor: str
 ) -> None:
-    up = servers[vendor]
+    up = upstreams[vendor]
     up.behavior.reply.tool_calls = CALLS  # two calls: the legacy shape holds the first
     up.behavior.reply.text = ""
     forced = "get_weather" if vendor == "anthropic" else None
@@ -143,9 +98,9 @@ async def test_function_call_answered_in_the_legacy_shape(
 
 @pytest.mark.parametrize("vendor", TRANSLATED)
 async def test_streamed_function_call_in_the_legacy_shape(
-    venv: Env, servers: dict[str, Upstream], vendor: str
+    venv: Env, upstreams: dict[str, Upstream], vendor: str
 ) -> None:
-    up = servers[vendor]
+    up = upstreams[vendor]
     up.behavior.reply.tool_calls = CALLS[:1]
     up.behavior.reply.text = ""
     async with venv.http.stream(
@@ -205,9 +160,9 @@ SENT_HISTORY = [
 
 @pytest.mark.parametrize("vendor", TRANSLATED)
 async def test_legacy_history_reaches_the_vendor_as_tool_use_and_result(
-    venv: Env, servers: dict[str, Upstream], vendor: str
+    venv: Env, upstreams: dict[str, Upstream], vendor: str
 ) -> None:
-    up = servers[vendor]
+    up = upstreams[vendor]
     up.behavior.reply.text = "It is sunny in Paris."
     for _ in range(2):
         resp = await venv.client.chat.completions.create(
@@ -274,7 +229,7 @@ async def test_function_result_without_a_call_is_a_400(venv: Env) -> None:
 )
 @pytest.mark.parametrize("model", ["claude", "az"])
 async def test_mixed_or_malformed_legacy_parameters_are_a_400(
-    venv: Env, servers: dict[str, Upstream], model: str, extra: dict[str, Any], param: str
+    venv: Env, upstreams: dict[str, Upstream], model: str, extra: dict[str, Any], param: str
 ) -> None:
     resp = await venv.http.post(
         "/v1/chat/completions",
@@ -284,14 +239,14 @@ async def test_mixed_or_malformed_legacy_parameters_are_a_400(
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
-    assert not any(up.behavior.requests for up in servers.values())
+    assert not any(up.behavior.requests for up in upstreams.values())
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_idempotent_replay_and_cache_hit_keep_the_legacy_shape(
-    venv: Env, servers: dict[str, Upstream], stream: bool
+    venv: Env, upstreams: dict[str, Upstream], stream: bool
 ) -> None:
-    up = servers["anthropic"]
+    up = upstreams["anthropic"]
     up.behavior.reply.tool_calls = CALLS[:1]
     up.behavior.reply.text = ""
 
@@ -323,9 +278,9 @@ async def test_idempotent_replay_and_cache_hit_keep_the_legacy_shape(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_openai_and_azure_get_the_legacy_parameters_as_sent(
-    venv: Env, servers: dict[str, Upstream], stream: bool
+    venv: Env, upstreams: dict[str, Upstream], stream: bool
 ) -> None:
-    up = servers["azure"]
+    up = upstreams["azure"]
     up.behavior.reply.tool_calls = CALLS[:1]
     up.behavior.reply.text = ""
     history = legacy_history()

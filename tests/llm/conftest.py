@@ -1,6 +1,8 @@
 """Fixtures of every llm test folder: the llm app (``env``) over two fake OpenAI upstreams
 (real HTTP on loopback), called with the real ``openai`` SDK through ``httpx.ASGITransport``;
-the same app with aliases routed to every vendor's fake as well (``venv``)."""
+the same app with aliases routed to every vendor's fake as well (``venv``); the llm behind the
+gateway on real sockets (``openai_stack``); a client of the prompt and conversation routes
+(``c``)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,27 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from libs.testing import Infra
+from libs.testing import Infra, client_for
 from services.llm.app import build_app
 from tests.support.fakes import openai_fake
 from tests.support.fakes.vendor_common import Behavior, serve
-from tests.support.stacks.llm import KEY_ENV, Env, Upstream, open_env, routing, settings_for
+from tests.support.stacks.llm import (
+    KEY_ENV,
+    Env,
+    LlmStack,
+    Upstream,
+    fake_openai_upstream,
+    open_env,
+    openai_behind_gateway,
+    routing,
+    settings_for,
+)
+from tests.support.stacks.llm_store import store_app
 from tests.support.stacks.vendors import (
     ANTHROPIC_KEY,
     ANTHROPIC_KEY_ENV,
@@ -109,3 +124,34 @@ async def venv(
     app = build_app(settings_for(tmp_path, vendor_routing(upstreams)))
     async with open_env(app, primary, backup, redis) as env:
         yield env
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[Upstream]:
+    with fake_openai_upstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+async def openai_stack(
+    infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LlmStack]:
+    """The llm over ``fake_openai`` behind the gateway and the fake auth service, on real
+    sockets (one per test module)."""
+    async with openai_behind_gateway(
+        infra,
+        tmp_path_factory.mktemp("llm"),
+        fake_openai,
+        llm={"request_timeout_s": 60},
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def c(
+    db: AsyncConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the llm app whose routing points at an upstream never called (prompts,
+    conversations), in the test's rolled-back transaction."""
+    async with client_for(store_app(tmp_path, monkeypatch), connection=db) as client:
+        yield client

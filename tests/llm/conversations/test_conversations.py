@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,19 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from libs.errors import NotFound
 from libs.identity import Principal
-from libs.testing import auth_headers, client_for, principal
+from libs.testing import auth_headers, principal
 from services.llm.conversations.service import load_history, store_exchange, trim_to_budget
 from services.llm.tokens import tokenizer
 from services.llm.tokens.tokenizer import TokenPlan
-from tests.support.stacks.llm_store import store_app
-
-
-@pytest.fixture
-async def c(
-    db: AsyncConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(store_app(tmp_path, monkeypatch), connection=db) as client:
-        yield client
 
 
 def h(p: Principal) -> dict[str, str]:

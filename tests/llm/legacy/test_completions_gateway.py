@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import openai
 import pytest
@@ -14,41 +13,19 @@ from arq.jobs import Job
 from redis.asyncio import Redis
 
 from libs.queue import as_arq, queue_name
-from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
 from tests.support.stacks.llm import (
     LlmStack,
     Upstream,
-    fake_openai_upstream,
-    openai_behind_gateway,
 )
 
 REPLY = "Hello there, how can I help?"
 
 
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[Upstream]:
-    with fake_openai_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="module")
-async def stack(
-    infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LlmStack]:
-    async with openai_behind_gateway(
-        infra,
-        tmp_path_factory.mktemp("llm"),
-        fake_openai,
-        llm={"request_timeout_s": 60},
-    ) as path:
-        yield path
-
-
 @pytest.fixture
-async def gw(stack: LlmStack, fake_openai: Upstream, redis: Redis) -> LlmStack:
+async def gw(openai_stack: LlmStack, fake_openai: Upstream, redis: Redis) -> LlmStack:
     fake_openai.reset()
-    return stack
+    return openai_stack
 
 
 async def _usage(redis: Redis, n: int, within: float = 5) -> list[dict[str, object]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,6 @@ V1 = {
     "commit_message": "first",
     "labels": ["production"],
 }
-
-
-@pytest.fixture
-async def c(
-    db: AsyncConnection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(store_app(tmp_path, monkeypatch), connection=db) as client:
-        yield client
 
 
 def h(p: Principal) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -15,14 +14,11 @@ import pytest
 from redis.asyncio import Redis
 
 from libs.queue import queue_name
-from libs.testing import Infra
 from libs.usage import BILLING_SERVICE
 from tests.support.fakes.auth_fake import FakeAuth
 from tests.support.stacks.llm import (
     LlmStack,
     Upstream,
-    fake_openai_upstream,
-    openai_behind_gateway,
 )
 
 
@@ -43,29 +39,10 @@ class Stack:
         return self.path.sdk(key)
 
 
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[Upstream]:
-    with fake_openai_upstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture(scope="module")
-async def stack(
-    infra: Infra, fake_openai: Upstream, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Stack]:
-    async with openai_behind_gateway(
-        infra,
-        tmp_path_factory.mktemp("llm"),
-        fake_openai,
-        llm={"request_timeout_s": 60},
-    ) as path:
-        yield Stack(path, fake_openai)
-
-
 @pytest.fixture
-async def gw(stack: Stack, redis: Redis) -> Stack:
-    stack.upstream.reset()
-    return stack
+async def gw(openai_stack: LlmStack, fake_openai: Upstream, redis: Redis) -> Stack:
+    fake_openai.reset()
+    return Stack(openai_stack, fake_openai)
 
 
 async def _usage_count(redis: Redis, n: int, within: float = 5) -> int:

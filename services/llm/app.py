@@ -75,7 +75,7 @@ def build_app(
             providers[name] = factory(spec.kind, name, spec.adapter_config())
         service = LlmService(settings, config, providers, app.state.redis, usage_publisher)
         app.state.llm = service
-        service.sessions = lambda: getattr(app.state, "session_factory", None)
+        service.sessions = lambda: getattr(app.state, "db", None)
         await service.start()
         log.info(
             "llm routing from %s: providers %s, models %s",

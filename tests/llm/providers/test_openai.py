@@ -318,7 +318,7 @@ async def test_malformed_body(provider: OpenAIProvider, behavior: Behavior) -> N
 
 
 # the tests below talk to a real socket, once per connection pool the adapters can use
-@pytest.fixture(params=["split", "pyreqwest", "aiohttp", "httpx"])
+@pytest.fixture(params=["aiohttp"])
 def pool(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -10,7 +10,7 @@ A variant is ``CLIENT`` (the gateway's ``GATEWAY_UPSTREAM_CLIENT`` and the llm's
 or ``CLIENT@TREE`` (the same, with the gateway and the llm of another source tree, e.g. an
 export of main: a before/after comparison of code)::
 
-    python -m tests.bench.compare aiohttp pyreqwest --rounds 3 --duration 4
+    python -m tests.bench.compare aiohttp auto --rounds 3 --duration 4
     python -m tests.bench.compare aiohttp@/tmp/main aiohttp --rounds 3
 """
 

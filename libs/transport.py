@@ -9,10 +9,12 @@ each caller turns into its own answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import aiohttp.payload
 import yarl
 
 Body = bytes | AsyncIterator[bytes] | None
@@ -42,8 +44,9 @@ class Broken(TransportError):
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds allowed to ``connect`` a new connection, to wait for a free one from the
-    ``pool``, between two arrivals of answer bytes (``read``: a stream may stay silent that
-    long), and for the upstream to take one chunk of a streamed request body (``write``)."""
+    ``pool`` (aiohttp bounds the two together: ``connect + pool``), between two arrivals of
+    answer bytes (``read``: a stream may stay silent that long), and for the upstream to take
+    one chunk of a streamed request body (``write``)."""
 
     connect: float
     read: float
@@ -67,33 +70,41 @@ def _classify(exc: BaseException, upload: _Upload | None) -> TransportError:
     return Broken(message)
 
 
-class _Upload:
+class _Upload(aiohttp.payload.AsyncIterablePayload):
     """A streamed request body whose every chunk the upstream must take within ``timeout``.
 
-    aiohttp has no write timeout (its read timeout starts once the body is sent); it writes
-    the body from a task of its own, which iterates this generator, so a chunk still unwritten
-    after ``timeout`` cancels that task and the request fails.
+    aiohttp has no write timeout (its read timeout starts once the body is sent): a chunk
+    still unwritten after ``timeout`` aborts the connection, and the request fails.
     """
 
     def __init__(self, body: AsyncIterator[bytes], timeout: float) -> None:
-        self.body, self.timeout = body, timeout
+        self.timeout = timeout
         self.stalled = False
+        self._abort: Callable[[], object] | None = None
+        super().__init__(self._timed(body))
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        connection = getattr(writer, "transport", None)
+        if connection is not None:
+            self._abort = connection.abort
+        await super().write_with_length(writer, content_length)
+
+    async def _timed(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        writer = asyncio.current_task()
-        async for chunk in self.body:
+        if self._abort is None:  # no socket to abort: stop the task writing the body
+            self._abort = getattr(asyncio.current_task(), "cancel", None)
+        async for chunk in body:
             # armed only while aiohttp writes: waiting for the next chunk is not the upstream's
-            timer = loop.call_later(self.timeout, self._stall, writer)
+            timer = loop.call_later(self.timeout, self._stall)
             try:
                 yield chunk
             finally:
                 timer.cancel()
 
-    def _stall(self, writer: asyncio.Task[object] | None) -> None:
+    def _stall(self) -> None:
         self.stalled = True
-        if writer is not None:
-            writer.cancel()
+        if self._abort is not None:
+            self._abort()
 
 
 class Response:
@@ -169,11 +180,12 @@ class Client:
         session = self._session
         if session is None or session.closed:
             session = self._open()
-        upload = None
-        data: bytes | AsyncIterator[bytes] | None = body or None
-        if body is not None and not isinstance(body, bytes):
-            upload = _Upload(body, self.timeouts.write)
-            data = upload.chunks()
+        upload: _Upload | None = None
+        data: bytes | _Upload | None
+        if body is None or isinstance(body, bytes):
+            data = body or None
+        else:
+            data = upload = _Upload(body, self.timeouts.write)
         try:
             resp = await session.request(
                 method,

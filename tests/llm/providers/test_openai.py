@@ -394,6 +394,14 @@ async def test_connections_are_kept_alive(behavior: Behavior, pool: str) -> None
         assert streams == whole
 
 
+@pytest.mark.parametrize("removed", ["pyreqwest", "split", "httpx"])
+def test_a_removed_http_pool_is_refused(removed: str) -> None:
+    with pytest.raises(ProviderError) as info:
+        OpenAIProvider("o", config(http_pool=removed))
+    assert info.value.code == "provider_misconfigured"
+    assert f"http_pool {removed!r} was removed: aiohttp" in info.value.message
+
+
 async def test_a_compressed_answer_is_decoded(behavior: Behavior, pool: str) -> None:
     # httpx's default headers accept gzip, and vendors behind a CDN use it
     with serve(GZipMiddleware(make_app(behavior), minimum_size=16)) as url:

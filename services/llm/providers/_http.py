@@ -85,9 +85,8 @@ class _Body(httpx.AsyncByteStream):
     def __init__(self, response: transport.Response) -> None:
         self.response = response
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.response.chunks():
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.response.chunks()  # no generator of its own around it: one hop per chunk
 
     async def read_all(self) -> bytes:
         """The whole body in one piece (no chunk iteration and join)."""

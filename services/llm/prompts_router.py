@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from libs.sessions import SessionDep
 
 from libs.errors import ValidationFailed
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
+from libs.sessions import SessionDep
 from services.llm.prompt_schemas import (
     LABEL_NAME,
     RESERVED_LABELS,

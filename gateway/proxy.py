@@ -13,12 +13,13 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway.routes import match_route
 from gateway.security import Guard, InternalTokens
 from gateway.settings import GatewaySettings
-from gateway.upstream import Upstream, UpstreamError, UpstreamResponse
+from gateway.upstream import UpstreamError, upstream_error
 from libs.context import get_request_id
 from libs.errors import AppError, app_error_response, error_response
 from libs.identity import INTERNAL_HEADER
 from libs.registry import Route
 from libs.telemetry import inject_trace_headers
+from libs.transport import Client, Response, TransportError
 
 log = logging.getLogger("aistack.gateway.proxy")
 
@@ -62,7 +63,7 @@ class Proxy:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.bases = settings.service_urls()
-        self.upstream: Upstream | None = None
+        self.upstream: Client | None = None
         self.tokens = InternalTokens(
             settings.internal_token_secret, settings.internal_token_ttl_seconds
         )
@@ -179,13 +180,17 @@ class Proxy:
         failures: list[BaseException] = []
         body = await self._request_content(receive, failures)
         try:
-            response = await upstream.send(route.service, scope["method"], url, headers, body)
-        except BaseException:
+            response = await upstream.send(scope["method"], url, headers, body)
+        except BaseException as exc:
             if failures:
                 raise failures[0] from None
+            if isinstance(exc, TransportError):
+                raise upstream_error(exc, route.service) from exc
             raise
         try:
             await self._relay(scope, receive, send, response, route, access.headers)
+        except TransportError as exc:  # reading a small answer, before its head went out
+            raise upstream_error(exc, route.service) from exc
         finally:
             await response.close()
 
@@ -228,7 +233,7 @@ class Proxy:
         scope: Scope,
         receive: Receive,
         send: Send,
-        upstream: UpstreamResponse,
+        upstream: Response,
         route: Route,
         extra: dict[str, str],
     ) -> None:
@@ -263,11 +268,11 @@ class Proxy:
                             await send(
                                 {"type": "http.response.body", "body": chunk, "more_body": True}
                             )
-                except UpstreamError as exc:
+                except TransportError as exc:
                     # the status line is gone already: abort the connection so the client
                     # sees a truncated response rather than a complete-looking one
-                    log.warning("upstream %s broke mid-stream: %s", route.service, exc.message)
-                    raise _StreamBroken(exc.message) from exc
+                    log.warning("upstream %s broke mid-stream: %s", route.service, exc)
+                    raise _StreamBroken(str(exc)) from exc
                 await send({"type": "http.response.body", "body": b""})
                 tg.cancel_scope.cancel()
 

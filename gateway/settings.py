@@ -11,6 +11,8 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from libs.registry import GATEWAY_PORT, NAMES, SERVICES
 from libs.settings import ServiceSettings
 
+REMOVED_UPSTREAM_CLIENTS = frozenset({"pyreqwest", "split", "httpx"})
+
 
 def _local(service: str) -> str:
     return f"http://127.0.0.1:{SERVICES[service].port}"
@@ -28,16 +30,17 @@ class GatewaySettings(ServiceSettings):
     jobs_url: str = _local("jobs")
     billing_url: str = _local("billing")
 
-    # the HTTP client to the services; auto: aiohttp, else httpx; split: pyreqwest for answers
-    # read whole, aiohttp for streams (gateway/upstream.py has what each costs)
-    upstream_client: Literal["auto", "split", "pyreqwest", "aiohttp", "httpx"] = "auto"
+    # the HTTP client to the services: aiohttp (auto is the same); pyreqwest, split and httpx
+    # were removed and are refused (docs/benchmarks.md, "One transport layer")
+    upstream_client: Literal["auto", "aiohttp"] = "auto"
     upstream_connect_timeout: float = 2.0
     # generous: an SSE answer may stay silent while a model thinks
     upstream_read_timeout: float = 300.0
+    # how long a service may leave one chunk of a streamed request body untaken
     upstream_write_timeout: float = 30.0
+    # how long a request may wait for a free connection when all are busy
     upstream_pool_timeout: float = 5.0
     upstream_max_connections: int = 512
-    upstream_max_keepalive: int = 128
 
     ready_timeout: float = 2.0
     openapi_cache_ttl: float = 300.0
@@ -100,6 +103,16 @@ class GatewaySettings(ServiceSettings):
     # the gateway sits behind TLS (a terminating load balancer): always send HSTS
     behind_tls: bool = False
     hsts_max_age: int = 31_536_000
+
+    @field_validator("upstream_client", mode="before")
+    @classmethod
+    def _refuse_removed_clients(cls, value: Any) -> Any:
+        if value in REMOVED_UPSTREAM_CLIENTS:
+            raise ValueError(
+                f"upstream client {value!r} was removed: aiohttp is the only one (set 'auto' or "
+                "'aiohttp'; docs/benchmarks.md, 'One transport layer', has the measurements)"
+            )
+        return value
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod

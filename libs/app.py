@@ -20,12 +20,13 @@ from fastapi import APIRouter, FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from libs.db import Database
 from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.redis import make_redis
-from libs.sessions import LazySessionFactory
 from libs.settings import ServiceSettings
+from libs.state import AppState
 from libs.telemetry import (
     BodyLimitMiddleware,
     ObservabilityMiddleware,
@@ -86,23 +87,18 @@ class App(FastAPI):
 
 async def check_database(app: FastAPI) -> str | None:
     """Readiness: the service's Postgres answers (a lazy database: once it is in use)."""
-    engine = getattr(app.state, "engine", None)
-    if engine is None:
-        factory = app.state.session_factory
-        engine = getattr(factory, "engine", None)
-        if engine is None:
-            # a lazy database nothing has needed yet; requests that do will connect
-            return "not connected yet: connects on first use"
-    from sqlalchemy import text
-
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
+    db = AppState.of_app(app).db
+    if not db.built:
+        # a lazy database nothing has needed yet; requests that do will connect
+        return "not connected yet: connects on first use"
+    async with db.engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
     return None
 
 
 async def check_redis(app: FastAPI) -> None:
     """Readiness: Redis answers PING."""
-    await app.state.redis.ping()
+    await AppState.of_app(app).redis.ping()
 
 
 async def run_ready_checks(
@@ -140,11 +136,14 @@ def create_app(
     ready_checks: dict[str, ReadyCheck] | None = None,
     openai_error_prefixes: Sequence[str] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
+    state: type[AppState] = AppState,
 ) -> App:
     """Build a FastAPI app with the platform's conventions.
 
     ``resources`` are async context managers entered in the lifespan after the database,
     Redis and HTTP client exist (so they may use them) and exited in reverse order.
+    ``use_database``: True builds the engine at start-up, "lazy" with the first session.
+    ``state``: the app's :class:`AppState` class (a subclass declaring the service's own).
     """
     configure_logging(service, settings.log_level, settings.log_json)
     setup_tracing(service, settings.otlp_endpoint)
@@ -152,33 +151,27 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            # the engine's pool, deadlines and guard (libs/db.py:make_engine)
-            engine_options: dict[str, Any] = {
-                "pool_size": settings.db_pool_size,
-                "application_name": service,
-                "command_timeout_s": settings.db_command_timeout_seconds,
-                "pool_timeout_s": settings.db_pool_timeout_seconds,
-                "guard_retry_s": settings.db_guard_retry_seconds,
-            }
-            if use_database == "lazy":
-                # SQLAlchemy and the engine come with the first session (libs/sessions.py)
-                lazy = LazySessionFactory(settings.database_url, **engine_options)
-                app.state.session_factory = lazy
-                stack.push_async_callback(lazy.aclose)
-            elif use_database:
-                # imported here: the gateway has no database and need not load SQLAlchemy
-                from libs.db import make_engine, make_session_factory
-
-                engine = make_engine(settings.database_url, **engine_options)
-                app.state.engine = engine
-                app.state.session_factory = make_session_factory(engine)
-                stack.push_async_callback(engine.dispose)
+            st = AppState.of_app(app)
+            if use_database:
+                # the engine's pool, deadlines and guard (libs/db.py:make_engine)
+                db = Database(
+                    settings.database_url,
+                    pool_size=settings.db_pool_size,
+                    application_name=service,
+                    command_timeout_s=settings.db_command_timeout_seconds,
+                    pool_timeout_s=settings.db_pool_timeout_seconds,
+                    guard_retry_s=settings.db_guard_retry_seconds,
+                )
+                if use_database != "lazy":
+                    db.engine  # noqa: B018  (built now: SQLAlchemy loads at start-up)
+                st.db = db
+                stack.push_async_callback(db.aclose)
             if use_redis:
                 redis = make_redis(settings.redis_url)
-                app.state.redis = redis
+                st.redis = redis
                 stack.push_async_callback(redis.aclose)
             http = make_http_client(service)
-            app.state.http = http
+            st.http = http
             stack.push_async_callback(http.aclose)
             for resource in resources:
                 await stack.enter_async_context(resource(app))
@@ -211,6 +204,7 @@ def create_app(
         lifespan=lifespan,
         openapi_tags=openapi_tags,
     )
+    app.state = state()
     app.state.settings = settings
     app.state.service = service
     app.state.openai_error_prefixes = tuple(openai_error_prefixes)

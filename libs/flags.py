@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, WatchError
 
 from libs.identity import PrincipalDep
+from libs.state import AppState
 
 log = logging.getLogger("aistack.flags")
 
@@ -243,8 +244,7 @@ async def get_flags(request: Request, principal: PrincipalDep) -> dict[str, bool
     """The flags of the caller's active organization (none without one)."""
     if principal.org_id is None:
         return {}
-    redis: Redis = request.app.state.redis
-    return await flags_for(redis, principal.org_id)
+    return await flags_for(AppState.of(request).redis, principal.org_id)
 
 
 FlagsDep = Annotated[dict[str, bool], Depends(get_flags)]

@@ -1,7 +1,9 @@
-"""HTTP client factory for service-to-service calls.
+"""HTTP client factory for service-to-service calls (httpx: JSON helpers, test transports).
 
 Timeouts always; retries only for idempotent methods (and only on connection failures or
-502/503/504), so a POST is never sent twice. Request id and trace context ride along.
+502/503/504), so a POST is never sent twice. Request id and trace context ride along. The
+request path's own pooled client (the gateway's proxy, the llm's vendor calls) is
+:mod:`libs.transport`.
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 
@@ -21,80 +21,6 @@ log = logging.getLogger("aistack.http")
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = frozenset({502, 503, 504})
-
-
-def failed_while_connecting(exc: BaseException) -> bool:
-    """Did this pyreqwest error happen while connecting (not while waiting for an answer)?
-
-    pyreqwest 0.15 raises ``ConnectTimeoutError`` for a read timeout before the response's
-    head too; only the cause chain tells them apart: hyper's "client error (Connect)" is in
-    it when connecting failed.
-    """
-    details = getattr(exc, "details", None) or {}
-    return any("(Connect)" in c.get("message", "") for c in details.get("causes") or ())
-
-
-def pyreqwest_client(
-    *,
-    max_connections: int,
-    connect_timeout: float,
-    read_timeout: float,
-    keepalive_s: float = 30.0,
-    pool_timeout: float | None = None,
-    max_idle_per_host: int | None = None,
-    internal: bool = False,
-) -> Any:
-    """A pyreqwest client that passes bodies through as they are (no decompression, no
-    redirects). ``read_timeout`` bounds each wait for bytes, as aiohttp's ``sock_read``.
-    ``internal``: service-to-service (HTTP/1.1 only, no proxy from the environment).
-    """
-    from datetime import timedelta
-
-    from pyreqwest.client import ClientBuilder
-
-    builder = (
-        ClientBuilder()
-        .max_connections(max_connections)
-        .pool_idle_timeout(timedelta(seconds=keepalive_s))
-        .connect_timeout(timedelta(seconds=connect_timeout))
-        .read_timeout(timedelta(seconds=read_timeout))
-        .follow_redirects(False)
-        .gzip(False)
-        .brotli(False)
-        .zstd(False)
-        .deflate(False)
-        .tcp_nodelay(True)
-    )
-    if pool_timeout is not None:
-        builder = builder.pool_timeout(timedelta(seconds=pool_timeout))
-    if max_idle_per_host is not None:
-        builder = builder.pool_max_idle_per_host(max_idle_per_host)
-    if internal:
-        builder = builder.no_proxy().http1_only()
-    return builder.build()
-
-
-async def pyreqwest_open(
-    client: Any,
-    method: str,
-    url: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes | AsyncIterator[bytes] | None,
-) -> tuple[Any, Any]:
-    """Send a request; (the streamed request, to leave when done; its response, head read)."""
-    builder = (
-        client.request(method, url)
-        .headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
-        # hand each chunk on as it arrives (the default reads up to 64 KiB ahead first)
-        .streamed_read_buffer_limit(1)
-    )
-    if isinstance(body, bytes):
-        if body:
-            builder = builder.body_bytes(body)
-    elif body is not None:
-        builder = builder.body_stream(body)
-    streamed = builder.build_streamed()
-    return streamed, await streamed.__aenter__()
 
 
 class RetryingTransport(httpx.AsyncBaseTransport):

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from libs.errors import Forbidden, Unauthorized
+from libs.state import AppState
 
 INTERNAL_HEADER = "x-aistack-principal"
 INTERNAL_AUDIENCE = "aistack-internal"
@@ -114,7 +115,7 @@ async def get_principal(request: Request) -> Principal:
     token = request.headers.get(INTERNAL_HEADER)
     if not token:
         raise Unauthorized("Authentication required")
-    principal = verify_internal_token(token, request.app.state.settings.internal_token_secret)
+    principal = verify_internal_token(token, AppState.of(request).settings.internal_token_secret)
     request.state.principal = principal
     return principal
 

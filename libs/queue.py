@@ -20,7 +20,7 @@ Contracts every service relies on:
   log lines carry the enqueuing request's request id and trace id.
 - **Worker functions** must be wrapped with :func:`job` (it strips ``_meta``); a job receives a
   :class:`JobContext` (``progress()``, ``job_id``, ``attempt``, ``org_id``, ``state`` = the
-  worker's resources such as ``session_factory``), then its own args.
+  worker's resources such as ``db``), then its own args.
 - **Lifecycle events** go to the Redis stream :data:`EVENTS_STREAM` (fields: see
   :class:`JobEvent`); the jobs service turns them into ``jobs.jobs`` rows.
 - **Internal jobs** (``internal=True`` at enqueue, e.g. usage bookkeeping) carry the flag in

@@ -43,6 +43,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from libs.state import AppState
+
 log = logging.getLogger("aistack.redis")
 
 T = TypeVar("T")
@@ -364,8 +366,7 @@ def make_redis(url: str, *, max_connections: int = 50) -> Redis:
 # anyio's thread pool, a hop to a worker thread and back per request
 async def get_redis(request: Request) -> Redis:
     """The app's shared Redis client."""
-    redis: Redis = request.app.state.redis
-    return redis
+    return AppState.of(request).redis
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.db import Database
 from libs.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
 from libs.settings import DEV_INTERNAL_SECRET
+from libs.state import AppState
 
 ALL_SCOPES = [
     "llm:use",
@@ -96,9 +98,7 @@ async def client_for(
     session joins that connection's transaction so the test can roll it all back."""
     async with running(app):
         if connection is not None:
-            app.state.session_factory = async_sessionmaker(
-                bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
-            )
+            AppState.of_app(app).db = Database.joined(connection)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client

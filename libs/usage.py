@@ -35,7 +35,9 @@ from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepar
 from libs.storage_errors import describe, outage_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from libs.db import SessionFactory
 
 log = logging.getLogger("aistack.usage")
 
@@ -183,13 +185,11 @@ class UsageOutbox:
     billing's ledger collapse. SQLAlchemy loads only when the table is first used.
     """
 
-    def __init__(
-        self, schema: str, sessions: Callable[[], async_sessionmaker[AsyncSession] | None]
-    ) -> None:
+    def __init__(self, schema: str, sessions: Callable[[], SessionFactory | None]) -> None:
         self.schema = schema
         self.sessions = sessions
 
-    def _factory(self) -> async_sessionmaker[AsyncSession]:
+    def _factory(self) -> SessionFactory:
         factory = self.sessions()
         if factory is None:
             raise RuntimeError("no database session factory for the usage outbox")

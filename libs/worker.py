@@ -8,7 +8,7 @@ an arq worker on ``aistack:queue:<service>`` with that module's:
 - ``cron_jobs``: optional arq cron jobs;
 - ``on_startup(ctx)`` / ``on_shutdown(ctx)``: optional hooks, run after / before the standard
   resources: ``ctx["service"]``, ``ctx["settings"]``, ``ctx["redis"]`` (arq's pool) and, when
-  the service has a database, ``ctx["engine"]`` / ``ctx["session_factory"]``;
+  the service has a database, ``ctx["db"]`` (:class:`libs.db.Database`);
 - ``worker_options``: optional dict of arq ``Worker`` overrides.
 
 Redis unreachable (at start or later) does not end the worker: it logs once, retries with
@@ -76,7 +76,7 @@ from arq.worker import Function
 from arq.worker import Worker as ArqWorker
 from redis.exceptions import RedisError
 
-from libs.db import make_engine, make_session_factory
+from libs.db import Database
 from libs.logging import configure_logging
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name, resend_unsent_events
 from libs.redis import CancelSafeSend, mixed_in
@@ -482,13 +482,13 @@ def worker_settings(
     """
     names = {getattr(f, "name", getattr(f, "__name__", None)) for f in functions}
     funcs = list(functions) if PING.name in names else [*functions, PING]
-    engine_holder: list[Any] = []
+    databases: list[Database] = []
 
     async def startup(c: dict[str, Any]) -> None:
         c["service"] = service
         if settings is not None:
             c.setdefault("settings", settings)
-        if database_url and "session_factory" not in c:
+        if database_url and "db" not in c:
             deadlines = (  # DB_COMMAND_TIMEOUT_SECONDS, DB_POOL_TIMEOUT_SECONDS (libs/db.py)
                 {}
                 if settings is None
@@ -498,12 +498,11 @@ def worker_settings(
                     "guard_retry_s": settings.db_guard_retry_seconds,
                 }
             )
-            engine = make_engine(
+            db = Database(
                 database_url, pool_size=5, application_name=f"{service}-worker", **deadlines
             )
-            engine_holder.append(engine)
-            c["engine"] = engine
-            c["session_factory"] = make_session_factory(engine)
+            databases.append(db)
+            c["db"] = db
         if on_startup:
             await on_startup(c)
         log.info("%s worker started on %s", service, queue_name(service))
@@ -513,8 +512,8 @@ def worker_settings(
             if on_shutdown:
                 await on_shutdown(c)
         finally:
-            for engine in engine_holder:
-                await engine.dispose()
+            for db in databases:
+                await db.aclose()
         log.info("%s worker stopped", service)
 
     if redis_timeout_s is None:

@@ -25,7 +25,7 @@ log = logging.getLogger("aistack.auth")
 async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
     """Other services evaluate flags from Redis: make sure the definitions are there."""
     try:
-        async with session_scope(app.state.session_factory) as session:
+        async with session_scope(app.state.db) as session:
             count = await publish_flag_definitions(session, app.state.redis)
         log.info("published %d feature flag definitions", count)
     except Exception:
@@ -38,7 +38,7 @@ async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
 async def revocation_replay(app: FastAPI) -> AsyncIterator[None]:
     """Announce session revocations that Redis missed (services/auth/revocations.py)."""
     # the process's own database (tests swap the request sessions' factory afterwards)
-    task = asyncio.create_task(replay_forever(app.state.session_factory, app.state.redis))
+    task = asyncio.create_task(replay_forever(app.state.db, app.state.redis))
     try:
         yield
     finally:

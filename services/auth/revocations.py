@@ -125,7 +125,7 @@ async def replay(
     total = 0
     while True:
         now_ = now or datetime.now(UTC)
-        async with session_scope(session_factory) as session:  # type: ignore[arg-type]
+        async with session_scope(session_factory) as session:
             rows = (
                 await session.execute(
                     select(PendingRevocation.session_id, PendingRevocation.marker_expires_at)

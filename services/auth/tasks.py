@@ -93,15 +93,13 @@ async def cleanup_expired(session_factory: Any, now: datetime | None = None) -> 
 
 @job(name="auth_cleanup", max_tries=3, timeout=300, retry_outages=True)
 async def cleanup(ctx: JobContext) -> dict[str, int]:
-    counts = await cleanup_expired(ctx.state["session_factory"])
+    counts = await cleanup_expired(ctx.state["db"])
     log.info("cleanup: %s", counts)
     return counts
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    ctx["revocation_replay_task"] = asyncio.create_task(
-        replay_forever(ctx["session_factory"], ctx["redis"])
-    )
+    ctx["revocation_replay_task"] = asyncio.create_task(replay_forever(ctx["db"], ctx["redis"]))
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:

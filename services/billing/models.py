@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy import Boolean, DateTime, Index, Integer, Numeric, String, UniqueConstraint, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, IdMixin, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, IdMixin, service_metadata
 
 
 class Base(DeclarativeBase):

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Date, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 
-from libs.db import Repository
+from libs.orm import Repository
 from libs.usage import UsageEvent
 from services.billing.models import UsageEventRecord
 

@@ -22,7 +22,7 @@ async def record_usage(ctx: JobContext, event: dict[str, Any]) -> dict[str, bool
     """Add one usage event to the ledger; a duplicate (same request_id and kind) is a no-op,
     so it is safe to run again after an outage (also one whose COMMIT went through)."""
     usage = UsageEvent.model_validate(event)
-    async with session_scope(ctx.state["session_factory"]) as session:
+    async with session_scope(ctx.state["db"]) as session:
         recorded = await UsageRepository(session).record(usage)
     if not recorded:
         log.info("usage event %s (%s) already recorded", usage.request_id, usage.kind)

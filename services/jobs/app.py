@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from libs.app import create_app
 from services.jobs.router import router
 from services.jobs.settings import JobsSettings, get_settings
+from services.jobs.state import JobsState
 
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
@@ -17,6 +18,7 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         routers=[router],
         title="aistack jobs",
         description="Background jobs, schedules and notifications.",
+        state=JobsState,
     )
     return app
 

@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, false, f
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, service_metadata
 
 
 class Base(DeclarativeBase):

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 
-from libs.db import Repository
+from libs.orm import Repository
 from libs.queue import TERMINAL_STATUSES, JobEvent, queue_name
 from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.jobs.models import Job

@@ -7,31 +7,40 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from libs.db import SessionDep
-from libs.identity import Principal, require_scope
+from libs.identity import PrincipalDep, require_scope
+from libs.permissions import Scope
 from libs.queue import TERMINAL_STATUSES
 from libs.redis import RedisDep
 from libs.sse import SSEResponse, event_frame
 from services.jobs.repository import JobRepository
 from services.jobs.schemas import JobList, JobOut, JobStatusName, PurgeRequest
 from services.jobs.service import JobService
+from services.jobs.state import JobsState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-ReadPrincipal = Annotated[Principal, require_scope("jobs:read")]
-WritePrincipal = Annotated[Principal, require_scope("jobs:write")]
-AdminPrincipal = Annotated[Principal, require_scope("admin")]
+READ = [require_scope(Scope.JOBS_READ)]
+WRITE = [require_scope(Scope.JOBS_WRITE)]
+ADMIN = [require_scope(Scope.ADMIN)]
 
 
-@router.get("", response_model=JobList, summary="List the organization's jobs")
+async def get_job_service(
+    session: SessionDep, redis: RedisDep, principal: PrincipalDep
+) -> JobService:
+    return JobService(session, principal, redis)
+
+
+JobServiceDep = Annotated[JobService, Depends(get_job_service)]
+
+
+@router.get("", response_model=JobList, summary="List the organization's jobs", dependencies=READ)
 async def list_jobs(
-    session: SessionDep,
-    redis: RedisDep,
-    principal: ReadPrincipal,
+    service: JobServiceDep,
     status: Annotated[JobStatusName | None, Query()] = None,
-    service: Annotated[str | None, Query(max_length=64)] = None,
+    service_name: Annotated[str | None, Query(alias="service", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
     include_internal: Annotated[
@@ -42,9 +51,9 @@ async def list_jobs(
         ),
     ] = False,
 ) -> object:
-    rows, has_more = await JobService(session, principal, redis).page(
+    rows, has_more = await service.page(
         status=status,
-        service=service,
+        service=service_name,
         limit=limit,
         offset=offset,
         include_internal=include_internal,
@@ -57,18 +66,15 @@ async def list_jobs(
     status_code=202,
     response_model=JobOut,
     summary="Enqueue a job deleting the organization's finished jobs older than N days",
+    dependencies=ADMIN,
 )
-async def purge_jobs(
-    body: PurgeRequest, session: SessionDep, redis: RedisDep, principal: AdminPrincipal
-) -> object:
-    return await JobService(session, principal, redis).purge(body.older_than_days)
+async def purge_jobs(body: PurgeRequest, service: JobServiceDep) -> object:
+    return await service.purge(body.older_than_days)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Get a job")
-async def get_job(
-    job_id: str, session: SessionDep, redis: RedisDep, principal: ReadPrincipal
-) -> object:
-    return await JobService(session, principal, redis).get(job_id)
+@router.get("/{job_id}", response_model=JobOut, summary="Get a job", dependencies=READ)
+async def get_job(job_id: str, service: JobServiceDep) -> object:
+    return await service.get(job_id)
 
 
 @router.post(
@@ -76,11 +82,10 @@ async def get_job(
     status_code=202,
     response_model=JobOut,
     summary="Cancel a queued or running job (409 once it finished)",
+    dependencies=WRITE,
 )
-async def cancel_job(
-    job_id: str, session: SessionDep, redis: RedisDep, principal: WritePrincipal
-) -> object:
-    return await JobService(session, principal, redis).cancel(job_id)
+async def cancel_job(job_id: str, service: JobServiceDep) -> object:
+    return await service.cancel(job_id)
 
 
 @router.post(
@@ -88,11 +93,10 @@ async def cancel_job(
     status_code=201,
     response_model=JobOut,
     summary="Run a failed or cancelled job again as a new job (linked by retry_of)",
+    dependencies=WRITE,
 )
-async def retry_job(
-    job_id: str, session: SessionDep, redis: RedisDep, principal: WritePrincipal
-) -> object:
-    return await JobService(session, principal, redis).retry(job_id)
+async def retry_job(job_id: str, service: JobServiceDep) -> object:
+    return await service.retry(job_id)
 
 
 @router.get(
@@ -100,15 +104,15 @@ async def retry_job(
     summary="Progress as Server-Sent Events (`progress` events, then `end`)",
     response_class=SSEResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=READ,
 )
-async def job_events(
-    job_id: str, request: Request, session: SessionDep, redis: RedisDep, principal: ReadPrincipal
-) -> SSEResponse:
-    job = await JobService(session, principal, redis).get(job_id)
+async def job_events(job_id: str, request: Request, service: JobServiceDep) -> SSEResponse:
+    job = await service.get(job_id)
     org_id = job.org_id
-    factory = request.app.state.session_factory
-    interval = float(request.app.state.settings.sse_poll_seconds)
-    heartbeat = float(request.app.state.settings.sse_heartbeat_seconds)
+    state = JobsState.of(request)
+    factory = state.db
+    interval = float(state.settings.sse_poll_seconds)
+    heartbeat = float(state.settings.sse_heartbeat_seconds)
 
     async def stream() -> AsyncIterator[bytes]:
         last: tuple[object, ...] | None = None

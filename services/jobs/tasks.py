@@ -30,7 +30,7 @@ async def purge_finished_jobs(ctx: JobContext, org_id: str, older_than_days: int
 
     Idempotent: running it again deletes what is left (nothing, or rows that aged since).
     """
-    factory = ctx.state["session_factory"]
+    factory = ctx.state["db"]
     org = uuid.UUID(org_id)
     before = datetime.now(UTC) - timedelta(days=older_than_days)
     async with session_scope(factory) as session:
@@ -56,7 +56,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     settings = ctx.get("settings")
     consumer = EventConsumer(
         ctx["redis"],
-        ctx["session_factory"],
+        ctx["db"],
         block_ms=settings.consumer_block_ms if isinstance(settings, JobsSettings) else 5000,
         claim_idle_ms=(
             settings.consumer_claim_idle_ms if isinstance(settings, JobsSettings) else 60_000

@@ -25,6 +25,7 @@ from services.llm.responses.router import PREFIX as RESPONSES_PREFIX
 from services.llm.responses.router import router as responses_router
 from services.llm.routing.config import RoutingConfig, default_config, load_config
 from services.llm.settings import LlmSettings, get_settings
+from services.llm.state import LlmState
 from services.llm.tokens import tokenizer
 
 log = logging.getLogger("aistack.llm")
@@ -77,9 +78,10 @@ def build_app(
         providers: dict[str, Provider] = {}
         for name, spec in config.providers.items():
             providers[name] = factory(spec.kind, name, spec.adapter_config())
-        service = ChatService(settings, config, providers, app.state.redis, usage_publisher)
-        app.state.llm = service
-        service.sessions = lambda: getattr(app.state, "session_factory", None)
+        state = LlmState.of_app(app)
+        service = ChatService(settings, config, providers, state.redis, usage_publisher)
+        state.llm = service
+        service.sessions = lambda: getattr(state, "db", None)
         await service.start()
         log.info(
             "llm routing from %s: providers %s, models %s",
@@ -108,6 +110,7 @@ def build_app(
         openai_error_prefixes=(*OPENAI_PREFIXES, RESPONSES_PREFIX),
         # only prompts and conversations use the database: SQLAlchemy loads with the first
         use_database="lazy",
+        state=LlmState,
     )
     # chat completions go from the app's middleware straight to their handler, for speed
     # (services/llm/chat/hot_route.py)

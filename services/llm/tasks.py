@@ -54,11 +54,9 @@ def _failed(what: str, exc: Exception, interval_s: float) -> None:
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
-    outbox = UsageOutbox("llm", lambda: ctx["session_factory"])
+    outbox = UsageOutbox("llm", lambda: ctx["db"])
     ctx["usage_outbox_task"] = asyncio.create_task(replay_outbox_forever(outbox, ctx["redis"]))
-    ctx["responses_purge_task"] = asyncio.create_task(
-        purge_responses_forever(ctx["session_factory"])
-    )
+    ctx["responses_purge_task"] = asyncio.create_task(purge_responses_forever(ctx["db"]))
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:

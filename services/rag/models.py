@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
 
 
 class Base(DeclarativeBase):

@@ -249,7 +249,7 @@ async def test_the_auth_worker_replays_too(infra: Infra, db: AsyncConnection, re
     async with factory() as session:
         await record(session, [sid], datetime.now(UTC), 960)
         await session.commit()
-    ctx: dict[str, object] = {"session_factory": factory, "redis": redis}
+    ctx: dict[str, object] = {"db": factory, "redis": redis}
     await tasks.on_startup(ctx)
     try:
 

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncConnection, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import JSONResponse
 
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
+from libs.db import Database
 from libs.identity import INTERNAL_HEADER, verify_internal_token
 from libs.registry import NAMES
 from libs.settings import DEV_INTERNAL_SECRET
@@ -47,9 +48,7 @@ async def stack(infra: Infra, db: AsyncConnection, redis: Redis) -> AsyncIterato
     auth_app = build_app(auth_settings())
     auth: Running = await serve(auth_app)
     # every request of the served app joins the test's transaction
-    auth_app.state.session_factory = async_sessionmaker(
-        bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
-    )
+    auth_app.state.db = Database.joined(db)
     echo = await serve(_echo())
     urls = {f"{name}_url": echo.url for name in NAMES}
     urls["auth_url"] = auth.url

@@ -212,13 +212,13 @@ def main() -> None:
     parser.add_argument(
         "--http-client",
         default="auto",
-        choices=["auto", "split", "pyreqwest", "aiohttp", "httpx"],
+        choices=["auto", "aiohttp"],
         help="the gateway's and the llm's HTTP client (GATEWAY_UPSTREAM_CLIENT, http_pool)",
     )
     parser.add_argument(
         "--llm-client",
         default=None,
-        choices=["auto", "split", "pyreqwest", "aiohttp", "httpx"],
+        choices=["auto", "aiohttp"],
         help="the llm's provider pool when it differs from --http-client",
     )
     args = parser.parse_args()

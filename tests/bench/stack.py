@@ -49,9 +49,11 @@ class Stack:
         factory: bool = True,
         env: dict[str, str] | None = None,
         http: str = "libs.server:HttpProtocol",
+        cwd: Path | None = None,
     ) -> Proc:
         """Run ``app`` under uvicorn (one worker, uvloop, the apps' HTTP protocol as deployed;
-        ``http="httptools"`` for stand-ins of outside servers) and wait for it to answer."""
+        ``http="httptools"`` for stand-ins of outside servers) and wait for it to answer.
+        ``cwd``: another source tree to import the app from (a before/after comparison)."""
         port = free_port()
         cmd = [
             sys.executable,
@@ -73,7 +75,11 @@ class Stack:
         ]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         popen = subprocess.Popen(
-            cmd, env={**self.env, **(env or {})}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            cmd,
+            env={**self.env, **(env or {})},
+            cwd=cwd or ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         proc = Proc(name, f"http://127.0.0.1:{port}", popen)
         self.procs[name] = proc
@@ -90,6 +96,16 @@ class Stack:
         self.procs[name] = proc
         _wait_for(proc, self.logs / f"{name}.log")
         return proc
+
+    def stop_proc(self, name: str) -> None:
+        """Stop one process (and forget it)."""
+        proc = self.procs.pop(name)
+        proc.popen.terminate()
+        try:
+            proc.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -59,7 +59,7 @@ async def test_duplicate_usage_event_counted_once(
         infra.redis_url,
         BILLING_SERVICE,
         billing_tasks.functions,
-        ctx={"session_factory": factory},
+        ctx={"db": factory},
         max_jobs=1,
     )
     assert worker.jobs_complete == 2 and worker.jobs_failed == 0
@@ -164,7 +164,7 @@ async def test_prompt_version_is_recorded_and_a_redelivery_still_counts_once(
         infra.redis_url,
         BILLING_SERVICE,
         billing_tasks.functions,
-        ctx={"session_factory": factory},
+        ctx={"db": factory},
         max_jobs=1,
     )
     assert worker.jobs_complete == 3 and worker.jobs_failed == 0

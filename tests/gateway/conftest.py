@@ -21,17 +21,14 @@ from tests.support.stacks.stand_ins import (
     FAKE_AUTH,
     Controls,
     Stack,
-    backend_available,
     upstream_app,
 )
 
 
-@pytest.fixture(scope="session", params=["httpx", "aiohttp", "pyreqwest", "split"])
+@pytest.fixture(scope="session", params=["aiohttp"])
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The whole setup, once per upstream client backend the gateway can use."""
     backend: str = request.param
-    if not backend_available(backend):
-        pytest.skip(f"{backend} is not installed")
     controls = Controls()
     ups = {name: await serve(upstream_app(name, controls, FAKE_AUTH)) for name in NAMES}
     urls = {f"{n}_url": r.url for n, r in ups.items()}

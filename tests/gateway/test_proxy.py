@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from gateway.routes import match_route
-from gateway.upstream import asks_for_stream
 from libs.registry import ROUTES
 from tests.support.stacks.stand_ins import FAKE_AUTH, Controls, Stack
 
@@ -297,20 +296,3 @@ async def test_paths_a_url_parser_would_rewrite_are_404(
     assert resp.status_code == 404, resp.text
     assert resp.json()["error"]["code"] == "not_found"
     assert "secret" not in resp.text
-
-
-@pytest.mark.parametrize(
-    ("headers", "body", "stream"),
-    [
-        ([(b"accept", b"text/event-stream")], None, True),
-        ([(b"accept", b"application/json")], b'{"model": "m", "stream": true}', True),
-        ([], b'{"model":"m","stream" :true,"messages":[]}', True),
-        ([], b'{"model": "m", "stream": false}', False),
-        ([], b'{"model": "m", "messages": [{"content": "stream"}]}', False),
-        ([(b"accept", b"application/json")], None, False),
-    ],
-)
-def test_auto_upstream_sends_likely_streams_through_the_stream_client(
-    headers: list[tuple[bytes, bytes]], body: bytes | None, stream: bool
-) -> None:
-    assert asks_for_stream(headers, body) is stream

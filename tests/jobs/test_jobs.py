@@ -297,9 +297,7 @@ async def test_purge_job_end_to_end_with_trace(
     task_log.addHandler(capture)
     task_log.setLevel(logging.INFO)
     try:
-        await run_burst(
-            infra.redis_url, "jobs", jobs_tasks.functions, ctx={"session_factory": factory}
-        )
+        await run_burst(infra.redis_url, "jobs", jobs_tasks.functions, ctx={"db": factory})
     finally:
         task_log.removeHandler(capture)
     await consumer.drain()

@@ -268,7 +268,7 @@ async def test_workers_take_their_deadlines_from_the_settings(infra: Infra) -> N
     )
     ctx: dict[str, object] = {}
     await opts["on_startup"](ctx)
-    engine = ctx["engine"]
+    engine = ctx["db"].engine  # type: ignore[attr-defined]
     assert isinstance(engine, AsyncEngine)
     try:
         assert engine.pool.timeout() == 2.5  # type: ignore[attr-defined]
@@ -344,7 +344,7 @@ async def test_billing_records_usage_again_later_when_postgres_hangs(
 
     def ctx(attempt: int) -> dict[str, object]:
         factory = make_session_factory(hung_engine)
-        return {"redis": redis, "session_factory": factory, "job_id": "t", "job_try": attempt}
+        return {"redis": redis, "db": factory, "job_id": "t", "job_try": attempt}
 
     await _select_one(hung_engine)
     proxy.hang()

@@ -92,7 +92,7 @@ async def test_batched_usage_events_are_recorded_once(
         infra.redis_url,
         BILLING_SERVICE,
         billing_tasks.functions,
-        ctx={"session_factory": factory},
+        ctx={"db": factory},
         max_jobs=1,
     )
     assert worker.jobs_complete == 5 and worker.jobs_failed == 0

@@ -13,7 +13,7 @@ from sqlalchemy import String, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
-from libs.db import TYPE_ANNOTATION_MAP, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, service_metadata
 from libs.queue import queue_name
 from libs.usage import (
     BILLING_SERVICE,

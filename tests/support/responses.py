@@ -12,6 +12,7 @@ from openai.types.responses import FunctionToolParam, ResponseStreamEvent
 from pydantic import TypeAdapter
 from sqlalchemy import text
 
+from libs.state import AppState
 from libs.testing import auth_headers
 from tests.support.stacks.llm import Env
 
@@ -68,7 +69,7 @@ def openai_error(exc: openai.APIStatusError) -> dict[str, Any]:
 
 
 async def run_sql(env: Env, sql: str, **params: Any) -> Any:
-    async with env.app.state.session_factory() as session:
+    async with AppState.of_app(env.app).db() as session:
         result = await session.execute(text(sql), params)
         await session.commit()
         return result

@@ -37,9 +37,8 @@ from typing import Any
 import anyio
 import orjson
 from pydantic import ValidationError as PydanticValidationError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.db import session_scope
+from libs.db import SessionFactory, session_scope
 from libs.errors import ServiceUnavailable, ValidationFailed
 from libs.identity import Principal
 from services.llm.chat.schemas import ChatCompletionRequest
@@ -51,7 +50,6 @@ from services.llm.tokens import estimate, tokenizer
 
 log = logging.getLogger("aistack.llm")
 
-SessionFactory = async_sessionmaker[AsyncSession]
 # used when a model alias declares no context_window
 DEFAULT_CONTEXT_WINDOW = 8192
 AISTACK_FIELDS = frozenset({"prompt", "conversation_id"})

@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from libs.db import SessionFactory
 from libs.errors import RateLimited
 from libs.identity import Principal
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
@@ -23,9 +24,6 @@ from libs.usage import UsageEvent, UsageOutbox, UsageSender
 from services.llm.chat.metrics import REQUESTS, TOKENS
 from services.llm.routing.config import Alias, Price, Target
 from services.llm.settings import LlmSettings
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger("aistack.llm")
 
@@ -65,7 +63,7 @@ class Metering:
         redis: Redis,
         guard: RedisGuard,
         spawn: Spawn,
-        sessions: Callable[[], async_sessionmaker[AsyncSession] | None],
+        sessions: Callable[[], SessionFactory | None],
         publisher: UsagePublisher | None = None,
     ) -> None:
         self.settings = settings

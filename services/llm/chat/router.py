@@ -28,6 +28,7 @@ from services.llm.chat.schemas import (
     ModelObject,
 )
 from services.llm.chat.service import CallOptions, ChatService, Result
+from services.llm.state import LlmState
 
 # paths whose errors are in OpenAI's shape (with the Responses API's prefix: see app.py)
 OPENAI_PREFIXES = ("/v1/chat", "/v1/completions", "/v1/embeddings", "/v1/models")
@@ -78,8 +79,7 @@ class OpenAIRoute(APIRoute):
 # dependencies are async: FastAPI runs plain ``def`` ones in a worker thread per request
 async def get_chat_service(request: Request) -> ChatService:
     """The process's chat service (built by the app's lifespan)."""
-    service: ChatService = request.app.state.llm
-    return service
+    return LlmState.of(request).llm
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]

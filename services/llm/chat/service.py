@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
 
+from libs.db import SessionFactory
 from libs.errors import AppError, BadRequest, NotFound
 from libs.identity import Principal
 from libs.redis import guard_for
@@ -55,8 +56,6 @@ from services.llm.tokens import estimate, tokenizer
 if TYPE_CHECKING:
     # chat, embeddings and models need no database: its layer loads with the first prompt or
     # conversation (services/llm/chat/context.py), not with the process
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
     from services.llm.chat.context import ChatContext
 
 log = logging.getLogger("aistack.llm")
@@ -117,7 +116,7 @@ class ChatService:
         )
         self.results = ResultStore(settings, redis, self.guard, self.spawn)
         # the app's session factory, looked up per call (prompts and conversations only)
-        self.sessions: Callable[[], async_sessionmaker[AsyncSession] | None] = lambda: None
+        self.sessions: Callable[[], SessionFactory | None] = lambda: None
 
     @property
     def usage(self) -> UsageSender:

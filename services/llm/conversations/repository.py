@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.llm.models import Conversation, ConversationMessage
 
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
 
+from libs.db import SessionDep
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
-from libs.sessions import SessionDep
 from services.llm.conversations.schemas import (
     ConversationCreate,
     ConversationDetail,

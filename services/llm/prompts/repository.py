@@ -10,7 +10,7 @@ import uuid
 
 from sqlalchemy import ColumnElement, select
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.llm.models import (
     Prompt,
     PromptEvent,

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from libs.db import SessionDep
 from libs.errors import ValidationFailed
 from libs.identity import Principal, require_scope
 from libs.permissions import Scope
-from libs.sessions import SessionDep
 from services.llm.prompts.schemas import (
     LABEL_NAME,
     RESERVED_LABELS,

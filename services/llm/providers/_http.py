@@ -1,8 +1,8 @@
 """HTTP plumbing shared by every HTTP adapter (OpenAI, Azure, Anthropic, Gemini, Ollama).
 
-Client construction from provider config, upstream error classification, and incremental
-SSE / NDJSON parsing that is correct whatever way the bytes are split on the wire. This is
-the only SSE parser of the providers package.
+Client construction from provider config (httpx requests over :mod:`libs.transport`'s pool),
+upstream error classification, and incremental SSE / NDJSON parsing that is correct whatever
+way the bytes are split on the wire. This is the only SSE parser of the providers package.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
+from libs import transport
 from services.llm.providers.base import ProviderError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 529})
@@ -78,77 +79,87 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
-# set on a request whose answer is read whole (see send_json)
-READ_WHOLE = "aistack.read_whole"
+class _Body(httpx.AsyncByteStream):
+    """A pooled answer's body under httpx's response."""
 
+    def __init__(self, response: transport.Response) -> None:
+        self.response = response
 
-class SplitTransport(httpx.AsyncBaseTransport):
-    """Requests whose answer is read whole through one transport, streams through another.
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.response.chunks()  # no generator of its own around it: one hop per chunk
 
-    pyreqwest sends and parses an exchange outside the interpreter (a third of aiohttp's CPU
-    for a JSON answer), but hands each chunk of a stream over from its I/O thread: ~15 % more
-    CPU than aiohttp per streamed answer, more when its events arrive back to back (aiohttp
-    then reads them in one go). See docs/benchmarks.md.
-    """
-
-    def __init__(self, whole: httpx.AsyncBaseTransport, streams: httpx.AsyncBaseTransport):
-        self.whole, self.streams = whole, streams
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.extensions.get(READ_WHOLE):
-            return await self.whole.handle_async_request(request)
-        return await self.streams.handle_async_request(request)
+    async def read_all(self) -> bytes:
+        """The whole body in one piece (no chunk iteration and join)."""
+        return await self.response.read()
 
     async def aclose(self) -> None:
-        await self.whole.aclose()
-        await self.streams.aclose()
+        await self.response.close()
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent through a :class:`libs.transport.Client`.
+
+    The adapters keep httpx's request building and responses (and tests their in-process
+    httpx transports); the bytes go through the shared pool. Its failures reach the adapters
+    as :class:`libs.transport.TransportError`, which :func:`transport_error` classifies.
+    """
+
+    def __init__(self, client: transport.Client) -> None:
+        self.client = client
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        resp = await self.client.send(request.method, str(request.url), request.headers.raw, body)
+        return httpx.Response(
+            resp.status,
+            headers=resp.headers,
+            stream=_Body(resp),
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": resp.reason.encode("latin-1", "replace"),
+            },
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def make_client(
     config: Mapping[str, Any], *, default_base_url: str, headers: Mapping[str, str]
 ) -> UpstreamClient:
-    """The client of one vendor; ``transport`` in config is injectable (tests).
+    """The client of one vendor: one pooled keep-alive :class:`libs.transport.Client`, or
+    ``transport`` from config (an httpx transport: tests).
 
-    The connections come from aiohttp's pool (``http_pool: aiohttp``, the default;
-    :mod:`._aiohttp`), pyreqwest (``http_pool: pyreqwest``, :mod:`._pyreqwest`), httpx's own
-    (``http_pool: httpx``), or pyreqwest for answers read whole and aiohttp for streams
-    (``http_pool: split``, :class:`SplitTransport`: the least CPU, ~13 MiB more memory).
+    ``http_pool`` may only name ``aiohttp`` (the default): ``pyreqwest``, ``split`` and
+    ``httpx`` were removed (docs/benchmarks.md, "One transport layer").
     """
     timeout = float(config.get("timeout", 60.0))
     connect_timeout = float(config.get("connect_timeout", min(timeout, 5.0)))
-    transport = config.get("transport")
-    # one pooled keep-alive client per provider; the pool is sized for a busy gateway
-    connections = int(config.get("max_connections", 200))
-    keepalive = float(config.get("keepalive_expiry", 30.0))
-    if transport is None:
+    sender = config.get("transport")
+    if sender is None:
         pool = config.get("http_pool", "aiohttp")
-        if pool in ("split", "pyreqwest"):
-            from services.llm.providers._pyreqwest import PyreqwestTransport
-
-            transport = PyreqwestTransport(
-                max_connections=connections,
-                keepalive_expiry=keepalive,
-                connect_timeout=connect_timeout,
-                read_timeout=timeout,
+        if pool != "aiohttp":
+            raise ProviderError(
+                f"http_pool {pool!r} was removed: aiohttp is the only connection pool "
+                "(remove the key, or set it to 'aiohttp')",
+                status=500,
+                code="provider_misconfigured",
             )
-        if pool in ("split", "aiohttp"):
-            from services.llm.providers._aiohttp import AiohttpTransport
-
-            streams = AiohttpTransport(max_connections=connections, keepalive_expiry=keepalive)
-            transport = streams if transport is None else SplitTransport(transport, streams)
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=connections,
-                    max_keepalive_connections=connections,
-                    keepalive_expiry=keepalive,
-                )
+        sender = PooledTransport(
+            transport.Client(
+                transport.Timeouts(
+                    connect=connect_timeout, read=timeout, write=timeout, pool=timeout
+                ),
+                # one pooled keep-alive client per provider; sized for a busy gateway
+                max_connections=int(config.get("max_connections", 200)),
+                keepalive_expiry=float(config.get("keepalive_expiry", 30.0)),
             )
+        )
     return UpstreamClient(
         base_url=str(config.get("base_url") or default_base_url).rstrip("/"),
         headers={**headers, **dict(config.get("headers") or {})},
         timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        transport=transport,
+        transport=sender,
     )
 
 
@@ -231,9 +242,13 @@ def error_from_response(
     )
 
 
+# what a failed exchange raises: the pool's errors, or httpx's (its decoding, test transports)
+TRANSPORT_ERRORS = (transport.TransportError, httpx.HTTPError)
+
+
 def transport_error(provider: str, exc: Exception) -> ProviderError:
     """Timeouts → 504 retryable; connection problems and broken streams → 502 retryable."""
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, transport.TimedOut | httpx.TimeoutException):
         return ProviderError(
             f"{provider}: upstream timed out ({type(exc).__name__})",
             status=504,
@@ -241,7 +256,7 @@ def transport_error(provider: str, exc: Exception) -> ProviderError:
             provider=provider,
             code="upstream_timeout",
         )
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, transport.ConnectFailed | httpx.ConnectError):
         return ProviderError(
             f"{provider}: cannot connect to upstream: {exc}",
             status=502,
@@ -373,7 +388,7 @@ async def iter_sse(provider: str, response: httpx.Response) -> AsyncIterator[SSE
         async for chunk in response.aiter_bytes():
             for event in parser.feed(chunk):
                 yield event
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(provider, exc) from exc
 
 
@@ -388,7 +403,7 @@ async def iter_ndjson(provider: str, response: httpx.Response) -> AsyncIterator[
             for line in lines:
                 if line.strip():
                     yield loads_object(provider, line)
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(provider, exc) from exc
     if buf.strip():
         try:
@@ -403,8 +418,8 @@ async def iter_ndjson(provider: str, response: httpx.Response) -> AsyncIterator[
 async def drain(events: AsyncIterator[Any], *, within: float = 1.0) -> None:
     """Read a stream to its end after the vendor's terminal event.
 
-    httpx returns a connection to the keep-alive pool only when the body was read to its end;
-    returning at the terminal event would close it and cost a new connection per stream.
+    The pool takes a connection back only when its answer was read to the end; returning at
+    the terminal event would close it and cost a new connection per stream.
     """
     try:
         async with asyncio.timeout(within):
@@ -435,13 +450,13 @@ async def send(
             response = await client.send_upstream(request)
         else:
             response = await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(provider, exc) from exc
     if response.status_code < 300:
         return response
     try:
         body = await response.aread()
-    except httpx.HTTPError:
+    except TRANSPORT_ERRORS:
         body = b""
     finally:
         await response.aclose()
@@ -463,12 +478,14 @@ async def send_json(
     retry_delay: RetryDelayExtractor | None = None,
 ) -> dict[str, Any]:
     """Send and return the whole JSON object body."""
-    request.extensions[READ_WHOLE] = True
     response = await send(client, provider, request, extract_message, retry_delay)
     try:
         read_all = getattr(response.stream, "read_all", None)
-        body = await read_all() if read_all is not None else await response.aread()
-    except httpx.HTTPError as exc:
+        if read_all is not None and "content-encoding" not in response.headers:
+            body = await read_all()
+        else:  # httpx decodes what the vendor compressed (httpx's default accept-encoding)
+            body = await response.aread()
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(provider, exc) from exc
     finally:
         await response.aclose()

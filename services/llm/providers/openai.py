@@ -7,9 +7,7 @@ Config: ``base_url`` (default https://api.openai.com/v1), ``api_key`` / ``api_ke
 (request params applied under the caller's), ``models`` (static model list instead of
 ``GET /models``), ``stream_usage`` (default true: ask for the final usage chunk with
 ``stream_options.include_usage``; set false for servers that reject ``stream_options``),
-``max_connections``, ``http_pool`` (``aiohttp``, the default, ``split``, ``pyreqwest``,
-``httpx``),
-``transport`` (tests).
+``max_connections``, ``http_pool`` (``aiohttp``, the only one left), ``transport`` (tests).
 
 The OpenAI body is passed through unchanged (tools, tool_choice, response_format, stop,
 seed, logprobs, ...): the wire format already is aistack's internal format.

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from libs.db import session_scope
 from services.llm.models import RESPONSE_ITEM_IDS, StoredResponse
 
-Sessions = Any  # an async_sessionmaker or libs.sessions.LazySessionFactory
+Sessions = Any  # a libs.db.Database (or any session factory)
 
 
 def now() -> datetime:

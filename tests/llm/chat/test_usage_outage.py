@@ -89,7 +89,7 @@ async def record_usage(redis_url: str, db: AsyncConnection) -> dict[str, int]:
         redis_url,
         BILLING_SERVICE,
         billing_tasks.functions,
-        ctx={"session_factory": factory},
+        ctx={"db": factory},
         max_jobs=1,  # the jobs share the test's connection
     )
     assert worker.jobs_failed == 0

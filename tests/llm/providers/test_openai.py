@@ -12,6 +12,7 @@ import httpx
 import pytest
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from starlette.middleware.gzip import GZipMiddleware
 
 from libs.embedded import free_port
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
@@ -318,7 +319,7 @@ async def test_malformed_body(provider: OpenAIProvider, behavior: Behavior) -> N
 
 
 # the tests below talk to a real socket, once per connection pool the adapters can use
-@pytest.fixture(params=["split", "pyreqwest", "aiohttp", "httpx"])
+@pytest.fixture(params=["aiohttp"])
 def pool(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -391,6 +392,24 @@ async def test_connections_are_kept_alive(behavior: Behavior, pool: str) -> None
     assert len(streams) == len(whole) == 1
     if pool != "split":  # one pool: one connection for both
         assert streams == whole
+
+
+@pytest.mark.parametrize("removed", ["pyreqwest", "split", "httpx"])
+def test_a_removed_http_pool_is_refused(removed: str) -> None:
+    with pytest.raises(ProviderError) as info:
+        OpenAIProvider("o", config(http_pool=removed))
+    assert info.value.code == "provider_misconfigured"
+    assert f"http_pool {removed!r} was removed: aiohttp" in info.value.message
+
+
+async def test_a_compressed_answer_is_decoded(behavior: Behavior, pool: str) -> None:
+    # httpx's default headers accept gzip, and vendors behind a CDN use it
+    with serve(GZipMiddleware(make_app(behavior), minimum_size=16)) as url:
+        p = OpenAIProvider("o", config(f"{url}/v1", http_pool=pool))
+        out = await p.chat(req())
+        await p.aclose()
+    ChatCompletion.model_validate(out)
+    assert "gzip" in behavior.last["headers"]["accept-encoding"]
 
 
 async def test_embeddings(provider: OpenAIProvider, behavior: Behavior) -> None:

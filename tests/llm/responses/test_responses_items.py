@@ -256,7 +256,7 @@ async def test_item_id_lookup_uses_its_index(env: Env) -> None:
     assert org_id is not None
     query = repository._item_by_id(org_id, "item_4321")
     sql = str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-    async with env.app.state.session_factory() as session:
+    async with env.app.state.db() as session:
         await session.execute(
             text(
                 "INSERT INTO llm.responses (id, org_id, model, response, input_items, history, "

@@ -46,7 +46,7 @@ async def test_worker_purges_expired_responses(engine: AsyncEngine, redis: Redis
     assert await repository.load(sessions, org, expired) is None  # invisible already
     assert await _ids(engine, [expired, live]) == {expired, live}
 
-    ctx: dict[str, Any] = {"session_factory": sessions, "redis": redis}
+    ctx: dict[str, Any] = {"db": sessions, "redis": redis}
     await tasks.on_startup(ctx)
     try:
         for _ in range(100):  # the first purge runs at start-up

@@ -258,7 +258,7 @@ async def test_expired_responses_are_invisible_and_purged(env: Env) -> None:
         await env.client.responses.retrieve(old.id)
     with pytest.raises(openai.NotFoundError):
         await env.client.responses.create(model="default", input="x", previous_response_id=old.id)
-    assert await repository.purge(env.app.state.session_factory) >= 1
+    assert await repository.purge(env.app.state.db) >= 1
     left = await run_sql(
         env, "SELECT id FROM llm.responses WHERE id IN (:a, :b)", a=old.id, b=fresh.id
     )
@@ -336,7 +336,7 @@ async def test_chaining_waits_for_a_write_still_in_flight(
         await asyncio.sleep(0.1)
         response = (await env.client.responses.retrieve(first.id)).model_dump()
         await repository.save(
-            env.app.state.session_factory,
+            env.app.state.db,
             response={**response, "id": other_id},
             org_id=org_id,
             user_id=None,

@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from libs.db import make_engine, make_session_factory
+from libs.db import Database
 from libs.redis import make_redis
+from libs.state import AppState
 
 
 def closed_port() -> int:
@@ -25,14 +26,16 @@ def closed_port() -> int:
 @asynccontextmanager
 async def database_down(app: FastAPI) -> AsyncIterator[AsyncEngine]:
     """Point the running app's sessions at a PostgreSQL that refuses connections."""
-    engine = make_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/aistack")
-    saved = app.state.session_factory
-    app.state.session_factory = make_session_factory(engine)
+    state = AppState.of_app(app)
+    saved, state.db = (
+        state.db,
+        Database(f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port()}/aistack"),
+    )
     try:
-        yield engine
+        yield state.db.engine
     finally:
-        app.state.session_factory = saved
-        await engine.dispose()
+        await state.db.aclose()
+        state.db = saved
 
 
 @asynccontextmanager

@@ -4,7 +4,6 @@ what it got (the gateway's proxy, OpenAPI merge and readiness tests)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +175,3 @@ class Stack:
     gateway: Running
     degraded: Running
     controls: Controls
-
-
-def backend_available(name: str) -> bool:
-    return name == "split" or importlib.util.find_spec(name) is not None

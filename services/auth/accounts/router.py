@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
 from services.auth.accounts.schemas import (
     Accepted,
     ChangePasswordIn,
@@ -19,21 +16,16 @@ from services.auth.accounts.schemas import (
     ResetIn,
 )
 from services.auth.accounts.service import AccountService
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep, PublicContextDep
 from services.auth.core.schemas import TokenIn
 
 
-async def get_public_account_service(
-    request: Request, session: SessionDep, redis: RedisDep
-) -> AccountService:
-    """Public routes ignore any forwarded principal."""
-    return AccountService(context_of(request, session, redis, None))
+async def get_public_account_service(ctx: PublicContextDep) -> AccountService:
+    return AccountService(ctx)
 
 
-async def get_account_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> AccountService:
-    return AccountService(context_of(request, session, redis, principal))
+async def get_account_service(ctx: ContextDep) -> AccountService:
+    return AccountService(ctx)
 
 
 PublicAccountServiceDep = Annotated[AccountService, Depends(get_public_account_service)]

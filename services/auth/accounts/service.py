@@ -7,6 +7,7 @@ by mail instead, an unknown one gets nothing.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from services.auth.core.security import (
 from services.auth.models import OneTimeToken, User
 from services.auth.orgs.service import org_out
 from services.auth.sessions.login_limits import account_key
+from services.auth.settings import AuthSettings
 
 VERIFY_EMAIL, RESET_PASSWORD = "verify_email", "reset_password"
 
@@ -86,19 +88,8 @@ class AccountService(FeatureService):
         org = await self.orgs.add_personal(
             user, body.display_name.strip() or body.email.split("@")[0]
         )
-        token, token_id = await self._one_time_token(
-            user, VERIFY_EMAIL, self.settings.email_verify_ttl
-        )
-        await self._queue_mail(
-            user.email, mail.verification(self.settings, token), f"auth-mail-{token_id}"
-        )
-        await self.audit(
-            "user.signed_up",
-            org_id=org.id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-        )
+        await self._mail_link(user, VERIFY_EMAIL, self.settings.email_verify_ttl, mail.verification)
+        await self.audit_user("user.signed_up", user, org.id)
 
     async def _notify_existing(self, user: User) -> None:
         if await self._mail_allowed(user.email):
@@ -108,7 +99,14 @@ class AccountService(FeatureService):
 
     # ------------------------------------------------------------ tokens sent by mail
 
-    async def _one_time_token(self, user: User, purpose: str, ttl: int) -> tuple[str, uuid.UUID]:
+    async def _mail_link(
+        self,
+        user: User,
+        purpose: str,
+        ttl: int,
+        compose: Callable[[AuthSettings, str], tuple[str, str]],
+    ) -> None:
+        """Mail the user a new single-use token of ``purpose``; older ones stop working."""
         now = utcnow()
         await self.one_time.use_all(user.id, purpose, now)
         raw = new_opaque_token()
@@ -119,7 +117,7 @@ class AccountService(FeatureService):
             expires_at=now + timedelta(seconds=ttl),
         )
         await self.one_time.add(row)
-        return raw, row.id
+        await self._queue_mail(user.email, compose(self.settings, raw), f"auth-mail-{row.id}")
 
     async def _spend_token(self, raw: str, purpose: str) -> OneTimeToken:
         row = await self.one_time.by_hash(sha256_hex(raw), purpose)
@@ -133,24 +131,13 @@ class AccountService(FeatureService):
         user = await self.users.get(row.user_id)
         assert user is not None
         user.email_verified_at = user.email_verified_at or utcnow()
-        await self.audit(
-            "auth.email.verified",
-            org_id=user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-        )
+        await self.audit_user("auth.email.verified", user, user.personal_org_id)
 
     async def resend_verification(self) -> None:
         user, _ = await self.current_user()
         if user.email_verified_at is not None or not await self._mail_allowed(user.email):
             return
-        token, token_id = await self._one_time_token(
-            user, VERIFY_EMAIL, self.settings.email_verify_ttl
-        )
-        await self._queue_mail(
-            user.email, mail.verification(self.settings, token), f"auth-mail-{token_id}"
-        )
+        await self._mail_link(user, VERIFY_EMAIL, self.settings.email_verify_ttl, mail.verification)
 
     # ---------------------------------------------------------------------- passwords
 
@@ -159,11 +146,8 @@ class AccountService(FeatureService):
         user = await self.users.by_email(email)
         if user is None or not await self._mail_allowed(email):
             return
-        token, token_id = await self._one_time_token(
-            user, RESET_PASSWORD, self.settings.password_reset_ttl
-        )
-        await self._queue_mail(
-            user.email, mail.password_reset(self.settings, token), f"auth-mail-{token_id}"
+        await self._mail_link(
+            user, RESET_PASSWORD, self.settings.password_reset_ttl, mail.password_reset
         )
 
     async def reset_password(self, body: ResetIn) -> None:
@@ -181,13 +165,7 @@ class AccountService(FeatureService):
         await self.one_time.use_all(user.id, RESET_PASSWORD, now)
         await self._end_sessions(await self.sessions.active_for_user(user.id), "password_reset")
         await self.redis.delete(account_key(user.email))
-        await self.audit(
-            "auth.password.reset",
-            org_id=user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-        )
+        await self.audit_user("auth.password.reset", user, user.personal_org_id)
 
     async def change_password(self, body: ChangePasswordIn) -> None:
         user, sess = await self.current_user()
@@ -204,13 +182,11 @@ class AccountService(FeatureService):
             if sess is None or s.id != sess.id
         ]
         await self._end_sessions(others, "password_changed")
-        await self.audit(
+        await self.audit_user(
             "auth.password.changed",
-            org_id=sess.org_id if sess else user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-            details={"sessions_ended": len(others)},
+            user,
+            self._acting_org(user, sess),
+            {"sessions_ended": len(others)},
         )
         await self._queue_mail(
             user.email, mail.password_changed(self.settings), f"auth-mail-{uuid.uuid4().hex}"

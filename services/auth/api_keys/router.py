@@ -5,11 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
 from services.auth.api_keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -19,13 +16,11 @@ from services.auth.api_keys.schemas import (
     IntrospectOut,
 )
 from services.auth.api_keys.service import ApiKeyService
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep
 
 
-async def get_api_key_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> ApiKeyService:
-    return ApiKeyService(context_of(request, session, redis, principal))
+async def get_api_key_service(ctx: ContextDep) -> ApiKeyService:
+    return ApiKeyService(ctx)
 
 
 ApiKeyServiceDep = Annotated[ApiKeyService, Depends(get_api_key_service)]

@@ -6,20 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
+from services.auth.audit.repository import AuditFilter
 from services.auth.audit.schemas import AuditList
 from services.auth.audit.service import AuditService
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep
 
 
-async def get_audit_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> AuditService:
-    return AuditService(context_of(request, session, redis, principal))
+async def get_audit_service(ctx: ContextDep) -> AuditService:
+    return AuditService(ctx)
 
 
 AuditServiceDep = Annotated[AuditService, Depends(get_audit_service)]
@@ -39,7 +35,6 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> object:
-    rows, has_more = await svc.list_audit(
-        org_id, action=action, actor=actor, since=since, until=until, limit=limit, offset=offset
-    )
+    filters = AuditFilter(action=action, actor=actor, since=since, until=until)
+    rows, has_more = await svc.list_audit(org_id, filters, limit=limit, offset=offset)
     return {"data": rows, "has_more": has_more}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.identity import Principal
+from libs.db import SessionDep
+from libs.identity import Principal, PrincipalDep
+from libs.redis import RedisDep
 from services.auth.settings import AuthSettings
 
 
@@ -46,14 +49,9 @@ def client_of(request: Request) -> Client:
     )
 
 
-def context_of(
+def _context(
     request: Request, session: AsyncSession, redis: Redis, principal: Principal | None
 ) -> AuthContext:
-    """The context of one request, for the features' service dependencies.
-
-    Those are coroutines: FastAPI runs a plain ``def`` dependency in anyio's thread pool, a
-    hop to a worker thread and back on every request for nothing that blocks.
-    """
     settings: AuthSettings = request.app.state.settings
     return AuthContext(
         session=session,
@@ -62,3 +60,21 @@ def context_of(
         client=client_of(request),
         principal=principal,
     )
+
+
+# the features' service dependencies build on these two. All are coroutines: FastAPI runs a
+# plain ``def`` dependency in anyio's thread pool, a hop to a worker thread and back on every
+# request for nothing that blocks
+async def get_context(
+    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
+) -> AuthContext:
+    return _context(request, session, redis, principal)
+
+
+async def get_public_context(request: Request, session: SessionDep, redis: RedisDep) -> AuthContext:
+    """Public routes ignore any forwarded principal."""
+    return _context(request, session, redis, None)
+
+
+ContextDep = Annotated[AuthContext, Depends(get_context)]
+PublicContextDep = Annotated[AuthContext, Depends(get_public_context)]

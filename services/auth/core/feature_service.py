@@ -63,6 +63,11 @@ class FeatureService:
                 raise Unauthorized("This session has ended; sign in again", code="session_revoked")
         return user, sess
 
+    @staticmethod
+    def _acting_org(user: User, sess: AuthSession | None) -> uuid.UUID | None:
+        """The organization a signed-in user acts in: their session's, else their own."""
+        return sess.org_id if sess else user.personal_org_id
+
     async def _membership(self, org_id: uuid.UUID, user_id: uuid.UUID) -> Membership:
         m = await self.orgs.membership(org_id, user_id)
         if m is None:
@@ -111,6 +116,36 @@ class FeatureService:
                 request_id=get_request_id(),
                 details=details or {},
             )
+        )
+
+    async def audit_user(
+        self,
+        action: str,
+        user: User,
+        org_id: uuid.UUID | None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """An event of an account, done by its own user."""
+        await self.audit(
+            action,
+            org_id=org_id,
+            actor_user_id=user.id,
+            target_type="user",
+            target_id=user.id,
+            details=details,
+        )
+
+    async def audit_session(
+        self, action: str, sess: AuthSession, details: dict[str, Any] | None = None
+    ) -> None:
+        """An event of a session, done by its user."""
+        await self.audit(
+            action,
+            org_id=sess.org_id,
+            actor_user_id=sess.user_id,
+            target_type="session",
+            target_id=sess.id,
+            details=details,
         )
 
     async def _fail_committed(self, error: AppError) -> AppError:

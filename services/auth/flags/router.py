@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep
 from services.auth.flags.schemas import EvaluatedFlags, FlagIn, FlagKey, FlagList, FlagOut
 from services.auth.flags.service import FlagService
 
 
-async def get_flag_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> FlagService:
-    return FlagService(context_of(request, session, redis, principal))
+async def get_flag_service(ctx: ContextDep) -> FlagService:
+    return FlagService(ctx)
 
 
 FlagServiceDep = Annotated[FlagService, Depends(get_flag_service)]

@@ -285,6 +285,22 @@ class OIDCClient:
         )
 
 
+async def _tencent_get(
+    http: httpx.AsyncClient, api_base: str, path: str, params: dict[str, str], provider: str
+) -> dict[str, Any]:
+    """GET one of WeChat's or WeCom's JSON APIs (errors come as errcode in an HTTP 200)."""
+    try:
+        resp = await http.get(api_base.rstrip("/") + path, params=params)
+    except httpx.HTTPError as exc:
+        raise provider_failed(provider) from exc
+    if resp.status_code != 200:
+        raise provider_failed(f"{provider}: HTTP {resp.status_code}")
+    data = resp.json()
+    if not isinstance(data, dict):
+        raise provider_failed(f"{provider}: not an object")
+    return data
+
+
 def _wx_error(data: dict[str, Any]) -> str | None:
     code = data.get("errcode")
     if code in (None, 0):
@@ -313,16 +329,7 @@ class WeChatClient:
         return f"{self.cfg.authorize_url}?{urlencode(params)}#wechat_redirect"
 
     async def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        try:
-            resp = await self.http.get(self.cfg.api_base.rstrip("/") + path, params=params)
-        except httpx.HTTPError as exc:
-            raise provider_failed("wechat") from exc
-        if resp.status_code != 200:
-            raise provider_failed(f"wechat: HTTP {resp.status_code}")
-        data = resp.json()
-        if not isinstance(data, dict):
-            raise provider_failed("wechat: not an object")
-        return data
+        return await _tencent_get(self.http, self.cfg.api_base, path, params, self.name)
 
     async def finish(self, code: str, pending: Pending) -> ExternalIdentity:
         token = await self._get(
@@ -379,16 +386,7 @@ class WeComClient:
         return f"{self.cfg.authorize_url}?{urlencode(params)}"
 
     async def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        try:
-            resp = await self.http.get(self.cfg.api_base.rstrip("/") + path, params=params)
-        except httpx.HTTPError as exc:
-            raise provider_failed("wecom") from exc
-        if resp.status_code != 200:
-            raise provider_failed(f"wecom: HTTP {resp.status_code}")
-        data = resp.json()
-        if not isinstance(data, dict):
-            raise provider_failed("wecom: not an object")
-        return data
+        return await _tencent_get(self.http, self.cfg.api_base, path, params, self.name)
 
     async def _access_token(self, fresh: bool = False) -> str:
         # the corp access token lives 7200 s and its issuance is rate limited: cache it

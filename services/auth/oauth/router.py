@@ -7,25 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from libs.db import SessionDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import PublicContextDep
 from services.auth.oauth.schemas import ProviderName
 from services.auth.oauth.service import OAUTH_STATE_COOKIE, OAuthService
 from services.auth.sessions.schemas import TokenPair
 
 
-async def get_public_oauth_service(
-    request: Request, session: SessionDep, redis: RedisDep
-) -> OAuthService:
-    """Public routes ignore any forwarded principal."""
+async def get_public_oauth_service(ctx: PublicContextDep, request: Request) -> OAuthService:
     state = request.app.state
-    return OAuthService(
-        context_of(request, session, redis, None),
-        state.signing_key_cache,
-        state.http,
-        state.oauth_cache,
-    )
+    return OAuthService(ctx, state.signing_key_cache, state.http, state.oauth_cache)
 
 
 PublicOAuthServiceDep = Annotated[OAuthService, Depends(get_public_oauth_service)]

@@ -158,25 +158,13 @@ class OAuthService(FeatureService):
         org = await self.orgs.add_personal(user, ext.name or (email or "My").split("@")[0])
         await self.session.refresh(user)
         await self._link(user, ext)
-        await self.audit(
-            "user.signed_up",
-            org_id=org.id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-            details={"method": ext.provider},
-        )
+        await self.audit_user("user.signed_up", user, org.id, {"method": ext.provider})
         return user
 
     async def _link(self, user: User, ext: providers.ExternalIdentity) -> None:
         await self.identities.add(
             Identity(user_id=user.id, provider=ext.provider, subject=ext.subject, email=ext.email)
         )
-        await self.audit(
-            "auth.identity.linked",
-            org_id=user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-            details={"provider": ext.provider},
+        await self.audit_user(
+            "auth.identity.linked", user, user.personal_org_id, {"provider": ext.provider}
         )

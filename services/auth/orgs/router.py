@@ -5,12 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep
 from services.auth.core.schemas import TokenIn
 from services.auth.orgs.schemas import (
     InviteCreate,
@@ -25,10 +22,8 @@ from services.auth.orgs.schemas import (
 from services.auth.orgs.service import OrgService
 
 
-async def get_org_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> OrgService:
-    return OrgService(context_of(request, session, redis, principal))
+async def get_org_service(ctx: ContextDep) -> OrgService:
+    return OrgService(ctx)
 
 
 OrgServiceDep = Annotated[OrgService, Depends(get_org_service)]

@@ -7,26 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep, PublicContextDep
 from services.auth.sessions.schemas import LoginIn, RefreshIn, SessionList, SwitchOrgIn, TokenPair
 from services.auth.sessions.service import SessionService
 
 
-async def get_public_session_service(
-    request: Request, session: SessionDep, redis: RedisDep
-) -> SessionService:
-    """Public routes ignore any forwarded principal."""
-    ctx = context_of(request, session, redis, None)
+async def get_public_session_service(ctx: PublicContextDep, request: Request) -> SessionService:
     return SessionService(ctx, request.app.state.signing_key_cache)
 
 
-async def get_session_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> SessionService:
-    ctx = context_of(request, session, redis, principal)
+async def get_session_service(ctx: ContextDep, request: Request) -> SessionService:
     return SessionService(ctx, request.app.state.signing_key_cache)
 
 

@@ -96,14 +96,7 @@ class SessionService(FeatureService):
         )
         await self.sessions.add(sess)
         pair = await self._issue(user, sess, role)
-        await self.audit(
-            "auth.login.succeeded",
-            org_id=org_id,
-            actor_user_id=user.id,
-            target_type="session",
-            target_id=sess.id,
-            details=details,
-        )
+        await self.audit_session("auth.login.succeeded", sess, details)
         return pair
 
     async def org_for(self, user: User, wanted: uuid.UUID | None) -> tuple[uuid.UUID, str]:
@@ -157,14 +150,7 @@ class SessionService(FeatureService):
         if token.rotated_at is not None:
             # a rotated token came back: it was stolen or the client is broken; end the family
             await self._end_sessions([sess], "refresh_token_reuse")
-            await self.audit(
-                "auth.refresh_token.reused",
-                org_id=sess.org_id,
-                actor_user_id=token.user_id,
-                target_type="session",
-                target_id=sess.id,
-                details={"token_id": str(token.id)},
-            )
+            await self.audit_session("auth.refresh_token.reused", sess, {"token_id": str(token.id)})
             raise await self._fail_committed(
                 Unauthorized(
                     "This refresh token was already used; sign in again",
@@ -196,29 +182,18 @@ class SessionService(FeatureService):
         return await self._issue(user, sess, m.role)
 
     async def logout(self) -> None:
-        user, sess = await self.current_user()
+        _, sess = await self.current_user()
         if sess is None:
             return
         await self._end_sessions([sess], "logout")
-        await self.audit(
-            "auth.logout",
-            org_id=sess.org_id,
-            actor_user_id=user.id,
-            target_type="session",
-            target_id=sess.id,
-        )
+        await self.audit_session("auth.logout", sess)
 
     async def logout_all(self) -> int:
         user, sess = await self.current_user()
         live = await self.sessions.active_for_user(user.id)
         await self._end_sessions(live, "logout_all")
-        await self.audit(
-            "auth.logout_all",
-            org_id=sess.org_id if sess else user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-            details={"sessions": len(live)},
+        await self.audit_user(
+            "auth.logout_all", user, self._acting_org(user, sess), {"sessions": len(live)}
         )
         return len(live)
 
@@ -246,10 +221,4 @@ class SessionService(FeatureService):
         if target is None or target.user_id != user.id or target.revoked_at is not None:
             raise NotFound("Session not found", code="session_not_found")
         await self._end_sessions([target], "ended_by_user")
-        await self.audit(
-            "auth.session.ended",
-            org_id=target.org_id,
-            actor_user_id=user.id,
-            target_type="session",
-            target_id=target.id,
-        )
+        await self.audit_session("auth.session.ended", target)

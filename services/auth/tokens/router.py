@@ -6,26 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep, PublicContextDep
 from services.auth.tokens.schemas import SigningKeyList, SigningKeyOut
 from services.auth.tokens.service import TokenService
 
 
-async def get_public_token_service(
-    request: Request, session: SessionDep, redis: RedisDep
-) -> TokenService:
-    """Public routes ignore any forwarded principal."""
-    ctx = context_of(request, session, redis, None)
+async def get_public_token_service(ctx: PublicContextDep, request: Request) -> TokenService:
     return TokenService(ctx, request.app.state.signing_key_cache)
 
 
-async def get_token_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> TokenService:
-    ctx = context_of(request, session, redis, principal)
+async def get_token_service(ctx: ContextDep, request: Request) -> TokenService:
     return TokenService(ctx, request.app.state.signing_key_cache)
 
 

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
-from libs.db import SessionDep
-from libs.identity import PrincipalDep
-from libs.redis import RedisDep
-from services.auth.core.context import context_of
+from services.auth.core.context import ContextDep
 from services.auth.totp.schemas import RecoveryCodes, TotpCodeIn, TotpDisableIn, TotpEnrollOut
 from services.auth.totp.service import TotpService
 
 
-async def get_totp_service(
-    request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
-) -> TotpService:
-    return TotpService(context_of(request, session, redis, principal))
+async def get_totp_service(ctx: ContextDep) -> TotpService:
+    return TotpService(ctx)
 
 
 TotpServiceDep = Annotated[TotpService, Depends(get_totp_service)]

@@ -43,13 +43,7 @@ class TotpService(FeatureService):
         codes = [new_recovery_code() for _ in range(RECOVERY_CODES)]
         user.recovery_code_hashes = [sha256_hex(c) for c in codes]
         user.totp_enabled_at = utcnow()
-        await self.audit(
-            "auth.totp.enabled",
-            org_id=sess.org_id if sess else user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-        )
+        await self.audit_user("auth.totp.enabled", user, self._acting_org(user, sess))
         return codes
 
     async def totp_disable(self, password: str, code: str) -> None:
@@ -64,10 +58,4 @@ class TotpService(FeatureService):
         user.totp_secret_enc = None
         user.totp_last_step = None
         user.recovery_code_hashes = []
-        await self.audit(
-            "auth.totp.disabled",
-            org_id=sess.org_id if sess else user.personal_org_id,
-            actor_user_id=user.id,
-            target_type="user",
-            target_id=user.id,
-        )
+        await self.audit_user("auth.totp.disabled", user, self._acting_org(user, sess))

@@ -23,6 +23,7 @@ from services.auth.core.security import Cipher
 from services.auth.models import AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
 from services.auth.sessions.revocations import replay_forever
 from services.auth.settings import AuthSettings, get_settings
+from services.auth.tokens.keys import RETIRED, RETIRING
 
 log = logging.getLogger("aistack.auth.tasks")
 
@@ -82,8 +83,8 @@ async def cleanup_expired(session_factory: Any, now: datetime | None = None) -> 
             (
                 "signing_keys_retired",
                 update(SigningKey)
-                .where(SigningKey.status == "retiring", SigningKey.retire_after <= now)
-                .values(status="retired"),
+                .where(SigningKey.status == RETIRING, SigningKey.retire_after <= now)
+                .values(status=RETIRED),
             ),
         ):
             result = await session.execute(stmt)

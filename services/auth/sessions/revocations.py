@@ -1,35 +1,20 @@
 """Session revocations reach every gateway, even when Redis is down at the moment they happen.
 
-Gateways learn that a session ended (logout, logout everywhere, password change or reset,
-a shrunk or ended membership, a reused refresh token, a claimed account) from Redis: the
-marker ``aistack:auth:session-revoked:<sid>`` (kept for the access tokens' lifetime) and a
-message on ``aistack:auth:session-revoked`` (gateway/revocations.py). Both used to be written
-once, after the commit, and dropped when Redis did not answer: a session ended during an
-outage became usable again when Redis came back, until its access token expired.
-
-Now PostgreSQL holds the truth (``auth.sessions.revoked_at``) and, in the same transaction,
-one ``auth.pending_revocations`` row per ended session (an outbox). After the commit the
-announcement is tried at once (through the Redis guard: 250 ms at most when Redis hangs,
-nothing when it is known down); when it went out, the rows are deleted. The logout itself
-never fails for Redis: it answers 204 once PostgreSQL has the revocation.
+Gateways learn that a session ended from Redis: the marker ``aistack:auth:session-revoked:<sid>``
+(kept for the access tokens' lifetime) and a message on ``aistack:auth:session-revoked``
+(gateway/revocations.py). PostgreSQL holds the truth (``auth.sessions.revoked_at``) and, in the
+same transaction, one ``auth.pending_revocations`` row per ended session (an outbox). After the
+commit the announcement is tried at once (through the Redis guard: 250 ms at most when Redis
+hangs, nothing when it is known down) and the rows are deleted once it went out; the request
+itself never fails for Redis.
 
 Rows left behind (Redis down or hung, the process died between commit and announcement) are
-announced by :func:`replay_forever`, which runs in every auth process and in the auth worker.
-The table is empty nearly always, so it does not poll it every second: it looks when it starts
-and then every ``AUTH_REVOCATION_REPLAY_IDLE_SECONDS`` (15 s), but once a second (asking Redis
-itself, not through the guard) from the moment an announcement failed in its process, its
-own or a request's, until nothing is owed. So a revocation is announced:
-
-- within about a second of Redis answering again when its process lives on, or is restarted
-  (a new process looks at once, and every second while Redis is still away);
-- otherwise (its process died and stays down) at the next look of another process: within
-  about a second of Redis answering when the outage lasted longer than the idle interval (a
-  look during the outage found the row, failed and went to once a second), else at most the
-  idle interval after Redis is back.
-
-Replays are idempotent (the same marker set again, the same message sent again) and spread
-over processes with ``FOR UPDATE SKIP LOCKED``. A marker replayed late lives only until the
-session's last access token expires; a row whose tokens have all expired is dropped unsent.
+announced by :func:`replay_forever`, which runs in every auth process and in the auth worker. The
+table is empty nearly always, so it looks when it starts and then every
+``AUTH_REVOCATION_REPLAY_IDLE_SECONDS`` (15 s), but once a second from the moment an announcement
+failed in its process until nothing is owed: how late that makes an announcement is in the
+README ("When Redis is down or hung"). Replays are idempotent and spread over processes with
+``FOR UPDATE SKIP LOCKED``; a row whose tokens have all expired is dropped unsent.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Request and response schemas of the signing keys."""
+"""Response schemas of the signing keys."""
 
 from __future__ import annotations
 

@@ -287,7 +287,7 @@ async def test_the_revocation_replay_keeps_going_through_a_hang(
     from sqlalchemy import delete
 
     from services.auth.models import PendingRevocation
-    from services.auth.revocations import SESSION_REVOKED_PREFIX, record, replay_forever
+    from services.auth.sessions.revocations import SESSION_REVOKED_PREFIX, record, replay_forever
 
     direct = async_sessionmaker(engine, expire_on_commit=False)
     sid = uuid.uuid4()

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
 
 
 class Base(DeclarativeBase):

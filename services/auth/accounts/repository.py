@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.auth.models import OneTimeToken, User
 
 

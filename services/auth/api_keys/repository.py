@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.auth.models import ApiKey
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.auth.models import AuditEvent
 
 

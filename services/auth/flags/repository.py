@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.auth.models import FeatureFlag
 
 

@@ -6,7 +6,7 @@ import uuid
 
 from sqlalchemy import select
 
-from libs.db import Repository
+from libs.orm import Repository
 from libs.permissions import Role
 from services.auth.models import Invite, Membership, Organization, User
 

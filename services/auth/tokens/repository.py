@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import select, text, update
 
-from libs.db import Repository
+from libs.orm import Repository
 from services.auth.models import SigningKey
 from services.auth.tokens.keys import ACTIVE, RETIRED, RETIRING
 

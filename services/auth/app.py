@@ -22,6 +22,7 @@ from services.auth.orgs import router as orgs
 from services.auth.sessions import router as sessions
 from services.auth.sessions.revocations import replay_forever
 from services.auth.settings import AuthSettings, get_settings
+from services.auth.state import AuthState
 from services.auth.tokens import router as tokens
 from services.auth.tokens.keys import KeyCache
 from services.auth.totp import router as totp
@@ -33,8 +34,9 @@ log = logging.getLogger("aistack.auth")
 async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
     """Other services evaluate flags from Redis: make sure the definitions are there."""
     try:
-        async with session_scope(app.state.db) as session:
-            count = await publish_flag_definitions(session, app.state.redis)
+        state = AuthState.of_app(app)
+        async with session_scope(state.db) as session:
+            count = await publish_flag_definitions(session, state.redis)
         log.info("published %d feature flag definitions", count)
     except Exception:
         # auth still serves; the definitions are rewritten on the next change or start
@@ -45,8 +47,9 @@ async def flag_definitions(app: FastAPI) -> AsyncIterator[None]:
 @asynccontextmanager
 async def revocation_replay(app: FastAPI) -> AsyncIterator[None]:
     """Announce session revocations that Redis missed (services/auth/sessions/revocations.py)."""
-    # the process's own database (tests swap the request sessions' factory afterwards)
-    task = asyncio.create_task(replay_forever(app.state.db, app.state.redis))
+    # the database the app started with (tests give requests a test transaction afterwards)
+    state = AuthState.of_app(app)
+    task = asyncio.create_task(replay_forever(state.db, state.redis))
     try:
         yield
     finally:
@@ -82,10 +85,11 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         resources=[flag_definitions, revocation_replay],
         title="aistack auth",
         description="Accounts, organizations, sessions, API keys and tokens.",
+        state=AuthState,
     )
-    app.state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
-    # identity providers' discovery documents and keys, WeCom access tokens
-    app.state.oauth_cache = {}
+    state = AuthState.of_app(app)
+    state.signing_key_cache = KeyCache(settings.signing_key_cache_seconds)
+    state.oauth_cache = {}
     return app
 
 

@@ -14,6 +14,7 @@ from libs.db import SessionDep
 from libs.identity import Principal, PrincipalDep
 from libs.redis import RedisDep
 from services.auth.settings import AuthSettings
+from services.auth.state import AuthState
 
 
 def utcnow() -> datetime:
@@ -52,7 +53,7 @@ def client_of(request: Request) -> Client:
 def _context(
     request: Request, session: AsyncSession, redis: Redis, principal: Principal | None
 ) -> AuthContext:
-    settings: AuthSettings = request.app.state.settings
+    settings = AuthState.of(request).settings
     return AuthContext(
         session=session,
         redis=redis,

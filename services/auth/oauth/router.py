@@ -11,10 +11,11 @@ from services.auth.core.context import PublicContextDep
 from services.auth.oauth.schemas import ProviderName
 from services.auth.oauth.service import OAUTH_STATE_COOKIE, OAuthService
 from services.auth.sessions.schemas import TokenPair
+from services.auth.state import AuthState
 
 
 async def get_public_oauth_service(ctx: PublicContextDep, request: Request) -> OAuthService:
-    state = request.app.state
+    state = AuthState.of(request)
     return OAuthService(ctx, state.signing_key_cache, state.http, state.oauth_cache)
 
 

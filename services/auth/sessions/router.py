@@ -10,14 +10,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from services.auth.core.context import ContextDep, PublicContextDep
 from services.auth.sessions.schemas import LoginIn, RefreshIn, SessionList, SwitchOrgIn, TokenPair
 from services.auth.sessions.service import SessionService
+from services.auth.state import AuthState
 
 
 async def get_public_session_service(ctx: PublicContextDep, request: Request) -> SessionService:
-    return SessionService(ctx, request.app.state.signing_key_cache)
+    return SessionService(ctx, AuthState.of(request).signing_key_cache)
 
 
 async def get_session_service(ctx: ContextDep, request: Request) -> SessionService:
-    return SessionService(ctx, request.app.state.signing_key_cache)
+    return SessionService(ctx, AuthState.of(request).signing_key_cache)
 
 
 PublicSessionServiceDep = Annotated[SessionService, Depends(get_public_session_service)]

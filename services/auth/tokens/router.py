@@ -7,16 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from services.auth.core.context import ContextDep, PublicContextDep
+from services.auth.state import AuthState
 from services.auth.tokens.schemas import SigningKeyList, SigningKeyOut
 from services.auth.tokens.service import TokenService
 
 
 async def get_public_token_service(ctx: PublicContextDep, request: Request) -> TokenService:
-    return TokenService(ctx, request.app.state.signing_key_cache)
+    return TokenService(ctx, AuthState.of(request).signing_key_cache)
 
 
 async def get_token_service(ctx: ContextDep, request: Request) -> TokenService:
-    return TokenService(ctx, request.app.state.signing_key_cache)
+    return TokenService(ctx, AuthState.of(request).signing_key_cache)
 
 
 PublicTokenServiceDep = Annotated[TokenService, Depends(get_public_token_service)]

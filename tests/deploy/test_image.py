@@ -145,7 +145,7 @@ def test_the_images_uv_sync_installs_exactly_the_locked_versions(tmp_path: Path)
         text=True,
         check=True,
     )
-    installed = {canonicalize_name(n): v for n, v in json.loads(listed.stdout)}
+    installed: dict[str, str] = {canonicalize_name(n): v for n, v in json.loads(listed.stdout)}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert installed.pop("aistack") == project["version"]
     expected = _locked_runtime_versions()

@@ -99,6 +99,8 @@ JOB_LATENCY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
 )
 
+# request.state key where a deprecated route leaves its answer headers (libs/deprecation.py)
+DEPRECATION_STATE = "aistack_deprecation"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _tracing_configured = False
 
@@ -245,7 +247,8 @@ class ObservabilityMiddleware:
                 carrier[k.decode("latin-1")] = v.decode("latin-1")
         rid = incoming if incoming and _REQUEST_ID_RE.match(incoming) else new_request_id()
         rid_token = request_id_var.set(rid)
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         method = scope["method"]
         path = scope["path"]
         status = 500
@@ -272,6 +275,10 @@ class ObservabilityMiddleware:
                         break
                 else:
                     hdrs.append(rid_header)
+                # a deprecated route's Deprecation/Sunset headers (libs/deprecation.py)
+                deprecation = state.get(DEPRECATION_STATE)
+                if deprecation is not None:
+                    hdrs.extend(deprecation)
             await send(message)
 
         try:

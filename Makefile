@@ -46,6 +46,9 @@ pytest: sync ## The test suite against real PostgreSQL and Redis
 bench: sync ## Benchmarks (prints figures; not part of make test)
 	@$(RUN) python -m tests.bench.run $(BENCH_ARGS)
 
+soak: sync ## A mixed load through a real stack for DURATION seconds (default 120): RSS growth, errors, p99 over time
+	@$(RUN) python -m tests.bench.soak --duration $(or $(DURATION),120) $(SOAK_ARGS)
+
 audit: sync ## Known vulnerabilities in uv.lock (pip-audit; needs the vulnerability service; not part of make test)
 	@$(RUN) python -m deploy.audit
 

@@ -617,12 +617,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return asyncio.run(_check_health(service, settings))
     setup_tracing(f"{service}-worker", settings.otlp_endpoint)
-    port = settings.metrics_listen_port(worker=True)
-    metrics = start_metrics_server(settings.host, port) if port is not None else None
     grace = int(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "25"))
     opts = settings_for(service, job_completion_wait=grace, burst=args.burst)
+    worker = Worker(**opts)  # from here SIGTERM stops it gracefully (arq's handlers)
+    port = settings.metrics_listen_port(worker=True)
+    metrics = start_metrics_server(settings.host, port) if port is not None else None
     try:
-        Worker(**opts).run()
+        worker.run()
     finally:
         if metrics is not None:
             metrics.stop()

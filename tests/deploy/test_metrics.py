@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from arq.constants import health_check_key_suffix
+from redis import Redis
 
 from deploy.local.run import banner, plan_from_env
 from libs.embedded import free_port, port_open
+from libs.queue import queue_name
 from libs.settings import ServiceSettings
 from libs.testing import Infra, client_for
 from services.rag.app import build_app as build_rag
@@ -150,6 +153,12 @@ def test_a_worker_process_serves_its_metrics(infra: Infra) -> None:
         assert status == 200
         assert "# TYPE aistack_jobs_total counter" in text
         assert "process_resident_memory_bytes" in text
+        # polling its queue (arq's health key) before it is asked to stop
+        health = queue_name("billing") + health_check_key_suffix
+        with Redis.from_url(infra.redis_url) as redis:
+            deadline = time.monotonic() + 60
+            while not redis.exists(health) and time.monotonic() < deadline:
+                time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert not port_open("127.0.0.1", metrics_port)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 
 from libs.settings import DB_COMMAND_TIMEOUT_S, DB_GUARD_RETRY_S, DB_POOL_TIMEOUT_S
+from libs.state import AppState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import (
@@ -220,7 +221,7 @@ async def session_scope(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """Request-scoped session: commit on success, roll back on any error."""
-    async with session_scope(request.app.state.db) as session:
+    async with session_scope(AppState.of(request).db) as session:
         yield session
 
 
@@ -230,19 +231,3 @@ if TYPE_CHECKING:
 else:
     # the annotation is only a type for readers; FastAPI uses the dependency
     SessionDep = Annotated[Any, Depends(get_session, scope="function")]
-
-
-_MOVED_TO_ORM = frozenset(
-    {"NAMING_CONVENTION", "TYPE_ANNOTATION_MAP", "service_metadata", "IdMixin", "TimestampMixin"}
-    | {"Repository", "ModelT"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    # TRANSITION (issue 13): models and repositories moved to libs.orm; removed once the
-    # services being restructured import them from there
-    if name not in _MOVED_TO_ORM:
-        raise AttributeError(f"module 'libs.db' has no attribute {name!r}")
-    import libs.orm
-
-    return getattr(libs.orm, name)

@@ -32,6 +32,7 @@ from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.llm.app import build_app as build_llm
 from services.llm.chat.service import ChatService
 from services.llm.settings import LlmSettings
+from services.llm.state import LlmState
 from tests.support.fakes import openai_fake
 from tests.support.fakes.auth_fake import FakeAuth
 from tests.support.fakes.vendor_common import Behavior
@@ -183,7 +184,7 @@ class Env:
 
     @property
     def service(self) -> ChatService:
-        service: ChatService = self.app.state.llm
+        service = LlmState.of_app(self.app).llm
         return service
 
     def sdk(self, p: Principal, **kw: Any) -> openai.AsyncOpenAI:

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
 
 
 class Base(DeclarativeBase):
@@ -227,9 +227,9 @@ class Identity(IdMixin, Base):
 class PendingRevocation(Base):
     """A session revocation not yet announced in Redis (its session-revoked marker and
     message): the outbox that makes a logout during a Redis outage reach the gateways once
-    Redis is back (services/auth/revocations.py). Written in the transaction that ends the
-    session; deleted once announced. No foreign key: the marker must go out even if the
-    session row is gone by then."""
+    Redis is back (services/auth/sessions/revocations.py). Written in the transaction that
+    ends the session; deleted once announced. No foreign key: the marker must go out even if
+    the session row is gone by then."""
 
     __tablename__ = "pending_revocations"
 

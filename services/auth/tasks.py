@@ -1,5 +1,5 @@
 """Background work of the auth service: outgoing email over SMTP, nightly cleanup, and the
-replay of session revocations Redis missed (services/auth/revocations.py)."""
+replay of session revocations Redis missed (services/auth/sessions/revocations.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from sqlalchemy import delete, update
 
 from libs.db import session_scope
 from libs.queue import JobContext, job
-from services.auth.mail import SEND_EMAIL
+from services.auth.core.mail import SEND_EMAIL
+from services.auth.core.security import Cipher
 from services.auth.models import AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
-from services.auth.revocations import replay_forever
-from services.auth.security import Cipher
+from services.auth.sessions.revocations import replay_forever
 from services.auth.settings import AuthSettings, get_settings
+from services.auth.tokens.keys import RETIRED, RETIRING
 
 log = logging.getLogger("aistack.auth.tasks")
 
@@ -82,8 +83,8 @@ async def cleanup_expired(session_factory: Any, now: datetime | None = None) -> 
             (
                 "signing_keys_retired",
                 update(SigningKey)
-                .where(SigningKey.status == "retiring", SigningKey.retire_after <= now)
-                .values(status="retired"),
+                .where(SigningKey.status == RETIRING, SigningKey.retire_after <= now)
+                .values(status=RETIRED),
             ),
         ):
             result = await session.execute(stmt)

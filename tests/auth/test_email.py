@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.testing import Infra
 from services.auth import tasks
-from services.auth.mail import SERVICE
+from services.auth.core.mail import SERVICE
 from tests.support.stacks.auth import PASSWORD, auth_settings, new_email, token_in
 from tests.support.workers import run_burst
 

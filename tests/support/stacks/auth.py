@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import jwt
 from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.identity import Principal
 from libs.permissions import scopes_for_roles
 from libs.testing import auth_headers
-from services.auth.security import Cipher
+from services.auth.core.security import Cipher
+from services.auth.models import AuditEvent
 from services.auth.settings import AuthSettings
 
 PASSWORD = "Tr0ub4dor&3-horse"
@@ -151,6 +154,14 @@ async def mail_token(redis: Redis, to: str, subject_part: str, path: str) -> str
     mails = [m for m in await queued_mails(redis) if m["to"] == to and subject_part in m["subject"]]
     assert mails, f"no mail {subject_part!r} to {to}"
     return token_in(mails[-1]["body"], path)
+
+
+async def audit_actions(db: AsyncConnection, **where: object) -> list[str]:
+    """The actions in the audit log, oldest first, of the events matching ``where``."""
+    stmt = select(AuditEvent.action).order_by(AuditEvent.created_at, AuditEvent.id)
+    for k, v in where.items():
+        stmt = stmt.where(getattr(AuditEvent, k) == v)
+    return list((await db.execute(stmt)).scalars())
 
 
 def auth_settings(**overrides: object) -> AuthSettings:

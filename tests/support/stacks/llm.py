@@ -87,7 +87,7 @@ async def llm_behind_gateway(
 ) -> AsyncIterator[LlmStack]:
     """Start auth (fake), llm (``routing``, settings overrides ``llm``) and the gateway
     (overrides ``gateway``); stop them in reverse order. The provider's API key variable
-    (``tests.llm.api.conftest.KEY_ENV``) must be set by the caller."""
+    (:data:`KEY_ENV`) must be set by the caller."""
     auth = FakeAuth()
     running: list[Running] = [await serve(auth.app())]
     try:

@@ -1,0 +1,1 @@
+"""Accounts: registration, email verification, password reset and change, the signed-in user."""

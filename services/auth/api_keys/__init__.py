@@ -1,0 +1,1 @@
+"""API keys: an organization's keys, and their introspection for the gateway."""

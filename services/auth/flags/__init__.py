@@ -1,0 +1,1 @@
+"""Feature flags: the admin API, the definitions every service reads from Redis, evaluation."""

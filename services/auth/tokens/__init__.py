@@ -1,0 +1,1 @@
+"""Access tokens: the rotating signing keys, the JWKS that gateways verify tokens with."""

@@ -1,0 +1,1 @@
+"""Second factor: TOTP enrolment and one-time recovery codes."""

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from redis.asyncio import Redis
+
+from libs.identity import Principal
+from libs.testing import auth_headers
+from tests.support.stacks.auth import SERVICE, signup
+
+
+async def test_flags_admin_api_and_cached_evaluation(
+    client: httpx.AsyncClient, redis: Redis
+) -> None:
+    acct = await signup(client)
+    denied = await client.put(
+        "/v1/admin/flags/new-ui", json={"enabled": True}, headers=acct.headers
+    )
+    assert denied.status_code == 403
+    created = await client.put(
+        "/v1/admin/flags/new-ui",
+        json={"enabled": False, "org_overrides": {str(acct.org_id): True}},
+        headers=SERVICE,
+    )
+    assert created.status_code == 201, created.text
+    await client.put("/v1/admin/flags/beta", json={"enabled": True}, headers=SERVICE)
+    mine = await client.get("/v1/auth/flags", headers=acct.headers)
+    assert mine.status_code == 200
+    assert mine.json() == {"org_id": str(acct.org_id), "flags": {"new-ui": True, "beta": True}}
+    other = auth_headers(Principal(user_id=uuid.uuid4(), org_id=uuid.uuid4()))
+    assert (await client.get("/v1/auth/flags", headers=other)).json()["flags"] == {
+        "new-ui": False,
+        "beta": True,
+    }
+    assert await redis.keys("aistack:flags:*:" + str(acct.org_id))
+
+    # a change is visible at once (the cache is versioned)
+    updated = await client.put("/v1/admin/flags/beta", json={"enabled": False}, headers=SERVICE)
+    assert updated.status_code == 200 and updated.json()["enabled"] is False
+    assert (await client.get("/v1/auth/flags", headers=acct.headers)).json()["flags"][
+        "beta"
+    ] is False
+    assert (await client.delete("/v1/admin/flags/beta", headers=SERVICE)).status_code == 204
+    assert (await client.get("/v1/admin/flags/beta", headers=SERVICE)).status_code == 404
+    flags = (await client.get("/v1/auth/flags", headers=acct.headers)).json()["flags"]
+    assert flags == {"new-ui": True}
+    listing = await client.get("/v1/admin/flags", headers=SERVICE)
+    assert [f["key"] for f in listing.json()["data"]] == ["new-ui"]
+    bad_key = await client.put("/v1/admin/flags/Bad Key!", json={"enabled": True}, headers=SERVICE)
+    assert bad_key.status_code == 422
+    bad_pct = await client.put(
+        "/v1/admin/flags/x", json={"enabled": True, "rollout_percentage": 101}, headers=SERVICE
+    )
+    assert bad_pct.status_code == 422

@@ -298,6 +298,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
         use_database=False,
         use_redis=settings.use_redis,
         resources=[clients],
+        guard_json=False,
         openai_error_prefixes=openai_prefixes(),
     )
     app.state.proxy = proxy

@@ -303,6 +303,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
         use_redis=settings.use_redis,
         resources=[clients],
         state=GatewayState,
+        guard_json=False,
         openai_error_prefixes=openai_prefixes(),
     )
     state = GatewayState.of_app(app)

@@ -34,6 +34,7 @@ from libs.logging import configure_logging
 from libs.payload import JsonGuardMiddleware
 from libs.redis import make_redis
 from libs.settings import ServiceSettings
+from libs.sse import describe_streams_per_event
 from libs.state import AppState
 from libs.telemetry import (
     BodyLimitMiddleware,
@@ -101,6 +102,11 @@ class App(FastAPI):
             stack = cls(stack, *args, **kwargs)
         self._hot_stack = stack
         return stack
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            describe_streams_per_event(super().openapi())
+        return self.openapi_schema  # type: ignore[return-value]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = self._hot_match

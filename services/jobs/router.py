@@ -14,7 +14,7 @@ from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
 from libs.queue import TERMINAL_STATUSES
 from libs.redis import RedisDep
-from libs.sse import SSEResponse, event_frame
+from libs.sse import SSEResponse, event_frame, sse_responses
 from services.jobs.repository import JobRepository
 from services.jobs.schemas import JobList, JobOut, JobStatusName, PurgeRequest
 from services.jobs.service import JobService
@@ -103,7 +103,7 @@ async def retry_job(job_id: str, service: JobServiceDep) -> object:
     "/{job_id}/events",
     summary="Progress as Server-Sent Events (`progress` events, then `end`)",
     response_class=SSEResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=sse_responses("`progress` events (the job), then one `end` event"),
     dependencies=READ,
 )
 async def job_events(job_id: str, request: Request, service: JobServiceDep) -> SSEResponse:

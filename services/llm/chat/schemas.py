@@ -47,8 +47,14 @@ CacheOption = Annotated[
         "by default only temperature 0 requests are cached",
     ),
 ]
+# shorter than this no provider answers: a request asking for it is a mistake, not a 504
+MIN_TIMEOUT_S = 0.1
 TimeoutOption = Annotated[
-    float | None, Field(gt=0, description="aistack: per-request timeout in seconds (capped)")
+    float | None,
+    Field(
+        ge=MIN_TIMEOUT_S,
+        description="aistack: per-request timeout in seconds (at least 0.1; capped)",
+    ),
 ]
 
 

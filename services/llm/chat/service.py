@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import struct
 import time
@@ -33,6 +34,7 @@ from services.llm.chat.metrics import CACHE, LATENCY
 from services.llm.chat.relay import OpenStream, relay
 from services.llm.chat.repository import IdempotencyClaim, ResultStore
 from services.llm.chat.schemas import (
+    MIN_TIMEOUT_S,
     ChatCompletionRequest,
     EmbeddingRequest,
     ModelList,
@@ -199,10 +201,14 @@ class ChatService:
         if value is None and header:
             try:
                 value = float(header)
-            except ValueError as exc:
+            except ValueError:
+                value = math.nan
+            # 0 or less: the default, as before; anything else must be a usable finite time
+            if not (math.isfinite(value) and (value <= 0 or value >= MIN_TIMEOUT_S)):
                 raise BadRequest(
-                    "x-aistack-timeout must be a number of seconds", code="invalid_timeout"
-                ) from exc
+                    f"x-aistack-timeout must be a number of seconds, at least {MIN_TIMEOUT_S}",
+                    code="invalid_timeout",
+                )
         if value is None or value <= 0:
             value = self.settings.request_timeout_s
         return min(value, self.settings.max_request_timeout_s)

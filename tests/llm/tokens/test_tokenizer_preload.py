@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from libs import tokens
 from libs.testing import Infra, running
 from services.llm.settings import LlmSettings
 from services.llm.tokens import tokenizer
@@ -18,15 +19,15 @@ from tests.support.stacks.llm_store import store_app
 @pytest.fixture
 def builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """Encodings built from now on: (name, built off the event loop's thread); none loaded yet."""
-    monkeypatch.setattr(tokenizer, "_encodings", {})
-    real = tokenizer.build_encoding
+    monkeypatch.setattr(tokens, "_encodings", {})
+    real = tokens.build_encoding
     seen: list[tuple[str, bool]] = []
 
     def build(name: str) -> tokenizer.Encoding:
         seen.append((name, threading.current_thread() is not threading.main_thread()))
         return real(name)
 
-    monkeypatch.setattr(tokenizer, "build_encoding", build)
+    monkeypatch.setattr(tokens, "build_encoding", build)
     return seen
 
 
@@ -38,12 +39,12 @@ async def test_named_encodings_are_loaded_in_a_thread_before_the_app_is_ready(
 ) -> None:
     monkeypatch.setenv("LLM_TOKENIZER_PRELOAD", "cl100k_base")
     app = store_app(tmp_path, monkeypatch)
-    assert not tokenizer.loaded("cl100k_base")
+    assert not tokens.loaded("cl100k_base")
     async with running(app):
-        assert tokenizer.loaded("cl100k_base") and not tokenizer.loaded("o200k_base")
+        assert tokens.loaded("cl100k_base") and not tokens.loaded("o200k_base")
         assert builds == [("cl100k_base", True)]
         # a request's first count finds it loaded
-        assert tokenizer.get_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
+        assert tokens.get_encoding("cl100k_base").encode_ordinary("hello world") == [15339, 1917]
     assert builds == [("cl100k_base", True)]
 
 
@@ -56,7 +57,7 @@ async def test_by_default_nothing_is_loaded_at_start_up(
     monkeypatch.delenv("LLM_TOKENIZER_PRELOAD", raising=False)
     async with running(store_app(tmp_path, monkeypatch)):
         assert builds == []
-        assert not tokenizer.loaded("o200k_base") and not tokenizer.loaded("cl100k_base")
+        assert not tokens.loaded("o200k_base") and not tokens.loaded("cl100k_base")
 
 
 def test_the_setting_takes_a_list_or_none_and_refuses_unknown_names(

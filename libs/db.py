@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 
 from libs.settings import DB_COMMAND_TIMEOUT_S, DB_GUARD_RETRY_S, DB_POOL_TIMEOUT_S
@@ -65,6 +66,10 @@ def make_engine(
 
     engine = create_async_engine(
         url,
+        # JSONB keeps numbers as numeric: 1e30 comes back as the digits of an integer, which
+        # the standard library reads as a 101-bit int that no JSON encoder here can write
+        # again (a conversation's export answered 500). orjson reads it back as the float it was.
+        json_deserializer=orjson.loads,
         poolclass=None if guard_retry_s is None else GuardedPool,
         pool_size=pool_size,
         max_overflow=pool_size,

@@ -36,6 +36,19 @@ async def create(c: httpx.AsyncClient, p: Principal, **body: Any) -> dict[str, A
     return data
 
 
+async def test_numbers_past_64_bits_come_back_as_they_went_in(c: httpx.AsyncClient) -> None:
+    """JSONB keeps 1e30 as numeric; read back as an integer it could not be exported (500)."""
+    p = principal()
+    conv = await create(c, p, metadata={"big": 1e30, "small": -2.5e-300, "n": 2**63 - 1})
+    export = await c.get(f"/v1/conversations/{conv['id']}/export", headers=h(p))
+    assert export.status_code == 200, export.text
+    assert export.json()["conversation"]["metadata"] == {
+        "big": 1e30,
+        "small": -2.5e-300,
+        "n": 2**63 - 1,
+    }
+
+
 async def test_crud_export_and_messages(c: httpx.AsyncClient) -> None:
     p = principal()
     conv = await create(

@@ -40,8 +40,9 @@ log = logging.getLogger("aistack.gateway")
 
 TITLE = "aistack API"
 DESCRIPTION = (
-    "The aistack platform behind one door: accounts and API keys, an OpenAI-compatible LLM "
-    "API, knowledge bases with cited answers, background jobs and billing."
+    "The aistack platform behind one door: accounts, organizations and API keys, an "
+    "OpenAI-compatible LLM API over many providers, knowledge bases, background jobs and "
+    "usage by organization."
 )
 CORS_REQUEST_HEADERS = [
     "authorization",

@@ -13,16 +13,10 @@ import httpx
 import orjson
 
 from gateway.routes import match_route
+from libs.registry import SERVICES
 
 log = logging.getLogger("aistack.gateway.openapi")
 
-SERVICE_DESCRIPTIONS = {
-    "auth": "Users, organizations, sessions, API keys and sign-in.",
-    "llm": "OpenAI-compatible chat, completions, embeddings and models; prompts, conversations.",
-    "rag": "Knowledge bases, documents, retrieval and cited answers.",
-    "jobs": "Background jobs, schedules and notifications.",
-    "billing": "Plans, subscriptions, usage and invoices.",
-}
 _OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 _METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 _REF_PREFIX = "#/components/schemas/"
@@ -132,17 +126,24 @@ def merge_specs(gateway_spec: dict[str, Any], specs: dict[str, dict[str, Any]]) 
                     op["parameters"] = params
                 else:
                     op.pop("parameters", None)
-                if route is not None and route.public:
-                    op["security"] = []
-                else:
+                # the caller is needed where the gateway asks for one (a prefix that is not
+                # public) or where the service does (the operation depends on the forwarded
+                # principal: libs/identity.py); either way the gateway's schemes apply
+                if (route is not None and not route.public) or op.get("security"):
                     op.pop("security", None)
+                else:
+                    op["security"] = []
                 new_ops[method] = op
             paths[path] = new_ops
         for name, schema in service_schemas.items():
             schemas[renames.get(name, name)] = schema
-        desc = SERVICE_DESCRIPTIONS.get(service, "")
+        # the service's own tag says what the service does (the registry); a feature's tag
+        # keeps what the service wrote for it, if anything, rather than repeating its parent
+        own = {t["name"]: t.get("description") for t in spec.get("tags", []) if "name" in t}
         for t in used_tags:
-            tags.append({"name": t, "description": desc})
+            feature = t.split(": ", 1)[1] if t.startswith(f"{service}: ") else None
+            desc = SERVICES[service].description if feature is None else own.get(feature)
+            tags.append({"name": t, **({"description": desc} if desc else {})})
 
     components["securitySchemes"] = SECURITY_SCHEMES
     merged["security"] = SECURITY

@@ -33,6 +33,7 @@ from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.payload import JsonGuardMiddleware
 from libs.redis import make_redis
+from libs.registry import SERVICES
 from libs.settings import ServiceSettings
 from libs.sse import describe_streams_per_event
 from libs.state import AppState
@@ -117,6 +118,11 @@ class App(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def _described(service: str) -> str:
+    known = SERVICES.get(service)
+    return known.description if known is not None else ""
+
+
 async def check_database(app: FastAPI) -> str | None:
     """Readiness: the service's Postgres answers (a lazy database: once it is in use)."""
     db = AppState.of_app(app).db
@@ -160,7 +166,7 @@ def create_app(
     settings: ServiceSettings,
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
-    description: str = "",
+    description: str | None = None,
     version: str = VERSION,
     use_database: bool | Literal["lazy"] = True,
     use_redis: bool = True,
@@ -176,6 +182,7 @@ def create_app(
     ``resources`` are async context managers entered in the lifespan after the database,
     Redis and HTTP client exist (so they may use them) and exited in reverse order.
     ``use_database``: True builds the engine at start-up, "lazy" with the first session.
+    ``description``: by default what the registry says the service does.
     ``state``: the app's :class:`AppState` class (a subclass declaring the service's own).
     ``guard_json``: refuse JSON bodies holding what no service can take (libs/payload.py);
     off for the gateway, which passes bodies on unread to the services that check them.
@@ -241,7 +248,7 @@ def create_app(
         # telemetry would add a second span and metric set per request
         telemetry={"tracing": False, "metrics": False, "logs": False},
         title=title or f"aistack {service}",
-        description=description,
+        description=description if description is not None else _described(service),
         version=version,
         lifespan=lifespan,
         openapi_tags=openapi_tags,

@@ -12,7 +12,8 @@ import uuid
 from typing import Annotated, Any
 
 import jwt
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
 from libs.errors import Forbidden, Unauthorized
@@ -106,14 +107,26 @@ def verify_internal_token(token: str, secret: str) -> Principal:
     return principal
 
 
+# A route that depends on the principal declares it in its service's OpenAPI document through
+# this security scheme; the gateway's merged document publishes such operations with its own
+# schemes (bearer token, API key) and every other operation as open (gateway/openapi.py).
+FORWARDED_PRINCIPAL = APIKeyHeader(
+    name=INTERNAL_HEADER,
+    scheme_name="forwardedPrincipal",
+    description="The caller, as the gateway forwards it (never sent by clients)",
+    auto_error=False,
+)
+
+
 # async (like every dependency on the hot path): FastAPI runs plain ``def`` dependencies in a
 # worker thread, a thread hop per dependency per request
-async def get_principal(request: Request) -> Principal:
+async def get_principal(
+    request: Request, token: Annotated[str | None, Security(FORWARDED_PRINCIPAL)]
+) -> Principal:
     """Dependency: the verified principal of the current request (401 without one)."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
-    token = request.headers.get(INTERNAL_HEADER)
     if not token:
         raise Unauthorized("Authentication required")
     principal = verify_internal_token(token, AppState.of(request).settings.internal_token_secret)
@@ -123,9 +136,10 @@ async def get_principal(request: Request) -> Principal:
 
 async def get_optional_principal(request: Request) -> Principal | None:
     """Dependency: the principal when one was forwarded, else None (public routes)."""
-    if not request.headers.get(INTERNAL_HEADER):
+    token = request.headers.get(INTERNAL_HEADER)
+    if not token:
         return None
-    return await get_principal(request)
+    return await get_principal(request, token)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

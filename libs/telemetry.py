@@ -206,6 +206,10 @@ def _route_label(scope: Scope) -> str:
     return str(override) if override else "unmatched"
 
 
+# the status logged and counted for a request whose client left before any answer (nginx's)
+CLIENT_CLOSED = 499
+
+
 class ObservabilityMiddleware:
     """Request id, server span, metrics and access log for every HTTP request.
 
@@ -283,6 +287,10 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+            if not started:
+                # the app answered nothing because the client left (mid-body, say): not a
+                # server error; counted and logged as nginx's 499 "client closed request"
+                status = CLIENT_CLOSED
         except Exception as exc:
             # rendered here (not by Starlette's outer ServerErrorMiddleware) so the 500 still
             # carries the request id, in the body and the header

@@ -84,7 +84,6 @@ def build_app(settings: AuthSettings | None = None) -> FastAPI:
         routers=ROUTERS,
         resources=[flag_definitions, revocation_replay],
         title="aistack auth",
-        description="Accounts, organizations, sessions, API keys and tokens.",
         state=AuthState,
     )
     state = AuthState.of_app(app)

@@ -16,7 +16,6 @@ def build_app(settings: BillingSettings | None = None) -> FastAPI:
         settings=settings,
         routers=[router],
         title="aistack billing",
-        description="Plans, subscriptions, usage and invoices.",
     )
     return app
 

@@ -17,7 +17,6 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         settings=settings,
         routers=[router],
         title="aistack jobs",
-        description="Background jobs, schedules and notifications.",
         state=JobsState,
     )
     return app

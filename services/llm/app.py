@@ -105,7 +105,6 @@ def build_app(
             conversations_router,
         ],
         title="aistack llm",
-        description="OpenAI-compatible LLM API over many providers.",
         resources=[llm_resources],
         openai_error_prefixes=(*OPENAI_PREFIXES, RESPONSES_PREFIX),
         # only prompts and conversations use the database: SQLAlchemy loads with the first

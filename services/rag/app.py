@@ -16,7 +16,6 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
         settings=settings,
         routers=[router],
         title="aistack rag",
-        description="Knowledge bases, ingestion and cited answers.",
     )
     return app
 

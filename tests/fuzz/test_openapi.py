@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -139,6 +140,30 @@ def schemathesis_run(gateway: str, secret: str, filters: list[str], out: Path) -
     # mismatch"); that is not an answer of the API, and every case it did build was checked
     assert {e["title"] for e in summary["errors"]} <= {"Runtime Error"}, out
     return summary
+
+
+def test_declared_security_matches_what_is_enforced(gateway: str) -> None:
+    """Every operation the document publishes as secured refuses a caller without credentials
+    (401 ``unauthorized``), and no operation it publishes as open does (it may still refuse
+    what was sent, a failed sign-in included): Swagger UI and generated clients send
+    credentials exactly where the document says."""
+    doc = httpx.get(f"{gateway}/openapi.json", timeout=30).json()
+    assert doc["security"]  # the default: a bearer token or an API key
+    checked = 0
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        for path, item in doc["paths"].items():
+            url = re.sub(r"\{[^}]+\}", "00000000-0000-4000-8000-000000000000", path)
+            for method, op in item.items():
+                if method not in ("get", "post", "put", "patch", "delete"):
+                    continue
+                body: dict[str, Any] | None = {} if "requestBody" in op else None
+                resp = client.request(method.upper(), url, json=body)
+                refused = resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized"
+                declared_open = op.get("security", doc["security"]) == []
+                what = f"{method.upper()} {path}: declared {'open' if declared_open else 'secured'}"
+                assert refused != declared_open, f"{what}, answered {resp.status_code} {resp.text}"
+                checked += 1
+    assert checked > 50
 
 
 @pytest.mark.timeout(2400)

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from libs.errors import AppError, app_error_response, error_response, http_exception_response
-from libs.identity import get_principal
+from libs.identity import INTERNAL_HEADER, get_principal
 from libs.permissions import Scope as Permission
 from libs.storage_errors import storage_error_response
 from services.llm.chat.router import CHAT_ROUTE, get_chat_service, openai_handler, render
@@ -60,7 +60,7 @@ async def serve_chat(request: Request) -> Response:
         ctype = request.headers.get("content-type")
         # as FastAPI (strict content type): JSON only when declared; else bytes, which fail
         data = _loads(raw) if ctype and _is_json(ctype) else raw
-    principal = await get_principal(request)
+    principal = await get_principal(request, request.headers.get(INTERNAL_HEADER))
     principal.require_scope(_LLM_USE)
     if data is _MISSING:
         raise RequestValidationError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.redis import make_redis
+from libs.registry import ROUTES
 from libs.settings import ServiceSettings
 from libs.state import AppState
 from libs.telemetry import (
@@ -137,6 +138,7 @@ def create_app(
     openai_error_prefixes: Sequence[str] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
     state: type[AppState] = AppState,
+    body_limits: Mapping[str, int] | None = None,
 ) -> App:
     """Build a FastAPI app with the platform's conventions.
 
@@ -144,6 +146,8 @@ def create_app(
     Redis and HTTP client exist (so they may use them) and exited in reverse order.
     ``use_database``: True builds the engine at start-up, "lazy" with the first session.
     ``state``: the app's :class:`AppState` class (a subclass declaring the service's own).
+    ``body_limits``: path prefix -> largest body there, over ``max_body_bytes`` (the registry's
+    upload routes get ``max_upload_bytes`` on their service and on the gateway).
     """
     configure_logging(service, settings.log_level, settings.log_json)
     setup_tracing(service, settings.otlp_endpoint)
@@ -242,6 +246,10 @@ def create_app(
         app.include_router(router)
 
     # order matters: observability wraps everything, so 413s are counted and carry request ids
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    limits = dict(body_limits or {})
+    for route in ROUTES:
+        if route.uploads and service in (route.service, "gateway"):
+            limits.setdefault(route.prefix, settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, overrides=limits)
     app.add_middleware(ObservabilityMiddleware, service=service, quiet_paths=QUIET_PATHS)
     return app

@@ -1,22 +1,42 @@
-"""The rag service: knowledge bases, ingestion and cited answers."""
+"""The rag service: files, knowledge bases as vector stores, ingestion, search and answers."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.rag.router import router
+from libs.registry import SERVICES
+from services.rag.files.router import internal_router as files_internal
+from services.rag.files.router import router as files_router
 from services.rag.settings import RagSettings, get_settings
+from services.rag.state import RagState
+from services.rag.storage import make_storage
+
+OPENAI_PREFIXES = tuple(r.prefix for r in SERVICES["rag"].routes if r.openai)
 
 
 def build_app(settings: RagSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def resources(app: FastAPI) -> AsyncIterator[None]:
+        state = RagState.of_app(app)
+        state.storage = make_storage(settings)
+        yield
+
     app = create_app(
         service="rag",
         settings=settings,
-        routers=[router],
+        routers=[files_router, files_internal],
         title="aistack rag",
-        description="Knowledge bases, ingestion and cited answers.",
+        description=SERVICES["rag"].description,
+        resources=[resources],
+        openai_error_prefixes=OPENAI_PREFIXES,
+        state=RagState,
+        body_limits={"/internal/files": settings.max_upload_bytes},
     )
     return app
 

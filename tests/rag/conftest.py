@@ -1,0 +1,39 @@
+"""The rag app in-process over the session's PostgreSQL and Redis, its files in a temporary
+folder, its sessions inside the test's rolled-back transaction."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.db import Database
+from libs.state import AppState
+from libs.testing import Infra, running
+from services.rag.app import build_app
+from services.rag.settings import RagSettings
+from tests.support.stacks.rag import http_for, rag_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path, infra: Infra) -> RagSettings:
+    return rag_settings(tmp_path)
+
+
+@pytest.fixture
+async def app(settings: RagSettings, db: AsyncConnection) -> AsyncIterator[FastAPI]:
+    """The rag app running, its sessions inside the test's rolled-back transaction."""
+    rag_app = build_app(settings)
+    async with running(rag_app):
+        AppState.of_app(rag_app).db = Database.joined(db)
+        yield rag_app
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_for(app) as client:
+        yield client

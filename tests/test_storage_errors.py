@@ -98,22 +98,16 @@ async def test_a_value_postgres_cannot_store_is_422_not_500(db: AsyncConnection)
     who = principal()
     async with client_for(app, connection=db) as c:
         resp = await c.post(
-            "/v1/files",
-            files={"file": ("hand\u0000book.txt", b"x")},
-            data={"purpose": "assistants"},
-            headers=auth_headers(who),
+            "/v1/vector_stores", json={"name": "hand\u0000book"}, headers=auth_headers(who)
         )
         assert resp.status_code == 422, resp.text
         error = resp.json()["error"]
         assert error["code"] == "validation_error"  # OpenAI's shape on /v1/files
         assert error["type"] == "invalid_request_error"
         # nothing was stored, and the same request without the NUL works
-        listing = await c.get("/v1/files", headers=auth_headers(who))
+        listing = await c.get("/v1/vector_stores", headers=auth_headers(who))
         assert listing.json()["data"] == []
         resp = await c.post(
-            "/v1/files",
-            files={"file": ("handbook.txt", b"x")},
-            data={"purpose": "assistants"},
-            headers=auth_headers(who),
+            "/v1/vector_stores", json={"name": "handbook"}, headers=auth_headers(who)
         )
         assert resp.status_code == 200

@@ -14,6 +14,7 @@ from services.rag.files.router import router as files_router
 from services.rag.settings import RagSettings, get_settings
 from services.rag.state import RagState
 from services.rag.storage import make_storage
+from services.rag.vector_stores.router import router as vector_stores_router
 
 OPENAI_PREFIXES = tuple(r.prefix for r in SERVICES["rag"].routes if r.openai)
 
@@ -30,7 +31,7 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
     app = create_app(
         service="rag",
         settings=settings,
-        routers=[files_router, files_internal],
+        routers=[files_router, files_internal, vector_stores_router],
         title="aistack rag",
         description=SERVICES["rag"].description,
         resources=[resources],

@@ -16,12 +16,38 @@ from libs.state import AppState
 from libs.testing import Infra, running
 from services.rag.app import build_app
 from services.rag.settings import RagSettings
-from tests.support.stacks.rag import http_for, rag_settings
+from tests.support.stacks.rag import http_for, rag_settings, serve_llm
+
+
+@pytest.fixture(scope="session")
+async def llm_url(infra: Infra) -> AsyncIterator[str]:
+    """The real llm service (its local embedding model) for the whole session."""
+    server = await serve_llm()
+    yield server.url
+    await server.stop()
 
 
 @pytest.fixture
 def settings(tmp_path: Path, infra: Infra) -> RagSettings:
     return rag_settings(tmp_path)
+
+
+@pytest.fixture
+async def committed(tmp_path: Path, llm_url: str, redis: object) -> AsyncIterator[FastAPI]:
+    """The rag app writing for real (its worker, another process's view, must see the rows),
+    embedding through the session's llm; ingestion settings fast for tests."""
+    rag_app = build_app(
+        rag_settings(
+            tmp_path,
+            llm_url=llm_url,
+            embed_retries=2,
+            embed_backoff_s=0.05,
+            ingest_lease_s=3,
+            reconcile_interval_s=0.5,
+        )
+    )
+    async with running(rag_app):
+        yield rag_app
 
 
 @pytest.fixture

@@ -151,7 +151,7 @@ async def test_validation_errors_are_openai_shaped(app: FastAPI, http: httpx.Asy
         headers=h,
     )
     assert resp.status_code in (400, 422)
-    resp = await http.get(f"/v1/vector_stores?after=bogus", headers=h)
+    resp = await http.get("/v1/vector_stores?after=bogus", headers=h)
     assert resp.status_code == 400
 
 
@@ -167,7 +167,7 @@ async def test_another_organizations_ids_answer_404_everywhere(
     unknown_vs = "vs_" + uuid.uuid4().hex
     unknown_f = "file-" + uuid.uuid4().hex
     unknown_b = "vsfb_" + uuid.uuid4().hex
-    routes = [
+    routes: list[tuple[str, str, object]] = [
         ("GET", "/v1/vector_stores/{vs}", None),
         ("POST", "/v1/vector_stores/{vs}", {"name": "x"}),
         ("DELETE", "/v1/vector_stores/{vs}", None),

@@ -35,3 +35,100 @@ def sdk_for(app: FastAPI, who: Principal) -> openai.AsyncOpenAI:
 def http_for(app: FastAPI) -> httpx.AsyncClient:
     """A raw client calling ``app`` in-process (headers per request)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rag.test")
+
+
+# --- documents the tests ingest (made here: nothing downloaded, nothing binary in the repo)
+
+
+def pdf_bytes(
+    paragraphs: list[str],
+    table: list[list[str]] | None = None,
+    *,
+    password: str | None = None,
+) -> bytes:
+    """A text PDF (Helvetica: Latin text only) with an optional bordered table after the text;
+    with ``password`` it opens only with it (encrypted)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=11)
+    for p in paragraphs:
+        pdf.multi_cell(0, 6, p)
+        pdf.ln(4)
+    if table:
+        with pdf.table() as t:
+            for row in table:
+                r = t.row()
+                for cell in row:
+                    r.cell(cell)
+    if password is not None:
+        pdf.set_encryption(owner_password="owner-" + password, user_password=password)
+    return bytes(pdf.output())
+
+
+def docx_bytes(
+    sections: list[tuple[str, list[str]]], table: list[list[str]] | None = None
+) -> bytes:
+    """A DOCX with a heading per section, its paragraphs, and an optional table at the end."""
+    import io
+
+    import docx
+
+    document = docx.Document()
+    for heading, paragraphs in sections:
+        document.add_heading(heading, level=1)
+        for p in paragraphs:
+            document.add_paragraph(p)
+    if table:
+        t = document.add_table(rows=len(table), cols=len(table[0]))
+        for i, row in enumerate(table):
+            for j, cell in enumerate(row):
+                t.cell(i, j).text = cell
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+# --- the llm (embeddings) and the rag worker in-process
+
+
+async def serve_llm() -> Any:
+    """The real llm app on a free port with its built-in routing (the local models: ``embed``
+    is all-MiniLM-L6-v2 on the CPU); returns the running server (``.url``, ``.stop()``)."""
+    from services.llm.app import build_app as build_llm
+    from services.llm.settings import LlmSettings
+    from tests.support.servers import serve
+
+    return await serve(build_llm(LlmSettings()))
+
+
+async def run_worker(settings: RagSettings, *, burst: bool = True, **options: Any) -> Any:
+    """The rag worker with its real start-up (storage, embedder, reconciler, purge) over
+    ``settings``; in burst mode it returns once the queue is empty."""
+    from arq.worker import Worker
+
+    from libs.worker import worker_settings
+    from services.rag import tasks
+
+    worker = Worker(
+        **worker_settings(
+            "rag",
+            tasks.functions,
+            redis_url=settings.redis_url,
+            database_url=settings.database_url,
+            settings=settings,
+            on_startup=tasks.on_startup,
+            on_shutdown=tasks.on_shutdown,
+            handle_signals=False,
+            burst=burst,
+            poll_delay=0.05,
+            **options,
+        )
+    )
+    if burst:
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+    return worker

@@ -11,6 +11,8 @@ from libs.app import create_app
 from libs.registry import SERVICES
 from services.rag.files.router import internal_router as files_internal
 from services.rag.files.router import router as files_router
+from services.rag.search.router import internal_router as search_internal
+from services.rag.search.router import router as search_router
 from services.rag.settings import RagSettings, get_settings
 from services.rag.state import RagState
 from services.rag.storage import make_storage
@@ -31,7 +33,14 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
     app = create_app(
         service="rag",
         settings=settings,
-        routers=[files_router, files_internal, vector_stores_router],
+        # search first: POST /v1/vector_stores/search is not a store named "search"
+        routers=[
+            search_router,
+            search_internal,
+            files_router,
+            files_internal,
+            vector_stores_router,
+        ],
         title="aistack rag",
         description=SERVICES["rag"].description,
         resources=[resources],

@@ -19,6 +19,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     ForeignKeyConstraint,
     Identity,
@@ -192,6 +193,8 @@ class Chunk(Base):
     # the heading path (" > " joined) the chunk starts under, "" without headings
     headings: Mapped[str] = mapped_column(Text, default="")
     tokens: Mapped[int] = mapped_column(Integer)
+    # searches see a file's chunks once its generation is swapped in (ingestion's last step)
+    visible: Mapped[bool] = mapped_column(Boolean, default=False)
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, default=None)
     dims: Mapped[int | None] = mapped_column(SmallInteger, default=None)
     tsv: Mapped[Any] = mapped_column(TSVECTOR)

@@ -49,7 +49,7 @@ class MultipartUpload:
         self.sha = hashlib.sha256()
         self.error: Exception | None = None
         self._pending: deque[bytes] = deque()
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._header_field = b""
         self._header_value = b""
         self._part: str | None = None  # "file", a field name, or None (ignored part)
@@ -73,14 +73,12 @@ class MultipartUpload:
         self._header_value += data[start:end]
 
     def _on_header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value.decode(
-            "utf-8", "replace"
-        )
+        self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
         self._header_field = b""
         self._header_value = b""
 
     def _on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get("content-disposition", ""))
+        _, params = parse_options_header(self._headers.get("content-disposition", b""))
         name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
         if name == self.file_field and filename is not None:
@@ -89,7 +87,8 @@ class MultipartUpload:
                 self._fail(BadRequest("Send exactly one 'file' part", code="invalid_request"))
             self._part = "file"
             self.filename = filename.decode("utf-8", "replace")[-FILENAME_MAX:] or "upload"
-            self.content_type = self._headers.get("content-type") or None
+            ctype = self._headers.get("content-type", b"").decode("latin-1").strip()
+            self.content_type = ctype or None
         elif filename is None and name:
             self._part = name
 
@@ -142,7 +141,7 @@ class MultipartUpload:
             parser.finalize()
         except _Abort:
             raise
-        except MultipartParseError as exc:
+        except (MultipartParseError, ValueError) as exc:
             self._fail(BadRequest(f"Malformed multipart body: {exc}", code="invalid_request"))
         except ClientDisconnect:
             self._fail(BadRequest("The upload was interrupted", code="upload_interrupted"))

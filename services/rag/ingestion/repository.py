@@ -15,8 +15,8 @@ from services.rag.models import Chunk, VectorStore, VectorStoreFile, hnsw_index
 _INSERT = text(
     """
     INSERT INTO rag.chunks
-        (vector_store_id, file_id, generation, seq, text, headings, tokens, tsv)
-    SELECT :vs, :f, :g, u.seq, u.body, u.headings, u.tokens, CAST(u.lex AS tsvector)
+        (vector_store_id, file_id, generation, seq, text, headings, tokens, tsv, visible)
+    SELECT :vs, :f, :g, u.seq, u.body, u.headings, u.tokens, CAST(u.lex AS tsvector), false
     FROM unnest(CAST(:seqs AS int[]), CAST(:bodies AS text[]), CAST(:headings AS text[]),
                 CAST(:tokens AS int[]), CAST(:lexes AS text[]))
          AS u(seq, body, headings, tokens, lex)
@@ -110,13 +110,23 @@ class IngestionRepository:
         )
         return int((await self.session.execute(stmt)).scalar_one())
 
-    async def retire_other_generations(self, sf: VectorStoreFile, keep: int) -> None:
+    async def swap_generation(self, sf: VectorStoreFile, keep: int) -> None:
+        """Searches see ``keep``'s chunks and no other generation's (gone), at once."""
         await self.session.execute(
             delete(Chunk).where(
                 Chunk.vector_store_id == sf.vector_store_id,
                 Chunk.file_id == sf.file_id,
                 Chunk.generation != keep,
             )
+        )
+        await self.session.execute(
+            update(Chunk)
+            .where(
+                Chunk.vector_store_id == sf.vector_store_id,
+                Chunk.file_id == sf.file_id,
+                Chunk.generation == keep,
+            )
+            .values(visible=True)
         )
 
     async def drop_generation(self, sf: VectorStoreFile, generation: int) -> None:

@@ -236,7 +236,7 @@ class Ingestion:
             stage = "embedded"
         started = time.perf_counter()
         async with self._mine(store_id, file_id, jc.job_id, generation) as (repo, sf):
-            await repo.retire_other_generations(sf, generation)
+            await repo.swap_generation(sf, generation)
             sf.usage_bytes = await repo.usage_bytes(sf, generation)
             sf.generation = generation
             sf.status, sf.stage, sf.lease_until = "completed", "done", None

@@ -192,6 +192,7 @@ def upgrade() -> None:
         sa.Column("text", sa.Text(), nullable=False),
         sa.Column("headings", sa.Text(), nullable=False),
         sa.Column("tokens", sa.Integer(), nullable=False),
+        sa.Column("visible", sa.Boolean(), nullable=False),
         sa.Column("embedding", Vector(), nullable=True),
         sa.Column("dims", sa.SmallInteger(), nullable=True),
         sa.Column("tsv", postgresql.TSVECTOR(), nullable=False),

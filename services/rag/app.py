@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from libs.app import create_app
 from libs.registry import SERVICES
+from services.rag.answers.router import router as answers_router
 from services.rag.files.router import internal_router as files_internal
 from services.rag.files.router import router as files_router
 from services.rag.search.router import internal_router as search_internal
@@ -37,6 +38,7 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
         routers=[
             search_router,
             search_internal,
+            answers_router,
             files_router,
             files_internal,
             vector_stores_router,

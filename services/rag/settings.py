@@ -65,6 +65,14 @@ class RagSettings(ServiceSettings):
         default="embed", description="embedding model (alias) of new vector stores"
     )
     answer_model: str = Field(default="default", description="chat model of /answer")
+    answer_min_similarity: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="/answer: a chunk sharing no word with the question counts as relevant "
+        "only this similar (cosine); nothing relevant: no model call, the answer says so",
+    )
+    answer_timeout_s: float = Field(default=120.0, gt=0, description="/answer: the chat call")
     embed_batch_size: int = Field(default=64, ge=1, le=2048)
     embed_retries: int = Field(
         default=5, ge=0, description="embedding calls tried again this often before failing"

@@ -39,6 +39,9 @@ class Hit:
     filename: str
     attributes: dict[str, Any] | None
     score: float
+    # what each ranking said of it (None: not among that ranking's candidates)
+    similarity: float | None = None
+    keyword_rank: float | None = None
 
 
 def _vec_literal(v: list[float]) -> str:
@@ -104,9 +107,9 @@ class SearchRepository:
                 f"{where_filter} ORDER BY rank DESC, c.id LIMIT :n)"
             )
         if mode == "vector":
-            ranked = "SELECT id, sim AS score FROM vec"
+            ranked = "SELECT id, sim AS score, sim, CAST(NULL AS float8) AS rank FROM vec"
         elif mode == "fulltext":
-            ranked = "SELECT id, rank AS score FROM fts"
+            ranked = "SELECT id, rank AS score, CAST(NULL AS float8) AS sim, rank FROM fts"
         else:
             wv = vector_weight if use_vec else 0.0
             wf = fulltext_weight if use_fts else 0.0
@@ -114,17 +117,23 @@ class SearchRepository:
             params["top"] = (wv + wf) / (RRF_K + 1)
             arms = []
             if use_vec:
-                arms.append(f"SELECT id, CAST(:wv AS float8) / ({RRF_K} + r) AS s FROM vec")
+                arms.append(
+                    f"SELECT id, CAST(:wv AS float8) / ({RRF_K} + r) AS s, sim, "
+                    "CAST(NULL AS float8) AS rank FROM vec"
+                )
             if use_fts:
-                arms.append(f"SELECT id, CAST(:wf AS float8) / ({RRF_K} + r) AS s FROM fts")
+                arms.append(
+                    f"SELECT id, CAST(:wf AS float8) / ({RRF_K} + r) AS s, "
+                    "CAST(NULL AS float8) AS sim, rank FROM fts"
+                )
             ranked = (
-                f"SELECT id, sum(s) / CAST(:top AS float8) AS score "
-                f"FROM ({' UNION ALL '.join(arms)}) AS u GROUP BY id"
+                f"SELECT id, sum(s) / CAST(:top AS float8) AS score, max(sim) AS sim, "
+                f"max(rank) AS rank FROM ({' UNION ALL '.join(arms)}) AS u GROUP BY id"
             )
         sql = (
             f"WITH {', '.join(ctes)}, ranked AS ({ranked}) "
             "SELECT c.id, c.vector_store_id, c.file_id, c.text, f.filename, sf.attributes, "
-            "ranked.score FROM ranked "
+            "ranked.score, ranked.sim, ranked.rank FROM ranked "
             "JOIN rag.chunks c ON c.id = ranked.id "
             "JOIN rag.files f ON f.id = c.file_id "
             "JOIN rag.vector_store_files sf "
@@ -150,6 +159,8 @@ class SearchRepository:
                 filename=r[4],
                 attributes=r[5],
                 score=max(0.0, min(1.0, float(r[6]))),
+                similarity=None if r[7] is None else float(r[7]),
+                keyword_rank=None if r[8] is None else float(r[8]),
             )
             for r in rows
         ]

@@ -93,14 +93,36 @@ def docx_bytes(
 # --- the llm (embeddings) and the rag worker in-process
 
 
-async def serve_llm() -> Any:
-    """The real llm app on a free port with its built-in routing (the local models: ``embed``
-    is all-MiniLM-L6-v2 on the CPU); returns the running server (``.url``, ``.stop()``)."""
+async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
+    """The real llm app on a free port: ``embed`` is the local all-MiniLM-L6-v2 on the CPU,
+    chat the built-in local model, or with ``chat_on`` a fake OpenAI upstream there (its key in
+    ``tests.support.stacks.llm.KEY_ENV``); returns the running server (``.url``, ``.stop()``)."""
     from services.llm.app import build_app as build_llm
+    from services.llm.routing import LOCAL_EMBED_MODEL
     from services.llm.settings import LlmSettings
     from tests.support.servers import serve
+    from tests.support.stacks.llm import KEY_ENV, settings_for
 
-    return await serve(build_llm(LlmSettings()))
+    if chat_on is None:
+        return await serve(build_llm(LlmSettings()))
+    assert tmp is not None
+    routing = {
+        "providers": {
+            "fake": {"kind": "openai", "base_url": f"{chat_on}/v1", "api_key_env": KEY_ENV},
+            "local": {"kind": "local"},
+        },
+        "models": {
+            "default": {
+                "context_window": 128000,
+                "targets": [{"provider": "fake", "model": "gpt-4o-mini"}],
+            },
+            "embed": {
+                "type": "embedding",
+                "targets": [{"provider": "local", "model": LOCAL_EMBED_MODEL}],
+            },
+        },
+    }
+    return await serve(build_llm(settings_for(tmp, routing)))
 
 
 async def run_worker(settings: RagSettings, *, burst: bool = True, **options: Any) -> Any:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from libs.http import make_http_client
@@ -29,7 +30,7 @@ log = logging.getLogger("aistack.rag.tasks")
 INGESTION = "rag_ingestion"
 
 
-@job(name=INGEST_FUNCTION, timeout=6 * 3600, max_tries=10, retry_outages=True)
+@job(name=INGEST_FUNCTION, timeout=3600, max_tries=10, retry_outages=True)
 async def ingest_file(ctx: JobContext, vector_store_id: str, file_id: str, generation: int) -> str:
     """Parse, chunk, embed and index one file of one store (idempotent, resumable)."""
     ingestion: Ingestion = ctx.state[INGESTION]
@@ -37,6 +38,9 @@ async def ingest_file(ctx: JobContext, vector_store_id: str, file_id: str, gener
 
 
 functions = [ingest_file]
+# files ingested at once per worker: the embedder is the limit (the local model takes 8
+# requests at a time across every caller), a few in flight keep it busy while others parse
+worker_options = {"max_jobs": 4}
 
 
 def _settings(ctx: dict[str, Any]) -> RagSettings:
@@ -44,13 +48,17 @@ def _settings(ctx: dict[str, Any]) -> RagSettings:
     return s if isinstance(s, RagSettings) else get_settings()
 
 
+async def _once(name: str, work: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await work()
+    except Exception as exc:
+        log.warning("%s failed (tried again later): %s", name, exc)
+
+
 async def _every(seconds: float, name: str, work: Callable[[], Awaitable[Any]]) -> None:
     while True:
-        try:
-            await work()
-        except Exception as exc:
-            log.warning("%s failed (tried again in %.0f s): %s", name, seconds, exc)
         await asyncio.sleep(seconds)
+        await _once(name, work)
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
@@ -59,17 +67,21 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     storage = make_storage(settings)
     ctx["rag_http"] = http
     ctx[INGESTION] = Ingestion(ctx["db"], storage, Embedder(http, settings), settings)
+    lease = timedelta(seconds=settings.ingest_lease_s)
+
+    async def reconcile_now() -> None:
+        await reconcile(ctx["db"], ctx["redis"], lease)
+
+    async def purge_now() -> None:
+        await purge(ctx["db"], storage)
+
+    # once before the first job (a restarted worker takes over stalled files at once), then
+    # periodically beside the jobs
+    await _once("reconcile", reconcile_now)
+    await _once("purge", purge_now)
     ctx["rag_loops"] = [
-        asyncio.create_task(
-            _every(
-                settings.reconcile_interval_s,
-                "reconcile",
-                lambda: reconcile(ctx["db"], ctx["redis"]),
-            )
-        ),
-        asyncio.create_task(
-            _every(settings.purge_interval_s, "purge", lambda: purge(ctx["db"], storage))
-        ),
+        asyncio.create_task(_every(settings.reconcile_interval_s, "reconcile", reconcile_now)),
+        asyncio.create_task(_every(settings.purge_interval_s, "purge", purge_now)),
     ]
 
 

@@ -12,7 +12,7 @@ literal with positions (no parser, no dictionary: exactly these terms) and match
 from __future__ import annotations
 
 import re
-from functools import cache
+import threading
 from typing import Any
 
 CJK = re.compile(
@@ -38,11 +38,18 @@ STOPWORDS = frozenset(
 )
 
 
-@cache
-def _stemmer() -> Any:
-    import snowballstemmer
+_local = threading.local()
 
-    return snowballstemmer.stemmer("english")
+
+def _stemmer() -> Any:
+    # one per thread: a Snowball stemmer keeps its word in itself while it works (ingestion
+    # segments chunks in worker threads)
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import snowballstemmer
+
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer
 
 
 def _jieba() -> Any:

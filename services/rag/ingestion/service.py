@@ -368,20 +368,24 @@ def _rows(drafts: list[Draft]) -> list[dict[str, Any]]:
     return rows
 
 
-async def reconcile(db: Database, redis: Redis, limit: int = 500) -> int:
+async def reconcile(db: Database, redis: Redis, lease: timedelta, limit: int = 500) -> int:
     """Give every stalled in-progress file a new job; returns how many."""
     from arq.constants import in_progress_key_prefix, job_key_prefix
 
     jobs = []
     async with session_scope(db) as session:
         repo = IngestionRepository(session)
-        for sf in await repo.stalled(now(), limit):
+        moment = now()
+        for sf in await repo.stalled(moment, limit):
             if sf.lease_until is None and sf.job_id:
-                # never taken: waiting in the queue, unless its job was lost
-                queued = await redis.exists(
-                    job_key_prefix + sf.job_id, in_progress_key_prefix + sf.job_id
-                )
-                if queued:
+                # no lease yet: waiting in the queue (left alone), its job lost (Redis lost it),
+                # or claimed by a worker that died before taking the lease (a live one takes it
+                # at once): arq keeps that claim until the job's timeout, so it is not waited for
+                waiting = await redis.exists(job_key_prefix + sf.job_id)
+                claimed = await redis.exists(in_progress_key_prefix + sf.job_id)
+                if waiting and not claimed:
+                    continue
+                if claimed and moment - sf.updated_at < lease:
                     continue
             job = prepare_job(
                 service="rag",

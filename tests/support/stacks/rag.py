@@ -11,8 +11,8 @@ import httpx2
 import openai
 from fastapi import FastAPI
 
-from libs.identity import Principal
-from libs.testing import auth_headers
+from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
+from libs.settings import DEV_INTERNAL_SECRET
 from services.rag.settings import RagSettings
 
 
@@ -27,7 +27,8 @@ def sdk_for(app: FastAPI, who: Principal) -> openai.AsyncOpenAI:
         base_url="http://rag.test/v1",
         api_key="unused",
         http_client=http,
-        default_headers=auth_headers(who),
+        # a token for as long as a slow test may run (the gateway's live a minute)
+        default_headers={INTERNAL_HEADER: sign_internal_token(who, DEV_INTERNAL_SECRET, 3600)},
         max_retries=0,
     )
 
@@ -144,8 +145,8 @@ async def run_worker(settings: RagSettings, *, burst: bool = True, **options: An
             on_shutdown=tasks.on_shutdown,
             handle_signals=False,
             burst=burst,
+            **{**tasks.worker_options, **options},
             poll_delay=0.05,
-            **options,
         )
     )
     if burst:

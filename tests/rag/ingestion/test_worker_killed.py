@@ -133,8 +133,8 @@ async def test_killed_worker_mid_batch_finishes_every_file_once(
         total, distinct, visible = (
             await conn.execute(
                 text(
-                    "SELECT count(*), count(DISTINCT (file_id, seq)), count(*) FILTER (WHERE visible) "
-                    "FROM rag.chunks WHERE vector_store_id = :vs"
+                    "SELECT count(*), count(DISTINCT (file_id, seq)), "
+                    "count(*) FILTER (WHERE visible) FROM rag.chunks WHERE vector_store_id = :vs"
                 ),
                 {"vs": vs.id.removeprefix("vs_")},
             )

@@ -35,7 +35,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from libs.db import Database, session_scope
-from libs.queue import JobCancelled, JobContext, enqueue_prepared, prepare_job
+from libs.queue import (
+    JobCancelled,
+    JobContext,
+    enqueue_prepared,
+    is_cancel_requested,
+    prepare_job,
+)
 from libs.storage_errors import outage_of
 from services.rag.core.clock import now
 from services.rag.ingestion import segment
@@ -377,6 +383,11 @@ async def reconcile(db: Database, redis: Redis, lease: timedelta, limit: int = 5
         repo = IngestionRepository(session)
         moment = now()
         for sf in await repo.stalled(moment, limit):
+            if sf.job_id and await is_cancel_requested(redis, sf.job_id):
+                # cancelled from the jobs service before it ran: the file is cancelled too
+                sf.status, sf.lease_until, sf.stage = "cancelled", None, "queued"
+                await repo.drop_generation(sf, sf.pending_generation)
+                continue
             if sf.lease_until is None and sf.job_id:
                 # no lease yet: waiting in the queue (left alone), its job lost (Redis lost it),
                 # or claimed by a worker that died before taking the lease (a live one takes it

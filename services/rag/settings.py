@@ -33,8 +33,9 @@ class RagSettings(ServiceSettings):
         default="local", description="where uploaded files' bytes live: local or s3"
     )
     storage_dir: str = Field(
-        default_factory=default_storage_dir,
-        description="local backend: the folder (default: <AISTACK_DATA_DIR>/rag-files)",
+        default="",
+        description="local backend: the folder (unset: `rag-files` in AISTACK_DATA_DIR, "
+        "`.data/local` by default)",
     )
     s3_bucket: str = Field(default="aistack-files", description="s3 backend: the bucket")
     s3_endpoint_url: str | None = Field(
@@ -96,6 +97,11 @@ class RagSettings(ServiceSettings):
     purge_interval_s: float = Field(
         default=60.0, gt=0, description="how often expired files and stores are purged"
     )
+
+
+def storage_dir(settings: RagSettings) -> str:
+    """The local backend's folder."""
+    return settings.storage_dir or default_storage_dir()
 
 
 def get_settings() -> RagSettings:

@@ -135,4 +135,6 @@ def make_storage(settings: RagSettings) -> Storage:
             secret_access_key=settings.s3_secret_access_key,
             prefix=settings.s3_prefix,
         )
-    return local_storage(settings.storage_dir)
+    from services.rag.settings import storage_dir
+
+    return local_storage(storage_dir(settings))

@@ -12,6 +12,7 @@ from libs.registry import SERVICES
 from services.rag.answers.router import router as answers_router
 from services.rag.files.router import internal_router as files_internal
 from services.rag.files.router import router as files_router
+from services.rag.ingestion.embed import Embedder
 from services.rag.search.router import internal_router as search_internal
 from services.rag.search.router import router as search_router
 from services.rag.settings import RagSettings, get_settings
@@ -29,6 +30,7 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
     async def resources(app: FastAPI) -> AsyncIterator[None]:
         state = RagState.of_app(app)
         state.storage = make_storage(settings)
+        state.embedder = Embedder(state.http, settings)
         yield
 
     app = create_app(

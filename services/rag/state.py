@@ -1,8 +1,9 @@
-"""What the rag app holds for its life (typed): settings and the file storage."""
+"""What the rag app holds for its life (typed): settings, the file storage, the embedder."""
 
 from __future__ import annotations
 
 from libs.state import AppState
+from services.rag.ingestion.embed import Embedder
 from services.rag.settings import RagSettings
 from services.rag.storage import Storage
 
@@ -10,3 +11,5 @@ from services.rag.storage import Storage
 class RagState(AppState):
     settings: RagSettings
     storage: Storage
+    # one per process: it merges concurrent queries' embeddings into shared calls
+    embedder: Embedder

@@ -19,7 +19,6 @@ from libs.permissions import Scope
 from libs.sse import SSEResponse, event_frame
 from services.rag.answers.schemas import AnswerObject, AnswerRequest
 from services.rag.answers.service import AnswerService, citations, cited, nothing_found, prompt
-from services.rag.ingestion.embed import Embedder
 from services.rag.search.service import SearchService
 from services.rag.state import RagState
 
@@ -30,7 +29,7 @@ async def get_answer_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> AnswerService:
     state = RagState.of(request)
-    search = SearchService(session, principal, Embedder(state.http, state.settings))
+    search = SearchService(session, principal, state.embedder)
     return AnswerService(search, state.http, state.settings, principal)
 
 

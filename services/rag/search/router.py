@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends, Request
 from libs.db import SessionDep
 from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
-from services.rag.ingestion.embed import Embedder
 from services.rag.search.schemas import MultiSearchRequest, SearchRequest, SearchResultsPage
 from services.rag.search.service import SearchService
 from services.rag.state import RagState
@@ -24,7 +23,7 @@ async def get_search_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> SearchService:
     state = RagState.of(request)
-    return SearchService(session, principal, Embedder(state.http, state.settings))
+    return SearchService(session, principal, state.embedder)
 
 
 SearchServiceDep = Annotated[SearchService, Depends(get_search_service)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,32 @@ INGESTION = "rag_ingestion"
 async def ingest_file(ctx: JobContext, vector_store_id: str, file_id: str, generation: int) -> str:
     """Parse, chunk, embed and index one file of one store (idempotent, resumable)."""
     ingestion: Ingestion = ctx.state[INGESTION]
-    return await ingestion.run(ctx, uuid.UUID(vector_store_id), uuid.UUID(file_id), generation)
+    try:
+        return await ingestion.run(ctx, uuid.UUID(vector_store_id), uuid.UUID(file_id), generation)
+    finally:
+        _give_back_memory()
+
+
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def _limit_arenas() -> None:
+    """Parsing runs in threads, and glibc gives each thread its own heap (arena) that keeps
+    what a big document needed: two arenas keep the worker's memory near its working set."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _give_back_memory() -> None:
+    """Return the heap a finished file left free to the system (a parsed PDF's pages)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 functions = [ingest_file]
@@ -62,6 +88,7 @@ async def _every(seconds: float, name: str, work: Callable[[], Awaitable[Any]]) 
 
 
 async def on_startup(ctx: dict[str, Any]) -> None:
+    _limit_arenas()
     settings = _settings(ctx)
     http = make_http_client("rag", timeout=settings.embed_timeout_s, retries=0)
     storage = make_storage(settings)

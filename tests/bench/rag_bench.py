@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -307,8 +308,31 @@ async def recall(database_url: str, store: str, queries: list[list[float]]) -> f
     return found / (10 * len(queries))
 
 
+def cpu_probe(s: Stack) -> Any:
+    """CPU seconds used so far by the gateway, rag, the llm, PostgreSQL (its postmaster and
+    backends) and the load generator."""
+    procs = {n: psutil.Process(s.procs[n].popen.pid) for n in ("gateway", "rag", "llm")}
+    pg = s.infra.postgres
+    pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0]) if pg else None
+    me = psutil.Process()
+
+    def probe() -> dict[str, float]:
+        out = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        if pid is not None:
+            postmaster = psutil.Process(pid)
+            total = 0.0
+            for p in [postmaster, *postmaster.children()]:
+                with contextlib.suppress(psutil.Error):
+                    total += sum(p.cpu_times()[:2])
+            out["postgres"] = total
+        out["load generator"] = sum(me.cpu_times()[:2])
+        return out
+
+    return probe
+
+
 async def search_load(
-    gateway: str, key: str, store: str, query: str, duration: float
+    gateway: str, key: str, store: str, query: str, duration: float, probe: Any = None
 ) -> list[load.Result]:
     headers = {"authorization": f"Bearer {key}"}
     url = f"{gateway}/v1/vector_stores/{store}/search"
@@ -327,6 +351,7 @@ async def search_load(
                 headers=headers,
                 concurrency=concurrency,
                 duration=duration,
+                cpu_probe=probe if concurrency > 1 else None,
             )
         )
     return results
@@ -355,6 +380,13 @@ def report(
             f"| {r.name} | {r.concurrency} | {r.rps:,.1f} | {r.p50:.1f} | {r.p99:.1f} "
             f"| {r.errors} |"
         )
+    for r in results:
+        if r.cpu_ms:
+            lines.append("")
+            lines.append(
+                f"CPU per {r.name} at c={r.concurrency}, by process: "
+                + ", ".join(f"{n} {ms:.1f} ms" for n, ms in r.cpu_ms.items())
+            )
     lines.append("")
     lines.append("RSS after the bench: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()))
     return "\n".join(lines)
@@ -391,7 +423,9 @@ def run_bench(duration: float) -> str:
         queries = [p["question"] for p in pairs if p["lang"] == "en"][:100]
         rec = asyncio.run(recall(s.infra.database_url, store, asyncio.run(embed(llm.url, queries))))
         results = asyncio.run(
-            search_load(gateway.url, key, store, "what is the theory of relativity", duration)
+            search_load(
+                gateway.url, key, store, "what is the theory of relativity", duration, cpu_probe(s)
+            )
         )
         rss = {
             "rag": rag.rss_mb(),

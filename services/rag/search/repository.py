@@ -64,7 +64,6 @@ class SearchRepository:
         filter_params: dict[str, Any],
         vector_weight: float,
         fulltext_weight: float,
-        ef_search: int = 100,
     ) -> list[Hit]:
         candidates = max(limit * 2, 40) if mode == "hybrid" else limit
         # the limits are written into the SQL (ints of ours), not bound: with a bound LIMIT a
@@ -144,15 +143,6 @@ class SearchRepository:
             "ON sf.vector_store_id = c.vector_store_id AND sf.file_id = c.file_id "
             f"ORDER BY ranked.score DESC, c.id LIMIT {k}"
         )
-        if use_vec:
-            # iterative scans: a filtered or multi-store search still gets its n nearest
-            await self.session.execute(
-                text(
-                    "SELECT set_config('hnsw.ef_search', :ef, true), "
-                    "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-                ),
-                {"ef": str(max(ef_search, candidates))},
-            )
         rows = (await self.session.execute(text(sql), params)).all()
         return [
             Hit(

@@ -22,7 +22,12 @@ log = logging.getLogger("aistack.rag.embed")
 
 
 class EmbeddingError(Exception):
-    """Embedding failed for good (after retries, or refused)."""
+    """Embedding failed for good: after retries, or ``refused`` (the model said no: unknown
+    model, input it does not take), which is the caller's to fix."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass
@@ -44,14 +49,16 @@ class Embedder:
     """Calls to the llm, retried with backoff on outages (connection errors, 429, 5xx); a
     refusal (another 4xx) fails at once.
 
-    Concurrent requests are merged: while ``PARALLEL`` calls of one lane (same model,
-    organization, user and retries) are in flight, the requests arriving queue up and leave
-    together as one call of up to ``RAG_EMBED_BATCH_SIZE`` texts when one returns. A lone
+    Concurrent requests are merged: while a call of one lane (same model, organization, user
+    and retries) is in flight, the requests arriving queue up and leave together as one call
+    of up to ``RAG_EMBED_BATCH_SIZE`` texts when it returns. A lone
     request goes at once (no added latency); under load, sixteen searches' queries make one
     forward pass of the model instead of sixteen, and concurrent ingestion jobs fill whole
     batches. One process holds one Embedder (app state, worker context)."""
 
-    PARALLEL = 2
+    # calls in flight per lane: one, so what arrives meanwhile makes the next batch (with two,
+    # a closed loop of sixteen searches alternated lone queries with big batches)
+    PARALLEL = 1
 
     def __init__(self, http: httpx.AsyncClient, settings: RagSettings) -> None:
         self.http = http
@@ -171,7 +178,8 @@ class Embedder:
                 detail = _error_message(resp)
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise EmbeddingError(
-                        f"the embedding model '{model}' refused the request: {detail}"
+                        f"the embedding model '{model}' refused the request: {detail}",
+                        refused=True,
                     )
                 last = f"the embedding provider answered {resp.status_code}: {detail}"
             if attempt < tries:

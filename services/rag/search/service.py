@@ -91,6 +91,10 @@ class SearchService:
                         retries=1,
                     )
                 except EmbeddingError as exc:
+                    if exc.refused:  # the store names a model the llm does not serve
+                        raise BadRequest(
+                            f"The query could not be embedded: {exc}", code="embedding_refused"
+                        ) from exc
                     raise ServiceUnavailable(
                         f"The query could not be embedded: {exc}",
                         code="embedding_unavailable",

@@ -104,3 +104,29 @@ async def test_json_answer_and_nothing_found(answering: tuple[FastAPI, Upstream]
         )
         assert resp.status_code in (502, 503), resp.text
         assert resp.json()["error"]["type"] == "api_error"
+
+
+async def test_a_model_the_llm_does_not_serve_is_a_client_error(
+    answering: tuple[FastAPI, Upstream],
+) -> None:
+    app, _ = answering
+    who = principal()
+    vs, _ = await make_store(app, who)
+    client = sdk_for(app, who)
+    bogus = await client.vector_stores.create(name="bogus", extra_body={"embedding_model": "nope"})
+    async with http_for(app) as http:
+        resp = await http.post(
+            f"/v1/vector_stores/{vs}/answer",
+            json={"query": "How many vacation days?", "model": "no-such-model"},
+            headers=auth_headers(who),
+            timeout=60,
+        )
+        assert resp.status_code == 400, resp.text
+        # a store naming an embedding model the llm does not serve: its files fail, its
+        # searches are refused with a 400 (not a 5xx)
+        f = await client.files.create(file=("a.txt", b"Words."), purpose="assistants")
+        await client.vector_stores.files.create(vector_store_id=bogus.id, file_id=f.id)
+        await run_worker(RagState.of_app(app).settings)
+        sf = await client.vector_stores.files.retrieve(file_id=f.id, vector_store_id=bogus.id)
+        assert sf.status == "failed" and sf.last_error is not None
+        assert "nope" in sf.last_error.message

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
-from libs.errors import BadGateway, ServiceUnavailable
+from libs.errors import BadGateway, BadRequest, ServiceUnavailable
 from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
 from libs.permissions import Scope
 from services.rag.search.repository import Hit
@@ -187,4 +187,6 @@ def _llm_error(status: int, raw: bytes) -> Exception:
         return ServiceUnavailable(
             f"The chat model is unavailable: {message}", code="llm_unavailable"
         )
+    if status < 500:  # an unknown model, a parameter it refuses: the caller's to fix
+        return BadRequest(f"The chat model refused the request: {message}", code="llm_refused")
     return BadGateway(f"The chat model failed ({status}): {message}", code="llm_error")

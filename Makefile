@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 RUN := $(UV) run --frozen
 export UV_LINK_MODE ?= copy
 
-.PHONY: help bootstrap sync run test lint fmt typecheck importlint compose-check pytest bench migrate docs clean
+.PHONY: help bootstrap sync run test lint fmt typecheck importlint compose-check pytest bench soak audit migrate docs clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ pytest: sync ## The test suite against real PostgreSQL and Redis
 
 bench: sync ## Benchmarks (prints figures; not part of make test)
 	@$(RUN) python -m tests.bench.run $(BENCH_ARGS)
+
+soak: sync ## A mixed load through a real stack for DURATION seconds (default 120): RSS growth, errors, p99 over time
+	@$(RUN) python -m tests.bench.soak --duration $(or $(DURATION),120) $(SOAK_ARGS)
+
+audit: sync ## Known vulnerabilities in uv.lock (pip-audit; needs the vulnerability service; not part of make test)
+	@$(RUN) python -m deploy.audit
 
 migrate: sync ## Apply every service's migrations to DATABASE_URL
 	@$(RUN) python -m libs.migrations upgrade all

@@ -3,7 +3,8 @@
 Checks the file against the Compose Specification's JSON schema (vendored by
 check-jsonschema), then what the schema cannot see: every ``depends_on`` names a defined
 service, every long-running service has a healthcheck, every build context and Dockerfile
-exists, named volumes are declared, and no host port is published twice.
+exists, named volumes are declared, files bind-mounted from the repository exist, and no host
+port is published twice.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def semantic_errors(doc: dict[str, Any], base: Path) -> list[str]:
             source = vol.split(":", 1)[0] if isinstance(vol, str) else vol.get("source", "")
             if source and not source.startswith((".", "/", "~")) and source not in volumes:
                 errors.append(f"{name}: volume '{source}' is not declared")
+            # a missing bind source is created by Docker as an empty directory: the service
+            # then fails on a config "file" that is a directory
+            if source.startswith(".") and not (base / source).exists():
+                errors.append(f"{name}: bind-mounted {source} does not exist")
         for port in svc.get("ports") or []:
             published = str(port).rsplit(":", 1)[0] if ":" in str(port) else None
             if published:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,8 @@ from libs.app import create_app, run_ready_checks
 from libs.errors import error_response
 from libs.http import make_http_client
 from libs.redis import guard_for
+
+log = logging.getLogger("aistack.gateway")
 
 TITLE = "aistack API"
 DESCRIPTION = (
@@ -122,6 +125,7 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
             body["checks"] = own_checks
         down = [n for n, r in services.items() if r["status"] != "ready"]
         down += [n for n, r in own_checks.items() if r["status"] != "ok"]
+        _log_readiness(app, down, services)
         if not down:
             return body
         return error_response(
@@ -155,6 +159,24 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
         return page
 
     return router
+
+
+def _log_readiness(app: FastAPI, down: list[str], services: dict[str, Any]) -> None:
+    """One line when readiness flips (every service ready, or some not), none per poll: probes
+    and the local runner ask every few hundred milliseconds."""
+    state = app.state
+    was_ready: bool | None = getattr(state, "was_ready", None)
+    if was_ready is not None and was_ready == (not down):
+        return
+    state.was_ready = not down
+    if not down:
+        log.info("ready: every service answers /ready")
+        state.ever_ready = True
+        return
+    why = ", ".join(f"{n} ({services[n]['status']})" if n in services else n for n in down)
+    # while starting, services coming up one by one is no news; losing one later is
+    level = logging.WARNING if getattr(state, "ever_ready", False) else logging.INFO
+    log.log(level, "not ready: %s", why)
 
 
 def _flatten(routes: Any) -> Iterator[Any]:

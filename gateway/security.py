@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import jwt
 from starlette.datastructures import Headers
 
-from gateway.apikeys import ApiKeyResolver, looks_like_api_key
+from gateway.apikeys import API_KEY_PREFIX, ApiKeyResolver, looks_like_api_key
 from gateway.jwks import ALLOWED_ALGORITHMS, JWKSCache
 from gateway.ratelimit import FailureLimiter, RequestLimiter
 from gateway.revocations import SessionRevocations
@@ -33,6 +34,9 @@ REALM = 'Bearer realm="aistack"'
 _REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
 _MAX_VERIFIED = 20_000
 _VERIFIED_TTL = 60.0
+# what may be meant as an access token (a compact JWS, or a cut-off one): its JSON header's
+# base64 always starts "eyJ", and its parts are joined by dots; anything else is taken for a key
+_TOKEN_LIKE = re.compile(r"^eyJ|\.")
 
 
 @dataclass(slots=True)
@@ -174,6 +178,13 @@ class Guard:
         """The principal behind a bearer token or API key."""
         if looks_like_api_key(token):
             return await self._api_key(token)
+        if token.startswith(API_KEY_PREFIX) or not _TOKEN_LIKE.search(token):
+            # neither a key nor a JWT: most likely a key mistyped, cut short or from another
+            # vendor (OpenAI's SDKs send any api_key as a bearer token), so say so
+            raise _unauthorized(
+                f"Invalid API key (aistack API keys start with '{API_KEY_PREFIX}')",
+                "invalid_api_key",
+            )
         return await self._jwt(token)
 
     async def _api_key(self, key: str) -> Principal:

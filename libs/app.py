@@ -1,12 +1,19 @@
-"""One app factory for all six apps: lifespan, middleware, errors, health, readiness, metrics."""
+"""One app factory for all six apps: lifespan, middleware, errors, health, readiness, metrics.
+
+Metrics are served by a listener of their own (``METRICS_PORT``, libs/telemetry.py), which the
+lifespan starts; the public app has no ``/metrics``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 # FastAPI enters an anyio cancel scope for each yield dependency (a request's database session,
@@ -31,8 +38,8 @@ from libs.state import AppState
 from libs.telemetry import (
     BodyLimitMiddleware,
     ObservabilityMiddleware,
-    metrics_response_body,
     setup_tracing,
+    start_metrics_server,
 )
 
 log = logging.getLogger("aistack.app")
@@ -40,10 +47,28 @@ log = logging.getLogger("aistack.app")
 ReadyCheck = Callable[[FastAPI], Awaitable[Any]]
 Resources = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
-QUIET_PATHS = ("/health", "/ready", "/metrics")
+QUIET_PATHS = ("/health", "/ready")
 _frozen = False
 # allocations outnumbering frees before a collection (CPython's default is 700; see lifespan)
 GC_THRESHOLD = 10_000
+
+
+def _package_version() -> str:
+    # pyproject.toml's version, from the installed package's metadata (uv sync and the image
+    # install the project); a source tree that was never installed reads the file itself
+    try:
+        return importlib.metadata.version("aistack")
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        try:
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "0+unknown"
+
+
+# the one version every app reports: /health, and its OpenAPI document (the gateway's merged
+# one included). Set in pyproject.toml; see docs/api-stability.md for what a change means.
+VERSION = _package_version()
 
 
 class App(FastAPI):
@@ -130,7 +155,7 @@ def create_app(
     routers: Sequence[APIRouter] = (),
     title: str | None = None,
     description: str = "",
-    version: str = "0.1.0",
+    version: str = VERSION,
     use_database: bool | Literal["lazy"] = True,
     use_redis: bool = True,
     resources: Sequence[Resources] = (),
@@ -156,6 +181,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             st = AppState.of_app(app)
+            # first: a port that cannot be had stops the start before anything connects
+            metrics_port = settings.metrics_listen_port()
+            if metrics_port is not None:
+                metrics = start_metrics_server(settings.host, metrics_port)
+                st.metrics_server = metrics
+                # off the loop: stopping waits for the listener's poll (up to 0.5 s)
+                stack.push_async_callback(asyncio.to_thread, metrics.stop)
             if use_database:
                 # the engine's pool, deadlines and guard (libs/db.py:make_engine)
                 db = Database(
@@ -225,7 +257,7 @@ def create_app(
 
     @ops.get("/health", summary="Liveness: the process is up")
     async def health() -> dict[str, str]:
-        return {"status": "ok", "service": service}
+        return {"status": "ok", "service": service, "version": version}
 
     @ops.get("/ready", summary="Readiness: the dependencies answer", response_model=None)
     async def ready() -> Response | dict[str, Any]:
@@ -235,11 +267,6 @@ def create_app(
         return error_response(
             503, "not_ready", f"{service} is not ready", {"service": service, "checks": results}
         )
-
-    @ops.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        body, content_type = metrics_response_body()
-        return Response(body, media_type=content_type)
 
     app.include_router(ops)
     for router in routers:

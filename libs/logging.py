@@ -73,3 +73,8 @@ def configure_logging(service: str, level: str = "INFO", json_lines: bool = True
         lg.propagate = True
     # access lines are emitted by our own middleware with request ids; uvicorn's are redundant
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it sends at INFO ("HTTP Request: GET .../ready 200"): a line per
+    # readiness poll, OpenAPI fetch and upstream call, none with anything our own lines lack
+    # (LOG_LEVEL=DEBUG keeps them)
+    debug = root.level <= logging.DEBUG
+    logging.getLogger("httpx").setLevel(logging.NOTSET if debug else logging.WARNING)

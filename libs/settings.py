@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -49,8 +49,13 @@ SHARED_FIELDS = frozenset(
         "db_pool_timeout_seconds",
         "db_guard_retry_seconds",
         "worker_redis_timeout_s",
+        "metrics_port",
+        "worker_metrics_port",
     }
 )
+# where a process serves its metrics when no port is set: its own port plus these
+METRICS_PORT_OFFSET = 1000
+WORKER_METRICS_PORT_OFFSET = 1010
 
 
 class _SharedEnvSource(EnvSettingsSource):
@@ -122,6 +127,26 @@ class ServiceSettings(BaseSettings):
             "the worker reconnects (blocking reads get their own wait on top; libs/worker.py)"
         ),
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Prometheus metrics of an HTTP process, on a listener of its own (any path, "
+            "`/metrics`; bound to the process's host, never on the public port); unset: the "
+            "process's port + 1000 (gateway 9000, auth 9001 … billing 9005); 0: none. "
+            "`<PREFIX>_METRICS_PORT` sets one process's"
+        ),
+    )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "the same for a service's queue worker (`python -m libs.worker <service>`); unset: "
+            "the service's port + 1010 (auth-worker 9011 … billing-worker 9015); 0: none"
+        ),
+    )
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -137,6 +162,12 @@ class ServiceSettings(BaseSettings):
         shared = _SharedEnvSource(settings_cls, env_prefix="", case_sensitive=False)
         return (init_settings, env_settings, shared, dotenv_settings, file_secret_settings)
 
+    @field_validator("metrics_port", "worker_metrics_port", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        # METRICS_PORT= (empty) turns the listener off, as 0 does
+        return 0 if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> ServiceSettings:
         if self.environment == "production":
@@ -151,6 +182,18 @@ class ServiceSettings(BaseSettings):
     def secret_values(self) -> dict[str, str]:
         """Secrets that must not keep their development default in production."""
         return {"internal_token_secret": self.internal_token_secret}
+
+    def metrics_listen_port(self, worker: bool = False) -> int | None:
+        """The port of the process's metrics listener (its worker's with ``worker``); None: off."""
+        if worker:
+            port = self.worker_metrics_port
+            default = self.port + WORKER_METRICS_PORT_OFFSET
+        else:
+            port = self.metrics_port
+            default = self.port + METRICS_PORT_OFFSET
+        if port is None:
+            return default
+        return port or None
 
     @property
     def is_development(self) -> bool:

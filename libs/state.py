@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from libs.db import Database
     from libs.settings import ServiceSettings
+    from libs.telemetry import MetricsServer
 
 
 class AppState(State):
@@ -29,6 +30,8 @@ class AppState(State):
     db: Database
     redis: Redis
     http: httpx.AsyncClient
+    # when the process serves its metrics (METRICS_PORT)
+    metrics_server: MetricsServer
 
     @classmethod
     def of(cls, request: Request) -> Self:

@@ -2,6 +2,12 @@
 
 One pure-ASGI middleware gives each request its request id, a server span continuing the
 caller's trace (W3C ``traceparent``), the request metrics and one access log line.
+
+Metrics are never served on a process's public port: :func:`start_metrics_server` serves them
+on a listener of its own (``METRICS_PORT``; the apps' lifespan and the worker start it). It is
+prometheus_client's own server, on a thread: the event loop never renders a scrape, so a
+scrape costs the request path no more than the GIL it briefly shares (an ASGI app on a second
+uvicorn socket would render it on the loop, stalling every request for as long).
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ JOB_LATENCY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
 )
 
+# request.state key where a deprecated route leaves its answer headers (libs/deprecation.py)
+DEPRECATION_STATE = "aistack_deprecation"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _tracing_configured = False
 
@@ -147,6 +155,48 @@ def metrics_response_body() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+def metrics_text() -> str:
+    """This process's metrics in Prometheus' text format (what a scrape returns)."""
+    return generate_latest().decode()
+
+
+class MetricsServer:
+    """A running metrics listener: where it listens, and how to stop it."""
+
+    def __init__(self, host: str, port: int) -> None:
+        try:
+            self._httpd, self._thread = prometheus_client.start_http_server(port, addr=host)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (set this "
+                "process's METRICS_PORT to a free port, or 0 for no metrics listener)",
+            ) from exc
+        self._thread.name = f"metrics:{port}"
+        self.host = host
+        self.port = int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The scrape URL (any path answers; ``/metrics`` is the convention)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop listening (blocks up to half a second: the server's poll interval)."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+
+def start_metrics_server(host: str, port: int) -> MetricsServer:
+    """Serve this process's metrics on ``host:port`` from a thread; raises OSError when the
+    port cannot be had (a process must not run on without the metrics it was told to serve)."""
+    server = MetricsServer(host, port)
+    logging.getLogger("aistack.telemetry").info("metrics on %s", server.url)
+    return server
+
+
 def _route_label(scope: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
@@ -197,7 +247,8 @@ class ObservabilityMiddleware:
                 carrier[k.decode("latin-1")] = v.decode("latin-1")
         rid = incoming if incoming and _REQUEST_ID_RE.match(incoming) else new_request_id()
         rid_token = request_id_var.set(rid)
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
         method = scope["method"]
         path = scope["path"]
         status = 500
@@ -224,6 +275,10 @@ class ObservabilityMiddleware:
                         break
                 else:
                     hdrs.append(rid_header)
+                # a deprecated route's Deprecation/Sunset headers (libs/deprecation.py)
+                deprecation = state.get(DEPRECATION_STATE)
+                if deprecation is not None:
+                    hdrs.extend(deprecation)
             await send(message)
 
         try:

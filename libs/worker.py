@@ -48,8 +48,10 @@ What happens to jobs while Redis hangs or is down:
 SIGTERM/SIGINT stop picking new jobs and give running ones ``job_completion_wait`` seconds
 (``WORKER_SHUTDOWN_GRACE_S``, default 25) before cancelling them; a cancelled job is re-run
 later (at-least-once). Liveness: arq writes ``<queue>:health-check`` every 30 s, and
-``python -m libs.worker <service> --check`` exits 0 when that key is fresh. Metrics: set
-``WORKER_METRICS_PORT`` to serve Prometheus ``/metrics`` from the worker.
+``python -m libs.worker <service> --check`` exits 0 when that key is fresh. Metrics: the
+worker serves its Prometheus metrics (jobs run, their durations, ...) on a listener of its
+own, ``<PREFIX>_WORKER_METRICS_PORT`` or ``WORKER_METRICS_PORT`` (default: the service's port
++ 1010, e.g. 9012 for llm's; 0: none), bound to the service's host setting.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ from libs.logging import configure_logging
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name, resend_unsent_events
 from libs.redis import CancelSafeSend, mixed_in
 from libs.settings import WORKER_REDIS_TIMEOUT_S, ServiceSettings
-from libs.telemetry import setup_tracing
+from libs.telemetry import setup_tracing, start_metrics_server
 
 log = logging.getLogger("aistack.worker")
 
@@ -614,14 +616,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         return asyncio.run(_check_health(service, settings))
     setup_tracing(f"{service}-worker", settings.otlp_endpoint)
-    port = int(os.environ.get("WORKER_METRICS_PORT", "0") or 0)
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=settings.host)
     grace = int(os.environ.get("WORKER_SHUTDOWN_GRACE_S", "25"))
     opts = settings_for(service, job_completion_wait=grace, burst=args.burst)
-    Worker(**opts).run()
+    worker = Worker(**opts)  # from here SIGTERM stops it gracefully (arq's handlers)
+    port = settings.metrics_listen_port(worker=True)
+    metrics = start_metrics_server(settings.host, port) if port is not None else None
+    try:
+        worker.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 

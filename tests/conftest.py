@@ -19,6 +19,10 @@ from libs import migrations
 from libs.testing import Infra, start_infra
 
 ROOT = Path(__file__).resolve().parent.parent
+# no metrics listeners (each would take its default port, 9000 and up, shared by every test
+# session on the machine): a test that wants one sets its port (tests/deploy/test_metrics.py)
+os.environ.setdefault("METRICS_PORT", "0")
+os.environ.setdefault("WORKER_METRICS_PORT", "0")
 
 
 @pytest.fixture(scope="session")

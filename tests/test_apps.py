@@ -1,4 +1,4 @@
-"""Every app answers /health, /ready and /metrics, and publishes its OpenAPI."""
+"""Every app answers /health and /ready, counts its requests, and publishes its OpenAPI."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 import pytest
 from fastapi import FastAPI
 
+from libs.app import VERSION
+from libs.telemetry import metrics_text
 from libs.testing import Infra, auth_headers, client_for, principal
 
 SERVICES = ["auth", "llm", "rag", "jobs", "billing"]
@@ -25,7 +27,7 @@ async def test_health_ready_metrics_openapi(service: str, infra: Infra) -> None:
     async with client_for(build(service)) as client:
         resp = await client.get("/health")
         assert resp.status_code == 200
-        assert resp.json() == {"status": "ok", "service": service}
+        assert resp.json() == {"status": "ok", "service": service, "version": VERSION}
         resp = await client.get("/ready")
         assert resp.status_code == 200, resp.text
         database = {"status": "ok"}
@@ -33,18 +35,22 @@ async def test_health_ready_metrics_openapi(service: str, infra: Infra) -> None:
             database["detail"] = "not connected yet: connects on first use"
         assert resp.json()["checks"] == {"database": database, "redis": {"status": "ok"}}
         await client.get("/definitely-not-here")
+        # metrics have their own listener (tests/deploy/test_metrics.py), not the app's port
         resp = await client.get("/metrics")
-        assert resp.status_code == 200
-        assert "aistack_http_requests_total" in resp.text
-        assert f'service="{service}"' in resp.text
+        assert resp.status_code == 404
+        assert resp.json()["error"]["code"] == "not_found"
+        text = metrics_text()
+        assert f'service="{service}"' in text
         assert any(
             line.startswith("aistack_http_requests_total{")
+            and f'service="{service}"' in line
             and 'route="unmatched"' in line
             and 'status="404"' in line
-            for line in resp.text.splitlines()
+            for line in text.splitlines()
         )
         spec = (await client.get("/openapi.json")).json()
         assert spec["info"]["title"] == f"aistack {service}"
+        assert spec["info"]["version"] == VERSION
 
 
 async def test_ready_reports_dependency_down(infra: Infra, monkeypatch: pytest.MonkeyPatch) -> None:

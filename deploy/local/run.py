@@ -6,11 +6,17 @@ an embedded Redis start from Python packages, keeping their data under ``AISTACK
 are applied and the gateway, the five services and their workers run under
 :class:`deploy.local.supervisor.Supervisor`, each log line prefixed by the process name.
 
+Every app and worker serves its Prometheus metrics on a port of its own (the app's port + 1000,
+its worker's + 1010: gateway 9000, auth 9001 … billing 9005, auth-worker 9011 … billing-worker
+9015; ``<NAME>_METRICS_PORT`` / ``<NAME>_WORKER_METRICS_PORT`` move one, ``METRICS_PORT=0``
+turns them off); the ready banner lists them.
+
 A process that exits on its own (a crash, the OOM killer, ``kill -9``) is started again after
 a pause doubling from 0.5 s to 10 s while the others keep serving; the embedded PostgreSQL and
 Redis are watched and restarted the same way. One that exits five times in a row without
 staying up 30 s cannot start (a bad setting): the runner then stops everything and exits 1.
-Ctrl-C or SIGTERM stops everything, databases included.
+Ctrl-C or SIGTERM stops everything, databases included, and exits 0: a stop that was asked for
+is not a failure (``make run`` then ends quietly instead of with ``Error 130``).
 
 The supervisor is a small loop over honcho's pieces (its ``Process`` and ``Printer``) rather
 than honcho's ``Manager``, which stops the whole stack when one process exits, or another
@@ -33,6 +39,7 @@ from pathlib import Path
 from deploy.local.supervisor import Supervisor
 from libs.embedded import EmbeddedPostgres, EmbeddedRedis, port_open
 from libs.registry import GATEWAY_PORT, SERVICES
+from libs.settings import METRICS_PORT_OFFSET, WORKER_METRICS_PORT_OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,19 +57,56 @@ class Plan:
     workers: bool
     # a local SMTP server printing mails, unless a real one is configured
     mail_port: int | None
+    # process name → the port of its metrics listener (processes without one are absent)
+    metrics: dict[str, int]
+
+    def metrics_env(self) -> dict[str, str]:
+        """The settings that give every app and worker the host and metrics port planned here
+        (each process reads its own prefix: GATEWAY_METRICS_PORT, LLM_WORKER_METRICS_PORT)."""
+        env: dict[str, str] = {}
+        for name in ("gateway", *self.ports):
+            prefix = name.upper()
+            env[f"{prefix}_HOST"] = self.host
+            env[f"{prefix}_METRICS_PORT"] = str(self.metrics.get(name, 0))
+            if name != "gateway":
+                env[f"{prefix}_WORKER_METRICS_PORT"] = str(self.metrics.get(f"{name}-worker", 0))
+        return env
+
+
+def _metrics_port(env: dict[str, str], name: str, worker: bool, port: int) -> int:
+    # one process's own setting, else the shared one only to turn them all off (one port
+    # shared by every process suits containers, not one host), else the process's port + offset
+    own = env.get(
+        f"{name.upper()}_WORKER_METRICS_PORT" if worker else f"{name.upper()}_METRICS_PORT"
+    )
+    if own is not None:
+        return int(own.strip() or 0)
+    shared = env.get("WORKER_METRICS_PORT" if worker else "METRICS_PORT")
+    if shared is not None and shared.strip() in ("", "0"):
+        return 0
+    return port + (WORKER_METRICS_PORT_OFFSET if worker else METRICS_PORT_OFFSET)
 
 
 def plan_from_env(env: dict[str, str]) -> Plan:
     """Read the runner's configuration from the environment (see the README's table)."""
+    gateway_port = int(env.get("GATEWAY_PORT", str(GATEWAY_PORT)))
+    ports = {n: int(env.get(f"{n.upper()}_PORT", str(s.port))) for n, s in SERVICES.items()}
+    workers = env.get("AISTACK_WORKERS", "1") not in ("0", "false", "no")
+    metrics = {"gateway": _metrics_port(env, "gateway", False, gateway_port)}
+    for name, port in ports.items():
+        metrics[name] = _metrics_port(env, name, False, port)
+        if workers:
+            metrics[f"{name}-worker"] = _metrics_port(env, name, True, port)
     return Plan(
         host=env.get("AISTACK_HOST", "127.0.0.1"),
-        gateway_port=int(env.get("GATEWAY_PORT", str(GATEWAY_PORT))),
-        ports={n: int(env.get(f"{n.upper()}_PORT", str(s.port))) for n, s in SERVICES.items()},
+        gateway_port=gateway_port,
+        ports=ports,
         data_dir=Path(env.get("AISTACK_DATA_DIR", str(ROOT / ".data" / "local"))),
         pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
         redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
-        workers=env.get("AISTACK_WORKERS", "1") not in ("0", "false", "no"),
+        workers=workers,
         mail_port=None if env.get("AUTH_SMTP_HOST") else int(env.get("AISTACK_MAIL_PORT", "1025")),
+        metrics={name: port for name, port in metrics.items() if port},
     )
 
 
@@ -86,25 +130,35 @@ def processes(plan: Plan) -> dict[str, str]:
 
 
 def _busy_ports(plan: Plan) -> list[int]:
-    wanted = [plan.gateway_port, *plan.ports.values()]
+    wanted = [plan.gateway_port, *plan.ports.values(), *plan.metrics.values()]
     if plan.mail_port is not None:
         wanted.append(plan.mail_port)
     return [p for p in wanted if port_open(plan.host, p)]
 
 
-def _announce_when_ready(url: str, started: float, stop: threading.Event) -> None:
+def banner(plan: Plan, url: str, took: float) -> str:
+    """What the runner prints once the gateway reports every service ready."""
+    lines = [
+        f"  aistack is ready in {took:.1f}s",
+        f"    API      {url}",
+        f"    Docs     {url}/docs",
+        f"    Ready    {url}/ready",
+    ]
+    if plan.metrics:
+        # for Prometheus (any path answers; deploy/prometheus/prometheus.yml scrapes them)
+        ports = ", ".join(f"{name} {port}" for name, port in plan.metrics.items())
+        lines.append(f"    Metrics  /metrics on ports: {ports}")
+    lines.append("  Press Ctrl-C to stop.")
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def _announce_when_ready(plan: Plan, url: str, started: float, stop: threading.Event) -> None:
     """Print the URLs once the gateway reports every service ready."""
     while not stop.wait(0.25):
         try:
             with urllib.request.urlopen(f"{url}/ready", timeout=2) as resp:  # noqa: S310
                 if resp.status == 200:
-                    took = time.monotonic() - started
-                    print(
-                        f"\n  aistack is ready in {took:.1f}s\n"
-                        f"    API     {url}\n    Docs    {url}/docs\n"
-                        f"    Ready   {url}/ready\n  Press Ctrl-C to stop.\n",
-                        flush=True,
-                    )
+                    print(banner(plan, url, time.monotonic() - started), flush=True)
                     return
         except (urllib.error.URLError, OSError, TimeoutError):
             continue
@@ -116,7 +170,10 @@ def main() -> int:
     plan = plan_from_env(env)
     busy = _busy_ports(plan)
     if busy:
-        print(f"aistack: ports already in use: {busy}. Stop what uses them or set *_PORT.")
+        print(
+            f"aistack: ports already in use: {busy}. Stop what uses them or set *_PORT "
+            "(metrics: *_METRICS_PORT, or METRICS_PORT=0 for none)."
+        )
         return 1
 
     # until the supervisor takes over: SIGTERM stops the start-up like Ctrl-C (databases too)
@@ -148,6 +205,7 @@ def main() -> int:
             env["AUTH_SMTP_PORT"] = str(plan.mail_port)
         env.setdefault("LOG_JSON", "false")
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(plan.metrics_env())
 
         supervisor = Supervisor()
         for name, cmd in processes(plan).items():
@@ -160,15 +218,20 @@ def main() -> int:
         shown_host = "localhost" if plan.host in ("127.0.0.1", "0.0.0.0") else plan.host
         url = f"http://{shown_host}:{plan.gateway_port}"
         threading.Thread(
-            target=_announce_when_ready, args=(url, started, stop), daemon=True
+            target=_announce_when_ready, args=(plan, url, started, stop), daemon=True
         ).start()
         code = supervisor.run()
         stop.set()
         if supervisor.gave_up:
             print(f"aistack: stopped: {supervisor.gave_up} (its last lines are above)", flush=True)
-        return code
+            return code or 1
+        # Ctrl-C or SIGTERM: the stop that was asked for happened, so it is a success (the
+        # supervisor's 130 / 143 would make `make run` end with "Error 130")
+        return 0
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C (or SIGTERM) during the start-up: stopped as asked, databases included below
+        print("aistack: start-up interrupted; stopping", flush=True)
+        return 0
     finally:
         # a second Ctrl-C must not leave the databases running
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -64,6 +64,16 @@ _STREAM = b"".join(
 )
 _EVENTS = [e + b"\n\n" for e in _STREAM.split(b"\n\n") if e]
 
+# one input's embedding (the soak sends one text per request)
+_EMBEDDINGS = orjson.dumps(
+    {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.0625] * 256}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 2, "total_tokens": 2},
+    }
+)
+
 _MODELS = orjson.dumps(
     {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "owned_by": "bench"}]}
 )
@@ -80,6 +90,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         more = message.get("more_body", False)
     if scope["path"].endswith("/models"):
         await _send(send, 200, b"application/json", _MODELS)
+        return
+    if scope["path"].endswith("/embeddings"):
+        await _send(send, 200, b"application/json", _EMBEDDINGS)
         return
     if b'"stream":true' in body.replace(b" ", b""):
         await send(
@@ -119,6 +132,7 @@ def _head(ctype: bytes, length: int | None) -> bytes:
 # head and body in separate writes, as uvicorn sends them (and as the vendors' servers do)
 _COMPLETION_ANSWER = (_head(b"application/json", len(_COMPLETION)), _COMPLETION)
 _MODELS_ANSWER = (_head(b"application/json", len(_MODELS)), _MODELS)
+_EMBEDDINGS_ANSWER = (_head(b"application/json", len(_EMBEDDINGS)), _EMBEDDINGS)
 _STREAM_HEAD = _head(b"text/event-stream", None)
 _STREAM_CHUNKS = [b"%x\r\n" % len(e) + e + b"\r\n" for e in _EVENTS] + [b"0\r\n\r\n"]
 
@@ -156,8 +170,12 @@ class _Upstream(asyncio.Protocol):
         assert transport is not None
         url, body = self.url, b"".join(self.body)
         self.url, self.body = b"", []
-        if url.split(b"?", 1)[0].endswith(b"/models"):
+        path = url.split(b"?", 1)[0]
+        if path.endswith(b"/models"):
             for part in _MODELS_ANSWER:
+                transport.write(part)
+        elif path.endswith(b"/embeddings"):
+            for part in _EMBEDDINGS_ANSWER:
                 transport.write(part)
         elif b'"stream":true' in body.replace(b" ", b""):
             transport.write(_STREAM_HEAD)

@@ -28,6 +28,8 @@ class Proc:
     name: str
     url: str
     popen: subprocess.Popen[bytes]
+    # its Prometheus listener, when it was given one
+    metrics_url: str | None = None
 
     def rss_mb(self) -> float:
         """Resident memory of the process, in MiB."""
@@ -50,11 +52,19 @@ class Stack:
         env: dict[str, str] | None = None,
         http: str = "libs.server:HttpProtocol",
         cwd: Path | None = None,
+        metrics_prefix: str | None = None,
     ) -> Proc:
         """Run ``app`` under uvicorn (one worker, uvloop, the apps' HTTP protocol as deployed;
         ``http="httptools"`` for stand-ins of outside servers) and wait for it to answer.
-        ``cwd``: another source tree to import the app from (a before/after comparison)."""
+        ``cwd``: another source tree to import the app from (a before/after comparison).
+        With ``metrics_prefix`` (``LLM``), its metrics listener gets a free port too."""
         port = free_port()
+        env = dict(env or {})
+        metrics_url = None
+        if metrics_prefix is not None:
+            metrics_port = free_port()
+            env[f"{metrics_prefix}_METRICS_PORT"] = str(metrics_port)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         cmd = [
             sys.executable,
             "-m",
@@ -75,15 +85,34 @@ class Stack:
         ]
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
         popen = subprocess.Popen(
-            cmd,
-            env={**self.env, **(env or {})},
-            cwd=cwd or ROOT,
+            cmd, env={**self.env, **env}, cwd=cwd or ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        proc = Proc(name, f"http://127.0.0.1:{port}", popen, metrics_url)
+        self.procs[name] = proc
+        _wait_for(proc, self.logs / f"{name}.log")
+        return proc
+
+    def start_worker(self, service: str, env: dict[str, str] | None = None) -> Proc:
+        """``python -m libs.worker <service>``, up once its metrics listener answers."""
+        name = f"{service}-worker"
+        metrics_port = free_port()
+        worker_env = {
+            **self.env,
+            **(env or {}),
+            f"{service.upper()}_WORKER_METRICS_PORT": str(metrics_port),
+        }
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "libs.worker", service],
+            env=worker_env,
+            cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        proc = Proc(name, f"http://127.0.0.1:{port}", popen)
+        url = f"http://127.0.0.1:{metrics_port}"
+        proc = Proc(name, url, popen, f"{url}/metrics")
         self.procs[name] = proc
-        _wait_for(proc, self.logs / f"{name}.log")
+        _wait_for(proc, self.logs / f"{name}.log")  # any path of the listener answers
         return proc
 
     def start_fake_openai(self, name: str = "fake-openai") -> Proc:
@@ -147,6 +176,10 @@ def stack() -> Iterator[Stack]:
             "ENVIRONMENT": "development",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",
+            # no metrics listeners on their default ports (9000 and up: a `make run` on this
+            # machine has them); a process that should have one is given a free port
+            "METRICS_PORT": "0",
+            "WORKER_METRICS_PORT": "0",
         }
         s = Stack(infra, env, root)
         try:

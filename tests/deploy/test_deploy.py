@@ -43,8 +43,10 @@ def test_compose_runs_every_app_and_worker_with_healthchecks() -> None:
     for name in ("auth", "llm", "rag", "jobs", "billing"):
         assert services[f"{name}-worker"]["command"] == ["worker", name]
     assert services["postgres"]["image"].startswith("pgvector/")
-    # only the gateway is reachable from outside
-    assert [n for n, s in services.items() if s.get("ports")] == ["gateway"]
+    # only the gateway is reachable from outside; Prometheus (an opt-in profile) from this host
+    published = {n: s["ports"] for n, s in services.items() if s.get("ports")}
+    assert set(published) == {"gateway", "prometheus"}
+    assert all(str(p).startswith("127.0.0.1:") for p in published["prometheus"])
 
 
 def test_schema_violation_is_reported(tmp_path: Path) -> None:
@@ -70,6 +72,10 @@ def test_schema_violation_is_reported(tmp_path: Path) -> None:
                 }
             },
             "does not exist",
+        ),
+        (
+            {"services": {"a": {"image": "x", "healthcheck": {}, "volumes": ["./nope.yml:/c"]}}},
+            "bind-mounted ./nope.yml does not exist",
         ),
     ],
 )

@@ -6,16 +6,20 @@ import httpx
 import pytest
 
 from gateway.openapi import merge_specs, swagger_assets_dir
+from libs.app import VERSION
 from libs.registry import NAMES
+from libs.telemetry import metrics_text
 
 
 async def test_health_and_metrics(gw: httpx.AsyncClient) -> None:
     resp = await gw.get("/health")
-    assert resp.json() == {"status": "ok", "service": "gateway"}
+    assert resp.json() == {"status": "ok", "service": "gateway", "version": VERSION}
     await gw.get("/v1/jobs/conflict")
+    # not on the public port (its own listener: tests/deploy/test_metrics.py)
     resp = await gw.get("/metrics")
-    assert resp.status_code == 200
-    lines = resp.text.splitlines()
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "not_found"
+    lines = metrics_text().splitlines()
     # proxied requests are labelled by prefix, not by a catch-all pattern
     assert any(
         line.startswith("aistack_http_requests_total{")
@@ -66,6 +70,7 @@ async def test_openapi_merges_every_service(gw: httpx.AsyncClient) -> None:
     assert "/internal/secret" not in paths
     assert "/v1/unrouted-by-gateway" not in paths
     assert "/metrics" not in paths
+    assert doc["info"]["version"] == VERSION  # pyproject.toml's, as every service's
     assert paths["/v1/jobs/items"]["post"]["tags"] == ["jobs"]
     assert {t["name"] for t in doc["tags"]} >= {"gateway", *NAMES}
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from gateway.ratelimit import KEY_PREFIX
 from libs.ratelimit import hit_many
+from libs.telemetry import metrics_text
 from libs.testing import Infra
 from tests.support.servers import dead_url
 from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
@@ -114,7 +115,7 @@ async def test_redis_down_applies_the_fail_mode_and_counts_it(
     # (tests/gateway/test_redis_faults.py); API keys resolve straight from auth meanwhile
     key, _ = upstream.auth.add_api_key(scopes=["jobs:read", "llm:use"])
     async with gateway_client(settings) as gw:
-        before = _counter((await gw.get("/metrics")).text, mode)
+        before = _counter(metrics_text(), mode)
         resp = await gw.get("/v1/jobs", headers={"x-api-key": key})
         if mode == "open":
             assert resp.status_code == 200
@@ -125,7 +126,7 @@ async def test_redis_down_applies_the_fail_mode_and_counts_it(
             assert resp.headers["retry-after"] == "2"
         resp = await gw.post("/v1/chat/completions", json={}, headers={"x-api-key": key})
         assert resp.status_code == (200 if mode == "open" else 503)
-        after = _counter((await gw.get("/metrics")).text, mode)
+        after = _counter(metrics_text(), mode)
     logging.getLogger("aistack.gateway.ratelimit").removeHandler(handler)
     assert after - before == 2
     # logged (once per interval, not per request)

@@ -164,7 +164,7 @@ async def test_a_request_while_postgres_hangs_is_503_within_the_deadline_then_20
 async def test_the_llm_hot_route_answers_openai_shaped_503_while_postgres_hangs(
     proxy: HangingProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The llm builds its engine lazily (libs/sessions.py) and answers errors of its hot
+    """The llm builds its engine lazily (libs/db.py) and answers errors of its hot
     chat route itself (libs.storage_errors.storage_error_response): a stored prompt to
     render needs the database."""
     monkeypatch.setenv("DATABASE_URL", proxy.url)

@@ -30,7 +30,7 @@ from libs.queue import as_arq, queue_name
 from libs.testing import Infra, auth_headers, principal, running
 from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.llm.app import build_app as build_llm
-from services.llm.service import LlmService
+from services.llm.chat.service import ChatService
 from services.llm.settings import LlmSettings
 from tests.support.fakes import openai_fake
 from tests.support.fakes.auth_fake import FakeAuth
@@ -87,7 +87,7 @@ async def llm_behind_gateway(
 ) -> AsyncIterator[LlmStack]:
     """Start auth (fake), llm (``routing``, settings overrides ``llm``) and the gateway
     (overrides ``gateway``); stop them in reverse order. The provider's API key variable
-    (``tests.llm.api.conftest.KEY_ENV``) must be set by the caller."""
+    (:data:`KEY_ENV`) must be set by the caller."""
     auth = FakeAuth()
     running: list[Running] = [await serve(auth.app())]
     try:
@@ -182,8 +182,8 @@ class Env:
     redis: Redis
 
     @property
-    def service(self) -> LlmService:
-        service: LlmService = self.app.state.llm
+    def service(self) -> ChatService:
+        service: ChatService = self.app.state.llm
         return service
 
     def sdk(self, p: Principal, **kw: Any) -> openai.AsyncOpenAI:

@@ -99,7 +99,6 @@ async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
     chat the built-in local model, or with ``chat_on`` a fake OpenAI upstream there (its key in
     ``tests.support.stacks.llm.KEY_ENV``); returns the running server (``.url``, ``.stop()``)."""
     from services.llm.app import build_app as build_llm
-    from services.llm.routing import LOCAL_EMBED_MODEL
     from services.llm.settings import LlmSettings
     from tests.support.servers import serve
     from tests.support.stacks.llm import KEY_ENV, settings_for
@@ -119,7 +118,8 @@ async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
             },
             "embed": {
                 "type": "embedding",
-                "targets": [{"provider": "local", "model": LOCAL_EMBED_MODEL}],
+                # the local provider's embedding model (services/llm/routing/config.py)
+                "targets": [{"provider": "local", "model": "all-minilm-l6-v2"}],
             },
         },
     }

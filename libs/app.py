@@ -11,7 +11,7 @@ import gc
 import importlib.metadata
 import logging
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.payload import JsonGuardMiddleware
 from libs.redis import make_redis
-from libs.registry import SERVICES
+from libs.registry import ROUTES, SERVICES
 from libs.settings import ServiceSettings
 from libs.sse import describe_streams_per_event
 from libs.state import AppState
@@ -176,6 +176,7 @@ def create_app(
     openapi_tags: list[dict[str, Any]] | None = None,
     state: type[AppState] = AppState,
     guard_json: bool = True,
+    body_limits: Mapping[str, int] | None = None,
 ) -> App:
     """Build a FastAPI app with the platform's conventions.
 
@@ -186,6 +187,8 @@ def create_app(
     ``state``: the app's :class:`AppState` class (a subclass declaring the service's own).
     ``guard_json``: refuse JSON bodies holding what no service can take (libs/payload.py);
     off for the gateway, which passes bodies on unread to the services that check them.
+    ``body_limits``: path prefix -> largest body there, over ``max_body_bytes`` (the registry's
+    upload routes get ``max_upload_bytes`` on their service and on the gateway).
     """
     configure_logging(service, settings.log_level, settings.log_json)
     setup_tracing(service, settings.otlp_endpoint)
@@ -290,6 +293,10 @@ def create_app(
     # known to be fine
     if guard_json:
         app.add_middleware(JsonGuardMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    limits = dict(body_limits or {})
+    for route in ROUTES:
+        if route.uploads and service in (route.service, "gateway"):
+            limits.setdefault(route.prefix, settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, overrides=limits)
     app.add_middleware(ObservabilityMiddleware, service=service, quiet_paths=QUIET_PATHS)
     return app

@@ -31,6 +31,8 @@ class Route:
     read_actions: tuple[str, ...] = ()
     # errors rendered in OpenAI's shape so its SDKs parse them
     openai: bool = False
+    # file uploads: bodies up to MAX_UPLOAD_BYTES instead of MAX_BODY_BYTES (gateway and owner)
+    uploads: bool = False
 
     @property
     def path(self) -> str:
@@ -130,15 +132,27 @@ SERVICES: dict[str, Service] = {
         Service(
             "rag",
             8003,
-            "Knowledge bases.",
+            "Files (OpenAI's Files API), knowledge bases as OpenAI-compatible vector stores,"
+            " ingestion (parse, chunk, embed, index) as background jobs, hybrid search and"
+            " cited answers.",
             _routes(
                 "rag",
                 (
-                    "/v1/knowledge-bases",
+                    "/v1/files",
+                    {
+                        "scope": Scope.RAG_READ,
+                        "write_scope": Scope.RAG_WRITE,
+                        "openai": True,
+                        "uploads": True,
+                    },
+                ),
+                (
+                    "/v1/vector_stores",
                     {
                         "scope": Scope.RAG_READ,
                         "write_scope": Scope.RAG_WRITE,
                         "read_actions": _READ_ACTIONS,
+                        "openai": True,
                     },
                 ),
             ),

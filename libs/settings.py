@@ -43,6 +43,7 @@ SHARED_FIELDS = frozenset(
         "log_json",
         "otlp_endpoint",
         "max_body_bytes",
+        "max_upload_bytes",
         "db_pool_size",
         "db_command_timeout_seconds",
         "db_pool_timeout_seconds",
@@ -86,6 +87,12 @@ class ServiceSettings(BaseSettings):
     log_json: bool = True
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint")
     max_body_bytes: int = 1_048_576
+    max_upload_bytes: int = Field(
+        default=512 * 1_048_576,
+        gt=0,
+        description="largest file upload (routes the registry marks as uploads, e.g. "
+        "POST /v1/files; 413 above); MAX_BODY_BYTES does not apply to them",
+    )
     db_pool_size: int = 10
     db_command_timeout_seconds: float = Field(
         default=DB_COMMAND_TIMEOUT_S,

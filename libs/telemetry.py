@@ -349,12 +349,26 @@ class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` with 413 in the error shape, streamed or not
     (OpenAI's shape on the app's OpenAI-compatible routes, so its SDKs raise on it)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, overrides: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # path prefix -> its own limit (uploads), longest prefix first
+        self.overrides = sorted((overrides or {}).items(), key=lambda kv: -len(kv[0]))
+
+    def _limit(self, path: str) -> int:
+        for prefix, limit in self.overrides:
+            if path == prefix or path.startswith(prefix + "/"):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.max_bytes <= 0:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        max_bytes = self._limit(scope["path"]) if self.overrides else self.max_bytes
+        if max_bytes <= 0:
             await self.app(scope, receive, send)
             return
         declared: int | None = None
@@ -365,8 +379,8 @@ class BodyLimitMiddleware:
                     declared = int(v)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._refuse(scope, receive, send)
+                if declared > max_bytes:
+                    await self._refuse(scope, receive, send, max_bytes)
                     return
             elif k == b"transfer-encoding":
                 chunked = True
@@ -383,8 +397,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise _BodyTooLarge(max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -398,12 +412,12 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if response_started:
                 raise
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         from libs.errors import http_exception_response, wants_openai
 
-        resp = http_exception_response(_BodyTooLarge(self.max_bytes), openai=wants_openai(scope))
+        resp = http_exception_response(_BodyTooLarge(max_bytes), openai=wants_openai(scope))
         await resp(scope, receive, send)
 
 

@@ -23,7 +23,7 @@ from tests.support.faults.outages import assert_unavailable, database_down, redi
 @pytest.mark.parametrize(
     ("build", "path"),
     [
-        (rag_app, "/v1/knowledge-bases"),
+        (rag_app, "/v1/files"),
         (jobs_app, "/v1/jobs"),
         (billing_app, "/v1/billing/usage"),
     ],

@@ -80,7 +80,7 @@ async def test_sign_in_use_tokens_and_api_keys_through_the_gateway(stack: Stack)
     assert me.json()["session_id"] == tokens["session_id"]
 
     # the gateway turns the JWT into a principal for other services
-    echoed = await gw.get("/v1/knowledge-bases", headers=bearer)
+    echoed = await gw.get("/v1/vector_stores", headers=bearer)
     assert echoed.status_code == 200, echoed.text
     p = verify_internal_token(echoed.json()["principal_header"], DEV_INTERNAL_SECRET)
     assert str(p.org_id) == tokens["org_id"] and p.roles == ["owner"]
@@ -92,7 +92,7 @@ async def test_sign_in_use_tokens_and_api_keys_through_the_gateway(stack: Stack)
     )
     assert made.status_code == 201, made.text
     key = made.json()["key"]
-    by_key = await gw.get("/v1/knowledge-bases", headers={"x-api-key": key})
+    by_key = await gw.get("/v1/vector_stores", headers={"x-api-key": key})
     assert by_key.status_code == 200, by_key.text
     kp = verify_internal_token(by_key.json()["principal_header"], DEV_INTERNAL_SECRET)
     assert str(kp.key_id) == made.json()["id"] and kp.scopes == ["rag:read"]
@@ -102,7 +102,7 @@ async def test_sign_in_use_tokens_and_api_keys_through_the_gateway(stack: Stack)
     # revoked: refused within a second
     assert (await gw.delete(f"/v1/api-keys/{made.json()['id']}", headers=bearer)).status_code == 204
     await asyncio.sleep(1.05)
-    refused = await gw.get("/v1/knowledge-bases", headers={"x-api-key": key})
+    refused = await gw.get("/v1/vector_stores", headers={"x-api-key": key})
     assert refused.status_code == 401
 
     # internal routes are not reachable through the gateway

@@ -98,13 +98,13 @@ async def test_an_app_serves_metrics_on_its_own_listener_and_stops_it(
     monkeypatch.setenv("RAG_METRICS_PORT", str(port))
     app = build_rag()
     async with client_for(app) as client:
-        await client.get("/v1/knowledge-bases")  # a 401, counted
+        await client.get("/v1/vector_stores")  # a 401, counted
         status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
         assert status == 200
         assert any(
             line.startswith("aistack_http_requests_total{")
             and 'service="rag"' in line
-            and 'route="/v1/knowledge-bases"' in line
+            and 'route="/v1/vector_stores"' in line
             for line in text.splitlines()
         ), text[:2000]
         resp = await client.get("/metrics")

@@ -147,7 +147,7 @@ async def test_a_valid_token_reaches_the_service_as_the_principal(
 
 
 async def test_missing_credentials_are_401_with_a_challenge(gw: httpx.AsyncClient) -> None:
-    resp = await gw.get("/v1/knowledge-bases")
+    resp = await gw.get("/v1/vector_stores")
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "unauthorized"
     assert resp.headers["www-authenticate"] == 'Bearer realm="aistack"'
@@ -205,17 +205,17 @@ async def test_scopes_per_route_and_for_writes(gw: httpx.AsyncClient, upstream: 
     member = {"authorization": f"Bearer {auth.token(roles=['member'])}"}
     owner = {"authorization": f"Bearer {auth.token(roles=['owner'])}"}
 
-    assert (await gw.get("/v1/knowledge-bases", headers=viewer)).status_code == 200
-    resp = await gw.post("/v1/knowledge-bases", json={}, headers=viewer)
+    assert (await gw.get("/v1/vector_stores", headers=viewer)).status_code == 200
+    resp = await gw.post("/v1/vector_stores", json={}, headers=viewer)
     assert resp.status_code == 403
     assert resp.json()["error"]["code"] == "insufficient_scope"
     assert "rag:write" in resp.json()["error"]["message"]
     # searching a knowledge base reads it
-    assert (await gw.post("/v1/knowledge-bases/k/query", json={}, headers=viewer)).status_code == (
+    assert (await gw.post("/v1/vector_stores/k/search", json={}, headers=viewer)).status_code == (
         200
     )
-    assert (await gw.delete("/v1/knowledge-bases/k", headers=viewer)).status_code == 403
-    assert (await gw.post("/v1/knowledge-bases", json={}, headers=member)).status_code == 200
+    assert (await gw.delete("/v1/vector_stores/k", headers=viewer)).status_code == 403
+    assert (await gw.post("/v1/vector_stores", json={}, headers=member)).status_code == 200
     assert (await gw.post("/v1/jobs/j/cancel", headers=viewer)).status_code == 403
     assert (await gw.post("/v1/jobs/j/cancel", headers=member)).status_code == 200
     # chat needs llm:use, which a viewer lacks: 403 in OpenAI's shape
@@ -252,8 +252,8 @@ async def test_an_api_key_without_the_scope_is_403(
     err = resp.json()["error"]
     assert err["code"] == "insufficient_scope" and err["type"] == "permission_error"
     assert "llm:use" in err["message"]
-    assert (await gw.get("/v1/knowledge-bases", headers={"x-api-key": key})).status_code == 200
-    resp = await gw.post("/v1/knowledge-bases", json={}, headers={"x-api-key": key})
+    assert (await gw.get("/v1/vector_stores", headers={"x-api-key": key})).status_code == 200
+    resp = await gw.post("/v1/vector_stores", json={}, headers={"x-api-key": key})
     assert resp.status_code == 403
 
 

@@ -59,7 +59,7 @@ async def test_openapi_merges_every_service(gw: httpx.AsyncClient) -> None:
         "/v1/auth/items",
         "/v1/chat/items",
         "/v1/chat/stream",
-        "/v1/knowledge-bases",
+        "/v1/vector_stores",
         "/v1/jobs/items",
         "/v1/billing/items",
         "/health",
@@ -81,7 +81,7 @@ async def test_openapi_merges_every_service(gw: httpx.AsyncClient) -> None:
     assert "Item" not in schemas
     assert set(schemas["rag_Item"]["properties"]) == {"title", "size"}
     assert set(schemas["jobs_Item"]["properties"]) == {"name"}
-    body = paths["/v1/knowledge-bases"]["post"]["requestBody"]["content"]["application/json"]
+    body = paths["/v1/vector_stores"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"] == "#/components/schemas/rag_Item"
     body = paths["/v1/jobs/items"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"]["$ref"] == "#/components/schemas/jobs_Item"

@@ -25,7 +25,8 @@ PREFIXES = {
     "/v1/responses": "llm",
     "/v1/prompts/p1": "llm",
     "/v1/conversations": "llm",
-    "/v1/knowledge-bases/kb1/documents": "rag",
+    "/v1/files/file-1/content": "rag",
+    "/v1/vector_stores/vs1/files": "rag",
     "/v1/jobs/j1": "jobs",
     "/v1/notifications": "jobs",
     "/v1/billing/usage": "billing",
@@ -58,6 +59,8 @@ def test_route_table_covers_the_documented_prefixes() -> None:
         "/v1/embeddings",
         "/v1/models",
         "/v1/responses",
+        "/v1/files",
+        "/v1/vector_stores",
     }
     # a prefix must match whole segments
     assert match_route("/v1/chatty") is None
@@ -99,11 +102,11 @@ async def test_service_errors_pass_through_unchanged(gw: httpx.AsyncClient, stac
 
 async def test_malformed_body_error_comes_from_the_service(gw: httpx.AsyncClient) -> None:
     resp = await gw.post(
-        "/v1/knowledge-bases", content=b"{not json", headers={"content-type": "application/json"}
+        "/v1/vector_stores", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 400
     assert resp.json()["error"]["code"] == "malformed_json"
-    resp = await gw.post("/v1/knowledge-bases", json={"title": "kb", "size": 3})
+    resp = await gw.post("/v1/vector_stores", json={"title": "kb", "size": 3})
     assert resp.status_code == 201
     assert resp.json() == {"title": "kb", "size": 3}
 

@@ -46,26 +46,31 @@ async def test_ready_and_openapi_with_real_services(real_gateway: str) -> None:
         assert body["services"] == {n: {"status": "ready"} for n in NAMES}
         assert body["checks"] == {"redis": {"status": "ok"}}
         doc = (await client.get("/openapi.json")).json()
-        assert "/v1/knowledge-bases/{kb_id}" in doc["paths"]
-        assert "KnowledgeBaseOut" in doc["components"]["schemas"]
+        assert "/v1/files/{file_id}" in doc["paths"]
+        assert "FileObject" in doc["components"]["schemas"]
 
 
 async def test_identity_reaches_the_service_signed(real_gateway: str) -> None:
     async with httpx.AsyncClient(base_url=real_gateway) as client:
         # no credentials: refused at the gateway in the error shape
-        resp = await client.get("/v1/knowledge-bases")
+        resp = await client.get("/v1/files")
         assert resp.status_code == 401
         assert resp.json()["error"]["code"] == "unauthorized"
 
         mine = {"authorization": f"Bearer {FAKE_AUTH.token(org_id=uuid.uuid4())}"}
-        resp = await client.post("/v1/knowledge-bases", json={"name": "via gateway"}, headers=mine)
-        assert resp.status_code == 201, resp.text
-        kb = resp.json()
-        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}", headers=mine)
+        resp = await client.post(
+            "/v1/files",
+            files={"file": ("via-gateway.txt", b"hello")},
+            data={"purpose": "assistants"},
+            headers=mine,
+        )
+        assert resp.status_code == 200, resp.text
+        f = resp.json()
+        resp = await client.get(f"/v1/files/{f['id']}", headers=mine)
         assert resp.status_code == 200
-        assert resp.json()["name"] == "via gateway"
+        assert resp.json()["filename"] == "via-gateway.txt"
 
         # another tenant sees nothing of it
         theirs = {"authorization": f"Bearer {FAKE_AUTH.token(org_id=uuid.uuid4())}"}
-        resp = await client.get(f"/v1/knowledge-bases/{kb['id']}", headers=theirs)
+        resp = await client.get(f"/v1/files/{f['id']}", headers=theirs)
         assert resp.status_code == 404

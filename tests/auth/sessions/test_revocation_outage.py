@@ -110,7 +110,7 @@ async def _outage_scenario(server: EmbeddedRedis, engine: AsyncEngine, emails: l
             bearer = {"authorization": f"Bearer {tokens['access_token']}"}
             sid = tokens["session_id"]
             # the gateway confirms the session (not revoked) through Redis
-            assert (await gw.get("/v1/knowledge-bases", headers=bearer)).status_code == 200
+            assert (await gw.get("/v1/vector_stores", headers=bearer)).status_code == 200
 
             await stop(server)
             # "log out" on a stolen device works although Redis is down
@@ -124,12 +124,12 @@ async def _outage_scenario(server: EmbeddedRedis, engine: AsyncEngine, emails: l
             # the documented bound: a gateway passes a session it confirmed within the grace
             # window; after it, with Redis still down, it refuses what it cannot vouch for
             async def refused_unverifiable() -> bool:
-                resp = await gw.get("/v1/knowledge-bases", headers=bearer)
+                resp = await gw.get("/v1/vector_stores", headers=bearer)
                 return resp.status_code == 503
 
             waited = await eventually(refused_unverifiable, within=GRACE + 3)
             assert waited <= GRACE + 0.5
-            err = (await gw.get("/v1/knowledge-bases", headers=bearer)).json()["error"]
+            err = (await gw.get("/v1/vector_stores", headers=bearer)).json()["error"]
             assert err["code"] == "session_check_unavailable"
 
             # the auth process goes away before Redis is back: nobody announced the logout
@@ -154,11 +154,11 @@ async def _outage_scenario(server: EmbeddedRedis, engine: AsyncEngine, emails: l
 
                     # and the gateway refuses the old access token for good
                     async def revoked() -> bool:
-                        resp = await gw.get("/v1/knowledge-bases", headers=bearer)
+                        resp = await gw.get("/v1/vector_stores", headers=bearer)
                         return resp.status_code == 401
 
                     await eventually(revoked, within=5)
-                    resp = await gw.get("/v1/knowledge-bases", headers=bearer)
+                    resp = await gw.get("/v1/vector_stores", headers=bearer)
                     assert resp.json()["error"]["code"] == "session_revoked"
                     # its refresh token is dead too (PostgreSQL's answer, asked of the new
                     # process: the gateway still points at the stopped one)

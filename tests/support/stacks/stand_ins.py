@@ -51,7 +51,7 @@ def upstream_app(name: str, controls: Controls, auth: FakeAuth | None = None) ->
     prefix = {
         "auth": "/v1/auth",
         "llm": "/v1/chat",
-        "rag": "/v1/knowledge-bases",
+        "rag": "/v1/vector_stores",
         "jobs": "/v1/jobs",
         "billing": "/v1/billing",
     }[name]

@@ -117,7 +117,7 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description=(
             "queue workers: longest wait for a Redis answer before Redis counts as hung and "
-            "the worker reconnects (blocking reads get their own wait on top; libs/worker.py)"
+            "the worker reconnects (blocking reads get their own wait on top; libs/worker/)"
         ),
     )
     metrics_port: int | None = Field(

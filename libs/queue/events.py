@@ -1,0 +1,170 @@
+"""Lifecycle events: what jobs report on the stream :data:`EVENTS_STREAM`."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from libs.queue.names import EVENTS_MAXLEN, EVENTS_STREAM, _json, _now, queue_name
+
+log = logging.getLogger("aistack.queue")
+
+
+@dataclass
+class JobEvent:
+    """One lifecycle event on :data:`EVENTS_STREAM`; stream fields are strings ("" means unset).
+
+    ``status`` is one of queued, running, progress, succeeded, failed, cancelled. ``attempt``
+    is arq's try number (1 first). ``args``/``kwargs`` (JSON) are only sent with ``queued``.
+    ``ts`` is the event's ISO-8601 UTC time; consumers order events of one job by
+    ``(attempt, status rank)`` for the status and by ``ts`` for progress and message.
+    """
+
+    job_id: str
+    service: str
+    function: str
+    status: str
+    attempt: int = 1
+    progress: int | None = None
+    message: str | None = None
+    error: str | None = None
+    org_id: str | None = None
+    user_id: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    queue: str | None = None
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    retry_of: str | None = None
+    internal: bool = False
+    ts: datetime = field(default_factory=_now)
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for XADD."""
+        out: dict[str, str] = {
+            "job_id": self.job_id,
+            "service": self.service,
+            "function": self.function,
+            "status": self.status,
+            "attempt": str(self.attempt),
+            "ts": self.ts.isoformat(),
+            "queue": self.queue or queue_name(self.service),
+        }
+        for name in ("org_id", "user_id", "request_id", "trace_id", "message", "error", "retry_of"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = str(value)
+        if self.progress is not None:
+            out["progress"] = str(self.progress)
+        if self.internal:
+            out["internal"] = "1"
+        if self.args is not None:
+            out["args"] = _json(self.args)
+        if self.kwargs is not None:
+            out["kwargs"] = _json(self.kwargs)
+        return out
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[Any, Any]) -> JobEvent:
+        """Parse stream fields (bytes or str) back into an event; raises ValueError if invalid."""
+        f = {
+            (k.decode() if isinstance(k, bytes) else str(k)): (
+                v.decode() if isinstance(v, bytes) else str(v)
+            )
+            for k, v in raw.items()
+        }
+        try:
+            ts = datetime.fromisoformat(f["ts"])
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            return cls(
+                job_id=f["job_id"],
+                service=f["service"],
+                function=f["function"],
+                status=f["status"],
+                attempt=int(f.get("attempt") or 1),
+                progress=int(f["progress"]) if f.get("progress") else None,
+                message=f.get("message"),
+                error=f.get("error"),
+                org_id=f.get("org_id") or None,
+                user_id=f.get("user_id") or None,
+                request_id=f.get("request_id") or None,
+                trace_id=f.get("trace_id") or None,
+                queue=f.get("queue") or None,
+                args=orjson.loads(f["args"]) if f.get("args") else None,
+                kwargs=orjson.loads(f["kwargs"]) if f.get("kwargs") else None,
+                retry_of=f.get("retry_of") or None,
+                internal=f.get("internal") == "1",
+                ts=ts,
+            )
+        except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"invalid job event: {exc}") from exc
+
+
+# events whose XADD failed (Redis down or hung), sent again with the next event that gets
+# through (or when a worker sees Redis back): the jobs service's fold is idempotent and
+# order-independent, so a late or repeated event lands where it belongs; bounded (oldest
+# dropped past it, logged) so a long outage cannot grow memory without limit
+UNSENT_EVENTS_MAX = 10_000
+_unsent: collections.deque[JobEvent] = collections.deque()
+
+
+async def emit_event(redis: Redis, event: JobEvent) -> None:
+    """XADD one lifecycle event (approximate MAXLEN); failures are logged, never raised.
+
+    An event that could not be sent is kept and sent again after the next one that is (see
+    :func:`resend_unsent_events`), so a job that ended during an outage is not shown running.
+    """
+    try:
+        await redis.xadd(
+            EVENTS_STREAM,
+            event.to_fields(),  # type: ignore[arg-type]
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+    except Exception as exc:
+        log.warning(
+            "could not emit %s event for job %s (kept to send again): %s",
+            event.status,
+            event.job_id,
+            exc,
+        )
+        if len(_unsent) >= UNSENT_EVENTS_MAX:
+            lost = _unsent.popleft()
+            log.error("job event lost (too many unsent): %s %s", lost.status, lost.job_id)
+        _unsent.append(event)
+        return
+    if _unsent:
+        await resend_unsent_events(redis)
+
+
+async def resend_unsent_events(redis: Redis) -> int:
+    """Send the events kept by :func:`emit_event` (oldest first); returns how many went."""
+    sent = 0
+    while _unsent:
+        batch = [_unsent.popleft() for _ in range(min(len(_unsent), 500))]
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for ev in batch:
+                    pipe.xadd(
+                        EVENTS_STREAM,
+                        ev.to_fields(),  # type: ignore[arg-type]
+                        maxlen=EVENTS_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except Exception as exc:
+            _unsent.extendleft(reversed(batch))  # kept, in order, for the next try
+            log.warning("unsent job events still not sent (%d): %s", len(_unsent), exc)
+            break
+        sent += len(batch)
+    if sent:
+        log.info("sent %d job events kept during a Redis outage", sent)
+    return sent

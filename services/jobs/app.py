@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.jobs.router import router
+from services.jobs.jobs.router import router
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.state import JobsState
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from libs.db import session_scope
 from libs.queue import JobContext, job
-from services.jobs.repository import JobRepository
-from services.jobs.service import EventConsumer
+from services.jobs.jobs.recorder import EventConsumer
+from services.jobs.jobs.repository import JobRepository
 from services.jobs.settings import JobsSettings
 
 PURGE_BATCH = 500

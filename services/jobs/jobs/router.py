@@ -7,18 +7,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
 
 from libs.db import SessionDep
 from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
 from libs.queue import TERMINAL_STATUSES
 from libs.redis import RedisDep
-from services.jobs.repository import JobRepository
-from services.jobs.schemas import JobList, JobOut, JobStatusName, PurgeRequest
-from services.jobs.service import JobService
+from libs.sse import SSEResponse, event_frame
+from services.jobs.jobs.repository import JobRepository
+from services.jobs.jobs.schemas import JobList, JobOut, JobStatusName, PurgeRequest
+from services.jobs.jobs.service import JobService
 from services.jobs.state import JobsState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -100,18 +99,14 @@ async def retry_job(job_id: str, service: JobServiceDep) -> object:
     return await service.retry(job_id)
 
 
-def _sse(event: str, data: object) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
 @router.get(
     "/{job_id}/events",
     summary="Progress as Server-Sent Events (`progress` events, then `end`)",
-    response_class=StreamingResponse,
+    response_class=SSEResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
     dependencies=READ,
 )
-async def job_events(job_id: str, request: Request, service: JobServiceDep) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, service: JobServiceDep) -> SSEResponse:
     job = await service.get(job_id)
     org_id = job.org_id
     state = JobsState.of(request)
@@ -126,26 +121,21 @@ async def job_events(job_id: str, request: Request, service: JobServiceDep) -> S
             async with factory() as s:
                 row = await JobRepository(s).get_for_org(org_id, job_id) if org_id else None
                 if row is None:
-                    yield _sse("end", {"id": job_id, "status": "deleted"})
+                    yield event_frame("end", {"id": job_id, "status": "deleted"})
                     return
                 snapshot = JobOut.model_validate(row).model_dump(mode="json")
             key = (snapshot["status"], snapshot["progress"], snapshot["message"])
             if key != last:
                 last = key
                 quiet_since = time.monotonic()
-                yield _sse("progress", snapshot)
+                yield event_frame("progress", snapshot)
             elif time.monotonic() - quiet_since >= heartbeat:
                 quiet_since = time.monotonic()
                 yield b": keep-alive\n\n"
             if snapshot["status"] in TERMINAL_STATUSES:
-                yield _sse("end", {"id": job_id, "status": snapshot["status"]})
+                yield event_frame("end", {"id": job_id, "status": snapshot["status"]})
                 return
-            if await request.is_disconnected():
-                return
+            # a client that leaves cancels this loop (SSEResponse listens for it)
             await asyncio.sleep(interval)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    return SSEResponse(stream())

@@ -21,9 +21,9 @@ from libs.queue import JobContext, JobEvent, enqueue_now, job
 from libs.testing import Infra, auth_headers, client_for, principal
 from services.jobs import tasks as jobs_tasks
 from services.jobs.app import build_app
+from services.jobs.jobs.recorder import EventConsumer
+from services.jobs.jobs.repository import JobRepository
 from services.jobs.models import Job
-from services.jobs.repository import JobRepository
-from services.jobs.service import EventConsumer
 from services.jobs.settings import JobsSettings
 from tests.support.workers import events_for, make_worker, run_burst
 

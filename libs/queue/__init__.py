@@ -32,6 +32,7 @@ Contracts every service relies on:
 
 from __future__ import annotations
 
+from libs.queue import fair
 from libs.queue.cancel import JobCancelled, cancel_job, cancel_key, is_cancel_requested
 from libs.queue.context import JobContext
 from libs.queue.enqueue import (
@@ -53,12 +54,15 @@ from libs.queue.names import (
     RESULT_RETENTION_S,
     TERMINAL_STATUSES,
     JobStatus,
+    Priority,
     as_arq,
     new_job_id,
     queue_name,
 )
+from libs.queue.types import JobSpec, Periodic, Permanent, RetryPolicy
 from libs.queue.wrapper import (
     DEFAULT_MAX_TRIES,
+    DeclaredJob,
     JobFunction,
     after_job_end,
     job,
@@ -76,12 +80,18 @@ __all__ = [
     "RESULT_RETENTION_S",
     "TERMINAL_STATUSES",
     "UNSENT_EVENTS_MAX",
+    "DeclaredJob",
     "JobCancelled",
     "JobContext",
     "JobEvent",
     "JobFunction",
+    "JobSpec",
     "JobStatus",
+    "Periodic",
+    "Permanent",
     "PreparedJob",
+    "Priority",
+    "RetryPolicy",
     "_trace_id_from_carrier",
     "_unsent",
     "after_job_end",
@@ -92,6 +102,7 @@ __all__ = [
     "enqueue",
     "enqueue_now",
     "enqueue_prepared",
+    "fair",
     "is_cancel_requested",
     "job",
     "new_job_id",

@@ -9,6 +9,7 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from libs.queue.fair import dequeue_waiting
 from libs.queue.names import CANCEL_KEY_PREFIX, CANCEL_TTL_S, queue_name
 
 
@@ -37,6 +38,8 @@ async def cancel_job(
     """
     queue = queue_name(service)
     await redis.set(cancel_key(job_id), b"1", ex=CANCEL_TTL_S)
+    if await dequeue_waiting(redis, queue, job_id):
+        return "dequeued"  # still waiting for its turn in its organization's fair queue
     in_progress = in_progress_key_prefix + job_id
     async with redis.pipeline(transaction=True) as pipe:
         try:

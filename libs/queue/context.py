@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from libs.queue.cancel import JobCancelled, is_cancel_requested
 from libs.queue.events import JobEvent, emit_event
+from libs.queue.names import Priority
+
+if TYPE_CHECKING:
+    from libs.queue.types import JobSpec
 
 log = logging.getLogger("aistack.queue")
 
@@ -30,9 +35,21 @@ class JobContext:
     request_id: str | None = None
     trace_id: str | None = None
     internal: bool = False
+    # the declaration of its type, and whether the jobs service records this job's progress
+    spec: JobSpec | None = None
+    recorded: bool = True
+    parent_id: str | None = None
+    priority: Priority | None = None
+    # the worker running it (libs.worker), shown on the job's record while it runs
+    worker_id: str | None = None
+    # the fair-queue slot it holds (key), given back when it ends
+    slot: str | None = None
+    max_tries: int | None = None
     _last_progress: int = 0
+    _children: list[str] = field(default_factory=list)
 
     def _event(self, status: str, **extra: Any) -> JobEvent:
+        extra.setdefault("parent_id", self.parent_id)
         return JobEvent(
             job_id=self.job_id,
             service=self.service,
@@ -65,6 +82,38 @@ class JobContext:
         """Report progress (0-100) and a message; raises :class:`JobCancelled` if cancelled."""
         await self.check_cancelled()
         self._last_progress = max(0, min(100, int(pct)))
-        await emit_event(
-            self.redis, self._event("progress", progress=self._last_progress, message=message)
+        if self.recorded:
+            await emit_event(
+                self.redis, self._event("progress", progress=self._last_progress, message=message)
+            )
+
+    async def enqueue_child(
+        self,
+        function: str,
+        *,
+        service: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        job_id: str | None = None,
+        priority: Priority | None = None,
+    ) -> str | None:
+        """Enqueue a job as a child of this one (same organization and user): the parent's
+        record and progress stream show its children's aggregate progress. Idempotent with a
+        ``job_id`` derived from this job's (a re-run enqueues the same children)."""
+        from libs.queue.enqueue import enqueue_now
+
+        jid = await enqueue_now(
+            self.redis,
+            service=service or self.service,
+            function=function,
+            args=args,
+            kwargs=kwargs,
+            job_id=job_id,
+            org_id=self.org_id,
+            user_id=self.user_id,
+            priority=priority or self.priority,
+            parent_id=self.job_id,
         )
+        if jid:
+            self._children.append(jid)
+        return jid

@@ -1,4 +1,11 @@
-"""Enqueue: after the transaction commits, or now; one job or many in one round trip."""
+"""Enqueue: after the transaction commits, or now; one job or many in one round trip.
+
+Where a job goes: an organization's job (``org_id`` set, not ``internal``, not deferred)
+waits in its organization's fair queue until a worker dispatches it (:mod:`libs.queue.fair`:
+per-organization round robin by priority, per-type concurrency limits); any other job goes
+straight onto the service's arq queue, in time order. Either way the queue's workers are woken
+at once (pub/sub on :func:`libs.queue.names.wake_channel`) rather than at their next poll.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +32,12 @@ from libs.queue.names import (
     _NO_SPAN,
     _NO_TRACE,
     _TRACEPARENT,
+    DEFAULT_PRIORITY,
     EVENTS_MAXLEN,
     EVENTS_STREAM,
     META_KWARG,
+    PRIORITIES,
+    Priority,
     _json,
     _now,
     new_job_id,
@@ -41,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aistack.queue")
 
+# an organization's jobs without one: the fair queues' member for platform work
+NO_ORG = "-"
+
 
 def _build_meta(
     service: str,
@@ -48,11 +61,16 @@ def _build_meta(
     user_id: Any,
     retry_of: str | None = None,
     internal: bool = False,
+    *,
+    priority: Priority | None = None,
+    parent_id: str | None = None,
+    trace_carrier: Mapping[str, str] | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "service": service,
-        "request_id": get_request_id(),
-        "trace": dict(inject_trace_headers({})),
+        "request_id": request_id or get_request_id(),
+        "trace": dict(trace_carrier) if trace_carrier else dict(inject_trace_headers({})),
         "org_id": str(org_id) if org_id is not None else None,
         "user_id": str(user_id) if user_id is not None else None,
         "enqueued_at": _now().isoformat(),
@@ -61,34 +79,13 @@ def _build_meta(
         meta["retry_of"] = retry_of
     if internal:
         meta["internal"] = True
+    if priority and priority != DEFAULT_PRIORITY:
+        if priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {priority!r}")
+        meta["priority"] = priority
+    if parent_id:
+        meta["parent_id"] = parent_id
     return meta
-
-
-async def _enqueue(
-    pool: Redis,
-    *,
-    service: str,
-    function: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    job_id: str,
-    meta: dict[str, Any],
-    defer_by: float | timedelta | None,
-    expires: float | timedelta | None,
-) -> str | None:
-    job = PreparedJob(
-        service=service,
-        function=function,
-        # round-trip through JSON so what runs is exactly what a retry would replay
-        args=orjson.loads(_json(list(args))),
-        kwargs=orjson.loads(_json(dict(kwargs))),
-        job_id=job_id,
-        meta=meta,
-        defer_ms=_ms(defer_by) or 0,
-        expires_ms=_ms(expires),
-    )
-    (queued,) = await enqueue_prepared(pool, [job])
-    return queued
 
 
 def _ms(value: float | timedelta | None) -> int | None:
@@ -113,6 +110,75 @@ def _trace_id_from_carrier(carrier: Mapping[str, str]) -> str | None:
     return format(span_ctx.trace_id, "032x") if span_ctx.is_valid else None
 
 
+@dataclass
+class PreparedJob:
+    """A job captured where it is decided (request id and trace of that moment), sent later."""
+
+    service: str
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    job_id: str
+    meta: dict[str, Any]
+    # arq's _defer_by and _expires, in milliseconds
+    defer_ms: int = 0
+    expires_ms: int | None = None
+    # the try it starts at (a job enqueued again after Redis lost it keeps counting)
+    attempt: int = 1
+
+    @property
+    def fair(self) -> bool:
+        """Whether it waits in its organization's fair queue (see the module docstring)."""
+        return bool(self.meta.get("org_id")) and not self.meta.get("internal") and not self.defer_ms
+
+
+def prepare_job(
+    *,
+    service: str,
+    function: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    job_id: str | None = None,
+    org_id: Any = None,
+    user_id: Any = None,
+    internal: bool = False,
+    retry_of: str | None = None,
+    priority: Priority | None = None,
+    parent_id: str | None = None,
+    defer_by: float | timedelta | None = None,
+    expires: float | timedelta | None = None,
+    attempt: int = 1,
+    trace_carrier: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> PreparedJob:
+    """Capture a job now (metadata from the current request) for :func:`enqueue_prepared`.
+
+    ``trace_carrier`` / ``request_id``: those of another moment (a job enqueued again keeps
+    the ones it was first enqueued with)."""
+    return PreparedJob(
+        service=service,
+        function=function,
+        # round-trip through JSON so what runs is exactly what a retry would replay
+        args=orjson.loads(_json(list(args))),
+        kwargs=orjson.loads(_json(dict(kwargs or {}))),
+        job_id=job_id or new_job_id(),
+        meta=_build_meta(
+            service,
+            org_id,
+            user_id,
+            retry_of,
+            internal,
+            priority=priority,
+            parent_id=parent_id,
+            trace_carrier=trace_carrier,
+            request_id=request_id,
+        ),
+        defer_ms=_ms(defer_by) or 0,
+        expires_ms=_ms(expires),
+        attempt=attempt,
+    )
+
+
 async def enqueue(
     session: AsyncSession,
     pool: Redis,
@@ -128,34 +194,39 @@ async def enqueue(
     defer_by: float | timedelta | None = None,
     expires: float | timedelta | None = None,
     internal: bool = False,
+    priority: Priority | None = None,
+    parent_id: str | None = None,
 ) -> str:
     """Enqueue ``function`` on ``service``'s queue once ``session`` commits; return the job id.
 
     Nothing is sent if the transaction rolls back. The request id and trace context are
     captured now (at the call), not at commit time. ``internal``: platform bookkeeping that
-    users' job lists leave out.
+    users' job lists leave out. ``priority``: high, normal or low among the organization's
+    jobs and the others' (jobs without an organization run in time order).
     """
-    jid = job_id or new_job_id()
-    meta = _build_meta(service, org_id, user_id, retry_of, internal)
-    kw = dict(kwargs or {})
+    job = prepare_job(
+        service=service,
+        function=function,
+        args=args,
+        kwargs=kwargs,
+        job_id=job_id,
+        org_id=org_id,
+        user_id=user_id,
+        retry_of=retry_of,
+        internal=internal,
+        priority=priority,
+        parent_id=parent_id,
+        defer_by=defer_by,
+        expires=expires,
+    )
 
     async def hook() -> None:
-        await _enqueue(
-            pool,
-            service=service,
-            function=function,
-            args=args,
-            kwargs=kw,
-            job_id=jid,
-            meta=meta,
-            defer_by=defer_by,
-            expires=expires,
-        )
+        await enqueue_prepared(pool, [job])
 
     from libs.db import after_commit
 
     after_commit(session, hook)
-    return jid
+    return job.job_id
 
 
 async def enqueue_now(
@@ -172,81 +243,75 @@ async def enqueue_now(
     defer_by: float | timedelta | None = None,
     expires: float | timedelta | None = None,
     internal: bool = False,
+    priority: Priority | None = None,
+    parent_id: str | None = None,
 ) -> str | None:
     """Enqueue immediately (no transaction); return the job id, or None for a duplicate id."""
-    return await _enqueue(
-        pool,
+    job = prepare_job(
         service=service,
         function=function,
         args=args,
-        kwargs=dict(kwargs or {}),
-        job_id=job_id or new_job_id(),
-        meta=_build_meta(service, org_id, user_id, retry_of, internal),
+        kwargs=kwargs,
+        job_id=job_id,
+        org_id=org_id,
+        user_id=user_id,
+        retry_of=retry_of,
+        internal=internal,
+        priority=priority,
+        parent_id=parent_id,
         defer_by=defer_by,
         expires=expires,
     )
-
-
-@dataclass
-class PreparedJob:
-    """A job captured where it is decided (request id and trace of that moment), sent later."""
-
-    service: str
-    function: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    job_id: str
-    meta: dict[str, Any]
-    # arq's _defer_by and _expires, in milliseconds
-    defer_ms: int = 0
-    expires_ms: int | None = None
-
-
-def prepare_job(
-    *,
-    service: str,
-    function: str,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    job_id: str | None = None,
-    org_id: Any = None,
-    user_id: Any = None,
-    internal: bool = False,
-) -> PreparedJob:
-    """Capture a job now (metadata from the current request) for :func:`enqueue_prepared`."""
-    return PreparedJob(
-        service=service,
-        function=function,
-        # round-trip through JSON so what runs is exactly what a retry would replay
-        args=orjson.loads(_json(list(args))),
-        kwargs=orjson.loads(_json(dict(kwargs or {}))),
-        job_id=job_id or new_job_id(),
-        meta=_build_meta(service, org_id, user_id, internal=internal),
-    )
+    (queued,) = await enqueue_prepared(pool, [job])
+    return queued
 
 
 # arq's enqueue_job (WATCH, EXISTS, MULTI PSETEX ZADD EXEC) plus our ``queued`` event, for many
 # jobs in one atomic round trip; a job whose id is queued or finished is skipped, as arq does.
+# A fair job (member not "") goes to its organization's fair queue instead of arq's (the sub-
+# queue of its priority tier and member "<org>|<function>", the tier's ring of members, the
+# queue's waiting set: see libs.queue.fair). Every queue that got a job is woken once.
 # KEYS: events stream, then (job key, result key, queue) per job.
 # ARGV: maxlen, then per job: job id, payload, expires ms, score, event fields as a JSON array
-# [name, value, ...] (one argument rather than dozens: encoding arguments was the main cost)
+# [name, value, ...] (one argument rather than dozens: encoding arguments was the main cost),
+# fair member ("" for arq's queue directly), priority tier
 _ENQUEUE_MANY = """
 local out = {}
+local woken = {}
 local a = 2
 local n = (#KEYS - 1) / 3
 for i = 1, n do
   local job_key, result_key, queue = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
   local job_id, payload, expires_ms, score = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local fields = cjson.decode(ARGV[a + 4])
-  a = a + 5
+  local member, tier = ARGV[a + 5], ARGV[a + 6]
+  a = a + 7
   if redis.call('EXISTS', job_key, result_key) == 0 then
     redis.call('PSETEX', job_key, expires_ms, payload)
-    redis.call('ZADD', queue, score, job_id)
+    if member == '' then
+      redis.call('ZADD', queue, score, job_id)
+    else
+      local prefix = queue .. ':fair:'
+      -- first in, first out within a member, also for jobs enqueued in the same millisecond
+      local order = redis.call('INCR', prefix .. 'n')
+      redis.call('ZADD', prefix .. 'q:' .. tier .. ':' .. member, order, job_id)
+      redis.call('ZADD', prefix .. 'waiting', score, job_id)
+      local ring = prefix .. 'ring:' .. tier
+      if not redis.call('ZSCORE', ring, member) then
+        -- a newcomer is served before the members already served since it last waited
+        local seq = tonumber(redis.call('GET', prefix .. 'seq') or '0')
+        redis.call('ZADD', ring, seq - 0.5, member)
+      end
+    end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+    woken[queue] = true
     out[i] = 1
   else
     out[i] = 0
   end
+end
+for queue, _ in pairs(woken) do
+  redis.call('PUBLISH', queue .. ':wake', '1')
 end
 return out
 """
@@ -254,12 +319,25 @@ return out
 _ENQUEUE_MANY_SHA = hashlib.sha1(_ENQUEUE_MANY.encode(), usedforsecurity=False).hexdigest()
 
 
+def fair_member(org_id: str | None, function: str) -> str:
+    """A fair queue's member: one organization's jobs of one function."""
+    return f"{org_id or NO_ORG}|{function}"
+
+
+def priority_tier(priority: str | None) -> int:
+    """0 for high, 1 for normal, 2 for low."""
+    try:
+        return PRIORITIES.index(priority or DEFAULT_PRIORITY)
+    except ValueError:
+        return 1
+
+
 async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str | None]:
     """Enqueue prepared jobs now, in one round trip; per job its id, or None for a duplicate.
 
-    Every enqueue goes through here: arq's job key and queue entry plus the ``queued``
-    lifecycle event, written atomically (a job is never queued without its event), for one job
-    or a batch (usage events on the hot path).
+    Every enqueue goes through here: arq's job key and queue entry (or fair queue entry) plus
+    the ``queued`` lifecycle event, written atomically (a job is never queued without its
+    event), for one job or a batch (usage events on the hot path).
     """
     if not jobs:
         return []
@@ -275,26 +353,30 @@ async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str
             job.function,
             tuple(job.args),
             {META_KWARG: job.meta, **job.kwargs},
-            None,
+            job.attempt if job.attempt > 1 else None,
             enqueue_time_ms,
             serializer=serializer,
         )
+        carrier = job.meta.get("trace") or {}
         fields = JobEvent(
             job_id=job.job_id,
             service=job.service,
             function=job.function,
             status="queued",
-            attempt=1,
+            attempt=job.attempt,
             progress=0,
             org_id=job.meta.get("org_id"),
             user_id=job.meta.get("user_id"),
             request_id=job.meta.get("request_id"),
-            trace_id=_trace_id_from_carrier(job.meta.get("trace") or {}),
+            trace_id=_trace_id_from_carrier(carrier),
             queue=queue,
             args=job.args,
             kwargs=job.kwargs,
             retry_of=job.meta.get("retry_of"),
             internal=bool(job.meta.get("internal")),
+            parent_id=job.meta.get("parent_id"),
+            priority=job.meta.get("priority"),
+            traceparent=carrier.get("traceparent"),
         ).to_fields()
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, queue]
         flat: list[str] = []
@@ -303,7 +385,9 @@ async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str
         # as arq: run at enqueue time + defer; the job key outlives that by expires_extra_ms
         expires_ms = job.expires_ms or job.defer_ms + expires_extra_ms
         score = enqueue_time_ms + job.defer_ms
-        argv += [job.job_id, payload, expires_ms, score, orjson.dumps(flat)]
+        member = fair_member(job.meta.get("org_id"), job.function) if job.fair else ""
+        tier = priority_tier(job.meta.get("priority"))
+        argv += [job.job_id, payload, expires_ms, score, orjson.dumps(flat), member, tier]
     try:
         flags = await pool.evalsha(_ENQUEUE_MANY_SHA, len(keys), *keys, *argv)  # type: ignore[misc]
     except NoScriptError:

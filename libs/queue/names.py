@@ -21,13 +21,39 @@ CANCEL_TTL_S = 7 * 24 * 3600
 RESULT_RETENTION_S = 24 * 3600
 META_KWARG = "_meta"
 
-JobStatus = Literal["queued", "running", "progress", "succeeded", "failed", "cancelled"]
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+JobStatus = Literal["queued", "running", "progress", "succeeded", "failed", "cancelled", "dead"]
+# dead: out of tries under the job type's retry policy (a dead letter)
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
+
+# a job's priority: higher tiers are dispatched first (see libs.queue.fair)
+Priority = Literal["high", "normal", "low"]
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
+DEFAULT_PRIORITY: Priority = "normal"
+
+# the job types and periodic schedules the workers declare (libs.queue.types), published by
+# every worker at start and every minute: field "<service>:<name>", value the JSON declaration
+TYPES_KEY = "aistack:job-types"
+SCHEDULES_KEY = "aistack:job-schedules"
+# a live worker's heartbeat: aistack:worker:<worker id> (JSON, expires unless renewed)
+WORKER_KEY_PREFIX = "aistack:worker:"
+# a job someone watches (an SSE client): its events are also logged on its own stream
+WATCH_KEY_PREFIX = "aistack:job-watch:"
+JOB_LOG_PREFIX = "aistack:job-log:"
 
 
 def queue_name(service: str) -> str:
     """The arq queue of a service: ``aistack:queue:<service>``."""
     return f"{QUEUE_PREFIX}{service}"
+
+
+def wake_channel(queue: str) -> str:
+    """The pub/sub channel a queue's workers listen on to start new work at once."""
+    return f"{queue}:wake"
+
+
+def fair_prefix(queue: str) -> str:
+    """Prefix of a queue's fair-dispatch keys (libs.queue.fair)."""
+    return f"{queue}:fair:"
 
 
 def as_arq(redis: Redis) -> ArqRedis:

@@ -14,12 +14,14 @@ from arq.worker import Function
 
 from libs.db import Database
 from libs.queue import RESULT_RETENTION_S, after_job_end, queue_name
+from libs.queue.types import Periodic, entry_point_functions
 from libs.settings import ServiceSettings
 from libs.worker.connections import (
     DEFAULT_REDIS_TIMEOUT_S,
     WorkerRedisSettings,
     worker_redis_settings,
 )
+from libs.worker.runner import DEFAULT_LEASE_S, LEASE_CTX, SCHEDULES_CTX, SERVICE_CTX
 
 log = logging.getLogger("aistack.worker")
 
@@ -54,6 +56,8 @@ def worker_settings(
     ctx: dict[str, Any] | None = None,
     on_startup: Hook | None = None,
     on_shutdown: Hook | None = None,
+    schedules: Sequence[Periodic] = (),
+    lease_s: float | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Keyword arguments for ``arq.Worker`` with the platform's defaults for ``service``.
@@ -62,9 +66,20 @@ def worker_settings(
     for that long after the job finished; abort is enabled for the jobs service's cancel.
     ``redis_timeout_s`` (default: ``settings.worker_redis_timeout_s``, else
     :data:`DEFAULT_REDIS_TIMEOUT_S`) is the longest wait for a Redis answer (:class:`Worker`).
+    Job functions that packages add to ``service`` through entry points
+    (:func:`libs.queue.types.entry_point_functions`) join ``functions`` (a name already there
+    wins). ``schedules``: the periodic jobs the service declares in code; ``lease_s``: how long
+    a claim on a running job lasts unless renewed (``WORKER_JOB_LEASE_S``); both travel in
+    ``ctx`` for :class:`libs.worker.runner.Worker`.
     """
-    names = {getattr(f, "name", getattr(f, "__name__", None)) for f in functions}
-    funcs = list(functions) if PING.name in names else [*functions, PING]
+    funcs = list(functions)
+    names = {getattr(f, "name", getattr(f, "__name__", None)) for f in funcs}
+    for extra in entry_point_functions(service):
+        if getattr(extra, "name", None) not in names:
+            funcs.append(extra)
+            names.add(getattr(extra, "name", None))
+    if PING.name not in names:
+        funcs.append(PING)
     databases: list[Database] = []
 
     async def startup(c: dict[str, Any]) -> None:
@@ -111,13 +126,19 @@ def worker_settings(
             f.name: getattr(redis_settings, f.name) for f in dataclasses.fields(redis_settings)
         }
         redis_settings = WorkerRedisSettings(**fields, read_timeout_s=redis_timeout_s)
+    if lease_s is None:
+        lease_s = settings.worker_job_lease_s if settings is not None else DEFAULT_LEASE_S
+    ctx = ctx if ctx is not None else {}
+    ctx.setdefault(SERVICE_CTX, service)
+    ctx.setdefault(SCHEDULES_CTX, list(schedules))
+    ctx.setdefault(LEASE_CTX, lease_s)
     opts: dict[str, Any] = {
         "functions": funcs,
         "cron_jobs": list(cron_jobs or []) or None,
         "queue_name": queue_name(service),
         "redis_settings": redis_settings,
         "redis_pool": redis_pool,
-        "ctx": ctx if ctx is not None else {},
+        "ctx": ctx,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "after_job_end": after_job_end,
@@ -160,5 +181,6 @@ def settings_for(service: str, **overrides: Any) -> dict[str, Any]:
         settings=settings,
         on_startup=getattr(tasks, "on_startup", None),
         on_shutdown=getattr(tasks, "on_shutdown", None),
+        schedules=list(getattr(tasks, "schedules", []) or []),
         **options,
     )

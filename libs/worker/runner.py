@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis, log_redis_info
-from arq.utils import poll
 from arq.worker import Worker as ArqWorker
 
-from libs.queue import resend_unsent_events
+from libs.queue import emit_event, fair, resend_unsent_events
+from libs.queue.names import fair_prefix
 from libs.worker.connections import (
     DOWN_REPORT_EVERY_S,
     RECONNECT_MAX_S,
@@ -23,16 +23,33 @@ from libs.worker.connections import (
     REDIS_DOWN,
     open_pool,
 )
+from libs.worker.presence import Presence, early_failure_event
+
+# what worker_settings puts in ctx for this worker (arq's own Worker takes no extra arguments)
+SERVICE_CTX = "aistack_service"
+SCHEDULES_CTX = "aistack_schedules"
+LEASE_CTX = "aistack_lease_s"
+DEFAULT_LEASE_S = 30.0
 
 log = logging.getLogger("aistack.worker")
 
 
 class Worker(ArqWorker):
-    """arq's worker that waits for Redis instead of exiting when it is unreachable.
+    """arq's worker that waits for Redis instead of exiting when it is unreachable, starts new
+    work at once, takes jobs fairly and keeps short leases on what it runs.
 
     arq gives up after ``conn_retries`` (5 x 1 s) at start and on the first failed command
     later, so a Redis outage longer than a few seconds took every worker down (and, under
     ``make run``, the whole stack once the supervisor stopped restarting them).
+
+    Each poll is one script (:func:`libs.queue.fair.poll`): fair dispatch from organizations'
+    queues and the claim of as many ready jobs as the worker has room for. Between polls it
+    waits for a wake-up (a job enqueued, or one of its own jobs ended while more were ready)
+    or ``poll_delay`` (deferred jobs and retries coming due). The background loops (wake-ups,
+    leases, heartbeat, declarations) are :class:`libs.worker.presence.Presence`'s; what it
+    needs of the service (its name, periodic schedules, the lease) travels in ``ctx``
+    (:func:`libs.worker.options.worker_settings`), so arq's own worker accepts the same
+    settings.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -48,6 +65,18 @@ class Worker(ArqWorker):
         self._recorded: set[str] = set()
         # writes of jobs' ends waiting for Redis (arq shields them from the job's cancellation)
         self._recording: set[asyncio.Task[Any]] = set()
+        service = self.ctx.get(SERVICE_CTX) or self.queue_name.removeprefix("aistack:queue:")
+        lease_s = float(self.ctx.get(LEASE_CTX) or DEFAULT_LEASE_S)
+        self.presence = Presence(
+            self, service=service, lease_s=lease_s, schedules=self.ctx.get(SCHEDULES_CTX) or ()
+        )
+        self.worker_id = self.presence.worker_id
+        self.ctx["worker_id"] = self.worker_id
+        # the claim of a job is a lease the presence renews (see libs.worker.presence)
+        self.in_progress_timeout_s = lease_s
+        # a job of ours ended while more were ready (poll again now, not at poll_delay)
+        self._slot_freed = asyncio.Event()
+        self._full = False
 
     async def main(self) -> None:
         # arq's main, with the connection and every poll iteration riding out Redis loss
@@ -61,31 +90,81 @@ class Worker(ArqWorker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        async for _ in poll(self.poll_delay_s):
+        # limits before the first poll dispatches anything (later, every minute)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.presence.declare()
+        self.presence.start()
+        while True:
+            self.presence.wake.clear()
+            self._slot_freed.clear()
             try:
                 await self._poll_iteration()
                 if self.burst:
                     if 0 <= self.max_burst_jobs <= self._jobs_started():
                         await asyncio.gather(*self.tasks.values())
                         return
-                    if await self.pool.zcard(self.queue_name) == 0:
+                    if await self._queue_empty():
                         await asyncio.gather(*self.tasks.values())
-                        return
+                        if await self._queue_empty():
+                            return
             except REDIS_DOWN as exc:
                 await self._wait_for_redis(exc)
                 continue
             self._redis_back()
+            await self._wait_for_work()
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
+    async def _queue_empty(self) -> bool:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zcard(fair_prefix(self.queue_name) + "waiting")
+            queued, waiting = await pipe.execute()
+        return not queued and not waiting
+
+    async def _wait_for_work(self) -> None:
+        waits = [asyncio.ensure_future(self.presence.wake.wait())]
+        if self._full:
+            waits.append(asyncio.ensure_future(self._slot_freed.wait()))
         try:
-            await super().start_jobs(job_ids)
-        except REDIS_DOWN:
-            # arq (0.28) counted the job it was claiming (job_counter, semaphore) before its
-            # Redis calls and gives neither back when they fail: without this, each outage
-            # hitting a claim would take one of max_jobs slots for good
-            self.job_counter -= 1
-            self.sem.release()
-            raise
+            await asyncio.wait(
+                waits, timeout=self.poll_delay_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _poll_iteration(self) -> None:
+        # arq's, with the read and the claim of ready jobs as one script (fair dispatch first)
+        want = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            want = min(want, self.max_burst_jobs - self._jobs_started())
+        if self.allow_pick_jobs and want > 0:
+            lease_ms = int(self.in_progress_timeout_s * 1000)
+            polled = await fair.poll(self.pool, self.queue_name, want=want, lease_ms=lease_ms)
+            for job_id, score in polled.claimed:
+                self._start(job_id, score)
+            # room was short: a job of ours ending is the next chance to take more
+            self._full = len(polled.claimed) >= want or polled.blocked > 0
+        else:
+            self._full = True
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()
+        await self.heart_beat()
+
+    def _start(self, job_id: str, score: int) -> None:
+        # the script claimed no more than the free slots (arq's semaphore is not used: its
+        # start_jobs, which took it, is replaced by the script)
+        self.job_counter += 1
+        task = self.loop.create_task(self.run_job(job_id, score))
+        task.add_done_callback(self._job_done)
+        self.tasks[job_id] = task
+
+    def _job_done(self, _: asyncio.Task[None]) -> None:
+        self.job_counter -= 1
+        self._slot_freed.set()
 
     async def _connect(self) -> ArqRedis:
         assert self.redis_settings is not None
@@ -140,6 +219,13 @@ class Worker(ArqWorker):
         await self._record_end(
             job_id, functools.partial(super().finish_failed_job, job_id, result_data)
         )
+        # arq fails a job this way before our wrapper runs it (out of tries after workers
+        # died running it, aborted before it started, its data expired): say so, or its
+        # record would stay queued or running
+        if result_data is not None:
+            with contextlib.suppress(Exception):
+                event = early_failure_event(self, job_id, result_data)
+                await emit_event(self.pool, event)
 
     async def _record_end(self, job_id: str, write: Callable[[], Awaitable[None]]) -> None:
         """Write a job's end (result, off the queue); while Redis is unreachable, again with
@@ -200,6 +286,7 @@ class Worker(ArqWorker):
             self._reconnect_s = RECONNECT_MIN_S
             self._back.set()
             self._back = asyncio.Event()
+            self.presence.redis_back()
             if self.pool is not None:
                 # lifecycle events that could not be sent meanwhile (libs.queue.emit_event)
                 task = asyncio.get_running_loop().create_task(resend_unsent_events(self.pool))
@@ -219,6 +306,7 @@ class Worker(ArqWorker):
         for task in list(self._recording):
             task.cancel()
         await asyncio.gather(*self._recording, return_exceptions=True)
+        await self.presence.stop()
         try:
             await asyncio.wait_for(self.pool.delete(self.health_check_key), 2)
         except REDIS_DOWN:

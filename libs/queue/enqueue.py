@@ -332,6 +332,32 @@ def priority_tier(priority: str | None) -> int:
         return 1
 
 
+def queued_event(job: PreparedJob) -> JobEvent:
+    """The ``queued`` event of a prepared job (what :func:`enqueue_prepared` sends with it)."""
+    carrier = job.meta.get("trace") or {}
+    return JobEvent(
+        job_id=job.job_id,
+        service=job.service,
+        function=job.function,
+        status="queued",
+        attempt=job.attempt,
+        progress=0,
+        org_id=job.meta.get("org_id"),
+        user_id=job.meta.get("user_id"),
+        request_id=job.meta.get("request_id"),
+        trace_id=_trace_id_from_carrier(carrier),
+        queue=queue_name(job.service),
+        args=job.args,
+        kwargs=job.kwargs,
+        retry_of=job.meta.get("retry_of"),
+        internal=bool(job.meta.get("internal")),
+        parent_id=job.meta.get("parent_id"),
+        priority=job.meta.get("priority"),
+        traceparent=carrier.get("traceparent"),
+        run_at=_now() + timedelta(milliseconds=job.defer_ms) if job.defer_ms else None,
+    )
+
+
 async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str | None]:
     """Enqueue prepared jobs now, in one round trip; per job its id, or None for a duplicate.
 
@@ -357,27 +383,7 @@ async def enqueue_prepared(pool: Redis, jobs: Sequence[PreparedJob]) -> list[str
             enqueue_time_ms,
             serializer=serializer,
         )
-        carrier = job.meta.get("trace") or {}
-        fields = JobEvent(
-            job_id=job.job_id,
-            service=job.service,
-            function=job.function,
-            status="queued",
-            attempt=job.attempt,
-            progress=0,
-            org_id=job.meta.get("org_id"),
-            user_id=job.meta.get("user_id"),
-            request_id=job.meta.get("request_id"),
-            trace_id=_trace_id_from_carrier(carrier),
-            queue=queue,
-            args=job.args,
-            kwargs=job.kwargs,
-            retry_of=job.meta.get("retry_of"),
-            internal=bool(job.meta.get("internal")),
-            parent_id=job.meta.get("parent_id"),
-            priority=job.meta.get("priority"),
-            traceparent=carrier.get("traceparent"),
-        ).to_fields()
+        fields = queued_event(job).to_fields()
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id, queue]
         flat: list[str] = []
         for name, value in fields.items():

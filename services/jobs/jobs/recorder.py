@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -17,12 +18,43 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.db import session_scope
 from libs.queue import EVENTS_STREAM, JobEvent
+from libs.queue.types import Record, records
 from libs.storage_errors import outage_of
 from services.jobs.jobs.repository import JobRepository
+from services.jobs.types.repository import JobTypeRepository
 
 log = logging.getLogger("aistack.jobs")
 
 CONSUMER_GROUP = "jobs-recorder"
+
+
+class RecordPolicies:
+    """How much each job type is recorded (its declaration's ``record``: ``all``, ``failures``
+    or a share), from ``jobs.job_types``, read again every ``refresh_s``. A type no worker
+    declared yet is recorded in full."""
+
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], refresh_s: float = 30.0
+    ) -> None:
+        self.session_factory = session_factory
+        self.refresh_s = refresh_s
+        self._policies: dict[tuple[str, str], Record] = {}
+        self._loaded = -math.inf
+
+    async def records(self, ev: JobEvent) -> bool:
+        if time.monotonic() - self._loaded >= self.refresh_s:
+            self._loaded = time.monotonic()
+            try:
+                async with self.session_factory() as session:
+                    rows = await JobTypeRepository(session).all()
+            except Exception as exc:  # the previous policies stay until the next read
+                log.debug("job types not read (%s)", exc)
+            else:
+                self._policies = {
+                    (r.service, r.name): (r.spec or {}).get("record", "all") for r in rows
+                }
+        policy = self._policies.get((ev.service, ev.function), "all")
+        return policy == "all" or records(policy, ev.job_id, failed=ev.status in ("failed", "dead"))
 
 
 class EventConsumer:
@@ -62,6 +94,7 @@ class EventConsumer:
         self._group_ready = False
         # pending entries that failed on their own: entry id -> (retry at (monotonic), failures)
         self._parked: dict[Any, tuple[float, int]] = {}
+        self.policies = RecordPolicies(session_factory)
 
     async def ensure_group(self) -> None:
         if self._group_ready:
@@ -148,10 +181,15 @@ class EventConsumer:
                 done.append(entry_id)
                 continue
             try:
-                events.append((entry_id, JobEvent.from_fields(fields)))
+                ev = JobEvent.from_fields(fields)
             except ValueError:
                 log.warning("dropping malformed job event %r", entry_id)
                 done.append(entry_id)
+                continue
+            if await self.policies.records(ev):
+                events.append((entry_id, ev))
+            else:
+                done.append(entry_id)  # a job its type records only when it fails
         retries = [(entry_id, JobEvent.from_fields(fields)) for entry_id, fields in retry]
         applied = 0
         try:

@@ -9,25 +9,19 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.context import get_request_id
 from libs.errors import Conflict, Forbidden, NotFound
 from libs.identity import Principal
-from libs.queue import (
-    TERMINAL_STATUSES,
-    JobEvent,
-    cancel_job,
-    emit_event,
-    enqueue_now,
-    new_job_id,
-    queue_name,
-)
-from libs.telemetry import current_trace_id
+from libs.queue import TERMINAL_STATUSES, JobEvent, cancel_job, emit_event
+from libs.queue.names import Priority
 from services.jobs.jobs.repository import JobRepository
-from services.jobs.models import Job
+from services.jobs.jobs.submit import submit
+from services.jobs.models import Job, JobType
+from services.jobs.types.service import validate_arguments
 
 log = logging.getLogger("aistack.jobs")
 
 PURGE_FUNCTION = "purge_finished_jobs"
+RETRYABLE = frozenset({"failed", "cancelled", "dead"})
 
 
 class JobService:
@@ -58,6 +52,8 @@ class JobService:
         limit: int,
         offset: int,
         include_internal: bool = False,
+        retried: bool | None = None,
+        parent_id: str | None = None,
     ) -> tuple[list[Job], bool]:
         if include_internal and not self.sees_internal:
             raise Forbidden(
@@ -70,6 +66,8 @@ class JobService:
             limit=limit + 1,
             offset=offset,
             include_internal=include_internal,
+            retried=retried,
+            parent_id=parent_id,
         )
         return rows[:limit], len(rows) > limit
 
@@ -112,73 +110,92 @@ class JobService:
             await emit_event(self.redis, event)
         return await self._refresh(job)
 
-    async def _submit(
+    async def start(
         self,
-        *,
-        service: str,
-        function: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        retry_of: str | None = None,
+        row: JobType,
+        arguments: dict[str, Any],
+        priority: Priority | None = None,
     ) -> Job:
-        job_id = new_job_id()
-        # queued first, recorded second: with Redis down the request fails (503) with nothing
-        # written, where a row committed before an enqueue that then failed stayed "queued"
-        # forever. The worker only needs the job's arguments, not this row, and its events
-        # merge with the row below in whatever order they land.
-        await enqueue_now(
+        """Start a job of a user-startable type (checked by the caller) as this principal."""
+        validate_arguments(row, arguments)
+        job_id = await submit(
+            self.session,
             self.redis,
-            service=service,
-            function=function,
-            args=args,
-            kwargs=kwargs,
-            job_id=job_id,
+            service=row.service,
+            function=row.name,
+            kwargs=arguments,
             org_id=self.org_id,
             user_id=self.principal.user_id,
-            retry_of=retry_of,
-        )
-        # the row exists at once (GET works before the consumer sees the queued event)
-        await self.repo.apply_event(
-            JobEvent(
-                job_id=job_id,
-                service=service,
-                function=function,
-                status="queued",
-                progress=0,
-                org_id=str(self.org_id),
-                user_id=str(self.principal.user_id) if self.principal.user_id else None,
-                queue=queue_name(service),
-                args=args,
-                kwargs=kwargs,
-                retry_of=retry_of,
-                request_id=get_request_id(),
-                trace_id=current_trace_id(),
-            )
+            priority=priority,
         )
         return await self.get(job_id)
 
     async def retry(self, job_id: str) -> Job:
+        """Run a failed, cancelled or dead job again as a new job (``retry_of`` links them)."""
         job = await self.get(job_id)
         self._not_internal(job, "retried")
-        if job.status not in ("failed", "cancelled"):
+        if job.status not in RETRYABLE:
             raise Conflict(
-                f"Only failed or cancelled jobs can be retried (this one is {job.status})",
+                f"Only failed, dead or cancelled jobs can be retried (this one is {job.status})",
                 code="job_not_retryable",
+            )
+        if job.retried_as is not None:
+            raise Conflict(
+                f"Job already retried as {job.retried_as}",
+                code="job_already_retried",
+                details={"retried_as": job.retried_as},
             )
         if job.args is None:
             raise Conflict("The job's arguments are unknown", code="job_args_unknown")
-        return await self._submit(
+        new_id = await self._resubmit(job)
+        return await self.get(new_id)
+
+    async def _resubmit(self, job: Job) -> str:
+        new_id = await submit(
+            self.session,
+            self.redis,
             service=job.service,
             function=job.function,
-            args=list(job.args),
+            args=list(job.args or []),
             kwargs=dict(job.kwargs or {}),
+            org_id=self.org_id,
+            user_id=self.principal.user_id or job.user_id,
             retry_of=job.id,
+            priority=job.priority,  # type: ignore[arg-type]
+            parent_id=job.parent_id,
         )
+        job.retried_as = new_id
+        return new_id
+
+    async def retry_many(
+        self,
+        *,
+        status: str,
+        ids: list[str] | None,
+        service: str | None,
+        function: str | None,
+        limit: int,
+    ) -> list[str]:
+        """Retry the organization's dead (or failed) jobs not retried yet, oldest first: by
+        id, or every one matching ``service`` / ``function``, up to ``limit``. Running it
+        twice retries nothing twice."""
+        rows = await self.repo.retryable(
+            self.org_id, status=status, ids=ids, service=service, function=function, limit=limit
+        )
+        return [await self._resubmit(row) for row in rows if row.args is not None]
 
     async def purge(self, older_than_days: int) -> Job:
-        return await self._submit(
+        job_id = await submit(
+            self.session,
+            self.redis,
             service="jobs",
             function=PURGE_FUNCTION,
-            args=[],
             kwargs={"org_id": str(self.org_id), "older_than_days": older_than_days},
+            org_id=self.org_id,
+            user_id=self.principal.user_id,
         )
+        return await self.get(job_id)
+
+    async def children(self, job: Job) -> dict[str, Any] | None:
+        """A parent job's children by status, and their mean progress (None: no children)."""
+        return await self.repo.children_summary(job.id)

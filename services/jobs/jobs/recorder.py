@@ -165,7 +165,17 @@ class EventConsumer:
     async def _run_batch(self, block_ms: int | None) -> tuple[int, int]:
         """One batch: (entries acknowledged, events applied)."""
         await self.ensure_group()
-        entries, retry = await self._own_pending()
+        try:
+            entries, retry = await self._own_pending()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the stream and its group (restarted empty, FLUSHALL): start again
+            log.warning("job events: the consumer group is gone (Redis lost its data); again")
+            self._group_ready = False
+            self._parked.clear()
+            await self.ensure_group()
+            entries, retry = await self._own_pending()
         if not entries:
             entries = await self._claim()
         if not entries:

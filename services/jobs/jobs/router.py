@@ -22,6 +22,7 @@ from services.jobs.jobs.schemas import (
     RetryMany,
 )
 from services.jobs.jobs.service import JobService
+from services.jobs.jobs.stream import LAST_EVENT_AT
 from services.jobs.jobs.stream import job_events as stream_job_events
 from services.jobs.state import JobsState
 from services.jobs.types.service import JobTypeService
@@ -179,6 +180,7 @@ async def job_events(
             if row is None:
                 return None, {}
             snapshot = JobOut.model_validate(row).model_dump(mode="json")
+            snapshot[LAST_EVENT_AT] = row.last_event_at
             children = await repo.children_states(job_id, MAX_STREAMED_CHILDREN)
         return snapshot, children
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,6 +34,8 @@ from libs.sse import event_frame
 WATCH_TTL_S = 60
 # longest blocking read (under the app's Redis socket timeout, 5 s)
 BLOCK_MS = 2000
+# the loader's snapshot carries the record's last_event_at under this key
+LAST_EVENT_AT = "_last_event_at"
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 Snapshot = dict[str, Any]
@@ -54,17 +56,15 @@ def framed(event: str, data: Any, entry_id: str | None = None) -> bytes:
     return b"id: " + entry_id.encode() + b"\n" + frame if entry_id else frame
 
 
-def _stamp(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
 class Folded:
     """A job's snapshot moved on by its events, by the recorder's rules: the status only
     advances in (attempt, rank) order; progress and message follow the newest event."""
 
     def __init__(self, snapshot: Snapshot) -> None:
+        # the newest event the record had folded (not sent: JobOut has no such field)
+        last = snapshot.pop(LAST_EVENT_AT, None)
         self.snap = snapshot
-        self.last_ts = str(snapshot.get("updated_at") or "")
+        self.last_ts: datetime = last or datetime.min.replace(tzinfo=UTC)
 
     @property
     def status(self) -> str:
@@ -89,15 +89,14 @@ class Folded:
                 s["worker"] = ev.worker or s.get("worker")
             if row_status in TERMINAL_STATUSES:
                 s["finished_at"] = ts
-        if there > here or (there == here and ts >= self.last_ts):
+        if there > here or (there == here and ev.ts >= self.last_ts):
             if ev.progress is not None:
                 s["progress"] = ev.progress
             elif ev.status == "succeeded":
                 s["progress"] = 100
             if ev.message is not None:
                 s["message"] = ev.message
-            self.last_ts = max(self.last_ts, ts)
-        s["updated_at"] = _stamp(max(self.last_ts, _stamp(s.get("updated_at") or "")))
+            self.last_ts = max(self.last_ts, ev.ts)
         return before != (s["status"], s.get("progress"), s.get("message"), s.get("attempts"))
 
 
@@ -164,11 +163,13 @@ async def job_events(
         if children.known:
             yield framed("children", children.summary())
     quiet_since = checked = time.monotonic()
+    # a quiet stream still sends its keep-alive on time
+    block_ms = max(10, int(min(BLOCK_MS, heartbeat_s * 1000)))
     while folded.status not in TERMINAL_STATUSES:
         if time.monotonic() - watched_at > WATCH_TTL_S / 3:
             await redis.expire(watch, WATCH_TTL_S)
             watched_at = time.monotonic()
-        resp = await redis.xread({log: cursor}, count=100, block=BLOCK_MS)
+        resp = await redis.xread({log: cursor}, count=100, block=block_ms)
         entries = [entry for _, batch in resp or [] for entry in batch]
         changed = child_changed = False
         last_id = None

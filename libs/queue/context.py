@@ -19,6 +19,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aistack.queue")
 
+# what the worker running a job puts in its ctx (libs.worker.execute): where the job's
+# lifecycle events go, and whether a cancellation was asked before it started
+SINK_CTX = "_aistack_events"
+CANCELLED_CTX = "_aistack_cancelled"
+
+
+class EventSink:
+    """Where a job's running and end events go when its worker sends them with the job's end
+    (:class:`libs.worker.execute.JobReports`); without one they are emitted at once."""
+
+    async def started(self, event: JobEvent) -> None:
+        raise NotImplementedError
+
+    async def before_progress(self) -> None:
+        raise NotImplementedError
+
+    async def end(self, event: JobEvent) -> None:
+        raise NotImplementedError
+
+    async def release(self, slot: str) -> None:
+        """Give the job's fair slot back with its end."""
+        raise NotImplementedError
+
 
 @dataclass
 class JobContext:
@@ -45,6 +68,7 @@ class JobContext:
     # the fair-queue slot it holds (key), given back when it ends
     slot: str | None = None
     max_tries: int | None = None
+    sink: EventSink | None = None
     _last_progress: int = 0
     _children: list[str] = field(default_factory=list)
 
@@ -63,6 +87,16 @@ class JobContext:
             internal=self.internal,
             **extra,
         )
+
+    async def report(self, event: JobEvent, *, end: bool) -> None:
+        """Send a lifecycle event: through the worker's sink (with the job's end) when there
+        is one, else at once."""
+        if self.sink is None:
+            await emit_event(self.redis, event)
+        elif end:
+            await self.sink.end(event)
+        else:
+            await self.sink.started(event)
 
     async def check_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if cancellation was requested.
@@ -83,6 +117,8 @@ class JobContext:
         await self.check_cancelled()
         self._last_progress = max(0, min(100, int(pct)))
         if self.recorded:
+            if self.sink is not None:
+                await self.sink.before_progress()  # its running event first
             await emit_event(
                 self.redis, self._event("progress", progress=self._last_progress, message=message)
             )

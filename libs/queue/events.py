@@ -191,7 +191,21 @@ JOB_LOG_MAXLEN = 200
 JOB_LOG_TTL_S = 3600
 
 
-def _emit_args(event: JobEvent) -> list[Any]:
+def emit_script() -> str:
+    """The script :func:`emit_event` runs (for a transaction that sends events with it)."""
+    return _EMIT
+
+
+def event_fields_json(event: JobEvent) -> bytes:
+    """An event's stream fields as the JSON array [name, value, ...] the scripts take."""
+    flat: list[str] = []
+    for name, value in event.to_fields().items():
+        flat += (name, value)
+    return orjson.dumps(flat)
+
+
+def emit_args(event: JobEvent) -> list[Any]:
+    """The script's arguments for ``event`` (key count, keys, arguments)."""
     keys = [
         EVENTS_STREAM,
         WATCH_KEY_PREFIX + event.job_id,
@@ -199,10 +213,14 @@ def _emit_args(event: JobEvent) -> list[Any]:
     ]
     if event.parent_id:
         keys += [WATCH_KEY_PREFIX + event.parent_id, JOB_LOG_PREFIX + event.parent_id]
-    flat: list[str] = []
-    for name, value in event.to_fields().items():
-        flat += (name, value)
-    return [len(keys), *keys, EVENTS_MAXLEN, JOB_LOG_MAXLEN, JOB_LOG_TTL_S, orjson.dumps(flat)]
+    return [
+        len(keys),
+        *keys,
+        EVENTS_MAXLEN,
+        JOB_LOG_MAXLEN,
+        JOB_LOG_TTL_S,
+        event_fields_json(event),
+    ]
 
 
 async def emit_event(redis: Redis, event: JobEvent) -> None:
@@ -213,7 +231,7 @@ async def emit_event(redis: Redis, event: JobEvent) -> None:
     The event also goes to the job's own log (and its parent's) while someone watches it.
     """
     try:
-        args = _emit_args(event)
+        args = emit_args(event)
         try:
             await redis.evalsha(_EMIT_SHA, *args)  # type: ignore[misc]
         except NoScriptError:
@@ -243,7 +261,7 @@ async def resend_unsent_events(redis: Redis) -> int:
             await redis.script_load(_EMIT)
             async with redis.pipeline(transaction=False) as pipe:
                 for ev in batch:
-                    pipe.evalsha(_EMIT_SHA, *_emit_args(ev))
+                    pipe.evalsha(_EMIT_SHA, *emit_args(ev))
                 await pipe.execute()
         except Exception as exc:
             _unsent.extendleft(reversed(batch))  # kept, in order, for the next try

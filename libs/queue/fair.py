@@ -19,7 +19,8 @@ Each poll of a worker runs :data:`_POLL` once: it moves up to as many jobs as th
 free slots (less those already ready on arq's queue) from the sub-queues to arq's queue, high
 tier first and round robin within a tier, skipping members at their limit; then it claims up
 to that many ready jobs for the worker (arq's in-progress key, with the worker's lease) and
-returns them. One round trip per poll, whatever the number of workers: the script runs
+returns them with what their start reads (the job, its try, an abort or cancel asked for).
+One round trip per poll, whatever the number of workers: the script runs
 atomically, so two workers never take the same job.
 """
 
@@ -31,12 +32,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from libs.queue.enqueue import fair_member
-from libs.queue.names import PRIORITIES, fair_prefix
+from libs.queue.names import CANCEL_KEY_PREFIX, PRIORITIES, fair_prefix
 
 # a dispatched job holds its organization's slot this long before a worker starts it (then
 # the worker's lease takes over)
@@ -97,27 +98,51 @@ end
 local out = {dispatched, blocked}
 local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
 for i = 1, #ids, 2 do
-  local key = 'arq:in-progress:' .. ids[i]
+  local jid = ids[i]
+  local key = 'arq:in-progress:' .. jid
   if redis.call('EXISTS', key) == 0 then
     redis.call('PSETEX', key, lease, '1')
-    out[#out + 1] = ids[i]
+    -- what arq's run_job reads first: the job, its try (counted now), an abort asked for;
+    -- and whether a cancellation was asked
+    local try = redis.call('INCR', 'arq:retry:' .. jid)
+    redis.call('EXPIRE', 'arq:retry:' .. jid, 88400)
+    out[#out + 1] = jid
     out[#out + 1] = ids[i + 1]
+    out[#out + 1] = redis.call('GET', 'arq:job:' .. jid) or ''
+    out[#out + 1] = try
+    out[#out + 1] = redis.call('ZREM', 'arq:abort', jid)
+    out[#out + 1] = redis.call('EXISTS', 'aistack:job-cancel:' .. jid)
   end
 end
 return out
 """
 _POLL_SHA = hashlib.sha1(_POLL.encode(), usedforsecurity=False).hexdigest()
-assert in_progress_key_prefix == "arq:in-progress:"  # written out in _POLL
+# written out in _POLL
+assert in_progress_key_prefix == "arq:in-progress:" and retry_key_prefix == "arq:retry:"
+assert job_key_prefix == "arq:job:" and abort_jobs_ss == "arq:abort"
+assert CANCEL_KEY_PREFIX == "aistack:job-cancel:"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job claimed for this worker, with what its start needs (read in the same script)."""
+
+    job_id: str
+    score: int
+    data: bytes  # arq's serialized job; empty when it expired
+    job_try: int
+    aborted: bool
+    cancelled: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Poll:
     """What one poll did: jobs moved from fair queues, members passed over at their limit,
-    and the jobs claimed for this worker (id, arq score)."""
+    and the jobs claimed for this worker."""
 
     dispatched: int
     blocked: int
-    claimed: list[tuple[str, int]]
+    claimed: list[Claimed]
 
 
 async def poll(redis: Redis, queue: str, *, want: int, lease_ms: int) -> Poll:
@@ -135,7 +160,17 @@ async def poll(redis: Redis, queue: str, *, want: int, lease_ms: int) -> Poll:
         raw = await redis.evalsha(_POLL_SHA, *args)  # type: ignore[misc]
     except NoScriptError:
         raw = await redis.eval(_POLL, *args)  # type: ignore[misc]
-    claimed = [(_text(raw[i]), int(float(raw[i + 1]))) for i in range(2, len(raw) - 1, 2)]
+    claimed = [
+        Claimed(
+            _text(raw[i]),
+            int(float(raw[i + 1])),
+            raw[i + 2] if isinstance(raw[i + 2], bytes) else str(raw[i + 2]).encode(),
+            int(raw[i + 3]),
+            bool(raw[i + 4]),
+            bool(raw[i + 5]),
+        )
+        for i in range(2, len(raw) - 5, 6)
+    ]
     return Poll(int(raw[0]), int(raw[1]), claimed)
 
 

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from libs.context import new_request_id, request_id_var
 from libs.queue.cancel import JobCancelled, is_cancel_requested
-from libs.queue.context import JobContext
+from libs.queue.context import CANCELLED_CTX, SINK_CTX, JobContext
 from libs.queue.events import emit_event
 from libs.queue.fair import release_slot, slot_key
 from libs.queue.metrics import JOBS_STARTED
@@ -179,6 +179,7 @@ def job(
                 worker_id=ctx.get("worker_id"),
                 slot=slot_key(queue_name(service), org_id, fname) if concurrency else None,
                 max_tries=policy.max_tries,
+                sink=ctx.get(SINK_CTX),
             )
             ctx[_JOB] = jc
             RUNNING[job_id] = jc
@@ -187,16 +188,19 @@ def job(
             outcome = "failed"
             try:
                 try:
-                    await jc.check_cancelled()
+                    if CANCELLED_CTX not in ctx:
+                        await jc.check_cancelled()
+                    elif ctx[CANCELLED_CTX]:  # the worker's start read it already
+                        raise JobCancelled(f"job {job_id} was cancelled")
                     if jc.recorded:
-                        await emit_event(
-                            redis,
+                        await jc.report(
                             jc._event(
                                 "running",
                                 progress=jc._last_progress,
                                 worker=jc.worker_id,
                                 max_tries=policy.max_tries,
                             ),
+                            end=False,
                         )
                     try:
                         async with asyncio.timeout(timeout):
@@ -212,13 +216,13 @@ def job(
                         raise
                 except JobCancelled as exc:
                     outcome = "cancelled"
-                    await emit_event(redis, jc._event("cancelled", message=str(exc)))
+                    await jc.report(jc._event("cancelled", message=str(exc)), end=True)
                     raise
                 except asyncio.CancelledError:
                     if await asyncio.shield(is_cancel_requested(redis, job_id)):
                         outcome = "cancelled"
                         await asyncio.shield(
-                            emit_event(redis, jc._event("cancelled", message="aborted"))
+                            jc.report(jc._event("cancelled", message="aborted"), end=True)
                         )
                     else:
                         # worker shutdown or arq's timeout: arq runs it again or records it
@@ -229,14 +233,13 @@ def job(
                     if outcome != "retrying":  # the job asked for it itself
                         outcome = "retrying"
                         again = dataclasses.replace(jc._event("queued"), attempt=jc.attempt + 1)
-                        await emit_event(redis, again)
+                        await jc.report(again, end=True)
                     JOBS.labels(service, fname, "retried").inc()
                     raise
                 except Exception as exc:
                     # out of tries under a policy that retries it: a dead letter
                     outcome = "dead" if policy.retries(exc) else "failed"
-                    await emit_event(
-                        redis,
+                    await jc.report(
                         jc._event(
                             outcome,
                             error=_error(exc),
@@ -244,20 +247,24 @@ def job(
                             args=list(args),
                             kwargs=dict(kwargs),
                         ),
+                        end=True,
                     )
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR))
                     raise
                 outcome = "succeeded"
                 if jc.recorded:
-                    await emit_event(redis, jc._event("succeeded", progress=100))
+                    await jc.report(jc._event("succeeded", progress=100), end=True)
                 return result
             finally:
                 elapsed = time.perf_counter() - started
                 RUNNING.pop(job_id, None)
                 if jc.slot is not None and outcome != "interrupted":
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(release_slot(redis, jc.slot, job_id))
+                    if jc.sink is not None:
+                        await jc.sink.release(jc.slot)
+                    else:
+                        with contextlib.suppress(Exception):
+                            await asyncio.shield(release_slot(redis, jc.slot, job_id))
                 if outcome in ("succeeded", "failed", "cancelled", "dead"):
                     ctx[_DONE] = True
                     JOBS.labels(service, fname, outcome).inc()
@@ -333,7 +340,7 @@ async def _retry_later(
         ),
         attempt=jc.attempt + 1,
     )
-    await emit_event(jc.redis, again)
+    await jc.report(again, end=True)
     raise Retry(defer=delay) from exc
 
 

@@ -16,6 +16,7 @@ from arq.worker import Worker as ArqWorker
 
 from libs.queue import emit_event, fair, resend_unsent_events
 from libs.queue.names import fair_prefix
+from libs.worker import execute
 from libs.worker.connections import (
     DOWN_REPORT_EVERY_S,
     RECONNECT_MAX_S,
@@ -77,6 +78,10 @@ class Worker(ArqWorker):
         # a job of ours ended while more were ready (poll again now, not at poll_delay)
         self._slot_freed = asyncio.Event()
         self._full = False
+        # a job's lifecycle events and fair slot, written with its end (libs.worker.execute)
+        self.end_events: dict[str, tuple[list[Any], str | None]] = {}
+        # what the poll read of the jobs it claimed, until they start
+        self.claimed: dict[str, fair.Claimed] = {}
 
     async def main(self) -> None:
         # arq's main, with the connection and every poll iteration riding out Redis loss
@@ -140,8 +145,9 @@ class Worker(ArqWorker):
         if self.allow_pick_jobs and want > 0:
             lease_ms = int(self.in_progress_timeout_s * 1000)
             polled = await fair.poll(self.pool, self.queue_name, want=want, lease_ms=lease_ms)
-            for job_id, score in polled.claimed:
-                self._start(job_id, score)
+            for claimed in polled.claimed:
+                self.claimed[claimed.job_id] = claimed
+                self._start(claimed.job_id, claimed.score)
             # room was short: a job of ours ending is the next chance to take more
             self._full = len(polled.claimed) >= want or polled.blocked > 0
         else:
@@ -187,7 +193,7 @@ class Worker(ArqWorker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
-            await super().run_job(job_id, score)
+            await execute.run_job(self, job_id, score)
         except REDIS_DOWN as exc:
             # not raised on into the poll loop: by the time it looks, Redis may be back (the
             # loop finds out for itself and logs the outage once)
@@ -212,8 +218,32 @@ class Worker(ArqWorker):
         finally:
             self._recorded.discard(job_id)
 
-    async def finish_job(self, job_id: str, *args: Any) -> None:
-        await self._record_end(job_id, functools.partial(super().finish_job, job_id, *args))
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        events, slot = self.end_events.pop(job_id, ([], None))
+        write = functools.partial(
+            execute.write_end,
+            self.pool,
+            self.queue_name,
+            job_id,
+            finish,
+            result_data,
+            result_timeout_s,
+            keep_result_forever,
+            incr_score,
+            keep_in_progress,
+            events=events,
+            slot=slot,
+        )
+        await self._record_end(job_id, write)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         await self._record_end(

@@ -68,8 +68,7 @@ class JobsSettings(ServiceSettings):
     retention_succeeded_days: int = Field(
         default=14,
         ge=0,
-        description="succeeded jobs' records are deleted this long after they finished "
-        "(0: kept)",
+        description="succeeded jobs' records are deleted this long after they finished (0: kept)",
     )
     retention_cancelled_days: int = Field(default=14, ge=0, description="cancelled jobs' records")
     retention_failed_days: int = Field(default=30, ge=0, description="failed jobs' records")

@@ -54,6 +54,11 @@ async def test_a_worker_killed_mid_job_has_it_run_again_and_finish_once(
     )
     try:
         await wait_for_line(log, f"start {name} 1", within=60)
+        # mid-job: its running event went out (a job reports it after 50 ms, or with its end)
+        for _ in range(100):
+            if ("running", 1) in [(e.status, e.attempt) for e in await events_for(redis, jid)]:
+                break
+            await asyncio.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

@@ -82,13 +82,13 @@ async def latency(redis: Redis, samples: int) -> dict[str, float]:
     await redis.delete(STARTED)
     # a first job warms the worker up (imports, connections)
     await enqueue_now(redis, service=SERVICE, function="stamp")
-    await redis.blpop([STARTED], timeout=30)
+    await redis.blpop([STARTED], timeout=30)  # type: ignore[misc]
     waits = []
     for _ in range(samples):
         await asyncio.sleep(0.02)
         t0 = time.time()
         await enqueue_now(redis, service=SERVICE, function="stamp")
-        got = await redis.blpop([STARTED], timeout=10)
+        got = await redis.blpop([STARTED], timeout=10)  # type: ignore[misc]
         assert got is not None, "a stamp job did not start"
         waits.append((float(got[1].split()[1]) - t0) * 1000)
     return {"p50": pct(waits, 50), "p90": pct(waits, 90), "p99": pct(waits, 99)}

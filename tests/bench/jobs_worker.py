@@ -25,7 +25,7 @@ async def noop(ctx: JobContext) -> None:
 
 @job
 async def stamp(ctx: JobContext) -> None:
-    await ctx.redis.rpush(STARTED, f"{ctx.job_id} {time.time()}")
+    await ctx.redis.rpush(STARTED, f"{ctx.job_id} {time.time()}")  # type: ignore[misc]
 
 
 def main() -> None:

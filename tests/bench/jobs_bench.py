@@ -50,6 +50,10 @@ from tests.bench.jobs_worker import SERVICE, STARTED
 from tests.bench.stack import ROOT, Proc, Stack, stack
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -182,10 +186,12 @@ async def recorder_lag(redis: Redis, rate: int, duration: float) -> list[int]:
         if time.monotonic() >= next_sample:
             next_sample += 1
             groups = await redis.xinfo_groups(EVENTS_STREAM)
-            group = next(
-                g for g in groups if g["name"] in (CONSUMER_GROUP, CONSUMER_GROUP.encode())
-            )
-            lags.append(int(group.get("lag") or 0) + int(group.get("pending") or 0))
+            names = (CONSUMER_GROUP, CONSUMER_GROUP.encode())
+            group = next(g for g in groups if g["name"] in names)
+            # entries not delivered yet, and those delivered but not applied
+            last = group["last-delivered-id"]
+            undelivered = await redis.xrange(EVENTS_STREAM, min=f"({_text(last)}", count=100_000)
+            lags.append(len(undelivered) + int(group.get("pending") or 0))
         await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
     return lags
 

@@ -21,3 +21,11 @@ QUEUE_WORKERS = Gauge("aistack_queue_workers", "Live workers of a queue", ["queu
 QUEUE_CAPACITY = Gauge(
     "aistack_queue_worker_slots", "Jobs a queue's live workers can run at once", ["queue"]
 )
+RECORDER_LAG = Gauge(
+    "aistack_job_events_lag_seconds",
+    "How far the jobs service's events recorder is behind the newest job event",
+)
+RECORDER_PENDING = Gauge(
+    "aistack_job_events_pending",
+    "Job events the recorder read but has not applied yet (a crashed or stuck recorder's stay)",
+)

@@ -13,9 +13,17 @@ from redis.asyncio import Redis
 
 from libs.db import SessionFactory
 from libs.queue import fair
-from libs.queue.names import WORKER_KEY_PREFIX, queue_name
+from libs.queue.names import EVENTS_STREAM, WORKER_KEY_PREFIX, queue_name
 from libs.registry import SERVICES
-from services.jobs.queues.metrics import QUEUE_CAPACITY, QUEUE_JOBS, QUEUE_OLDEST, QUEUE_WORKERS
+from services.jobs.jobs.recorder import CONSUMER_GROUP
+from services.jobs.queues.metrics import (
+    QUEUE_CAPACITY,
+    QUEUE_JOBS,
+    QUEUE_OLDEST,
+    QUEUE_WORKERS,
+    RECORDER_LAG,
+    RECORDER_PENDING,
+)
 from services.jobs.queues.repository import QueueRepository
 
 
@@ -67,6 +75,27 @@ async def queue_states(redis: Redis, sessions: SessionFactory) -> list[QueueStat
     return [QueueState(q, await fair.depth(redis, q), by_queue.get(q, [])) for q in sorted(names)]
 
 
+def _ms(entry_id: Any) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-")[0])
+
+
+async def recorder_lag(redis: Redis) -> tuple[float, int]:
+    """(seconds the recorder is behind the newest event, events it holds unapplied)."""
+    try:
+        groups = await redis.xinfo_groups(EVENTS_STREAM)
+    except Exception:  # no stream yet
+        return 0.0, 0
+    group = next(
+        (g for g in groups if g.get("name") in (CONSUMER_GROUP, CONSUMER_GROUP.encode())), None
+    )
+    newest = await redis.xrevrange(EVENTS_STREAM, count=1)
+    if group is None or not newest:
+        return 0.0, 0
+    behind_ms = _ms(newest[0][0]) - _ms(group.get("last-delivered-id") or "0-0")
+    return max(0.0, behind_ms / 1000), int(group.get("pending") or 0)
+
+
 class QueueMonitor:
     def __init__(self, redis: Redis, sessions: SessionFactory, interval_s: float = 10.0) -> None:
         self.redis = redis
@@ -84,4 +113,7 @@ class QueueMonitor:
             QUEUE_OLDEST.labels(s.queue).set(s.oldest_age_s(now_ms))
             QUEUE_WORKERS.labels(s.queue).set(len(s.workers))
             QUEUE_CAPACITY.labels(s.queue).set(s.slots)
+        lag_s, pending = await recorder_lag(self.redis)
+        RECORDER_LAG.set(lag_s)
+        RECORDER_PENDING.set(pending)
         return states

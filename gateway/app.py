@@ -29,6 +29,7 @@ from gateway.revocations import SessionRevocations
 from gateway.routes import match_route, openai_prefixes
 from gateway.security import Guard
 from gateway.settings import GatewaySettings, get_settings
+from gateway.state import GatewayState
 from gateway.upstream import make_upstream
 from libs.app import create_app, run_ready_checks
 from libs.errors import error_response
@@ -110,9 +111,10 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/ready", summary="Readiness: every service is ready", response_model=None)
     async def ready() -> Response | dict[str, Any]:
-        client: httpx.AsyncClient = app.state.ready_client
+        state = GatewayState.of_app(app)
+        client = state.ready_client
         names = list(urls)
-        checks = app.state.gateway_checks
+        checks = state.gateway_checks
         results, own_checks = await asyncio.gather(
             asyncio.gather(
                 *(_service_ready(client, urls[n], settings.ready_timeout) for n in names)
@@ -137,12 +139,13 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/openapi.json", include_in_schema=False)
     async def openapi() -> Response:
-        doc = await app.state.openapi_cache.document(app.state.ready_client, _own_spec(app))
+        state = GatewayState.of_app(app)
+        doc = await state.openapi_cache.document(state.ready_client, _own_spec(app))
         return Response(doc, media_type="application/json")
 
     @router.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        local: bool = app.state.swagger_local
+        local = GatewayState.of_app(app).swagger_local
         if local:
             page = get_swagger_ui_html(
                 openapi_url="/openapi.json",
@@ -164,9 +167,8 @@ def build_router(app: FastAPI, settings: GatewaySettings) -> APIRouter:
 def _log_readiness(app: FastAPI, down: list[str], services: dict[str, Any]) -> None:
     """One line when readiness flips (every service ready, or some not), none per poll: probes
     and the local runner ask every few hundred milliseconds."""
-    state = app.state
-    was_ready: bool | None = getattr(state, "was_ready", None)
-    if was_ready is not None and was_ready == (not down):
+    state = GatewayState.of_app(app)
+    if state.was_ready is not None and state.was_ready == (not down):
         return
     state.was_ready = not down
     if not down:
@@ -175,7 +177,7 @@ def _log_readiness(app: FastAPI, down: list[str], services: dict[str, Any]) -> N
         return
     why = ", ".join(f"{n} ({services[n]['status']})" if n in services else n for n in down)
     # while starting, services coming up one by one is no news; losing one later is
-    level = logging.WARNING if getattr(state, "ever_ready", False) else logging.INFO
+    level = logging.WARNING if state.ever_ready else logging.INFO
     log.log(level, "not ready: %s", why)
 
 
@@ -193,15 +195,16 @@ async def _empty() -> dict[str, Any]:
 
 
 def _own_spec(app: FastAPI) -> dict[str, Any]:
-    spec = getattr(app.state, "own_spec", None)
+    state = GatewayState.of_app(app)
+    spec = state.own_spec
     if spec is None:
         spec = get_openapi(
             title=TITLE,
             version=app.version,
             description=DESCRIPTION,
-            routes=app.state.own_routes,
+            routes=state.own_routes,
         )
-        app.state.own_spec = spec
+        state.own_spec = spec
     return spec
 
 
@@ -212,20 +215,21 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def clients(app: FastAPI) -> AsyncIterator[None]:
         proxy.upstream = make_upstream(settings)
-        app.state.ready_client = httpx.AsyncClient(
+        state = GatewayState.of_app(app)
+        state.ready_client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.ready_timeout), headers={"user-agent": "aistack-gateway"}
         )
         try:
             async with identity(app):
                 yield
         finally:
-            await app.state.ready_client.aclose()
+            await state.ready_client.aclose()
             await proxy.upstream.aclose()
             proxy.upstream = None
 
     @asynccontextmanager
     async def identity(app: FastAPI) -> AsyncIterator[None]:
-        redis = app.state.redis if settings.use_redis else None
+        redis = GatewayState.of_app(app).redis if settings.use_redis else None
         auth_client = make_http_client("gateway", timeout=settings.auth_timeout, retries=1)
         api_keys = ApiKeyResolver(
             client=auth_client,
@@ -298,15 +302,21 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
         use_database=False,
         use_redis=settings.use_redis,
         resources=[clients],
+        state=GatewayState,
+        guard_json=False,
         openai_error_prefixes=openai_prefixes(),
     )
-    app.state.proxy = proxy
-    app.state.gateway_checks = {}
+    state = GatewayState.of_app(app)
+    state.proxy = proxy
+    state.gateway_checks = {}
+    state.own_spec = None
+    state.was_ready = None
+    state.ever_ready = False
     if settings.use_redis:
         from libs.app import check_redis
 
-        app.state.gateway_checks["redis"] = check_redis
-    app.state.openapi_cache = OpenAPICache(
+        state.gateway_checks["redis"] = check_redis
+    state.openapi_cache = OpenAPICache(
         settings.service_urls(), settings.openapi_cache_ttl, settings.openapi_fetch_timeout
     )
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in _REPLACED]
@@ -314,12 +324,12 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(router)
     # ahead of the ops routes of create_app, so this /ready wins over the default one
     app.router.routes.insert(0, app.router.routes.pop())
-    app.state.own_routes = [
+    state.own_routes = [
         *(r for r in _flatten(app.routes) if getattr(r, "path", None) == "/health"),
         *router.routes,
     ]
     assets = swagger_assets_dir()
-    app.state.swagger_local = assets is not None
+    state.swagger_local = assets is not None
     if assets is not None:
         app.mount("/docs/static", StaticFiles(directory=str(assets)), name="swagger-ui")
     if settings.cors_allow_origins:

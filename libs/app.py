@@ -31,8 +31,10 @@ from libs.db import Database
 from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
+from libs.payload import JsonGuardMiddleware
 from libs.redis import make_redis
 from libs.settings import ServiceSettings
+from libs.sse import describe_streams_per_event
 from libs.state import AppState
 from libs.telemetry import (
     BodyLimitMiddleware,
@@ -101,6 +103,11 @@ class App(FastAPI):
         self._hot_stack = stack
         return stack
 
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            describe_streams_per_event(super().openapi())
+        return self.openapi_schema  # type: ignore[return-value]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = self._hot_match
         if match is not None and scope["type"] == "http" and match(scope):
@@ -162,6 +169,7 @@ def create_app(
     openai_error_prefixes: Sequence[str] = (),
     openapi_tags: list[dict[str, Any]] | None = None,
     state: type[AppState] = AppState,
+    guard_json: bool = True,
 ) -> App:
     """Build a FastAPI app with the platform's conventions.
 
@@ -169,6 +177,8 @@ def create_app(
     Redis and HTTP client exist (so they may use them) and exited in reverse order.
     ``use_database``: True builds the engine at start-up, "lazy" with the first session.
     ``state``: the app's :class:`AppState` class (a subclass declaring the service's own).
+    ``guard_json``: refuse JSON bodies holding what no service can take (libs/payload.py);
+    off for the gateway, which passes bodies on unread to the services that check them.
     """
     configure_logging(service, settings.log_level, settings.log_json)
     setup_tracing(service, settings.otlp_endpoint)
@@ -268,7 +278,11 @@ def create_app(
     for router in routers:
         app.include_router(router)
 
-    # order matters: observability wraps everything, so 413s are counted and carry request ids
+    # order matters: observability wraps everything, so 413s are counted and carry request ids;
+    # the JSON guard sits inside the body limit, so a body is read whole only once its size is
+    # known to be fine
+    if guard_json:
+        app.add_middleware(JsonGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, service=service, quiet_paths=QUIET_PATHS)
     return app

@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
+import orjson
 from fastapi import Depends, Request
 
 from libs.settings import DB_COMMAND_TIMEOUT_S, DB_GUARD_RETRY_S, DB_POOL_TIMEOUT_S
+from libs.state import AppState
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import (
@@ -64,6 +66,10 @@ def make_engine(
 
     engine = create_async_engine(
         url,
+        # JSONB keeps numbers as numeric: 1e30 comes back as the digits of an integer, which
+        # the standard library reads as a 101-bit int that no JSON encoder here can write
+        # again (a conversation's export answered 500). orjson reads it back as the float it was.
+        json_deserializer=orjson.loads,
         poolclass=None if guard_retry_s is None else GuardedPool,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -220,7 +226,7 @@ async def session_scope(factory: SessionFactory) -> AsyncIterator[AsyncSession]:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """Request-scoped session: commit on success, roll back on any error."""
-    async with session_scope(request.app.state.db) as session:
+    async with session_scope(AppState.of(request).db) as session:
         yield session
 
 
@@ -230,19 +236,3 @@ if TYPE_CHECKING:
 else:
     # the annotation is only a type for readers; FastAPI uses the dependency
     SessionDep = Annotated[Any, Depends(get_session, scope="function")]
-
-
-_MOVED_TO_ORM = frozenset(
-    {"NAMING_CONVENTION", "TYPE_ANNOTATION_MAP", "service_metadata", "IdMixin", "TimestampMixin"}
-    | {"Repository", "ModelT"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    # TRANSITION (issue 13): models and repositories moved to libs.orm; removed once the
-    # services being restructured import them from there
-    if name not in _MOVED_TO_ORM:
-        raise AttributeError(f"module 'libs.db' has no attribute {name!r}")
-    import libs.orm
-
-    return getattr(libs.orm, name)

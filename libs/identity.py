@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from libs.errors import Forbidden, Unauthorized
+from libs.permissions import Scope
 from libs.state import AppState
 
 INTERNAL_HEADER = "x-aistack-principal"
@@ -45,7 +46,7 @@ class Principal(BaseModel):
 
     def has_scope(self, scope: str) -> bool:
         """API keys carry explicit scopes; user tokens carry every scope their role grants."""
-        return scope in self.scopes or "admin" in self.scopes
+        return scope in self.scopes or Scope.ADMIN in self.scopes
 
     def require_scope(self, scope: str) -> None:
         if not self.has_scope(scope):
@@ -131,8 +132,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]
 
 
-def require_scope(scope: str) -> Any:
-    """Dependency factory enforcing one scope on a route."""
+def require_scope(scope: Scope) -> Any:
+    """Dependency factory enforcing one scope on a route (``dependencies=[...]``, or the
+    ``Depends`` of an ``Annotated[Principal, ...]`` parameter)."""
 
     async def _check(principal: PrincipalDep) -> Principal:
         principal.require_scope(scope)

@@ -21,6 +21,8 @@ class AppState(State):
 
     A service with more (its own clients, caches) subclasses it, declares those attributes
     and passes the class to :func:`create_app`; code reads it with ``XState.of(request)``.
+    Declare attributes without defaults: Starlette's State keeps values in a dict, and a
+    class attribute would shadow what is set.
     """
 
     settings: ServiceSettings

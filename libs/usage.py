@@ -1,4 +1,4 @@
-"""The usage event contract: what llm and rag send to billing for every metered request.
+"""The usage event contract: what any service sends to billing for every metered request.
 
 One event per (``request_id``, ``kind``); billing stores it at most once, so a producer may
 send the same event again (retries, at-least-once delivery) without double counting. Events
@@ -6,8 +6,10 @@ travel on the billing queue (``aistack:queue:billing``, function ``record_usage`
 ``usage:<kind>:<request_id>``, so duplicates are also collapsed before they run.
 
 A producer sends through :class:`UsageSender`: batched off the request path, retried for as
-long as Redis is unreachable, and parked in its own PostgreSQL table (:class:`UsageOutbox`)
-when too many wait or the process stops, to be queued once Redis answers again.
+long as Redis is unreachable, and parked in its own PostgreSQL table (:class:`UsageOutbox`;
+the service's ``models.py`` declares it with :class:`libs.usage_table.UsageOutboxTable`)
+when too many wait or the process stops, to be queued once Redis answers again (by the
+process, and by the service's worker: :func:`replay_outbox_forever`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import orjson
 from prometheus_client import Counter, Gauge
@@ -30,9 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepared, prepare_job
+from libs.storage_errors import describe, outage_of
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from libs.db import SessionFactory
 
 log = logging.getLogger("aistack.usage")
 
@@ -44,8 +49,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# what a usage event meters; billing keeps it as a string of at most 16 characters. chat and
+# embedding: the llm's calls (its /v1/completions and /v1/responses are chat calls, one event
+# each); completion and response: reserved for those routes metered apart; batch: one line of
+# a Batch API job (jobs); storage: files and vector stores kept (rag). Add kinds, never rename.
+UsageKind = Literal["chat", "embedding", "completion", "response", "batch", "storage"]
+USAGE_KINDS: tuple[str, ...] = get_args(UsageKind)
+
+
 class UsageEvent(BaseModel):
-    """One metered request (a chat completion or an embeddings call)."""
+    """One metered request (a chat completion, an embeddings call, a batch line, ...)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -55,7 +68,7 @@ class UsageEvent(BaseModel):
     key_id: uuid.UUID | None = None
     model: str = Field(max_length=200)
     provider: str = Field(max_length=64)
-    kind: Literal["chat", "embedding"] = "chat"
+    kind: UsageKind = "chat"
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     cost_usd: Decimal = Field(default=Decimal(0), ge=0, max_digits=18, decimal_places=8)
@@ -172,13 +185,11 @@ class UsageOutbox:
     billing's ledger collapse. SQLAlchemy loads only when the table is first used.
     """
 
-    def __init__(
-        self, schema: str, sessions: Callable[[], async_sessionmaker[AsyncSession] | None]
-    ) -> None:
+    def __init__(self, schema: str, sessions: Callable[[], SessionFactory | None]) -> None:
         self.schema = schema
         self.sessions = sessions
 
-    def _factory(self) -> async_sessionmaker[AsyncSession]:
+    def _factory(self) -> SessionFactory:
         factory = self.sessions()
         if factory is None:
             raise RuntimeError("no database session factory for the usage outbox")
@@ -237,6 +248,40 @@ class UsageOutbox:
 
 
 OUTBOX_CHUNK = 1000
+# how often a service's worker looks for events a stopped process left in its outbox table
+REPLAY_INTERVAL_S = 10.0
+
+
+async def replay_outbox_forever(
+    outbox: UsageOutbox, redis: Redis, interval_s: float = REPLAY_INTERVAL_S
+) -> None:
+    """A service worker's loop: queue what ``outbox`` holds (rows a process left when it
+    stopped during a Redis outage), then again every ``interval_s``. A loop rather than a cron
+    job: an idle table costs one SELECT per interval and no queue traffic. A failed round
+    (PostgreSQL or Redis unreachable: one line; anything else: its traceback) waits for the
+    next."""
+    while True:
+        try:
+            sent = await outbox.replay(redis)
+            if sent:
+                log.info("%d usage events replayed from the %s outbox table", sent, outbox.schema)
+            USAGE_PENDING.labels(outbox.schema, "outbox").set(await outbox.count())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            dependency = outage_of(exc)
+            if dependency is not None:
+                log.warning(
+                    "usage outbox replay failed: %s unavailable (%s); next try in %.0f s",
+                    dependency,
+                    describe(exc),
+                    interval_s,
+                )
+            else:
+                log.warning(
+                    "usage outbox replay failed; next try in %.0f s", interval_s, exc_info=exc
+                )
+        await asyncio.sleep(interval_s)
 
 
 # how long the sender waits after the first event before sending

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs import migrations
+from libs.db import make_engine
 from libs.testing import Infra, start_infra
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,9 @@ def infra() -> Iterator[Infra]:
 
 @pytest.fixture(scope="session")
 async def engine(infra: Infra) -> AsyncIterator[AsyncEngine]:
-    eng = create_async_engine(infra.database_url, pool_size=5)
+    # the platform's own engine settings (libs/db.py), JSONB decoding included; no guard, so
+    # a test that breaks the database does not leave it marked down for the next one
+    eng = make_engine(infra.database_url, pool_size=5, guard_retry_s=None)
     yield eng
     await eng.dispose()
 

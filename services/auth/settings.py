@@ -98,7 +98,7 @@ class AuthSettings(ServiceSettings):
     oidc_providers: dict[str, OIDCProvider] = Field(default_factory=dict)
     wechat: WeChatProvider | None = None
     wecom: WeComProvider | None = None
-    # where providers send the browser back: <this>/v1/auth/oidc/<provider>/callback
+    # where providers send the browser back: <this>/v1/auth/oauth/<provider>/callback
     # (default: public_url)
     oauth_redirect_base: str | None = None
     oauth_state_ttl: int = 600

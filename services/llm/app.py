@@ -12,16 +12,21 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.llm import tokenizer
-from services.llm.conversations_router import router as conversations_router
-from services.llm.prompts_router import router as prompts_router
+from services.llm.chat.hot_route import ChatEndpoint, is_chat_completion
+from services.llm.chat.metering import UsagePublisher
+from services.llm.chat.router import OPENAI_PREFIXES
+from services.llm.chat.router import router as chat_router
+from services.llm.chat.service import ChatService
+from services.llm.conversations.router import router as conversations_router
+from services.llm.legacy.router import router as legacy_router
+from services.llm.prompts.router import router as prompts_router
 from services.llm.providers.base import Provider
-from services.llm.responses import PREFIX as RESPONSES_PREFIX
-from services.llm.responses import router as responses_router
-from services.llm.router import OPENAI_PREFIXES, ChatEndpoint, is_chat_completion, router
-from services.llm.routing import RoutingConfig, default_config, load_config
-from services.llm.service import LlmService, UsagePublisher
+from services.llm.responses.router import PREFIX as RESPONSES_PREFIX
+from services.llm.responses.router import router as responses_router
+from services.llm.routing.config import RoutingConfig, default_config, load_config
 from services.llm.settings import LlmSettings, get_settings
+from services.llm.state import LlmState
+from services.llm.tokens import tokenizer
 
 log = logging.getLogger("aistack.llm")
 
@@ -73,9 +78,10 @@ def build_app(
         providers: dict[str, Provider] = {}
         for name, spec in config.providers.items():
             providers[name] = factory(spec.kind, name, spec.adapter_config())
-        service = LlmService(settings, config, providers, app.state.redis, usage_publisher)
-        app.state.llm = service
-        service.sessions = lambda: getattr(app.state, "db", None)
+        state = LlmState.of_app(app)
+        service = ChatService(settings, config, providers, state.redis, usage_publisher)
+        state.llm = service
+        service.sessions = lambda: getattr(state, "db", None)
         await service.start()
         log.info(
             "llm routing from %s: providers %s, models %s",
@@ -91,15 +97,23 @@ def build_app(
     app = create_app(
         service="llm",
         settings=settings,
-        routers=[router, responses_router, prompts_router, conversations_router],
+        routers=[
+            chat_router,
+            legacy_router,
+            responses_router,
+            prompts_router,
+            conversations_router,
+        ],
         title="aistack llm",
         description="OpenAI-compatible LLM API over many providers.",
         resources=[llm_resources],
         openai_error_prefixes=(*OPENAI_PREFIXES, RESPONSES_PREFIX),
         # only prompts and conversations use the database: SQLAlchemy loads with the first
         use_database="lazy",
+        state=LlmState,
     )
-    # chat completions go from the app's middleware straight to their handler (libs/app.py)
+    # chat completions go from the app's middleware straight to their handler, for speed
+    # (services/llm/chat/hot_route.py)
     app.set_hot_route(is_chat_completion, ChatEndpoint())
     return app
 

@@ -28,7 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from libs.db import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
+from libs.orm import TYPE_ANNOTATION_MAP, IdMixin, TimestampMixin, service_metadata
+from libs.usage_table import UsageOutboxTable
 
 
 class Base(DeclarativeBase):
@@ -177,18 +178,9 @@ class ConversationMessage(IdMixin, CreatedAtMixin, Base):
 # ---------------------------------------------------------------------------- usage outbox
 
 
-class UsageOutboxRow(CreatedAtMixin, Base):
-    """A usage event Redis could not take (an outage), kept until it is queued to billing.
-
-    Written and replayed by :class:`libs.usage.UsageOutbox` (raw SQL, so the chat path never
-    loads this module); ``job`` is the prepared queue job (:class:`libs.queue.PreparedJob`).
-    """
-
-    __tablename__ = "usage_outbox"
-    __table_args__ = (Index("ix_llm_usage_outbox_created_at", "created_at"),)
-
-    job_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    job: Mapped[dict[str, Any]] = mapped_column(JSONB)
+class UsageOutboxRow(UsageOutboxTable, Base):
+    """A usage event Redis could not take (an outage), kept until it is queued to billing
+    (written and replayed by :class:`libs.usage.UsageOutbox`; see :mod:`libs.usage_table`)."""
 
 
 # ---------------------------------------------------------------------------- stored responses

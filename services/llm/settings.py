@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
-from services.llm.tokenizer import EncodingName
+from services.llm.tokens.tokenizer import EncodingName
 
 
 class LlmSettings(ServiceSettings):

@@ -1,11 +1,9 @@
-"""Background work of the llm service: its worker replays the usage outbox and purges
-expired stored responses (``llm.responses``, hourly).
+"""Background work of the llm service: its worker (``python -m libs.worker llm``) replays
+the usage outbox and purges expired stored responses (``llm.responses``, hourly).
 
 An llm process that stopped while Redis was unreachable left its usage events in
-``llm.usage_outbox`` (see :class:`libs.usage.UsageSender`); the llm worker
-(``python -m libs.worker llm``) queues them to billing every few seconds once Redis answers.
-A loop of its own rather than an arq cron job: an idle table costs one SELECT per interval
-and no queue traffic.
+``llm.usage_outbox`` (see :class:`libs.usage.UsageSender`); the worker queues them to billing
+every few seconds once Redis answers (:func:`libs.usage.replay_outbox_forever`).
 """
 
 from __future__ import annotations
@@ -16,39 +14,20 @@ import logging
 from typing import Any
 
 from libs.storage_errors import describe, outage_of
-from libs.usage import USAGE_PENDING, UsageOutbox
+from libs.usage import UsageOutbox, replay_outbox_forever
+from services.llm.responses import repository
 
 log = logging.getLogger("aistack.llm.tasks")
 
-REPLAY_INTERVAL_S = 10.0
 PURGE_INTERVAL_S = 3600.0
-
-
-async def replay_outbox_forever(
-    outbox: UsageOutbox, redis: Any, interval_s: float = REPLAY_INTERVAL_S
-) -> None:
-    """Replay the outbox, then again every ``interval_s``; errors wait for the next round."""
-    while True:
-        try:
-            sent = await outbox.replay(redis)
-            if sent:
-                log.info("%d usage events replayed from the llm outbox table", sent)
-            USAGE_PENDING.labels("llm", "outbox").set(await outbox.count())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _failed("usage outbox replay", exc, interval_s)
-        await asyncio.sleep(interval_s)
 
 
 async def purge_responses_forever(sessions: Any, interval_s: float = PURGE_INTERVAL_S) -> None:
     """Delete stored responses past their expiry (``LLM_RESPONSES_TTL_DAYS``), then again
     every ``interval_s`` (expired ones are invisible already: this only frees the space)."""
-    from services.llm import responses_store
-
     while True:
         try:
-            purged = await responses_store.purge(sessions)
+            purged = await repository.purge(sessions)
             if purged:
                 log.info("%d expired stored responses purged", purged)
         except asyncio.CancelledError:

@@ -9,6 +9,7 @@ import pytest
 from fastapi import FastAPI
 
 from gateway.app import _log_readiness
+from gateway.state import GatewayState
 from libs.testing import Infra
 from tests.support.servers import dead_url
 from tests.support.stacks.echo import Upstream, gateway_client, gateway_settings
@@ -57,6 +58,7 @@ async def test_polling_ready_logs_one_line_per_change(
 
 def test_a_service_lost_after_the_start_is_a_warning(logged: _Keep) -> None:
     app = FastAPI()
+    app.state = GatewayState({"was_ready": None, "ever_ready": False})
     services = {"llm": {"status": "timeout"}, "auth": {"status": "ready"}}
     for down in (["llm"], ["llm"], [], [], ["llm"], ["llm"], []):
         _log_readiness(app, down, services)

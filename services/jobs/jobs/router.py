@@ -10,7 +10,7 @@ from libs.db import SessionDep
 from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
 from libs.redis import RedisDep
-from libs.sse import SSEResponse
+from libs.sse import SSEResponse, sse_responses
 from services.jobs.jobs.repository import JobRepository
 from services.jobs.jobs.schemas import (
     JobList,
@@ -158,7 +158,10 @@ async def retry_job(job_id: str, service: JobServiceDep) -> object:
     summary="Progress as Server-Sent Events, pushed as the job reports it (`progress`, "
     "`children`, then `end`); reconnect with `Last-Event-ID` to resume",
     response_class=SSEResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses=sse_responses(
+        "`progress` events (the job), `children` (a parent's children), then one `end`; each "
+        "pushed event has an `id` to resume from with `Last-Event-ID`"
+    ),
     dependencies=READ,
 )
 async def job_events(

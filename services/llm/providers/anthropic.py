@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from services.llm.providers import _http as h
-from services.llm.providers import _translate as t
+from services.llm.providers import _http as vendor_http
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import ChatRequest, ModelInfo, Provider, ProviderError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -34,21 +34,21 @@ def _error_message(body: bytes) -> str | None:
 
 def _content_blocks(content: Any) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for part in t.content_parts(content):
+    for part in translate.content_parts(content):
         kind = part.get("type")
         if kind in ("text", "input_text"):
             if part.get("text"):
                 blocks.append({"type": "text", "text": str(part["text"])})
         elif kind == "image_url":
-            url = t.image_url(part)
-            data = t.parse_data_url(url)
+            url = translate.image_url(part)
+            data = translate.parse_data_url(url)
             if data:
                 source = {"type": "base64", "media_type": data[0], "data": data[1]}
             else:
                 source = {"type": "url", "url": url}
             blocks.append({"type": "image", "source": source})
         else:
-            raise t.invalid(f"unsupported content part for anthropic: {kind}")
+            raise translate.invalid(f"unsupported content part for anthropic: {kind}")
     return blocks
 
 
@@ -70,7 +70,7 @@ def translate_messages(
     for message in messages:
         role = message.get("role")
         if role in ("system", "developer"):
-            text = t.text_of(message.get("content"))
+            text = translate.text_of(message.get("content"))
             if text:
                 system.append(text)
         elif role == "user":
@@ -82,9 +82,9 @@ def translate_messages(
                 blocks.append(
                     {
                         "type": "tool_use",
-                        "id": call.get("id") or t.tool_call_id(),
+                        "id": call.get("id") or translate.tool_call_id(),
                         "name": fn.get("name", ""),
-                        "input": t.parse_arguments(fn.get("arguments")),
+                        "input": translate.parse_arguments(fn.get("arguments")),
                     }
                 )
             add("assistant", blocks)
@@ -92,41 +92,41 @@ def translate_messages(
             result: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": message.get("tool_call_id", ""),
-                "content": t.text_of(message.get("content")),
+                "content": translate.text_of(message.get("content")),
             }
             add("user", [result])
         else:
-            raise t.invalid(f"unsupported message role: {role}")
+            raise translate.invalid(f"unsupported message role: {role}")
     return system, out
 
 
 def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     """The Anthropic ``/v1/messages`` body for an OpenAI-format request."""
-    params = t.merged_params(config, request.params)
+    params = translate.merged_params(config, request.params)
     if int(params.get("n") or 1) != 1:
-        raise t.invalid("anthropic returns one choice per request (n must be 1)")
+        raise translate.invalid("anthropic returns one choice per request (n must be 1)")
     system, messages = translate_messages(request.messages)
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
-        "max_tokens": t.max_tokens(params)
+        "max_tokens": translate.max_tokens(params)
         or int(config.get("default_max_tokens", DEFAULT_MAX_TOKENS)),
     }
-    json_mode = t.json_mode(params)
+    json_mode = translate.json_mode(params)
     if json_mode:
-        system.append(t.json_instruction(json_mode))
+        system.append(translate.json_instruction(json_mode))
     if system:
         body["system"] = "\n\n".join(system)
     for key in ("temperature", "top_p", "top_k"):
         if params.get(key) is not None:
             body[key] = params[key]
-    stop = t.normalize_stop(params.get("stop"))
+    stop = translate.normalize_stop(params.get("stop"))
     if stop:
         body["stop_sequences"] = stop
     if params.get("user"):
         body["metadata"] = {"user_id": str(params["user"])}
-    mode, name = t.tool_choice(params.get("tool_choice"))
-    tools = t.functions(params.get("tools"))
+    mode, name = translate.tool_choice(params.get("tool_choice"))
+    tools = translate.functions(params.get("tools"))
     if tools:
         # with "none" the tools are still sent: a history holding tool_use or tool_result
         # blocks is refused (400) by a request that defines no tools
@@ -155,23 +155,27 @@ class AnthropicProvider(Provider):
             "anthropic-version": str(config.get("anthropic_version", API_VERSION)),
             "content-type": "application/json",
         }
-        key = h.api_key({"api_key_env": "ANTHROPIC_API_KEY", **config})
+        key = vendor_http.api_key({"api_key_env": "ANTHROPIC_API_KEY", **config})
         if key:
             headers["x-api-key"] = key
-        self.client = h.make_client(config, default_base_url=DEFAULT_BASE_URL, headers=headers)
+        self.client = vendor_http.make_client(
+            config, default_base_url=DEFAULT_BASE_URL, headers=headers
+        )
 
     def _request(self, body: dict[str, Any]) -> httpx.Request:
         return self.client.build_request("POST", "/v1/messages", json=body)
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request, self.config, stream=False)
-        data = await h.send_json(self.client, self.name, self._request(body), _error_message)
+        data = await vendor_http.send_json(
+            self.client, self.name, self._request(body), _error_message
+        )
         if data.get("type") == "error":
             raise self._event_error(data)
         try:
             return self._completion(data, request.model)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise h.malformed(self.name, f"unexpected message shape: {exc!r}") from None
+            raise vendor_http.malformed(self.name, f"unexpected message shape: {exc!r}") from None
 
     def _completion(self, data: dict[str, Any], model: str) -> dict[str, Any]:
         text: list[str] = []
@@ -180,14 +184,16 @@ class AnthropicProvider(Provider):
             if block["type"] == "text":
                 text.append(block["text"])
             elif block["type"] == "tool_use":
-                calls.append(t.tool_call(block["id"], block["name"], block.get("input")))
-        finish = t.finish_reason(t.ANTHROPIC_FINISH, data.get("stop_reason"), bool(calls))
+                calls.append(translate.tool_call(block["id"], block["name"], block.get("input")))
+        finish = translate.finish_reason(
+            translate.ANTHROPIC_FINISH, data.get("stop_reason"), bool(calls)
+        )
         u = data.get("usage") or {}
-        return t.completion(
-            id=str(data.get("id") or t.new_id("chatcmpl-")),
+        return translate.completion(
+            id=str(data.get("id") or translate.new_id("chatcmpl-")),
             model=str(data.get("model") or model),
-            choices=[t.choice(0, "".join(text), calls, finish)],
-            usage=t.usage(_input_tokens(u), u.get("output_tokens")),
+            choices=[translate.choice(0, "".join(text), calls, finish)],
+            usage=translate.usage(_input_tokens(u), u.get("output_tokens")),
         )
 
     def _event_error(self, data: dict[str, Any]) -> ProviderError:
@@ -204,27 +210,31 @@ class AnthropicProvider(Provider):
             "request_too_large": 413,
             "timeout_error": 504,
         }.get(kind, 400 if kind == "invalid_request_error" else 500)
-        return h.error_for_status(self.name, status, message)
+        return vendor_http.error_for_status(self.name, status, message)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = build_body(request, self.config, stream=True)
-        response = await h.send(self.client, self.name, self._request(body), _error_message)
+        response = await vendor_http.send(
+            self.client, self.name, self._request(body), _error_message
+        )
         try:
-            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
+            async for chunk in translate.role_with_first_content(
+                self._chunks(response, request.model)
+            ):
                 yield chunk
         finally:
             await response.aclose()
 
     async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
-        maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
+        maker = translate.ChunkMaker(translate.new_id("chatcmpl-"), model)
         tool_index: dict[int, int] = {}  # anthropic content block index → OpenAI tool index
         no_arguments: set[int] = set()  # tool blocks that have streamed no input JSON yet
         prompt_tokens = completion_tokens = 0
         stop_reason: str | None = None
         started = False
-        events = h.iter_sse(self.name, response)
+        events = vendor_http.iter_sse(self.name, response)
         async for event in events:
-            data = h.loads_object(self.name, event.data)
+            data = vendor_http.loads_object(self.name, event.data)
             kind = data.get("type", event.event)
             try:
                 if kind == "message_start":
@@ -237,7 +247,7 @@ class AnthropicProvider(Provider):
                     started = True
                     yield maker.role()
                 elif not started and kind not in ("error", "ping"):
-                    raise h.malformed(self.name, f"{kind} before message_start")
+                    raise vendor_http.malformed(self.name, f"{kind} before message_start")
                 elif kind == "content_block_start":
                     block = data["content_block"]
                     if block["type"] == "tool_use":
@@ -275,17 +285,21 @@ class AnthropicProvider(Provider):
                         # cumulative; may omit the cache counts message_start had
                         prompt_tokens = max(prompt_tokens, _input_tokens(u))
                 elif kind == "message_stop":
-                    finish = t.finish_reason(t.ANTHROPIC_FINISH, stop_reason, bool(tool_index))
+                    finish = translate.finish_reason(
+                        translate.ANTHROPIC_FINISH, stop_reason, bool(tool_index)
+                    )
                     yield maker.finish(finish)
-                    yield maker.usage(t.usage(prompt_tokens, completion_tokens))
-                    await h.drain(events)
+                    yield maker.usage(translate.usage(prompt_tokens, completion_tokens))
+                    await vendor_http.drain(events)
                     return
                 elif kind == "error":
                     raise self._event_error(data)
                 # ping and future event types carry nothing for OpenAI
             except (KeyError, TypeError, AttributeError) as exc:
-                raise h.malformed(self.name, f"unexpected {kind} event: {exc!r}") from None
-        raise h.broken_stream(self.name, "no message_stop event")
+                raise vendor_http.malformed(
+                    self.name, f"unexpected {kind} event: {exc!r}"
+                ) from None
+        raise vendor_http.broken_stream(self.name, "no message_stop event")
 
     async def list_models(self) -> list[ModelInfo]:
         """Static ``models`` from config, else the paginated ``GET /v1/models``."""
@@ -295,7 +309,7 @@ class AnthropicProvider(Provider):
         params: dict[str, str] = {"limit": "1000"}
         while True:
             request = self.client.build_request("GET", "/v1/models", params=params)
-            data = await h.send_json(self.client, self.name, request, _error_message)
+            data = await vendor_http.send_json(self.client, self.name, request, _error_message)
             for m in data.get("data") or []:
                 window = m.get("max_input_tokens")
                 models.append(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from urllib.parse import quote
 
-from services.llm.providers import _http as h
+from services.llm.providers import _http as vendor_http
 from services.llm.providers.base import ModelInfo, ProviderError
 from services.llm.providers.openai import JSON_HEADERS, OpenAIProvider
 
@@ -51,7 +51,7 @@ class AzureOpenAIProvider(OpenAIProvider):
         if token:
             headers["authorization"] = f"Bearer {token}"
         else:
-            key = h.api_key({"api_key_env": self.default_key_env, **self.config})
+            key = vendor_http.api_key({"api_key_env": self.default_key_env, **self.config})
             if key:
                 headers["api-key"] = key
         return headers

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from services.llm.providers import _http as h
-from services.llm.providers import _translate as t
+from services.llm.providers import _http as vendor_http
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import (
     ChatRequest,
     EmbeddingRequest,
@@ -72,7 +72,7 @@ def _retry_delay(body: bytes) -> float | None:
     return None
 
 
-def _recording(reasons: set[str]) -> h.MessageExtractor:
+def _recording(reasons: set[str]) -> vendor_http.MessageExtractor:
     """The error message extractor, also collecting the body's ErrorInfo reasons."""
 
     def extract(body: bytes) -> str | None:
@@ -84,25 +84,25 @@ def _recording(reasons: set[str]) -> h.MessageExtractor:
 
 def _parts(content: Any) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    for part in t.content_parts(content):
+    for part in translate.content_parts(content):
         kind = part.get("type")
         if kind in ("text", "input_text"):
             if part.get("text"):
                 parts.append({"text": str(part["text"])})
         elif kind == "image_url":
-            url = t.image_url(part)
-            data = t.parse_data_url(url)
+            url = translate.image_url(part)
+            data = translate.parse_data_url(url)
             if data:
                 parts.append({"inlineData": {"mimeType": data[0], "data": data[1]}})
             else:
                 parts.append({"fileData": {"fileUri": url}})
         else:
-            raise t.invalid(f"unsupported content part for gemini: {kind}")
+            raise translate.invalid(f"unsupported content part for gemini: {kind}")
     return parts
 
 
 def _function_response(content: Any) -> dict[str, Any]:
-    text = t.text_of(content)
+    text = translate.text_of(content)
     try:
         value = json.loads(text)
     except ValueError:
@@ -115,7 +115,7 @@ def translate_messages(
     messages: list[dict[str, Any]],
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """OpenAI messages → (system texts, Gemini ``contents`` with merged same-role turns)."""
-    names = t.tool_names_by_id(messages)
+    names = translate.tool_names_by_id(messages)
     system: list[str] = []
     contents: list[dict[str, Any]] = []
 
@@ -130,7 +130,7 @@ def translate_messages(
     for message in messages:
         role = message.get("role")
         if role in ("system", "developer"):
-            text = t.text_of(message.get("content"))
+            text = translate.text_of(message.get("content"))
             if text:
                 system.append(text)
         elif role == "user":
@@ -142,7 +142,7 @@ def translate_messages(
                 part: dict[str, Any] = {
                     "functionCall": {
                         "name": fn.get("name", ""),
-                        "args": t.parse_arguments(fn.get("arguments")),
+                        "args": translate.parse_arguments(fn.get("arguments")),
                     }
                 }
                 signature = ((call.get("extra_content") or {}).get("google") or {}).get(
@@ -156,17 +156,19 @@ def translate_messages(
             call_id = str(message.get("tool_call_id", ""))
             name = names.get(call_id) or message.get("name")
             if not name:
-                raise t.invalid(f"tool message {call_id!r} answers no earlier assistant tool call")
+                raise translate.invalid(
+                    f"tool message {call_id!r} answers no earlier assistant tool call"
+                )
             response = _function_response(message.get("content"))
             add("user", [{"functionResponse": {"name": name, "response": response}}])
         else:
-            raise t.invalid(f"unsupported message role: {role}")
+            raise translate.invalid(f"unsupported message role: {role}")
     return system, contents
 
 
 def build_body(request: ChatRequest, config: dict[str, Any]) -> dict[str, Any]:
     """The Gemini ``generateContent`` body for an OpenAI-format request."""
-    params = t.merged_params(config, request.params)
+    params = translate.merged_params(config, request.params)
     system, contents = translate_messages(request.messages)
     body: dict[str, Any] = {"contents": contents}
     if system:
@@ -184,20 +186,20 @@ def build_body(request: ChatRequest, config: dict[str, Any]) -> dict[str, Any]:
             gen[dst] = params[src]
     if params.get("n") and int(params["n"]) != 1:
         gen["candidateCount"] = int(params["n"])
-    limit = t.max_tokens(params)
+    limit = translate.max_tokens(params)
     if limit:
         gen["maxOutputTokens"] = limit
-    stop = t.normalize_stop(params.get("stop"))
+    stop = translate.normalize_stop(params.get("stop"))
     if stop:
         gen["stopSequences"] = stop
-    json_mode = t.json_mode(params)
+    json_mode = translate.json_mode(params)
     if json_mode:
         gen["responseMimeType"] = "application/json"
         if json_mode[1] is not None:
             gen["responseJsonSchema"] = json_mode[1]
     if gen:
         body["generationConfig"] = gen
-    tools = t.functions(params.get("tools"))
+    tools = translate.functions(params.get("tools"))
     if tools:
         body["tools"] = [
             {
@@ -213,7 +215,7 @@ def build_body(request: ChatRequest, config: dict[str, Any]) -> dict[str, Any]:
                 ]
             }
         ]
-        mode, name = t.tool_choice(params.get("tool_choice"))
+        mode, name = translate.tool_choice(params.get("tool_choice"))
         config_: dict[str, Any] = {
             "mode": {"auto": "AUTO", "none": "NONE", "required": "ANY", "function": "ANY"}[mode]
         }
@@ -240,7 +242,7 @@ def _usage(data: dict[str, Any]) -> dict[str, int]:
     completion = int(meta.get("candidatesTokenCount") or 0) + int(
         meta.get("thoughtsTokenCount") or 0
     )
-    return t.usage(meta.get("promptTokenCount"), completion)
+    return translate.usage(meta.get("promptTokenCount"), completion)
 
 
 class GeminiProvider(Provider):
@@ -249,16 +251,20 @@ class GeminiProvider(Provider):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         headers = {"content-type": "application/json"}
-        key = h.api_key({"api_key_env": "GEMINI_API_KEY", **config})
+        key = vendor_http.api_key({"api_key_env": "GEMINI_API_KEY", **config})
         if key:
             headers["x-goog-api-key"] = key
-        self.client = h.make_client(config, default_base_url=DEFAULT_BASE_URL, headers=headers)
+        self.client = vendor_http.make_client(
+            config, default_base_url=DEFAULT_BASE_URL, headers=headers
+        )
 
     async def _open(self, method: str, url: str, **kw: Any) -> httpx.Response:
         request = self.client.build_request(method, url, **kw)
         reasons: set[str] = set()
         try:
-            return await h.send(self.client, self.name, request, _recording(reasons), _retry_delay)
+            return await vendor_http.send(
+                self.client, self.name, request, _recording(reasons), _retry_delay
+            )
         except ProviderError as exc:
             self._reclassify(exc, reasons)
             raise
@@ -267,7 +273,7 @@ class GeminiProvider(Provider):
         request = self.client.build_request(method, url, **kw)
         reasons: set[str] = set()
         try:
-            return await h.send_json(
+            return await vendor_http.send_json(
                 self.client, self.name, request, _recording(reasons), _retry_delay
             )
         except ProviderError as exc:
@@ -289,7 +295,7 @@ class GeminiProvider(Provider):
         try:
             return self._completion(data, request.model)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise h.malformed(self.name, f"unexpected response shape: {exc!r}") from None
+            raise vendor_http.malformed(self.name, f"unexpected response shape: {exc!r}") from None
 
     def _completion(self, data: dict[str, Any], model: str) -> dict[str, Any]:
         choices = []
@@ -299,18 +305,22 @@ class GeminiProvider(Provider):
             for part in (candidate.get("content") or {}).get("parts") or []:
                 if "functionCall" in part:
                     fc = part["functionCall"]
-                    call = t.tool_call(fc.get("id") or t.tool_call_id(), fc["name"], fc.get("args"))
+                    call = translate.tool_call(
+                        fc.get("id") or translate.tool_call_id(), fc["name"], fc.get("args")
+                    )
                     calls.append(_with_signature(call, part))
                 elif "text" in part and not part.get("thought"):
                     text.append(part["text"])
-            finish = t.finish_reason(t.GEMINI_FINISH, candidate.get("finishReason"), bool(calls))
+            finish = translate.finish_reason(
+                translate.GEMINI_FINISH, candidate.get("finishReason"), bool(calls)
+            )
             index = int(candidate.get("index", position))
-            choices.append(t.choice(index, "".join(text), calls, finish))
+            choices.append(translate.choice(index, "".join(text), calls, finish))
         if not choices:
             # the prompt itself was blocked (promptFeedback.blockReason)
-            choices.append(t.choice(0, "", [], "content_filter"))
-        return t.completion(
-            id=str(data.get("responseId") or t.new_id("chatcmpl-")),
+            choices.append(translate.choice(0, "", [], "content_filter"))
+        return translate.completion(
+            id=str(data.get("responseId") or translate.new_id("chatcmpl-")),
             model=str(data.get("modelVersion") or model),
             choices=choices,
             usage=_usage(data),
@@ -321,23 +331,25 @@ class GeminiProvider(Provider):
         url = f"/v1beta/{_model_path(request.model)}:streamGenerateContent"
         response = await self._open("POST", url, params={"alt": "sse"}, json=body)
         try:
-            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
+            async for chunk in translate.role_with_first_content(
+                self._chunks(response, request.model)
+            ):
                 yield chunk
         finally:
             await response.aclose()
 
     async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
-        maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
+        maker = translate.ChunkMaker(translate.new_id("chatcmpl-"), model)
         started: set[int] = set()
         tools: dict[int, int] = {}  # candidate index → tool calls so far
         finishes: dict[int, str] = {}
-        usage = t.usage(0, 0)
+        usage = translate.usage(0, 0)
         seen_any = False
-        async for event in h.iter_sse(self.name, response):
-            data = h.loads_object(self.name, event.data)
+        async for event in vendor_http.iter_sse(self.name, response):
+            data = vendor_http.loads_object(self.name, event.data)
             if "error" in data:
                 error = data["error"] or {}
-                raise h.error_for_status(
+                raise vendor_http.error_for_status(
                     self.name,
                     int(error.get("code") or 500),
                     f"{error.get('status', 'ERROR')}: {error.get('message', '')}",
@@ -365,9 +377,9 @@ class GeminiProvider(Provider):
                             tools[index] = n + 1
                             chunk = maker.tool_start(
                                 n,
-                                fc.get("id") or t.tool_call_id(),
+                                fc.get("id") or translate.tool_call_id(),
                                 fc["name"],
-                                t.dump_arguments(fc.get("args")),
+                                translate.dump_arguments(fc.get("args")),
                                 index=index,
                             )
                             _with_signature(chunk["choices"][0]["delta"]["tool_calls"][0], part)
@@ -375,13 +387,17 @@ class GeminiProvider(Provider):
                         elif part.get("text") and not part.get("thought"):
                             yield maker.text(part["text"], index)
                     if candidate.get("finishReason"):
-                        finishes[index] = t.finish_reason(
-                            t.GEMINI_FINISH, candidate["finishReason"], bool(tools.get(index))
+                        finishes[index] = translate.finish_reason(
+                            translate.GEMINI_FINISH,
+                            candidate["finishReason"],
+                            bool(tools.get(index)),
                         )
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
-                raise h.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None
+                raise vendor_http.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None
         if not finishes:
-            raise h.broken_stream(self.name, "no finishReason" if seen_any else "empty stream")
+            raise vendor_http.broken_stream(
+                self.name, "no finishReason" if seen_any else "empty stream"
+            )
         for index in sorted(finishes):
             if index not in started:
                 yield maker.role(index)
@@ -409,9 +425,13 @@ class GeminiProvider(Provider):
             try:
                 vectors = [e["values"] for e in data["embeddings"]]
             except (KeyError, TypeError) as exc:
-                raise h.malformed(self.name, f"unexpected embeddings shape: {exc!r}") from None
+                raise vendor_http.malformed(
+                    self.name, f"unexpected embeddings shape: {exc!r}"
+                ) from None
             if len(vectors) != len(batch):
-                raise h.malformed(self.name, f"{len(vectors)} embeddings for {len(batch)} inputs")
+                raise vendor_http.malformed(
+                    self.name, f"{len(vectors)} embeddings for {len(batch)} inputs"
+                )
             return vectors
 
         if len(batches) == 1:

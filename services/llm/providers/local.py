@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from services.llm.providers import _translate as t
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import (
     ChatRequest,
     EmbeddingRequest,
@@ -222,17 +222,19 @@ def chat_messages(messages: list[dict[str, Any]], system_extra: list[str]) -> li
         if role == "developer":
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
-            raise t.invalid(f"unsupported message role: {role}")
-        for part in t.content_parts(message.get("content")):
+            raise translate.invalid(f"unsupported message role: {role}")
+        for part in translate.content_parts(message.get("content")):
             if part.get("type") not in ("text", "input_text"):
                 raise unsupported(f"the local model reads text only, not {part.get('type')}")
-        content = t.text_of(message.get("content"))
+        content = translate.text_of(message.get("content"))
         calls = message.get("tool_calls") or []
         if role == "assistant" and calls:
             payload = [
                 {
                     "name": (c.get("function") or {}).get("name", ""),
-                    "arguments": t.parse_arguments((c.get("function") or {}).get("arguments")),
+                    "arguments": translate.parse_arguments(
+                        (c.get("function") or {}).get("arguments")
+                    ),
                 }
                 for c in calls
             ]
@@ -336,7 +338,7 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
         arguments = item.get("arguments") or {}
         if not isinstance(arguments, dict):
             return None
-        calls.append(t.tool_call(t.tool_call_id(), item["name"], arguments))
+        calls.append(translate.tool_call(translate.tool_call_id(), item["name"], arguments))
     return calls or None
 
 
@@ -357,7 +359,7 @@ def _partial_call(text: str) -> list[dict[str, Any]] | None:
         name = json.loads(f'"{match.group(1)}"')
     except ValueError:
         return None
-    return [t.tool_call(t.tool_call_id(), name, match.group(2).rstrip())]
+    return [translate.tool_call(translate.tool_call_id(), name, match.group(2).rstrip())]
 
 
 @dataclass
@@ -441,9 +443,9 @@ class LocalProvider(Provider):
 
     def _plan(self, request: ChatRequest) -> _Plan:
         self._check_model(request.model, self.chat_model)
-        params = {**DEFAULT_PARAMS, **t.merged_params(self.config, request.params)}
+        params = {**DEFAULT_PARAMS, **translate.merged_params(self.config, request.params)}
         if int(params.get("n") or 1) != 1:
-            raise t.invalid("the local model returns one choice per request (n must be 1)")
+            raise translate.invalid("the local model returns one choice per request (n must be 1)")
         for param in UNSUPPORTED_PARAMS:
             if params.get(param) and not (param == "modalities" and params[param] == ["text"]):
                 raise unsupported(f"the local model does not support {param}")
@@ -453,7 +455,7 @@ class LocalProvider(Provider):
             "repeat_penalty": float(params.get("repeat_penalty") or self.repeat_penalty),
             "frequency_penalty": float(params.get("frequency_penalty") or 0.0),
             "presence_penalty": float(params.get("presence_penalty") or 0.0),
-            "stop": t.normalize_stop(params.get("stop")),
+            "stop": translate.normalize_stop(params.get("stop")),
         }
         if params.get("top_k") is not None:
             sampling["top_k"] = int(params["top_k"])
@@ -462,12 +464,12 @@ class LocalProvider(Provider):
         system_extra: list[str] = []
         schema: dict[str, Any] | None = None
         output = "text"
-        mode, name = t.tool_choice(params.get("tool_choice"))
-        tools = t.functions(params.get("tools"))
+        mode, name = translate.tool_choice(params.get("tool_choice"))
+        tools = translate.functions(params.get("tools"))
         if mode == "function":
             tools = [f for f in tools if f["name"] == name]
             if not tools:
-                raise t.invalid(f"tool_choice names an unknown function: {name}")
+                raise translate.invalid(f"tool_choice names an unknown function: {name}")
         if tools and mode != "none":
             system_extra.append(_tool_prompt(tools))
             if mode == "auto":
@@ -475,16 +477,16 @@ class LocalProvider(Provider):
             else:
                 output, schema = "tool_grammar", _tool_call_schema(tools)
         elif mode == "required":
-            raise t.invalid("tool_choice 'required' needs tools")
-        json_mode = t.json_mode(params)
+            raise translate.invalid("tool_choice 'required' needs tools")
+        json_mode = translate.json_mode(params)
         if json_mode and output != "tool_grammar":
-            system_extra.append(t.json_instruction(json_mode))
+            system_extra.append(translate.json_instruction(json_mode))
             schema = json_mode[1] or {}
             output = "text"
         return _Plan(
             messages=chat_messages(request.messages, system_extra),
             sampling=sampling,
-            max_tokens=t.max_tokens(params),
+            max_tokens=translate.max_tokens(params),
             schema=schema,
             output=output,
         )
@@ -598,11 +600,11 @@ class LocalProvider(Provider):
                 summary = value
         calls = self._tool_calls(plan, text)
         finish = "tool_calls" if calls and summary["finish"] == "stop" else summary["finish"]
-        return t.completion(
-            id=t.new_id("chatcmpl-"),
+        return translate.completion(
+            id=translate.new_id("chatcmpl-"),
             model=self.chat_model,
-            choices=[t.choice(0, "" if calls else text, calls or [], finish)],
-            usage=t.usage(summary["prompt"], summary["completion"]),
+            choices=[translate.choice(0, "" if calls else text, calls or [], finish)],
+            usage=translate.usage(summary["prompt"], summary["completion"]),
         )
 
     def _tool_calls(self, plan: _Plan, text: str) -> list[dict[str, Any]] | None:
@@ -611,17 +613,21 @@ class LocalProvider(Provider):
                 item = json.loads(text)
             except ValueError:
                 return _partial_call(text)
-            return [t.tool_call(t.tool_call_id(), item["name"], item.get("arguments") or {})]
+            return [
+                translate.tool_call(
+                    translate.tool_call_id(), item["name"], item.get("arguments") or {}
+                )
+            ]
         if plan.output == "tool_auto":
             return parse_tool_calls(text)
         return None
 
     def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
-        return t.role_with_first_content(self._chunks(request))
+        return translate.role_with_first_content(self._chunks(request))
 
     async def _chunks(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         plan = self._plan(request)
-        maker = t.ChunkMaker(t.new_id("chatcmpl-"), self.chat_model)
+        maker = translate.ChunkMaker(translate.new_id("chatcmpl-"), self.chat_model)
         yield maker.role()
         held = ""  # output that may turn out to be a tool call is held back
         hold = plan.output != "text"
@@ -651,7 +657,7 @@ class LocalProvider(Provider):
             else:
                 yield maker.text(held)
         yield maker.finish(finish)
-        yield maker.usage(t.usage(summary["prompt"], summary["completion"]))
+        yield maker.usage(translate.usage(summary["prompt"], summary["completion"]))
 
     # -- embeddings -------------------------------------------------------------------------
 
@@ -685,7 +691,7 @@ class LocalProvider(Provider):
             raise unsupported(f"{self.embedding_model} has {EMBEDDING_DIMENSIONS} dimensions")
         encoding = request.params.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
-            raise t.invalid(f"unknown encoding_format: {encoding}")
+            raise translate.invalid(f"unknown encoding_format: {encoding}")
         texts = [str(x) for x in request.input]
         runtime = self._embedder()
         vectors, tokens = await runtime.submit(self.max_queue, self._embed_batch, texts)

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from services.llm.providers import _http as h
-from services.llm.providers import _translate as t
+from services.llm.providers import _http as vendor_http
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ModelInfo, Provider
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -29,21 +29,21 @@ def _error_message(body: bytes) -> str | None:
 
 def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI messages → Ollama messages (images as bare base64, arguments as objects)."""
-    names = t.tool_names_by_id(messages)
+    names = translate.tool_names_by_id(messages)
     out: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
         if role == "developer":
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
-            raise t.invalid(f"unsupported message role: {role}")
-        item: dict[str, Any] = {"role": role, "content": t.text_of(message.get("content"))}
+            raise translate.invalid(f"unsupported message role: {role}")
+        item: dict[str, Any] = {"role": role, "content": translate.text_of(message.get("content"))}
         images = []
-        for part in t.content_parts(message.get("content")):
+        for part in translate.content_parts(message.get("content")):
             if part.get("type") == "image_url":
-                data = t.parse_data_url(t.image_url(part))
+                data = translate.parse_data_url(translate.image_url(part))
                 if data is None:
-                    raise t.invalid("ollama accepts images only as base64 data URLs")
+                    raise translate.invalid("ollama accepts images only as base64 data URLs")
                 images.append(data[1])
         if images:
             item["images"] = images
@@ -52,7 +52,7 @@ def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "function": {
                         "name": (call.get("function") or {}).get("name", ""),
-                        "arguments": t.parse_arguments(
+                        "arguments": translate.parse_arguments(
                             (call.get("function") or {}).get("arguments")
                         ),
                     }
@@ -69,9 +69,9 @@ def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     """The Ollama ``/api/chat`` body for an OpenAI-format request."""
-    params = t.merged_params(config, request.params)
+    params = translate.merged_params(config, request.params)
     if int(params.get("n") or 1) != 1:
-        raise t.invalid("ollama returns one choice per request (n must be 1)")
+        raise translate.invalid("ollama returns one choice per request (n must be 1)")
     body: dict[str, Any] = {
         "model": request.model,
         "messages": translate_messages(request.messages),
@@ -88,19 +88,19 @@ def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) ->
     ):
         if params.get(src) is not None:
             options[dst] = params[src]
-    limit = t.max_tokens(params)
+    limit = translate.max_tokens(params)
     if limit:
         options["num_predict"] = limit
-    stop = t.normalize_stop(params.get("stop"))
+    stop = translate.normalize_stop(params.get("stop"))
     if stop:
         options["stop"] = stop
     if options:
         body["options"] = options
-    json_mode = t.json_mode(params)
+    json_mode = translate.json_mode(params)
     if json_mode:
         body["format"] = json_mode[1] if json_mode[1] is not None else "json"
-    mode, name = t.tool_choice(params.get("tool_choice"))
-    tools = t.functions(params.get("tools"))
+    mode, name = translate.tool_choice(params.get("tool_choice"))
+    tools = translate.functions(params.get("tools"))
     if mode == "function":
         tools = [f for f in tools if f["name"] == name]
     if tools and mode != "none":
@@ -112,8 +112,8 @@ def build_body(request: ChatRequest, config: dict[str, Any], *, stream: bool) ->
 
 def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        t.tool_call(
-            call.get("id") or t.tool_call_id(),
+        translate.tool_call(
+            call.get("id") or translate.tool_call_id(),
             call["function"]["name"],
             call["function"].get("arguments"),
         )
@@ -127,54 +127,60 @@ class OllamaProvider(Provider):
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
         headers = {"content-type": "application/json"}
-        key = h.api_key(config)
+        key = vendor_http.api_key(config)
         if key:
             headers["authorization"] = f"Bearer {key}"
-        self.client = h.make_client(config, default_base_url=DEFAULT_BASE_URL, headers=headers)
+        self.client = vendor_http.make_client(
+            config, default_base_url=DEFAULT_BASE_URL, headers=headers
+        )
 
     def _request(self, method: str, url: str, **kw: Any) -> httpx.Request:
         return self.client.build_request(method, url, **kw)
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         body = build_body(request, self.config, stream=False)
-        data = await h.send_json(
+        data = await vendor_http.send_json(
             self.client, self.name, self._request("POST", "/api/chat", json=body), _error_message
         )
         if "error" in data:
-            raise h.error_for_status(self.name, 500, str(data["error"]))
+            raise vendor_http.error_for_status(self.name, 500, str(data["error"]))
         try:
             message = data["message"]
             calls = _tool_calls(message)
-            finish = t.finish_reason(t.OLLAMA_FINISH, data.get("done_reason"), bool(calls))
-            return t.completion(
-                id=t.new_id("chatcmpl-"),
+            finish = translate.finish_reason(
+                translate.OLLAMA_FINISH, data.get("done_reason"), bool(calls)
+            )
+            return translate.completion(
+                id=translate.new_id("chatcmpl-"),
                 model=str(data.get("model") or request.model),
-                choices=[t.choice(0, message.get("content") or "", calls, finish)],
-                usage=t.usage(data.get("prompt_eval_count"), data.get("eval_count")),
+                choices=[translate.choice(0, message.get("content") or "", calls, finish)],
+                usage=translate.usage(data.get("prompt_eval_count"), data.get("eval_count")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
-            raise h.malformed(self.name, f"unexpected response shape: {exc!r}") from None
+            raise vendor_http.malformed(self.name, f"unexpected response shape: {exc!r}") from None
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = build_body(request, self.config, stream=True)
-        response = await h.send(
+        response = await vendor_http.send(
             self.client, self.name, self._request("POST", "/api/chat", json=body), _error_message
         )
         try:
-            async for chunk in t.role_with_first_content(self._chunks(response, request.model)):
+            async for chunk in translate.role_with_first_content(
+                self._chunks(response, request.model)
+            ):
                 yield chunk
         finally:
             await response.aclose()
 
     async def _chunks(self, response: httpx.Response, model: str) -> AsyncIterator[dict[str, Any]]:
-        maker = t.ChunkMaker(t.new_id("chatcmpl-"), model)
+        maker = translate.ChunkMaker(translate.new_id("chatcmpl-"), model)
         tools = 0
         started = False
-        lines = h.iter_ndjson(self.name, response)
+        lines = vendor_http.iter_ndjson(self.name, response)
         async for data in lines:
             if "error" in data:
                 # an error after the 200 header arrives as a last {"error": ...} line
-                raise h.error_for_status(self.name, 500, str(data["error"]))
+                raise vendor_http.error_for_status(self.name, 500, str(data["error"]))
             try:
                 if not started:
                     started = True
@@ -189,27 +195,31 @@ class OllamaProvider(Provider):
                     )
                     tools += 1
                 if data.get("done"):
-                    finish = t.finish_reason(t.OLLAMA_FINISH, data.get("done_reason"), bool(tools))
+                    finish = translate.finish_reason(
+                        translate.OLLAMA_FINISH, data.get("done_reason"), bool(tools)
+                    )
                     yield maker.finish(finish)
-                    tokens = t.usage(data.get("prompt_eval_count"), data.get("eval_count"))
+                    tokens = translate.usage(data.get("prompt_eval_count"), data.get("eval_count"))
                     yield maker.usage(tokens)
-                    await h.drain(lines)
+                    await vendor_http.drain(lines)
                     return
             except (KeyError, TypeError, AttributeError) as exc:
-                raise h.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None
-        raise h.broken_stream(self.name, "no done line")
+                raise vendor_http.malformed(self.name, f"unexpected chunk shape: {exc!r}") from None
+        raise vendor_http.broken_stream(self.name, "no done line")
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"model": request.model, "input": list(request.input)}
         if request.params.get("dimensions"):
             body["dimensions"] = int(request.params["dimensions"])
-        data = await h.send_json(
+        data = await vendor_http.send_json(
             self.client, self.name, self._request("POST", "/api/embed", json=body), _error_message
         )
         try:
             vectors = list(data["embeddings"])
         except (KeyError, TypeError) as exc:
-            raise h.malformed(self.name, f"unexpected embeddings shape: {exc!r}") from None
+            raise vendor_http.malformed(
+                self.name, f"unexpected embeddings shape: {exc!r}"
+            ) from None
         tokens = int(data.get("prompt_eval_count") or 0)
         return {
             "object": "list",
@@ -221,7 +231,7 @@ class OllamaProvider(Provider):
         }
 
     async def list_models(self) -> list[ModelInfo]:
-        data = await h.send_json(
+        data = await vendor_http.send_json(
             self.client, self.name, self._request("GET", "/api/tags"), _error_message
         )
         return [

@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import orjson
 
-from services.llm.providers import _http as h
-from services.llm.providers import _translate as t
+from services.llm.providers import _http as vendor_http
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import (
     ChatRequest,
     EmbeddingRequest,
@@ -70,7 +70,7 @@ class OpenAIProvider(Provider):
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         super().__init__(name, config)
-        self.client = h.make_client(
+        self.client = vendor_http.make_client(
             config, default_base_url=self._base_url(), headers=self._headers()
         )
         self.stream_usage = bool(config.get("stream_usage", True))
@@ -84,7 +84,7 @@ class OpenAIProvider(Provider):
 
     def _headers(self) -> dict[str, str]:
         headers = dict(JSON_HEADERS)
-        key = h.api_key({"api_key_env": self.default_key_env, **self.config})
+        key = vendor_http.api_key({"api_key_env": self.default_key_env, **self.config})
         if key:
             headers["authorization"] = f"Bearer {key}"
         if self.config.get("organization"):
@@ -116,7 +116,7 @@ class OpenAIProvider(Provider):
         return self.client.post_request(url, orjson.dumps(body), {"timeout": self._timeout})
 
     def _chat_body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        body = t.merged_params(self.config, request.params)
+        body = translate.merged_params(self.config, request.params)
         body.pop("stream", None)
         body["model"] = request.model
         body["messages"] = request.messages
@@ -132,7 +132,7 @@ class OpenAIProvider(Provider):
 
     async def chat(self, request: ChatRequest) -> dict[str, Any]:
         body = self._chat_body(request, stream=False)
-        data = await h.send_json(
+        data = await vendor_http.send_json(
             self.client,
             self.name,
             self._post("chat/completions", request.model, body),
@@ -141,14 +141,14 @@ class OpenAIProvider(Provider):
         self._raise_embedded_error(data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-            raise h.malformed(self.name, "chat completion without a choices list")
+            raise vendor_http.malformed(self.name, "chat completion without a choices list")
         if not isinstance(data.get("usage"), dict):
-            data["usage"] = t.usage(0, 0)
+            data["usage"] = translate.usage(0, 0)
         return data
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[dict[str, Any]]:
         body = self._chat_body(request, stream=True)
-        response = await h.send(
+        response = await vendor_http.send(
             self.client,
             self.name,
             self._post("chat/completions", request.model, body),
@@ -166,24 +166,24 @@ class OpenAIProvider(Provider):
         last: dict[str, Any] | None = None
         usage_seen = False
         text_chars = 0
-        events = h.iter_sse(self.name, response)
+        events = vendor_http.iter_sse(self.name, response)
         async for event in events:
             data = event.data
             if data == "[DONE]":
                 if not usage_seen:
                     yield self._estimated_usage(last, request, text_chars)
-                await h.drain(events)
+                await vendor_http.drain(events)
                 return
             if event.event == "error":
                 raise self._stream_error(data)
-            chunk = h.loads_object(self.name, data)
+            chunk = vendor_http.loads_object(self.name, data)
             self._raise_embedded_error(chunk)
             choices = chunk.get("choices")
             if not isinstance(choices, list):
-                raise h.malformed(self.name, "stream chunk without a choices list")
+                raise vendor_http.malformed(self.name, "stream chunk without a choices list")
             for choice in choices:
                 if not isinstance(choice, dict):
-                    raise h.malformed(self.name, "stream choice is not an object")
+                    raise vendor_http.malformed(self.name, "stream choice is not an object")
                 content = (choice.get("delta") or {}).get("content")
                 if isinstance(content, str):
                     text_chars += len(content)
@@ -192,18 +192,20 @@ class OpenAIProvider(Provider):
                 usage_seen = True
             last = chunk
             yield chunk
-        raise h.broken_stream(self.name, "no [DONE] event")
+        raise vendor_http.broken_stream(self.name, "no [DONE] event")
 
     def _estimated_usage(
         self, last: dict[str, Any] | None, request: ChatRequest, text_chars: int
     ) -> dict[str, Any]:
-        maker = t.ChunkMaker(
-            str((last or {}).get("id") or t.new_id("chatcmpl-")),
+        maker = translate.ChunkMaker(
+            str((last or {}).get("id") or translate.new_id("chatcmpl-")),
             str((last or {}).get("model") or request.model),
         )
-        prompt = sum(_estimate_tokens(t.text_of(m.get("content"))) for m in request.messages)
+        prompt = sum(
+            _estimate_tokens(translate.text_of(m.get("content"))) for m in request.messages
+        )
         completion = (text_chars + 3) // 4
-        chunk = maker.usage(t.usage(prompt, completion))
+        chunk = maker.usage(translate.usage(prompt, completion))
         # a marker so usage accounting can tell a guess from the upstream's count
         chunk["usage"]["estimated"] = True
         return chunk
@@ -213,7 +215,7 @@ class OpenAIProvider(Provider):
             message = error_message(data.encode()) or data
         except ValueError:
             message = data
-        return h.error_for_status(self.name, 500, message[:500])
+        return vendor_http.error_for_status(self.name, 500, message[:500])
 
     def _raise_embedded_error(self, data: dict[str, Any]) -> None:
         """OpenAI-compatible servers report some failures as a 200 body/chunk with ``error``."""
@@ -228,7 +230,7 @@ class OpenAIProvider(Provider):
             code = error.get("code")
             if isinstance(code, int) and 400 <= code < 600:
                 status = code
-        raise h.error_for_status(self.name, status, message[:500])
+        raise vendor_http.error_for_status(self.name, status, message[:500])
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -237,12 +239,12 @@ class OpenAIProvider(Provider):
             "model": request.model,
             "input": list(request.input),
         }
-        data = await h.send_json(
+        data = await vendor_http.send_json(
             self.client, self.name, self._post("embeddings", request.model, body), error_message
         )
         self._raise_embedded_error(data)
         if not isinstance(data.get("data"), list):
-            raise h.malformed(self.name, "embeddings response without a data list")
+            raise vendor_http.malformed(self.name, "embeddings response without a data list")
         if not isinstance(data.get("usage"), dict):
             data["usage"] = {"prompt_tokens": 0, "total_tokens": 0}
         return data
@@ -254,14 +256,16 @@ class OpenAIProvider(Provider):
         request = self.client.build_request(
             "GET", self._url("models", None), params=self._params() or None
         )
-        data = await h.send_json(self.client, self.name, request, error_message)
+        data = await vendor_http.send_json(self.client, self.name, request, error_message)
         try:
             return [
                 ModelInfo(id=str(m["id"]), owned_by=str(m.get("owned_by") or self.owned_by))
                 for m in data["data"]
             ]
         except (KeyError, TypeError) as exc:
-            raise h.malformed(self.name, f"unexpected model list shape: {exc!r}") from None
+            raise vendor_http.malformed(
+                self.name, f"unexpected model list shape: {exc!r}"
+            ) from None
 
     def _static_models(self) -> list[ModelInfo] | None:
         models = self.config.get("models")

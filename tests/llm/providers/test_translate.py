@@ -12,36 +12,36 @@ from typing import Any
 import httpx
 import pytest
 
-from services.llm.providers import _http as h
-from services.llm.providers import _translate as t
+from services.llm.providers import _http as vendor_http
+from services.llm.providers import _translate as translate
 from services.llm.providers.base import ProviderError
 
 
 @pytest.mark.parametrize(
     ("table", "reason", "has_tools", "expected"),
     [
-        (t.ANTHROPIC_FINISH, "end_turn", False, "stop"),
-        (t.ANTHROPIC_FINISH, "stop_sequence", False, "stop"),
-        (t.ANTHROPIC_FINISH, "max_tokens", False, "length"),
-        (t.ANTHROPIC_FINISH, "tool_use", True, "tool_calls"),
-        (t.ANTHROPIC_FINISH, "refusal", False, "content_filter"),
-        (t.ANTHROPIC_FINISH, "max_tokens", True, "length"),
-        (t.GEMINI_FINISH, "STOP", False, "stop"),
-        (t.GEMINI_FINISH, "STOP", True, "tool_calls"),
-        (t.GEMINI_FINISH, "MAX_TOKENS", False, "length"),
-        (t.GEMINI_FINISH, "SAFETY", False, "content_filter"),
-        (t.GEMINI_FINISH, "RECITATION", False, "content_filter"),
-        (t.GEMINI_FINISH, "SOMETHING_NEW", False, "stop"),
-        (t.OLLAMA_FINISH, "stop", False, "stop"),
-        (t.OLLAMA_FINISH, "stop", True, "tool_calls"),
-        (t.OLLAMA_FINISH, "length", False, "length"),
-        (t.OLLAMA_FINISH, None, False, "stop"),
+        (translate.ANTHROPIC_FINISH, "end_turn", False, "stop"),
+        (translate.ANTHROPIC_FINISH, "stop_sequence", False, "stop"),
+        (translate.ANTHROPIC_FINISH, "max_tokens", False, "length"),
+        (translate.ANTHROPIC_FINISH, "tool_use", True, "tool_calls"),
+        (translate.ANTHROPIC_FINISH, "refusal", False, "content_filter"),
+        (translate.ANTHROPIC_FINISH, "max_tokens", True, "length"),
+        (translate.GEMINI_FINISH, "STOP", False, "stop"),
+        (translate.GEMINI_FINISH, "STOP", True, "tool_calls"),
+        (translate.GEMINI_FINISH, "MAX_TOKENS", False, "length"),
+        (translate.GEMINI_FINISH, "SAFETY", False, "content_filter"),
+        (translate.GEMINI_FINISH, "RECITATION", False, "content_filter"),
+        (translate.GEMINI_FINISH, "SOMETHING_NEW", False, "stop"),
+        (translate.OLLAMA_FINISH, "stop", False, "stop"),
+        (translate.OLLAMA_FINISH, "stop", True, "tool_calls"),
+        (translate.OLLAMA_FINISH, "length", False, "length"),
+        (translate.OLLAMA_FINISH, None, False, "stop"),
     ],
 )
 def test_finish_reason_table(
     table: dict[str, str], reason: str | None, has_tools: bool, expected: str
 ) -> None:
-    assert t.finish_reason(table, reason, has_tools) == expected
+    assert translate.finish_reason(table, reason, has_tools) == expected
 
 
 @pytest.mark.parametrize(
@@ -55,31 +55,31 @@ def test_finish_reason_table(
     ],
 )
 def test_tool_choice(value: Any, expected: tuple[str, str | None]) -> None:
-    assert t.tool_choice(value) == expected
+    assert translate.tool_choice(value) == expected
 
 
 def test_tool_choice_rejects_unknown() -> None:
     with pytest.raises(ProviderError) as info:
-        t.tool_choice("sometimes")
+        translate.tool_choice("sometimes")
     assert info.value.status == 400
 
 
 def test_stop_and_arguments() -> None:
-    assert t.normalize_stop(None) == []
-    assert t.normalize_stop("x") == ["x"]
-    assert t.normalize_stop(["a", "b"]) == ["a", "b"]
-    assert t.parse_arguments('{"a": 1}') == {"a": 1}
-    assert t.parse_arguments("") == {}
-    assert json.loads(t.dump_arguments({"city": "Zürich"})) == {"city": "Zürich"}
+    assert translate.normalize_stop(None) == []
+    assert translate.normalize_stop("x") == ["x"]
+    assert translate.normalize_stop(["a", "b"]) == ["a", "b"]
+    assert translate.parse_arguments('{"a": 1}') == {"a": 1}
+    assert translate.parse_arguments("") == {}
+    assert json.loads(translate.dump_arguments({"city": "Zürich"})) == {"city": "Zürich"}
     with pytest.raises(ProviderError):
-        t.parse_arguments("[1, 2]")
+        translate.parse_arguments("[1, 2]")
     with pytest.raises(ProviderError):
-        t.parse_arguments("{not json")
+        translate.parse_arguments("{not json")
 
 
 def test_non_function_tools_are_rejected() -> None:
     with pytest.raises(ProviderError):
-        t.functions([{"type": "code_interpreter"}])
+        translate.functions([{"type": "code_interpreter"}])
 
 
 SSE_STREAM = (
@@ -105,7 +105,7 @@ EXPECTED = [
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 1000])
 def test_sse_parser_any_split(size: int) -> None:
-    parser = h.SSEParser()
+    parser = vendor_http.SSEParser()
     events = []
     for i in range(0, len(SSE_STREAM), size):
         events += parser.feed(SSE_STREAM[i : i + size])
@@ -115,7 +115,7 @@ def test_sse_parser_any_split(size: int) -> None:
 
 def test_sse_parser_every_two_way_split() -> None:
     for cut in range(len(SSE_STREAM)):
-        parser = h.SSEParser()
+        parser = vendor_http.SSEParser()
         events = parser.feed(SSE_STREAM[:cut]) + parser.feed(SSE_STREAM[cut:])
         assert [(e.event, e.data) for e in events] == EXPECTED, cut
 
@@ -133,29 +133,29 @@ def _response(chunks: list[bytes]) -> httpx.Response:
 async def test_ndjson_any_split(size: int) -> None:
     payload = '{"a": "Zürich"}\n\n{"b": 2}\r\n{"c": 3}'.encode()
     chunks = [payload[i : i + size] for i in range(0, len(payload), size)]
-    out = [x async for x in h.iter_ndjson("p", _response(chunks))]
+    out = [x async for x in vendor_http.iter_ndjson("p", _response(chunks))]
     assert out == [{"a": "Zürich"}, {"b": 2}, {"c": 3}]
 
 
 async def test_ndjson_truncated_last_line_is_a_broken_stream() -> None:
     with pytest.raises(ProviderError) as info:
-        _ = [x async for x in h.iter_ndjson("p", _response([b'{"a": 1}\n{"b": ']))]
+        _ = [x async for x in vendor_http.iter_ndjson("p", _response([b'{"a": 1}\n{"b": ']))]
     assert info.value.code == "upstream_stream_broken"
 
 
 async def test_ndjson_bad_line_is_malformed() -> None:
     with pytest.raises(ProviderError) as info:
-        _ = [x async for x in h.iter_ndjson("p", _response([b"nope\n", b'{"a": 1}\n']))]
+        _ = [x async for x in vendor_http.iter_ndjson("p", _response([b"nope\n", b'{"a": 1}\n']))]
     assert info.value.code == "upstream_bad_response"
 
 
 def test_retry_after_forms() -> None:
-    assert h.parse_retry_after(httpx.Headers({"retry-after": "12"})) == 12.0
-    assert h.parse_retry_after(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
-    assert h.parse_retry_after(httpx.Headers({})) is None
-    assert h.parse_retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert vendor_http.parse_retry_after(httpx.Headers({"retry-after": "12"})) == 12.0
+    assert vendor_http.parse_retry_after(httpx.Headers({"retry-after-ms": "1500"})) == 1.5
+    assert vendor_http.parse_retry_after(httpx.Headers({})) is None
+    assert vendor_http.parse_retry_after(httpx.Headers({"retry-after": "soon"})) is None
     later = email.utils.formatdate(time.time() + 60, usegmt=True)
-    delay = h.parse_retry_after(httpx.Headers({"retry-after": later}))
+    delay = vendor_http.parse_retry_after(httpx.Headers({"retry-after": later}))
     assert delay is not None and 0 < delay <= 60
 
 
@@ -175,7 +175,7 @@ def test_retry_after_forms() -> None:
     ],
 )
 def test_status_classification(status: int, out_status: int, retryable: bool, code: str) -> None:
-    err = h.error_for_status("p", status, "m", retry_after=1.0)
+    err = vendor_http.error_for_status("p", status, "m", retry_after=1.0)
     assert (err.status, err.retryable, err.code, err.provider) == (
         out_status,
         retryable,
@@ -186,17 +186,17 @@ def test_status_classification(status: int, out_status: int, retryable: bool, co
 
 def test_transport_errors() -> None:
     req = httpx.Request("GET", "http://x")
-    timeout = h.transport_error("p", httpx.ReadTimeout("slow", request=req))
+    timeout = vendor_http.transport_error("p", httpx.ReadTimeout("slow", request=req))
     assert (timeout.status, timeout.retryable, timeout.code) == (504, True, "upstream_timeout")
-    refused = h.transport_error("p", httpx.ConnectError("refused", request=req))
+    refused = vendor_http.transport_error("p", httpx.ConnectError("refused", request=req))
     assert (refused.status, refused.retryable) == (502, True)
 
 
 def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_VENDOR_KEY", "secret")
-    assert h.api_key({"api_key_env": "MY_VENDOR_KEY"}) == "secret"
-    assert h.api_key({"api_key": "direct", "api_key_env": "MY_VENDOR_KEY"}) == "direct"
-    assert h.api_key({}) is None
+    assert vendor_http.api_key({"api_key_env": "MY_VENDOR_KEY"}) == "secret"
+    assert vendor_http.api_key({"api_key": "direct", "api_key_env": "MY_VENDOR_KEY"}) == "direct"
+    assert vendor_http.api_key({}) is None
 
 
 async def opened(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -204,7 +204,7 @@ async def opened(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for chunk in chunks:
             yield chunk
 
-    return [c async for c in t.role_with_first_content(source())]
+    return [c async for c in translate.role_with_first_content(source())]
 
 
 def deltas(chunks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any], str | None]]:
@@ -217,14 +217,14 @@ def deltas(chunks: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any], str 
 
 
 async def test_a_tool_call_carries_the_role_with_content_null() -> None:
-    m = t.ChunkMaker("chatcmpl-1", "m")
+    m = translate.ChunkMaker("chatcmpl-1", "m")
     out = await opened(
         [
             m.role(),
             m.tool_start(0, "call_1", "get_weather"),
             m.tool_arguments(0, '{"city": "Paris"}'),
             m.finish("tool_calls"),
-            m.usage(t.usage(3, 4)),
+            m.usage(translate.usage(3, 4)),
         ]
     )
     start = {"index": 0, "id": "call_1", "type": "function"}
@@ -246,7 +246,7 @@ async def test_a_tool_call_carries_the_role_with_content_null() -> None:
 
 
 async def test_text_and_empty_answers_keep_the_role_chunk_per_choice() -> None:
-    m = t.ChunkMaker("chatcmpl-1", "m")
+    m = translate.ChunkMaker("chatcmpl-1", "m")
     role = {"role": "assistant", "content": ""}
     out = await opened(
         [
@@ -259,7 +259,7 @@ async def test_text_and_empty_answers_keep_the_role_chunk_per_choice() -> None:
             m.finish("stop", 2),  # choice 2 answered nothing
             m.finish("stop", 0),
             m.finish("tool_calls", 1),
-            m.usage(t.usage(1, 2)),
+            m.usage(translate.usage(1, 2)),
         ]
     )
     call = {
@@ -285,7 +285,7 @@ async def test_a_dropped_stream_closes_its_source_at_once() -> None:
     closed: list[bool] = []
 
     async def source() -> AsyncIterator[dict[str, Any]]:
-        m = t.ChunkMaker("chatcmpl-1", "m")
+        m = translate.ChunkMaker("chatcmpl-1", "m")
         try:
             yield m.role()
             yield m.text("a")
@@ -293,7 +293,7 @@ async def test_a_dropped_stream_closes_its_source_at_once() -> None:
         finally:
             closed.append(True)
 
-    stream = t.role_with_first_content(source())
+    stream = translate.role_with_first_content(source())
     assert "role" in (await anext(stream))["choices"][0]["delta"]
     await stream.aclose()  # type: ignore[attr-defined]
     assert closed == [True]

@@ -42,12 +42,12 @@ async def database_down(app: FastAPI) -> AsyncIterator[AsyncEngine]:
 async def redis_down(app: FastAPI) -> AsyncIterator[Redis]:
     """Point the running app's Redis client at a port that refuses connections."""
     dead = Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0")
-    saved = app.state.redis
-    app.state.redis = dead
+    state = AppState.of_app(app)
+    saved, state.redis = state.redis, dead
     try:
         yield dead
     finally:
-        app.state.redis = saved
+        state.redis = saved
         await dead.aclose()
 
 
@@ -69,10 +69,10 @@ async def redis_hung(app: FastAPI) -> AsyncIterator[Redis]:
         server.bind(("127.0.0.1", 0))
         server.listen(64)  # the kernel completes handshakes; nothing ever reads or replies
         hung = make_redis(f"redis://127.0.0.1:{server.getsockname()[1]}/0")
-        saved = app.state.redis
-        app.state.redis = hung
+        state = AppState.of_app(app)
+        saved, state.redis = state.redis, hung
         try:
             yield hung
         finally:
-            app.state.redis = saved
+            state.redis = saved
             await hung.aclose()

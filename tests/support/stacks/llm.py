@@ -30,8 +30,9 @@ from libs.queue import as_arq, queue_name
 from libs.testing import Infra, auth_headers, principal, running
 from libs.usage import BILLING_SERVICE, RECORD_USAGE
 from services.llm.app import build_app as build_llm
-from services.llm.service import LlmService
+from services.llm.chat.service import ChatService
 from services.llm.settings import LlmSettings
+from services.llm.state import LlmState
 from tests.support.fakes import openai_fake
 from tests.support.fakes.auth_fake import FakeAuth
 from tests.support.fakes.vendor_common import Behavior
@@ -182,8 +183,8 @@ class Env:
     redis: Redis
 
     @property
-    def service(self) -> LlmService:
-        service: LlmService = self.app.state.llm
+    def service(self) -> ChatService:
+        service = LlmState.of_app(self.app).llm
         return service
 
     def sdk(self, p: Principal, **kw: Any) -> openai.AsyncOpenAI:

@@ -12,7 +12,7 @@ from openai.types.chat import (
 )
 
 from tests.support.fakes import anthropic_fake, gemini_fake, ollama_fake, openai_fake
-from tests.support.fakes.vendor_common import ToolCall
+from tests.support.fakes.vendor_common import Behavior, ToolCall
 from tests.support.stacks.llm import Upstream
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
@@ -167,3 +167,34 @@ def vendor_routing(up: dict[str, Upstream]) -> dict[str, Any]:
         },
         "models": models,
     }
+
+
+@dataclass
+class Case:
+    """A vendor under test: its routing entry and its fake."""
+
+    vendor: Vendor
+    upstream: Upstream
+
+    @property
+    def behavior(self) -> Behavior:
+        return self.upstream.behavior
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.behavior.requests if self.vendor.chat_path in r["path"]]
+
+
+def stream_payload(case: Case) -> bytes:
+    """The bytes the vendor's fake streams for its current behaviour."""
+    b = case.behavior
+    match case.vendor.provider:
+        case "azure":
+            return openai_fake.sse(
+                openai_fake.chunks(b, openai_fake.MODEL, include_usage=True, azure=True), b
+            )
+        case "anthropic":
+            return anthropic_fake.sse(anthropic_fake.events(b, case.vendor.model), b)
+        case "gemini":
+            return gemini_fake.sse(gemini_fake.chunks(b), b)
+        case _:
+            return ollama_fake.ndjson(ollama_fake.lines(b, case.vendor.model), b)

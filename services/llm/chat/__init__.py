@@ -1,0 +1,1 @@
+"""Chat completions, embeddings and models: the OpenAI-compatible calls over routed providers."""

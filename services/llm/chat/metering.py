@@ -1,0 +1,263 @@
+"""Metering a call: its reservation against the caller's tokens-per-minute limits, and the one
+usage event it emits whatever happened (answered, cached, failed, or cut short by the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from libs.db import SessionFactory
+from libs.errors import RateLimited
+from libs.identity import Principal
+from libs.ratelimit import LocalLimiter, hit_many, refund_many
+from libs.redis import RedisGuard, RedisUnavailable
+from libs.usage import UsageEvent, UsageOutbox, UsageSender
+from services.llm.chat.metrics import REQUESTS, TOKENS
+from services.llm.routing.config import Alias, Price, Target
+from services.llm.settings import LlmSettings
+
+log = logging.getLogger("aistack.llm")
+
+PUBLISH_CONCURRENCY = 8
+USAGE_BATCH = 200
+
+UsagePublisher = Callable[[UsageEvent], Awaitable[None]]
+Spawn = Callable[[Awaitable[None]], None]
+
+
+@dataclass
+class MeteredCall:
+    """One call being metered: who made it, for which alias, its id and clock, and what it
+    reserved of the caller's TPM limits (settled by its usage event)."""
+
+    principal: Principal
+    org_id: uuid.UUID
+    alias: Alias
+    kind: Literal["chat", "embedding"]
+    id: str
+    started: float = field(default_factory=time.perf_counter)
+    created: int = field(default_factory=lambda: int(time.time()))
+    # TPM limits counted for this call and how many tokens were reserved on them
+    tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
+    tpm_reserved: int = 0
+    prompt_version: uuid.UUID | None = None
+
+
+class Metering:
+    """TPM reservations and refunds, and usage events: sent to an injected publisher one by one
+    (tests), else batched by :class:`libs.usage.UsageSender`, never dropped while Redis is down.
+    Work off the response path goes through ``spawn`` (the service's background tasks)."""
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        redis: Redis,
+        guard: RedisGuard,
+        spawn: Spawn,
+        sessions: Callable[[], SessionFactory | None],
+        publisher: UsagePublisher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.guard = guard
+        self.spawn = spawn
+        self._local_tpm = LocalLimiter()
+        self._tpm_logged_at = float("-inf")
+        self.publisher = publisher
+        self.usage = UsageSender(
+            "llm",
+            lambda: self.redis,
+            outbox=UsageOutbox("llm", sessions),
+            max_pending=settings.usage_max_pending,
+            batch=USAGE_BATCH,
+        )
+        # usage events are queued by at most this many tasks at once: under load, one task
+        # per event exhausted the Redis pool ("Too many connections") and events waited on
+        # retries (see emit)
+        self._publish_slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+        # TPM tokens to give back, per organization (its keys share a hash slot) and limit;
+        # sent by one flush task at a time, so refunds coalesce under load (see _refund)
+        self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
+        self._refunding = False
+
+    # ------------------------------------------------------------------ tokens per minute
+
+    async def reserve(self, call: MeteredCall, needed: int) -> None:
+        """Count the estimated tokens against the key's and the org's TPM limits."""
+        principal, org_id = call.principal, call.org_id
+        limits: list[tuple[str, int, float]] = []
+        if principal.key_id is not None and principal.tpm_limit:
+            limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))
+        if self.settings.org_tpm_limit > 0:
+            limits.append((f"llm:tpm:{{{org_id}}}:org", self.settings.org_tpm_limit, 60))
+        if not limits:
+            return
+        try:
+            decisions = await self.guard.run(
+                "llm_tpm", hit_many(self.redis, limits, max(needed, 1))
+            )
+        except Exception as exc:
+            # Redis down or hung must not take the LLM API down with it: fail open, to the
+            # same limits counted in this process alone (no later refund or top-up: those go
+            # to Redis), loudly but once per interval
+            now = time.monotonic()
+            if now - self._tpm_logged_at >= 10:
+                self._tpm_logged_at = now
+                log.warning("TPM limits counted per process (Redis: %s)", exc)
+            decisions = self._local_tpm.hit_many(limits, max(needed, 1))
+        else:
+            if decisions.allowed:
+                call.tpm_limits, call.tpm_reserved = limits, max(needed, 1)
+        if not decisions.allowed:
+            decision = decisions.strictest()
+            too_big = needed > decision.limit
+            raise RateLimited(
+                (
+                    f"This request needs about {needed} tokens, more than the limit of "
+                    f"{decision.limit} tokens per minute"
+                )
+                if too_big
+                else f"Tokens-per-minute limit of {decision.limit} reached; retry later",
+                code="tokens_per_minute_exceeded",
+                headers=decision.headers(),
+                details={"limit": decision.limit, "estimated_tokens": needed},
+            )
+
+    def refund_all(self, call: MeteredCall) -> None:
+        """The call ended before the provider used anything (cancelled): free its reservation."""
+        self._refund(call, call.tpm_reserved)
+
+    def _refund(self, call: MeteredCall, n: int) -> None:
+        """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""
+        if n <= 0 or not call.tpm_limits:
+            return
+        pending = self._refunds.setdefault(call.org_id, {})
+        for limit in call.tpm_limits:
+            pending[limit] = pending.get(limit, 0) + n
+        call.tpm_limits = []
+        if not self._refunding:
+            self._refunding = True
+            self.spawn(self._flush_refunds())
+
+    async def _flush_refunds(self) -> None:
+        """Send waiting refunds, one script call per organization, until none is left."""
+        try:
+            while self._refunds:
+                batch, self._refunds = self._refunds, {}
+                for pending in batch.values():
+                    limits = list(pending)
+                    try:
+                        refund = refund_many(self.redis, limits, [pending[k] for k in limits])
+                        await self.guard.run("llm_tpm", refund)
+                    except RedisUnavailable:
+                        pass  # lost while Redis is down (counted in aistack_redis_fallbacks)
+                    except Exception:
+                        # lost: the limit stays stricter until the tokens refill on their own
+                        log.warning("could not refund TPM tokens %s", pending, exc_info=True)
+        finally:
+            self._refunding = False
+
+    async def _count_extra_tokens(self, limits: list[tuple[str, int, float]], extra: int) -> None:
+        try:
+            await self.guard.run("llm_tpm", hit_many(self.redis, limits, extra, force=True))
+        except RedisUnavailable:
+            pass  # lost while Redis is down (counted in aistack_redis_fallbacks)
+        except Exception:
+            log.warning("could not count %d extra tokens against TPM limits", extra, exc_info=True)
+
+    # ------------------------------------------------------------------ usage events
+
+    def event(
+        self,
+        call: MeteredCall,
+        *,
+        target: Target | None,
+        usage: dict[str, Any] | None,
+        cached: bool,
+        status: Literal["ok", "error", "cancelled"],
+        ttft_s: float | None = None,
+    ) -> UsageEvent:
+        """The call's usage event (priced by the target that answered)."""
+        prompt = int((usage or {}).get("prompt_tokens") or 0)
+        completion = int((usage or {}).get("completion_tokens") or 0)
+        price: Price = target.price if target else Price()
+        cost = Decimal(0) if cached or status == "error" else price.cost(prompt, completion)
+        latency = time.perf_counter() - call.started
+        return UsageEvent(
+            request_id=call.id,
+            org_id=call.org_id,
+            user_id=call.principal.user_id,
+            key_id=call.principal.key_id,
+            model=target.model if target else call.alias.name,
+            provider=target.provider if target else "",
+            kind=call.kind,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            latency_ms=int(latency * 1000),
+            ttft_ms=int(ttft_s * 1000) if ttft_s is not None else None,
+            cached=cached,
+            status=status,
+            prompt_version_id=str(call.prompt_version) if call.prompt_version else None,
+        )
+
+    def failed(self, call: MeteredCall) -> None:
+        """The call failed before any provider answered: an error event, nothing charged."""
+        self.emit(call, self.event(call, target=None, usage=None, cached=False, status="error"))
+
+    def answered(self, call: MeteredCall, target: Target, usage: dict[str, Any]) -> None:
+        self.emit(call, self.event(call, target=target, usage=usage, cached=False, status="ok"))
+
+    def emit(self, call: MeteredCall, event: UsageEvent) -> None:
+        """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
+        endpoint = "chat" if event.kind == "chat" else "embeddings"
+        outcome = "cached" if event.cached else event.status
+        REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
+        if event.provider and not event.cached and event.status != "error":
+            TOKENS.labels(event.provider, event.model, "prompt").inc(event.prompt_tokens)
+            TOKENS.labels(event.provider, event.model, "completion").inc(event.completion_tokens)
+
+        # the estimate fell short (a long answer without max_tokens): count the rest, so the
+        # next requests wait it off; it was too high (max_tokens 4000, answer 50; a failed
+        # call: no usage at all): give the difference back
+        if call.tpm_limits and not event.cached:
+            extra = event.prompt_tokens + event.completion_tokens - call.tpm_reserved
+            if extra > 0:
+                self.spawn(self._count_extra_tokens(call.tpm_limits, extra))
+            elif extra < 0:
+                self._refund(call, -extra)
+            call.tpm_limits = []  # settled: one event, one adjustment
+
+        if self.publisher is None:
+            # captured now (request id, trace); sent with whatever else is waiting, and kept
+            # (memory, then the outbox table) for as long as Redis is unreachable
+            self.usage.add_event(event)
+            return
+        publisher = self.publisher
+
+        async def send() -> None:
+            for attempt in range(5):
+                try:
+                    async with self._publish_slots:
+                        await publisher(event)
+                    return
+                except Exception:
+                    log.warning(
+                        "usage event %s not queued (attempt %d)",
+                        event.job_id,
+                        attempt + 1,
+                        exc_info=True,
+                    )
+                    await asyncio.sleep(0.2 * 2**attempt)
+            log.error("usage event lost: %s", event.model_dump_json())
+
+        self.spawn(send())

@@ -225,6 +225,8 @@ def main() -> int:
 
         for name, port in plan.ports.items():
             env.setdefault(f"GATEWAY_{name.upper()}_URL", f"http://{plan.host}:{port}")
+            # the jobs service and the worker call auth, llm and rag
+            env.setdefault(f"JOBS_{name.upper()}_URL", f"http://{plan.host}:{port}")
         if plan.mail_port is not None:
             env["AUTH_SMTP_HOST"] = plan.host
             env["AUTH_SMTP_PORT"] = str(plan.mail_port)

@@ -35,7 +35,13 @@ RUNNER: tuple[tuple[str, str, str], ...] = (
     ("AISTACK_HOST", "`127.0.0.1`", "interface every local process binds to"),
     ("AISTACK_EMBEDDED_PG_PORT", "`54329`", "embedded PostgreSQL port"),
     ("AISTACK_EMBEDDED_REDIS_PORT", "`63799`", "embedded Redis port"),
-    ("AISTACK_WORKERS", "`1`", "`0` starts no queue workers"),
+    (
+        "AISTACK_WORKERS",
+        "`1`",
+        "`1`: every service's jobs in one worker process; `per-service`: one each (as "
+        "compose); `0`: none",
+    ),
+    ("AISTACK_WORKER_METRICS_PORT", "`9010`", "the one worker process's metrics listener"),
     (
         "AISTACK_MAIL_PORT",
         "`1025`",

@@ -160,10 +160,14 @@ SERVICES: dict[str, Service] = {
         Service(
             "jobs",
             8004,
-            "Background jobs: progress, cancel and retry.",
+            "Background jobs: types, progress pushed live, cancel, retry and dead letters,"
+            " schedules, fair queues and queue monitoring.",
             _routes(
                 "jobs",
                 ("/v1/jobs", {"scope": Scope.JOBS_READ, "write_scope": Scope.JOBS_WRITE}),
+                # more specific than auth's /v1/admin (the longest prefix wins); jobs also
+                # asks auth whether the caller is a platform administrator
+                ("/v1/admin/queues", {"scope": Scope.ADMIN, "write_scope": Scope.ADMIN}),
                 # marking one's own notifications read needs no more than reading them
                 ("/v1/notifications", {"scope": Scope.JOBS_READ}),
             ),

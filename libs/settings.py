@@ -49,6 +49,7 @@ SHARED_FIELDS = frozenset(
         "db_pool_timeout_seconds",
         "db_guard_retry_seconds",
         "worker_redis_timeout_s",
+        "worker_job_lease_s",
         "metrics_port",
         "worker_metrics_port",
     }
@@ -124,7 +125,16 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description=(
             "queue workers: longest wait for a Redis answer before Redis counts as hung and "
-            "the worker reconnects (blocking reads get their own wait on top; libs/worker.py)"
+            "the worker reconnects (blocking reads get their own wait on top; libs/worker/)"
+        ),
+    )
+    worker_job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "queue workers: a running job's claim lasts this long unless its worker renews it "
+            "(every third of it): a worker killed mid-job has its jobs run again, as their "
+            "next attempt, by another worker within about this long"
         ),
     )
     metrics_port: int | None = Field(

@@ -6,9 +6,15 @@ an embedded Redis start from Python packages, keeping their data under ``AISTACK
 are applied and the gateway, the five services and their workers run under
 :class:`deploy.local.supervisor.Supervisor`, each log line prefixed by the process name.
 
-Every app and worker serves its Prometheus metrics on a port of its own (the app's port + 1000,
-its worker's + 1010: gateway 9000, auth 9001 … billing 9005, auth-worker 9011 … billing-worker
-9015; ``<NAME>_METRICS_PORT`` / ``<NAME>_WORKER_METRICS_PORT`` move one, ``METRICS_PORT=0``
+Every service's jobs run in one worker process (``python -m libs.worker auth llm rag jobs
+billing``: each service on its own queue, with its own settings and resources), which saves
+the memory of four interpreters; ``AISTACK_WORKERS=per-service`` runs one per service, as
+compose does, and ``0`` none.
+
+Every app and the worker serve their Prometheus metrics on a port of their own (the app's port
++ 1000: gateway 9000, auth 9001 … billing 9005; the worker 9010, or with per-service workers
+their service's port + 1010, auth-worker 9011 … billing-worker 9015; ``<NAME>_METRICS_PORT``,
+``AISTACK_WORKER_METRICS_PORT`` / ``<NAME>_WORKER_METRICS_PORT`` move one, ``METRICS_PORT=0``
 turns them off); the ready banner lists them.
 
 A process that exits on its own (a crash, the OOM killer, ``kill -9``) is started again after
@@ -54,7 +60,9 @@ class Plan:
     data_dir: Path
     pg_port: int
     redis_port: int
-    workers: bool
+    # "one": every service's jobs in one worker process; "per-service": one each, as compose
+    # runs them; "none"
+    workers: str
     # a local SMTP server printing mails, unless a real one is configured
     mail_port: int | None
     # process name → the port of its metrics listener (processes without one are absent)
@@ -70,6 +78,7 @@ class Plan:
             env[f"{prefix}_METRICS_PORT"] = str(self.metrics.get(name, 0))
             if name != "gateway":
                 env[f"{prefix}_WORKER_METRICS_PORT"] = str(self.metrics.get(f"{name}-worker", 0))
+        env["AISTACK_WORKER_METRICS_PORT"] = str(self.metrics.get("worker", 0))
         return env
 
 
@@ -87,16 +96,26 @@ def _metrics_port(env: dict[str, str], name: str, worker: bool, port: int) -> in
     return port + (WORKER_METRICS_PORT_OFFSET if worker else METRICS_PORT_OFFSET)
 
 
+def _workers_mode(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("0", "false", "no", "none", ""):
+        return "none"
+    return "per-service" if value in ("per-service", "each") else "one"
+
+
 def plan_from_env(env: dict[str, str]) -> Plan:
     """Read the runner's configuration from the environment (see the README's table)."""
     gateway_port = int(env.get("GATEWAY_PORT", str(GATEWAY_PORT)))
     ports = {n: int(env.get(f"{n.upper()}_PORT", str(s.port))) for n, s in SERVICES.items()}
-    workers = env.get("AISTACK_WORKERS", "1") not in ("0", "false", "no")
+    workers = _workers_mode(env.get("AISTACK_WORKERS", "1"))
     metrics = {"gateway": _metrics_port(env, "gateway", False, gateway_port)}
     for name, port in ports.items():
         metrics[name] = _metrics_port(env, name, False, port)
-        if workers:
+        if workers == "per-service":
             metrics[f"{name}-worker"] = _metrics_port(env, name, True, port)
+    if workers == "one":
+        # one process: the gateway's port + 1010 (9010), beside the per-service ones
+        metrics["worker"] = _metrics_port(env, "aistack", True, gateway_port)
     return Plan(
         host=env.get("AISTACK_HOST", "127.0.0.1"),
         gateway_port=gateway_port,
@@ -121,9 +140,15 @@ def processes(plan: Plan) -> dict[str, str]:
     procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
     for name, port in plan.ports.items():
         procs[name] = f"{uv} {SERVICES[name].app} --host {plan.host} --port {port}"
-    if plan.workers:
+    if plan.workers == "per-service":
         for name in plan.ports:
             procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"
+    elif plan.workers == "one":
+        # every service's jobs in one process (each on its own queue): about 80 MiB each of
+        # four more processes saved (docs/benchmarks.md)
+        services = " ".join(plan.ports)
+        port = plan.metrics.get("worker", 0)
+        procs["worker"] = f"{py} -m libs.worker {services} --metrics-port {port}"
     if plan.mail_port is not None and importlib.util.find_spec("aiosmtpd") is not None:
         procs["mail"] = f"{py} -m deploy.local.mailsink --host {plan.host} --port {plan.mail_port}"
     return procs
@@ -200,6 +225,8 @@ def main() -> int:
 
         for name, port in plan.ports.items():
             env.setdefault(f"GATEWAY_{name.upper()}_URL", f"http://{plan.host}:{port}")
+            # the jobs service and the worker call auth, llm and rag
+            env.setdefault(f"JOBS_{name.upper()}_URL", f"http://{plan.host}:{port}")
         if plan.mail_port is not None:
             env["AUTH_SMTP_HOST"] = plan.host
             env["AUTH_SMTP_PORT"] = str(plan.mail_port)

@@ -72,6 +72,7 @@ ROUTERS = (
     flags.admin,
     tokens.admin,
     api_keys.internal,
+    accounts.internal,
     tokens.wellknown,
 )
 

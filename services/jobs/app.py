@@ -5,9 +5,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.jobs.router import router
+from services.jobs.jobs.router import router as jobs_router
+from services.jobs.queues.router import router as queues_router
+from services.jobs.schedules.router import router as schedules_router
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.state import JobsState
+from services.jobs.types.router import router as types_router
 
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
@@ -15,7 +18,8 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
     app = create_app(
         service="jobs",
         settings=settings,
-        routers=[router],
+        # the fixed paths under /v1/jobs first: /v1/jobs/{job_id} would take them
+        routers=[types_router, schedules_router, jobs_router, queues_router],
         title="aistack jobs",
         state=JobsState,
     )

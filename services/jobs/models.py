@@ -6,7 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Index, Integer, String, Text, false, func, text
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -36,6 +47,27 @@ class Job(Base):
             "created_at",
             postgresql_where=text("NOT internal"),
         ),
+        # the reconciler's scan: jobs not finished
+        Index(
+            "ix_jobs_jobs_active_last_event_at",
+            "last_event_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        # retention: finished jobs by age
+        Index(
+            "ix_jobs_jobs_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_jobs_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL")
+        ),
+        Index(
+            "ix_jobs_jobs_schedule_id_created_at",
+            "schedule_id",
+            "created_at",
+            postgresql_where=text("schedule_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -56,10 +88,79 @@ class Job(Base):
     retry_of: Mapped[str | None] = mapped_column(String(255), default=None)
     internal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # a failure's traceback summary (failed, dead, or a retry waiting)
+    traceback: Mapped[str | None] = mapped_column(Text, default=None)
+    # the worker that runs (or last ran) it
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    parent_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    priority: Mapped[str | None] = mapped_column(String(8), default=None)
+    # a queued attempt that waits until then (a retry's backoff, a deferred job)
+    run_at: Mapped[datetime | None] = mapped_column(default=None)
+    max_tries: Mapped[int | None] = mapped_column(Integer, default=None)
+    # the W3C trace context it was enqueued in (enqueued again, it keeps its trace)
+    traceparent: Mapped[str | None] = mapped_column(String(64), default=None)
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    # a dead or failed job run again: the new job's id
+    retried_as: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     last_event_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class JobType(Base):
+    """A job type some worker declared (libs.queue.types), as it last published it."""
+
+    __tablename__ = "job_types"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(255))
+    # the whole declaration as published (description, args_schema, retry, ...)
+    spec: Mapped[Any] = mapped_column(JSONB)
+    user_startable: Mapped[bool] = mapped_column(Boolean, default=False)
+    schedulable: Mapped[bool] = mapped_column(Boolean, default=False)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Schedule(Base):
+    """A periodic job: an organization's (through the API) or the platform's (declared in code,
+    ``key`` = ``<service>:<name>``, no organization)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_schedules_key"),
+        Index("ix_jobs_schedules_org_id_created_at", "org_id", "created_at"),
+        Index("ix_jobs_schedules_due", "next_run_at", postgresql_where=text("NOT paused")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    key: Mapped[str | None] = mapped_column(String(300), default=None)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, default=None)
+    service: Mapped[str] = mapped_column(String(64))
+    function: Mapped[str] = mapped_column(String(200))
+    kwargs: Mapped[Any] = mapped_column(JSONB, default=dict)
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # a tick missed while nothing ran: skip it, or run once for all of them
+    missed: Mapped[str] = mapped_column(String(16), default="skip")
+    priority: Mapped[str | None] = mapped_column(String(8), default=None)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    next_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_job_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

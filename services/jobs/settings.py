@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -14,14 +15,67 @@ class JobsSettings(ServiceSettings):
 
     service_name: ClassVar[str] = "jobs"
     port: int = 8004
-    # how often the SSE progress stream re-reads a job
-    sse_poll_seconds: float = 0.5
-    # a comment line on a quiet event stream, so proxies and clients do not time it out
-    sse_heartbeat_seconds: float = 15.0
-    # how long the events consumer blocks on XREADGROUP before looping
-    consumer_block_ms: int = 5000
-    # pending events of a dead consumer are claimed after this idle time
-    consumer_claim_idle_ms: int = 60_000
+    auth_url: str = Field(
+        default="http://127.0.0.1:8001",
+        description="the auth service (internal HTTP): is a caller a platform administrator?",
+    )
+    llm_url: str = Field(
+        default="http://127.0.0.1:8002", description="the llm service: a batch's requests"
+    )
+    rag_url: str = Field(
+        default="http://127.0.0.1:8003", description="the rag service: a batch's files"
+    )
+    sse_recheck_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a job's progress stream is pushed; quiet this long, it reads the job's "
+        "record again (a safety net)",
+    )
+    sse_heartbeat_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="a comment on a quiet progress stream this often, so proxies keep it open",
+    )
+    consumer_block_ms: int = Field(
+        default=5000, gt=0, description="the events recorder's longest wait for new events"
+    )
+    consumer_claim_idle_ms: int = Field(
+        default=60_000,
+        gt=0,
+        description="events a dead recorder read but did not apply are taken over after this",
+    )
+    reconcile_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the reconciler checks unfinished jobs' records against Redis this often "
+        "(enqueues again what Redis lost)",
+    )
+    reconcile_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="and leaves a record alone until it has had no event for this long",
+    )
+    schedule_tick_s: float = Field(
+        default=1.0, gt=0, description="the scheduler looks for due schedules this often"
+    )
+    schedule_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a tick older than this when the scheduler sees it was missed (skipped or "
+        "run once, as the schedule says)",
+    )
+    max_schedules_per_org: int = Field(default=100, ge=0, description="schedules per organization")
+    retention_succeeded_days: int = Field(
+        default=14,
+        ge=0,
+        description="succeeded jobs' records are deleted this long after they finished (0: kept)",
+    )
+    retention_cancelled_days: int = Field(default=14, ge=0, description="cancelled jobs' records")
+    retention_failed_days: int = Field(default=30, ge=0, description="failed jobs' records")
+    retention_dead_days: int = Field(default=30, ge=0, description="dead letters")
+    retention_internal_days: int = Field(
+        default=2, ge=0, description="internal jobs' records (platform bookkeeping), any status"
+    )
 
 
 def get_settings() -> JobsSettings:

@@ -2,7 +2,7 @@
 
 Every LLM call queues one internal usage job, whose ``queued``, ``running`` and ``succeeded``
 events land on the ``aistack:job-events`` stream; the jobs service's consumer
-(:class:`services.jobs.service.EventConsumer`) folds them into rows. This pushes ``--jobs``
+(:class:`services.jobs.jobs.service.EventConsumer`) folds them into rows. This pushes ``--jobs``
 such triples onto the stream of embedded PostgreSQL (fsync on) and Redis, then times one
 consumer draining them (the consumer's batch size as deployed, 100 entries), and counts its
 commits, XACKs and upserted rows (a statement execution each; several per round trip when
@@ -34,8 +34,8 @@ from sqlalchemy import event, func, select
 from libs.db import make_engine, make_session_factory
 from libs.queue import EVENTS_STREAM, JobEvent, queue_name
 from libs.usage import BILLING_SERVICE, RECORD_USAGE
+from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.models import Job
-from services.jobs.service import EventConsumer
 from tests.bench.stack import stack
 
 

@@ -46,8 +46,7 @@ def test_the_local_stack_serves_metrics_per_process_and_a_ctrl_c_exits_0(
     for name in APPS:
         env[f"{name.upper()}_PORT"] = str(free_port())
         env[f"{name.upper()}_METRICS_PORT"] = str(free_port())
-        if name != "gateway":
-            env[f"{name.upper()}_WORKER_METRICS_PORT"] = str(free_port())
+    env["AISTACK_WORKER_METRICS_PORT"] = str(free_port())
     runner = subprocess.Popen(
         [sys.executable, "-m", "deploy.local.run"],
         env=env,
@@ -74,8 +73,9 @@ def test_the_local_stack_serves_metrics_per_process_and_a_ctrl_c_exits_0(
         shown = re.search(r"Metrics  /metrics on ports: (.*)", text)
         assert shown is not None, text[-3000:]
         ports = dict(item.rsplit(" ", 1) for item in shown.group(1).split(", "))
-        assert set(ports) == {*APPS, *(f"{n}-worker" for n in APPS if n != "gateway")}
-        assert ports["llm-worker"] == env["LLM_WORKER_METRICS_PORT"]
+        # every service's jobs in one worker process
+        assert set(ports) == {*APPS, "worker"}
+        assert ports["worker"] == env["AISTACK_WORKER_METRICS_PORT"]
         for name, port in ports.items():
             status, body = _get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200, (name, body[:300])

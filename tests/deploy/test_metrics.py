@@ -169,24 +169,32 @@ def test_make_run_gives_every_process_its_metrics_port() -> None:
     assert plan.metrics == {
         "gateway": 9000,
         "auth": 9001,
-        "auth-worker": 9011,
         "llm": 19002,
-        "llm-worker": 19012,
         "rag": 9999,
-        "rag-worker": 9013,
         "jobs": 9004,
-        "jobs-worker": 9014,
         "billing": 9005,
-        "billing-worker": 9015,
+        # every service's jobs in one worker process
+        "worker": 9010,
     }
     env = plan.metrics_env()
-    assert env["LLM_METRICS_PORT"] == "19002" and env["LLM_WORKER_METRICS_PORT"] == "19012"
+    assert env["LLM_METRICS_PORT"] == "19002" and env["AISTACK_WORKER_METRICS_PORT"] == "9010"
     assert env["GATEWAY_HOST"] == plan.host and "GATEWAY_WORKER_METRICS_PORT" not in env
     shown = banner(plan, "http://localhost:8000", 1.0)
-    assert "Metrics  /metrics on ports: gateway 9000, auth 9001, auth-worker 9011" in shown
+    assert "Metrics  /metrics on ports: gateway 9000, auth 9001, llm 19002" in shown
+    assert shown.rstrip().splitlines()[-2].endswith("billing 9005, worker 9010")
+    # one worker per service, as compose runs them: each on its service's port + 1010
+    each = plan_from_env({"LLM_PORT": "18002", "AISTACK_WORKERS": "per-service"})
+    assert {k: v for k, v in each.metrics.items() if k.endswith("worker")} == {
+        "auth-worker": 9011,
+        "llm-worker": 19012,
+        "rag-worker": 9013,
+        "jobs-worker": 9014,
+        "billing-worker": 9015,
+    }
+    assert each.metrics_env()["LLM_WORKER_METRICS_PORT"] == "19012"
     # METRICS_PORT=0 turns them off (a non-zero shared one is for containers, not one host)
     off = plan_from_env({"METRICS_PORT": "0", "WORKER_METRICS_PORT": "0"})
     assert off.metrics == {} and off.metrics_env()["AUTH_METRICS_PORT"] == "0"
     assert "Metrics" not in banner(off, "http://localhost:8000", 1.0)
     workers_only = plan_from_env({"METRICS_PORT": "0", "AISTACK_WORKERS": "1"})
-    assert set(workers_only.metrics) == {f"{s}-worker" for s in plan.ports}
+    assert set(workers_only.metrics) == {"worker"}

@@ -62,9 +62,14 @@ def gateway(infra: Infra) -> Iterator[str]:
         try:
             upstream = stack.start_fake_openai()
             config = models_yaml(upstream.url, Path(tmp))
-            urls = {}
+            urls: dict[str, str] = {}
             for name in NAMES:
                 extra = {"LLM_MODELS_CONFIG": str(config)} if name == "llm" else {}
+                if name == "jobs":  # it calls auth, llm and rag (started before it)
+                    extra = {
+                        f"JOBS_{other.upper()}_URL": urls[f"GATEWAY_{other.upper()}_URL"]
+                        for other in ("auth", "llm", "rag")
+                    }
                 urls[f"GATEWAY_{name.upper()}_URL"] = stack.start(
                     name, f"services.{name}.app:app", env=extra
                 ).url

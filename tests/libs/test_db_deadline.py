@@ -28,8 +28,8 @@ from libs.db import make_engine, make_session_factory
 from libs.queue import emit_event
 from libs.storage_errors import database_timeout, outage_of
 from libs.testing import Infra, auth_headers, client_for, principal
+from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.models import Job
-from services.jobs.service import EventConsumer
 from tests.support.faults.outages import assert_unavailable
 from tests.support.faults.postgres import HangingProxy, engine_through, jobs_app_through
 from tests.support.faults.redis import eventually

@@ -342,7 +342,7 @@ async def db_down_plain(ctx: JobContext) -> None:
 async def test_a_job_that_retries_outages_runs_again_until_its_last_try(
     infra: Infra, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("libs.queue.outage_retry_delay_s", lambda attempt: 0.05 * attempt)
+    monkeypatch.setattr("libs.queue.wrapper.outage_retry_delay_s", lambda attempt: 0.05 * attempt)
     calls.clear()
     outage = await enqueue_now(redis, service=SERVICE, function="db_down", args=["outage"])
     bug = await enqueue_now(redis, service=SERVICE, function="db_down", args=["bug"])

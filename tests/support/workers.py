@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from arq.worker import Worker
 from redis.asyncio import Redis
 
 from libs.queue import EVENTS_STREAM, JobEvent
-from libs.worker import worker_settings
+from libs.worker import Worker, worker_settings
 
 
 def make_worker(redis_url: str, service: str, functions: Sequence[Any], **kw: Any) -> Worker:

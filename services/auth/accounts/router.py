@@ -32,6 +32,16 @@ PublicAccountServiceDep = Annotated[AccountService, Depends(get_public_account_s
 AccountServiceDep = Annotated[AccountService, Depends(get_account_service)]
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
+internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
+
+
+@internal.get("/platform-admin", status_code=204)
+async def platform_admin(svc: AccountServiceDep) -> Response:
+    """204 when the forwarded principal is a platform administrator (403 otherwise): how
+    other services (the jobs service's /v1/admin/queues) ask, since the principal does not
+    carry it."""
+    await svc.require_platform_admin()
+    return Response(status_code=204)
 
 
 @router.post(

@@ -1,13 +1,14 @@
-"""Domain logic of the jobs service: the job-events consumer and the job control plane."""
+"""The recorder: folds the lifecycle events of every service's jobs (the stream
+``aistack:job-events``) into ``jobs.jobs`` through a Redis consumer group."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -15,29 +16,45 @@ from redis.exceptions import ResponseError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from libs.context import get_request_id
 from libs.db import session_scope
-from libs.errors import Conflict, Forbidden, NotFound
-from libs.identity import Principal
-from libs.queue import (
-    EVENTS_STREAM,
-    TERMINAL_STATUSES,
-    JobEvent,
-    cancel_job,
-    emit_event,
-    enqueue_now,
-    new_job_id,
-    queue_name,
-)
+from libs.queue import EVENTS_STREAM, JobEvent
+from libs.queue.types import Record, records
 from libs.storage_errors import outage_of
-from libs.telemetry import current_trace_id
-from services.jobs.models import Job
-from services.jobs.repository import JobRepository
+from services.jobs.jobs.repository import JobRepository
+from services.jobs.types.repository import JobTypeRepository
 
 log = logging.getLogger("aistack.jobs")
 
 CONSUMER_GROUP = "jobs-recorder"
-PURGE_FUNCTION = "purge_finished_jobs"
+
+
+class RecordPolicies:
+    """How much each job type is recorded (its declaration's ``record``: ``all``, ``failures``
+    or a share), from ``jobs.job_types``, read again every ``refresh_s``. A type no worker
+    declared yet is recorded in full."""
+
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], refresh_s: float = 30.0
+    ) -> None:
+        self.session_factory = session_factory
+        self.refresh_s = refresh_s
+        self._policies: dict[tuple[str, str], Record] = {}
+        self._loaded = -math.inf
+
+    async def records(self, ev: JobEvent) -> bool:
+        if time.monotonic() - self._loaded >= self.refresh_s:
+            self._loaded = time.monotonic()
+            try:
+                async with self.session_factory() as session:
+                    rows = await JobTypeRepository(session).all()
+            except Exception as exc:  # the previous policies stay until the next read
+                log.debug("job types not read (%s)", exc)
+            else:
+                self._policies = {
+                    (r.service, r.name): (r.spec or {}).get("record", "all") for r in rows
+                }
+        policy = self._policies.get((ev.service, ev.function), "all")
+        return policy == "all" or records(policy, ev.job_id, failed=ev.status in ("failed", "dead"))
 
 
 class EventConsumer:
@@ -77,6 +94,7 @@ class EventConsumer:
         self._group_ready = False
         # pending entries that failed on their own: entry id -> (retry at (monotonic), failures)
         self._parked: dict[Any, tuple[float, int]] = {}
+        self.policies = RecordPolicies(session_factory)
 
     async def ensure_group(self) -> None:
         if self._group_ready:
@@ -147,7 +165,17 @@ class EventConsumer:
     async def _run_batch(self, block_ms: int | None) -> tuple[int, int]:
         """One batch: (entries acknowledged, events applied)."""
         await self.ensure_group()
-        entries, retry = await self._own_pending()
+        try:
+            entries, retry = await self._own_pending()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the stream and its group (restarted empty, FLUSHALL): start again
+            log.warning("job events: the consumer group is gone (Redis lost its data); again")
+            self._group_ready = False
+            self._parked.clear()
+            await self.ensure_group()
+            entries, retry = await self._own_pending()
         if not entries:
             entries = await self._claim()
         if not entries:
@@ -163,10 +191,15 @@ class EventConsumer:
                 done.append(entry_id)
                 continue
             try:
-                events.append((entry_id, JobEvent.from_fields(fields)))
+                ev = JobEvent.from_fields(fields)
             except ValueError:
                 log.warning("dropping malformed job event %r", entry_id)
                 done.append(entry_id)
+                continue
+            if await self.policies.records(ev):
+                events.append((entry_id, ev))
+            else:
+                done.append(entry_id)  # a job its type records only when it fails
         retries = [(entry_id, JobEvent.from_fields(fields)) for entry_id, fields in retry]
         applied = 0
         try:
@@ -280,157 +313,3 @@ def _reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     text_ = str(orig or exc).splitlines()[0] if str(orig or exc) else type(exc).__name__
     return text_.rsplit(">: ", 1)[-1][:300]
-
-
-class JobService:
-    def __init__(self, session: AsyncSession, principal: Principal, redis: Redis) -> None:
-        self.session = session
-        self.repo = JobRepository(session)
-        self.principal = principal
-        self.org_id = principal.require_org()
-        self.redis = redis
-
-    @property
-    def sees_internal(self) -> bool:
-        """Admins may look at internal jobs (read only); to everyone else they do not exist."""
-        return self.principal.has_scope("admin")
-
-    async def get(self, job_id: str) -> Job:
-        job = await self.repo.get_for_org(self.org_id, job_id)
-        if job is None or (job.internal and not self.sees_internal):
-            # another organization's job looks exactly like an unknown one
-            raise NotFound("Job not found", code="job_not_found")
-        return job
-
-    async def page(
-        self,
-        *,
-        status: str | None,
-        service: str | None,
-        limit: int,
-        offset: int,
-        include_internal: bool = False,
-    ) -> tuple[list[Job], bool]:
-        if include_internal and not self.sees_internal:
-            raise Forbidden(
-                "Listing internal jobs requires the admin scope", code="insufficient_scope"
-            )
-        rows = await self.repo.page(
-            self.org_id,
-            status=status,
-            service=service,
-            limit=limit + 1,
-            offset=offset,
-            include_internal=include_internal,
-        )
-        return rows[:limit], len(rows) > limit
-
-    @staticmethod
-    def _not_internal(job: Job, action: str) -> None:
-        # cancelling a usage record would let an organization skip billing for a call
-        if job.internal:
-            raise Conflict(
-                f"Internal jobs cannot be {action}; the platform runs them to completion",
-                code="job_internal",
-            )
-
-    async def _refresh(self, job: Job) -> Job:
-        await self.session.flush()
-        await self.session.refresh(job)
-        return job
-
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        self._not_internal(job, "cancelled")
-        if job.status in TERMINAL_STATUSES:
-            raise Conflict(f"Job already {job.status}", code="job_finished")
-        outcome = await cancel_job(self.redis, job_id=job.id, service=job.service)
-        job.cancel_requested_at = datetime.now(UTC)
-        if outcome == "dequeued":
-            # it will never run, so no worker reports it: record the cancellation ourselves
-            event = JobEvent(
-                job_id=job.id,
-                service=job.service,
-                function=job.function,
-                status="cancelled",
-                attempt=job.attempts,
-                message="cancelled before it started",
-                org_id=str(job.org_id) if job.org_id else None,
-                user_id=str(job.user_id) if job.user_id else None,
-                queue=job.queue,
-            )
-            await self.session.flush()
-            await self.repo.apply_event(event)
-            await emit_event(self.redis, event)
-        return await self._refresh(job)
-
-    async def _submit(
-        self,
-        *,
-        service: str,
-        function: str,
-        args: list[Any],
-        kwargs: dict[str, Any],
-        retry_of: str | None = None,
-    ) -> Job:
-        job_id = new_job_id()
-        # queued first, recorded second: with Redis down the request fails (503) with nothing
-        # written, where a row committed before an enqueue that then failed stayed "queued"
-        # forever. The worker only needs the job's arguments, not this row, and its events
-        # merge with the row below in whatever order they land.
-        await enqueue_now(
-            self.redis,
-            service=service,
-            function=function,
-            args=args,
-            kwargs=kwargs,
-            job_id=job_id,
-            org_id=self.org_id,
-            user_id=self.principal.user_id,
-            retry_of=retry_of,
-        )
-        # the row exists at once (GET works before the consumer sees the queued event)
-        await self.repo.apply_event(
-            JobEvent(
-                job_id=job_id,
-                service=service,
-                function=function,
-                status="queued",
-                progress=0,
-                org_id=str(self.org_id),
-                user_id=str(self.principal.user_id) if self.principal.user_id else None,
-                queue=queue_name(service),
-                args=args,
-                kwargs=kwargs,
-                retry_of=retry_of,
-                request_id=get_request_id(),
-                trace_id=current_trace_id(),
-            )
-        )
-        return await self.get(job_id)
-
-    async def retry(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        self._not_internal(job, "retried")
-        if job.status not in ("failed", "cancelled"):
-            raise Conflict(
-                f"Only failed or cancelled jobs can be retried (this one is {job.status})",
-                code="job_not_retryable",
-            )
-        if job.args is None:
-            raise Conflict("The job's arguments are unknown", code="job_args_unknown")
-        return await self._submit(
-            service=job.service,
-            function=job.function,
-            args=list(job.args),
-            kwargs=dict(job.kwargs or {}),
-            retry_of=job.id,
-        )
-
-    async def purge(self, older_than_days: int) -> Job:
-        return await self._submit(
-            service="jobs",
-            function=PURGE_FUNCTION,
-            args=[],
-            kwargs={"org_id": str(self.org_id), "older_than_days": older_than_days},
-        )

@@ -68,6 +68,8 @@ class JobRepository(Repository[Job]):
         limit: int,
         offset: int,
         include_internal: bool = False,
+        retried: bool | None = None,
+        parent_id: str | None = None,
     ) -> list[Job]:
         where: list[Any] = [Job.org_id == org_id]
         if not include_internal:
@@ -76,9 +78,70 @@ class JobRepository(Repository[Job]):
             where.append(Job.status == status)
         if service:
             where.append(Job.service == service)
+        if retried is not None:
+            where.append(Job.retried_as.is_not(None) if retried else Job.retried_as.is_(None))
+        if parent_id is not None:
+            where.append(Job.parent_id == parent_id)
         return await self.list(
             *where, order_by=(Job.created_at.desc(), Job.id), limit=limit, offset=offset
         )
+
+    async def retryable(
+        self,
+        org_id: uuid.UUID,
+        *,
+        status: str,
+        ids: Sequence[str] | None,
+        service: str | None,
+        function: str | None,
+        limit: int,
+    ) -> list[Job]:
+        """The organization's jobs in ``status`` not retried yet, oldest first, locked (two
+        bulk retries at once retry each job once)."""
+        where: list[Any] = [
+            Job.org_id == org_id,
+            Job.status == status,
+            Job.retried_as.is_(None),
+            ~Job.internal,
+        ]
+        if ids is not None:
+            where.append(Job.id.in_(list(ids)))
+        if service:
+            where.append(Job.service == service)
+        if function:
+            where.append(Job.function == function)
+        stmt = (
+            select(Job)
+            .where(*where)
+            .order_by(Job.finished_at, Job.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def children_summary(self, parent_id: str) -> dict[str, Any] | None:
+        """A parent's children: how many in each status, their mean progress."""
+        stmt = (
+            select(Job.status, func.count(), func.coalesce(func.sum(Job.progress), 0))
+            .where(Job.parent_id == parent_id)
+            .group_by(Job.status)
+        )
+        rows = (await self.session.execute(stmt)).all()
+        if not rows:
+            return None
+        counts = {status: int(n) for status, n, _ in rows}
+        total = sum(counts.values())
+        progress = sum(int(p) for _, _, p in rows) / total
+        return {"total": total, "by_status": counts, "progress": round(progress, 1)}
+
+    async def children_states(self, parent_id: str, limit: int) -> dict[str, tuple[str, int]]:
+        """A parent's children: id → (status, progress), up to ``limit`` of them."""
+        stmt = (
+            select(Job.id, Job.status, Job.progress).where(Job.parent_id == parent_id).limit(limit)
+        )
+        return {
+            jid: (status, progress) for jid, status, progress in await self.session.execute(stmt)
+        }
 
     async def apply_event(self, ev: JobEvent) -> None:
         """Fold one lifecycle event into the job's row; idempotent and order-independent.
@@ -103,6 +166,13 @@ class JobRepository(Repository[Job]):
             await self.session.execute(_UPSERT, rows)
         return len(rows)
 
+    async def record_queued(self, ev: JobEvent, *, schedule_id: uuid.UUID | None = None) -> None:
+        """The row of a job about to be enqueued (written before it is: the jobs service's
+        records are the source of truth the reconciler enqueues lost jobs from)."""
+        step = _step(ev)
+        step.values["schedule_id"] = schedule_id
+        await self.session.execute(_UPSERT, [step.values])
+
     async def purge_batch(self, org_id: uuid.UUID, before: datetime, limit: int) -> int:
         """Delete up to ``limit`` finished jobs of ``org_id`` that finished before ``before``."""
         ids = (
@@ -118,6 +188,20 @@ class JobRepository(Repository[Job]):
         result = await self.session.execute(delete(Job).where(Job.id.in_(ids)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    async def purge_expired(
+        self, status: str | None, before: datetime, limit: int, *, internal: bool = False
+    ) -> int:
+        """Delete up to ``limit`` finished records (of ``status``, or internal ones of any
+        status) that finished before ``before``; how many."""
+        where: list[Any] = [Job.finished_at < before, Job.finished_at.is_not(None)]
+        if internal:
+            where.append(Job.internal)
+        else:
+            where += [Job.status == status, ~Job.internal]
+        ids = select(Job.id).where(*where).limit(limit).scalar_subquery()
+        result = await self.session.execute(delete(Job).where(Job.id.in_(ids)))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
     async def count_purgeable(self, org_id: uuid.UUID, before: datetime) -> int:
         stmt = select(func.count()).where(
             Job.org_id == org_id,
@@ -127,7 +211,21 @@ class JobRepository(Repository[Job]):
         return int((await self.session.scalar(stmt)) or 0)
 
 
-_COALESCED = ("args", "kwargs", "org_id", "user_id", "request_id", "trace_id", "retry_of")
+_COALESCED = (
+    "args",
+    "kwargs",
+    "org_id",
+    "user_id",
+    "request_id",
+    "trace_id",
+    "retry_of",
+    "parent_id",
+    "priority",
+    "traceparent",
+    "schedule_id",
+)
+# what the status's winner brings (the newest attempt's state: its error, its wait)
+_WITH_STATUS = ("status", "error", "finished_at", "traceback", "run_at")
 
 
 @dataclass(slots=True)
@@ -165,6 +263,14 @@ def _step(ev: JobEvent) -> _Step:
         "trace_id": ev.trace_id,
         "retry_of": ev.retry_of,
         "internal": is_internal(ev),
+        "traceback": ev.traceback,
+        "worker": ev.worker,
+        "parent_id": ev.parent_id,
+        "priority": ev.priority,
+        "run_at": ev.run_at,
+        "max_tries": ev.max_tries,
+        "traceparent": ev.traceparent,
+        "schedule_id": None,
         "created_at": ev.ts,
         "started_at": ev.ts if row_status == "running" else None,
         "finished_at": ev.ts if terminal else None,
@@ -228,7 +334,7 @@ def _merge(steps: Sequence[_Step]) -> dict[str, Any]:
     # the status moves only on a strictly higher (attempt, rank): the first to reach the top
     winner = next(s for s in steps if s.rank == top)
     values = dict(first.values)  # service, function, queue: only an insert writes them
-    for name in ("status", "error", "finished_at"):
+    for name in _WITH_STATUS:
         values[name] = winner.values[name]
     values["created_at"] = min(s.ts for s in steps)
     values["last_event_at"] = max(s.ts for s in steps)
@@ -236,7 +342,7 @@ def _merge(steps: Sequence[_Step]) -> dict[str, Any]:
     starts = [s.values["started_at"] for s in steps if s.values["started_at"] is not None]
     values["started_at"] = min(starts) if starts else None
     values["internal"] = any(s.values["internal"] for s in steps)
-    for name in (*_COALESCED, "progress", "message"):
+    for name in (*_COALESCED, "progress", "message", "worker", "max_tries"):
         found = [s.values[name] for s in steps if s.values[name] is not None]
         # first one wins a COALESCE; the last one set is the newest progress/message
         values[name] = (found[0] if name in _COALESCED else found[-1]) if found else None
@@ -277,7 +383,12 @@ def _build_upsert() -> Any:
         "status": case((advance, x.status), else_=c.status),
         "attempts": func.greatest(c.attempts, x.attempts),
         "error": case((advance, x.error), else_=c.error),
+        "traceback": case((advance, x.traceback), else_=c.traceback),
+        "run_at": case((advance, x.run_at), else_=c.run_at),
         "finished_at": case((advance, x.finished_at), else_=c.finished_at),
+        # the worker of the newest attempt that named one
+        "worker": case((advance, func.coalesce(x.worker, c.worker)), else_=c.worker),
+        "max_tries": func.coalesce(x.max_tries, c.max_tries),
         "started_at": case(
             (and_(starts_ahead, x.started_at.is_not(None)), x.started_at),
             # LEAST ignores NULLs: the earliest start seen for this attempt

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from libs.db import session_scope
 from libs.embedded import free_port
 from libs.queue import EVENTS_STREAM, JobEvent, emit_event
+from services.jobs.jobs.recorder import CONSUMER_GROUP, EventConsumer
+from services.jobs.jobs.repository import JobRepository, plan_upserts, status_rank
 from services.jobs.models import Job
-from services.jobs.repository import JobRepository, plan_upserts, status_rank
-from services.jobs.service import CONSUMER_GROUP, EventConsumer
 from tests.support.job_events import at, usage_job
 
 SVC = "batchtest"

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from libs.db import session_scope
 from libs.identity import Principal
@@ -21,10 +19,8 @@ from libs.queue import JobContext, JobEvent, enqueue_now, job
 from libs.testing import Infra, auth_headers, client_for, principal
 from services.jobs import tasks as jobs_tasks
 from services.jobs.app import build_app
-from services.jobs.models import Job
-from services.jobs.repository import JobRepository
-from services.jobs.service import EventConsumer
-from services.jobs.settings import JobsSettings
+from services.jobs.jobs.recorder import EventConsumer
+from services.jobs.jobs.repository import JobRepository
 from tests.support.workers import events_for, make_worker, run_burst
 
 SVC = "jobstest"
@@ -353,52 +349,3 @@ async def test_consumer_loses_nothing_while_down_or_crashed(
         assert jid and (await _get(client, alice, jid)).json()["status"] == "queued"
     pending = await redis.xpending("aistack:job-events", "jobs-recorder")
     assert pending["pending"] == 0
-
-
-async def test_progress_stream_follows_a_running_job_until_it_ends(
-    redis: Redis, engine: AsyncEngine
-) -> None:
-    """Committed data (the app uses its own engine), so the stream sees updates live."""
-    alice = principal()
-    factory = async_sessionmaker(engine, expire_on_commit=False)
-    jid = f"live-{uuid.uuid4().hex}"
-    t0 = datetime.now(UTC)
-
-    async def apply(status: str, s: float, **kw: Any) -> None:
-        ev = JobEvent(
-            job_id=jid,
-            service=SVC,
-            function="f",
-            status=status,
-            org_id=str(alice.org_id),
-            ts=t0 + timedelta(seconds=s),
-            **kw,
-        )
-        async with session_scope(factory) as session:
-            await JobRepository(session).apply_event(ev)
-
-    await apply("running", 0, progress=10)
-    app = build_app(JobsSettings(sse_poll_seconds=0.02, sse_heartbeat_seconds=0.1))
-    try:
-        async with client_for(app) as c:
-            stream = asyncio.create_task(
-                c.get(f"/v1/jobs/{jid}/events", headers=auth_headers(alice))
-            )
-            # generous pauses: only the first and last snapshots are asserted
-            await asyncio.sleep(0.5)
-            await apply("progress", 1, progress=60, message="halfway")
-            await asyncio.sleep(0.3)
-            await apply("succeeded", 2)
-            resp = await asyncio.wait_for(stream, 10)
-    finally:
-        async with session_scope(factory) as session:
-            await session.execute(delete(Job).where(Job.id == jid))
-    blocks = [b.split("\n") for b in resp.text.split("\n\n") if b]
-    snapshots = [
-        json.loads(b[1].removeprefix("data: ")) for b in blocks if b[0] == "event: progress"
-    ]
-    assert (snapshots[0]["status"], snapshots[0]["progress"]) == ("running", 10)
-    assert (snapshots[-1]["status"], snapshots[-1]["progress"]) == ("succeeded", 100)
-    assert blocks[-1][0] == "event: end"
-    # the quiet half second between snapshots carried keep-alive comments
-    assert [": keep-alive"] in blocks

@@ -19,8 +19,8 @@ from libs.queue import JobContext, JobEvent, enqueue_now, job
 from libs.testing import Infra, auth_headers, client_for, principal
 from libs.usage import BILLING_SERVICE, RECORD_USAGE, UsageEvent, publish_usage
 from services.jobs.app import build_app
-from services.jobs.repository import JobRepository
-from services.jobs.service import EventConsumer
+from services.jobs.jobs.recorder import EventConsumer
+from services.jobs.jobs.repository import JobRepository
 from tests.support.workers import run_burst
 
 SVC = "internaltest"

@@ -1,0 +1,121 @@
+"""Batches and their lines in PostgreSQL (``jobs.batches``, ``jobs.batch_lines``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.jobs.models import Batch, BatchLine
+
+# line states: claimed (its request sent or about to be), and its two results
+RUNNING, OK, ERROR = "running", "ok", "error"
+
+
+class BatchRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, batch: Batch) -> Batch:
+        self.session.add(batch)
+        await self.session.flush()
+        return batch
+
+    async def get(self, batch_id: str, org_id: uuid.UUID | None = None) -> Batch | None:
+        stmt = select(Batch).where(Batch.id == batch_id)
+        if org_id is not None:
+            stmt = stmt.where(Batch.org_id == org_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def lock(self, batch_id: str, org_id: uuid.UUID) -> Batch | None:
+        stmt = select(Batch).where(Batch.id == batch_id, Batch.org_id == org_id).with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def page(self, org_id: uuid.UUID, after: Batch | None, limit: int) -> list[Batch]:
+        """The organization's batches, newest first, after ``after``; one more than
+        ``limit`` when there are more."""
+        stmt = select(Batch).where(Batch.org_id == org_id)
+        if after is not None:
+            stmt = stmt.where(tuple_(Batch.created_at, Batch.id) < (after.created_at, after.id))
+        stmt = stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def status(self, batch_id: str) -> str | None:
+        stmt = select(Batch.status).where(Batch.id == batch_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def update(self, batch_id: str, **values: Any) -> None:
+        await self.session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+
+    async def move(self, batch_id: str, frm: Sequence[str], to: str, **values: Any) -> bool:
+        """Set the status ``to`` if it is one of ``frm`` (whoever changed it meanwhile wins)."""
+        stmt = (
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.status.in_(frm))
+            .values(status=to, **values)
+            .returning(Batch.id)
+        )
+        return (await self.session.execute(stmt)).scalar_one_or_none() is not None
+
+    # --- lines
+
+    async def line_states(self, batch_id: str) -> dict[int, str]:
+        stmt = select(BatchLine.line, BatchLine.state).where(BatchLine.batch_id == batch_id)
+        return {int(n): str(st) for n, st in (await self.session.execute(stmt)).all()}
+
+    async def counts(self, batch_id: str) -> dict[str, int]:
+        stmt = (
+            select(BatchLine.state, func.count())
+            .where(BatchLine.batch_id == batch_id)
+            .group_by(BatchLine.state)
+        )
+        return {str(st): int(n) for st, n in (await self.session.execute(stmt)).all()}
+
+    async def claim(self, batch_id: str, lines: Sequence[tuple[int, str | None]]) -> None:
+        """Mark lines as sent (before they are): a crash leaves them claimed, never resent."""
+        if not lines:
+            return
+        rows = [
+            {"batch_id": batch_id, "line": n, "custom_id": c, "state": RUNNING} for n, c in lines
+        ]
+        await self.session.execute(insert(BatchLine).on_conflict_do_nothing(), rows)
+
+    async def save(
+        self, batch_id: str, results: Sequence[tuple[int, str | None, str, dict[str, Any]]]
+    ) -> None:
+        """Record lines' results (line, custom_id, ok/error, the result line)."""
+        if not results:
+            return
+        rows = [
+            {"batch_id": batch_id, "line": n, "custom_id": c, "state": s, "result": r}
+            for n, c, s, r in results
+        ]
+        stmt = insert(BatchLine)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[BatchLine.batch_id, BatchLine.line],
+            set_={"state": stmt.excluded.state, "result": stmt.excluded.result},
+        )
+        await self.session.execute(stmt, rows)
+
+    async def release(self, batch_id: str, lines: Sequence[int]) -> None:
+        """Forget claims of lines whose requests were stopped (cancel, expiry)."""
+        if lines:
+            await self.session.execute(
+                delete(BatchLine).where(
+                    BatchLine.batch_id == batch_id,
+                    BatchLine.line.in_(lines),
+                    BatchLine.state == RUNNING,
+                )
+            )
+
+    async def results(self, batch_id: str, state: str) -> list[dict[str, Any]]:
+        stmt = (
+            select(BatchLine.result)
+            .where(BatchLine.batch_id == batch_id, BatchLine.state == state)
+            .order_by(BatchLine.line)
+        )
+        return [r for r in (await self.session.execute(stmt)).scalars() if r is not None]

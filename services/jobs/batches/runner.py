@@ -1,0 +1,366 @@
+"""Running a batch (the ``run_batch`` job): validate its file, send its lines to the llm as
+its owner with bounded concurrency, keep every line's result in PostgreSQL, write the output
+and error files back to rag.
+
+Never twice per ``custom_id``: a line is claimed in PostgreSQL before its request leaves, and
+its result replaces the claim. A run after a crash skips lines with a result and reports
+lines claimed without one as interrupted (their request may have run) instead of sending them
+again. Cancel and expiry are seen within ``JOBS_BATCH_POLL_S``: requests in flight are
+abandoned (their claims dropped), and the files keep what completed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from libs.db import Database, session_scope
+from libs.identity import Principal
+from libs.queue import JobCancelled, JobContext
+from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
+from services.jobs.batches.lines import Plan, Request, error_line, parse, request_id, response_line
+from services.jobs.batches.repository import ERROR, OK, RUNNING, BatchRepository
+from services.jobs.batches.schemas import FINISHED
+from services.jobs.settings import JobsSettings
+
+log = logging.getLogger("aistack.jobs.batches")
+
+BATCH_HEADER = "x-aistack-batch"
+CLAIM_CHUNK = 256
+# a request the llm refused for the caller's rate limits did not run: sent again after this
+RATE_LIMITED_WAIT_S = 1.0
+CONNECT_TRIES = 5
+
+Result = tuple[int, str | None, str, dict[str, Any]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchRun:
+    def __init__(
+        self, ctx: JobContext, db: Database, http: httpx.AsyncClient, settings: JobsSettings
+    ) -> None:
+        self.ctx, self.db, self.http, self.settings = ctx, db, http, settings
+
+    async def run(self, batch_id: str) -> dict[str, Any]:
+        async with session_scope(self.db) as s:
+            batch = await BatchRepository(s).get(batch_id)
+        if batch is None or batch.status in FINISHED:
+            return {"status": batch.status if batch else "missing"}
+        self.batch = batch
+        self.tokens = Tokens(
+            Principal.model_validate(batch.principal), self.settings.internal_token_secret
+        )
+        self.files = RagFiles(self.http, self.settings.rag_url, self.tokens)
+        if batch.status == "cancelling" and batch.in_progress_at is None:
+            return await self._finish("cancelled")
+        try:
+            data = await self.files.content(batch.input_file_id)
+        except FileNotFound:
+            err = {
+                "code": "file_not_found",
+                "message": "The input file no longer exists.",
+                "line": None,
+                "param": "input_file_id",
+            }
+            return await self._fail([err])
+        plan = parse(data, batch.endpoint, self.settings.batch_max_lines)
+        if batch.status == "validating":
+            if plan.errors:
+                return await self._fail(plan.errors)
+            async with session_scope(self.db) as s:
+                moved = await BatchRepository(s).move(
+                    batch_id,
+                    ["validating"],
+                    "in_progress",
+                    in_progress_at=_now(),
+                    total=plan.total,
+                    model=plan.model,
+                )
+            if not moved:  # cancelled while validating
+                return await self._finish("cancelled")
+        elif batch.status == "finalizing":
+            return await self._finish("completed")
+        outcome = await self._execute(plan)
+        return await self._finish(outcome)
+
+    # --- the requests
+
+    async def _execute(self, plan: Plan) -> str:
+        """Run the lines without a result; "completed", "cancelled" or "expired"."""
+        bid = self.batch.id
+        async with session_scope(self.db) as s:
+            repo = BatchRepository(s)
+            states = await repo.line_states(bid)
+            # claimed by a run that died: their request may have run, so never sent again
+            known = {r.line: r.custom_id for r in plan.requests}
+            lost: list[Result] = [
+                (
+                    n,
+                    known.get(n),
+                    ERROR,
+                    error_line(
+                        known.get(n),
+                        "interrupted",
+                        "The worker running this request stopped before its answer was recorded; "
+                        "it is not sent again so that it never runs twice.",
+                    ),
+                )
+                for n, st in states.items()
+                if st == RUNNING
+            ]
+            bad: list[Result] = [
+                (n, c, ERROR, error_line(c, code, msg))
+                for n, c, code, msg in plan.malformed
+                if n not in states
+            ]
+            await repo.save(bid, lost + bad)
+            counts = await repo.counts(bid)
+        self.done_ok, self.done_err = counts.get(OK, 0), counts.get(ERROR, 0)
+        self.total = plan.total
+        pending = [r for r in plan.requests if r.line not in states]
+        self.claimed: set[int] = set()
+        self.finished: set[int] = set()
+        self.buffer: list[Result] = []
+        self.stop = asyncio.Event()
+        self.reason = "completed"
+        await self._report()
+        if not pending:
+            return "completed"
+
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=CLAIM_CHUNK)
+        n = max(1, self.settings.batch_concurrency)
+        work: asyncio.Future[list[None]] = asyncio.gather(
+            self._produce(queue, pending, n), *(self._work(queue) for _ in range(n))
+        )
+        watch = asyncio.create_task(self._watch())
+        flush = asyncio.create_task(self._flush_every())
+        stopped = asyncio.create_task(self.stop.wait())
+        try:
+            waiters: list[asyncio.Future[Any]] = [work, stopped]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        finally:
+            for t in (watch, flush, stopped):
+                t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(watch, flush, stopped, return_exceptions=True)
+        await self._flush()
+        abandoned = sorted(self.claimed - self.finished)
+        async with session_scope(self.db) as s:
+            repo = BatchRepository(s)
+            await repo.release(bid, abandoned)
+            if self.reason == "expired":
+                unrun = [r for r in pending if r.line not in self.finished]
+                await repo.save(
+                    bid,
+                    [
+                        (
+                            r.line,
+                            r.custom_id,
+                            ERROR,
+                            error_line(
+                                r.custom_id,
+                                "batch_expired",
+                                "This request could not be executed before the completion window "
+                                "expired.",
+                            ),
+                        )
+                        for r in unrun
+                    ],
+                )
+        return self.reason
+
+    async def _produce(
+        self, queue: asyncio.Queue[Request | None], pending: list[Request], workers: int
+    ) -> None:
+        for i in range(0, len(pending), CLAIM_CHUNK):
+            chunk = pending[i : i + CLAIM_CHUNK]
+            async with session_scope(self.db) as s:
+                await BatchRepository(s).claim(
+                    self.batch.id, [(r.line, r.custom_id) for r in chunk]
+                )
+            self.claimed.update(r.line for r in chunk)
+            for r in chunk:
+                await queue.put(r)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def _work(self, queue: asyncio.Queue[Request | None]) -> None:
+        while (req := await queue.get()) is not None:
+            result = await self._send(req)
+            self.buffer.append(result)
+            self.finished.add(req.line)
+            if result[2] == OK:
+                self.done_ok += 1
+            else:
+                self.done_err += 1
+
+    async def _send(self, req: Request) -> Result:
+        rid = request_id()
+        url = f"{self.settings.llm_url.rstrip('/')}{self.batch.endpoint}"
+        connect_failures = 0
+        while True:
+            headers = {**self.tokens.header(), BATCH_HEADER: self.batch.id, "x-request-id": rid}
+            try:
+                resp = await self.http.post(
+                    url,
+                    content=orjson.dumps(req.body),
+                    headers={**headers, "content-type": "application/json"},
+                    timeout=self.settings.batch_request_timeout_s,
+                )
+            except httpx.ConnectError as exc:
+                # nothing was sent: trying again cannot run it twice
+                connect_failures += 1
+                if connect_failures >= CONNECT_TRIES:
+                    return self._failed(req, "llm_unavailable", f"The llm is unreachable ({exc}).")
+                await asyncio.sleep(0.5 * 2**connect_failures)
+                continue
+            except httpx.HTTPError as exc:
+                return self._failed(req, "request_failed", f"{type(exc).__name__}: {exc}"[:500])
+            if resp.status_code == 429:
+                wait = resp.headers.get("retry-after")
+                try:
+                    delay = min(60.0, max(0.05, float(wait))) if wait else RATE_LIMITED_WAIT_S
+                except ValueError:
+                    delay = RATE_LIMITED_WAIT_S
+                await asyncio.sleep(delay)
+                continue
+            try:
+                body: Any = resp.json()
+            except ValueError:
+                body = {"error": {"message": resp.text[:2000]}}
+            state = OK if 200 <= resp.status_code < 300 else ERROR
+            rid = resp.headers.get("x-request-id", rid)
+            return (
+                req.line,
+                req.custom_id,
+                state,
+                response_line(req.custom_id, resp.status_code, rid, body),
+            )
+
+    @staticmethod
+    def _failed(req: Request, code: str, message: str) -> Result:
+        return (req.line, req.custom_id, ERROR, error_line(req.custom_id, code, message))
+
+    # --- watching, recording, reporting
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.batch_poll_s)
+            if _now() >= self.batch.expires_at:
+                self._halt("expired")
+                return
+            async with session_scope(self.db) as s:
+                status = await BatchRepository(s).status(self.batch.id)
+            if status == "cancelling":
+                self._halt("cancelled")
+                return
+
+    def _halt(self, reason: str) -> None:
+        self.reason = reason
+        self.stop.set()
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.batch_flush_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        results, self.buffer = self.buffer, []
+        if results:
+            async with session_scope(self.db) as s:
+                repo = BatchRepository(s)
+                await repo.save(self.batch.id, results)
+                await repo.update(self.batch.id, completed=self.done_ok, failed=self.done_err)
+        await self._report()
+
+    async def _report(self) -> None:
+        done = self.done_ok + self.done_err
+        pct = 100 * done / self.total if self.total else 100
+        try:
+            await self.ctx.progress(
+                pct, f"{done} of {self.total} requests ({self.done_err} failed)"
+            )
+        except JobCancelled:
+            # the job was cancelled through /v1/jobs: the batch is cancelled
+            async with session_scope(self.db) as s:
+                await BatchRepository(s).move(
+                    self.batch.id, ["in_progress"], "cancelling", cancelling_at=_now()
+                )
+            self._halt("cancelled")
+
+    # --- the end
+
+    async def _fail(self, errors: list[dict[str, Any]]) -> dict[str, Any]:
+        async with session_scope(self.db) as s:
+            await BatchRepository(s).move(
+                self.batch.id,
+                ["validating", "in_progress", "cancelling"],
+                "failed",
+                errors=errors,
+                failed_at=_now(),
+            )
+        return {"status": "failed", "errors": len(errors)}
+
+    async def _finish(self, outcome: str) -> dict[str, Any]:
+        """Write the files and set the batch's last status (``outcome``)."""
+        bid = self.batch.id
+        if outcome == "completed":
+            async with session_scope(self.db) as s:
+                moved = await BatchRepository(s).move(
+                    bid, ["in_progress"], "finalizing", finalizing_at=_now()
+                )
+                if not moved and await BatchRepository(s).status(bid) == "cancelling":
+                    outcome = "cancelled"
+        async with session_scope(self.db) as s:
+            repo = BatchRepository(s)
+            batch = await repo.get(bid)
+            ok, err = await repo.results(bid, OK), await repo.results(bid, ERROR)
+            counts = await repo.counts(bid)
+        assert batch is not None
+        files: dict[str, Any] = {}
+        expires = batch.output_expires_after
+        if ok and batch.output_file_id is None:
+            files["output_file_id"] = await self.files.upload(
+                f"{bid}_output.jsonl", _jsonl(ok), expires
+            )
+        if err and batch.error_file_id is None:
+            files["error_file_id"] = await self.files.upload(
+                f"{bid}_error.jsonl", _jsonl(err), expires
+            )
+        frm = {
+            "completed": ["finalizing"],
+            "cancelled": ["cancelling"],
+            "expired": ["in_progress", "cancelling"],
+        }[outcome]
+        stamp = {"completed": "completed_at", "cancelled": "cancelled_at", "expired": "expired_at"}[
+            outcome
+        ]
+        async with session_scope(self.db) as s:
+            await BatchRepository(s).move(
+                bid,
+                frm,
+                outcome,
+                **files,
+                **{stamp: _now()},
+                completed=counts.get(OK, 0),
+                failed=counts.get(ERROR, 0),
+            )
+        log.info("batch %s %s: %d ok, %d failed", bid, outcome, len(ok), len(err))
+        return {"status": outcome, "completed": len(ok), "failed": len(err)}
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in rows)

@@ -1,0 +1,146 @@
+"""A Batch API stack through the gateway: fake auth's keys, rag (files), the jobs service and
+its worker running ``run_batch``, over a given llm; the official SDK as two organizations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from gateway.app import build_app as build_gateway
+from gateway.settings import GatewaySettings
+from libs.testing import Infra
+from libs.worker import Worker
+from services.jobs.app import build_app as build_jobs
+from services.jobs.settings import JobsSettings
+from services.jobs.tasks import run_batch
+from services.rag.app import build_app as build_rag
+from tests.support.servers import Running, serve
+from tests.support.stacks.rag import rag_settings
+from tests.support.stacks.stand_ins import FAKE_AUTH
+from tests.support.workers import make_worker
+
+
+@dataclass
+class BatchStack:
+    url: str
+    jobs: JobsSettings
+    infra: Infra
+    org: uuid.UUID = field(default_factory=uuid.uuid4)
+    other_org: uuid.UUID = field(default_factory=uuid.uuid4)
+    worker: Worker | None = None
+    task: asyncio.Task[Any] | None = None
+
+    def sdk(self, org: uuid.UUID | None = None) -> openai.AsyncOpenAI:
+        token = FAKE_AUTH.token(org_id=org or self.org)
+        return openai.AsyncOpenAI(
+            base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60
+        )
+
+    def start_worker(self, **options: Any) -> None:
+        self.worker = make_worker(
+            self.infra.redis_url,
+            "jobs",
+            [run_batch],
+            burst=False,
+            database_url=self.infra.database_url,
+            settings=self.jobs,
+            poll_delay=0.05,
+            **options,
+        )
+        self.task = asyncio.create_task(self.worker.async_run())
+
+    async def stop_worker(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.close()
+        self.task, self.worker = None, None
+
+
+@contextlib.asynccontextmanager
+async def batch_stack(
+    infra: Infra, tmp_path: Path, llm_url: str, *, worker: bool = True, **jobs: Any
+) -> AsyncIterator[BatchStack]:
+    running: list[Running] = []
+    try:
+        rag = await serve(build_rag(rag_settings(tmp_path, llm_url=llm_url)))
+        running.append(rag)
+        settings = JobsSettings.model_validate(
+            {
+                "rag_url": rag.url,
+                "llm_url": llm_url,
+                "batch_poll_s": 0.1,
+                "batch_flush_s": 0.1,
+                **jobs,
+            }
+        )
+        jobs_app = await serve(build_jobs(settings))
+        running.append(jobs_app)
+        keys = await serve(FAKE_AUTH.app())
+        running.append(keys)
+        gw = await serve(
+            build_gateway(
+                GatewaySettings.model_validate(
+                    {
+                        "use_redis": True,
+                        "jwks_url": f"{keys.url}/.well-known/jwks.json",
+                        "rag_url": rag.url,
+                        "llm_url": llm_url,
+                        "jobs_url": jobs_app.url,
+                    }
+                )
+            )
+        )
+        running.append(gw)
+        stack = BatchStack(gw.url, settings, infra)
+        if worker:
+            stack.start_worker()
+        try:
+            yield stack
+        finally:
+            await stack.stop_worker()
+    finally:
+        for r in reversed(running):
+            await r.stop()
+
+
+def jsonl(*rows: Any) -> bytes:
+    """Rows as JSONL (a str row is written as it is: a malformed line)."""
+    import orjson
+
+    return b"".join((r.encode() if isinstance(r, str) else orjson.dumps(r)) + b"\n" for r in rows)
+
+
+def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "default",
+            "messages": [{"role": "user", "content": content}],
+            **body,
+        },
+    }
+
+
+async def wait_status(
+    client: openai.AsyncOpenAI, batch_id: str, statuses: set[str], within: float = 120
+) -> Any:
+    """Poll ``batches.retrieve`` (as a client does) until the batch is in ``statuses``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        assert loop.time() < deadline, f"batch still {batch.status}: {batch}"
+        await asyncio.sleep(0.1)

@@ -101,16 +101,12 @@ class BatchRepository:
         )
         await self.session.execute(stmt, rows)
 
-    async def release(self, batch_id: str, lines: Sequence[int]) -> None:
-        """Forget claims of lines whose requests were stopped (cancel, expiry)."""
-        if lines:
-            await self.session.execute(
-                delete(BatchLine).where(
-                    BatchLine.batch_id == batch_id,
-                    BatchLine.line.in_(lines),
-                    BatchLine.state == RUNNING,
-                )
-            )
+    async def release(self, batch_id: str) -> None:
+        """Forget the claims without a result: requests a cancel or expiry stopped (called by
+        the batch's run after it recorded every result it got)."""
+        await self.session.execute(
+            delete(BatchLine).where(BatchLine.batch_id == batch_id, BatchLine.state == RUNNING)
+        )
 
     async def results(self, batch_id: str, state: str) -> list[dict[str, Any]]:
         stmt = (

@@ -32,7 +32,6 @@ from services.jobs.settings import JobsSettings
 log = logging.getLogger("aistack.jobs.batches")
 
 BATCH_HEADER = "x-aistack-batch"
-CLAIM_CHUNK = 256
 # a request the llm refused for the caller's rate limits did not run: sent again after this
 RATE_LIMITED_WAIT_S = 1.0
 CONNECT_TRIES = 5
@@ -127,7 +126,8 @@ class BatchRun:
         self.done_ok, self.done_err = counts.get(OK, 0), counts.get(ERROR, 0)
         self.total = plan.total
         pending = [r for r in plan.requests if r.line not in states]
-        self.claimed: set[int] = set()
+        self.to_claim: list[tuple[Request, asyncio.Future[None]]] = []
+        self.claim_lock = asyncio.Lock()
         self.finished: set[int] = set()
         self.buffer: list[Result] = []
         self.stop = asyncio.Event()
@@ -136,8 +136,8 @@ class BatchRun:
         if not pending:
             return "completed"
 
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=CLAIM_CHUNK)
         n = max(1, self.settings.batch_concurrency)
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * n)
         work: asyncio.Future[list[None]] = asyncio.gather(
             self._produce(queue, pending, n), *(self._work(queue) for _ in range(n))
         )
@@ -157,10 +157,9 @@ class BatchRun:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(watch, flush, stopped, return_exceptions=True)
         await self._flush()
-        abandoned = sorted(self.claimed - self.finished)
         async with session_scope(self.db) as s:
             repo = BatchRepository(s)
-            await repo.release(bid, abandoned)
+            await repo.release(bid)
             if self.reason == "expired":
                 unrun = [r for r in pending if r.line not in self.finished]
                 await repo.save(
@@ -185,20 +184,14 @@ class BatchRun:
     async def _produce(
         self, queue: asyncio.Queue[Request | None], pending: list[Request], workers: int
     ) -> None:
-        for i in range(0, len(pending), CLAIM_CHUNK):
-            chunk = pending[i : i + CLAIM_CHUNK]
-            async with session_scope(self.db) as s:
-                await BatchRepository(s).claim(
-                    self.batch.id, [(r.line, r.custom_id) for r in chunk]
-                )
-            self.claimed.update(r.line for r in chunk)
-            for r in chunk:
-                await queue.put(r)
+        for r in pending:
+            await queue.put(r)
         for _ in range(workers):
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[Request | None]) -> None:
         while (req := await queue.get()) is not None:
+            await self._claim(req)
             result = await self._send(req)
             self.buffer.append(result)
             self.finished.add(req.line)
@@ -206,6 +199,28 @@ class BatchRun:
                 self.done_ok += 1
             else:
                 self.done_err += 1
+
+    async def _claim(self, req: Request) -> None:
+        """Record that ``req`` is about to be sent (group commit: the lines that wait while
+        one claim is written are claimed together by the next)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.to_claim.append((req, fut))
+        async with self.claim_lock:
+            if not fut.done():
+                batch, self.to_claim = self.to_claim, []
+                try:
+                    async with session_scope(self.db) as s:
+                        await BatchRepository(s).claim(
+                            self.batch.id, [(r.line, r.custom_id) for r, _ in batch]
+                        )
+                except BaseException as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    raise
+                for _, f in batch:
+                    f.set_result(None)
+        await fut
 
     async def _send(self, req: Request) -> Result:
         rid = request_id()

@@ -3,19 +3,40 @@ batch's lines; a malformed line ends in the error file; list, cancel, 404s and v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from arq.jobs import Job
+from redis.asyncio import Redis
 
+from libs.queue import as_arq, queue_name
 from libs.testing import Infra
+from libs.usage import BILLING_SERVICE
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl, wait_status
 
 
+async def usage_of(redis: Redis, org: uuid.UUID, at_least: int) -> list[dict[str, Any]]:
+    """The usage events of ``org`` waiting on billing's queue (sent off the request path)."""
+    queue = queue_name(BILLING_SERVICE)
+    for _ in range(200):
+        events = []
+        for raw in await redis.zrange(queue, 0, -1):
+            info = await Job(raw.decode(), as_arq(redis), _queue_name=queue).info()
+            if info is not None and info.args and info.args[0].get("org_id") == str(org):
+                events.append(info.args[0])
+        if len(events) >= at_least:
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"fewer than {at_least} usage events for {org}")
+
+
 async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
-    infra: Infra, tmp_path: Path, local_llm: str
+    infra: Infra, tmp_path: Path, local_llm: str, redis: Redis
 ) -> None:
     async with batch_stack(infra, tmp_path, local_llm) as stack:
         client = stack.sdk()
@@ -54,6 +75,9 @@ async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
         assert bad["custom_id"] is None and bad["error"]["code"] == "invalid_json_line"
         output = await client.files.retrieve(done.output_file_id)
         assert output.purpose == "batch_output"
+        # the llm metered each line as batch usage of the batch's owner
+        usage = await usage_of(redis, stack.org, 2)
+        assert [e["kind"] for e in usage] == ["batch", "batch"]
 
         # listed, newest first, with OpenAI's cursor page
         page = await client.batches.list(limit=10)

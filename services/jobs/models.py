@@ -220,4 +220,5 @@ class BatchLine(Base):
     line: Mapped[int] = mapped_column(Integer, primary_key=True)
     custom_id: Mapped[str | None] = mapped_column(Text, default=None)
     state: Mapped[str] = mapped_column(String(8))
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+    # the line of the output or error file (JSON text, kept as the llm's answer came)
+    result: Mapped[str | None] = mapped_column(Text, default=None)

@@ -38,6 +38,7 @@ from libs.http import make_http_client
 from libs.permissions import Scope
 from libs.queue import JobContext, Periodic, RetryPolicy, job
 from libs.storage_errors import describe, outage_of
+from libs.transport import Client, Timeouts
 from services.jobs.batches.repository import BatchRepository
 from services.jobs.batches.runner import BatchRun
 from services.jobs.jobs.reconciler import Reconciler
@@ -138,6 +139,7 @@ async def purge_expired_jobs(ctx: JobContext) -> dict[str, int]:
 
 
 BATCH_HTTP = "jobs_batch_http"
+BATCH_LLM = "jobs_batch_llm"
 BATCH_RETRY = RetryPolicy(max_tries=10, backoff_s=2.0, max_backoff_s=120.0)
 
 
@@ -148,11 +150,16 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
 
     Safe to run again (a crash, a retry): lines with a result are skipped and lines sent but
     without one are reported, never sent twice. Out of tries, the batch is failed."""
+    settings = _settings(ctx.state)
     http = ctx.state.get(BATCH_HTTP)
     if not isinstance(http, httpx.AsyncClient):
         http = ctx.state[BATCH_HTTP] = make_http_client("jobs", timeout=60, retries=2)
+    llm = ctx.state.get(BATCH_LLM)
+    if not isinstance(llm, Client):
+        timeouts = Timeouts(connect=5, read=settings.batch_request_timeout_s, write=30, pool=600)
+        llm = ctx.state[BATCH_LLM] = Client(timeouts)
     try:
-        return await BatchRun(ctx, ctx.state["db"], http, _settings(ctx.state)).run(batch_id)
+        return await BatchRun(ctx, ctx.state["db"], http, llm, settings).run(batch_id)
     except Exception as exc:
         if ctx.attempt >= BATCH_RETRY.max_tries:
             async with session_scope(ctx.state["db"]) as session:
@@ -225,9 +232,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
-    http = ctx.pop(BATCH_HTTP, None)
-    if http is not None:
-        await http.aclose()
+    for key in (BATCH_HTTP, BATCH_LLM):
+        client = ctx.pop(key, None)
+        if client is not None:
+            await client.aclose()
     for task in ctx.get("jobs_loops", []):
         task.cancel()
     for task in ctx.get("jobs_loops", []):

@@ -25,12 +25,15 @@ class Tokens:
         self.principal, self.secret = principal, secret
         self._token, self._at = "", 0.0
 
-    def header(self) -> dict[str, str]:
+    def token(self) -> str:
         now = time.monotonic()
         if now - self._at > TOKEN_TTL_S / 2:
             self._token = sign_internal_token(self.principal, self.secret, TOKEN_TTL_S)
             self._at = now
-        return {INTERNAL_HEADER: self._token}
+        return self._token
+
+    def header(self) -> dict[str, str]:
+        return {INTERNAL_HEADER: self.token()}
 
 
 def _unavailable(exc: Exception | None = None, status: int | None = None) -> ServiceUnavailable:

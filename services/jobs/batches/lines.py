@@ -116,21 +116,33 @@ def request_id() -> str:
     return f"batch_req_{secrets.token_hex(16)}"
 
 
-def error_line(custom_id: str | None, code: str, message: str) -> dict[str, Any]:
-    """An error file line for a request that got no answer."""
-    return {
-        "id": request_id(),
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
+def error_line(custom_id: str | None, code: str, message: str) -> str:
+    """An error file line (JSON, no newline) for a request that got no answer."""
+    return orjson.dumps(
+        {
+            "id": request_id(),
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": code, "message": message},
+        }
+    ).decode()
 
 
-def response_line(custom_id: str, status: int, req_id: str, body: Any) -> dict[str, Any]:
-    """An output (2xx) or error file line for a request the llm answered."""
-    return {
-        "id": req_id,
-        "custom_id": custom_id,
-        "response": {"status_code": status, "request_id": req_id, "body": body},
-        "error": None,
-    }
+def response_line(custom_id: str, status: int, req_id: str, body: bytes) -> str:
+    """An output (2xx) or error file line for a request the llm answered with the JSON
+    ``body``, which goes in as it came (not parsed and written again)."""
+    if not body.strip() or b"\n" in body:
+        # no body, or one on several lines (JSONL needs one): parsed and written compactly
+        try:
+            body = orjson.dumps(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            body = orjson.dumps({"error": {"message": body.decode("utf-8", "replace")[:2000]}})
+    head = orjson.dumps({"id": req_id, "custom_id": custom_id})[:-1]
+    return (
+        head
+        + b',"response":{"status_code":%d,"request_id":' % status
+        + orjson.dumps(req_id)
+        + b',"body":'
+        + body
+        + b'},"error":null}'
+    ).decode("utf-8", "replace")

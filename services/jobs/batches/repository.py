@@ -6,14 +6,45 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.jobs.models import Batch, BatchLine
 
 # line states: claimed (its request sent or about to be), and its two results
 RUNNING, OK, ERROR = "running", "ok", "error"
+
+# many lines in one statement (arrays unnested: one round trip, no per-row parameters)
+_LINE_ARRAYS = (
+    bindparam("lines", type_=ARRAY(Integer)),
+    bindparam("ids", type_=ARRAY(Text)),
+)
+_CLAIM = text(
+    "INSERT INTO jobs.batch_lines (batch_id, line, custom_id, state) "
+    "SELECT :b, n, c, 'running' FROM unnest(:lines, :ids) AS t(n, c) "
+    "ON CONFLICT DO NOTHING"
+).bindparams(*_LINE_ARRAYS)
+_SAVE = text(
+    "INSERT INTO jobs.batch_lines (batch_id, line, custom_id, state, result) "
+    "SELECT :b, n, c, s, r FROM unnest(:lines, :ids, :states, :results) AS t(n, c, s, r) "
+    "ON CONFLICT (batch_id, line) DO UPDATE SET state = excluded.state, result = excluded.result"
+).bindparams(
+    *_LINE_ARRAYS,
+    bindparam("states", type_=ARRAY(String)),
+    bindparam("results", type_=ARRAY(Text)),
+)
 
 
 class BatchRepository:
@@ -77,29 +108,27 @@ class BatchRepository:
 
     async def claim(self, batch_id: str, lines: Sequence[tuple[int, str | None]]) -> None:
         """Mark lines as sent (before they are): a crash leaves them claimed, never resent."""
-        if not lines:
-            return
-        rows = [
-            {"batch_id": batch_id, "line": n, "custom_id": c, "state": RUNNING} for n, c in lines
-        ]
-        await self.session.execute(insert(BatchLine).on_conflict_do_nothing(), rows)
+        if lines:
+            await self.session.execute(
+                _CLAIM,
+                {"b": batch_id, "lines": [n for n, _ in lines], "ids": [c for _, c in lines]},
+            )
 
     async def save(
-        self, batch_id: str, results: Sequence[tuple[int, str | None, str, dict[str, Any]]]
+        self, batch_id: str, results: Sequence[tuple[int, str | None, str, str]]
     ) -> None:
-        """Record lines' results (line, custom_id, ok/error, the result line)."""
-        if not results:
-            return
-        rows = [
-            {"batch_id": batch_id, "line": n, "custom_id": c, "state": s, "result": r}
-            for n, c, s, r in results
-        ]
-        stmt = insert(BatchLine)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[BatchLine.batch_id, BatchLine.line],
-            set_={"state": stmt.excluded.state, "result": stmt.excluded.result},
-        )
-        await self.session.execute(stmt, rows)
+        """Record lines' results (line, custom_id, ok/error, the result line as JSON)."""
+        if results:
+            await self.session.execute(
+                _SAVE,
+                {
+                    "b": batch_id,
+                    "lines": [r[0] for r in results],
+                    "ids": [r[1] for r in results],
+                    "states": [r[2] for r in results],
+                    "results": [r[3] for r in results],
+                },
+            )
 
     async def release(self, batch_id: str) -> None:
         """Forget the claims without a result: requests a cancel or expiry stopped (called by
@@ -108,7 +137,7 @@ class BatchRepository:
             delete(BatchLine).where(BatchLine.batch_id == batch_id, BatchLine.state == RUNNING)
         )
 
-    async def results(self, batch_id: str, state: str) -> list[dict[str, Any]]:
+    async def results(self, batch_id: str, state: str) -> list[str]:
         stmt = (
             select(BatchLine.result)
             .where(BatchLine.batch_id == batch_id, BatchLine.state == state)

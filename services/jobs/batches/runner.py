@@ -2,10 +2,13 @@
 its owner with bounded concurrency, keep every line's result in PostgreSQL, write the output
 and error files back to rag.
 
-Never twice per ``custom_id``: a line is claimed in PostgreSQL before its request leaves, and
-its result replaces the claim. A run after a crash skips lines with a result and reports
-lines claimed without one as interrupted (their request may have run) instead of sending them
-again. Cancel and expiry are seen within ``JOBS_BATCH_POLL_S``: requests in flight are
+Never twice per ``custom_id``: lines are claimed in PostgreSQL a few at a time (as many as
+``JOBS_BATCH_CONCURRENCY``), just before their requests leave, and a line's result replaces
+its claim. A run after a crash skips lines with a result and reports lines claimed without
+one as interrupted (their request may have run) instead of sending them again: at most the
+dead run's requests in flight and the few it had claimed next.
+
+Cancel and expiry are seen within ``JOBS_BATCH_POLL_S``: requests in flight are
 abandoned (their claims dropped), and the files keep what completed.
 """
 
@@ -21,8 +24,9 @@ import httpx
 import orjson
 
 from libs.db import Database, session_scope
-from libs.identity import Principal
+from libs.identity import INTERNAL_HEADER, Principal
 from libs.queue import JobCancelled, JobContext
+from libs.transport import Client, ConnectFailed, TransportError
 from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
 from services.jobs.batches.lines import Plan, Request, error_line, parse, request_id, response_line
 from services.jobs.batches.repository import ERROR, OK, RUNNING, BatchRepository
@@ -31,12 +35,12 @@ from services.jobs.settings import JobsSettings
 
 log = logging.getLogger("aistack.jobs.batches")
 
-BATCH_HEADER = "x-aistack-batch"
+BATCH_HEADER = b"x-aistack-batch"
 # a request the llm refused for the caller's rate limits did not run: sent again after this
 RATE_LIMITED_WAIT_S = 1.0
 CONNECT_TRIES = 5
 
-Result = tuple[int, str | None, str, dict[str, Any]]
+Result = tuple[int, str | None, str, str]
 
 
 def _now() -> datetime:
@@ -45,9 +49,15 @@ def _now() -> datetime:
 
 class BatchRun:
     def __init__(
-        self, ctx: JobContext, db: Database, http: httpx.AsyncClient, settings: JobsSettings
+        self,
+        ctx: JobContext,
+        db: Database,
+        http: httpx.AsyncClient,
+        llm: Client,
+        settings: JobsSettings,
     ) -> None:
-        self.ctx, self.db, self.http, self.settings = ctx, db, http, settings
+        """``http``: rag's file routes; ``llm``: the lines' requests (libs.transport)."""
+        self.ctx, self.db, self.http, self.llm, self.settings = ctx, db, http, llm, settings
 
     async def run(self, batch_id: str) -> dict[str, Any]:
         async with session_scope(self.db) as s:
@@ -126,8 +136,6 @@ class BatchRun:
         self.done_ok, self.done_err = counts.get(OK, 0), counts.get(ERROR, 0)
         self.total = plan.total
         pending = [r for r in plan.requests if r.line not in states]
-        self.to_claim: list[tuple[Request, asyncio.Future[None]]] = []
-        self.claim_lock = asyncio.Lock()
         self.finished: set[int] = set()
         self.buffer: list[Result] = []
         self.stop = asyncio.Event()
@@ -137,7 +145,7 @@ class BatchRun:
             return "completed"
 
         n = max(1, self.settings.batch_concurrency)
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=2 * n)
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=n)
         work: asyncio.Future[list[None]] = asyncio.gather(
             self._produce(queue, pending, n), *(self._work(queue) for _ in range(n))
         )
@@ -184,14 +192,21 @@ class BatchRun:
     async def _produce(
         self, queue: asyncio.Queue[Request | None], pending: list[Request], workers: int
     ) -> None:
-        for r in pending:
-            await queue.put(r)
+        """Claim lines a few at a time, just ahead of the workers taking them (one write per
+        ``workers`` lines; at most about twice that many claimed and not yet sent)."""
+        for i in range(0, len(pending), workers):
+            chunk = pending[i : i + workers]
+            async with session_scope(self.db) as s:
+                await BatchRepository(s).claim(
+                    self.batch.id, [(r.line, r.custom_id) for r in chunk]
+                )
+            for r in chunk:
+                await queue.put(r)
         for _ in range(workers):
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[Request | None]) -> None:
         while (req := await queue.get()) is not None:
-            await self._claim(req)
             result = await self._send(req)
             self.buffer.append(result)
             self.finished.add(req.line)
@@ -200,69 +215,46 @@ class BatchRun:
             else:
                 self.done_err += 1
 
-    async def _claim(self, req: Request) -> None:
-        """Record that ``req`` is about to be sent (group commit: the lines that wait while
-        one claim is written are claimed together by the next)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.to_claim.append((req, fut))
-        async with self.claim_lock:
-            if not fut.done():
-                batch, self.to_claim = self.to_claim, []
-                try:
-                    async with session_scope(self.db) as s:
-                        await BatchRepository(s).claim(
-                            self.batch.id, [(r.line, r.custom_id) for r, _ in batch]
-                        )
-                except BaseException as exc:
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    raise
-                for _, f in batch:
-                    f.set_result(None)
-        await fut
-
     async def _send(self, req: Request) -> Result:
         rid = request_id()
         url = f"{self.settings.llm_url.rstrip('/')}{self.batch.endpoint}"
+        payload = orjson.dumps(req.body)
         connect_failures = 0
         while True:
-            headers = {**self.tokens.header(), BATCH_HEADER: self.batch.id, "x-request-id": rid}
+            headers = [
+                (INTERNAL_HEADER.encode(), self.tokens.token().encode()),
+                (b"content-type", b"application/json"),
+                (BATCH_HEADER, self.batch.id.encode()),
+                (b"x-request-id", rid.encode()),
+            ]
             try:
-                resp = await self.http.post(
-                    url,
-                    content=orjson.dumps(req.body),
-                    headers={**headers, "content-type": "application/json"},
-                    timeout=self.settings.batch_request_timeout_s,
-                )
-            except httpx.ConnectError as exc:
+                resp = await self.llm.send("POST", url, headers, payload)
+                try:
+                    body = await resp.read()
+                finally:
+                    await resp.close()
+            except ConnectFailed as exc:
                 # nothing was sent: trying again cannot run it twice
                 connect_failures += 1
                 if connect_failures >= CONNECT_TRIES:
                     return self._failed(req, "llm_unavailable", f"The llm is unreachable ({exc}).")
                 await asyncio.sleep(0.5 * 2**connect_failures)
                 continue
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 return self._failed(req, "request_failed", f"{type(exc).__name__}: {exc}"[:500])
-            if resp.status_code == 429:
-                wait = resp.headers.get("retry-after")
-                try:
-                    delay = min(60.0, max(0.05, float(wait))) if wait else RATE_LIMITED_WAIT_S
-                except ValueError:
-                    delay = RATE_LIMITED_WAIT_S
-                await asyncio.sleep(delay)
+            if resp.status == 429:
+                await asyncio.sleep(_retry_after(resp.headers))
                 continue
-            try:
-                body: Any = resp.json()
-            except ValueError:
-                body = {"error": {"message": resp.text[:2000]}}
-            state = OK if 200 <= resp.status_code < 300 else ERROR
-            rid = resp.headers.get("x-request-id", rid)
+            ctype = _header(resp.headers, b"content-type")
+            if b"json" not in ctype:
+                text = body.decode("utf-8", "replace")[:2000]
+                body = orjson.dumps({"error": {"message": text}})
+            state = OK if 200 <= resp.status < 300 else ERROR
             return (
                 req.line,
                 req.custom_id,
                 state,
-                response_line(req.custom_id, resp.status_code, rid, body),
+                response_line(req.custom_id, resp.status, rid, body),
             )
 
     @staticmethod
@@ -377,5 +369,17 @@ class BatchRun:
         return {"status": outcome, "completed": len(ok), "failed": len(err)}
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+def _jsonl(rows: list[str]) -> bytes:
+    return "".join(f"{r}\n" for r in rows).encode()
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    return next((v for k, v in headers if k == name), b"")
+
+
+def _retry_after(headers: list[tuple[bytes, bytes]]) -> float:
+    """How long a 429 asks to wait (bounded), else a second."""
+    try:
+        return min(60.0, max(0.05, float(_header(headers, b"retry-after") or b"x")))
+    except ValueError:
+        return RATE_LIMITED_WAIT_S

@@ -39,7 +39,9 @@ async def lines_of(client: openai.AsyncOpenAI, file_id: str | None) -> list[dict
 
 
 async def wait_completed(client: openai.AsyncOpenAI, batch_id: str, at_least: int) -> None:
-    for _ in range(600):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while loop.time() < deadline:
         b = await client.batches.retrieve(batch_id)
         if b.request_counts and b.request_counts.completed >= at_least:
             return
@@ -130,5 +132,8 @@ async def test_a_worker_killed_mid_batch_is_resumed_without_sending_a_line_twice
     reported = [r["custom_id"] for r in out + err]
     assert sorted(reported) == sorted(f"crash-{i}" for i in range(60))
     assert all(r["error"]["code"] == "interrupted" for r in err)
-    assert {r["custom_id"] for r in err} <= set(before)
+    # lines are claimed a few at a time just before they are sent: the dead worker's claims
+    # without an answer are at most its requests in flight and the few claimed next (2 each)
+    assert len(err) <= 3 * 2
     assert {r["custom_id"] for r in out} <= set(sent)
+    assert sum(before.values()) >= 10

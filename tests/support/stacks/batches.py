@@ -19,7 +19,7 @@ from libs.testing import Infra
 from libs.worker import Worker
 from services.jobs.app import build_app as build_jobs
 from services.jobs.settings import JobsSettings
-from services.jobs.tasks import run_batch
+from services.jobs.tasks import on_shutdown, run_batch
 from services.rag.app import build_app as build_rag
 from tests.support.servers import Running, serve
 from tests.support.stacks.rag import rag_settings
@@ -62,6 +62,7 @@ class BatchStack:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.worker is not None:
             await self.worker.close()
+            await on_shutdown(self.worker.ctx)  # the batches' HTTP clients
         self.task, self.worker = None, None
 
 

@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("line", sa.Integer(), nullable=False),
         sa.Column("custom_id", sa.Text(), nullable=True),
         sa.Column("state", sa.String(8), nullable=False),
-        sa.Column("result", postgresql.JSONB(), nullable=True),
+        sa.Column("result", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["batch_id"],
             ["jobs.batches.id"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -78,6 +79,12 @@ class BatchRepository:
     async def status(self, batch_id: str) -> str | None:
         stmt = select(Batch.status).where(Batch.id == batch_id)
         return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def watch(self, batch_id: str) -> tuple[str, datetime] | None:
+        """A running batch's status and expiry, as its run checks them."""
+        stmt = select(Batch.status, Batch.expires_at).where(Batch.id == batch_id)
+        row = (await self.session.execute(stmt)).one_or_none()
+        return (str(row[0]), row[1]) if row is not None else None
 
     async def update(self, batch_id: str, **values: Any) -> None:
         await self.session.execute(update(Batch).where(Batch.id == batch_id).values(**values))

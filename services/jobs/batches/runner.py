@@ -266,13 +266,13 @@ class BatchRun:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.batch_poll_s)
-            if _now() >= self.batch.expires_at:
-                self._halt("expired")
-                return
             async with session_scope(self.db) as s:
-                status = await BatchRepository(s).status(self.batch.id)
-            if status == "cancelling":
+                seen = await BatchRepository(s).watch(self.batch.id)
+            if seen is None or seen[0] == "cancelling":
                 self._halt("cancelled")
+                return
+            if _now() >= seen[1]:
+                self._halt("expired")
                 return
 
     def _halt(self, reason: str) -> None:

@@ -14,7 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import openai
+from sqlalchemy import text
 
+from libs.db import make_engine
 from libs.testing import Infra
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl, wait_status
 from tests.support.stacks.llm import Upstream
@@ -137,3 +139,30 @@ async def test_a_worker_killed_mid_batch_is_resumed_without_sending_a_line_twice
     assert len(err) <= 3 * 2
     assert {r["custom_id"] for r in out} <= set(sent)
     assert sum(before.values()) >= 10
+
+
+async def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
+    infra: Infra, tmp_path: Path, fake_llm: tuple[str, Upstream]
+) -> None:
+    url, upstream = fake_llm
+    upstream.reset()
+    upstream.behavior.delay = 0.1
+    engine = make_engine(infra.database_url)
+    async with batch_stack(infra, tmp_path, url, batch_concurrency=2) as stack:
+        client = stack.sdk()
+        batch_id = await start(client, "late", 100)
+        await wait_completed(client, batch_id, 4)
+        async with engine.begin() as conn:  # its 24 hours are up
+            await conn.execute(
+                text("UPDATE jobs.batches SET expires_at = now() WHERE id = :id"), {"id": batch_id}
+            )
+        done = await wait_status(client, batch_id, {"expired"}, within=30)
+        assert done.expired_at and done.request_counts is not None
+        out = await lines_of(client, done.output_file_id)
+        err = await lines_of(client, done.error_file_id)
+    await engine.dispose()
+    assert done.request_counts.completed == len(out) >= 4
+    assert done.request_counts.failed == len(err) == 100 - len(out)
+    assert {r["error"]["code"] for r in err} == {"batch_expired"}
+    assert sorted(r["custom_id"] for r in out + err) == sorted(f"late-{i}" for i in range(100))
+    upstream.reset()

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from arq.jobs import Job
@@ -38,7 +39,7 @@ async def usage_of(redis: Redis, org: uuid.UUID, at_least: int) -> list[dict[str
 async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
     infra: Infra, tmp_path: Path, local_llm: str, redis: Redis
 ) -> None:
-    async with batch_stack(infra, tmp_path, local_llm) as stack:
+    async with batch_stack(infra, tmp_path, local_llm, loops=True) as stack:
         client = stack.sdk()
         data = jsonl(
             chat_line("greet", "Say hello.", max_tokens=4),
@@ -78,6 +79,17 @@ async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
         # the llm metered each line as batch usage of the batch's owner
         usage = await usage_of(redis, stack.org, 2)
         assert [e["kind"] for e in usage] == ["batch", "batch"]
+
+        # the batch is a job of the jobs service: its record shows it and its progress
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as http:
+            auth = {"authorization": f"Bearer {client.api_key}"}
+            for _ in range(200):
+                record = (await http.get(f"/v1/jobs/batch:{batch.id}", headers=auth)).json()
+                if record.get("status") == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+            assert record["status"] == "succeeded" and record["progress"] == 100, record
+            assert record["message"] == "3 of 3 requests (1 failed)"
 
         # listed, newest first, with OpenAI's cursor page
         page = await client.batches.list(limit=10)

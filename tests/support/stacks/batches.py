@@ -19,7 +19,7 @@ from libs.testing import Infra
 from libs.worker import Worker
 from services.jobs.app import build_app as build_jobs
 from services.jobs.settings import JobsSettings
-from services.jobs.tasks import on_shutdown, run_batch
+from services.jobs.tasks import on_shutdown, on_startup, run_batch
 from services.rag.app import build_app as build_rag
 from tests.support.servers import Running, serve
 from tests.support.stacks.rag import rag_settings
@@ -43,7 +43,11 @@ class BatchStack:
             base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60
         )
 
-    def start_worker(self, **options: Any) -> None:
+    def start_worker(self, *, loops: bool = False, **options: Any) -> None:
+        """The jobs worker running batches; with ``loops``, its start-up too (the events
+        recorder keeping job records, the reconciler, the scheduler)."""
+        if loops:
+            options = {"on_startup": on_startup, "on_shutdown": on_shutdown, **options}
         self.worker = make_worker(
             self.infra.redis_url,
             "jobs",
@@ -62,13 +66,19 @@ class BatchStack:
             await asyncio.gather(self.task, return_exceptions=True)
         if self.worker is not None:
             await self.worker.close()
-            await on_shutdown(self.worker.ctx)  # the batches' HTTP clients
+            await on_shutdown(self.worker.ctx)  # the batches' HTTP clients (and loops)
         self.task, self.worker = None, None
 
 
 @contextlib.asynccontextmanager
 async def batch_stack(
-    infra: Infra, tmp_path: Path, llm_url: str, *, worker: bool = True, **jobs: Any
+    infra: Infra,
+    tmp_path: Path,
+    llm_url: str,
+    *,
+    worker: bool = True,
+    loops: bool = False,
+    **jobs: Any,
 ) -> AsyncIterator[BatchStack]:
     running: list[Running] = []
     try:
@@ -103,7 +113,7 @@ async def batch_stack(
         running.append(gw)
         stack = BatchStack(gw.url, settings, infra)
         if worker:
-            stack.start_worker()
+            stack.start_worker(loops=loops)
         try:
             yield stack
         finally:

@@ -2,11 +2,11 @@
 its owner with bounded concurrency, keep every line's result in PostgreSQL, write the output
 and error files back to rag.
 
-Never twice per ``custom_id``: lines are claimed in PostgreSQL a few at a time (as many as
-``JOBS_BATCH_CONCURRENCY``), just before their requests leave, and a line's result replaces
-its claim. A run after a crash skips lines with a result and reports lines claimed without
-one as interrupted (their request may have run) instead of sending them again: at most the
-dead run's requests in flight and the few it had claimed next.
+Never twice per ``custom_id``: lines are claimed in PostgreSQL a few at a time
+(:data:`CLAIM_AHEAD` times ``JOBS_BATCH_CONCURRENCY``), just ahead of their requests, and a
+line's result replaces its claim. A run after a crash skips lines with a result and reports
+lines claimed without one as interrupted (their request may have run) instead of sending
+them again: at most the dead run's requests in flight and the few it had claimed next.
 
 Cancel and expiry are seen within ``JOBS_BATCH_POLL_S``: requests in flight are
 abandoned (their claims dropped), and the files keep what completed.
@@ -39,6 +39,8 @@ BATCH_HEADER = b"x-aistack-batch"
 # a request the llm refused for the caller's rate limits did not run: sent again after this
 RATE_LIMITED_WAIT_S = 1.0
 CONNECT_TRIES = 5
+# lines claimed at once, per request in flight: enough that the workers never wait for a claim
+CLAIM_AHEAD = 4
 
 Result = tuple[int, str | None, str, str]
 
@@ -138,6 +140,7 @@ class BatchRun:
         pending = [r for r in plan.requests if r.line not in states]
         self.finished: set[int] = set()
         self.buffer: list[Result] = []
+        self.flush_lock = asyncio.Lock()
         self.stop = asyncio.Event()
         self.reason = "completed"
         await self._report()
@@ -145,7 +148,7 @@ class BatchRun:
             return "completed"
 
         n = max(1, self.settings.batch_concurrency)
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=n)
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=CLAIM_AHEAD * n)
         work: asyncio.Future[list[None]] = asyncio.gather(
             self._produce(queue, pending, n), *(self._work(queue) for _ in range(n))
         )
@@ -165,6 +168,8 @@ class BatchRun:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.gather(watch, flush, stopped, return_exceptions=True)
         await self._flush()
+        if self.reason == "completed":
+            return self.reason
         async with session_scope(self.db) as s:
             repo = BatchRepository(s)
             await repo.release(bid)
@@ -193,9 +198,10 @@ class BatchRun:
         self, queue: asyncio.Queue[Request | None], pending: list[Request], workers: int
     ) -> None:
         """Claim lines a few at a time, just ahead of the workers taking them (one write per
-        ``workers`` lines; at most about twice that many claimed and not yet sent)."""
-        for i in range(0, len(pending), workers):
-            chunk = pending[i : i + workers]
+        ``CLAIM_AHEAD * workers`` lines; at most about twice that many claimed, not sent)."""
+        step = CLAIM_AHEAD * workers
+        for i in range(0, len(pending), step):
+            chunk = pending[i : i + step]
             async with session_scope(self.db) as s:
                 await BatchRepository(s).claim(
                     self.batch.id, [(r.line, r.custom_id) for r in chunk]
@@ -285,12 +291,16 @@ class BatchRun:
             await self._flush()
 
     async def _flush(self) -> None:
-        results, self.buffer = self.buffer, []
-        if results:
-            async with session_scope(self.db) as s:
-                repo = BatchRepository(s)
-                await repo.save(self.batch.id, results)
-                await repo.update(self.batch.id, completed=self.done_ok, failed=self.done_err)
+        """Record the results so far. A result leaves the buffer only once written, so a
+        flush cancelled midway (the run ending) loses none: the next writes it (again)."""
+        async with self.flush_lock:
+            results = self.buffer[:]
+            if results:
+                async with session_scope(self.db) as s:
+                    repo = BatchRepository(s)
+                    await repo.save(self.batch.id, results)
+                    await repo.update(self.batch.id, completed=self.done_ok, failed=self.done_err)
+                del self.buffer[: len(results)]
         await self._report()
 
     async def _report(self) -> None:

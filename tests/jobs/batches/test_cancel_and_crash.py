@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from libs.db import make_engine
 from libs.testing import Infra
+from services.jobs.batches.runner import CLAIM_AHEAD
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl, wait_status
 from tests.support.stacks.llm import Upstream
 
@@ -134,9 +135,9 @@ async def test_a_worker_killed_mid_batch_is_resumed_without_sending_a_line_twice
     reported = [r["custom_id"] for r in out + err]
     assert sorted(reported) == sorted(f"crash-{i}" for i in range(60))
     assert all(r["error"]["code"] == "interrupted" for r in err)
-    # lines are claimed a few at a time just before they are sent: the dead worker's claims
-    # without an answer are at most its requests in flight and the few claimed next (2 each)
-    assert len(err) <= 3 * 2
+    # lines are claimed a few at a time just ahead of being sent: the dead worker's claims
+    # without an answer are at most its 2 requests in flight and the lines claimed next
+    assert len(err) <= 2 + 2 * CLAIM_AHEAD * 2
     assert {r["custom_id"] for r in out} <= set(sent)
     assert sum(before.values()) >= 10
 

@@ -106,6 +106,8 @@ async def batch_stack(
                         "rag_url": rag.url,
                         "llm_url": llm_url,
                         "jobs_url": jobs_app.url,
+                        # tests poll batches.retrieve as fast as a client may
+                        "rate_limit_enabled": False,
                     }
                 )
             )

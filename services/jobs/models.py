@@ -193,6 +193,8 @@ class Batch(Base):
     total: Mapped[int] = mapped_column(Integer, default=0)
     completed: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # every line up to this one (0-based) may have been sent (runner.py: never twice)
+    claimed_through: Mapped[int] = mapped_column(Integer, default=-1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
@@ -205,12 +207,10 @@ class Batch(Base):
 
 
 class BatchLine(Base):
-    """What became of one line of a batch's input file (``line``: its 0-based number).
-
-    A line is claimed (``running``) before its request is sent and gets its result line
-    (``ok``: the output file, ``error``: the error file) after; a run that finds a claim
-    without a result (its worker died meanwhile) reports the line as interrupted rather than
-    sending it again, so no ``custom_id`` runs twice."""
+    """What became of one line of a batch's input file (``line``: its 0-based number): its
+    result line, ``ok`` (for the output file) or ``error`` (the error file). A line claimed
+    (``Batch.claimed_through``) without one when a run starts was being sent by a worker that
+    died: it is reported as interrupted rather than sent again."""
 
     __tablename__ = "batch_lines"
 

@@ -13,7 +13,6 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
-    delete,
     func,
     select,
     text,
@@ -24,25 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.jobs.models import Batch, BatchLine
 
-# line states: claimed (its request sent or about to be), and its two results
-RUNNING, OK, ERROR = "running", "ok", "error"
+# a line's result: in the output file, or in the error file
+OK, ERROR = "ok", "error"
 
 # many lines in one statement (arrays unnested: one round trip, no per-row parameters)
-_LINE_ARRAYS = (
-    bindparam("lines", type_=ARRAY(Integer)),
-    bindparam("ids", type_=ARRAY(Text)),
-)
-_CLAIM = text(
-    "INSERT INTO jobs.batch_lines (batch_id, line, custom_id, state) "
-    "SELECT :b, n, c, 'running' FROM unnest(:lines, :ids) AS t(n, c) "
-    "ON CONFLICT DO NOTHING"
-).bindparams(*_LINE_ARRAYS)
 _SAVE = text(
     "INSERT INTO jobs.batch_lines (batch_id, line, custom_id, state, result) "
     "SELECT :b, n, c, s, r FROM unnest(:lines, :ids, :states, :results) AS t(n, c, s, r) "
     "ON CONFLICT (batch_id, line) DO UPDATE SET state = excluded.state, result = excluded.result"
 ).bindparams(
-    *_LINE_ARRAYS,
+    bindparam("lines", type_=ARRAY(Integer)),
+    bindparam("ids", type_=ARRAY(Text)),
     bindparam("states", type_=ARRAY(String)),
     bindparam("results", type_=ARRAY(Text)),
 )
@@ -113,13 +104,14 @@ class BatchRepository:
         )
         return {str(st): int(n) for st, n in (await self.session.execute(stmt)).all()}
 
-    async def claim(self, batch_id: str, lines: Sequence[tuple[int, str | None]]) -> None:
-        """Mark lines as sent (before they are): a crash leaves them claimed, never resent."""
-        if lines:
-            await self.session.execute(
-                _CLAIM,
-                {"b": batch_id, "lines": [n for n, _ in lines], "ids": [c for _, c in lines]},
-            )
+    async def claim_through(self, batch_id: str, line: int) -> None:
+        """Every line up to ``line`` may be sent from now on (before they are): a crash leaves
+        them claimed, so they are never sent again."""
+        await self.session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(claimed_through=func.greatest(Batch.claimed_through, line))
+        )
 
     async def save(
         self, batch_id: str, results: Sequence[tuple[int, str | None, str, str]]
@@ -136,13 +128,6 @@ class BatchRepository:
                     "results": [r[3] for r in results],
                 },
             )
-
-    async def release(self, batch_id: str) -> None:
-        """Forget the claims without a result: requests a cancel or expiry stopped (called by
-        the batch's run after it recorded every result it got)."""
-        await self.session.execute(
-            delete(BatchLine).where(BatchLine.batch_id == batch_id, BatchLine.state == RUNNING)
-        )
 
     async def results(self, batch_id: str, state: str) -> list[str]:
         stmt = (

@@ -2,14 +2,15 @@
 its owner with bounded concurrency, keep every line's result in PostgreSQL, write the output
 and error files back to rag.
 
-Never twice per ``custom_id``: lines are claimed in PostgreSQL a few at a time
-(:data:`CLAIM_AHEAD` times ``JOBS_BATCH_CONCURRENCY``), just ahead of their requests, and a
-line's result replaces its claim. A run after a crash skips lines with a result and reports
-lines claimed without one as interrupted (their request may have run) instead of sending
-them again: at most the dead run's requests in flight and the few it had claimed next.
+Never twice per ``custom_id``: lines are sent in file order and claimed in PostgreSQL a few
+at a time (:data:`CLAIM_AHEAD` times ``JOBS_BATCH_CONCURRENCY``) just ahead of their requests,
+as one number (``claimed_through``: every line up to it may have been sent); each line's
+result is kept in ``jobs.batch_lines``. A run after a crash skips lines with a result and
+reports claimed lines without one as interrupted (their request may have run) instead of
+sending them again: at most the dead run's requests in flight and the few claimed next.
 
 Cancel and expiry are seen within ``JOBS_BATCH_POLL_S``: requests in flight are
-abandoned (their claims dropped), and the files keep what completed.
+abandoned, and the files keep what completed.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from libs.queue import JobCancelled, JobContext
 from libs.transport import Client, ConnectFailed, TransportError
 from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
 from services.jobs.batches.lines import Plan, Request, error_line, parse, request_id, response_line
-from services.jobs.batches.repository import ERROR, OK, RUNNING, BatchRepository
+from services.jobs.batches.repository import ERROR, OK, BatchRepository
 from services.jobs.batches.schemas import FINISHED
 from services.jobs.settings import JobsSettings
 
@@ -111,22 +112,22 @@ class BatchRun:
         async with session_scope(self.db) as s:
             repo = BatchRepository(s)
             states = await repo.line_states(bid)
-            # claimed by a run that died: their request may have run, so never sent again
-            known = {r.line: r.custom_id for r in plan.requests}
+            # claimed by a run that died, no result: it may have run, so it is never sent again
+            claimed = self.batch.claimed_through
             lost: list[Result] = [
                 (
-                    n,
-                    known.get(n),
+                    r.line,
+                    r.custom_id,
                     ERROR,
                     error_line(
-                        known.get(n),
+                        r.custom_id,
                         "interrupted",
                         "The worker running this request stopped before its answer was recorded; "
                         "it is not sent again so that it never runs twice.",
                     ),
                 )
-                for n, st in states.items()
-                if st == RUNNING
+                for r in plan.requests
+                if r.line <= claimed and r.line not in states
             ]
             bad: list[Result] = [
                 (n, c, ERROR, error_line(c, code, msg))
@@ -137,7 +138,7 @@ class BatchRun:
             counts = await repo.counts(bid)
         self.done_ok, self.done_err = counts.get(OK, 0), counts.get(ERROR, 0)
         self.total = plan.total
-        pending = [r for r in plan.requests if r.line not in states]
+        pending = [r for r in plan.requests if r.line > claimed]
         self.finished: set[int] = set()
         self.buffer: list[Result] = []
         self.flush_lock = asyncio.Lock()
@@ -172,7 +173,6 @@ class BatchRun:
             return self.reason
         async with session_scope(self.db) as s:
             repo = BatchRepository(s)
-            await repo.release(bid)
             if self.reason == "expired":
                 unrun = [r for r in pending if r.line not in self.finished]
                 await repo.save(
@@ -203,9 +203,7 @@ class BatchRun:
         for i in range(0, len(pending), step):
             chunk = pending[i : i + step]
             async with session_scope(self.db) as s:
-                await BatchRepository(s).claim(
-                    self.batch.id, [(r.line, r.custom_id) for r in chunk]
-                )
+                await BatchRepository(s).claim_through(self.batch.id, chunk[-1].line)
             for r in chunk:
                 await queue.put(r)
         for _ in range(workers):

@@ -121,6 +121,7 @@ class BatchService:
             total=0,
             completed=0,
             failed=0,
+            claimed_through=-1,
             created_at=now,
             expires_at=now + WINDOW,
         )

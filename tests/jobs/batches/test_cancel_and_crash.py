@@ -49,7 +49,7 @@ async def wait_completed(client: openai.AsyncOpenAI, batch_id: str, at_least: in
         if b.request_counts and b.request_counts.completed >= at_least:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} never reached {at_least} completed requests")
+    raise AssertionError(f"batch {batch_id} never reached {at_least} completed requests: {b}")
 
 
 async def start(client: openai.AsyncOpenAI, prefix: str, n: int) -> str:
@@ -63,9 +63,9 @@ async def start(client: openai.AsyncOpenAI, prefix: str, n: int) -> str:
 
 
 async def test_a_cancelled_batch_stops_within_seconds_and_keeps_what_completed(
-    infra: Infra, tmp_path: Path, fake_llm: tuple[str, Upstream]
+    infra: Infra, tmp_path: Path, slow_llm: tuple[str, Upstream]
 ) -> None:
-    url, upstream = fake_llm
+    url, upstream = slow_llm
     upstream.reset()
     upstream.behavior.delay = 0.1
     async with batch_stack(infra, tmp_path, url, batch_concurrency=4) as stack:

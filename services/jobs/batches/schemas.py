@@ -39,7 +39,12 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: str = Field(min_length=1, max_length=200)
+    input_file_id: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="A `batch`-purpose file of the Files API (`file-...`)",
+    )
     endpoint: Endpoint
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = Field(

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from sqlalchemy import text
 
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
+from libs.db import make_engine
 from libs.testing import Infra
 from libs.worker import Worker
 from services.jobs.app import build_app as build_jobs
@@ -61,12 +63,20 @@ class BatchStack:
         self.task = asyncio.create_task(self.worker.async_run())
 
     async def stop_worker(self) -> None:
+        """Stop the worker once its jobs have ended and their end events are out (the
+        recorders of later tests would find them running forever otherwise)."""
+        worker = self.worker
+        if worker is not None:
+            for _ in range(600):  # 30 s at most
+                if not (worker.tasks or worker._recording):
+                    break
+                await asyncio.sleep(0.05)
+            await worker.close()
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.worker is not None:
-            await self.worker.close()
-            await on_shutdown(self.worker.ctx)  # the batches' HTTP clients (and loops)
+        if worker is not None:
+            await on_shutdown(worker.ctx)  # the batches' HTTP clients (and loops)
         self.task, self.worker = None, None
 
 
@@ -120,9 +130,24 @@ async def batch_stack(
             yield stack
         finally:
             await stack.stop_worker()
+            await forget_jobs(infra, stack.org, stack.other_org)
     finally:
         for r in reversed(running):
             await r.stop()
+
+
+async def forget_jobs(infra: Infra, *orgs: uuid.UUID) -> None:
+    """Delete the job records of ``orgs`` (the batches' own, and the usage jobs their lines
+    queued for billing, recorded but never run here): the job records of other tests'
+    transactions must not see them."""
+    engine = make_engine(infra.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM jobs.jobs WHERE org_id = ANY(:orgs)"), {"orgs": list(orgs)}
+            )
+    finally:
+        await engine.dispose()
 
 
 def jsonl(*rows: Any) -> bytes:

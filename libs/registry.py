@@ -161,7 +161,7 @@ SERVICES: dict[str, Service] = {
             "jobs",
             8004,
             "Background jobs: types, progress pushed live, cancel, retry and dead letters,"
-            " schedules, fair queues and queue monitoring.",
+            " schedules, fair queues and queue monitoring; OpenAI's Batch API.",
             _routes(
                 "jobs",
                 ("/v1/jobs", {"scope": Scope.JOBS_READ, "write_scope": Scope.JOBS_WRITE}),
@@ -170,6 +170,11 @@ SERVICES: dict[str, Service] = {
                 ("/v1/admin/queues", {"scope": Scope.ADMIN, "write_scope": Scope.ADMIN}),
                 # marking one's own notifications read needs no more than reading them
                 ("/v1/notifications", {"scope": Scope.JOBS_READ}),
+                # OpenAI's Batch API (its lines run through the llm as the caller)
+                (
+                    "/v1/batches",
+                    {"scope": Scope.JOBS_READ, "write_scope": Scope.JOBS_WRITE, "openai": True},
+                ),
             ),
         ),
         Service(

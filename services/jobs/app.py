@@ -5,12 +5,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.registry import SERVICES
+from services.jobs.batches.router import router as batches_router
 from services.jobs.jobs.router import router as jobs_router
 from services.jobs.queues.router import router as queues_router
 from services.jobs.schedules.router import router as schedules_router
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.state import JobsState
 from services.jobs.types.router import router as types_router
+
+OPENAI_PREFIXES = tuple(r.prefix for r in SERVICES["jobs"].routes if r.openai)
 
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
@@ -19,8 +23,9 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         service="jobs",
         settings=settings,
         # the fixed paths under /v1/jobs first: /v1/jobs/{job_id} would take them
-        routers=[types_router, schedules_router, jobs_router, queues_router],
+        routers=[types_router, schedules_router, jobs_router, queues_router, batches_router],
         title="aistack jobs",
+        openai_error_prefixes=OPENAI_PREFIXES,
         state=JobsState,
     )
     return app

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -164,3 +165,60 @@ class Schedule(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class Batch(Base):
+    """One OpenAI Batch API batch (``/v1/batches``): its input file (in rag), status flow,
+    timestamps and counts. ``principal`` is the owner's, signed again for every request the
+    batch sends (rag's files, the llm's lines); ``job_id`` the ``run_batch`` job running it."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_jobs_batches_org_id_created_at", "org_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[uuid.UUID]
+    user_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    principal: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(200))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONB, default=None)
+    output_expires_after: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+    status: Mapped[str] = mapped_column(String(16))
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB, default=None)
+    model: Mapped[str | None] = mapped_column(String(200), default=None)
+    output_file_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    error_file_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    job_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    # every line up to this one (0-based) may have been sent (runner.py: never twice)
+    claimed_through: Mapped[int] = mapped_column(Integer, default=-1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class BatchLine(Base):
+    """What became of one line of a batch's input file (``line``: its 0-based number): its
+    result line, ``ok`` (for the output file) or ``error`` (the error file). A line claimed
+    (``Batch.claimed_through``) without one when a run starts was being sent by a worker that
+    died: it is reported as interrupted rather than sent again."""
+
+    __tablename__ = "batch_lines"
+
+    batch_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("jobs.batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    custom_id: Mapped[str | None] = mapped_column(Text, default=None)
+    state: Mapped[str] = mapped_column(String(8))
+    # the line of the output or error file (JSON text, kept as the llm's answer came)
+    result: Mapped[str | None] = mapped_column(Text, default=None)

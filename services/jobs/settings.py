@@ -76,6 +76,32 @@ class JobsSettings(ServiceSettings):
     retention_internal_days: int = Field(
         default=2, ge=0, description="internal jobs' records (platform bookkeeping), any status"
     )
+    batch_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="requests one batch has in flight to the llm at once (the owner's rate "
+        "limits apply too: a 429 waits and sends again)",
+    )
+    batch_max_lines: int = Field(
+        default=50_000, ge=1, description="most requests in one batch's input file"
+    )
+    batch_max_file_bytes: int = Field(
+        default=200 * 1024 * 1024, ge=1, description="largest batch input file"
+    )
+    batch_request_timeout_s: float = Field(
+        default=600.0, gt=0, description="one batch request's longest wait for the llm"
+    )
+    batch_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="a running batch checks for cancellation and expiry this often",
+    )
+    batch_flush_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="a running batch records its finished requests and reports progress this often",
+    )
 
 
 def get_settings() -> JobsSettings:

@@ -8,7 +8,8 @@ Job types (each declared on its ``@job``; see ``GET /v1/jobs/types``):
 - ``sleep``: waits, reporting progress: to try the API (``POST /v1/jobs``, its events) and
   measure the runtime;
 - ``purge_expired_jobs``: retention, every hour (a schedule declared in code): records past
-  ``JOBS_RETENTION_*_DAYS`` for their status.
+  ``JOBS_RETENTION_*_DAYS`` for their status;
+- ``run_batch``: one batch of OpenAI's Batch API (:mod:`services.jobs.batches.runner`).
 
 Loops the worker runs beside its jobs:
 
@@ -30,10 +31,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+
 from libs.db import session_scope
+from libs.http import make_http_client
 from libs.permissions import Scope
-from libs.queue import JobContext, Periodic, job
+from libs.queue import JobContext, Periodic, RetryPolicy, job
 from libs.storage_errors import describe, outage_of
+from libs.transport import Client, Timeouts
+from services.jobs.batches.repository import BatchRepository
+from services.jobs.batches.runner import BatchRun
 from services.jobs.jobs.reconciler import Reconciler
 from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.jobs.repository import JobRepository
@@ -131,7 +138,42 @@ async def purge_expired_jobs(ctx: JobContext) -> dict[str, int]:
     return counts
 
 
-functions = [purge_finished_jobs, purge_jobs, sleep, purge_expired_jobs]
+BATCH_HTTP = "jobs_batch_http"
+BATCH_LLM = "jobs_batch_llm"
+BATCH_RETRY = RetryPolicy(max_tries=10, backoff_s=2.0, max_backoff_s=120.0)
+
+
+@job(retry=BATCH_RETRY, timeout=26 * 3600, concurrency=4, priority="low")
+async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
+    """Run one batch of OpenAI's Batch API (``POST /v1/batches``): its lines through the llm
+    as its owner, its output and error files into rag.
+
+    Safe to run again (a crash, a retry): lines with a result are skipped and lines sent but
+    without one are reported, never sent twice. Out of tries, the batch is failed."""
+    settings = _settings(ctx.state)
+    http = ctx.state.get(BATCH_HTTP)
+    if not isinstance(http, httpx.AsyncClient):
+        http = ctx.state[BATCH_HTTP] = make_http_client("jobs", timeout=60, retries=2)
+    llm = ctx.state.get(BATCH_LLM)
+    if not isinstance(llm, Client):
+        timeouts = Timeouts(connect=5, read=settings.batch_request_timeout_s, write=30, pool=600)
+        llm = ctx.state[BATCH_LLM] = Client(timeouts)
+    try:
+        return await BatchRun(ctx, ctx.state["db"], http, llm, settings).run(batch_id)
+    except Exception as exc:
+        if ctx.attempt >= BATCH_RETRY.max_tries:
+            async with session_scope(ctx.state["db"]) as session:
+                await BatchRepository(session).move(
+                    batch_id,
+                    ["validating", "in_progress", "finalizing", "cancelling"],
+                    "failed",
+                    failed_at=datetime.now(UTC),
+                    errors=[{"code": "batch_failed", "message": describe(exc)[:500]}],
+                )
+        raise
+
+
+functions = [purge_finished_jobs, purge_jobs, sleep, purge_expired_jobs, run_batch]
 schedules = [
     Periodic(
         name="retention",
@@ -190,6 +232,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
 
 
 async def on_shutdown(ctx: dict[str, Any]) -> None:
+    for key in (BATCH_HTTP, BATCH_LLM):
+        client = ctx.pop(key, None)
+        if client is not None:
+            await client.aclose()
     for task in ctx.get("jobs_loops", []):
         task.cancel()
     for task in ctx.get("jobs_loops", []):

@@ -77,6 +77,7 @@ async def serve_chat(request: Request) -> Response:
         idempotency_key=headers.get("idempotency-key"),
         cache=headers.get("x-aistack-cache"),
         timeout=headers.get("x-aistack-timeout"),
+        batch=headers.get("x-aistack-batch"),
     )
     service = await get_chat_service(request)
     return render(await service.chat(principal, body, options))

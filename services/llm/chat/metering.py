@@ -44,6 +44,8 @@ class MeteredCall:
     alias: Alias
     kind: Literal["chat", "embedding"]
     id: str
+    # a line of a Batch API batch: its usage event is of kind "batch"
+    batch: bool = False
     started: float = field(default_factory=time.perf_counter)
     created: int = field(default_factory=lambda: int(time.time()))
     # TPM limits counted for this call and how many tokens were reserved on them
@@ -199,7 +201,7 @@ class Metering:
             key_id=call.principal.key_id,
             model=target.model if target else call.alias.name,
             provider=target.provider if target else "",
-            kind=call.kind,
+            kind="batch" if call.batch else call.kind,
             prompt_tokens=prompt,
             completion_tokens=completion,
             cost_usd=cost,
@@ -219,7 +221,7 @@ class Metering:
 
     def emit(self, call: MeteredCall, event: UsageEvent) -> None:
         """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
-        endpoint = "chat" if event.kind == "chat" else "embeddings"
+        endpoint = "chat" if call.kind == "chat" else "embeddings"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
         if event.provider and not event.cached and event.status != "error":

@@ -87,6 +87,7 @@ UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE)]
 
 
 async def get_call_options(
+    request: Request,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     x_aistack_cache: Annotated[
         str | None, Header(description="true/false: opt in or out of the response cache")
@@ -96,7 +97,10 @@ async def get_call_options(
     ] = None,
 ) -> CallOptions:
     return CallOptions(
-        idempotency_key=idempotency_key, cache=x_aistack_cache, timeout=x_aistack_timeout
+        idempotency_key=idempotency_key,
+        cache=x_aistack_cache,
+        timeout=x_aistack_timeout,
+        batch=request.headers.get("x-aistack-batch"),
     )
 
 

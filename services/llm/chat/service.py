@@ -74,6 +74,9 @@ class CallOptions:
     idempotency_key: str | None = None
     cache: str | None = None  # x-aistack-cache header
     timeout: str | None = None  # x-aistack-timeout header
+    # x-aistack-batch: the call is a line of this Batch API batch (the jobs service sends it;
+    # the gateway drops x-aistack-* headers from clients), metered as batch usage
+    batch: str | None = None
 
 
 @dataclass
@@ -273,7 +276,7 @@ class ChatService:
         # the providers that need them so (services/llm/legacy/functions.py)
         legacy = legacy_plan(body)
         alias = self._resolve(body.model, "chat")
-        call = MeteredCall(principal, org_id, alias, "chat", call_id)
+        call = MeteredCall(principal, org_id, alias, "chat", call_id, batch=bool(opts.batch))
         call.prompt_version = ctx.prompt_version_id if ctx else None
         timeout_s = self._timeout(body.timeout, opts.timeout)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -457,7 +460,14 @@ class ChatService:
             texts = await self._decode_inputs(body)
         if not texts:
             raise BadRequest("input must not be empty", code="invalid_input")
-        call = MeteredCall(principal, org_id, alias, "embedding", f"embd-{uuid.uuid4().hex}")
+        call = MeteredCall(
+            principal,
+            org_id,
+            alias,
+            "embedding",
+            f"embd-{uuid.uuid4().hex}",
+            batch=bool(opts.batch),
+        )
         timeout_s = self._timeout(body.timeout, opts.timeout)
         fp = repository.fingerprint("embeddings", body.model_dump(exclude_none=True))
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from libs.app import create_app
 from services.jobs.jobs.router import router as jobs_router
+from services.jobs.notifications.router import router as notifications_router
+from services.jobs.notifications.schemas import add_payload_schemas
 from services.jobs.queues.router import router as queues_router
 from services.jobs.schedules.router import router as schedules_router
 from services.jobs.settings import JobsSettings, get_settings
@@ -19,10 +23,18 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         service="jobs",
         settings=settings,
         # the fixed paths under /v1/jobs first: /v1/jobs/{job_id} would take them
-        routers=[types_router, schedules_router, jobs_router, queues_router],
+        routers=[types_router, schedules_router, jobs_router, queues_router, notifications_router],
         title="aistack jobs",
         state=JobsState,
     )
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            add_payload_schemas(base())
+        return app.openapi_schema or base()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

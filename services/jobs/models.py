@@ -164,3 +164,7 @@ class Schedule(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+# the notification center's tables, on this Base (imported last: they import it)
+from services.jobs.notifications import models as _notification_models  # noqa: E402, F401

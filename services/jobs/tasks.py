@@ -37,6 +37,7 @@ from libs.storage_errors import describe, outage_of
 from services.jobs.jobs.reconciler import Reconciler
 from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.jobs.repository import JobRepository
+from services.jobs.notifications import tasks as notification_tasks
 from services.jobs.queues.monitor import QueueMonitor
 from services.jobs.schedules.scheduler import Scheduler, schedule_forever
 from services.jobs.schedules.service import sync_code_schedules
@@ -131,7 +132,13 @@ async def purge_expired_jobs(ctx: JobContext) -> dict[str, int]:
     return counts
 
 
-functions = [purge_finished_jobs, purge_jobs, sleep, purge_expired_jobs]
+functions = [
+    purge_finished_jobs,
+    purge_jobs,
+    sleep,
+    purge_expired_jobs,
+    *notification_tasks.functions,
+]
 schedules = [
     Periodic(
         name="retention",
@@ -195,3 +202,5 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     for task in ctx.get("jobs_loops", []):
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if ctx.get("http") is not None:
+        await ctx["http"].aclose()

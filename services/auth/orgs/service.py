@@ -244,3 +244,29 @@ class OrgService(FeatureService):
         org = await self.orgs.get(inv.org_id)
         assert org is not None
         return org_out(org, m)
+
+    # ---------------------------------------------------------------- notifications
+
+    async def recipients(
+        self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
+    ) -> dict[str, Any]:
+        """Who of ``org_id`` may receive a notification (services only: the jobs service asks
+        before every fan-out, so someone who left gets nothing)."""
+        if self.principal.kind != "service":
+            raise Forbidden("Services only", code="service_required")
+        org = await self.orgs.get(org_id)
+        if org is None:
+            return {"org": None, "members": []}
+        members = await self.orgs.recipients(org_id, roles, user_ids)
+        return {
+            "org": {"id": org.id, "name": org.name},
+            "members": [
+                {
+                    "user_id": u.id,
+                    "role": m.role,
+                    "email": u.email,
+                    "display_name": u.display_name,
+                }
+                for m, u in members
+            ],
+        }

@@ -1,0 +1,79 @@
+"""jobs: the notification center (events received, users' notifications)
+
+Revision ID: jobs_0005_notifications
+Revises: jobs_0003
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision: str = "jobs_0005_notifications"
+# re-chained after jobs_0004 (batches) on merge
+down_revision: str | None = "jobs_0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "notification_events",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("org_id", sa.Uuid(), nullable=True),
+        sa.Column("user_id", sa.Uuid(), nullable=True),
+        sa.Column("actor_id", sa.Uuid(), nullable=True),
+        sa.Column("subject", postgresql.JSONB(), nullable=False),
+        sa.Column("data", postgresql.JSONB(), nullable=False),
+        sa.Column("source", sa.String(64), nullable=False),
+        sa.Column("recipients", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "received_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_notification_events_org_id_received_at",
+        "notification_events",
+        ["org_id", "received_at"],
+        schema="jobs",
+    )
+    op.create_table(
+        "notifications",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("seq", sa.BigInteger(), sa.Identity(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("org_id", sa.Uuid(), nullable=True),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("subject", postgresql.JSONB(), nullable=False),
+        sa.Column("data", postgresql.JSONB(), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("read_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
+        sa.UniqueConstraint("seq", name="uq_notifications_seq"),
+        sa.UniqueConstraint("event_id", "user_id", name="uq_notifications_event_id_user_id"),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_notifications_user_id_seq", "notifications", ["user_id", "seq"], schema="jobs"
+    )
+    op.create_index(
+        "ix_jobs_notifications_unread",
+        "notifications",
+        ["user_id", "org_id"],
+        schema="jobs",
+        postgresql_where=sa.text("read_at IS NULL AND archived_at IS NULL"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("notifications", schema="jobs")
+    op.drop_table("notification_events", schema="jobs")

@@ -1,0 +1,45 @@
+"""The notification center's jobs (run by the jobs service's worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from libs.notify import FUNCTION, Event
+from libs.queue import JobContext, RetryPolicy, job
+from services.jobs.notifications.service import Fanout, Recipients
+from services.jobs.settings import JobsSettings, get_settings
+
+
+def _settings(ctx: JobContext) -> JobsSettings:
+    s = ctx.state.get("settings")
+    return s if isinstance(s, JobsSettings) else get_settings()
+
+
+def _http(ctx: JobContext) -> httpx.AsyncClient:
+    client = ctx.state.get("http")
+    if not isinstance(client, httpx.AsyncClient):
+        client = ctx.state["http"] = httpx.AsyncClient()
+    return client
+
+
+def fanout_of(ctx: JobContext) -> Fanout:
+    settings = _settings(ctx)
+    recipients = Recipients(_http(ctx), settings.auth_url, settings.internal_token_secret)
+    return Fanout(ctx.state["db"], ctx.state["redis"], recipients)
+
+
+@job(
+    name=FUNCTION,
+    internal=True,
+    retry_outages=True,
+    retry=RetryPolicy(max_tries=8, backoff_s=2.0, max_backoff_s=300.0),
+)
+async def deliver_notification(ctx: JobContext, event: dict[str, Any]) -> dict[str, int]:
+    """Turn one notification event (libs/notify) into its recipients' notifications; a second
+    delivery of the same event does nothing."""
+    return {"notified": await fanout_of(ctx).deliver(Event.model_validate(event))}
+
+
+functions = [deliver_notification]

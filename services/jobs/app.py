@@ -15,6 +15,7 @@ from services.jobs.schedules.router import router as schedules_router
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.state import JobsState
 from services.jobs.types.router import router as types_router
+from services.jobs.webhooks.router import router as webhooks_router
 
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
@@ -23,7 +24,15 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         service="jobs",
         settings=settings,
         # the fixed paths under /v1/jobs first: /v1/jobs/{job_id} would take them
-        routers=[types_router, schedules_router, jobs_router, queues_router, notifications_router],
+        # webhooks before notifications: /v1/notifications/{id} would take them
+        routers=[
+            types_router,
+            schedules_router,
+            jobs_router,
+            queues_router,
+            webhooks_router,
+            notifications_router,
+        ],
         title="aistack jobs",
         state=JobsState,
     )

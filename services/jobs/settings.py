@@ -76,6 +76,23 @@ class JobsSettings(ServiceSettings):
     retention_internal_days: int = Field(
         default=2, ge=0, description="internal jobs' records (platform bookkeeping), any status"
     )
+    webhooks_allow_private: bool | None = Field(
+        default=None,
+        description="webhook endpoints may point at private, loopback or link-local addresses "
+        "(default: only in development)",
+    )
+    webhook_disable_after_days: float = Field(
+        default=5, gt=0, description="an endpoint failing this long is disabled (admins told)"
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="a webhook delivery's whole request"
+    )
+
+    @property
+    def private_webhooks(self) -> bool:
+        if self.webhooks_allow_private is None:
+            return self.is_development
+        return self.webhooks_allow_private
 
 
 def get_settings() -> JobsSettings:

@@ -66,3 +66,66 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     read_at: Mapped[datetime | None] = mapped_column(default=None)
     archived_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookEndpoint(Base):
+    """An organization's webhook endpoint: where its events are POSTed, signed (Standard
+    Webhooks). ``previous_secret`` stays valid until ``previous_expires_at`` (a rotation)."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix_jobs_webhook_endpoints_org_id", "org_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[uuid.UUID]
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    # the kinds it wants (empty: every kind webhooks may carry)
+    kinds: Mapped[Any] = mapped_column(JSONB, default=list)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), default=None)
+    previous_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    failing_since: Mapped[datetime | None] = mapped_column(default=None)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookMessage(Base):
+    """One event to deliver to one endpoint; ``status``: pending, succeeded, failed (out of
+    tries). Its attempts are :class:`WebhookAttempt` rows."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        UniqueConstraint(
+            "endpoint_id", "event_id", name="uq_webhook_messages_endpoint_id_event_id"
+        ),
+        Index("ix_jobs_webhook_messages_endpoint_id_created_at", "endpoint_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[uuid.UUID]
+    endpoint_id: Mapped[uuid.UUID]
+    event_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[Any] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookAttempt(Base):
+    """One POST of a message: what the endpoint answered (or why nothing was sent)."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_jobs_webhook_attempts_message_id", "message_id", "attempt"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    message_id: Mapped[uuid.UUID]
+    endpoint_id: Mapped[uuid.UUID]
+    attempt: Mapped[int]
+    status_code: Mapped[int | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(String(500), default=None)
+    latency_ms: Mapped[int] = mapped_column(default=0)
+    response: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

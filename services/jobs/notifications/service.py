@@ -20,6 +20,7 @@ from services.jobs.notifications import inbox
 from services.jobs.notifications.models import Notification
 from services.jobs.notifications.repository import NotificationRepository
 from services.jobs.notifications.schemas import NotificationOut
+from services.jobs.webhooks.service import messages_for_event
 
 log = logging.getLogger("aistack.jobs.notifications")
 
@@ -188,6 +189,7 @@ class Fanout:
             if not await repo.record_event(ev):
                 return 0
             created = await repo.add_for(ev, users)
+            await messages_for_event(session, self.redis, ev)
             live = [(n.user_id, n.org_id, "notification", notification_out(n)) for n in created]
         try:
             await inbox.publish(self.redis, live)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -10,6 +12,7 @@ from libs.notify import FUNCTION, Event
 from libs.queue import JobContext, RetryPolicy, job
 from services.jobs.notifications.service import Fanout, Recipients
 from services.jobs.settings import JobsSettings, get_settings
+from services.jobs.webhooks.service import DELIVER, deliver_message
 
 
 def _settings(ctx: JobContext) -> JobsSettings:
@@ -42,4 +45,20 @@ async def deliver_notification(ctx: JobContext, event: dict[str, Any]) -> dict[s
     return {"notified": await fanout_of(ctx).deliver(Event.model_validate(event))}
 
 
-functions = [deliver_notification]
+@job(name=DELIVER, retry_outages=True, max_tries=5, timeout=120)
+async def deliver_webhook(ctx: JobContext, message_id: str) -> dict[str, str]:
+    """POST one webhook message to its endpoint (one try; the next is scheduled on failure)."""
+    settings = _settings(ctx)
+    status = await deliver_message(
+        ctx.state["db"],
+        ctx.state["redis"],
+        _http(ctx),
+        uuid.UUID(message_id),
+        timeout_s=settings.webhook_timeout_s,
+        allow_private=settings.private_webhooks,
+        disable_after=timedelta(days=settings.webhook_disable_after_days),
+    )
+    return {"status": status}
+
+
+functions = [deliver_notification, deliver_webhook]

@@ -1,4 +1,5 @@
-"""jobs: the notification center (events received, users' notifications)
+"""jobs: the notification center (events received, users' notifications), webhook endpoints,
+messages and attempts
 
 Revision ID: jobs_0005_notifications
 Revises: jobs_0003
@@ -73,7 +74,78 @@ def upgrade() -> None:
         postgresql_where=sa.text("read_at IS NULL AND archived_at IS NULL"),
     )
 
+    op.create_table(
+        "webhook_endpoints",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("org_id", sa.Uuid(), nullable=False),
+        sa.Column("url", sa.String(2048), nullable=False),
+        sa.Column("description", sa.String(500), nullable=False),
+        sa.Column("kinds", postgresql.JSONB(), nullable=False),
+        sa.Column("secret", sa.String(128), nullable=False),
+        sa.Column("previous_secret", sa.String(128), nullable=True),
+        sa.Column("previous_expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_by", sa.Uuid(), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_webhook_endpoints_org_id", "webhook_endpoints", ["org_id"], schema="jobs"
+    )
+    op.create_table(
+        "webhook_messages",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("org_id", sa.Uuid(), nullable=False),
+        sa.Column("endpoint_id", sa.Uuid(), nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("payload", postgresql.JSONB(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.UniqueConstraint(
+            "endpoint_id", "event_id", name="uq_webhook_messages_endpoint_id_event_id"
+        ),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_webhook_messages_endpoint_id_created_at",
+        "webhook_messages",
+        ["endpoint_id", "created_at"],
+        schema="jobs",
+    )
+    op.create_table(
+        "webhook_attempts",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("message_id", sa.Uuid(), nullable=False),
+        sa.Column("endpoint_id", sa.Uuid(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.String(500), nullable=True),
+        sa.Column("latency_ms", sa.Integer(), nullable=False),
+        sa.Column("response", sa.String(2000), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_webhook_attempts_message_id",
+        "webhook_attempts",
+        ["message_id", "attempt"],
+        schema="jobs",
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("webhook_attempts", schema="jobs")
+    op.drop_table("webhook_messages", schema="jobs")
+    op.drop_table("webhook_endpoints", schema="jobs")
     op.drop_table("notifications", schema="jobs")
     op.drop_table("notification_events", schema="jobs")

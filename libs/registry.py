@@ -170,6 +170,8 @@ SERVICES: dict[str, Service] = {
                 ("/v1/admin/queues", {"scope": Scope.ADMIN, "write_scope": Scope.ADMIN}),
                 # marking one's own notifications read needs no more than reading them
                 ("/v1/notifications", {"scope": Scope.JOBS_READ}),
+                # a mail's one-click unsubscribe works without signing in (a signed token)
+                ("/v1/notifications/unsubscribe", {"public": True}),
             ),
         ),
         Service(

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
+from services.jobs.email.router import router as unsubscribe_router
 from services.jobs.jobs.router import router as jobs_router
 from services.jobs.notifications.router import router as notifications_router
 from services.jobs.notifications.schemas import add_payload_schemas
+from services.jobs.preferences.router import router as preferences_router
 from services.jobs.queues.router import router as queues_router
 from services.jobs.schedules.router import router as schedules_router
 from services.jobs.settings import JobsSettings, get_settings
@@ -24,13 +26,15 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         service="jobs",
         settings=settings,
         # the fixed paths under /v1/jobs first: /v1/jobs/{job_id} would take them
-        # webhooks before notifications: /v1/notifications/{id} would take them
+        # /v1/notifications/{id} would take webhooks, preferences and unsubscribe: first
         routers=[
             types_router,
             schedules_router,
             jobs_router,
             queues_router,
             webhooks_router,
+            preferences_router,
+            unsubscribe_router,
             notifications_router,
         ],
         title="aistack jobs",

@@ -88,6 +88,20 @@ class JobsSettings(ServiceSettings):
         default=10.0, gt=0, le=60, description="a webhook delivery's whole request"
     )
 
+    public_url: str = Field(
+        default="http://localhost:8000",
+        description="the gateway's public URL: mails' unsubscribe links point there",
+    )
+    smtp_host: str = Field(default="127.0.0.1", description="notification mails: SMTP server")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="its port")
+    smtp_user: str | None = Field(default=None, description="its user (none: no login)")
+    smtp_password: str | None = Field(default=None, description="its password")
+    smtp_from: str = Field(
+        default="aistack <no-reply@aistack.local>", description="notification mails' From"
+    )
+    smtp_starttls: bool = Field(default=False, description="STARTTLS before sending")
+    smtp_timeout: float = Field(default=10.0, gt=0, description="seconds per SMTP exchange")
+
     @property
     def private_webhooks(self) -> bool:
         if self.webhooks_allow_private is None:

@@ -146,7 +146,8 @@ schedules = [
         function="purge_expired_jobs",
         description="Delete finished job records past their retention (JOBS_RETENTION_*_DAYS)",
         missed="run_once",
-    )
+    ),
+    *notification_tasks.schedules,
 ]
 
 

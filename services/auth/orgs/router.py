@@ -44,6 +44,12 @@ async def recipients(
     return await svc.recipients(org_id, role or [], user_id or [])
 
 
+@internal.get("/users/{user_id}/contact", response_model=None)
+async def contact(user_id: uuid.UUID, svc: OrgServiceDep) -> dict[str, object]:
+    """A user's address for an account notice (services only; 404 for an unknown user)."""
+    return await svc.contact(user_id)
+
+
 @router.get("", response_model=OrgList, summary="Organizations I belong to")
 async def list_orgs(svc: OrgServiceDep) -> object:
     return {"data": await svc.list_orgs()}

@@ -270,3 +270,12 @@ class OrgService(FeatureService):
                 for m, u in members
             ],
         }
+
+    async def contact(self, user_id: uuid.UUID) -> dict[str, Any]:
+        """A user's email and name (services only: account notices' mails)."""
+        if self.principal.kind != "service":
+            raise Forbidden("Services only", code="service_required")
+        user = await self.users.get(user_id)
+        if user is None:
+            raise NotFound("No such user", code="user_not_found")
+        return {"user_id": user.id, "email": user.email, "display_name": user.display_name}

@@ -129,3 +129,75 @@ class WebhookAttempt(Base):
     latency_ms: Mapped[int] = mapped_column(default=0)
     response: Mapped[str] = mapped_column(String(2000), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class NotificationPreference(Base):
+    """Which channels a kind goes to: a user's choice (``org_id`` None, for every organization)
+    or an organization's default for its members (``user_id`` None). ``channels`` empty: none."""
+
+    __tablename__ = "notification_preferences"
+    __table_args__ = (
+        Index(
+            "uq_jobs_notification_preferences_user",
+            "user_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("org_id IS NULL"),
+        ),
+        Index(
+            "uq_jobs_notification_preferences_org",
+            "org_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("user_id IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    kind: Mapped[str] = mapped_column(String(64))
+    channels: Mapped[Any] = mapped_column(JSONB, default=list)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class NotificationSettings(Base):
+    """A user's mail settings: how often digests come, and the language of mails."""
+
+    __tablename__ = "notification_settings"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(8), default="daily")
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class NotificationMail(Base):
+    """A mail owed to a user about an event: alone (``mode`` now) or in their next digest."""
+
+    __tablename__ = "notification_mails"
+    __table_args__ = (
+        UniqueConstraint("event_id", "user_id", name="uq_notification_mails_event_id_user_id"),
+        Index(
+            "ix_jobs_notification_mails_pending_digest",
+            "user_id",
+            postgresql_where=text("status = 'pending' AND mode = 'digest'"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID]
+    org_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    org_name: Mapped[str] = mapped_column(String(200), default="")
+    event_id: Mapped[uuid.UUID]
+    kind: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    mode: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(8), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)

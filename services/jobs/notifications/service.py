@@ -1,5 +1,5 @@
 """The in-app notification center of the caller (a signed-in user, in the organization they
-act in), and the fan-out that turns an event into users' notifications."""
+act in). The fan-out that fills it is :mod:`services.jobs.notifications.fanout`."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.db import SessionFactory, after_commit, session_scope
-from libs.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
-from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
-from libs.notify import KINDS, Event
+from libs.db import after_commit
+from libs.errors import BadRequest, Forbidden, NotFound
+from libs.identity import Principal
+from libs.notify import KINDS
 from services.jobs.notifications import inbox
 from services.jobs.notifications.models import Notification
 from services.jobs.notifications.repository import NotificationRepository
 from services.jobs.notifications.schemas import NotificationOut
-from services.jobs.webhooks.service import messages_for_event
 
 log = logging.getLogger("aistack.jobs.notifications")
 
@@ -120,79 +118,3 @@ class NotificationService:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class Recipients:
-    """Who of an organization may receive an event, asked of auth (internal HTTP) every time:
-    a user who left, or lost the role, is not among them."""
-
-    def __init__(self, http: httpx.AsyncClient, auth_url: str, secret: str) -> None:
-        self.http = http
-        self.auth_url = auth_url.rstrip("/")
-        self.secret = secret
-
-    async def members(
-        self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
-    ) -> dict[str, Any]:
-        token = sign_internal_token(Principal(), self.secret)
-        params: list[tuple[str, str | int | float | bool | None]] = [("role", r) for r in roles]
-        params += [("user_id", str(u)) for u in user_ids]
-        try:
-            resp = await self.http.get(
-                f"{self.auth_url}/internal/orgs/{org_id}/recipients",
-                params=params,
-                headers={INTERNAL_HEADER: token},
-                timeout=10,
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailable("auth unreachable", code="auth_unavailable") from exc
-        if resp.status_code != 200:
-            raise ServiceUnavailable(
-                f"auth answered {resp.status_code} for recipients", code="auth_unavailable"
-            )
-        body: dict[str, Any] = resp.json()
-        return body
-
-
-class Fanout:
-    """Turns one event into its recipients' in-app notifications, once per event id."""
-
-    def __init__(self, sessions: SessionFactory, redis: Redis, recipients: Recipients) -> None:
-        self.sessions = sessions
-        self.redis = redis
-        self.recipients = recipients
-
-    async def users_for(self, ev: Event) -> list[uuid.UUID]:
-        spec = KINDS[ev.kind]
-        if spec.account or ev.org_id is None:
-            return [ev.user_id] if ev.user_id else []
-        users: list[uuid.UUID] = []
-        if ev.user_id is not None:
-            found = await self.recipients.members(ev.org_id, [], [ev.user_id])
-            users = [uuid.UUID(m["user_id"]) for m in found["members"]]
-        if not users and spec.roles:
-            # no user named, or they are gone: the kind's roles
-            found = await self.recipients.members(ev.org_id, list(spec.roles), [])
-            users = [uuid.UUID(m["user_id"]) for m in found["members"]]
-        return [u for u in users if u != ev.actor_id]
-
-    async def deliver(self, ev: Event) -> int:
-        """Record the event and notify its recipients; how many were notified (0 for a
-        duplicate). Raises when auth or the database fails (the job retries)."""
-        spec = KINDS.get(ev.kind)
-        if spec is None:
-            log.warning("event %s of unknown kind %r dropped", ev.id, ev.kind)
-            return 0
-        users = await self.users_for(ev) if spec.inbox and "in_app" in spec.channels else []
-        async with session_scope(self.sessions) as session:
-            repo = NotificationRepository(session)
-            if not await repo.record_event(ev):
-                return 0
-            created = await repo.add_for(ev, users)
-            await messages_for_event(session, self.redis, ev)
-            live = [(n.user_id, n.org_id, "notification", notification_out(n)) for n in created]
-        try:
-            await inbox.publish(self.redis, live)
-        except Exception as exc:  # stored; live clients see them in the list
-            log.warning("%d notifications not pushed live: %s", len(live), exc)
-        return len(created)

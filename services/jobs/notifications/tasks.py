@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 
 from libs.notify import FUNCTION, Event
-from libs.queue import JobContext, RetryPolicy, job
-from services.jobs.notifications.service import Fanout, Recipients
+from libs.queue import JobContext, Periodic, RetryPolicy, job
+from services.jobs.email.service import SEND_MAIL, send_digests, send_one
+from services.jobs.notifications.fanout import Fanout, Recipients
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.webhooks.service import DELIVER, deliver_message
 
@@ -61,4 +62,45 @@ async def deliver_webhook(ctx: JobContext, message_id: str) -> dict[str, str]:
     return {"status": status}
 
 
-functions = [deliver_notification, deliver_webhook]
+@job(
+    name=SEND_MAIL,
+    internal=True,
+    retry_outages=True,
+    retry=RetryPolicy(max_tries=6, backoff_s=30.0, max_backoff_s=1800.0),
+    timeout=120,
+)
+async def send_notification_email(ctx: JobContext, mail_id: str) -> dict[str, str]:
+    """Send one notification mail over SMTP (retried while SMTP fails; sent at most once
+    once it went)."""
+    return {"status": await send_one(ctx.state["db"], _settings(ctx), uuid.UUID(mail_id))}
+
+
+@job(internal=True, retry_outages=True, max_tries=3, timeout=1800)
+async def send_notification_digests(ctx: JobContext, frequency: str = "daily") -> dict[str, int]:
+    """Send each user whose digest comes at ``frequency`` (hourly, daily) what is pending."""
+    return {"sent": await send_digests(ctx.state["db"], _settings(ctx), frequency)}
+
+
+functions = [
+    deliver_notification,
+    deliver_webhook,
+    send_notification_email,
+    send_notification_digests,
+]
+schedules = [
+    Periodic(
+        name="notification-digests-hourly",
+        cron="5 * * * *",
+        function="send_notification_digests",
+        kwargs={"frequency": "hourly"},
+        description="Hourly notification digests",
+    ),
+    Periodic(
+        name="notification-digests-daily",
+        cron="0 8 * * *",
+        function="send_notification_digests",
+        kwargs={"frequency": "daily"},
+        description="Daily notification digests (08:00 UTC)",
+        missed="run_once",
+    ),
+]

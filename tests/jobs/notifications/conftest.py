@@ -14,7 +14,7 @@ from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import client_for
 from services.auth.app import build_app as build_auth
 from services.jobs.app import build_app
-from services.jobs.notifications.service import Fanout, Recipients
+from services.jobs.notifications.fanout import Fanout, Recipients
 from tests.support.stacks.auth import auth_settings
 
 

@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from libs.db import session_scope
 from libs.identity import Principal
 from libs.notify import Event, NewSignIn, make_event
+from libs.settings import DEV_INTERNAL_SECRET
 from libs.testing import auth_headers
 from services.jobs.app import build_app
+from services.jobs.notifications.fanout import Fanout, Recipients
 from services.jobs.notifications.inbox import inbox_key
 from services.jobs.notifications.models import Notification, NotificationEvent
-from services.jobs.notifications.service import Fanout, Recipients
 from services.jobs.settings import JobsSettings
 from tests.jobs.jobs.test_stream import Frames
 from tests.support.servers import serve
@@ -64,9 +65,12 @@ async def test_new_notifications_and_counts_are_pushed_and_resumed(
     committed.users.append(user)  # type: ignore[attr-defined]
     me = Principal(user_id=user, org_id=uuid.uuid4(), roles=["owner"], scopes=["jobs:read"])
     h = auth_headers(me)
-    # account notifications need no membership: auth is not asked
-    nobody = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(500)))
-    fanout = Fanout(committed, redis, Recipients(nobody, "http://auth", ""))
+    # auth's contact route, standing in (the user has no address: in-app only)
+    contact = {"user_id": str(user), "email": None, "display_name": ""}
+    auth = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=contact))
+    )
+    fanout = Fanout(committed, redis, Recipients(auth, "http://auth", DEV_INTERNAL_SECRET))
     async with live.stream("GET", "/v1/notifications/events", headers=h) as resp:
         assert resp.status_code == 200
         frames = Frames(resp)

@@ -1,5 +1,5 @@
 """jobs: the notification center (events received, users' notifications), webhook endpoints,
-messages and attempts
+messages and attempts; preferences, users' mail settings, mails owed
 
 Revision ID: jobs_0005_notifications
 Revises: jobs_0003
@@ -142,8 +142,76 @@ def upgrade() -> None:
         schema="jobs",
     )
 
+    op.create_table(
+        "notification_preferences",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("org_id", sa.Uuid(), nullable=True),
+        sa.Column("user_id", sa.Uuid(), nullable=True),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("channels", postgresql.JSONB(), nullable=False),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema="jobs",
+    )
+    op.create_index(
+        "uq_jobs_notification_preferences_user",
+        "notification_preferences",
+        ["user_id", "kind"],
+        unique=True,
+        schema="jobs",
+        postgresql_where=sa.text("org_id IS NULL"),
+    )
+    op.create_index(
+        "uq_jobs_notification_preferences_org",
+        "notification_preferences",
+        ["org_id", "kind"],
+        unique=True,
+        schema="jobs",
+        postgresql_where=sa.text("user_id IS NULL"),
+    )
+    op.create_table(
+        "notification_settings",
+        sa.Column("user_id", sa.Uuid(), primary_key=True),
+        sa.Column("digest", sa.String(8), nullable=False),
+        sa.Column("language", sa.String(8), nullable=False),
+        sa.Column(
+            "updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        schema="jobs",
+    )
+    op.create_table(
+        "notification_mails",
+        sa.Column("id", sa.Uuid(), primary_key=True),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("org_id", sa.Uuid(), nullable=True),
+        sa.Column("org_name", sa.String(200), nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("kind", sa.String(64), nullable=False),
+        sa.Column("email", sa.String(320), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("mode", sa.String(8), nullable=False),
+        sa.Column("status", sa.String(8), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.UniqueConstraint("event_id", "user_id", name="uq_notification_mails_event_id_user_id"),
+        schema="jobs",
+    )
+    op.create_index(
+        "ix_jobs_notification_mails_pending_digest",
+        "notification_mails",
+        ["user_id"],
+        schema="jobs",
+        postgresql_where=sa.text("status = 'pending' AND mode = 'digest'"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("notification_mails", schema="jobs")
+    op.drop_table("notification_settings", schema="jobs")
+    op.drop_table("notification_preferences", schema="jobs")
     op.drop_table("webhook_attempts", schema="jobs")
     op.drop_table("webhook_messages", schema="jobs")
     op.drop_table("webhook_endpoints", schema="jobs")

@@ -38,6 +38,7 @@ from services.jobs.jobs.reconciler import Reconciler
 from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.jobs.repository import JobRepository
 from services.jobs.notifications import tasks as notification_tasks
+from services.jobs.notifications.outcomes import JobOutcomes
 from services.jobs.queues.monitor import QueueMonitor
 from services.jobs.schedules.scheduler import Scheduler, schedule_forever
 from services.jobs.schedules.service import sync_code_schedules
@@ -194,6 +195,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(_every(settings.reconcile_interval_s, "reconciler", maintain)),
         asyncio.create_task(schedule_forever(scheduler, settings.schedule_tick_s)),
         asyncio.create_task(_every(monitor.interval_s, "queue monitor", monitor.run_once)),
+        # users' jobs that ended notify their owner (libs/notify)
+        asyncio.create_task(JobOutcomes(redis, str(ctx.get("worker_id", "jobs"))).run_forever()),
     ]
 
 

@@ -5,17 +5,10 @@ be switched off."""
 
 from __future__ import annotations
 
-import socket
 import uuid
-from collections.abc import Iterator
-from email import message_from_bytes, policy
 from email.message import Message
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,30 +16,8 @@ from libs.notify import Event, JobOutcome, make_event
 from services.jobs.email.service import send_digests, send_one
 from services.jobs.notifications.models import NotificationMail
 from services.jobs.settings import JobsSettings
-from tests.jobs.notifications.conftest import Stack
+from tests.jobs.notifications.conftest import Inbox, Stack
 from tests.support.stacks.auth import Account, signup
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
-        assert isinstance(envelope.content, bytes)
-        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
-        return "250 Message accepted for delivery"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, JobsSettings]]:
-    inbox = Inbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, JobsSettings(smtp_host="127.0.0.1", smtp_port=port)
-    controller.stop()
 
 
 def failed(acct: Account, job: str = "j1") -> Event:

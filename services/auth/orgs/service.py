@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from libs import notify
 from libs.errors import BadRequest, Conflict, Forbidden, NotFound
 from libs.permissions import ROLE_RANK, Role
 from services.auth.api_keys.service import ApiKeyService
@@ -147,6 +148,19 @@ class OrgService(FeatureService):
             details={"sessions_ended": ended},
         )
         await self.api_key_service.revoke_member_keys(org_id, user_id, reason="member_removed")
+        removed = await self.users.get(user_id)
+        await notify.emit(
+            self.session,
+            self.redis,
+            "org.member.removed",
+            notify.MemberRemoved(
+                user_id=user_id, email=removed.email if removed else None, removed_by=user.id
+            ),
+            source="auth",
+            org_id=org_id,
+            actor_id=user.id,
+            subject={"user_id": user_id},
+        )
 
     # ---------------------------------------------------------------------- invites
 
@@ -182,6 +196,18 @@ class OrgService(FeatureService):
             target_type="invite",
             target_id=inv.id,
             details={"email": body.email, "role": body.role.value},
+        )
+        await notify.emit(
+            self.session,
+            self.redis,
+            "org.member.invited",
+            notify.MemberInvited(
+                invite_id=inv.id, email=body.email, role=body.role.value, invited_by=user.id
+            ),
+            source="auth",
+            org_id=org_id,
+            actor_id=user.id,
+            subject={"invite_id": inv.id},
         )
         return inv
 

@@ -76,6 +76,12 @@ class JobsSettings(ServiceSettings):
     retention_internal_days: int = Field(
         default=2, ge=0, description="internal jobs' records (platform bookkeeping), any status"
     )
+    notification_stream_max_s: float = Field(
+        default=600,
+        gt=0,
+        description="a live notification stream ends after this long (the client reconnects "
+        "with Last-Event-ID, its credentials checked again)",
+    )
     webhooks_allow_private: bool | None = Field(
         default=None,
         description="webhook endpoints may point at private, loopback or link-local addresses "

@@ -7,7 +7,9 @@ about (empty: the user's account, every organization). An SSE client follows the
 blocking read and gets ``notification`` events and ``count`` events (the unread count, read
 afresh); each carries its entry id as SSE ``id``, so a client reconnecting with
 ``Last-Event-ID`` gets what it missed while the stream still holds it (the last
-:data:`INBOX_MAXLEN` entries; older, it starts afresh with the count).
+:data:`INBOX_MAXLEN` entries; older, it starts afresh with the count). A stream ends after
+``JOBS_NOTIFICATION_STREAM_MAX_S`` (browsers' EventSource reconnects by itself): a caller whose
+credentials lapsed, or who left the organization, stops receiving.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ async def inbox_events(
     *,
     last_event_id: str | None,
     heartbeat_s: float,
+    max_s: float,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a user's inbox in one organization (see the module docstring)."""
+    """The SSE body of a user's inbox in one organization (see the module docstring); it ends
+    after ``max_s`` (the client reconnects, its credentials checked again)."""
+    ends_at = time.monotonic() + max_s
     key = inbox_key(user_id)
     mine = {"", str(org_id) if org_id else ""}
     cursor: str | None = None
@@ -85,8 +90,9 @@ async def inbox_events(
         yield _frame("count", {"unread": await unread()}, None)
     quiet_since = time.monotonic()
     block_ms = max(10, int(min(BLOCK_MS, heartbeat_s * 1000)))
-    while True:
-        resp = await redis.xread({key: cursor}, count=100, block=block_ms)
+    while time.monotonic() < ends_at:
+        wait = max(10, min(block_ms, int((ends_at - time.monotonic()) * 1000)))
+        resp = await redis.xread({key: cursor}, count=100, block=wait)
         entries = [entry for _, batch in resp or [] for entry in batch]
         changed_id = None
         for entry_id, fields in entries:

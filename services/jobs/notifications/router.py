@@ -94,8 +94,8 @@ async def read_all(service: NotificationServiceDep) -> object:
 
 @router.get(
     "/events",
-    summary="My notifications live, as Server-Sent Events (`notification`, `count`); reconnect "
-    "with `Last-Event-ID` to get what was missed",
+    summary="My notifications live, as Server-Sent Events (`notification`, `count`); the "
+    "stream ends after JOBS_NOTIFICATION_STREAM_MAX_S: reconnect with `Last-Event-ID`",
     response_class=SSEResponse,
     responses=sse_responses(
         "`count` first (unread), then `notification` events (the notification) and `count` "
@@ -126,6 +126,7 @@ async def notification_events(
             unread,
             last_event_id=last_event_id,
             heartbeat_s=float(state.settings.sse_heartbeat_seconds),
+            max_s=float(state.settings.notification_stream_max_s),
         )
     )
 

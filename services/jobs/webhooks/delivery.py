@@ -5,8 +5,9 @@
   rotation's grace period), as the ``standardwebhooks`` package computes them.
 - **SSRF**: only http(s); the host is resolved at delivery time and every address it resolves
   to must be public (no private, loopback, link-local, multicast, reserved), unless the
-  platform allows private targets (development); no redirects; a timeout on the whole
-  request; at most :data:`MAX_BODY` bytes of the answer are read.
+  platform allows private targets (development); the connection goes to the address checked
+  (Host and TLS still name the host); no redirects; a timeout on the whole request; at most
+  :data:`MAX_BODY` bytes of the answer are read.
 - **Schedule** (Svix's): tries at 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
 """
 
@@ -59,12 +60,12 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-async def check_target(url: str, *, allow_private: bool) -> None:
+async def check_target(url: str, *, allow_private: bool) -> str | None:
     """Refused unless ``url`` is http(s) and (``allow_private`` aside) resolves only to public
-    addresses."""
+    addresses; the address to connect to (None: let the client resolve, private allowed)."""
     host, port = check_url(url)
     if allow_private:
-        return
+        return None
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
         addresses = [literal]
@@ -78,6 +79,22 @@ async def check_target(url: str, *, allow_private: bool) -> None:
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses or not all(_public(a) for a in addresses):
         raise Refused(f"{host} resolves to a private, loopback or link-local address")
+    return str(addresses[0])
+
+
+def pinned(url: str, address: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The URL to request, extra headers and request extensions so that the connection goes to
+    ``address`` (the one checked: a name that resolves elsewhere a moment later is not called)
+    while Host and TLS (SNI, certificate) still name the URL's host."""
+    if address is None:
+        return url, {}, {}
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal + (f":{parts.port}" if parts.port else "")
+    target = parts._replace(netloc=netloc).geturl()
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return target, {"host": parts.netloc.rsplit("@", 1)[-1]}, extensions
 
 
 def signature(secrets: list[str], msg_id: str, at: datetime, body: bytes) -> str:
@@ -116,10 +133,12 @@ async def post(
         return Outcome(code, error, ms, text[:SNIPPET])
 
     try:
-        await check_target(url, allow_private=allow_private)
+        address = await check_target(url, allow_private=allow_private)
     except Refused as exc:
         return done(None, f"refused: {exc}")
+    target, host_header, extensions = pinned(url, address)
     headers = {
+        **host_header,
         "content-type": "application/json",
         "user-agent": "aistack-webhooks/1",
         "webhook-id": msg_id,
@@ -128,7 +147,9 @@ async def post(
     }
     try:
         async with asyncio.timeout(timeout_s):
-            req = http.build_request("POST", url, content=body, headers=headers)
+            req = http.build_request(
+                "POST", target, content=body, headers=headers, extensions=extensions
+            )
             resp = await http.send(req, stream=True, follow_redirects=False)
             try:
                 chunks: list[bytes] = []

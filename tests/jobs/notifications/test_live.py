@@ -95,3 +95,19 @@ async def test_new_notifications_and_counts_are_pushed_and_resumed(
         got = await asyncio.wait_for(frames.until("notification"), 10)
         assert got["data"]["event_id"] == str(missed.id)
     await redis.delete(inbox_key(user))
+
+
+async def test_a_stream_ends_after_its_lifetime_for_the_client_to_reconnect() -> None:
+    server = await serve(
+        build_app(JobsSettings(sse_heartbeat_seconds=0.1, notification_stream_max_s=0.5))
+    )
+    me = Principal(user_id=uuid.uuid4(), org_id=uuid.uuid4(), roles=["owner"], scopes=["jobs:read"])
+    try:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=10) as c,
+            c.stream("GET", "/v1/notifications/events", headers=auth_headers(me)) as resp,
+        ):
+            body = (await asyncio.wait_for(resp.aread(), 10)).decode()
+    finally:
+        await server.stop()
+    assert body.startswith('event: count\ndata: {"unread":0}')

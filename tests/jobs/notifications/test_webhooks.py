@@ -27,7 +27,7 @@ from libs.queue.names import queue_name
 from libs.testing import client_for
 from services.jobs.app import build_app
 from services.jobs.settings import JobsSettings
-from services.jobs.webhooks.delivery import SCHEDULE_S
+from services.jobs.webhooks.delivery import SCHEDULE_S, pinned
 from services.jobs.webhooks.service import deliver_message
 from tests.jobs.notifications.conftest import Stack
 from tests.support.servers import serve
@@ -255,3 +255,23 @@ async def test_bad_input_and_other_organizations(
     replay = await jobs.post(f"{base}/messages/{test['id']}/replay", headers=bob.headers)
     assert replay.status_code == 404
     assert (await jobs.get("/v1/notifications/webhooks", headers=bob.headers)).json()["data"] == []
+
+
+async def test_the_connection_goes_to_the_address_checked(receiver: Receiver) -> None:
+    """A name checked once is not resolved again by the client (DNS rebinding): the request
+    goes to the checked address, Host (and TLS's SNI) still naming the host."""
+    assert pinned("https://example.com:8443/x?y=1", "93.184.216.34") == (
+        "https://93.184.216.34:8443/x?y=1",
+        {"host": "example.com:8443"},
+        {"sni_hostname": "example.com"},
+    )
+    assert pinned("http://example.com/x", "2606:2800:220:1::1")[0] == (
+        "http://[2606:2800:220:1::1]/x"
+    )
+    port = receiver.url.split(":")[2].split("/")[0]
+    named = f"http://hooks.invalid:{port}/hook"  # a name no resolver knows
+    target, headers, extensions = pinned(named, "127.0.0.1")
+    async with httpx.AsyncClient() as http:
+        resp = await http.post(target, content=b"{}", headers=headers, extensions=extensions)
+    assert resp.status_code == 200
+    assert receiver.got[-1][0]["host"] == f"hooks.invalid:{port}"

@@ -20,6 +20,7 @@ BENCHES = {
     "llm": "tests.bench.llm_bench",
     "auth": "tests.bench.auth_bench",
     "rag": "tests.bench.rag_bench",
+    "notify": "tests.bench.notify_bench",
 }
 # run only when named: a reference measured next to aistack, not a benchmark of aistack
 OPTIONAL = {"litellm": "tests.bench.litellm_anchor"}

@@ -46,9 +46,18 @@ async def deliver_notification(ctx: JobContext, event: dict[str, Any]) -> dict[s
     return {"notified": await fanout_of(ctx).deliver(Event.model_validate(event))}
 
 
-@job(name=DELIVER, retry_outages=True, max_tries=5, timeout=120)
+@job(
+    name=DELIVER,
+    retry_outages=True,
+    max_tries=5,
+    timeout=120,
+    concurrency=4,
+    # the attempt log is its record: jobs.jobs keeps only deliveries that failed as jobs
+    record="failures",
+)
 async def deliver_webhook(ctx: JobContext, message_id: str) -> dict[str, str]:
-    """POST one webhook message to its endpoint (one try; the next is scheduled on failure)."""
+    """POST one webhook message to its endpoint (one try; the next is scheduled on failure).
+    At most 4 of one organization's at once: a slow endpoint holds its own slots only."""
     settings = _settings(ctx)
     status = await deliver_message(
         ctx.state["db"],

@@ -17,6 +17,7 @@ from services.jobs.webhooks.schemas import (
     EndpointCreate,
     EndpointList,
     EndpointOut,
+    EndpointUpdate,
     EndpointWithSecret,
     MessageList,
     MessageOut,
@@ -67,6 +68,18 @@ async def list_endpoints(service: WebhookServiceDep) -> object:
 )
 async def get_endpoint(endpoint_id: uuid.UUID, service: WebhookServiceDep) -> object:
     return _with_secret(await service.get(endpoint_id))
+
+
+@router.patch(
+    "/{endpoint_id}",
+    response_model=EndpointOut,
+    summary="Change an endpoint's URL, kinds or description",
+    dependencies=ADMIN,
+)
+async def update_endpoint(
+    endpoint_id: uuid.UUID, body: EndpointUpdate, service: WebhookServiceDep
+) -> object:
+    return await service.update(endpoint_id, body)
 
 
 @router.delete(

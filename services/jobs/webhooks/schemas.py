@@ -19,6 +19,14 @@ class EndpointCreate(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
+class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, min_length=1, max_length=2048)
+    kinds: list[str] | None = Field(default=None, max_length=50, description="[]: all kinds")
+    description: str | None = Field(default=None, max_length=500)
+
+
 class EndpointOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

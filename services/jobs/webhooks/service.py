@@ -28,7 +28,7 @@ from libs.queue import enqueue
 from services.jobs.notifications.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from services.jobs.webhooks.delivery import SCHEDULE_S, Refused, check_target, post
 from services.jobs.webhooks.repository import WebhookRepository
-from services.jobs.webhooks.schemas import EndpointCreate
+from services.jobs.webhooks.schemas import EndpointCreate, EndpointUpdate
 
 log = logging.getLogger("aistack.jobs.webhooks")
 DELIVER = "deliver_webhook"
@@ -182,17 +182,19 @@ class WebhookService:
         self.user_id = principal.user_id
         self.allow_private = allow_private
 
-    async def _check(self, body: EndpointCreate) -> None:
-        for k in body.kinds:
+    async def _check(self, url: str | None, kinds: list[str] | None) -> None:
+        for k in kinds or []:
             if k not in KINDS or not KINDS[k].webhook:
                 raise BadRequest(f"{k!r} is not a kind webhooks carry", code="unknown_kind")
+        if url is None:
+            return
         try:
-            await check_target(body.url, allow_private=self.allow_private)
+            await check_target(url, allow_private=self.allow_private)
         except Refused as exc:
             raise BadRequest(f"URL refused: {exc}", code="invalid_url") from exc
 
     async def create(self, body: EndpointCreate) -> WebhookEndpoint:
-        await self._check(body)
+        await self._check(body.url, body.kinds)
         endpoint = WebhookEndpoint(
             org_id=self.org_id,
             url=body.url,
@@ -213,6 +215,17 @@ class WebhookService:
         endpoint = await self.repo.endpoint(self.org_id, eid)
         if endpoint is None:
             raise NotFound("No such webhook endpoint", code="webhook_endpoint_not_found")
+        return endpoint
+
+    async def update(self, eid: uuid.UUID, body: EndpointUpdate) -> WebhookEndpoint:
+        endpoint = await self.get(eid)
+        await self._check(body.url, body.kinds)
+        if body.url is not None:
+            endpoint.url = body.url
+        if body.kinds is not None:
+            endpoint.kinds = sorted(set(body.kinds))
+        if body.description is not None:
+            endpoint.description = body.description
         return endpoint
 
     async def delete(self, eid: uuid.UUID) -> None:

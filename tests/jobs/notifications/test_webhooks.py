@@ -254,6 +254,14 @@ async def test_bad_input_and_other_organizations(
         assert (await jobs.get(path, headers=bob.headers)).status_code == 404
     replay = await jobs.post(f"{base}/messages/{test['id']}/replay", headers=bob.headers)
     assert replay.status_code == 404
+    patch = await jobs.patch(base, json={"description": "mine"}, headers=bob.headers)
+    assert patch.status_code == 404
+    changed = await jobs.patch(
+        base, json={"kinds": ["job.failed"], "description": "ops"}, headers=alice.headers
+    )
+    assert (changed.json()["kinds"], changed.json()["description"]) == (["job.failed"], "ops")
+    refused = await jobs.patch(base, json={"url": "file:///etc/passwd"}, headers=alice.headers)
+    assert refused.status_code == 400
     assert (await jobs.get("/v1/notifications/webhooks", headers=bob.headers)).json()["data"] == []
 
 

@@ -69,8 +69,10 @@ class WebhookRepository:
         stmt = select(WebhookMessage).where(WebhookMessage.id == mid).with_for_update()
         return (await self.session.scalars(stmt)).one_or_none()
 
-    async def endpoint_by_id(self, eid: uuid.UUID) -> WebhookEndpoint | None:
-        stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == eid).with_for_update()
+    async def endpoint_by_id(self, eid: uuid.UUID, *, lock: bool = False) -> WebhookEndpoint | None:
+        stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == eid)
+        if lock:
+            stmt = stmt.with_for_update()
         return (await self.session.scalars(stmt)).one_or_none()
 
     async def messages(

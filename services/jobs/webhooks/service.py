@@ -127,7 +127,12 @@ async def deliver_message(
     async with session_scope(sessions) as session:
         repo = WebhookRepository(session)
         m = await repo.message_by_id(mid)
-        endpoint = await repo.endpoint_by_id(m.endpoint_id) if m else None
+        # the endpoint's row is locked only to change it (a success of a healthy endpoint
+        # changes nothing there): its concurrent deliveries do not queue on it
+        healthy = outcome.ok
+        endpoint = await repo.endpoint_by_id(m.endpoint_id, lock=not healthy) if m else None
+        if endpoint is not None and healthy and endpoint.failing_since is not None:
+            endpoint = await repo.endpoint_by_id(m.endpoint_id, lock=True) if m else None
         if m is None or endpoint is None:
             return "skipped"
         session.add(
@@ -144,7 +149,8 @@ async def deliver_message(
         m.attempts = attempt
         if outcome.ok:
             m.status, m.next_attempt_at = "succeeded", None
-            endpoint.failing_since = None
+            if endpoint.failing_since is not None:
+                endpoint.failing_since = None
             return m.status
         endpoint.failing_since = endpoint.failing_since or now
         if attempt < len(SCHEDULE_S):

@@ -27,13 +27,15 @@ from services.jobs.settings import JobsSettings
 from tests.jobs.jobs.test_stream import Frames
 from tests.support.servers import serve
 
+USER = uuid.uuid4()
+
 
 @pytest.fixture
 async def committed(engine: AsyncEngine) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Committed data (the app reads it with its own engine), USER's deleted afterwards."""
     factory = async_sessionmaker(engine, expire_on_commit=False)
-    users: list[uuid.UUID] = []
-    factory.users = users  # type: ignore[attr-defined]
     yield factory
+    users = [USER]
     async with session_scope(factory) as session:
         await session.execute(delete(Notification).where(Notification.user_id.in_(users)))
         await session.execute(delete(NotificationEvent).where(NotificationEvent.user_id.in_(users)))
@@ -61,8 +63,7 @@ def sign_in(user: uuid.UUID) -> Event:
 async def test_new_notifications_and_counts_are_pushed_and_resumed(
     redis: Redis, committed: async_sessionmaker[AsyncSession], live: httpx.AsyncClient
 ) -> None:
-    user = uuid.uuid4()
-    committed.users.append(user)  # type: ignore[attr-defined]
+    user = USER
     me = Principal(user_id=user, org_id=uuid.uuid4(), roles=["owner"], scopes=["jobs:read"])
     h = auth_headers(me)
     # auth's contact route, standing in (the user has no address: in-app only)

@@ -5,6 +5,7 @@ another organization's endpoints and messages answer 404."""
 
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -283,3 +284,48 @@ async def test_the_connection_goes_to_the_address_checked(receiver: Receiver) ->
         resp = await http.post(target, content=b"{}", headers=headers, extensions=extensions)
     assert resp.status_code == 200
     assert receiver.got[-1][0]["host"] == f"hooks.invalid:{port}"
+
+
+async def test_an_endpoint_failing_for_days_is_disabled_and_admins_are_told(
+    stack: Stack,
+    jobs: httpx.AsyncClient,
+    receiver: Receiver,
+    redis: Redis,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    alice = await signup(stack.auth)
+    h = alice.headers
+    endpoint = (
+        await jobs.post("/v1/notifications/webhooks", json={"url": receiver.url}, headers=h)
+    ).json()
+    base = f"/v1/notifications/webhooks/{endpoint['id']}"
+    receiver.status = 503
+    test = (await jobs.post(f"{base}/test", headers=h)).json()
+    async with httpx.AsyncClient() as http:
+        status = await deliver_message(
+            sessions,
+            redis,
+            http,
+            uuid.UUID(test["id"]),
+            timeout_s=5,
+            allow_private=True,
+            disable_after=timedelta(0),  # "days of failure" already behind it
+        )
+    assert status == "pending"
+    got = (await jobs.get(base, headers=h)).json()
+    assert got["disabled_at"] is not None and got["failing_since"] is not None
+    told = []
+    for key in await redis.keys("arq:job:notify-*"):
+        raw = await redis.get(key)
+        assert raw is not None
+        ev = pickle.loads(raw)["k"]["event"]
+        if ev["kind"] == "webhook.endpoint_disabled":
+            told.append(ev)
+    assert [(e["org_id"], e["data"]["endpoint_id"]) for e in told] == [
+        (str(alice.org_id), endpoint["id"])
+    ]
+    # a disabled endpoint gets no new messages; enabling it again clears it
+    await stack.fanout.deliver(failed(alice))
+    assert len((await jobs.get(f"{base}/messages", headers=h)).json()["data"]) == 1
+    enabled = await jobs.post(f"{base}/enable", headers=h)
+    assert enabled.json()["disabled_at"] is None

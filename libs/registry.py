@@ -175,6 +175,8 @@ SERVICES: dict[str, Service] = {
                     "/v1/batches",
                     {"scope": Scope.JOBS_READ, "write_scope": Scope.JOBS_WRITE, "openai": True},
                 ),
+                # a mail's one-click unsubscribe works without signing in (a signed token)
+                ("/v1/notifications/unsubscribe", {"public": True}),
             ),
         ),
         Service(

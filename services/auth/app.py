@@ -73,6 +73,7 @@ ROUTERS = (
     tokens.admin,
     api_keys.internal,
     accounts.internal,
+    orgs.internal,
     tokens.wellknown,
 )
 

@@ -14,13 +14,14 @@ from email.utils import make_msgid
 from typing import Any
 
 from arq import cron
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
+from libs import notify
 from libs.db import session_scope
 from libs.queue import JobContext, job
 from services.auth.core.mail import SEND_EMAIL
 from services.auth.core.security import Cipher
-from services.auth.models import AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
+from services.auth.models import ApiKey, AuthSession, Invite, OneTimeToken, RefreshToken, SigningKey
 from services.auth.sessions.revocations import replay_forever
 from services.auth.settings import AuthSettings, get_settings
 from services.auth.tokens.keys import RETIRED, RETIRING
@@ -99,6 +100,45 @@ async def cleanup(ctx: JobContext) -> dict[str, int]:
     return counts
 
 
+async def notify_expiring_keys(
+    session_factory: Any, redis: Any, now: datetime | None = None, days: int = 7
+) -> int:
+    """Emit ``api_key.expiring`` for every live API key expiring within ``days`` (to whoever
+    created it; the organization's admins when they are gone); once per key and expiry (the
+    event id derives from both), however often this runs. How many were emitted."""
+    now = now or datetime.now(UTC)
+    async with session_factory() as session:
+        stmt = select(ApiKey).where(
+            ApiKey.revoked_at.is_(None),
+            ApiKey.expires_at.is_not(None),
+            ApiKey.expires_at > now,
+            ApiKey.expires_at <= now + timedelta(days=days),
+        )
+        keys = list((await session.scalars(stmt)).all())
+    events = [
+        notify.make_event(
+            "api_key.expiring",
+            notify.ApiKeyExpiring(
+                api_key_id=k.id, name=k.name, prefix=k.prefix, expires_at=k.expires_at
+            ),
+            org_id=k.org_id,
+            user_id=k.user_id,
+            subject={"api_key_id": k.id},
+            key=f"{k.id}:{k.expires_at.isoformat() if k.expires_at else ''}",
+            source="auth",
+        )
+        for k in keys
+    ]
+    await notify.emit_now(redis, events)
+    return len(events)
+
+
+@job(name="auth_notify_expiring_keys", max_tries=3, timeout=300, retry_outages=True)
+async def expiring_keys(ctx: JobContext) -> dict[str, int]:
+    """Tell API keys' owners that their key expires within 7 days."""
+    return {"notified": await notify_expiring_keys(ctx.state["db"], ctx.redis)}
+
+
 async def on_startup(ctx: dict[str, Any]) -> None:
     ctx["revocation_replay_task"] = asyncio.create_task(replay_forever(ctx["db"], ctx["redis"]))
 
@@ -111,7 +151,7 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
             await task
 
 
-functions = [send_email, cleanup]
+functions = [send_email, cleanup, expiring_keys]
 cron_jobs = [
     cron(
         cleanup.coroutine,
@@ -121,5 +161,14 @@ cron_jobs = [
         unique=True,
         run_at_startup=False,
         timeout=300,
-    )
+    ),
+    cron(
+        expiring_keys.coroutine,
+        name="auth_notify_expiring_keys_daily",
+        hour={9},
+        minute={7},
+        unique=True,
+        run_at_startup=False,
+        timeout=300,
+    ),
 ]

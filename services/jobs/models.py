@@ -222,3 +222,7 @@ class BatchLine(Base):
     state: Mapped[str] = mapped_column(String(8))
     # the line of the output or error file (JSON text, kept as the llm's answer came)
     result: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+# the notification center's tables, on this Base (imported last: they import it)
+from services.jobs.notifications import models as _notification_models  # noqa: E402, F401

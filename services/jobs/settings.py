@@ -102,6 +102,43 @@ class JobsSettings(ServiceSettings):
         gt=0,
         description="a running batch records its finished requests and reports progress this often",
     )
+    notification_stream_max_s: float = Field(
+        default=600,
+        gt=0,
+        description="a live notification stream ends after this long (the client reconnects "
+        "with Last-Event-ID, its credentials checked again)",
+    )
+    webhooks_allow_private: bool | None = Field(
+        default=None,
+        description="webhook endpoints may point at private, loopback or link-local addresses "
+        "(default: only in development)",
+    )
+    webhook_disable_after_days: float = Field(
+        default=5, gt=0, description="an endpoint failing this long is disabled (admins told)"
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=60, description="a webhook delivery's whole request"
+    )
+
+    public_url: str = Field(
+        default="http://localhost:8000",
+        description="the gateway's public URL: mails' unsubscribe links point there",
+    )
+    smtp_host: str = Field(default="127.0.0.1", description="notification mails: SMTP server")
+    smtp_port: int = Field(default=25, ge=1, le=65535, description="its port")
+    smtp_user: str | None = Field(default=None, description="its user (none: no login)")
+    smtp_password: str | None = Field(default=None, description="its password")
+    smtp_from: str = Field(
+        default="aistack <no-reply@aistack.local>", description="notification mails' From"
+    )
+    smtp_starttls: bool = Field(default=False, description="STARTTLS before sending")
+    smtp_timeout: float = Field(default=10.0, gt=0, description="seconds per SMTP exchange")
+
+    @property
+    def private_webhooks(self) -> bool:
+        if self.webhooks_allow_private is None:
+            return self.is_development
+        return self.webhooks_allow_private
 
 
 def get_settings() -> JobsSettings:

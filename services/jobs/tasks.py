@@ -44,6 +44,8 @@ from services.jobs.batches.runner import BatchRun
 from services.jobs.jobs.reconciler import Reconciler
 from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.jobs.repository import JobRepository
+from services.jobs.notifications import tasks as notification_tasks
+from services.jobs.notifications.outcomes import JobOutcomes
 from services.jobs.queues.monitor import QueueMonitor
 from services.jobs.schedules.scheduler import Scheduler, schedule_forever
 from services.jobs.schedules.service import sync_code_schedules
@@ -173,7 +175,14 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
         raise
 
 
-functions = [purge_finished_jobs, purge_jobs, sleep, purge_expired_jobs, run_batch]
+functions = [
+    purge_finished_jobs,
+    purge_jobs,
+    sleep,
+    purge_expired_jobs,
+    run_batch,
+    *notification_tasks.functions,
+]
 schedules = [
     Periodic(
         name="retention",
@@ -181,7 +190,8 @@ schedules = [
         function="purge_expired_jobs",
         description="Delete finished job records past their retention (JOBS_RETENTION_*_DAYS)",
         missed="run_once",
-    )
+    ),
+    *notification_tasks.schedules,
 ]
 
 
@@ -228,6 +238,8 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         asyncio.create_task(_every(settings.reconcile_interval_s, "reconciler", maintain)),
         asyncio.create_task(schedule_forever(scheduler, settings.schedule_tick_s)),
         asyncio.create_task(_every(monitor.interval_s, "queue monitor", monitor.run_once)),
+        # users' jobs that ended notify their owner (libs/notify)
+        asyncio.create_task(JobOutcomes(redis, str(ctx.get("worker_id", "jobs"))).run_forever()),
     ]
 
 
@@ -241,3 +253,5 @@ async def on_shutdown(ctx: dict[str, Any]) -> None:
     for task in ctx.get("jobs_loops", []):
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if ctx.get("http") is not None:
+        await ctx["http"].aclose()

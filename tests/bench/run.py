@@ -22,6 +22,7 @@ BENCHES = {
     "rag": "tests.bench.rag_bench",
     "jobs": "tests.bench.jobs_bench",
     "batch": "tests.bench.batch_bench",
+    "notify": "tests.bench.notify_bench",
 }
 # run only when named: a reference measured next to aistack, not a benchmark of aistack
 OPTIONAL = {"litellm": "tests.bench.litellm_anchor"}

@@ -70,6 +70,8 @@ def gateway(infra: Infra) -> Iterator[str]:
                         f"JOBS_{other.upper()}_URL": urls[f"GATEWAY_{other.upper()}_URL"]
                         for other in ("auth", "llm", "rag")
                     }
+                    # the live notification stream ends at once (it would outlast each case)
+                    extra["JOBS_NOTIFICATION_STREAM_MAX_S"] = "0.5"
                 urls[f"GATEWAY_{name.upper()}_URL"] = stack.start(
                     name, f"services.{name}.app:app", env=extra
                 ).url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from libs.orm import Repository
 from libs.permissions import Role
@@ -37,6 +37,25 @@ class OrgRepository(Repository[Organization]):
             .order_by(Membership.created_at, Membership.id)
             .limit(limit)
             .offset(offset)
+        )
+        return [(m, u) for m, u in (await self.session.execute(stmt)).all()]
+
+    async def recipients(
+        self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
+    ) -> list[tuple[Membership, User]]:
+        """Members of ``org_id`` with one of ``roles`` or among ``user_ids`` (notifications)."""
+        who = []
+        if roles:
+            who.append(Membership.role.in_(roles))
+        if user_ids:
+            who.append(Membership.user_id.in_(user_ids))
+        if not who:
+            return []
+        stmt = (
+            select(Membership, User)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.org_id == org_id, or_(*who))
+            .order_by(Membership.created_at, Membership.id)
         )
         return [(m, u) for m, u in (await self.session.execute(stmt)).all()]
 

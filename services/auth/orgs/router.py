@@ -29,6 +29,25 @@ async def get_org_service(ctx: ContextDep) -> OrgService:
 OrgServiceDep = Annotated[OrgService, Depends(get_org_service)]
 
 router = APIRouter(prefix="/v1/orgs", tags=["organizations"])
+internal = APIRouter(prefix="/internal", tags=["internal"], include_in_schema=False)
+
+
+@internal.get("/orgs/{org_id}/recipients", response_model=None)
+async def recipients(
+    org_id: uuid.UUID,
+    svc: OrgServiceDep,
+    role: Annotated[list[str] | None, Query(max_length=8)] = None,
+    user_id: Annotated[list[uuid.UUID] | None, Query(max_length=100)] = None,
+) -> dict[str, object]:
+    """Members of the organization with one of the roles or among the users (services only:
+    the jobs service's notification fan-out)."""
+    return await svc.recipients(org_id, role or [], user_id or [])
+
+
+@internal.get("/users/{user_id}/contact", response_model=None)
+async def contact(user_id: uuid.UUID, svc: OrgServiceDep) -> dict[str, object]:
+    """A user's address for an account notice (services only; 404 for an unknown user)."""
+    return await svc.contact(user_id)
 
 
 @router.get("", response_model=OrgList, summary="Organizations I belong to")

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from libs import notify
 from libs.errors import BadRequest, Conflict, Forbidden, NotFound
 from libs.permissions import ROLE_RANK, Role
 from services.auth.api_keys.service import ApiKeyService
@@ -147,6 +148,19 @@ class OrgService(FeatureService):
             details={"sessions_ended": ended},
         )
         await self.api_key_service.revoke_member_keys(org_id, user_id, reason="member_removed")
+        removed = await self.users.get(user_id)
+        await notify.emit(
+            self.session,
+            self.redis,
+            "org.member.removed",
+            notify.MemberRemoved(
+                user_id=user_id, email=removed.email if removed else None, removed_by=user.id
+            ),
+            source="auth",
+            org_id=org_id,
+            actor_id=user.id,
+            subject={"user_id": user_id},
+        )
 
     # ---------------------------------------------------------------------- invites
 
@@ -182,6 +196,18 @@ class OrgService(FeatureService):
             target_type="invite",
             target_id=inv.id,
             details={"email": body.email, "role": body.role.value},
+        )
+        await notify.emit(
+            self.session,
+            self.redis,
+            "org.member.invited",
+            notify.MemberInvited(
+                invite_id=inv.id, email=body.email, role=body.role.value, invited_by=user.id
+            ),
+            source="auth",
+            org_id=org_id,
+            actor_id=user.id,
+            subject={"invite_id": inv.id},
         )
         return inv
 
@@ -244,3 +270,38 @@ class OrgService(FeatureService):
         org = await self.orgs.get(inv.org_id)
         assert org is not None
         return org_out(org, m)
+
+    # ---------------------------------------------------------------- notifications
+
+    async def recipients(
+        self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
+    ) -> dict[str, Any]:
+        """Who of ``org_id`` may receive a notification (services only: the jobs service asks
+        before every fan-out, so someone who left gets nothing)."""
+        if self.principal.kind != "service":
+            raise Forbidden("Services only", code="service_required")
+        org = await self.orgs.get(org_id)
+        if org is None:
+            return {"org": None, "members": []}
+        members = await self.orgs.recipients(org_id, roles, user_ids)
+        return {
+            "org": {"id": org.id, "name": org.name},
+            "members": [
+                {
+                    "user_id": u.id,
+                    "role": m.role,
+                    "email": u.email,
+                    "display_name": u.display_name,
+                }
+                for m, u in members
+            ],
+        }
+
+    async def contact(self, user_id: uuid.UUID) -> dict[str, Any]:
+        """A user's email and name (services only: account notices' mails)."""
+        if self.principal.kind != "service":
+            raise Forbidden("Services only", code="service_required")
+        user = await self.users.get(user_id)
+        if user is None:
+            raise NotFound("No such user", code="user_not_found")
+        return {"user_id": user.id, "email": user.email, "display_name": user.display_name}

@@ -14,6 +14,13 @@ from services.auth.models import AuthSession, RefreshToken
 class SessionRepository(Repository[AuthSession]):
     model = AuthSession
 
+    async def is_new_device(self, user_id: uuid.UUID, user_agent: str) -> bool:
+        """Whether the account signed in before, never from ``user_agent`` (its first sign-in
+        is no news)."""
+        known = select(AuthSession.user_agent).where(AuthSession.user_id == user_id).distinct()
+        agents = set((await self.session.scalars(known.limit(1000))).all())
+        return bool(agents) and user_agent not in agents
+
     async def active_for_user(self, user_id: uuid.UUID) -> list[AuthSession]:
         return await self.list(
             AuthSession.user_id == user_id,

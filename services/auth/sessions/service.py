@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from libs import notify
 from libs.errors import AppError, BadRequest, Forbidden, NotFound, Unauthorized
 from services.auth.core.context import AuthContext, utcnow
 from services.auth.core.feature_service import FeatureService
@@ -87,7 +88,9 @@ class SessionService(FeatureService):
     async def start_session(
         self, user: User, org_id: uuid.UUID, role: str, details: dict[str, Any]
     ) -> TokenPair:
-        """A new session (device) for a user who just proved who they are, with its tokens."""
+        """A new session (device) for a user who just proved who they are, with its tokens.
+        A device (user agent) the account never signed in from is told to its owner."""
+        new_device = await self.sessions.is_new_device(user.id, self.ctx.client.user_agent[:512])
         sess = AuthSession(
             user_id=user.id,
             org_id=org_id,
@@ -97,6 +100,21 @@ class SessionService(FeatureService):
         await self.sessions.add(sess)
         pair = await self._issue(user, sess, role)
         await self.audit_session("auth.login.succeeded", sess, details)
+        if new_device:
+            await notify.emit(
+                self.session,
+                self.redis,
+                "security.new_sign_in",
+                notify.NewSignIn(
+                    session_id=sess.id,
+                    user_agent=sess.user_agent,
+                    ip=sess.ip,
+                    signed_in_at=utcnow(),
+                ),
+                source="auth",
+                user_id=user.id,
+                subject={"session_id": sess.id},
+            )
         return pair
 
     async def org_for(self, user: User, wanted: uuid.UUID | None) -> tuple[uuid.UUID, str]:

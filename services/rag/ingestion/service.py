@@ -35,6 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from libs.db import Database, session_scope
+from libs.notify import FileIngestFailed, emit_now, make_event
 from libs.queue import (
     JobCancelled,
     JobContext,
@@ -105,9 +106,10 @@ class Ingestion:
             INGEST_FILES.labels("cancelled").inc()
             raise
         except _Failed as exc:
-            await self._finish(
+            if await self._finish(
                 store_id, file_id, jc.job_id, generation, "failed", exc.code, exc.message
-            )
+            ):
+                await _notify_failed(jc, store_id, file_id, generation, exc.code, exc.message)
             INGEST_FAILURES.labels(exc.stage, exc.code).inc()
             INGEST_FILES.labels("failed").inc()
             return "failed"
@@ -115,15 +117,13 @@ class Ingestion:
             if outage_of(exc) is not None:
                 raise  # tried again: by arq, else by the reconciler once the lease lapses
             log.exception("ingestion of %s/%s failed", store_id, file_id)
-            await self._finish(
-                store_id,
-                file_id,
-                jc.job_id,
-                generation,
-                "failed",
-                "server_error",
-                f"Ingestion failed on an internal error ({type(exc).__name__}); retry the file.",
+            message = (
+                f"Ingestion failed on an internal error ({type(exc).__name__}); retry the file."
             )
+            if await self._finish(
+                store_id, file_id, jc.job_id, generation, "failed", "server_error", message
+            ):
+                await _notify_failed(jc, store_id, file_id, generation, "server_error", message)
             INGEST_FAILURES.labels("internal", "server_error").inc()
             INGEST_FILES.labels("failed").inc()
             return "failed"
@@ -343,18 +343,53 @@ class Ingestion:
         status: str,
         code: str | None,
         message: str | None,
-    ) -> None:
+    ) -> bool:
+        """End the file's ingestion; whether it took ``status`` now."""
         async with session_scope(self.db) as session:
             repo = IngestionRepository(session)
             sf = await repo.lock(store_id, file_id)
             if sf is None or sf.job_id != job_id or sf.pending_generation != generation:
-                return
-            if sf.status == "in_progress":
+                return False
+            took = sf.status == "in_progress"
+            if took:
                 sf.status = status
                 sf.last_error_code, sf.last_error_message = code, message
             sf.lease_until = None
             sf.stage = "queued"
             await repo.drop_generation(sf, generation)
+        return took
+
+
+async def _notify_failed(
+    jc: JobContext,
+    store_id: uuid.UUID,
+    file_id: uuid.UUID,
+    generation: int,
+    code: str,
+    message: str,
+) -> None:
+    """Tell whoever added the file (the organization's admins when nobody did) that it failed
+    (libs/notify; after the commit that marked it failed, once per file and generation)."""
+    if jc.org_id is None:
+        return
+    try:
+        event = make_event(
+            "vector_store.file.failed",
+            FileIngestFailed(
+                vector_store_id=str(store_id),
+                file_id=str(file_id),
+                error_code=code[:64],
+                error_message=message[:2000],
+            ),
+            org_id=uuid.UUID(jc.org_id),
+            user_id=uuid.UUID(jc.user_id) if jc.user_id else None,
+            subject={"vector_store_id": store_id, "file_id": file_id},
+            key=f"{file_id}:{generation}",
+            source="rag",
+        )
+        await emit_now(jc.redis, [event])
+    except Exception as exc:  # the file's status says it; the notice is a courtesy
+        log.warning("failed ingestion of %s not notified: %s", file_id, exc)
 
 
 def _rows(drafts: list[Draft]) -> list[dict[str, Any]]:

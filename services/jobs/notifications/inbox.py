@@ -1,0 +1,117 @@
+"""The live side of the in-app center: a short Redis stream per user, followed over SSE.
+
+The fan-out (and every read, mark or archive) appends an entry to the user's stream
+``aistack:notify:inbox:<user>`` after its transaction commits: ``notification`` (the new
+notification) or ``changed`` (the unread count moved). Each entry names the organization it is
+about (empty: the user's account, every organization). An SSE client follows the stream with a
+blocking read and gets ``notification`` events and ``count`` events (the unread count, read
+afresh); each carries its entry id as SSE ``id``, so a client reconnecting with
+``Last-Event-ID`` gets what it missed while the stream still holds it (the last
+:data:`INBOX_MAXLEN` entries; older, it starts afresh with the count). A stream ends after
+``JOBS_NOTIFICATION_STREAM_MAX_S`` (browsers' EventSource reconnects by itself): a caller whose
+credentials lapsed, or who left the organization, stops receiving.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from libs.sse import event_frame
+
+INBOX_PREFIX = "aistack:notify:inbox:"
+INBOX_MAXLEN = 500
+# a stream untouched this long is dropped (its user has nothing live to resume)
+INBOX_TTL_S = 7 * 24 * 3600
+# longest blocking read (under the app's Redis socket timeout)
+BLOCK_MS = 2000
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def inbox_key(user_id: uuid.UUID) -> str:
+    return f"{INBOX_PREFIX}{user_id}"
+
+
+async def publish(
+    redis: Redis,
+    entries: Sequence[tuple[uuid.UUID, uuid.UUID | None, str, dict[str, Any] | None]],
+) -> None:
+    """Append ``(user, org, "notification" | "changed", data)`` entries to users' streams."""
+    if not entries:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, org_id, kind, data in entries:
+            key = inbox_key(user_id)
+            fields = {"t": kind, "org": str(org_id) if org_id else "", "d": orjson.dumps(data)}
+            pipe.xadd(key, fields, maxlen=INBOX_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(key, INBOX_TTL_S)
+        await pipe.execute()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _frame(event: str, data: Any, entry_id: str | None) -> bytes:
+    frame = event_frame(event, data)
+    return (b"id: " + entry_id.encode() + b"\n" + frame) if entry_id else frame
+
+
+async def inbox_events(
+    redis: Redis,
+    user_id: uuid.UUID,
+    org_id: uuid.UUID | None,
+    unread: Callable[[], Awaitable[int]],
+    *,
+    last_event_id: str | None,
+    heartbeat_s: float,
+    max_s: float,
+) -> AsyncIterator[bytes]:
+    """The SSE body of a user's inbox in one organization (see the module docstring); it ends
+    after ``max_s`` (the client reconnects, its credentials checked again)."""
+    ends_at = time.monotonic() + max_s
+    key = inbox_key(user_id)
+    mine = {"", str(org_id) if org_id else ""}
+    cursor: str | None = None
+    if last_event_id and _STREAM_ID.match(last_event_id):
+        head = await redis.xrange(key, count=1)
+        if head and _ids(last_event_id) >= _ids(_text(head[0][0])):
+            cursor = last_event_id
+    if cursor is None:
+        # from now on; what came before is in GET /v1/notifications
+        last = await redis.xrevrange(key, count=1)
+        cursor = _text(last[0][0]) if last else "0-0"
+        yield _frame("count", {"unread": await unread()}, None)
+    quiet_since = time.monotonic()
+    block_ms = max(10, int(min(BLOCK_MS, heartbeat_s * 1000)))
+    while time.monotonic() < ends_at:
+        wait = max(10, min(block_ms, int((ends_at - time.monotonic()) * 1000)))
+        resp = await redis.xread({key: cursor}, count=100, block=wait)
+        entries = [entry for _, batch in resp or [] for entry in batch]
+        changed_id = None
+        for entry_id, fields in entries:
+            cursor = _text(entry_id)
+            f = {_text(k): v for k, v in fields.items()}
+            if _text(f.get("org", b"")) not in mine:
+                continue
+            if _text(f.get("t", b"")) == "notification":
+                yield _frame("notification", orjson.loads(f["d"]), cursor)
+            changed_id = cursor
+        if changed_id is not None:
+            yield _frame("count", {"unread": await unread()}, changed_id)
+        now = time.monotonic()
+        if entries:
+            quiet_since = now
+        elif now - quiet_since >= heartbeat_s:
+            quiet_since = now
+            yield b": keep-alive\n\n"
+
+
+def _ids(entry_id: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in entry_id.split("-"))

@@ -1,0 +1,155 @@
+"""Where notifications are stored: events received once, users' notifications."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from libs.notify import Event
+from services.jobs.notifications.models import Notification, NotificationEvent
+
+
+def visible_to(user_id: uuid.UUID, org_id: uuid.UUID | None) -> ColumnElement[bool]:
+    """A user's notifications in the organization they act in, and about their account."""
+    return and_(
+        Notification.user_id == user_id,
+        or_(Notification.org_id == org_id, Notification.org_id.is_(None)),
+    )
+
+
+class NotificationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def record_event(self, ev: Event) -> bool:
+        """Keep the event; False when it was kept already (a duplicate delivery)."""
+        stmt = (
+            insert(NotificationEvent)
+            .values(
+                id=ev.id,
+                kind=ev.kind,
+                org_id=ev.org_id,
+                user_id=ev.user_id,
+                actor_id=ev.actor_id,
+                subject=ev.subject,
+                data=ev.data,
+                source=ev.source,
+                occurred_at=ev.occurred_at,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(NotificationEvent.id)
+        )
+        return (await self.session.execute(stmt)).first() is not None
+
+    async def add_for(self, ev: Event, users: Sequence[uuid.UUID]) -> list[Notification]:
+        """One notification of ``ev`` per user (none twice); returns those created."""
+        if not users:
+            return []
+        rows = [
+            {
+                "id": uuid.uuid4(),
+                "user_id": u,
+                "org_id": ev.org_id,
+                "event_id": ev.id,
+                "kind": ev.kind,
+                "subject": ev.subject,
+                "data": ev.data,
+                "occurred_at": ev.occurred_at,
+            }
+            for u in users
+        ]
+        stmt = (
+            insert(Notification)
+            .values(rows)
+            .on_conflict_do_nothing(constraint="uq_notifications_event_id_user_id")
+            .returning(Notification)
+        )
+        created = list((await self.session.scalars(stmt)).all())
+        await self.session.execute(
+            update(NotificationEvent)
+            .where(NotificationEvent.id == ev.id)
+            .values(recipients=NotificationEvent.recipients + len(created))
+        )
+        return created
+
+    async def get(
+        self, user_id: uuid.UUID, org_id: uuid.UUID | None, nid: uuid.UUID
+    ) -> Notification | None:
+        stmt = select(Notification).where(visible_to(user_id, org_id), Notification.id == nid)
+        return (await self.session.scalars(stmt)).one_or_none()
+
+    async def page(
+        self,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID | None,
+        *,
+        limit: int,
+        after_seq: int | None,
+        unread: bool | None,
+        kinds: list[str],
+        archived: bool,
+    ) -> tuple[list[Notification], bool]:
+        """Newest first; ``after_seq``: the page after that notification."""
+        stmt = select(Notification).where(visible_to(user_id, org_id))
+        stmt = stmt.where(
+            Notification.archived_at.is_not(None)
+            if archived
+            else Notification.archived_at.is_(None)
+        )
+        if unread is True:
+            stmt = stmt.where(Notification.read_at.is_(None))
+        elif unread is False:
+            stmt = stmt.where(Notification.read_at.is_not(None))
+        if kinds:
+            stmt = stmt.where(Notification.kind.in_(kinds))
+        if after_seq is not None:
+            stmt = stmt.where(Notification.seq < after_seq)
+        rows = list(
+            await self.session.scalars(stmt.order_by(Notification.seq.desc()).limit(limit + 1))
+        )
+        return rows[:limit], len(rows) > limit
+
+    async def unread_count(self, user_id: uuid.UUID, org_id: uuid.UUID | None) -> int:
+        stmt = select(func.count()).where(
+            visible_to(user_id, org_id),
+            Notification.read_at.is_(None),
+            Notification.archived_at.is_(None),
+        )
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def mark_read(
+        self, user_id: uuid.UUID, org_id: uuid.UUID | None, now: datetime, nid: uuid.UUID | None
+    ) -> int:
+        """Mark one (``nid``) or all unread as read; how many changed."""
+        stmt = update(Notification).where(
+            visible_to(user_id, org_id), Notification.read_at.is_(None)
+        )
+        if nid is not None:
+            stmt = stmt.where(Notification.id == nid)
+        result: Any = await self.session.execute(stmt.values(read_at=now))
+        return int(result.rowcount or 0)
+
+    async def archive(
+        self, user_id: uuid.UUID, org_id: uuid.UUID | None, now: datetime, nid: uuid.UUID
+    ) -> None:
+        await self.session.execute(
+            update(Notification)
+            .where(
+                visible_to(user_id, org_id),
+                Notification.id == nid,
+                Notification.archived_at.is_(None),
+            )
+            .values(archived_at=now, read_at=func.coalesce(Notification.read_at, now))
+        )
+
+    async def seq_of(
+        self, user_id: uuid.UUID, org_id: uuid.UUID | None, nid: uuid.UUID
+    ) -> int | None:
+        stmt = select(Notification.seq).where(visible_to(user_id, org_id), Notification.id == nid)
+        return (await self.session.execute(stmt)).scalar_one_or_none()

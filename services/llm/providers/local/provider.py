@@ -8,7 +8,7 @@ from typing import Any
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ModelInfo, Provider
 from services.llm.providers.local.chat import LocalChat
 from services.llm.providers.local.config import LocalConfig, model_not_found
-from services.llm.providers.local.embedder import LocalEmbedder, MiniLMEmbedder
+from services.llm.providers.local.embedder import E5Embedder, LocalEmbedder, MiniLMEmbedder
 from services.llm.providers.local.runtime import Runtime
 
 
@@ -23,6 +23,7 @@ class LocalProvider(Provider):
         self._chat = LocalChat(name, self.cfg)
         self.embedders: dict[str, LocalEmbedder] = {
             self.cfg.embedding_model.lower(): MiniLMEmbedder(self.cfg.embedding_model, self.cfg),
+            self.cfg.e5_model.lower(): E5Embedder(self.cfg.e5_model, self.cfg),
         }
 
     def _llama(self) -> Runtime:

@@ -131,6 +131,11 @@ async def test_file_search_cites_the_right_files(stack: Stack) -> None:
     for a in text.annotations:
         assert a.type == "file_citation" and names[a.file_id] == a.filename
         assert 0 <= a.index <= len(text.text)
+    # a later turn chains to it: the search was context for its own turn only
+    follow: Any = await client.responses.create(
+        model="default", input="Thanks!", previous_response_id=en.id, max_output_tokens=5
+    )
+    assert follow.output[0].type == "message"
 
     zh: Any = await client.responses.create(
         model="default",

@@ -70,6 +70,9 @@ class Embedder:
         self.settings = settings
         self._lanes: dict[Key, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # the model each alias was last served by (the llm's answer names it): /answer's
+        # relevance threshold depends on it
+        self.served: dict[str, str] = {}
 
     def _headers(self, org_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, str]:
         who = Principal(org_id=org_id, user_id=user_id, scopes=[Scope.LLM_USE.value])
@@ -184,7 +187,10 @@ class Embedder:
                 last = f"the llm service could not be reached ({type(exc).__name__}: {exc})"
             else:
                 if resp.status_code == 200:
-                    return _vectors(resp.json(), len(texts))
+                    body = resp.json()
+                    if isinstance(body.get("model"), str):
+                        self.served[model] = body["model"]
+                    return _vectors(body, len(texts))
                 detail = _error_message(resp)
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise EmbeddingError(

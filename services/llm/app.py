@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.http import make_http_client
 from services.llm.chat.hot_route import ChatEndpoint, is_chat_completion
 from services.llm.chat.metering import UsagePublisher
 from services.llm.chat.router import OPENAI_PREFIXES
@@ -21,6 +22,7 @@ from services.llm.conversations.router import router as conversations_router
 from services.llm.legacy.router import router as legacy_router
 from services.llm.prompts.router import router as prompts_router
 from services.llm.providers.base import Provider
+from services.llm.responses.file_search import RagSearch
 from services.llm.responses.router import PREFIX as RESPONSES_PREFIX
 from services.llm.responses.router import router as responses_router
 from services.llm.routing.config import RoutingConfig, default_config, load_config
@@ -82,6 +84,10 @@ def build_app(
         service = ChatService(settings, config, providers, state.redis, usage_publisher)
         state.llm = service
         service.sessions = lambda: getattr(state, "db", None)
+        rag_http = make_http_client(
+            "llm", timeout=settings.file_search_timeout_s, connect_timeout=2.0, retries=0
+        )
+        state.rag_search = RagSearch(rag_http, settings.rag_url, settings.internal_token_secret)
         await service.start()
         log.info(
             "llm routing from %s: providers %s, models %s",
@@ -92,6 +98,7 @@ def build_app(
         try:
             yield
         finally:
+            await rag_http.aclose()
             await service.aclose()
 
     app = create_app(

@@ -72,6 +72,25 @@ class LlmSettings(ServiceSettings):
         "at shutdown, and are queued to billing once Redis is back",
     )
 
+    rag_url: str = Field(
+        default="http://127.0.0.1:8003",
+        description="the rag service, searched by the Responses API's file_search tool "
+        "(POST /internal/search as the caller's organization)",
+    )
+    file_search_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=300,
+        description="the longest wait for rag's answer to a file_search; beyond it the "
+        "response fails with a 503 file_search_unavailable",
+    )
+    file_search_context_tokens: int = Field(
+        default=8000,
+        ge=100,
+        description="at most this many tokens of a file_search's chunks go into the model's "
+        "context (and never more than half the model alias's context_window)",
+    )
+
     responses_ttl_days: int = Field(
         default=30,
         ge=1,

@@ -73,6 +73,12 @@ class RagSettings(ServiceSettings):
         description="/answer: a chunk sharing no word with the question counts as relevant "
         "only this similar (cosine); nothing relevant: no model call, the answer says so",
     )
+    answer_min_similarity_by_model: dict[str, float] = Field(
+        default_factory=lambda: {"multilingual-e5-small": 0.8},
+        description="/answer: RAG_ANSWER_MIN_SIMILARITY for the embedding models named (the "
+        "model the llm answered with, JSON): models whose cosines sit high, such as e5's "
+        "0.7-0.9 for unrelated texts, need their own",
+    )
     answer_timeout_s: float = Field(default=120.0, gt=0, description="/answer: the chat call")
     embed_batch_size: int = Field(default=64, ge=1, le=2048)
     embed_retries: int = Field(

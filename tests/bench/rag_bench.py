@@ -149,17 +149,19 @@ async def ingestion(
         ).all()
     await engine.dispose()
     texts = [((" > ".join(h.split("\x1f")) + "\n") if h else "") + t for h, t in rows]
-    # the model alone: the same texts, batches of 64, four requests at a time
+    # the model alone: the same texts embedded as ingestion does (passages), batches of 64,
+    # one request at a time (the local model runs one batch at a time anyway; queued ones
+    # could outwait the llm's request timeout with a slower model)
     who = Principal(org_id=uuid.UUID(org), scopes=["llm:use"])
     batches = [texts[i : i + 64] for i in range(0, len(texts), 64)]
-    gate = asyncio.Semaphore(4)
+    gate = asyncio.Semaphore(1)
     async with httpx.AsyncClient(base_url=llm, timeout=300) as http:
 
         async def one(part: list[str]) -> None:
             async with gate:
                 r = await http.post(
                     "/v1/embeddings",
-                    json={"model": "embed", "input": part},
+                    json={"model": "embed", "input": part, "input_type": "passage"},
                     headers={INTERNAL_HEADER: sign_internal_token(who, DEV_INTERNAL_SECRET, 600)},
                 )
                 r.raise_for_status()

@@ -30,12 +30,13 @@ class Running:
         await self.task
 
 
-async def serve(app: Any, **options: Any) -> Running:
-    """Start ``app`` on a free port in this loop and wait until it accepts connections
+async def serve(app: Any, port: int = 0, **options: Any) -> Running:
+    """Start ``app`` on a free port (or ``port``: one taken from :func:`dead_url` for a
+    service another one must know first) in this loop and wait until it accepts connections
     (``options``: more of uvicorn's Config, e.g. ``http``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app, lifespan="on", log_config=None, access_log=False, proxy_headers=False, **options

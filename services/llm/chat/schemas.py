@@ -170,6 +170,12 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
+    input_type: Literal["query", "passage"] | None = Field(
+        default=None,
+        description="aistack: what the texts are, for models that embed a search query and a "
+        "passage to be found differently (the local multilingual-e5-small: `query` by default); "
+        "other models ignore it",
+    )
     cache: CacheOption = None
     timeout: TimeoutOption = None
 
@@ -193,7 +199,7 @@ class EmbeddingRequest(BaseModel):
     def params(self) -> dict[str, Any]:
         return self.model_dump(
             exclude_none=True,
-            exclude={"model", "input", "encoding_format", "cache", "timeout"},
+            exclude={"model", "input", "encoding_format", "input_type", "cache", "timeout"},
         )
 
 

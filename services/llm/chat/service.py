@@ -533,7 +533,9 @@ class ChatService:
         outcome = Outcome()
 
         async def run(provider: Provider, target: Target) -> dict[str, Any]:
-            return await provider.embed(ProviderEmbeddingRequest(target.model, texts, params))
+            return await provider.embed(
+                ProviderEmbeddingRequest(target.model, texts, params, body.input_type)
+            )
 
         try:
             response = await self.dispatcher.run(call.alias, run, timeout_s, outcome)

@@ -52,6 +52,9 @@ class EmbeddingRequest:
     model: str
     input: list[str]
     params: dict[str, Any] = field(default_factory=dict)
+    input_type: str | None = None
+    """aistack: ``query`` or ``passage``, for models that embed them apart (e5); never sent
+    to a vendor."""
 
 
 @dataclass

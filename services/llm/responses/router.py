@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from services.llm.chat.router import (
@@ -17,13 +17,15 @@ from services.llm.chat.router import (
 )
 from services.llm.responses.schemas import ResponsesRequest
 from services.llm.responses.service import ResponsesService
+from services.llm.state import LlmState
 
 PREFIX = "/v1/responses"
 
 
-async def get_responses_service(chat: ChatServiceDep) -> ResponsesService:
-    """Responses over the process's chat service."""
-    return ResponsesService(chat)
+async def get_responses_service(request: Request, chat: ChatServiceDep) -> ResponsesService:
+    """Responses over the process's chat service (and rag's search for file_search)."""
+    state = LlmState.of(request)
+    return ResponsesService(chat, state.rag_search, state.settings)
 
 
 ResponsesServiceDep = Annotated[ResponsesService, Depends(get_responses_service)]

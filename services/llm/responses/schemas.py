@@ -57,7 +57,11 @@ class ResponsesRequest(BaseModel):
         default=None, description="A system message put before the input"
     )
     tools: list[dict[str, Any]] | None = Field(
-        default=None, description="Function tools only: {type: function, name, parameters, ...}"
+        default=None,
+        description="Function tools ({type: function, name, parameters, ...}) and one "
+        "file_search tool ({type: file_search, vector_store_ids, max_num_results, filters, "
+        "ranking_options}: the stores are searched with the last user message before the "
+        "model answers)",
     )
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

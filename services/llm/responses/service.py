@@ -7,22 +7,35 @@ read-your-writes, which items are supported): docs/architecture.md, "llm: the Re
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, Literal
 
 from libs.identity import Principal
 from services.llm.chat.schemas import invalid_param
 from services.llm.chat.service import CallOptions, ChatService, Result
+from services.llm.responses.file_search import (
+    INCLUDE_RESULTS,
+    FileSearchTool,
+    RagSearch,
+    SearchOutcome,
+    last_user_text,
+    split_tools,
+    with_sources,
+)
 from services.llm.responses.schemas import ResponsesRequest
 from services.llm.responses.store import ResponseStore, not_found
 from services.llm.responses.stream import Store, hand_over, translate_stream
 from services.llm.responses.translate import Shape, item_messages, to_chat, to_response
+from services.llm.settings import LlmSettings
 
 
 class ResponsesService:
     """``/v1/responses``: create (JSON or a stream of events), read, delete, list inputs."""
 
-    def __init__(self, chat: ChatService) -> None:
+    def __init__(self, chat: ChatService, rag: RagSearch, settings: LlmSettings) -> None:
         self.chat = chat
+        self.rag = rag
+        self.settings = settings
         self.store = ResponseStore(chat)
 
     async def create(
@@ -39,8 +52,16 @@ class ResponsesService:
             history = list(previous.history)
         items = await self.store.resolve_references(org_id, body.input, previous)
         turn = item_messages(items)
-        chat = to_chat(body, history, turn)
-        shape = Shape(body)
+        tool, other_tools = split_tools(body.tools)
+        search: SearchOutcome | None = None
+        chat_body, chat_turn = body, turn
+        if tool is not None:
+            chat_body = body.model_copy(
+                update={"tools": other_tools, "tool_choice": _choice(body, other_tools)}
+            )
+            search, chat_turn = await self._file_search(principal, body, tool, history, turn)
+        chat = to_chat(chat_body, history, chat_turn)
+        shape = Shape(body, search, INCLUDE_RESULTS in _include(body))
         result = await self.chat.chat(principal, chat, options)
 
         store: Store | None = None
@@ -56,6 +77,34 @@ class ResponsesService:
         response = to_response(result.body, shape)
         await hand_over(store, response)
         return Result(body=response, headers=result.headers)
+
+    async def _file_search(
+        self,
+        principal: Principal,
+        body: ResponsesRequest,
+        tool: FileSearchTool,
+        history: list[dict[str, Any]],
+        turn: list[dict[str, Any]],
+    ) -> tuple[SearchOutcome, list[dict[str, Any]]]:
+        """Search with this turn's last user message; the turn with the sources put in it."""
+        at = next(i for i, t in enumerate(body.tools or []) if t.get("type") == "file_search")
+        found = last_user_text(turn)
+        outcome = SearchOutcome(f"fs_{uuid.uuid4().hex}", [], [])
+        if found is None or not found[1].strip():
+            return outcome, turn
+        index, question = found
+        outcome.queries = [question]
+        outcome.results = await self.rag.search(principal, tool, question, f"tools[{at}]")
+        alias = self.chat.config.resolve(body.model)
+        window = (alias.context_window if alias else None) or 8192
+        prompt = outcome.prompt(
+            question, min(self.settings.file_search_context_tokens, window // 2)
+        )
+        if prompt is None:
+            return outcome, turn
+        turn = list(turn)
+        turn[index] = with_sources(turn[index], prompt)
+        return outcome, turn
 
     async def get(self, principal: Principal, response_id: str) -> dict[str, Any]:
         """A stored response of the caller's organization (404 when unknown or expired)."""
@@ -99,3 +148,21 @@ class ResponsesService:
             "last_id": page[-1]["id"] if page else None,
             "has_more": len(items) > limit,
         }
+
+
+def _include(body: ResponsesRequest) -> list[str]:
+    include = (body.model_extra or {}).get("include")
+    return [str(v) for v in include] if isinstance(include, list) else []
+
+
+def _choice(
+    body: ResponsesRequest, tools: list[dict[str, Any]] | None
+) -> str | dict[str, Any] | None:
+    """The tool_choice left for the model once file_search is done (aistack always searches):
+    none when it named file_search, or when no other tool is left to choose."""
+    choice = body.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "file_search":
+        return None
+    if not tools and choice in ("auto", "required"):
+        return None
+    return choice

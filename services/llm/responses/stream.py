@@ -66,7 +66,22 @@ class EventStream:
         return [
             self._event("response.created", response=snapshot),
             self._event("response.in_progress", response=snapshot),
+            *self._file_search(),
         ]
+
+    def _file_search(self) -> list[bytes]:
+        """The file_search done before the model was called, as OpenAI streams one."""
+        search = self.shape.search
+        if search is None:
+            return []
+        item = search.item(self.shape.include_results, "in_progress")
+        events = self._add({**item, "results": None})
+        where = {"output_index": self.open, "item_id": item["id"]}
+        for phase in ("in_progress", "searching", "completed"):
+            events.append(self._event(f"response.file_search_call.{phase}", **where))
+        self.output[-1] = {**item, "status": "completed"}
+        events += self._close()
+        return events
 
     # items
 
@@ -112,12 +127,24 @@ class EventStream:
         item = self.output[self.open]
         part = item["content"][self.part]
         where = {"item_id": item["id"], "output_index": self.open, "content_index": self.part}
+        events: list[bytes] = []
         if part["type"] == "output_text":
+            if self.shape.search is not None:
+                part["annotations"] = self.shape.search.annotations(part["text"])
+                for i, annotation in enumerate(part["annotations"]):
+                    events.append(
+                        self._event(
+                            "response.output_text.annotation.added",
+                            **where,
+                            annotation_index=i,
+                            annotation=annotation,
+                        )
+                    )
             done = self._event("response.output_text.done", **where, text=part["text"], logprobs=[])
         else:
             done = self._event("response.refusal.done", **where, refusal=part["refusal"])
         self.part = None
-        return [done, self._event("response.content_part.done", **where, part=part)]
+        return [*events, done, self._event("response.content_part.done", **where, part=part)]
 
     def _close(self, status: str = "completed") -> list[bytes]:
         if self.open is None:

@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from services.llm.chat.schemas import ChatCompletionRequest, invalid_param, translated_chat
+from services.llm.responses.file_search import SearchOutcome
 from services.llm.responses.schemas import NOT_FORWARDED, RESPONSES_ONLY, ResponsesRequest
 
 _ROLES = frozenset({"user", "system", "developer", "assistant"})
@@ -154,9 +155,9 @@ def item_messages(
                 )
             messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
             open_assistant = None
-        elif kind == "reasoning":
+        elif kind in ("reasoning", "file_search_call"):
             # no chat counterpart (encrypted_content is for OpenAI's models only): the model
-            # reasons anew
+            # reasons anew; a search's chunks were context for its own turn only
             continue
         elif kind == "item_reference":  # resolved before; only a stored item can hold one
             raise invalid_param(
@@ -324,9 +325,17 @@ def usage_of(usage: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class Shape:
-    """The parts of a ``response`` object that echo the request."""
+    """The parts of a ``response`` object that echo the request, and the file_search done for
+    it (its output item first, citations on the answer's text)."""
 
-    def __init__(self, body: ResponsesRequest) -> None:
+    def __init__(
+        self,
+        body: ResponsesRequest,
+        search: SearchOutcome | None = None,
+        include_results: bool = False,
+    ) -> None:
+        self.search = search
+        self.include_results = include_results
         text = dict(body.text or {})
         text.setdefault("format", {"type": "text"})
         self.echo: dict[str, Any] = {
@@ -381,6 +390,8 @@ class Shape:
 
 
 def _echo_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if tool.get("type") == "file_search":
+        return {"filters": None, "max_num_results": 20, "ranking_options": None, **tool}
     return {"strict": None, "parameters": None, "description": None, **tool}
 
 
@@ -433,6 +444,12 @@ def to_response(completion: dict[str, Any], shape: Shape) -> dict[str, Any]:
                 "arguments": fn.get("arguments") or "",
             }
         )
+    if shape.search is not None:
+        for item in output:
+            for part in item.get("content") or []:
+                if part["type"] == "output_text":
+                    part["annotations"] = shape.search.annotations(part["text"])
+        output.insert(0, shape.search.item(shape.include_results))
     out = shape.response(
         f"resp_{hexid}",
         int(completion.get("created") or time.time()),

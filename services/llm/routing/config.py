@@ -182,7 +182,8 @@ def load_config(path: str | os.PathLike[str]) -> RoutingConfig:
     return parse_config(raw, str(p))
 
 
-LOCAL_EMBED_MODEL = "all-minilm-l6-v2"
+LOCAL_EMBED_MODEL = "multilingual-e5-small"
+LOCAL_MINILM_MODEL = "all-minilm-l6-v2"
 
 
 def default_config() -> RoutingConfig:
@@ -199,10 +200,17 @@ def default_config() -> RoutingConfig:
                     "context_window": 2048,
                     "targets": [{"provider": "local", "model": LOCAL_CHAT_MODEL}],
                 },
+                # multilingual (Chinese included); queries and passages embedded apart
                 "embed": {
                     "type": "embedding",
-                    "context_window": 256,
+                    "context_window": 512,
                     "targets": [{"provider": "local", "model": LOCAL_EMBED_MODEL}],
+                },
+                # English only, stronger on English (docs/benchmarks.md); the former `embed`
+                "embed-minilm": {
+                    "type": "embedding",
+                    "context_window": 256,
+                    "targets": [{"provider": "local", "model": LOCAL_MINILM_MODEL}],
                 },
             },
         },

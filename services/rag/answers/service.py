@@ -103,7 +103,9 @@ class AnswerService:
         stores = await self.search.stores([store_public_id])
         request = SearchRequest(query=query, max_num_results=limit, mode=mode, filters=filters)
         hits = await self.search.search(stores, request)
-        return relevant(hits, self.settings.answer_min_similarity)
+        served = self.search.embedder.served.get(stores[0].embedding_model, "")
+        by_model = self.settings.answer_min_similarity_by_model
+        return relevant(hits, by_model.get(served, self.settings.answer_min_similarity))
 
     def _headers(self) -> dict[str, str]:
         who = Principal(

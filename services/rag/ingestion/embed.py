@@ -30,6 +30,10 @@ class EmbeddingError(Exception):
         self.refused = refused
 
 
+# (model, input type, organization, user, retries)
+Key = tuple[str, str, uuid.UUID, uuid.UUID | None, int | None]
+
+
 @dataclass
 class _Request:
     texts: list[str]
@@ -39,7 +43,8 @@ class _Request:
 
 @dataclass
 class _Lane:
-    """Requests for one (model, organization, user, retries): merged into shared calls."""
+    """Requests for one (model, input type, organization, user, retries): merged into shared
+    calls."""
 
     queue: deque[_Request] = field(default_factory=deque)
     running: int = 0
@@ -63,8 +68,11 @@ class Embedder:
     def __init__(self, http: httpx.AsyncClient, settings: RagSettings) -> None:
         self.http = http
         self.settings = settings
-        self._lanes: dict[tuple[str, uuid.UUID, uuid.UUID | None, int | None], _Lane] = {}
+        self._lanes: dict[Key, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # the model each alias was last served by (the llm's answer names it): /answer's
+        # relevance threshold depends on it
+        self.served: dict[str, str] = {}
 
     def _headers(self, org_id: uuid.UUID, user_id: uuid.UUID | None) -> dict[str, str]:
         who = Principal(org_id=org_id, user_id=user_id, scopes=[Scope.LLM_USE.value])
@@ -76,13 +84,16 @@ class Embedder:
         texts: list[str],
         *,
         model: str,
+        input_type: str,
         org_id: uuid.UUID,
         user_id: uuid.UUID | None = None,
         retries: int | None = None,
         on_retry: Callable[[int, str], Awaitable[None]] | None = None,
     ) -> list[list[float]]:
-        """One vector per text, in order."""
-        key = (model, org_id, user_id, retries)
+        """One vector per text, in order. ``input_type``: ``passage`` (chunks being indexed)
+        or ``query`` (what is searched for): models such as multilingual-e5-small embed them
+        apart; the llm ignores it for the others."""
+        key = (model, input_type, org_id, user_id, retries)
         lane = self._lanes.setdefault(key, _Lane())
         loop = asyncio.get_running_loop()
         size = self.settings.embed_batch_size
@@ -97,7 +108,7 @@ class Embedder:
             out.extend(part)
         return out
 
-    def _pump(self, key: tuple[str, uuid.UUID, uuid.UUID | None, int | None], lane: _Lane) -> None:
+    def _pump(self, key: Key, lane: _Lane) -> None:
         size = self.settings.embed_batch_size
         while lane.queue and lane.running < self.PARALLEL:
             batch = [lane.queue.popleft()]
@@ -112,11 +123,10 @@ class Embedder:
 
     async def _send(
         self,
-        key: tuple[str, uuid.UUID, uuid.UUID | None, int | None],
+        key: Key,
         lane: _Lane,
         batch: list[_Request],
     ) -> None:
-        model, org_id, user_id, retries = key
         callbacks = [r.on_retry for r in batch if r.on_retry is not None]
 
         async def on_retry(attempt: int, reason: str) -> None:
@@ -128,7 +138,7 @@ class Embedder:
 
         texts = [t for r in batch for t in r.texts]
         try:
-            vectors = await self._call(texts, model, org_id, user_id, retries, on_retry)
+            vectors = await self._call(texts, key, on_retry)
         except BaseException as exc:
             for r in batch:
                 if not r.future.done():
@@ -153,12 +163,10 @@ class Embedder:
     async def _call(
         self,
         texts: list[str],
-        model: str,
-        org_id: uuid.UUID,
-        user_id: uuid.UUID | None,
-        retries: int | None,
+        key: Key,
         on_retry: Callable[[int, str], Awaitable[None]] | None,
     ) -> list[list[float]]:
+        model, input_type, org_id, user_id, retries = key
         tries = (self.settings.embed_retries if retries is None else retries) + 1
         delay = self.settings.embed_backoff_s
         last = ""
@@ -166,7 +174,12 @@ class Embedder:
             try:
                 resp = await self.http.post(
                     f"{self.settings.llm_url.rstrip('/')}/v1/embeddings",
-                    json={"model": model, "input": texts, "encoding_format": "float"},
+                    json={
+                        "model": model,
+                        "input": texts,
+                        "encoding_format": "float",
+                        "input_type": input_type,
+                    },
                     headers=self._headers(org_id, user_id),
                     timeout=self.settings.embed_timeout_s,
                 )
@@ -174,7 +187,10 @@ class Embedder:
                 last = f"the llm service could not be reached ({type(exc).__name__}: {exc})"
             else:
                 if resp.status_code == 200:
-                    return _vectors(resp.json(), len(texts))
+                    body = resp.json()
+                    if isinstance(body.get("model"), str):
+                        self.served[model] = body["model"]
+                    return _vectors(body, len(texts))
                 detail = _error_message(resp)
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise EmbeddingError(

@@ -310,6 +310,7 @@ class Ingestion:
                 vectors = await self.embedder.embed(
                     texts,
                     model=model,
+                    input_type="passage",
                     org_id=org_id or uuid.UUID(int=0),
                     user_id=None,
                     on_retry=retrying,

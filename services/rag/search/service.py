@@ -86,6 +86,7 @@ class SearchService:
                     (vector,) = await self.embedder.embed(
                         [joined],
                         model=model,
+                        input_type="query",
                         org_id=self.org_id,
                         user_id=self.principal.user_id,
                         retries=1,

@@ -23,9 +23,18 @@ async def test_embeddings_base64_by_default_and_float(env: Env) -> None:
         model="embed", input="hello", encoding_format="float"
     )
     assert floats.data[0].embedding == pytest.approx([0.1, 0.2])
+    # aistack's input_type is for models that embed queries and passages apart: never sent on
+    await env.client.embeddings.create(
+        model="embed", input="hello", extra_body={"input_type": "passage"}
+    )
+    assert "input_type" not in env.primary.behavior.last["json"]
+    with pytest.raises(openai.BadRequestError):
+        await env.client.embeddings.create(
+            model="embed", input="hello", extra_body={"input_type": "document"}
+        )
 
     events = await env.usage_events()
-    assert len(events) == 2
+    assert len(events) == 3
     assert {e["kind"] for e in events} == {"embedding"}
     assert all(e["job_id"].startswith("usage:embedding:embd-") for e in events)
     assert Decimal(events[0]["cost_usd"]) == Decimal("0.00000008")  # 4 * 0.02 / 1M

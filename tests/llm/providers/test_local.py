@@ -17,15 +17,13 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.llm.providers.base import ChatRequest, EmbeddingRequest, ProviderError
-from services.llm.providers.local import (
+from services.llm.providers.local import CHAT_MODEL, E5_MODEL, EMBEDDING_MODEL, LocalProvider
+from services.llm.providers.local.prompting import (
     _LOOSE_CHAR,
     _STRICT_CHAR,
-    CHAT_MODEL,
-    EMBEDDING_MODEL,
-    LocalProvider,
-    _tool_call_schema,
     json_grammar,
     parse_tool_calls,
+    tool_call_schema,
 )
 from tests.support.fakes.vendor_common import assemble
 
@@ -291,7 +289,7 @@ def test_definitions_of_several_tools_are_kept_apart() -> None:
             },
         }
 
-    schema = _tool_call_schema([tool("a", "$defs", "string"), tool("b", "definitions", "integer")])
+    schema = tool_call_schema([tool("a", "$defs", "string"), tool("b", "definitions", "integer")])
     assert schema["$defs"] == {"t0.Item": {"type": "string"}, "t1.Item": {"type": "integer"}}
     arguments = [v["properties"]["arguments"] for v in schema["anyOf"]]
     assert [a["properties"]["x"]["$ref"] for a in arguments] == [
@@ -487,11 +485,40 @@ async def test_embedding_refusals(local: LocalProvider) -> None:
     assert info.value.code == "unsupported"
 
 
+async def test_multilingual_embeddings(local: LocalProvider) -> None:
+    """multilingual-e5-small: a Chinese question finds its Chinese answer, an English one its
+    English answer; queries and passages are embedded apart (e5's prefixes)."""
+    passages = [
+        "出差期间每日餐补为一百二十元。",
+        "Hotel nights are reimbursed up to 150 euros.",
+        "新员工入职第一天会领到笔记本电脑。",
+    ]
+    out = await local.embed(EmbeddingRequest(E5_MODEL, passages, {}, "passage"))
+    CreateEmbeddingResponse.model_validate(out)
+    assert out["model"] == E5_MODEL and out["usage"]["total_tokens"] > 3 * 5
+    docs = vectors(out)
+    assert docs.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(docs, axis=1), 1.0, atol=1e-4)
+    questions = ["每天的餐补是多少？", "How much is a hotel night reimbursed?"]  # noqa: RUF001
+    asked = vectors(await local.embed(EmbeddingRequest(E5_MODEL, questions, {}, "query")))
+    assert list((asked @ docs.T).argmax(axis=1)) == [0, 1]
+    default = vectors(await local.embed(EmbeddingRequest(E5_MODEL, questions[:1])))
+    assert np.allclose(default[0], asked[0], atol=1e-5)  # a query unless told otherwise
+    as_passage = vectors(
+        await local.embed(EmbeddingRequest(E5_MODEL, questions[:1], {}, "passage"))
+    )
+    assert not np.allclose(as_passage[0], asked[0], atol=1e-3)
+    with pytest.raises(ProviderError) as info:
+        await local.embed(EmbeddingRequest(E5_MODEL, ["x"], {}, "document"))
+    assert info.value.status == 400
+
+
 async def test_list_models(local: LocalProvider) -> None:
     models = await local.list_models()
     assert [(m.id, m.owned_by) for m in models] == [
         (CHAT_MODEL, "local"),
         (EMBEDDING_MODEL, "local"),
+        (E5_MODEL, "local"),
     ]
 
 
@@ -528,7 +555,7 @@ async def test_auto_tool_calls_in_a_stream(
     monkeypatch: pytest.MonkeyPatch, pieces: list[str], text: str, names: list[str]
 ) -> None:
     provider = LocalProvider("local", {})
-    monkeypatch.setattr(provider, "_generate", canned(pieces))
+    monkeypatch.setattr(provider._chat, "_generate", canned(pieces))
     out = await collect(provider, req(tools=TOOLS))
     got_text, calls, finish = assemble(out)
     assert got_text == text

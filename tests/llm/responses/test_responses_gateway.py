@@ -95,7 +95,7 @@ async def test_credentials_and_errors_in_openai_shape(gw: Stack) -> None:
         await client.responses.create(
             model="default", input="Hi", tools=[{"type": "file_search", "vector_store_ids": []}]
         )
-    assert bad.value.response.json()["error"]["param"] == "tools[0].type"
+    assert bad.value.response.json()["error"]["param"] == "tools[0].vector_store_ids"
     assert gw.upstream.chat_calls == 0
 
 

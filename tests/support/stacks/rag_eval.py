@@ -23,9 +23,10 @@ def load_pairs() -> list[dict[str, str]]:
 
 
 async def index_answers(
-    client: openai.AsyncOpenAI, pairs: list[dict[str, str]]
+    client: openai.AsyncOpenAI, pairs: list[dict[str, str]], embedding_model: str | None = None
 ) -> tuple[str, dict[str, str]]:
-    """A store holding every distinct answer as a file; answer text -> file id."""
+    """A store holding every distinct answer as a file (embedded with ``embedding_model``,
+    default rag's); answer text -> file id."""
     answers = list(dict.fromkeys(p["answer"] for p in pairs))
     ids: dict[str, str] = {}
     for start in range(0, len(answers), 25):
@@ -37,7 +38,8 @@ async def index_answers(
             )
         )
         ids.update({a: f.id for a, f in zip(part, made, strict=True)})
-    vs = await client.vector_stores.create(name="retrieval set")
+    extra = {"embedding_model": embedding_model} if embedding_model else None
+    vs = await client.vector_stores.create(name="retrieval set", extra_body=extra)
     values = list(ids.values())
     for start in range(0, len(values), 500):
         await client.vector_stores.file_batches.create(

@@ -61,6 +61,7 @@ def test_route_table_covers_the_documented_prefixes() -> None:
         "/v1/responses",
         "/v1/files",
         "/v1/vector_stores",
+        "/v1/batches",
     }
     # a prefix must match whole segments
     assert match_route("/v1/chatty") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from libs.app import create_app
-from services.billing.router import router
+from services.billing.router import routers
 from services.billing.settings import BillingSettings, get_settings
 
 
@@ -14,7 +14,7 @@ def build_app(settings: BillingSettings | None = None) -> FastAPI:
     app = create_app(
         service="billing",
         settings=settings,
-        routers=[router],
+        routers=routers,
         title="aistack billing",
     )
     return app

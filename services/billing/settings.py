@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -14,6 +15,34 @@ class BillingSettings(ServiceSettings):
 
     service_name: ClassVar[str] = "billing"
     port: int = 8005
+
+    prices_config: str | None = Field(
+        default=None,
+        description="YAML file of model prices added to (or replacing) the shipped catalogue "
+        "(services/billing/prices/defaults.yaml shows the shape)",
+    )
+    plans_config: str | None = Field(
+        default=None,
+        description="YAML file of plans replacing the shipped ones "
+        "(services/billing/plans/defaults.yaml shows the shape)",
+    )
+    ledger_batch: int = Field(
+        default=1000, ge=1, le=10_000, description="usage events recorded per transaction"
+    )
+    ledger_claim_idle_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a usage batch left pending this long by a consumer is taken over by another",
+    )
+    ledger_partitions_ahead: int = Field(
+        default=2, ge=0, le=24, description="monthly ledger partitions created ahead"
+    )
+    ledger_retention_months: int = Field(
+        default=0,
+        ge=0,
+        description="raw usage events kept this many months (older partitions dropped; the "
+        "daily rollups stay); 0 keeps them all",
+    )
 
 
 def get_settings() -> BillingSettings:

@@ -1,0 +1,163 @@
+"""The usage ledger's sustained rate: events XADDed to the usage stream at a target rate by a
+producer (as the llm's senders do, in pipelined batches), recorded by billing's real worker
+(``python -m libs.worker billing``: its consumer group, batches of ``BILLING_LEDGER_BATCH``,
+one statement per batch with the rollups) into embedded PostgreSQL (fsync on).
+
+The backlog (entries on the stream not yet recorded) is sampled every second while the
+producer runs; the rate is the events recorded divided by the time from the first XADD until
+the stream is empty again. Totals are checked after the run: ledger rows, rollup requests and
+the cost summed in both equal what was sent (each event priced from the catalogue).
+
+    make bench billing
+    python -m tests.bench.billing_bench [--rate 12000] [--duration 10] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from libs.db import make_engine
+from libs.usage import USAGE_STREAM, UsageEvent, prepare_usage, publish_usage_batch
+from services.billing.prices.catalogue import load_catalogue
+from tests.bench.stack import stack
+
+MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("local", "qwen"), ("anthropic", "x")]
+CHUNK = 500  # events per producer pipeline (a sender's batch)
+
+
+def make_events(n: int) -> list[UsageEvent]:
+    orgs = [uuid.uuid4() for _ in range(50)]
+    keys = [uuid.uuid4() for _ in range(200)]
+    users = [uuid.uuid4() for _ in range(100)]
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        provider, model = MODELS[i % len(MODELS)]
+        out.append(
+            UsageEvent(
+                request_id=f"chatcmpl-{uuid.uuid4().hex}",
+                org_id=orgs[i % len(orgs)],
+                key_id=keys[i % len(keys)],
+                user_id=users[i % len(users)],
+                model=model,
+                provider=provider,
+                prompt_tokens=100 + i % 50,
+                completion_tokens=20 + i % 30,
+                cost_usd=Decimal("0.0001"),
+                created_at=now,
+            )
+        )
+    return out
+
+
+def expected_cost(events: list[UsageEvent]) -> Decimal:
+    prices = load_catalogue(None)
+    total = Decimal(0)
+    for e in events:
+        price = prices.price_at(e.provider, e.model, e.created_at)
+        total += (
+            price.cost(e.prompt_tokens, e.completion_tokens) if price is not None else e.cost_usd
+        )
+    return total
+
+
+async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict[str, Any]:
+    redis = Redis.from_url(redis_url)
+    total = int(args.rate * args.duration)
+    events = make_events(total)
+    messages = [prepare_usage(e) for e in events]
+    # the same events again, some of them: a producer's retried batches (never counted twice)
+    replays = messages[: total // 20]
+    backlog: list[int] = []
+    t0 = time.perf_counter()
+    sent = 0
+    for i in range(0, total, CHUNK):
+        await publish_usage_batch(messages[i : i + CHUNK], redis)
+        sent += len(messages[i : i + CHUNK])
+        due = t0 + sent / args.rate
+        await asyncio.sleep(max(due - time.perf_counter(), 0))
+        now = time.perf_counter()
+        if not backlog or now - t0 >= len(backlog):
+            backlog.append(int(await redis.xlen(USAGE_STREAM)))
+    await publish_usage_batch(replays, redis)
+    produced = time.perf_counter() - t0
+    while (left := int(await redis.xlen(USAGE_STREAM))) > 0:
+        backlog.append(left)
+        await asyncio.sleep(0.05)
+    drained = time.perf_counter() - t0
+    await redis.aclose()
+
+    engine = make_engine(database_url, pool_size=1)
+    async with engine.connect() as conn:
+        rows, ledger_cost = (
+            await conn.execute(text("SELECT count(*), sum(cost_usd) FROM billing.usage_events"))
+        ).one()
+        requests, rollup_cost = (
+            await conn.execute(
+                text("SELECT sum(requests), sum(cost_usd) FROM billing.usage_rollups")
+            )
+        ).one()
+    await engine.dispose()
+    want = expected_cost(events)
+    assert rows == total and requests == total, (rows, requests, total)
+    assert ledger_cost == want and rollup_cost == want, (ledger_cost, rollup_cost, want)
+    return {
+        "events": total,
+        "replayed_duplicates": len(replays),
+        "target_rate": args.rate,
+        "producer_seconds": round(produced, 2),
+        "seconds_until_recorded": round(drained, 2),
+        "recorded_per_s": round(total / drained),
+        "backlog_max": max(backlog),
+        "backlog_at_end_of_production": backlog[-1] if backlog else 0,
+        "workers": args.workers,
+        "batch": args.batch,
+        "totals_exact": True,
+    }
+
+
+def measure(args: Any) -> dict[str, Any]:
+    with stack() as s:
+        env = {"BILLING_LEDGER_BATCH": str(args.batch)}
+        for n in range(args.workers):
+            s.start_worker("billing", env)
+            if n + 1 < args.workers:  # a second worker process has its own name
+                s.procs[f"billing-worker-{n}"] = s.procs.pop("billing-worker")
+        return asyncio.run(produce_and_wait(s.infra.redis_url, s.infra.database_url, args))
+
+
+def run_bench(duration: float) -> str:
+    """For ``make bench billing``: 12k events/s offered for ``duration`` seconds."""
+    args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=1000)
+    result = measure(args)
+    lines = [
+        "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact |",
+        "|---|---|---|---|---|---|",
+        f"| {result['events']} (+{result['replayed_duplicates']} duplicates) | "
+        f"{result['target_rate']} | {result['recorded_per_s']} | {result['backlog_max']} | "
+        f"{result['seconds_until_recorded']} | {result['totals_exact']} |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=12_000, help="events/s offered")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of production")
+    parser.add_argument("--workers", type=int, default=1, help="billing worker processes")
+    parser.add_argument("--batch", type=int, default=1000, help="BILLING_LEDGER_BATCH")
+    print(json.dumps(measure(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -113,3 +113,25 @@ class UsageRollup(Base):
     batch: Mapped[int] = mapped_column(BigInteger, default=0)
     # kind storage: the day's sample (the largest, should a day carry several)
     storage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Subscription(Base):
+    """An organization's plan (one row per organization, made the first time billing sees
+    it, on the default plan). ``monthly_budget_usd``: an admin's own budget under the plan's."""
+
+    __tablename__ = "subscriptions"
+
+    org_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    # active, trialing, past_due, frozen, canceled
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    current_period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    current_period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(MONEY, default=None)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )

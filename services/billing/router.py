@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.billing.plans.router import router as plans_router
 from services.billing.usage.router import router as usage_router
 
-routers = [usage_router]
+routers = [usage_router, plans_router]

@@ -11,10 +11,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from libs.db import session_scope
 from libs.queue import JobContext, job
 from libs.storage_errors import describe
 from libs.usage import RECORD_USAGE, UsageEvent
+from services.billing.plans.catalogue import load_plans
+from services.billing.plans.service import publish_default
 from services.billing.prices.catalogue import PriceCatalogue, load_catalogue
 from services.billing.settings import BillingSettings
 from services.billing.usage.consumer import UsageConsumer
@@ -87,6 +91,10 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         claim_idle_ms=int(settings.ledger_claim_idle_s * 1000),
     )
     ctx["ledger_task"] = asyncio.create_task(consumer.run_forever())
+    try:
+        await publish_default(ctx["redis"], load_plans(settings.plans_config))
+    except (RedisError, OSError) as exc:
+        log.warning("default entitlements not published (%s)", exc)
     ctx["partitions_task"] = asyncio.create_task(maintain_partitions_forever(ctx["db"], settings))
 
 

@@ -91,6 +91,7 @@ async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict
             backlog.append(int(await redis.xlen(USAGE_STREAM)))
     await publish_usage_batch(replays, redis)
     produced = time.perf_counter() - t0
+    at_end = int(await redis.xlen(USAGE_STREAM))
     while (left := int(await redis.xlen(USAGE_STREAM))) > 0:
         backlog.append(left)
         await asyncio.sleep(0.05)
@@ -119,7 +120,7 @@ async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict
         "seconds_until_recorded": round(drained, 2),
         "recorded_per_s": round(total / drained),
         "backlog_max": max(backlog),
-        "backlog_at_end_of_production": backlog[-1] if backlog else 0,
+        "backlog_at_end_of_production": at_end,
         "workers": args.workers,
         "batch": args.batch,
         "totals_exact": True,

@@ -188,6 +188,19 @@ class UsageRepository(Repository[UsageEventRecord]):
         ).one()
         return Decimal(row[0]), int(row[1])
 
+    async def latest_storage(self, org_id: uuid.UUID) -> int | None:
+        """Bytes kept at the organization's latest storage sample (None: never sampled)."""
+        r = UsageRollup
+        last = (
+            select(func.max(r.day)).where(r.org_id == org_id, r.kind == "storage").scalar_subquery()
+        )
+        value = await self.session.scalar(
+            select(func.sum(r.storage_bytes)).where(
+                r.org_id == org_id, r.kind == "storage", r.day == last
+            )
+        )
+        return None if value is None else int(value)
+
     async def stream_events(
         self, org_id: uuid.UUID, lo: datetime, hi: datetime, filters: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:

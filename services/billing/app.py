@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.prices import load_catalogue
 from services.billing.plans.catalogue import load_plans
 from services.billing.plans.service import publish_default
-from services.billing.prices.catalogue import load_catalogue
 from services.billing.router import routers
 from services.billing.settings import BillingSettings, get_settings
 from services.billing.state import BillingState

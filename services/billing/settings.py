@@ -19,7 +19,7 @@ class BillingSettings(ServiceSettings):
     prices_config: str | None = Field(
         default=None,
         description="YAML file of model prices added to (or replacing) the shipped catalogue "
-        "(services/billing/prices/defaults.yaml shows the shape)",
+        "(libs/data/prices.yaml shows the shape)",
     )
     plans_config: str | None = Field(
         default=None,

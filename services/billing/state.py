@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from libs.prices import PriceCatalogue
 from libs.state import AppState
 from services.billing.plans.catalogue import PlanCatalogue
-from services.billing.prices.catalogue import PriceCatalogue
 from services.billing.settings import BillingSettings
 
 

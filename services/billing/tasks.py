@@ -14,12 +14,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from libs.db import session_scope
+from libs.prices import PriceCatalogue, load_catalogue
 from libs.queue import JobContext, job
 from libs.storage_errors import describe
 from libs.usage import RECORD_USAGE, UsageEvent
 from services.billing.plans.catalogue import load_plans
 from services.billing.plans.service import publish_default
-from services.billing.prices.catalogue import PriceCatalogue, load_catalogue
 from services.billing.settings import BillingSettings
 from services.billing.usage.consumer import UsageConsumer
 from services.billing.usage.partitions import Partitions

@@ -27,8 +27,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from libs.db import make_engine
+from libs.prices import load_catalogue
 from libs.usage import USAGE_STREAM, UsageEvent, prepare_usage, publish_usage_batch
-from services.billing.prices.catalogue import load_catalogue
 from tests.bench.stack import stack
 
 MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("local", "qwen"), ("anthropic", "x")]

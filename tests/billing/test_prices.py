@@ -11,9 +11,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 
+from libs.prices import PriceConfigError, load_catalogue
 from libs.usage import prepare_usage, publish_usage_batch
 from services.billing.models import UsageEventRecord
-from services.billing.prices.catalogue import PriceConfigError, load_catalogue
 from tests.billing.conftest import Factory, usage_event
 from tests.support.ledger import drain_stream
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.billing.prices.catalogue import PriceCatalogue
+from libs.prices import PriceCatalogue
+from libs.usage import USAGE_STREAM
 from services.billing.usage.consumer import UsageConsumer
 
 
@@ -22,3 +26,8 @@ async def drain_stream(
     while n := await ledger.run_once(None):
         taken += n
     return taken
+
+
+async def stream_events(redis: Redis) -> list[dict[str, Any]]:
+    """The usage events waiting on the usage stream, in order (JSON, as sent)."""
+    return [orjson.loads(fields[b"e"]) for _, fields in await redis.xrange(USAGE_STREAM)]

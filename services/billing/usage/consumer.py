@@ -23,9 +23,9 @@ from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.db import session_scope
+from libs.prices import PriceCatalogue
 from libs.storage_errors import describe, outage_of
 from libs.usage import USAGE_STREAM, UsageEvent
-from services.billing.prices.catalogue import PriceCatalogue
 from services.billing.usage.partitions import Partitions
 from services.billing.usage.repository import UsageRepository
 
@@ -106,14 +106,20 @@ class UsageConsumer:
 
     async def run_once(self, block_ms: int | None = None) -> int:
         """Record one batch; return how many entries it took off the stream."""
+        return await self.record(await self._fetch(block_ms))
+
+    async def _fetch(self, block_ms: int | None) -> list[Entry]:
         try:
-            entries = await self.next_batch(block_ms)
+            return await self.next_batch(block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             log.warning("usage stream: the consumer group is gone (Redis lost its data)")
             self._group_ready = self._own_checked = False
-            return 0
+            return []
+
+    async def record(self, entries: list[Entry]) -> int:
+        """Record entries read from the stream; return how many it took off the stream."""
         if not entries:
             return 0
         done: list[Any] = []
@@ -177,12 +183,26 @@ class UsageConsumer:
         """Entries on the stream not yet recorded (new and pending)."""
         return int(await self.redis.xlen(USAGE_STREAM))
 
+    async def _pipelined(self) -> None:
+        """Record batches while the next one is read: Redis and PostgreSQL work at once."""
+        entries = await self._fetch(self.block_ms)
+        while True:
+            ahead = asyncio.ensure_future(self._fetch(self.block_ms if not entries else None))
+            try:
+                await self.record(entries)
+            except BaseException:
+                # the batch read ahead stays pending for this consumer: read again at restart
+                self._own_checked = False
+                ahead.cancel()
+                raise
+            entries = await ahead
+
     async def run_forever(self) -> None:
         """Record batches until cancelled; an outage waits and tries again."""
         wait = 1.0
         while True:
             try:
-                await self.run_once(self.block_ms)
+                await self._pipelined()
                 wait = 1.0
             except asyncio.CancelledError:
                 raise

@@ -13,9 +13,9 @@ import orjson
 from sqlalchemy import func, select, text
 
 from libs.orm import Repository
+from libs.prices import PriceCatalogue
 from libs.usage import UsageEvent
 from services.billing.models import NO_ID, UsageEventRecord, UsageRollup
-from services.billing.prices.catalogue import PriceCatalogue
 from services.billing.usage.partitions import Partitions, month_of
 
 # one statement per batch: the events not yet in the ledger are inserted (a duplicate, in the
@@ -100,11 +100,34 @@ EXPORT_COLUMNS = (
 )
 
 
+_ROW_FIELDS = (
+    "request_id",
+    "kind",
+    "org_id",
+    "user_id",
+    "key_id",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "cached",
+    "status",
+    "created_at",
+    "prompt_version_id",
+    "cached_tokens",
+    "batch",
+    "storage_bytes",
+)
+
+
 def priced_row(event: UsageEvent, prices: PriceCatalogue | None) -> dict[str, Any]:
     """The ledger row of ``event``: its cost from the price in effect at its time (the
     producer's own figure, ``price_ref`` "producer", for a model the catalogue lacks)."""
-    row = event.model_dump(mode="json")
-    row["id"] = str(uuid.uuid4())
+    row: dict[str, Any] = {name: getattr(event, name) for name in _ROW_FIELDS}
+    row["id"] = uuid.uuid4()
+    row["cost_usd"] = str(event.cost_usd)
     price = prices.price_at(event.provider, event.model, event.created_at) if prices else None
     if event.status == "error":
         row["cost_usd"], row["price_ref"] = "0", price.ref if price else None

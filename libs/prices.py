@@ -1,7 +1,9 @@
 """The price catalogue: USD per 1M tokens per model, versioned by effective date.
 
-Loaded once per process from the shipped ``defaults.yaml`` and the operator's file
-(``BILLING_PRICES_CONFIG``). An event is priced when billing records it, from the version in
+Shared by billing (which prices the ledger) and the llm (which prices its usage events and a
+call's worst case for budgets), loaded once per process from the shipped
+``libs/data/prices.yaml`` and the operator's file (``BILLING_PRICES_CONFIG``). An event is
+priced when billing records it, from the version in
 effect at the event's ``created_at``, in exact decimals rounded to the ledger's 8 places;
 a later price change adds a version and never touches what was recorded.
 
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DEFAULTS = Path(__file__).with_name("defaults.yaml")
+DEFAULTS = Path(__file__).with_name("data") / "prices.yaml"
 _MILLION = Decimal(1_000_000)
 QUANTUM = Decimal("0.00000001")
 _EPOCH = date(2000, 1, 1)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psutil
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -71,7 +73,27 @@ def expected_cost(events: list[UsageEvent]) -> Decimal:
     return total
 
 
-async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict[str, Any]:
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds so far of processes and their children (PostgreSQL's backends)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
+async def produce_and_wait(
+    redis_url: str, database_url: str, args: Any, workers: list[int], postgres: int
+) -> dict[str, Any]:
     redis = Redis.from_url(redis_url)
     total = int(args.rate * args.duration)
     events = make_events(total)
@@ -79,6 +101,7 @@ async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict
     # the same events again, some of them: a producer's retried batches (never counted twice)
     replays = messages[: total // 20]
     backlog: list[int] = []
+    worker_cpu0, pg_cpu0 = _cpu(workers), _cpu([postgres])
     t0 = time.perf_counter()
     sent = 0
     for i in range(0, total, CHUNK):
@@ -96,6 +119,7 @@ async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict
         backlog.append(left)
         await asyncio.sleep(0.05)
     drained = time.perf_counter() - t0
+    worker_cpu, pg_cpu = _cpu(workers) - worker_cpu0, _cpu([postgres]) - pg_cpu0
     await redis.aclose()
 
     engine = make_engine(database_url, pool_size=1)
@@ -124,17 +148,25 @@ async def produce_and_wait(redis_url: str, database_url: str, args: Any) -> dict
         "workers": args.workers,
         "batch": args.batch,
         "totals_exact": True,
+        "worker_cpu_us_per_event": round(worker_cpu * 1e6 / total, 1),
+        "postgres_cpu_us_per_event": round(pg_cpu * 1e6 / total, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
 def measure(args: Any) -> dict[str, Any]:
     with stack() as s:
         env = {"BILLING_LEDGER_BATCH": str(args.batch)}
+        pids = []
         for n in range(args.workers):
-            s.start_worker("billing", env)
+            pids.append(s.start_worker("billing", env).popen.pid)
             if n + 1 < args.workers:  # a second worker process has its own name
                 s.procs[f"billing-worker-{n}"] = s.procs.pop("billing-worker")
-        return asyncio.run(produce_and_wait(s.infra.redis_url, s.infra.database_url, args))
+        assert s.infra.postgres is not None, "needs the embedded PostgreSQL"
+        postmaster = int((s.infra.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        return asyncio.run(
+            produce_and_wait(s.infra.redis_url, s.infra.database_url, args, pids, postmaster)
+        )
 
 
 def run_bench(duration: float) -> str:
@@ -142,11 +174,14 @@ def run_bench(duration: float) -> str:
     args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=1000)
     result = measure(args)
     lines = [
-        "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact |",
-        "|---|---|---|---|---|---|",
+        "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact "
+        "| worker CPU us/event | PostgreSQL CPU us/event | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {result['events']} (+{result['replayed_duplicates']} duplicates) | "
         f"{result['target_rate']} | {result['recorded_per_s']} | {result['backlog_max']} | "
-        f"{result['seconds_until_recorded']} | {result['totals_exact']} |",
+        f"{result['seconds_until_recorded']} | {result['totals_exact']} | "
+        f"{result['worker_cpu_us_per_event']} | {result['postgres_cpu_us_per_event']} | "
+        f"{result['load_average_1m']} |",
     ]
     return "\n".join(lines)
 

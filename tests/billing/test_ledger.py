@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -152,3 +154,26 @@ async def test_partitions_are_made_on_demand_ahead_and_dropped_past_retention(
             text("SELECT count(*) FROM billing.usage_events WHERE org_id = :o"), {"o": org}
         )
         assert gone == 0
+
+
+async def test_the_workers_loop_records_batches_while_it_reads_the_next(
+    stream: Redis, factory: Factory
+) -> None:
+    org = uuid.uuid4()
+    evs = [usage_event(org) for _ in range(250)]
+    await publish_usage_batch([prepare_usage(e) for e in evs], stream)
+    consumer = UsageConsumer(stream, factory, batch=40, block_ms=50)
+    loop = asyncio.create_task(consumer.run_forever())
+    try:
+        await publish_usage_batch([prepare_usage(e) for e in evs[:30]], stream)  # duplicates
+        for _ in range(200):
+            if await stream.xlen(USAGE_STREAM) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert await stream.xlen(USAGE_STREAM) == 0
+    assert await ledger_count(factory, org) == 250
+    assert await rollup_requests(factory, org) == 250

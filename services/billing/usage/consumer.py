@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,8 +27,8 @@ from libs.db import session_scope
 from libs.prices import PriceCatalogue
 from libs.storage_errors import describe, outage_of
 from libs.usage import USAGE_STREAM, UsageEvent
-from services.billing.usage.partitions import Partitions
-from services.billing.usage.repository import UsageRepository
+from services.billing.usage.partitions import Partitions, month_of
+from services.billing.usage.repository import UsageRepository, priced_row
 
 log = logging.getLogger("aistack.billing.ledger")
 
@@ -35,6 +36,15 @@ CONSUMER_GROUP = "billing-ledger"
 DEAD_STREAM = f"{USAGE_STREAM}:dead"
 
 Entry = tuple[Any, dict[Any, Any]]
+
+
+@dataclass
+class Parsed:
+    """A batch read and prepared: entries already done, events with their ledger rows."""
+
+    done: list[Any]
+    events: list[tuple[Any, UsageEvent]]
+    rows: list[dict[str, Any]]
 
 
 class UsageConsumer:
@@ -120,8 +130,11 @@ class UsageConsumer:
 
     async def record(self, entries: list[Entry]) -> int:
         """Record entries read from the stream; return how many it took off the stream."""
-        if not entries:
-            return 0
+        return await self._commit(await self._parse(entries))
+
+    async def _parse(self, entries: list[Entry]) -> Parsed:
+        """The usage events of the entries (validated, priced) and the entries done already
+        (deleted meanwhile, or moved to the dead-letter stream)."""
         done: list[Any] = []
         events: list[tuple[Any, UsageEvent]] = []
         for entry_id, fields in entries:
@@ -136,16 +149,22 @@ class UsageConsumer:
             except (ValueError, ValidationError) as exc:
                 await self._dead(entry_id, fields, f"not a usage event: {exc}")
                 done.append(entry_id)
-        if events:
-            await self._record(events, done)
+        rows = [priced_row(e, self.prices) for _, e in events]
+        return Parsed(done, events, rows)
+
+    async def _commit(self, parsed: Parsed) -> int:
+        done = list(parsed.done)
+        if parsed.events:
+            await self._record(parsed, done)
         await self._forget(done)
         return len(done)
 
-    async def _record(self, events: list[tuple[Any, UsageEvent]], done: list[Any]) -> None:
+    async def _record(self, parsed: Parsed, done: list[Any]) -> None:
+        events = parsed.events
         try:
             async with session_scope(self.session_factory) as session:
-                await UsageRepository(session).record_many(
-                    [e for _, e in events], prices=self.prices, partitions=self.partitions
+                await UsageRepository(session).insert_rows(
+                    parsed.rows, {month_of(e.created_at) for _, e in events}, self.partitions
                 )
         except Exception as exc:
             self.partitions.forget()
@@ -184,18 +203,26 @@ class UsageConsumer:
         return int(await self.redis.xlen(USAGE_STREAM))
 
     async def _pipelined(self) -> None:
-        """Record batches while the next one is read: Redis and PostgreSQL work at once."""
-        entries = await self._fetch(self.block_ms)
+        """Record batches while the next one is read and parsed: PostgreSQL writes one batch
+        while this process prepares the next."""
+        parsed = await self._parse(await self._fetch(self.block_ms))
         while True:
-            ahead = asyncio.ensure_future(self._fetch(self.block_ms if not entries else None))
+            if not parsed.done and not parsed.events:
+                parsed = await self._parse(await self._fetch(self.block_ms))
+                continue
+            write = asyncio.ensure_future(self._commit(parsed))
             try:
-                await self.record(entries)
+                ahead = await self._parse(await self._fetch(None))
             except BaseException:
-                # the batch read ahead stays pending for this consumer: read again at restart
-                self._own_checked = False
-                ahead.cancel()
+                await asyncio.gather(write, return_exceptions=True)
+                self._own_checked = False  # what was read ahead is pending: read it again
                 raise
-            entries = await ahead
+            try:
+                await write
+            except BaseException:
+                self._own_checked = False
+                raise
+            parsed = ahead
 
     async def run_forever(self) -> None:
         """Record batches until cancelled; an outage waits and tries again."""

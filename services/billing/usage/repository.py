@@ -25,16 +25,16 @@ _RECORD = text(
     """
 WITH incoming AS (
   SELECT * FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS x(
-    id uuid, request_id text, kind text, org_id uuid, user_id uuid, key_id uuid, model text,
+    request_id text, kind text, org_id uuid, user_id uuid, key_id uuid, model text,
     provider text, prompt_tokens int, completion_tokens int, cost_usd numeric, latency_ms int,
     ttft_ms int, cached bool, status text, created_at timestamptz, prompt_version_id text,
     cached_tokens int, batch bool, storage_bytes bigint, price_ref text)
 ), inserted AS (
   INSERT INTO billing.usage_events (
-    id, request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens,
+    request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens,
     completion_tokens, cost_usd, latency_ms, ttft_ms, cached, status, created_at,
     prompt_version_id, cached_tokens, batch, storage_bytes, price_ref)
-  SELECT id, request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens,
+  SELECT request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens,
     completion_tokens, cost_usd, latency_ms, ttft_ms, cached, status, created_at,
     prompt_version_id, cached_tokens, batch, storage_bytes, price_ref FROM incoming
   ON CONFLICT (request_id, kind, created_at) DO NOTHING
@@ -126,7 +126,6 @@ def priced_row(event: UsageEvent, prices: PriceCatalogue | None) -> dict[str, An
     """The ledger row of ``event``: its cost from the price in effect at its time (the
     producer's own figure, ``price_ref`` "producer", for a model the catalogue lacks)."""
     row: dict[str, Any] = {name: getattr(event, name) for name in _ROW_FIELDS}
-    row["id"] = uuid.uuid4()
     row["cost_usd"] = str(event.cost_usd)
     price = prices.price_at(event.provider, event.model, event.created_at) if prices else None
     if event.status == "error":
@@ -157,10 +156,17 @@ class UsageRepository(Repository[UsageEventRecord]):
         statement; return the (request_id, kind) of those inserted."""
         if not events:
             return set()
-        await (partitions or Partitions()).ensure(
-            self.session, {month_of(e.created_at) for e in events}
-        )
         rows = [priced_row(e, prices) for e in events]
+        return await self.insert_rows(rows, {month_of(e.created_at) for e in events}, partitions)
+
+    async def insert_rows(
+        self,
+        rows: list[dict[str, Any]],
+        months: set[date],
+        partitions: Partitions | None = None,
+    ) -> set[tuple[str, str]]:
+        """Insert priced rows (:func:`priced_row`) of ``months``, with their rollups."""
+        await (partitions or Partitions()).ensure(self.session, months)
         result = await self.session.execute(
             _RECORD, {"events": orjson.dumps(rows).decode(), "no_id": str(NO_ID)}
         )

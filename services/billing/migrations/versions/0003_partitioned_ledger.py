@@ -1,13 +1,14 @@
 """billing: the ledger partitioned by month, with daily rollups
 
-The ledger becomes a table partitioned by month of created_at (its unique key gains
-created_at, as every unique key of a partitioned table must hold the partition key); rows
-move over, and the rollups are built from them. New columns: cached_tokens, batch,
+The ledger becomes a table partitioned by month of created_at; its primary key is the
+event's identity (request_id, kind, created_at: every unique key of a partitioned table must
+hold the partition key) and the surrogate id goes; rows move over, and the rollups are built
+from them. New columns: cached_tokens, batch,
 storage_bytes, price_ref.
 
 Revision ID: billing_0003
 Revises: billing_0002
-Create Date: 2027-01-10
+Create Date: 2026-12-07
 """
 
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _COMMON = (
-    "id, request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens, "
+    "request_id, kind, org_id, user_id, key_id, model, provider, prompt_tokens, "
     "completion_tokens, cost_usd, latency_ms, ttft_ms, cached, status, created_at, "
     "prompt_version_id, recorded_at"
 )
@@ -66,7 +67,6 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_events",
-        sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("request_id", sa.String(128), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("org_id", sa.Uuid(), nullable=False),
@@ -90,13 +90,7 @@ def upgrade() -> None:
         sa.Column("batch", sa.Boolean(), server_default="false", nullable=False),
         sa.Column("storage_bytes", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("price_ref", sa.String(160), nullable=True),
-        sa.PrimaryKeyConstraint("id", "created_at", name=op.f("pk_usage_events")),
-        sa.UniqueConstraint(
-            "request_id",
-            "kind",
-            "created_at",
-            name=op.f("uq_usage_events_request_id_kind_created_at"),
-        ),
+        sa.PrimaryKeyConstraint("request_id", "kind", "created_at", name=op.f("pk_usage_events")),
         schema="billing",
         postgresql_partition_by="RANGE (created_at)",
     )
@@ -204,8 +198,9 @@ def downgrade() -> None:
     )
     # one row per (request_id, kind) again: the first recorded, should one have repeated
     op.execute(
-        f"INSERT INTO billing.usage_events ({_COMMON}) "  # noqa: S608
-        f"SELECT DISTINCT ON (request_id, kind) {_COMMON} FROM billing.usage_events_new "
+        f"INSERT INTO billing.usage_events (id, {_COMMON}) "  # noqa: S608
+        f"SELECT DISTINCT ON (request_id, kind) gen_random_uuid(), {_COMMON} "
+        "FROM billing.usage_events_new "
         "ORDER BY request_id, kind, recorded_at"
     )
     op.drop_table("usage_events_new", schema="billing")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     func,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from libs.orm import TYPE_ANNOTATION_MAP, service_metadata
@@ -129,7 +130,26 @@ class Subscription(Base):
     monthly_budget_usd: Mapped[Decimal | None] = mapped_column(MONEY, default=None)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(64), default=None)
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # billing_0005: the created time of the last Stripe event applied (older ones are
+    # ignored: events arrive out of order), and since when a payment is overdue
+    stripe_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    past_due_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+class StripeEvent(Base):
+    """A Stripe webhook event received (its id: a replay is refused), and once processed."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    payload: Mapped[dict[str, object]] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.settings import ServiceSettings
@@ -42,6 +42,20 @@ class BillingSettings(ServiceSettings):
         ge=0,
         description="raw usage events kept this many months (older partitions dropped; the "
         "daily rollups stay); 0 keeps them all",
+    )
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="the signing secret of the Stripe webhook endpoint (whsec_...); unset: "
+        "/v1/billing/webhooks/stripe answers 503",
+    )
+    stripe_webhook_tolerance_s: int = Field(
+        default=300, ge=1, description="oldest Stripe signature timestamp accepted (seconds)"
+    )
+    past_due_grace_days: float = Field(
+        default=7,
+        ge=0,
+        description="days a past_due subscription keeps its plan before the organization is "
+        "frozen (LLM, embeddings and ingestion refused with account_frozen)",
     )
 
 

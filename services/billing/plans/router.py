@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -20,7 +21,8 @@ async def get_plan_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> PlanService:
     state = BillingState.of(request)
-    return PlanService(session, state.redis, state.plans, principal)
+    grace = timedelta(days=state.settings.past_due_grace_days)
+    return PlanService(session, state.redis, state.plans, principal, grace)
 
 
 PlanServiceDep = Annotated[PlanService, Depends(get_plan_service)]

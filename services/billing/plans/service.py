@@ -3,7 +3,7 @@ usage against each limit."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,13 +33,25 @@ def month_period(now: datetime) -> tuple[datetime, datetime]:
     return start, datetime(nxt.year, nxt.month, 1, tzinfo=UTC)
 
 
-def entitlements_of(sub: Subscription, plans: PlanCatalogue) -> Entitlements:
+DEFAULT_GRACE = timedelta(days=7)
+
+
+def entitlements_of(
+    sub: Subscription, plans: PlanCatalogue, grace: timedelta = DEFAULT_GRACE
+) -> Entitlements:
     """What the subscription allows: its plan's limits, its budget if lower; an unknown plan
-    (removed from the configuration) gives the default plan's."""
+    (removed from the configuration) gives the default plan's; canceled: the default plan;
+    past_due longer than ``grace``: frozen (the llm refuses calls with account_frozen)."""
     plan = plans.get(sub.plan) or plans.default
     status = sub.status
     if status == "canceled":
         plan, status = plans.default, "active"
+    elif (
+        status in ("past_due", "unpaid")
+        and sub.past_due_since is not None
+        and datetime.now(UTC) - sub.past_due_since >= grace
+    ):
+        status = "frozen"
     ent = plan.entitlements(status, sub.current_period_start.isoformat())
     own = sub.monthly_budget_usd
     cap = ent.limits.monthly_spend_usd
@@ -50,8 +62,14 @@ def entitlements_of(sub: Subscription, plans: PlanCatalogue) -> Entitlements:
 
 class PlanService:
     def __init__(
-        self, session: AsyncSession, redis: Redis, plans: PlanCatalogue, principal: Principal
+        self,
+        session: AsyncSession,
+        redis: Redis,
+        plans: PlanCatalogue,
+        principal: Principal,
+        grace: timedelta = DEFAULT_GRACE,
     ) -> None:
+        self.grace = grace
         self.repo = SubscriptionRepository(session)
         self.usage = UsageRepository(session)
         self.redis = redis
@@ -73,7 +91,7 @@ class PlanService:
 
     async def show(self) -> SubscriptionOut:
         sub = await self.current()
-        ent = entitlements_of(sub, self.plans)
+        ent = entitlements_of(sub, self.plans, self.grace)
         await publish(self.redis, self.org_id, ent)
         return await self._out(sub, ent)
 
@@ -89,7 +107,7 @@ class PlanService:
             sub.plan, sub.status = body.plan, "active"
         if "monthly_budget_usd" in fields:
             sub.monthly_budget_usd = body.monthly_budget_usd
-        ent = entitlements_of(sub, self.plans)
+        ent = entitlements_of(sub, self.plans, self.grace)
         await self.repo.session.flush()
         await publish(self.redis, self.org_id, ent)
         return await self._out(sub, ent)
@@ -112,7 +130,7 @@ class PlanService:
         }
         return SubscriptionOut(
             plan=sub.plan,
-            status=sub.status,
+            status="frozen" if ent.status == "frozen" else sub.status,
             current_period_start=sub.current_period_start,
             current_period_end=sub.current_period_end,
             cancel_at_period_end=sub.cancel_at_period_end,

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from libs.budget import Reservation, budget_key, reserve, settle
 from libs.db import SessionFactory
 from libs.entitlements import Entitlements, EntitlementsCache
-from libs.errors import InsufficientQuota, RateLimited, ServiceUnavailable
+from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.prices import load_catalogue
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
@@ -109,6 +109,13 @@ class Metering:
         """Count the estimated tokens against the key's and the org's TPM limits."""
         principal, org_id = call.principal, call.org_id
         ent = await self._entitlements(org_id)
+        if ent is not None and ent.status == "frozen":
+            raise AppError(
+                "This organization's account is frozen: a payment is overdue past its grace "
+                "period. Reads and billing pages keep working; settle the invoice to resume",
+                status_code=402,
+                code="account_frozen",
+            )
         limits: list[tuple[str, int, float]] = []
         if principal.key_id is not None and principal.tpm_limit:
             limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))

@@ -86,3 +86,16 @@ async def test_concurrent_chats_against_a_small_budget_never_overshoot(env: Env)
             break
         await asyncio.sleep(0.05)
     assert await spent(env.redis, key) == real
+
+
+async def test_a_frozen_account_is_refused_with_account_frozen(env: Env) -> None:
+    org = env.principal.org_id
+    assert org is not None
+    await publish(env.redis, org, Entitlements(plan="pro", status="frozen"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        await env.client.chat.completions.create(model="default", messages=MESSAGES)
+    assert caught.value.status_code == 402 and caught.value.code == "account_frozen"
+    assert env.primary.chat_calls == 0  # refused before the provider
+    await publish(env.redis, org, Entitlements(plan="pro"))
+    resp = await env.client.chat.completions.create(model="default", messages=MESSAGES)
+    assert resp.choices[0].message.content

@@ -46,7 +46,7 @@ class BillingSettings(ServiceSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         default=None,
         description="the signing secret of the Stripe webhook endpoint (whsec_...); unset: "
-        "/v1/billing/webhooks/stripe answers 503",
+        "/v1/billing/webhooks/stripe answers 404",
     )
     stripe_webhook_tolerance_s: int = Field(
         default=300, ge=1, description="oldest Stripe signature timestamp accepted (seconds)"

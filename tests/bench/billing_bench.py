@@ -28,6 +28,7 @@ import psutil
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from libs.budget import Reservation, budget_key, reserve, spent
 from libs.db import make_engine
 from libs.prices import load_catalogue
 from libs.usage import USAGE_STREAM, UsageEvent, prepare_usage, publish_usage_batch
@@ -154,6 +155,38 @@ async def produce_and_wait(
     }
 
 
+async def budget_race(redis_url: str, calls: int = 1000, fits: int = 100) -> dict[str, Any]:
+    """``calls`` concurrent reservations of 0.01 USD against a budget that holds ``fits`` of
+    them (libs/budget.py, as the llm reserves before a provider call): how many were
+    admitted, what the counter holds, and the p50 of one reservation's round trip."""
+    redis = Redis.from_url(redis_url, max_connections=200)
+    key = budget_key(uuid.uuid4(), "2026-12-01")
+    limit = Decimal("0.01") * fits
+
+    async def one() -> tuple[bool, float]:
+        t = time.perf_counter()
+        result = await reserve(redis, [(key, limit)], Decimal("0.01"))
+        return isinstance(result, Reservation), time.perf_counter() - t
+
+    await reserve(redis, [("aistack:budget:{warm}", Decimal(1))], Decimal(0))  # load the script
+    results = await asyncio.gather(*(one() for _ in range(calls)))
+    held = await spent(redis, key)
+    solo = []
+    for _ in range(200):
+        t = time.perf_counter()
+        await reserve(redis, [("aistack:budget:{solo}", Decimal(10**6))], Decimal("0.01"))
+        solo.append(time.perf_counter() - t)
+    await redis.aclose()
+    solo.sort()
+    return {
+        "calls": calls,
+        "budget_allows": fits,
+        "admitted": sum(ok for ok, _ in results),
+        "counter_usd": str(held),
+        "reservation_p50_ms_c1": round(solo[len(solo) // 2] * 1000, 3),
+    }
+
+
 def measure(args: Any) -> dict[str, Any]:
     with stack() as s:
         env = {"BILLING_LEDGER_BATCH": str(args.batch)}
@@ -164,15 +197,18 @@ def measure(args: Any) -> dict[str, Any]:
                 s.procs[f"billing-worker-{n}"] = s.procs.pop("billing-worker")
         assert s.infra.postgres is not None, "needs the embedded PostgreSQL"
         postmaster = int((s.infra.postgres.pgdata / "postmaster.pid").read_text().split()[0])
-        return asyncio.run(
+        result = asyncio.run(
             produce_and_wait(s.infra.redis_url, s.infra.database_url, args, pids, postmaster)
         )
+        result["budget_race"] = asyncio.run(budget_race(s.infra.redis_url))
+        return result
 
 
 def run_bench(duration: float) -> str:
     """For ``make bench billing``: 12k events/s offered for ``duration`` seconds."""
     args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=1000)
     result = measure(args)
+    race = result["budget_race"]
     lines = [
         "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact "
         "| worker CPU us/event | PostgreSQL CPU us/event | load avg |",
@@ -182,6 +218,12 @@ def run_bench(duration: float) -> str:
         f"{result['seconds_until_recorded']} | {result['totals_exact']} | "
         f"{result['worker_cpu_us_per_event']} | {result['postgres_cpu_us_per_event']} | "
         f"{result['load_average_1m']} |",
+        "",
+        "| concurrent reservations | budget allows | admitted | counter (USD) "
+        "| one reservation p50 (ms, c=1) |",
+        "|---|---|---|---|---|",
+        f"| {race['calls']} | {race['budget_allows']} | {race['admitted']} | "
+        f"{race['counter_usd']} | {race['reservation_p50_ms_c1']} |",
     ]
     return "\n".join(lines)
 

@@ -155,4 +155,4 @@ async def test_webhooks_are_verified_applied_once_and_in_order_of_creation(
 async def test_without_a_webhook_secret_the_endpoint_says_so(db: AsyncConnection) -> None:
     async with client_for(build_app(BillingSettings()), connection=db) as c:
         resp = await post(c, invoice_event("evt_x", "invoice.paid", int(time.time())))
-    assert resp.status_code == 503 and resp.json()["error"]["code"] == "stripe_not_configured"
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "stripe_not_configured"

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.entitlements import publish
-from libs.errors import BadRequest, ServiceUnavailable
+from libs.errors import BadRequest, NotFound
 from libs.queue import enqueue
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
@@ -55,7 +55,8 @@ async def receive(
     """Verify and store a webhook event, and queue its processing (after the commit)."""
     secret = settings.stripe_webhook_secret
     if secret is None:
-        raise ServiceUnavailable("Stripe is not configured here", code="stripe_not_configured")
+        # not a server fault: this deployment takes no Stripe webhooks
+        raise NotFound("Stripe is not configured here", code="stripe_not_configured")
     try:
         event = stripe.Webhook.construct_event(
             payload, signature, secret.get_secret_value(), settings.stripe_webhook_tolerance_s

@@ -27,7 +27,10 @@ class BillingSettings(ServiceSettings):
         "(services/billing/plans/defaults.yaml shows the shape)",
     )
     ledger_batch: int = Field(
-        default=1000, ge=1, le=10_000, description="usage events recorded per transaction"
+        default=5000,
+        ge=1,
+        le=10_000,
+        description="usage events recorded per transaction (one commit, one fsync, each)",
     )
     ledger_claim_idle_s: float = Field(
         default=60.0,

@@ -206,7 +206,7 @@ def measure(args: Any) -> dict[str, Any]:
 
 def run_bench(duration: float) -> str:
     """For ``make bench billing``: 12k events/s offered for ``duration`` seconds."""
-    args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=1000)
+    args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=5000)
     result = measure(args)
     race = result["budget_race"]
     lines = [
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=12_000, help="events/s offered")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of production")
     parser.add_argument("--workers", type=int, default=1, help="billing worker processes")
-    parser.add_argument("--batch", type=int, default=1000, help="BILLING_LEDGER_BATCH")
+    parser.add_argument("--batch", type=int, default=5000, help="BILLING_LEDGER_BATCH")
     print(json.dumps(measure(parser.parse_args())))
 
 

@@ -57,7 +57,7 @@ class UsageConsumer:
         prices: PriceCatalogue | None = None,
         *,
         consumer: str | None = None,
-        batch: int = 1000,
+        batch: int = 5000,
         block_ms: int = 2000,
         claim_idle_ms: int = 60_000,
     ) -> None:

@@ -46,6 +46,15 @@ class BillingSettings(ServiceSettings):
         description="raw usage events kept this many months (older partitions dropped; the "
         "daily rollups stay); 0 keeps them all",
     )
+    stripe_api_key: SecretStr | None = Field(
+        default=None,
+        description="Stripe secret key (sk_...); unset: subscriptions are changed only by an "
+        "admin's PATCH /v1/billing/subscription, never paid",
+    )
+    stripe_api_base: str | None = Field(
+        default=None,
+        description="Stripe API base URL (unset: Stripe's); a Stripe emulator's for local runs",
+    )
     stripe_webhook_secret: SecretStr | None = Field(
         default=None,
         description="the signing secret of the Stripe webhook endpoint (whsec_...); unset: "

@@ -34,6 +34,8 @@ def month_period(now: datetime) -> tuple[datetime, datetime]:
 
 
 DEFAULT_GRACE = timedelta(days=7)
+# the states in which a subscription gives its plan (past_due: for the grace period)
+PAYING = ("active", "trialing", "past_due")
 
 
 def entitlements_of(
@@ -46,6 +48,10 @@ def entitlements_of(
     status = sub.status
     if status == "canceled":
         plan, status = plans.default, "active"
+    elif status not in PAYING:
+        # incomplete (the first payment not made), incomplete_expired, unpaid, paused: the
+        # default plan's entitlements until Stripe says it is paid
+        plan = plans.default
     elif (
         status in ("past_due", "unpaid")
         and sub.past_due_since is not None
@@ -93,7 +99,7 @@ class PlanService:
         sub = await self.current()
         ent = entitlements_of(sub, self.plans, self.grace)
         await publish(self.redis, self.org_id, ent)
-        return await self._out(sub, ent)
+        return await self.out(sub, ent)
 
     async def update(self, body: SubscriptionUpdate) -> SubscriptionOut:
         sub = await self.current()
@@ -110,9 +116,9 @@ class PlanService:
         ent = entitlements_of(sub, self.plans, self.grace)
         await self.repo.session.flush()
         await publish(self.redis, self.org_id, ent)
-        return await self._out(sub, ent)
+        return await self.out(sub, ent)
 
-    async def _out(self, sub: Subscription, ent: Entitlements) -> SubscriptionOut:
+    async def out(self, sub: Subscription, ent: Entitlements) -> SubscriptionOut:
         first = sub.current_period_start.date()
         last = datetime.now(UTC).date()
         spend, tokens = await self.usage.spend(self.org_id, first, last)

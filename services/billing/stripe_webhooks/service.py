@@ -104,15 +104,6 @@ class StripeState:
         self.plans = plans
         self.grace = grace
 
-    def _plan_of(self, obj: dict[str, Any]) -> str | None:
-        items = (obj.get("items") or {}).get("data") or []
-        for item in items:
-            price = (item.get("price") or item.get("plan") or {}).get("id")
-            for plan in self.plans.plans.values():
-                if plan.stripe_price and plan.stripe_price == price:
-                    return plan.id
-        return None
-
     async def _subscription(self, obj: dict[str, Any]) -> Subscription | None:
         org = (obj.get("metadata") or {}).get("org_id")
         customer = obj.get("customer")
@@ -157,28 +148,8 @@ class StripeState:
     def _apply_subscription(
         self, sub: Subscription, type_: str, obj: dict[str, Any], at: datetime
     ) -> None:
-        status = str(obj.get("status") or "active")
-        if type_ == "customer.subscription.deleted":
-            status = "canceled"
-        if isinstance(obj.get("customer"), str):
-            sub.stripe_customer_id = obj["customer"]
-        sub.stripe_subscription_id = obj.get("id") or sub.stripe_subscription_id
-        plan = self._plan_of(obj)
-        if status == "canceled":
-            sub.plan = self.plans.default.id
-        elif plan is not None:
-            sub.plan = plan
-        sub.status = status
-        sub.cancel_at_period_end = bool(obj.get("cancel_at_period_end"))
-        item = ((obj.get("items") or {}).get("data") or [{}])[0]
-        start = _at(obj.get("current_period_start") or item.get("current_period_start"))
-        end = _at(obj.get("current_period_end") or item.get("current_period_end"))
-        if start and end:
-            sub.current_period_start, sub.current_period_end = start, end
-        if status == "past_due":
-            sub.past_due_since = sub.past_due_since or at
-        else:
-            sub.past_due_since = None
+        deleted = type_ == "customer.subscription.deleted"
+        apply_subscription(sub, obj, self.plans, at, deleted=deleted)
 
     def _apply_invoice(self, sub: Subscription, type_: str, at: datetime) -> None:
         if type_ == "invoice.payment_failed":
@@ -187,3 +158,45 @@ class StripeState:
             sub.past_due_since = sub.past_due_since or at
         elif sub.status in ("past_due", "unpaid"):
             sub.status, sub.past_due_since = "active", None
+
+
+def plan_of(obj: dict[str, Any], plans: PlanCatalogue) -> str | None:
+    """The plan whose ``stripe_price`` a Stripe subscription's item has (its price or, for
+    the legacy API and emulators, its plan)."""
+    for item in (obj.get("items") or {}).get("data") or []:
+        price = (item.get("price") or item.get("plan") or {}).get("id")
+        for plan in plans.plans.values():
+            if plan.stripe_price and plan.stripe_price == price:
+                return plan.id
+    return None
+
+
+def apply_subscription(
+    sub: Subscription,
+    obj: dict[str, Any],
+    plans: PlanCatalogue,
+    at: datetime,
+    *,
+    deleted: bool = False,
+) -> None:
+    """Copy a Stripe subscription object's state onto the organization's subscription."""
+    status = "canceled" if deleted else str(obj.get("status") or "active")
+    if isinstance(obj.get("customer"), str):
+        sub.stripe_customer_id = obj["customer"]
+    sub.stripe_subscription_id = obj.get("id") or sub.stripe_subscription_id
+    plan = plan_of(obj, plans)
+    if status == "canceled":
+        sub.plan = plans.default.id
+    elif plan is not None:
+        sub.plan = plan
+    sub.status = status
+    sub.cancel_at_period_end = bool(obj.get("cancel_at_period_end"))
+    item = ((obj.get("items") or {}).get("data") or [{}])[0]
+    start = _at(obj.get("current_period_start") or item.get("current_period_start"))
+    end = _at(obj.get("current_period_end") or item.get("current_period_end"))
+    if start and end:
+        sub.current_period_start, sub.current_period_end = start, end
+    if status == "past_due":
+        sub.past_due_since = sub.past_due_since or at
+    else:
+        sub.past_due_since = None

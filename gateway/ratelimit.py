@@ -42,7 +42,7 @@ from libs.entitlements import EntitlementsCache
 from libs.errors import RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.ratelimit import LocalLimiter, RateDecision, RateDecisions, hit_many
-from libs.redis import guard_for
+from libs.redis import RedisUnavailable, guard_for
 
 log = logging.getLogger("aistack.gateway.ratelimit")
 
@@ -117,7 +117,13 @@ class RequestLimiter:
         the gateway's setting (billing not deployed, Redis unreachable)."""
         if principal.org_id is None or not self.guard.up:
             return -1
-        ent = await self.entitlements.get(principal.org_id)
+        try:
+            # within the guard's deadline: a hung Redis must not hold the request
+            ent = await self.guard.run(
+                "gateway_entitlements", self.entitlements.get(principal.org_id)
+            )
+        except RedisUnavailable:
+            return -1
         return -1 if ent is None else ent.limits.rpm
 
     def limits_for(

@@ -11,6 +11,7 @@ reaches every process within that many seconds; Redis unreachable keeps the last
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -76,6 +77,9 @@ class EntitlementsCache:
         self.ttl_s = ttl_s
         self.max_orgs = max_orgs
         self._cache: dict[str, tuple[float, Entitlements | None]] = {}
+        # one read per organization at a time: concurrent requests share it (a burst of
+        # requests of one organization must not become a burst of reads)
+        self._reading: dict[str, asyncio.Future[Entitlements | None]] = {}
 
     def forget(self) -> None:
         self._cache.clear()
@@ -83,10 +87,31 @@ class EntitlementsCache:
     async def get(self, org_id: uuid.UUID) -> Entitlements | None:
         """The organization's entitlements, else the default ones, else None."""
         key = str(org_id)
-        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_s:
             return hit[1]
+        reading = self._reading.get(key)
+        if reading is not None:
+            return await asyncio.shield(reading)
+        future: asyncio.Future[Entitlements | None] = asyncio.get_running_loop().create_future()
+        self._reading[key] = future
+        try:
+            ent = await self._read(org_id, hit)
+        except BaseException:
+            # the reader was cancelled (a deadline): the others keep what was known
+            future.set_result(hit[1] if hit is not None else None)
+            raise
+        else:
+            future.set_result(ent)
+            return ent
+        finally:
+            del self._reading[key]
+
+    async def _read(
+        self, org_id: uuid.UUID, hit: tuple[float, Entitlements | None] | None
+    ) -> Entitlements | None:
+        key = str(org_id)
+        now = time.monotonic()
         try:
             own, default = await self.redis.mget(entitlements_key(org_id), DEFAULT_KEY)
         except (RedisError, OSError, TimeoutError) as exc:

@@ -58,6 +58,10 @@ async def test_subscribe_upgrade_cancel_and_resume(
         ent = await cache.get(admin.org_id)
         assert ent is not None and ent.plan == "team"
 
+        # a paying organization's plan is Stripe's: not changed behind its back
+        patch = await c.patch("/v1/billing/subscription", json={"plan": "free"}, headers=h)
+        assert patch.status_code == 409 and patch.json()["error"]["code"] == "managed_by_stripe"
+
         cancel = await c.post("/v1/billing/subscription/cancel", headers=h)
         assert cancel.status_code == 200, cancel.text
         assert cancel.json()["cancel_at_period_end"] is True

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.entitlements import Entitlements, publish
-from libs.errors import ValidationFailed
+from libs.errors import Conflict, ValidationFailed
 from libs.identity import Principal
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
@@ -105,6 +105,12 @@ class PlanService:
         sub = await self.current()
         fields = body.model_fields_set
         if "plan" in fields:
+            if sub.stripe_subscription_id and sub.status in PAYING:
+                raise Conflict(
+                    "This organization pays through Stripe: change plans with "
+                    "POST /v1/billing/subscription/stripe",
+                    code="managed_by_stripe",
+                )
             if body.plan is None or self.plans.get(body.plan) is None:
                 raise ValidationFailed(
                     f"No plan {body.plan!r}; GET /v1/billing/plans lists them",

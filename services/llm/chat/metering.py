@@ -132,7 +132,11 @@ class Metering:
     async def _entitlements(self, org_id: uuid.UUID) -> Entitlements | None:
         if not self.guard.up:
             return None
-        return await self.entitlements.get(org_id)
+        try:
+            # within the guard's deadline: a hung Redis must not hold the call
+            return await self.guard.run("llm_entitlements", self.entitlements.get(org_id))
+        except RedisUnavailable:
+            return None
 
     async def _reserve_tpm(
         self, call: MeteredCall, limits: list[tuple[str, int, float]], needed: int

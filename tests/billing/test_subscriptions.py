@@ -69,6 +69,11 @@ async def test_subscribe_upgrade_cancel_and_resume(
         resume = await c.post("/v1/billing/subscription/resume", headers=h)
         assert resume.json()["cancel_at_period_end"] is False
 
+        invoices = await c.get("/v1/billing/invoices", headers=h)
+        assert invoices.status_code == 200, invoices.text
+        first = invoices.json()["data"]
+        assert first and first[-1]["currency"] == "usd" and first[-1]["amount_due"] >= 0
+
         # a plan not for sale, and an unknown payment method: the caller's mistakes
         free = await c.post("/v1/billing/subscription/stripe", json={"plan": "free"}, headers=h)
         assert free.status_code == 422 and free.json()["error"]["code"] == "unknown_plan"
@@ -88,4 +93,6 @@ async def test_without_stripe_subscribing_says_so(db: AsyncConnection) -> None:
         resp = await c.post(
             "/v1/billing/subscription/stripe", json={"plan": "pro"}, headers=auth_headers(admin)
         )
+        listed = await c.get("/v1/billing/invoices", headers=auth_headers(admin))
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "stripe_not_configured"
+    assert listed.status_code == 200 and listed.json() == {"object": "list", "data": []}

@@ -24,7 +24,11 @@ from services.billing.plans.schemas import SubscriptionOut
 from services.billing.plans.service import PlanService, entitlements_of
 from services.billing.settings import BillingSettings
 from services.billing.stripe_webhooks.service import apply_subscription
-from services.billing.subscriptions.schemas import StripeSubscribe
+from services.billing.subscriptions.schemas import InvoiceList, InvoiceOut, StripeSubscribe
+
+
+def _when(epoch: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(epoch), UTC) if epoch is not None else None
 
 
 def stripe_client(settings: BillingSettings) -> stripe.StripeClient:
@@ -137,6 +141,32 @@ class SubscriptionService:
             params={"cancel_at_period_end": cancel},
         )
         return await self._applied(sub, obj)
+
+    async def invoices(self, limit: int) -> InvoiceList:
+        """The organization's Stripe invoices, newest first (none without Stripe)."""
+        sub = await self.view.current()
+        if self.settings.stripe_api_key is None or not sub.stripe_customer_id:
+            return InvoiceList(data=[])
+        client = stripe_client(self.settings)
+        page = await self._call(
+            client.v1.invoices.list,
+            params={"customer": sub.stripe_customer_id, "limit": limit},
+        )
+        return InvoiceList(
+            data=[
+                InvoiceOut(
+                    id=str(inv["id"]),
+                    status=inv.get("status"),
+                    currency=inv.get("currency"),
+                    amount_due=int(inv.get("amount_due") or 0),
+                    amount_paid=int(inv.get("amount_paid") or 0),
+                    created=_when(inv.get("created")),
+                    hosted_invoice_url=inv.get("hosted_invoice_url"),
+                    invoice_pdf=inv.get("invoice_pdf"),
+                )
+                for inv in page.get("data") or []
+            ]
+        )
 
     async def _applied(self, sub: Subscription, obj: dict[str, Any]) -> SubscriptionOut:
         apply_subscription(sub, obj, self.plans, datetime.now(UTC))

@@ -8,9 +8,11 @@ import pickle
 import uuid
 
 import httpx
+import pytest
 from arq.constants import result_key_prefix
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from libs.db import session_scope
 from libs.queue import JobContext, JobEvent, enqueue_now, job
@@ -19,11 +21,19 @@ from libs.testing import Infra, auth_headers, principal
 from services.jobs.jobs.reconciler import Reconciler
 from services.jobs.jobs.recorder import EventConsumer
 from services.jobs.jobs.repository import JobRepository
+from services.jobs.models import Job
 from tests.support.job_types import publish_types
 from tests.support.workers import events_for, run_burst
 
 SVC = "reconciletest"
 ran: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+async def only_these_tests_jobs(db: AsyncConnection) -> None:
+    """The reconciler checks every unfinished record: those other tests of the session left
+    behind are set aside, inside this test's transaction (rolled back after it)."""
+    await db.execute(delete(Job).where(Job.status.in_(("queued", "running"))))
 
 
 @job(user_startable=True)

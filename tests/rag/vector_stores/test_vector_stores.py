@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from libs.queue import queue_name
+from libs.queue import fair, queue_name
 from libs.testing import auth_headers, principal
 from tests.support.stacks.rag import sdk_for
 
@@ -37,7 +37,7 @@ async def test_store_crud_with_the_sdk(app: FastAPI, redis: Redis) -> None:
     assert vs.expires_at == vs.last_active_at + 7 * 86400  # type: ignore[operator]
     assert vs.model_extra is not None and vs.model_extra["embedding_model"] == "embed"
     # its ingestion was queued once the transaction committed
-    assert await redis.zcard(queue_name("rag")) == 1
+    assert (await fair.depth(redis, queue_name("rag"))).waiting == 1
 
     sf = await client.vector_stores.files.retrieve(file_id=f1.id, vector_store_id=vs.id)
     assert sf.id == f1.id and sf.vector_store_id == vs.id and sf.status == "in_progress"
@@ -107,7 +107,7 @@ async def test_batches_count_and_cancel(app: FastAPI, redis: Redis) -> None:
     assert again.status == "cancelled"
     store = await client.vector_stores.retrieve(vs.id)
     assert store.file_counts.cancelled == 3 and store.file_counts.in_progress == 2
-    assert await redis.zcard(queue_name("rag")) == 5
+    assert (await fair.depth(redis, queue_name("rag"))).waiting == 5
 
 
 async def test_validation_errors_are_openai_shaped(app: FastAPI, http: httpx.AsyncClient) -> None:

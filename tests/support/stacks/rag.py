@@ -129,9 +129,7 @@ async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
 async def run_worker(settings: RagSettings, *, burst: bool = True, **options: Any) -> Any:
     """The rag worker with its real start-up (storage, embedder, reconciler, purge) over
     ``settings``; in burst mode it returns once the queue is empty."""
-    from arq.worker import Worker
-
-    from libs.worker import worker_settings
+    from libs.worker import Worker, worker_settings
     from services.rag import tasks
 
     worker = Worker(

@@ -69,12 +69,26 @@ async def publish(redis: Redis, org_id: uuid.UUID | None, ent: Entitlements) -> 
     await redis.set(DEFAULT_KEY if org_id is None else entitlements_key(org_id), ent.dumps())
 
 
-class EntitlementsCache:
-    """Per-process cache of entitlements read from Redis (see the module's docstring)."""
+class EntitlementsUnavailable(Exception):
+    """Redis did not answer in time and nothing is known of the organization yet."""
 
-    def __init__(self, redis: Redis, ttl_s: float = 5.0, max_orgs: int = 100_000) -> None:
+
+class EntitlementsCache:
+    """Per-process cache of entitlements read from Redis (see the module's docstring). A read
+    Redis does not answer within ``timeout_s`` keeps the last value known; with none known,
+    :meth:`get` raises :class:`EntitlementsUnavailable` (the caller decides: a limit falls
+    back to its setting, a budget is refused when it must not overshoot)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: float = 5.0,
+        max_orgs: int = 100_000,
+        timeout_s: float = 0.25,
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
         self.max_orgs = max_orgs
         self._cache: dict[str, tuple[float, Entitlements | None]] = {}
         # one read per organization at a time: concurrent requests share it (a burst of
@@ -97,9 +111,12 @@ class EntitlementsCache:
         self._reading[key] = future
         try:
             ent = await self._read(org_id, hit)
-        except BaseException:
-            # the reader was cancelled (a deadline): the others keep what was known
-            future.set_result(hit[1] if hit is not None else None)
+        except BaseException as exc:
+            # the others get what this read got; a reader cancelled (its request gone) is
+            # no answer for them: unavailable, and their callers' policy applies
+            shared = exc if isinstance(exc, Exception) else EntitlementsUnavailable("cancelled")
+            future.set_exception(shared)
+            future.exception()  # marked retrieved: there may be no other reader
             raise
         else:
             future.set_result(ent)
@@ -113,10 +130,13 @@ class EntitlementsCache:
         key = str(org_id)
         now = time.monotonic()
         try:
-            own, default = await self.redis.mget(entitlements_key(org_id), DEFAULT_KEY)
+            async with asyncio.timeout(self.timeout_s):
+                own, default = await self.redis.mget(entitlements_key(org_id), DEFAULT_KEY)
         except (RedisError, OSError, TimeoutError) as exc:
             log.debug("entitlements of %s not read (%s)", org_id, exc)
-            return hit[1] if hit is not None else None
+            if hit is None:
+                raise EntitlementsUnavailable(str(exc) or type(exc).__name__) from exc
+            return hit[1]
         raw = own or default
         ent = None
         if raw:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from libs.budget import Reservation, budget_key, reserve, settle
 from libs.db import SessionFactory
-from libs.entitlements import Entitlements, EntitlementsCache
+from libs.entitlements import Entitlements, EntitlementsCache, EntitlementsUnavailable
 from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.prices import load_catalogue
@@ -100,7 +100,9 @@ class Metering:
         self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
         self._refunding = False
         # the organization's plan (tpm, monthly budget), published by billing
-        self.entitlements = EntitlementsCache(redis, settings.entitlements_ttl_seconds)
+        self.entitlements = EntitlementsCache(
+            redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
+        )
         self.prices = load_catalogue(None)
 
     # ------------------------------------------------------------------ tokens per minute
@@ -133,10 +135,16 @@ class Metering:
         if not self.guard.up:
             return None
         try:
-            # within the guard's deadline: a hung Redis must not hold the call
-            return await self.guard.run("llm_entitlements", self.entitlements.get(org_id))
-        except RedisUnavailable:
-            return None
+            return await self.entitlements.get(org_id)  # bounded by its own timeout
+        except EntitlementsUnavailable as exc:
+            if not self.settings.budgets_enabled or self.settings.budget_fail_mode == "open":
+                return None
+            # the plan (and so the budget) is unknown: refused rather than unchecked
+            raise ServiceUnavailable(
+                "The organization's budget cannot be checked right now; retry shortly",
+                code="budget_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
 
     async def _reserve_tpm(
         self, call: MeteredCall, limits: list[tuple[str, int, float]], needed: int

@@ -137,14 +137,11 @@ class Metering:
         try:
             return await self.entitlements.get(org_id)  # bounded by its own timeout
         except EntitlementsUnavailable as exc:
-            if not self.settings.budgets_enabled or self.settings.budget_fail_mode == "open":
-                return None
-            # the plan (and so the budget) is unknown: refused rather than unchecked
-            raise ServiceUnavailable(
-                "The organization's budget cannot be checked right now; retry shortly",
-                code="budget_unavailable",
-                headers={"retry-after": "1"},
-            ) from exc
+            # nothing known of the organization and Redis not answering: served as when
+            # billing publishes nothing (a Redis outage must not take the LLM API down); a
+            # plan known here keeps applying, its budget fail mode included
+            log.warning("plan of %s unknown (Redis: %s); its limits not applied", org_id, exc)
+            return None
 
     async def _reserve_tpm(
         self, call: MeteredCall, limits: list[tuple[str, int, float]], needed: int

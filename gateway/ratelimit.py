@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.settings import GatewaySettings
+from libs.entitlements import EntitlementsCache, EntitlementsUnavailable
 from libs.errors import RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.ratelimit import LocalLimiter, RateDecision, RateDecisions, hit_many
@@ -103,14 +104,32 @@ class RequestLimiter:
         self.retry_seconds = settings.redis_retry_seconds
         self.lease_fraction = settings.rate_limit_lease_fraction
         self.guard = guard_for(redis)
+        # an organization's rpm comes from its plan (published by billing), else org_rpm
+        self.entitlements = EntitlementsCache(
+            redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_seconds
+        )
         # the limits while Redis is unavailable (failing open), this process alone
         self.local = LocalLimiter()
         self._logged_at = float("-inf")
         self._leases: dict[tuple[tuple[str, int], ...], _Lease] = {}
         self._taking: dict[tuple[tuple[str, int], ...], asyncio.Future[None]] = {}
 
-    def limits_for(self, principal: Principal) -> list[tuple[str, str, int]]:
-        """``(name, redis key, limit)`` of every limit that applies to ``principal``."""
+    async def org_rpm_for(self, principal: Principal) -> int | None:
+        """The organization's requests per window: its plan's (None: unlimited), else -1:
+        the gateway's setting (billing not deployed, Redis unreachable)."""
+        if principal.org_id is None or not self.guard.up:
+            return -1
+        try:
+            ent = await self.entitlements.get(principal.org_id)  # bounded by its own timeout
+        except EntitlementsUnavailable:
+            return -1
+        return -1 if ent is None else ent.limits.rpm
+
+    def limits_for(
+        self, principal: Principal, org_rpm: int | None = -1
+    ) -> list[tuple[str, str, int]]:
+        """``(name, redis key, limit)`` of every limit that applies to ``principal``
+        (``org_rpm``: the organization's, -1 for the setting, None for none)."""
         out: list[tuple[str, str, int]] = []
         if principal.key_id is not None:
             # a key spends its own budget, not its creator's
@@ -119,13 +138,18 @@ class RequestLimiter:
             )
         elif principal.user_id is not None:
             out.append(("user", f"{KEY_PREFIX}:user:{principal.user_id}", self.user_rpm))
-        if principal.org_id is not None:
+        if principal.org_id is not None and org_rpm == -1:
             out.append(("org", f"{KEY_PREFIX}:org:{principal.org_id}", self.org_rpm))
+        elif principal.org_id is not None and org_rpm is not None:
+            # a plan's limit counts in a bucket of its own: a GCRA bucket holds a time, which
+            # a smaller limit would carry into the next plan (an upgrade still refused)
+            key = f"{KEY_PREFIX}:org:{principal.org_id}:{org_rpm}"
+            out.append(("org", key, org_rpm))
         return out
 
     async def check(self, principal: Principal) -> dict[str, str]:
         """RateLimit-* headers for an allowed request; raises 429 (or 503 failing closed)."""
-        limits = self.limits_for(principal)
+        limits = self.limits_for(principal, await self.org_rpm_for(principal))
         if not limits:
             return {}
         cap = min(LEASE_MAX, int(min(limit for _, _, limit in limits) * self.lease_fraction))

@@ -75,7 +75,17 @@ class GatewaySettings(ServiceSettings):
     rate_limit_window_seconds: int = 60
     rate_limit_key_rpm: int = 600
     rate_limit_user_rpm: int = 600
-    rate_limit_org_rpm: int = 3000
+    rate_limit_org_rpm: int = Field(
+        default=3000,
+        description="requests per window of an organization billing published no plan for "
+        "(its plan's rpm applies otherwise: libs/entitlements.py)",
+    )
+    entitlements_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a gateway process keeps an organization's plan limits read "
+        "from Redis (a plan change applies within this)",
+    )
     # a busy caller's units are counted in Redis in small leases instead of one round trip per
     # request; a lease is at most this fraction of the smallest limit involved (0: exact)
     rate_limit_lease_fraction: float = Field(default=0.01, ge=0, le=0.1)

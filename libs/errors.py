@@ -93,6 +93,13 @@ class RateLimited(AppError):
     status_code, code, message = 429, "rate_limited", "Too many requests"
 
 
+class InsufficientQuota(AppError):
+    """A spend budget is used up (OpenAI's answer when an account's quota is: its SDKs raise
+    RateLimitError with code ``insufficient_quota``, which callers already handle)."""
+
+    status_code, code, message = 429, "insufficient_quota", "You exceeded your current quota"
+
+
 class InternalError(AppError):
     status_code, code, message = 500, "internal_error", "Internal server error"
 
@@ -141,7 +148,9 @@ def error_payload(
         return {
             "error": {
                 "message": message,
-                "type": _OPENAI_TYPES.get(
+                "type": "insufficient_quota"
+                if code == "insufficient_quota"
+                else _OPENAI_TYPES.get(
                     status, "api_error" if status >= 500 else "invalid_request_error"
                 ),
                 "param": param,

@@ -182,7 +182,7 @@ SERVICES: dict[str, Service] = {
         Service(
             "billing",
             8005,
-            "Usage of the platform by organization.",
+            "Usage, prices, plans and subscriptions by organization.",
             _routes(
                 "billing",
                 ("/v1/billing", {"scope": Scope.BILLING_READ, "write_scope": Scope.ADMIN}),

@@ -1,28 +1,36 @@
 """The usage event contract: what any service sends to billing for every metered request.
 
 One event per (``request_id``, ``kind``); billing stores it at most once, so a producer may
-send the same event again (retries, at-least-once delivery) without double counting. Events
-travel on the billing queue (``aistack:queue:billing``, function ``record_usage``) with job id
-``usage:<kind>:<request_id>``, so duplicates are also collapsed before they run.
+send the same event again (retries, at-least-once delivery, an outbox replayed twice) without
+double counting. An event is immutable once built: its ``created_at`` is set by the producer
+and travels unchanged through retries and replays (billing's ledger key is the request id,
+the kind and that time; see ``services/billing/usage/repository.py``).
 
-A producer sends through :class:`UsageSender`: batched off the request path, retried for as
-long as Redis is unreachable, and parked in its own PostgreSQL table (:class:`UsageOutbox`;
-the service's ``models.py`` declares it with :class:`libs.usage_table.UsageOutboxTable`)
-when too many wait or the process stops, to be queued once Redis answers again (by the
-process, and by the service's worker: :func:`replay_outbox_forever`).
+Events travel on one Redis stream, :data:`USAGE_STREAM`, one entry per event (its JSON in
+field ``e``, the producing request's id in ``rid``), read in batches by billing's worker
+through a consumer group (``services/billing/usage/consumer.py``). No job per event: the
+jobs service never sees usage.
+
+A producer sends through :class:`UsageSender`: batched off the request path (one pipelined
+round trip per batch), retried for as long as Redis is unreachable, and parked in its own
+PostgreSQL table (:class:`UsageOutbox`; the service's ``models.py`` declares it with
+:class:`libs.usage_table.UsageOutboxTable`) when too many wait or the process stops, to be
+sent once Redis answers again (by the process, and by the service's worker:
+:func:`replay_outbox_forever`). A producer without a sender (a worker, a one-off) calls
+:func:`publish_usage`, after its transaction commits when it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -31,7 +39,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from libs.queue import PreparedJob, as_arq, enqueue, enqueue_now, enqueue_prepared, prepare_job
+from libs.context import get_request_id
 from libs.storage_errors import describe, outage_of
 
 if TYPE_CHECKING:
@@ -42,6 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("aistack.usage")
 
 BILLING_SERVICE = "billing"
+# the stream billing's worker reads (consumer group ``billing-ledger``); never trimmed by
+# producers: billing deletes what it has recorded
+USAGE_STREAM = "aistack:usage"
+# the arq job usage events were sent as before the stream (billing still runs what an older
+# producer queued; the jobs service keeps such records out of users' lists)
 RECORD_USAGE = "record_usage"
 
 
@@ -52,9 +65,15 @@ def _now() -> datetime:
 # what a usage event meters; billing keeps it as a string of at most 16 characters. chat and
 # embedding: the llm's calls (its /v1/completions and /v1/responses are chat calls, one event
 # each); completion and response: reserved for those routes metered apart; batch: one line of
-# a Batch API job (jobs); storage: files and vector stores kept (rag). Add kinds, never rename.
+# a Batch API job (jobs; an llm call made for a batch line may instead keep its kind and set
+# ``batch``); storage: bytes kept by files and vector stores, one sample per organization and
+# day (rag, :func:`storage_sample`). Add kinds, never rename.
 UsageKind = Literal["chat", "embedding", "completion", "response", "batch", "storage"]
 USAGE_KINDS: tuple[str, ...] = get_args(UsageKind)
+
+# fields added after the first version of the contract: sent only when they hold something,
+# so the wire format of an event that does not use them is what it always was
+_LATER_FIELDS = ("cached_tokens", "batch", "storage_bytes")
 
 
 class UsageEvent(BaseModel):
@@ -71,6 +90,8 @@ class UsageEvent(BaseModel):
     kind: UsageKind = "chat"
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
+    # what the producer priced it at (its own configuration); billing prices the event from
+    # its catalogue at the event's time and keeps this only for models the catalogue lacks
     cost_usd: Decimal = Field(default=Decimal(0), ge=0, max_digits=18, decimal_places=8)
     latency_ms: int = Field(default=0, ge=0)
     ttft_ms: int | None = Field(default=None, ge=0, description="Time to first token (streams)")
@@ -84,65 +105,111 @@ class UsageEvent(BaseModel):
     prompt_version_id: str | None = Field(
         default=None, max_length=64, description="The stored prompt version that served it"
     )
+    cached_tokens: int = Field(
+        default=0, ge=0, description="Of prompt_tokens, read from the provider's prompt cache"
+    )
+    batch: bool = Field(default=False, description="Made for a Batch API line (batch price)")
+    storage_bytes: int = Field(default=0, ge=0, description="kind storage: bytes kept")
+
+    @property
+    def key(self) -> str:
+        """The event's identity on the wire and in outboxes: ``usage:<kind>:<request_id>``."""
+        return f"usage:{self.kind}:{self.request_id}"
 
     @property
     def job_id(self) -> str:
-        return f"usage:{self.kind}:{self.request_id}"
+        """The same as :attr:`key` (the name it had when events were queue jobs)."""
+        return self.key
 
     def payload(self) -> dict[str, Any]:
-        """JSON-safe dict to send as the job argument (Decimal as a string, exact)."""
-        return self.model_dump(mode="json")
+        """JSON-safe dict of the event (Decimal as a string, exact)."""
+        data = self.model_dump(mode="json")
+        for name in _LATER_FIELDS:
+            if not data[name]:
+                del data[name]
+        return data
 
 
-# one queue client per Redis client: building arq's client (a Redis instance) per event was a
-# measurable share of an llm call
-_ARQ: weakref.WeakKeyDictionary[Redis, Redis] = weakref.WeakKeyDictionary()
+def storage_sample(org_id: uuid.UUID, stored_bytes: int, day: date, service: str) -> UsageEvent:
+    """The daily storage sample of an organization: ``stored_bytes`` kept on ``day`` (UTC).
+
+    One per organization and day (its request id names both), so sampling again the same day
+    is a duplicate billing ignores; send it with :func:`publish_usage` or a sender.
+    """
+    return UsageEvent(
+        request_id=f"storage:{org_id}:{day.isoformat()}",
+        org_id=org_id,
+        model="storage",
+        provider=service,
+        kind="storage",
+        storage_bytes=stored_bytes,
+        created_at=datetime(day.year, day.month, day.day, tzinfo=UTC),
+    )
 
 
-def _queue_client(redis: Redis) -> Redis:
-    client = _ARQ.get(redis)
-    if client is None:
-        client = _ARQ[redis] = as_arq(redis)
-    return client
+@dataclass(slots=True)
+class UsageMessage:
+    """A usage event captured where it happened (with that request's id), ready to send."""
+
+    key: str
+    event: dict[str, Any]
+    request_id: str | None = None
+
+    def fields(self) -> dict[str, bytes]:
+        """The stream entry's fields."""
+        out = {"e": orjson.dumps(self.event)}
+        if self.request_id:
+            out["rid"] = self.request_id.encode()
+        return out
+
+    def to_json(self) -> str:
+        return orjson.dumps(
+            {"key": self.key, "event": self.event, "request_id": self.request_id}
+        ).decode()
+
+
+def prepare_usage(event: UsageEvent) -> UsageMessage:
+    """Capture a usage event where it happens (request id) to send later, in a batch."""
+    return UsageMessage(event.key, event.payload(), get_request_id())
+
+
+def message_from_json(raw: Any) -> UsageMessage:
+    """A message back from its outbox JSON (text or already decoded); rows an older version
+    left (a queue job: the event is its first argument) are read too."""
+    data = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+    if "event" in data:
+        return UsageMessage(data["key"], data["event"], data.get("request_id"))
+    event = data["args"][0]
+    meta = data.get("meta") or {}
+    key = f"usage:{event.get('kind', 'chat')}:{event['request_id']}"
+    return UsageMessage(key, event, meta.get("request_id"))
+
+
+async def publish_usage_batch(messages: Sequence[UsageMessage], redis: Redis) -> None:
+    """Send prepared usage events now, in one pipelined round trip (no transaction: a batch
+    cut short is sent again whole, and billing ignores what it already has)."""
+    if not messages:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for message in messages:
+            pipe.xadd(USAGE_STREAM, message.fields())  # type: ignore[arg-type]
+        await pipe.execute()
 
 
 async def publish_usage(
     event: UsageEvent, redis: Redis, session: AsyncSession | None = None
 ) -> None:
     """Send a usage event to billing: after ``session`` commits when given, else now."""
-    redis = _queue_client(redis)
-    common: dict[str, Any] = {
-        "service": BILLING_SERVICE,
-        "function": RECORD_USAGE,
-        "args": [event.payload()],
-        "job_id": event.job_id,
-        "org_id": event.org_id,
-        "user_id": event.user_id,
-        # bookkeeping, not work a user asked for: kept out of users' job lists
-        "internal": True,
-    }
-    if session is not None:
-        await enqueue(session, redis, **common)
-    else:
-        await enqueue_now(redis, **common)
+    message = prepare_usage(event)
+    if session is None:
+        await publish_usage_batch([message], redis)
+        return
+    from libs.db import after_commit
 
+    async def send() -> None:
+        await publish_usage_batch([message], redis)
 
-def prepare_usage(event: UsageEvent) -> PreparedJob:
-    """Capture a usage event's job where it happens (request id, trace) to send in a batch."""
-    return prepare_job(
-        service=BILLING_SERVICE,
-        function=RECORD_USAGE,
-        args=[event.payload()],
-        job_id=event.job_id,
-        org_id=event.org_id,
-        user_id=event.user_id,
-        internal=True,
-    )
-
-
-async def publish_usage_batch(jobs: list[PreparedJob], redis: Redis) -> None:
-    """Send prepared usage events now, in one round trip (duplicates collapse by job id)."""
-    await enqueue_prepared(redis, jobs)
+    after_commit(session, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +218,7 @@ async def publish_usage_batch(jobs: list[PreparedJob], redis: Redis) -> None:
 
 USAGE_PENDING = Gauge(
     "aistack_usage_events_pending",
-    "Usage events not yet on the billing queue, by where they wait: memory (this process, "
+    "Usage events not yet on the usage stream, by where they wait: memory (this process, "
     "Redis unreachable or a batch in flight) or outbox (the service's PostgreSQL table, "
     "as last counted by this process)",
     ["service", "store"],
@@ -165,24 +232,14 @@ USAGE_LOST = Counter(
 OUTBOX_TABLE = "usage_outbox"
 
 
-def _job_json(job: PreparedJob) -> str:
-    return orjson.dumps(dataclasses.asdict(job)).decode()
-
-
-def job_from_json(raw: Any) -> PreparedJob:
-    """A prepared job back from its outbox JSON (text or already decoded)."""
-    data = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
-    return PreparedJob(**data)
-
-
 class UsageOutbox:
     """Usage events parked in the service's PostgreSQL table ``<schema>.usage_outbox``.
 
     Written when Redis stays unreachable (too many events waiting, or the process stopping);
-    :meth:`replay` moves them to the billing queue once Redis answers. Rows are claimed with
-    ``FOR UPDATE SKIP LOCKED`` and deleted in the transaction that queued them, so several
-    processes may replay at once; a replay cut short sends some again, which the job id and
-    billing's ledger collapse. SQLAlchemy loads only when the table is first used.
+    :meth:`replay` moves them to the usage stream once Redis answers. Rows are claimed with
+    ``FOR UPDATE SKIP LOCKED`` and deleted in the transaction that sent them, so several
+    processes may replay at once; a replay cut short sends some again, which billing's ledger
+    ignores. SQLAlchemy loads only when the table is first used.
     """
 
     def __init__(self, schema: str, sessions: Callable[[], SessionFactory | None]) -> None:
@@ -195,9 +252,9 @@ class UsageOutbox:
             raise RuntimeError("no database session factory for the usage outbox")
         return factory
 
-    async def put(self, jobs: Sequence[PreparedJob]) -> None:
-        """Store jobs (a job id already stored is kept as it is)."""
-        if not jobs:
+    async def put(self, messages: Sequence[UsageMessage]) -> None:
+        """Store events (one already stored is kept as it is)."""
+        if not messages:
             return
         from sqlalchemy import text
 
@@ -206,11 +263,9 @@ class UsageOutbox:
             "VALUES (:job_id, CAST(:job AS jsonb)) ON CONFLICT (job_id) DO NOTHING"
         )
         async with self._factory()() as session:
-            for i in range(0, len(jobs), OUTBOX_CHUNK):
-                chunk = jobs[i : i + OUTBOX_CHUNK]
-                await session.execute(
-                    stmt, [{"job_id": j.job_id, "job": _job_json(j)} for j in chunk]
-                )
+            for i in range(0, len(messages), OUTBOX_CHUNK):
+                chunk = messages[i : i + OUTBOX_CHUNK]
+                await session.execute(stmt, [{"job_id": m.key, "job": m.to_json()} for m in chunk])
             await session.commit()
 
     async def count(self) -> int:
@@ -222,7 +277,7 @@ class UsageOutbox:
             return int(await session.scalar(stmt) or 0)
 
     async def replay(self, redis: Redis, *, batch: int = 200) -> int:
-        """Queue stored events to billing until the table is empty; return how many were sent.
+        """Send stored events to billing until the table is empty; return how many were sent.
 
         Raises when Redis or PostgreSQL fails; what was not sent stays in the table.
         """
@@ -239,8 +294,8 @@ class UsageOutbox:
                 rows = (await session.execute(claim, {"n": batch})).scalars().all()
                 if not rows:
                     return sent
-                # queued before the delete commits: a failure here rolls the delete back
-                await publish_usage_batch([job_from_json(r) for r in rows], redis)
+                # sent before the delete commits: a failure here rolls the delete back
+                await publish_usage_batch([message_from_json(r) for r in rows], redis)
                 await session.commit()
             sent += len(rows)
             if len(rows) < batch:
@@ -255,7 +310,7 @@ REPLAY_INTERVAL_S = 10.0
 async def replay_outbox_forever(
     outbox: UsageOutbox, redis: Redis, interval_s: float = REPLAY_INTERVAL_S
 ) -> None:
-    """A service worker's loop: queue what ``outbox`` holds (rows a process left when it
+    """A service worker's loop: send what ``outbox`` holds (rows a process left when it
     stopped during a Redis outage), then again every ``interval_s``. A loop rather than a cron
     job: an idle table costs one SELECT per interval and no queue traffic. A failed round
     (PostgreSQL or Redis unreachable: one line; anything else: its traceback) waits for the
@@ -319,7 +374,7 @@ class UsageSender:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.close_timeout_s = close_timeout_s
-        self._pending: list[PreparedJob] = []
+        self._pending: list[UsageMessage] = []
         # events given to add_event whose preparation has not run yet
         self._scheduled = 0
         self._task: asyncio.Task[None] | None = None
@@ -347,20 +402,20 @@ class UsageSender:
         outbox rows to send)."""
         return bool(self._scheduled) or self._task is not None
 
-    def add(self, job: PreparedJob) -> None:
+    def add(self, message: UsageMessage) -> None:
         """Queue one prepared usage event (no I/O here; sent by the background task)."""
-        self._pending.append(job)
+        self._pending.append(message)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def add_event(self, event: UsageEvent) -> None:
-        """Queue ``event``, prepared (:func:`prepare_usage`: its job, request id and trace)
-        right after the current step of the event loop rather than now.
+        """Queue ``event``, prepared (:func:`prepare_usage`: its JSON and request id) right
+        after the current step of the event loop rather than now.
 
         The request path calls this just before it writes its answer, which happens in the
-        same step: preparing the job (~35 us) then waits until the answer is on its way. The
-        callback runs in a copy of the caller's context, so it records the same request id and
-        trace as it would have here.
+        same step: preparing the event then waits until the answer is on its way. The
+        callback runs in a copy of the caller's context, so it records the same request id as
+        it would have here.
         """
         self._scheduled += 1
         asyncio.get_running_loop().call_soon(self._prepare_and_add, event)
@@ -368,12 +423,12 @@ class UsageSender:
     def _prepare_and_add(self, event: UsageEvent) -> None:
         self._scheduled -= 1
         try:
-            job = prepare_usage(event)
+            message = prepare_usage(event)
         except Exception:  # a bug; never a reason to lose the event silently
             USAGE_LOST.labels(self.service).inc()
-            log.exception("usage event %s could not be prepared: %s", event.job_id, event)
+            log.exception("usage event %s could not be prepared: %s", event.key, event)
             return
-        self.add(job)
+        self.add(message)
 
     async def drain(self) -> None:
         """Wait until nothing waits in memory or this process's outbox rows (tests)."""
@@ -441,7 +496,7 @@ class UsageSender:
         return self._outbox_dirty and not self._closing and self.outbox is not None
 
     async def _replay(self) -> None:
-        """Queue the outbox's events; on failure try again later (backoff of its own)."""
+        """Send the outbox's events; on failure try again later (backoff of its own)."""
         assert self.outbox is not None
         try:
             sent = await self.outbox.replay(self.redis())
@@ -467,13 +522,13 @@ class UsageSender:
     async def _spill(self, *, final: bool) -> None:
         """Move every event waiting in memory to the outbox."""
         # removed only once stored: cut short (shutdown timeout), they are still here
-        jobs = list(self._pending)
-        if not jobs:
+        messages = list(self._pending)
+        if not messages:
             return
         try:
             if self.outbox is None:
                 raise RuntimeError("no usage outbox")
-            await self.outbox.put(jobs)
+            await self.outbox.put(messages)
         except Exception:
             if not final:
                 # kept in memory (past max_pending) and tried again after the next attempt
@@ -483,16 +538,18 @@ class UsageSender:
                     exc_info=True,
                 )
                 return
-            del self._pending[: len(jobs)]
-            USAGE_LOST.labels(self.service).inc(len(jobs))
-            log.exception("usage outbox unavailable at shutdown: %d usage events lost", len(jobs))
-            for job in jobs:
-                log.error("usage event lost: %s", orjson.dumps(job.args[0]).decode())
+            del self._pending[: len(messages)]
+            USAGE_LOST.labels(self.service).inc(len(messages))
+            log.exception(
+                "usage outbox unavailable at shutdown: %d usage events lost", len(messages)
+            )
+            for message in messages:
+                log.error("usage event lost: %s", orjson.dumps(message.event).decode())
             return
         # events added meanwhile came after these
-        del self._pending[: len(jobs)]
+        del self._pending[: len(messages)]
         self._outbox_dirty = True
-        log.warning("%d usage events moved to the %s outbox table", len(jobs), self.service)
+        log.warning("%d usage events moved to the %s outbox table", len(messages), self.service)
         await self._count_outbox()
 
     async def _count_outbox(self) -> None:
@@ -508,7 +565,7 @@ class UsageSender:
         if self._down_since is None:
             self._down_since = self._last_report = now
             log.warning(
-                "usage events not queued (%s: %s); %d waiting, retrying every %.0f s at most",
+                "usage events not sent (%s: %s); %d waiting, retrying every %.0f s at most",
                 type(exc).__name__,
                 exc,
                 len(self._pending),
@@ -517,7 +574,7 @@ class UsageSender:
         elif now - self._last_report >= 30:
             self._last_report = now
             log.warning(
-                "usage events still not queued after %.0f s (%s); %d waiting in memory",
+                "usage events still not sent after %.0f s (%s); %d waiting in memory",
                 now - self._down_since,
                 type(exc).__name__,
                 len(self._pending),
@@ -525,5 +582,5 @@ class UsageSender:
 
     def _report_up(self) -> None:
         if self._down_since is not None:
-            log.info("usage events queued again after %.1f s", time.monotonic() - self._down_since)
+            log.info("usage events sent again after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None

@@ -3,7 +3,7 @@
 A service's ``models.py`` mixes :class:`UsageOutboxTable` into its declarative ``Base``::
 
     class UsageOutboxRow(UsageOutboxTable, Base):
-        \"\"\"Usage events Redis could not take, until they are queued to billing.\"\"\"
+        \"\"\"Usage events Redis could not take, until they are sent to billing.\"\"\"
 
 and its migration creates ``<schema>.usage_outbox`` (llm: ``0002_usage_outbox``). The rows are
 written and replayed by :class:`libs.usage.UsageOutbox` with plain SQL, so that a request path
@@ -24,7 +24,9 @@ from libs.usage import OUTBOX_TABLE
 
 class UsageOutboxTable:
     """``<schema>.usage_outbox``: a usage event Redis could not take (an outage), kept until it
-    is queued to billing; ``job`` is the prepared queue job (:class:`libs.queue.PreparedJob`)."""
+    is sent to billing's stream. ``job_id`` is the event's key (``usage:<kind>:<request_id>``)
+    and ``job`` its message (:class:`libs.usage.UsageMessage`); the names are those of the
+    time events were queue jobs, kept so a deployed table needs no migration."""
 
     __tablename__ = OUTBOX_TABLE
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, cast, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -107,7 +107,27 @@ class LlmSettings(ServiceSettings):
     )
 
     # tokens-per-minute limit of an organization (0: unlimited); keys carry their own
-    org_tpm_limit: int = 0
+    org_tpm_limit: int = Field(
+        default=0,
+        ge=0,
+        description="tokens per minute of an organization billing published no plan for "
+        "(its plan's tpm applies otherwise); 0: unlimited",
+    )
+    budgets_enabled: bool = Field(
+        default=True,
+        description="reserve each call's worst-case cost against the organization's monthly "
+        "budget (its plan's, published by billing) before calling the provider",
+    )
+    budget_fail_mode: Literal["open", "closed"] = Field(
+        default="closed",
+        description="Redis not answering a budget reservation: refuse the call with 503 "
+        "budget_unavailable (closed: a budget never overshoots) or serve it unchecked (open)",
+    )
+    entitlements_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long an llm process keeps an organization's plan read from Redis",
+    )
     # completion tokens reserved against the TPM limit when a request gives no max_tokens
     tpm_completion_reserve: int = 256
 

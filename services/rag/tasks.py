@@ -5,7 +5,8 @@
   and retryable there.
 - Two loops the worker runs beside its jobs, at start and then periodically: the reconciler
   gives stalled files (their worker killed, their job lost) a new job, and the purge removes
-  expired files and bytes owed a delete.
+  expired files and bytes owed a delete; and each organization's storage is sent to billing
+  once a day (:mod:`services.rag.files.storage_usage`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from libs.http import make_http_client
 from libs.queue import JobContext, job
 from services.rag.files.purge import purge
+from services.rag.files.storage_usage import sample_storage
 from services.rag.ingestion.embed import Embedder
 from services.rag.ingestion.service import INGEST_FUNCTION, Ingestion, reconcile
 from services.rag.settings import RagSettings, get_settings
@@ -29,6 +31,7 @@ from services.rag.storage import make_storage
 
 log = logging.getLogger("aistack.rag.tasks")
 INGESTION = "rag_ingestion"
+STORAGE_SAMPLE_INTERVAL_S = 3600.0
 
 
 @job(name=INGEST_FUNCTION, timeout=3600, max_tries=10, retry_outages=True)
@@ -106,9 +109,16 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     # periodically beside the jobs
     await _once("reconcile", reconcile_now)
     await _once("purge", purge_now)
+
+    async def sample_now() -> None:
+        await sample_storage(ctx["db"], ctx["redis"])
+
+    await _once("storage usage", sample_now)
     ctx["rag_loops"] = [
         asyncio.create_task(_every(settings.reconcile_interval_s, "reconcile", reconcile_now)),
         asyncio.create_task(_every(settings.purge_interval_s, "purge", purge_now)),
+        # the day's sample is the first one taken that day (billing keeps one a day)
+        asyncio.create_task(_every(STORAGE_SAMPLE_INTERVAL_S, "storage usage", sample_now)),
     ]
 
 

@@ -40,6 +40,8 @@ LIMITS = {
     "AUTH_LOGIN_FAILURES_PER_IP": "100000000",
     "AUTH_LOGIN_FAILURES_PER_ACCOUNT": "100000000",
     "LLM_TPM_LIMIT": "0",
+    # organizations' plans (billing publishes them; the gateway and llm apply their limits)
+    "BILLING_PLANS_CONFIG": str(Path(__file__).parents[1] / "support" / "plans_unlimited.yaml"),
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.ratelimit import KEY_PREFIX
+from libs.entitlements import Entitlements, Limits, entitlements_key, publish
 from libs.ratelimit import hit_many
 from libs.telemetry import metrics_text
 from libs.testing import Infra
@@ -242,3 +243,32 @@ async def test_a_quiet_key_is_counted_exactly(
             await asyncio.sleep(1.1)
     # a caller whose leases expire is charged what it used, not a lease each time
     assert await _counted(redis, info["key_id"], 1000, 3600) <= 7 + 8 + 2
+
+
+async def test_an_organizations_plan_sets_its_limit_and_a_plan_change_moves_it(
+    upstream: Upstream, infra: Infra, redis: Redis
+) -> None:
+    """Billing publishes each organization's entitlements to Redis; the gateway's org limit
+    is the plan's rpm (the setting only for organizations without one)."""
+    settings = gateway_settings(
+        upstream.url, infra.redis_url, rate_limit_org_rpm=100, entitlements_ttl_seconds=0
+    )
+    org, other = uuid.uuid4(), uuid.uuid4()
+    small = Entitlements(plan="tiny", limits=Limits(rpm=2))
+    await publish(redis, org, small)
+    alice = {"authorization": f"Bearer {upstream.auth.token(org_id=org)}"}
+    bob = {"authorization": f"Bearer {upstream.auth.token(org_id=other)}"}
+    async with gateway_client(settings) as gw:
+        statuses = [(await gw.get("/v1/jobs", headers=alice)).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        refused = await gw.get("/v1/jobs", headers=alice)
+        assert refused.json()["error"]["details"] == {"limit": "org"}
+        assert refused.headers["ratelimit-limit"] == "2"
+        # another organization, no plan published: the setting
+        assert (await gw.get("/v1/jobs", headers=bob)).headers["ratelimit-limit"] == "100"
+        # the organization moves to a bigger plan: its next request sees it
+        await publish(redis, org, Entitlements(plan="big", limits=Limits(rpm=50)))
+        resp = await gw.get("/v1/jobs", headers=alice)
+        assert resp.status_code == 200, (resp.text, dict(resp.headers))
+        assert resp.headers["ratelimit-limit"] == "50"
+    await redis.delete(entitlements_key(org))

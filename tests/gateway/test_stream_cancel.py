@@ -16,27 +16,24 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from arq.jobs import Job
 from redis.asyncio import Redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from libs.queue import as_arq, queue_name
 from libs.testing import Infra, auth_headers, client_for, principal
-from libs.usage import BILLING_SERVICE
-from services.billing import tasks as billing_tasks
+from libs.usage import USAGE_STREAM
 from services.billing.app import build_app as build_billing
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app as build_llm
 from tests.support.fakes import openai_fake
 from tests.support.fakes.vendor_common import serve as serve_thread
+from tests.support.ledger import drain_stream, stream_events
 from tests.support.servers import serve
 from tests.support.stacks.llm import KEY_ENV, llm_behind_gateway, settings_for
-from tests.support.workers import run_burst
 
 CHUNKS = 400  # at 20 ms each: 8 s, far longer than the test waits for anything
 
@@ -143,17 +140,13 @@ async def test_an_abandoned_stream_is_billed_as_cancelled(
         assert time.monotonic() - left < 5
 
         # one usage event, once the relay has closed its end
-        queue = queue_name(BILLING_SERVICE)
         for _ in range(100):
-            if await redis.zcard(queue):
+            if await redis.xlen(USAGE_STREAM):
                 break
             await asyncio.sleep(0.05)
-        assert await redis.zcard(queue) == 1
+        assert await redis.xlen(USAGE_STREAM) == 1
 
-    worker = await run_burst(
-        infra.redis_url, BILLING_SERVICE, billing_tasks.functions, database_url=infra.database_url
-    )
-    assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    assert await drain_stream(redis, async_sessionmaker(engine, expire_on_commit=False)) == 1
     async with engine.connect() as conn:
         rows = (
             await conn.execute(
@@ -203,17 +196,14 @@ async def test_a_client_gone_before_the_first_token_is_billed_and_closes_the_ups
                     await asyncio.wait_for(request, 0.3)
             assert await asyncio.to_thread(streams.ended.wait, 5), "upstream left open"
             assert not streams.completed
-            queue = queue_name(BILLING_SERVICE)
             for _ in range(100):
-                if await redis.zcard(queue):
+                if await redis.xlen(USAGE_STREAM):
                     break
                 await asyncio.sleep(0.05)
-            jobs = await redis.zrange(queue, 0, -1)
-            assert len(jobs) == 1
+            events = await stream_events(redis)
+            assert len(events) == 1
         finally:
             await llm.stop()
-    job = await Job(jobs[0].decode(), as_arq(redis), _queue_name=queue).info()
-    assert job is not None
-    event = job.args[0]
+    event = events[0]
     assert event["status"] == "cancelled"
     assert event["prompt_tokens"] > 0

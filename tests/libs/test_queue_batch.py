@@ -23,7 +23,7 @@ from libs.queue import (
 )
 from libs.telemetry import extract_trace_context
 from libs.testing import Infra
-from libs.usage import BILLING_SERVICE, UsageEvent, prepare_usage
+from libs.usage import BILLING_SERVICE, RECORD_USAGE, UsageEvent
 from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
 from tests.support.workers import events_for, run_burst
@@ -77,12 +77,23 @@ async def test_duplicates_are_skipped_within_and_across_batches(redis: Redis) ->
     assert await enqueue_prepared(redis, []) == []
 
 
-async def test_batched_usage_events_are_recorded_once(
+async def test_usage_jobs_an_older_producer_queued_are_recorded_once(
     infra: Infra, redis: Redis, db: AsyncConnection
 ) -> None:
+    """Usage travels on its stream now; billing still records the jobs queued before."""
     org = uuid.uuid4()
     events = [_event(org) for _ in range(5)]
-    jobs = [prepare_usage(e) for e in events]
+    jobs = [
+        prepare_job(
+            service=BILLING_SERVICE,
+            function=RECORD_USAGE,
+            args=[e.payload()],
+            job_id=e.key,
+            org_id=org,
+            internal=True,
+        )
+        for e in events
+    ]
     await enqueue_prepared(redis, jobs)
     await enqueue_prepared(redis, jobs[:2])  # a retried batch changes nothing
     factory = async_sessionmaker(

@@ -10,14 +10,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from libs.budget import Reservation, budget_key, reserve, settle
 from libs.db import SessionFactory
-from libs.errors import RateLimited
+from libs.entitlements import Entitlements, EntitlementsCache, EntitlementsUnavailable
+from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
 from libs.identity import Principal
+from libs.prices import load_catalogue
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
 from libs.redis import RedisGuard, RedisUnavailable
 from libs.usage import UsageEvent, UsageOutbox, UsageSender
@@ -52,6 +56,13 @@ class MeteredCall:
     tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
     tpm_reserved: int = 0
     prompt_version: uuid.UUID | None = None
+    # the worst case reserved on the organization's budget, settled by the usage event
+    budget: Reservation | None = None
+
+
+def _month_start() -> str:
+    now = datetime.now(UTC)
+    return f"{now.year:04d}-{now.month:02d}-01"
 
 
 class Metering:
@@ -90,19 +101,53 @@ class Metering:
         # sent by one flush task at a time, so refunds coalesce under load (see _refund)
         self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
         self._refunding = False
+        # the organization's plan (tpm, monthly budget), published by billing
+        self.entitlements = EntitlementsCache(
+            redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
+        )
+        self.prices = load_catalogue(None)
 
     # ------------------------------------------------------------------ tokens per minute
 
     async def reserve(self, call: MeteredCall, needed: int) -> None:
         """Count the estimated tokens against the key's and the org's TPM limits."""
         principal, org_id = call.principal, call.org_id
+        ent = await self._entitlements(org_id)
+        if ent is not None and ent.status == "frozen":
+            raise AppError(
+                "This organization's account is frozen: a payment is overdue past its grace "
+                "period. Reads and billing pages keep working; settle the invoice to resume",
+                status_code=402,
+                code="account_frozen",
+            )
         limits: list[tuple[str, int, float]] = []
         if principal.key_id is not None and principal.tpm_limit:
             limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))
-        if self.settings.org_tpm_limit > 0:
+        if ent is not None:
+            if ent.limits.tpm:  # a bucket per limit: a smaller plan's count never carries over
+                limits.append((f"llm:tpm:{{{org_id}}}:org:{ent.limits.tpm}", ent.limits.tpm, 60))
+        elif self.settings.org_tpm_limit > 0:
             limits.append((f"llm:tpm:{{{org_id}}}:org", self.settings.org_tpm_limit, 60))
-        if not limits:
-            return
+        if limits:
+            await self._reserve_tpm(call, limits, needed)
+        if ent is not None:
+            await self._reserve_budget(call, ent, needed)
+
+    async def _entitlements(self, org_id: uuid.UUID) -> Entitlements | None:
+        if not self.guard.up:
+            return None
+        try:
+            return await self.entitlements.get(org_id)  # bounded by its own timeout
+        except EntitlementsUnavailable as exc:
+            # nothing known of the organization and Redis not answering: served as when
+            # billing publishes nothing (a Redis outage must not take the LLM API down); a
+            # plan known here keeps applying, its budget fail mode included
+            log.warning("plan of %s unknown (Redis: %s); its limits not applied", org_id, exc)
+            return None
+
+    async def _reserve_tpm(
+        self, call: MeteredCall, limits: list[tuple[str, int, float]], needed: int
+    ) -> None:
         try:
             decisions = await self.guard.run(
                 "llm_tpm", hit_many(self.redis, limits, max(needed, 1))
@@ -134,9 +179,89 @@ class Metering:
                 details={"limit": decision.limit, "estimated_tokens": needed},
             )
 
+    # ------------------------------------------------------------------ budgets
+
+    def worst_case_usd(self, call: MeteredCall, tokens: int) -> Decimal:
+        """The most ``tokens`` can cost on any target of the call's alias (every token at the
+        dearest of its input and output prices)."""
+        per_million = Decimal(0)
+        for target in call.alias.targets:
+            price = self._price(target)
+            per_million = max(per_million, price.input, price.output)
+        return per_million * tokens / 1_000_000
+
+    def _price(self, target: Target) -> Price:
+        """The routing file's price of a target, else the shared catalogue's (libs/prices)."""
+        if target.price.input or target.price.output:
+            return target.price
+        found = self.prices.price_at(target.provider, target.model, datetime.now(UTC))
+        if found is None:
+            return target.price
+        return Price(input=found.input, output=found.output)
+
+    async def _reserve_budget(self, call: MeteredCall, ent: Entitlements, needed: int) -> None:
+        """Reserve the call's worst case on the organization's monthly budget (its plan's, or
+        lower), atomically with every call in flight; refuse when it would not fit."""
+        limit = ent.limits.monthly_spend_usd
+        if not self.settings.budgets_enabled or limit is None or ent.overage == "allow":
+            return
+        period = ent.period_start or _month_start()
+        key = budget_key(call.org_id, period[:10])
+        amount = self.worst_case_usd(call, max(needed, 1))
+        try:
+            result = await self.guard.run("llm_budget", reserve(self.redis, [(key, limit)], amount))
+        except Exception as exc:
+            if self.settings.budget_fail_mode == "open":
+                log.warning("budget of %s not checked (Redis: %s)", call.org_id, exc)
+                return
+            # a budget that is not checked is one concurrent calls overshoot: refused instead
+            self.refund_all(call)
+            raise ServiceUnavailable(
+                "The organization's budget cannot be checked right now; retry shortly",
+                code="budget_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
+        if isinstance(result, Reservation):
+            call.budget = result
+            return
+        self.refund_all(call)
+        raise InsufficientQuota(
+            f"This organization's monthly budget of {limit} USD is used up "
+            f"({result.spent:.2f} USD spent or reserved this period); "
+            "raise it or change plans (GET /v1/billing/subscription)",
+            details={"budget_usd": str(limit), "spent_usd": str(result.spent)},
+        )
+
+    def _budget_cost(self, event: UsageEvent) -> Decimal:
+        """What a call counts against its budget: its event's cost, else (a target without a
+        price in the routing file) the shared catalogue's, as billing will record it."""
+        if event.cost_usd or event.cached or event.status == "error":
+            return event.cost_usd
+        found = self.prices.price_at(event.provider, event.model, event.created_at)
+        return found.cost(event.prompt_tokens, event.completion_tokens) if found else Decimal(0)
+
+    def _settle_budget(self, call: MeteredCall, cost: Decimal) -> None:
+        reservation, call.budget = call.budget, None
+        if reservation is None:
+            return
+
+        async def run() -> None:
+            for attempt in range(6):
+                try:
+                    await self.guard.run("llm_budget", settle(self.redis, reservation, cost))
+                    return
+                except Exception as exc:
+                    error = exc
+                await asyncio.sleep(0.1 * 2**attempt)
+            # the counter keeps the worst case: stricter than the truth, never looser
+            log.warning("budget reservation of %s not settled (%s)", call.id, error)
+
+        self.spawn(run())
+
     def refund_all(self, call: MeteredCall) -> None:
         """The call ended before the provider used anything (cancelled): free its reservation."""
         self._refund(call, call.tpm_reserved)
+        self._settle_budget(call, Decimal(0))
 
     def _refund(self, call: MeteredCall, n: int) -> None:
         """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""
@@ -238,6 +363,8 @@ class Metering:
             elif extra < 0:
                 self._refund(call, -extra)
             call.tpm_limits = []  # settled: one event, one adjustment
+        if call.budget is not None:
+            self._settle_budget(call, self._budget_cost(event))
 
         if self.publisher is None:
             # captured now (request id, trace); sent with whatever else is waiting, and kept

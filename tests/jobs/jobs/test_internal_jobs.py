@@ -80,9 +80,20 @@ async def test_usage_records_are_not_in_users_job_lists(
 ) -> None:
     member = principal(roles=["member"], scopes=["jobs:read", "jobs:write", "llm:use"])
     admin = principal(org_id=member.org_id)
-    # what every chat completion sends to billing
+    # what every chat completion sent to billing before the usage stream (still run by
+    # billing's worker when an older producer queued it); a usage event now is no job at all
     usage = usage_event(member)
-    await publish_usage(usage, redis)
+    await enqueue_now(
+        redis,
+        service=BILLING_SERVICE,
+        function=RECORD_USAGE,
+        args=[usage.payload()],
+        job_id=usage.job_id,
+        org_id=member.org_id,
+        user_id=member.user_id,
+        internal=True,
+    )
+    await publish_usage(usage_event(member), redis)
     # and work the user asked for
     mine = await enqueue_now(
         redis, service=SVC, function="export", org_id=member.org_id, user_id=member.user_id

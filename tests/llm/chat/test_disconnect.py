@@ -17,9 +17,8 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from libs.embedded import free_port
-from libs.queue import queue_name
 from libs.testing import Infra, auth_headers, principal
-from libs.usage import BILLING_SERVICE
+from libs.usage import USAGE_STREAM
 from services.llm.app import build_app
 from tests.support.fakes import openai_fake
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
@@ -77,9 +76,9 @@ async def test_client_disconnect_cancels_the_upstream(
         started = time.monotonic()
         # the relay only finishes (and emits usage) once the upstream stream is closed
         while time.monotonic() - started < 5:
-            if await redis.zcard(queue_name(BILLING_SERVICE)):
+            if await redis.xlen(USAGE_STREAM):
                 break
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
-        assert await redis.zcard(queue_name(BILLING_SERVICE)) == 1
+        assert await redis.xlen(USAGE_STREAM) == 1
         assert elapsed < 5, "the upstream was kept open after the client left"

@@ -22,18 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from libs.embedded import EmbeddedRedis
 from libs.identity import Principal
-from libs.queue import queue_name
 from libs.testing import Infra, auth_headers, principal, running
-from libs.usage import BILLING_SERVICE, UsageOutbox, job_from_json
+from libs.usage import USAGE_STREAM, UsageOutbox, message_from_json
 from libs.worker import settings_for as worker_settings_for
-from services.billing import tasks as billing_tasks
 from services.billing.models import UsageEventRecord
 from services.llm.app import build_app
 from services.llm.chat.service import ChatService
 from tests.support.fakes import openai_fake
 from tests.support.faults.redis_restart import own_redis, start, stop
+from tests.support.ledger import drain_stream
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
-from tests.support.workers import run_burst
 
 MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -76,23 +74,20 @@ async def chat(app: FastAPI, p: Principal, n: int) -> list[str]:
 
 async def outbox_rows(engine: AsyncEngine, org: uuid.UUID | None) -> int:
     async with engine.connect() as conn:
-        stmt = text("SELECT count(*) FROM llm.usage_outbox WHERE job->'args'->0->>'org_id' = :org")
+        stmt = text("SELECT count(*) FROM llm.usage_outbox WHERE job->'event'->>'org_id' = :org")
         return int((await conn.scalar(stmt, {"org": str(org)})) or 0)
 
 
 async def record_usage(redis_url: str, db: AsyncConnection) -> dict[str, int]:
-    """Run billing's worker over the queue; the recorded events of every request id."""
+    """Run billing's ledger over the usage stream; the recorded events of every request id."""
     factory = async_sessionmaker(
         bind=db, expire_on_commit=False, join_transaction_mode="create_savepoint"
     )
-    worker = await run_burst(
-        redis_url,
-        BILLING_SERVICE,
-        billing_tasks.functions,
-        ctx={"db": factory},
-        max_jobs=1,  # the jobs share the test's connection
-    )
-    assert worker.jobs_failed == 0
+    client = Redis.from_url(redis_url)
+    try:
+        await drain_stream(client, factory)
+    finally:
+        await client.aclose()
     return await recorded(factory)
 
 
@@ -177,8 +172,8 @@ async def test_usage_of_an_llm_stopped_during_the_outage_is_delivered_after_rest
     # graceful shutdown: what Redis did not take is in the table now
     assert await outbox_rows(engine, p.org_id) == 2
     async with engine.connect() as conn:
-        stmt = text("SELECT job FROM llm.usage_outbox WHERE job->'args'->0->>'org_id' = :org")
-        parked = [job_from_json(r) for r in (await conn.scalars(stmt, {"org": str(p.org_id)}))]
+        stmt = text("SELECT job FROM llm.usage_outbox WHERE job->'event'->>'org_id' = :org")
+        parked = [message_from_json(r) for r in (await conn.scalars(stmt, {"org": str(p.org_id)}))]
 
     await start(server)
     # a restarted llm: the app itself never reads the table (no SQLAlchemy on the chat path);
@@ -217,7 +212,7 @@ async def test_usage_of_an_llm_stopped_during_the_outage_is_delivered_after_rest
     client = Redis.from_url(server.url)
     try:
         assert await outbox.replay(client) == 2
-        assert await client.zcard(queue_name(BILLING_SERVICE)) == 0  # ids already done
+        assert await client.xlen(USAGE_STREAM) == 2  # sent again: the ledger collapses them
     finally:
         await client.aclose()
     counts = await record_usage(server.url, db)

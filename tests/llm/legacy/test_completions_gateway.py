@@ -9,11 +9,10 @@ import time
 
 import openai
 import pytest
-from arq.jobs import Job
 from redis.asyncio import Redis
 
-from libs.queue import as_arq, queue_name
-from libs.usage import BILLING_SERVICE
+from libs.usage import USAGE_STREAM
+from tests.support.ledger import stream_events
 from tests.support.stacks.llm import (
     LlmStack,
     Upstream,
@@ -29,19 +28,13 @@ async def gw(openai_stack: LlmStack, fake_openai: Upstream, redis: Redis) -> Llm
 
 
 async def _usage(redis: Redis, n: int, within: float = 5) -> list[dict[str, object]]:
-    """The usage events on billing's queue, once there are ``n`` (or ``within`` is over)."""
+    """The usage events on the usage stream, once there are ``n`` (or ``within`` is over)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if await redis.zcard(queue_name(BILLING_SERVICE)) >= n:
+        if await redis.xlen(USAGE_STREAM) >= n:
             break
         await asyncio.sleep(0.05)
-    arq = as_arq(redis)
-    out = []
-    for raw in await redis.zrange(queue_name(BILLING_SERVICE), 0, -1):
-        info = await Job(raw.decode(), arq, _queue_name=queue_name(BILLING_SERVICE)).info()
-        assert info is not None
-        out.append(info.args[0])
-    return out
+    return await stream_events(redis)
 
 
 async def test_answer_and_stream_through_the_gateway(gw: LlmStack, redis: Redis) -> None:
@@ -66,7 +59,7 @@ async def test_answer_and_stream_through_the_gateway(gw: LlmStack, redis: Redis)
     # one usage event per call
     events = await _usage(redis, 2)
     await asyncio.sleep(0.2)
-    assert len(events) == 2 and await redis.zcard(queue_name(BILLING_SERVICE)) == 2
+    assert len(events) == 2 and await redis.xlen(USAGE_STREAM) == 2
     assert {e["request_id"] for e in events} == {
         "chatcmpl-" + resp.id.removeprefix("cmpl-"),
         "chatcmpl-" + chunks[0].id.removeprefix("cmpl-"),

@@ -13,8 +13,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
-from libs.queue import queue_name
-from libs.usage import BILLING_SERVICE
+from libs.usage import USAGE_STREAM
 from tests.support.fakes.auth_fake import FakeAuth
 from tests.support.stacks.llm import (
     LlmStack,
@@ -48,11 +47,11 @@ async def gw(openai_stack: LlmStack, fake_openai: Upstream, redis: Redis) -> Sta
 async def _usage_count(redis: Redis, n: int, within: float = 5) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        count = int(await redis.zcard(queue_name(BILLING_SERVICE)))
+        count = int(await redis.xlen(USAGE_STREAM))
         if count >= n:
             return count
         await asyncio.sleep(0.05)
-    return int(await redis.zcard(queue_name(BILLING_SERVICE)))
+    return int(await redis.xlen(USAGE_STREAM))
 
 
 async def test_answer_and_stream_through_the_gateway(gw: Stack, redis: Redis) -> None:
@@ -74,7 +73,7 @@ async def test_answer_and_stream_through_the_gateway(gw: Stack, redis: Redis) ->
     # one usage event per call
     assert await _usage_count(redis, 2) == 2
     await asyncio.sleep(0.2)
-    assert await redis.zcard(queue_name(BILLING_SERVICE)) == 2
+    assert await redis.xlen(USAGE_STREAM) == 2
 
 
 async def test_credentials_and_errors_in_openai_shape(gw: Stack) -> None:

@@ -17,18 +17,17 @@ from typing import Any
 import httpx
 import httpx2
 import openai
+import orjson
 import pytest
 import yaml
-from arq.jobs import Job
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from gateway.app import build_app as build_gateway
 from gateway.settings import GatewaySettings
 from libs.identity import Principal
-from libs.queue import as_arq, queue_name
 from libs.testing import Infra, auth_headers, principal, running
-from libs.usage import BILLING_SERVICE, RECORD_USAGE
+from libs.usage import USAGE_STREAM
 from services.llm.app import build_app as build_llm
 from services.llm.chat.service import ChatService
 from services.llm.settings import LlmSettings
@@ -198,15 +197,13 @@ class Env:
         )
 
     async def usage_events(self) -> list[dict[str, Any]]:
-        """Usage jobs on the billing queue (what billing's worker will record)."""
+        """Usage events on the usage stream (what billing's worker will record), each with
+        its key as ``job_id``."""
         await self.service.drain()
-        arq = as_arq(self.redis)
         out = []
-        for raw in await self.redis.zrange(queue_name(BILLING_SERVICE), 0, -1):
-            job_id = raw.decode()
-            info = await Job(job_id, arq, _queue_name=queue_name(BILLING_SERVICE)).info()
-            assert info is not None and info.function == RECORD_USAGE
-            out.append({"job_id": job_id, **info.args[0]})
+        for _, fields in await self.redis.xrange(USAGE_STREAM):
+            event = orjson.loads(fields[b"e"])
+            out.append({"job_id": f"usage:{event['kind']}:{event['request_id']}", **event})
         return out
 
 

@@ -1,0 +1,241 @@
+"""The usage ledger's sustained rate: events XADDed to the usage stream at a target rate by a
+producer (as the llm's senders do, in pipelined batches), recorded by billing's real worker
+(``python -m libs.worker billing``: its consumer group, batches of ``BILLING_LEDGER_BATCH``,
+one statement per batch with the rollups) into embedded PostgreSQL (fsync on).
+
+The backlog (entries on the stream not yet recorded) is sampled every second while the
+producer runs; the rate is the events recorded divided by the time from the first XADD until
+the stream is empty again. Totals are checked after the run: ledger rows, rollup requests and
+the cost summed in both equal what was sent (each event priced from the catalogue).
+
+    make bench billing
+    python -m tests.bench.billing_bench [--rate 12000] [--duration 10] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import psutil
+from redis.asyncio import Redis
+from sqlalchemy import text
+
+from libs.budget import Reservation, budget_key, reserve, spent
+from libs.db import make_engine
+from libs.prices import load_catalogue
+from libs.usage import USAGE_STREAM, UsageEvent, prepare_usage, publish_usage_batch
+from tests.bench.stack import stack
+
+MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("local", "qwen"), ("anthropic", "x")]
+CHUNK = 500  # events per producer pipeline (a sender's batch)
+
+
+def make_events(n: int) -> list[UsageEvent]:
+    orgs = [uuid.uuid4() for _ in range(50)]
+    keys = [uuid.uuid4() for _ in range(200)]
+    users = [uuid.uuid4() for _ in range(100)]
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        provider, model = MODELS[i % len(MODELS)]
+        out.append(
+            UsageEvent(
+                request_id=f"chatcmpl-{uuid.uuid4().hex}",
+                org_id=orgs[i % len(orgs)],
+                key_id=keys[i % len(keys)],
+                user_id=users[i % len(users)],
+                model=model,
+                provider=provider,
+                prompt_tokens=100 + i % 50,
+                completion_tokens=20 + i % 30,
+                cost_usd=Decimal("0.0001"),
+                created_at=now,
+            )
+        )
+    return out
+
+
+def expected_cost(events: list[UsageEvent]) -> Decimal:
+    prices = load_catalogue(None)
+    total = Decimal(0)
+    for e in events:
+        price = prices.price_at(e.provider, e.model, e.created_at)
+        total += (
+            price.cost(e.prompt_tokens, e.completion_tokens) if price is not None else e.cost_usd
+        )
+    return total
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds so far of processes and their children (PostgreSQL's backends)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+    return total
+
+
+async def produce_and_wait(
+    redis_url: str, database_url: str, args: Any, workers: list[int], postgres: int
+) -> dict[str, Any]:
+    redis = Redis.from_url(redis_url)
+    total = int(args.rate * args.duration)
+    events = make_events(total)
+    messages = [prepare_usage(e) for e in events]
+    # the same events again, some of them: a producer's retried batches (never counted twice)
+    replays = messages[: total // 20]
+    backlog: list[int] = []
+    worker_cpu0, pg_cpu0 = _cpu(workers), _cpu([postgres])
+    t0 = time.perf_counter()
+    sent = 0
+    for i in range(0, total, CHUNK):
+        await publish_usage_batch(messages[i : i + CHUNK], redis)
+        sent += len(messages[i : i + CHUNK])
+        due = t0 + sent / args.rate
+        await asyncio.sleep(max(due - time.perf_counter(), 0))
+        now = time.perf_counter()
+        if not backlog or now - t0 >= len(backlog):
+            backlog.append(int(await redis.xlen(USAGE_STREAM)))
+    await publish_usage_batch(replays, redis)
+    produced = time.perf_counter() - t0
+    at_end = int(await redis.xlen(USAGE_STREAM))
+    while (left := int(await redis.xlen(USAGE_STREAM))) > 0:
+        backlog.append(left)
+        await asyncio.sleep(0.05)
+    drained = time.perf_counter() - t0
+    worker_cpu, pg_cpu = _cpu(workers) - worker_cpu0, _cpu([postgres]) - pg_cpu0
+    await redis.aclose()
+
+    engine = make_engine(database_url, pool_size=1)
+    async with engine.connect() as conn:
+        rows, ledger_cost = (
+            await conn.execute(text("SELECT count(*), sum(cost_usd) FROM billing.usage_events"))
+        ).one()
+        requests, rollup_cost = (
+            await conn.execute(
+                text("SELECT sum(requests), sum(cost_usd) FROM billing.usage_rollups")
+            )
+        ).one()
+    await engine.dispose()
+    want = expected_cost(events)
+    assert rows == total and requests == total, (rows, requests, total)
+    assert ledger_cost == want and rollup_cost == want, (ledger_cost, rollup_cost, want)
+    return {
+        "events": total,
+        "replayed_duplicates": len(replays),
+        "target_rate": args.rate,
+        "producer_seconds": round(produced, 2),
+        "seconds_until_recorded": round(drained, 2),
+        "recorded_per_s": round(total / drained),
+        "backlog_max": max(backlog),
+        "backlog_at_end_of_production": at_end,
+        "workers": args.workers,
+        "batch": args.batch,
+        "totals_exact": True,
+        "worker_cpu_us_per_event": round(worker_cpu * 1e6 / total, 1),
+        "postgres_cpu_us_per_event": round(pg_cpu * 1e6 / total, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+async def budget_race(redis_url: str, calls: int = 1000, fits: int = 100) -> dict[str, Any]:
+    """``calls`` concurrent reservations of 0.01 USD against a budget that holds ``fits`` of
+    them (libs/budget.py, as the llm reserves before a provider call): how many were
+    admitted, what the counter holds, and the p50 of one reservation's round trip."""
+    redis = Redis.from_url(redis_url, max_connections=200)
+    key = budget_key(uuid.uuid4(), "2026-12-01")
+    limit = Decimal("0.01") * fits
+
+    async def one() -> tuple[bool, float]:
+        t = time.perf_counter()
+        result = await reserve(redis, [(key, limit)], Decimal("0.01"))
+        return isinstance(result, Reservation), time.perf_counter() - t
+
+    await reserve(redis, [("aistack:budget:{warm}", Decimal(1))], Decimal(0))  # load the script
+    results = await asyncio.gather(*(one() for _ in range(calls)))
+    held = await spent(redis, key)
+    solo = []
+    for _ in range(200):
+        t = time.perf_counter()
+        await reserve(redis, [("aistack:budget:{solo}", Decimal(10**6))], Decimal("0.01"))
+        solo.append(time.perf_counter() - t)
+    await redis.aclose()
+    solo.sort()
+    return {
+        "calls": calls,
+        "budget_allows": fits,
+        "admitted": sum(ok for ok, _ in results),
+        "counter_usd": str(held),
+        "reservation_p50_ms_c1": round(solo[len(solo) // 2] * 1000, 3),
+    }
+
+
+def measure(args: Any) -> dict[str, Any]:
+    with stack() as s:
+        env = {"BILLING_LEDGER_BATCH": str(args.batch)}
+        pids = []
+        for n in range(args.workers):
+            pids.append(s.start_worker("billing", env).popen.pid)
+            if n + 1 < args.workers:  # a second worker process has its own name
+                s.procs[f"billing-worker-{n}"] = s.procs.pop("billing-worker")
+        assert s.infra.postgres is not None, "needs the embedded PostgreSQL"
+        postmaster = int((s.infra.postgres.pgdata / "postmaster.pid").read_text().split()[0])
+        result = asyncio.run(
+            produce_and_wait(s.infra.redis_url, s.infra.database_url, args, pids, postmaster)
+        )
+        result["budget_race"] = asyncio.run(budget_race(s.infra.redis_url))
+        return result
+
+
+def run_bench(duration: float) -> str:
+    """For ``make bench billing``: 12k events/s offered for ``duration`` seconds."""
+    args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=5000)
+    result = measure(args)
+    race = result["budget_race"]
+    lines = [
+        "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact "
+        "| worker CPU us/event | PostgreSQL CPU us/event | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {result['events']} (+{result['replayed_duplicates']} duplicates) | "
+        f"{result['target_rate']} | {result['recorded_per_s']} | {result['backlog_max']} | "
+        f"{result['seconds_until_recorded']} | {result['totals_exact']} | "
+        f"{result['worker_cpu_us_per_event']} | {result['postgres_cpu_us_per_event']} | "
+        f"{result['load_average_1m']} |",
+        "",
+        "| concurrent reservations | budget allows | admitted | counter (USD) "
+        "| one reservation p50 (ms, c=1) |",
+        "|---|---|---|---|---|",
+        f"| {race['calls']} | {race['budget_allows']} | {race['admitted']} | "
+        f"{race['counter_usd']} | {race['reservation_p50_ms_c1']} |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=12_000, help="events/s offered")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of production")
+    parser.add_argument("--workers", type=int, default=1, help="billing worker processes")
+    parser.add_argument("--batch", type=int, default=5000, help="BILLING_LEDGER_BATCH")
+    print(json.dumps(measure(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

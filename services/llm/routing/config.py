@@ -182,8 +182,8 @@ def load_config(path: str | os.PathLike[str]) -> RoutingConfig:
     return parse_config(raw, str(p))
 
 
-LOCAL_EMBED_MODEL = "multilingual-e5-small"
-LOCAL_MINILM_MODEL = "all-minilm-l6-v2"
+LOCAL_EMBED_MODEL = "all-minilm-l6-v2"
+LOCAL_MULTILINGUAL_MODEL = "multilingual-e5-small"
 
 
 def default_config() -> RoutingConfig:
@@ -200,17 +200,18 @@ def default_config() -> RoutingConfig:
                     "context_window": 2048,
                     "targets": [{"provider": "local", "model": LOCAL_CHAT_MODEL}],
                 },
-                # multilingual (Chinese included); queries and passages embedded apart
+                # fast (~5 ms a query here), English; Chinese is found by rag's full-text half
                 "embed": {
                     "type": "embedding",
-                    "context_window": 512,
+                    "context_window": 256,
                     "targets": [{"provider": "local", "model": LOCAL_EMBED_MODEL}],
                 },
-                # English only, stronger on English (docs/benchmarks.md); the former `embed`
-                "embed-minilm": {
+                # multilingual (Chinese included; queries and passages embedded apart), about
+                # four times slower per query: a store chooses it (docs/benchmarks.md)
+                "embed-multilingual": {
                     "type": "embedding",
-                    "context_window": 256,
-                    "targets": [{"provider": "local", "model": LOCAL_MINILM_MODEL}],
+                    "context_window": 512,
+                    "targets": [{"provider": "local", "model": LOCAL_MULTILINGUAL_MODEL}],
                 },
             },
         },

@@ -1,8 +1,9 @@
 """The Responses API's ``file_search`` tool through the gateway, as ``make run`` serves it: the
-real llm with its built-in local models (SmolLM2 for chat, multilingual-e5-small for
-embeddings), the real rag and its worker, the official ``openai`` SDK. A PDF, a DOCX and a
-Chinese Markdown file in a vector store; questions in English and Chinese, in JSON and
-streamed, cite the right files (retrieval decides them: the tiny local model's prose is weak).
+real llm with its built-in local models (SmolLM2 for chat, multilingual-e5-small as
+``embed-multilingual`` for the store's embeddings), the real rag and its worker, the official
+``openai`` SDK. A PDF, a DOCX and a Chinese Markdown file in a vector store; questions in
+English and Chinese, in JSON and streamed, cite the right files (retrieval decides them: the
+tiny local model's prose is weak).
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ async def stack(infra: Infra, tmp_path: Path, redis: object) -> AsyncIterator[St
 
 async def _store(client: openai.AsyncOpenAI) -> tuple[str, dict[str, str]]:
     """A vector store with the three files, all completed; file names by id."""
-    vs = await client.vector_stores.create(name="handbook")
+    vs = await client.vector_stores.create(
+        name="handbook", extra_body={"embedding_model": "embed-multilingual"}
+    )
     pdf = await client.vector_stores.files.upload_and_poll(
         vector_store_id=vs.id,
         file=(

@@ -34,9 +34,9 @@ def test_built_in_default_is_the_local_provider() -> None:
     config = default_config()
     assert {s.kind for s in config.providers.values()} == {"local"}
     assert config.aliases["default"].targets[0].model == "smollm2-135m-instruct"
-    assert config.aliases["embed"].targets[0].model == "multilingual-e5-small"
+    assert config.aliases["embed"].targets[0].model == "all-minilm-l6-v2"
     assert config.aliases["embed"].type == "embedding"
-    assert config.aliases["embed-minilm"].targets[0].model == "all-minilm-l6-v2"
+    assert config.aliases["embed-multilingual"].targets[0].model == "multilingual-e5-small"
 
 
 def test_price_cost_is_exact() -> None:

@@ -83,10 +83,7 @@ async def test_killed_worker_mid_batch_finishes_every_file_once(
         "static": {"max_chunk_size_tokens": 100, "chunk_overlap_tokens": 20},
     }
     expected = sum(len(chunk(parse(f"doc{i}.txt", body(i)), 100, 20)) for i in range(FILES))
-    # the faster local model: this is about resuming, and 200 files take a while
-    vs = await client.vector_stores.create(
-        name="big", extra_body={"embedding_model": "embed-minilm"}
-    )
+    vs = await client.vector_stores.create(name="big")
     batch = await client.vector_stores.file_batches.create(
         vector_store_id=vs.id,
         file_ids=ids,

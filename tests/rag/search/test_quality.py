@@ -17,9 +17,9 @@ from tests.support.stacks.rag_eval import evaluate, index_answers, load_pairs
 
 @pytest.mark.timeout(900)
 async def test_hybrid_beats_vector_and_fulltext(committed: FastAPI) -> None:
-    """all-MiniLM-L6-v2 (``embed-minilm``): English vectors strong, Chinese weak, so each
-    half misses what the other finds and hybrid beats both."""
-    scores = await _scores(committed, "embed-minilm")
+    """all-MiniLM-L6-v2 (``embed``, the default): English vectors strong, Chinese weak, so
+    each half misses what the other finds and hybrid beats both."""
+    scores = await _scores(committed, "embed")
     for metric in ("ndcg@10", "recall@10"):
         hybrid = scores["hybrid"]["all"][metric]
         assert hybrid > scores["vector"]["all"][metric], (metric, scores)
@@ -28,10 +28,10 @@ async def test_hybrid_beats_vector_and_fulltext(committed: FastAPI) -> None:
 
 @pytest.mark.timeout(900)
 async def test_multilingual_model_finds_chinese_answers(committed: FastAPI) -> None:
-    """multilingual-e5-small (``embed``, the default): Chinese questions find their answers
+    """multilingual-e5-small (``embed-multilingual``): Chinese questions find their answers
     by meaning (all-MiniLM-L6-v2's recall@10 there: 0.20); its vectors are strong in both
     languages, so hybrid adds recall over vector and stays near it on nDCG."""
-    scores = await _scores(committed, "embed")
+    scores = await _scores(committed, "embed-multilingual")
     assert scores["vector"]["zh"]["recall@10"] > 0.45, scores
     assert scores["hybrid"]["zh"]["recall@10"] > 0.45, scores
     hybrid = scores["hybrid"]["all"]

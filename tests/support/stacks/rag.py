@@ -95,7 +95,7 @@ def docx_bytes(
 
 
 async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
-    """The real llm app on a free port: ``embed`` is the local multilingual-e5-small on the CPU,
+    """The real llm app on a free port: ``embed`` is the local all-MiniLM-L6-v2 on the CPU,
     chat the built-in local model, or with ``chat_on`` a fake OpenAI upstream there (its key in
     ``tests.support.stacks.llm.KEY_ENV``); returns the running server (``.url``, ``.stop()``)."""
     from services.llm.app import build_app as build_llm
@@ -119,7 +119,7 @@ async def serve_llm(chat_on: str | None = None, tmp: Path | None = None) -> Any:
             "embed": {
                 "type": "embedding",
                 # the local provider's embedding model (services/llm/routing/config.py)
-                "targets": [{"provider": "local", "model": "multilingual-e5-small"}],
+                "targets": [{"provider": "local", "model": "all-minilm-l6-v2"}],
             },
         },
     }

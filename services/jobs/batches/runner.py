@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import Database, session_scope
 from libs.identity import INTERNAL_HEADER, Principal
+from libs.notify import BatchOutcome, emit
 from libs.queue import JobCancelled, JobContext
 from libs.transport import Client, ConnectFailed, TransportError
 from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
@@ -320,14 +322,40 @@ class BatchRun:
 
     async def _fail(self, errors: list[dict[str, Any]]) -> dict[str, Any]:
         async with session_scope(self.db) as s:
-            await BatchRepository(s).move(
+            if await BatchRepository(s).move(
                 self.batch.id,
                 ["validating", "in_progress", "cancelling"],
                 "failed",
                 errors=errors,
                 failed_at=_now(),
-            )
+            ):
+                await self._tell_owner(s, "failed", {})
         return {"status": "failed", "errors": len(errors)}
+
+    async def _tell_owner(
+        self, session: AsyncSession, outcome: str, counts: dict[str, int]
+    ) -> None:
+        """The batch's end, to whoever created it (sent once the move commits; once per end)."""
+        batch = self.batch
+        if batch.user_id is None:
+            return
+        await emit(
+            session,
+            self.ctx.redis,
+            "batch.completed" if outcome == "completed" else "batch.failed",
+            BatchOutcome(
+                batch_id=batch.id,
+                status=outcome,
+                total=batch.total,
+                completed=counts.get(OK, 0),
+                failed=counts.get(ERROR, 0),
+            ),
+            source="jobs",
+            org_id=batch.org_id,
+            user_id=batch.user_id,
+            subject={"batch_id": batch.id},
+            key=f"{batch.id}:{outcome}",
+        )
 
     async def _finish(self, outcome: str) -> dict[str, Any]:
         """Write the files and set the batch's last status (``outcome``)."""
@@ -364,7 +392,7 @@ class BatchRun:
             outcome
         ]
         async with session_scope(self.db) as s:
-            await BatchRepository(s).move(
+            if await BatchRepository(s).move(
                 bid,
                 frm,
                 outcome,
@@ -372,7 +400,8 @@ class BatchRun:
                 **{stamp: _now()},
                 completed=counts.get(OK, 0),
                 failed=counts.get(ERROR, 0),
-            )
+            ):
+                await self._tell_owner(s, outcome, counts)
         log.info("batch %s %s: %d ok, %d failed", bid, outcome, len(ok), len(err))
         return {"status": outcome, "completed": len(ok), "failed": len(err)}
 

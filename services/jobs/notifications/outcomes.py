@@ -23,12 +23,16 @@ from libs.storage_errors import describe
 log = logging.getLogger("aistack.jobs.notifications")
 GROUP = "jobs-notify"
 ENDS = {"succeeded": "job.succeeded", "failed": "job.failed", "dead": "job.failed"}
+# jobs whose end their own kind tells (a batch's: batch.completed / batch.failed, with counts)
+TOLD_OTHERWISE = {("jobs", "run_batch")}
 
 
 def outcome_event(ev: JobEvent) -> Event | None:
     """The notification event of a lifecycle event, or None when it tells nobody."""
     kind = ENDS.get(ev.status)
     if kind is None or ev.internal or not ev.user_id or not ev.org_id:
+        return None
+    if (ev.service, ev.function) in TOLD_OTHERWISE:
         return None
     try:
         org_id, user_id = uuid.UUID(ev.org_id), uuid.UUID(ev.user_id)

@@ -11,25 +11,24 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
-from arq.jobs import Job
 from redis.asyncio import Redis
 
-from libs.queue import as_arq, queue_name
+from libs.notify import event_id_for, job_id_for
 from libs.testing import Infra
-from libs.usage import BILLING_SERVICE
+from libs.usage import USAGE_STREAM
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl, wait_status
 
 
 async def usage_of(redis: Redis, org: uuid.UUID, at_least: int) -> list[dict[str, Any]]:
-    """The usage events of ``org`` waiting on billing's queue (sent off the request path)."""
-    queue = queue_name(BILLING_SERVICE)
+    """The usage events of ``org`` on the usage stream (sent off the request path)."""
     for _ in range(200):
         events = []
-        for raw in await redis.zrange(queue, 0, -1):
-            info = await Job(raw.decode(), as_arq(redis), _queue_name=queue).info()
-            if info is not None and info.args and info.args[0].get("org_id") == str(org):
-                events.append(info.args[0])
+        for _, fields in await redis.xrange(USAGE_STREAM):
+            event = orjson.loads(fields[b"e"])
+            if event.get("org_id") == str(org):
+                events.append(event)
         if len(events) >= at_least:
             return events
         await asyncio.sleep(0.05)
@@ -90,6 +89,11 @@ async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
                 await asyncio.sleep(0.05)
             assert record["status"] == "succeeded" and record["progress"] == 100, record
             assert record["message"] == "3 of 3 requests (1 failed)"
+
+        # its owner is told (libs/notify: one delivery job, whose id derives from the batch's
+        # end), by the batch's own kind rather than as a generic job.succeeded
+        told = job_id_for(event_id_for("batch.completed", f"{batch.id}:completed"))
+        assert await redis.exists(f"arq:job:{told}", f"arq:result:{told}")
 
         # listed, newest first, with OpenAI's cursor page
         page = await client.batches.list(limit=10)

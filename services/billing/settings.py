@@ -26,6 +26,11 @@ class BillingSettings(ServiceSettings):
         description="YAML file of plans replacing the shipped ones "
         "(services/billing/plans/defaults.yaml shows the shape)",
     )
+    budget_thresholds: list[int] = Field(
+        default_factory=lambda: [50, 80, 100],
+        description="shares (%) of an organization's monthly budget whose crossing its admins "
+        "are told of, once per period (JSON list; [] for none)",
+    )
     ledger_batch: int = Field(
         default=5000,
         ge=1,

@@ -131,6 +131,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
         _prices(ctx),
         batch=settings.ledger_batch,
         claim_idle_ms=int(settings.ledger_claim_idle_s * 1000),
+        thresholds=settings.budget_thresholds,
     )
     ctx["ledger_task"] = asyncio.create_task(consumer.run_forever())
     try:

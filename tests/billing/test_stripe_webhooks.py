@@ -3,6 +3,7 @@ applied once, safe out of order; the subscription's state drives the entitlement
 
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
 from typing import Any
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.entitlements import EntitlementsCache, entitlements_key
+from libs.notify import Event, event_id_for, job_id_for
 from libs.testing import Infra, auth_headers, client_for, principal
 from libs.usage import BILLING_SERVICE
 from services.billing import tasks as billing_tasks
@@ -156,3 +158,28 @@ async def test_without_a_webhook_secret_the_endpoint_says_so(db: AsyncConnection
     async with client_for(build_app(BillingSettings()), connection=db) as c:
         resp = await post(c, invoice_event("evt_x", "invoice.paid", int(time.time())))
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "stripe_not_configured"
+
+
+async def test_a_failed_payment_tells_the_organizations_admins_once(
+    infra: Infra, db: AsyncConnection, factory: Factory, redis: Redis
+) -> None:
+    settings = BillingSettings(stripe_webhook_secret=SECRET)
+    org = uuid.uuid4()
+    t0 = int(time.time()) - 100
+    async with client_for(build_app(settings), connection=db) as c:
+        created = subscription_event("evt_pf1", "customer.subscription.created", org, t0)
+        assert (await post(c, created)).status_code == 200
+        failed = invoice_event("evt_pf2", "invoice.payment_failed", t0 + 10)
+        failed["data"]["object"] |= {"amount_due": 1999, "currency": "usd", "attempt_count": 2}
+        assert (await post(c, failed)).status_code == 200
+        assert (await post(c, failed)).json()["duplicate"] is True  # Stripe's retry
+        await process(infra, factory, settings)
+        await process(infra, factory, settings)
+    job = job_id_for(event_id_for("billing.payment_failed", "in_1:2"))
+    raw = await redis.get(f"arq:job:{job}")
+    assert raw is not None
+    event = Event.model_validate(pickle.loads(raw)["k"]["event"])
+    assert (event.kind, event.org_id, event.user_id) == ("billing.payment_failed", org, None)
+    assert event.data["amount_due"] == "19.99" and event.data["currency"] == "usd"
+    assert event.data["attempt_count"] == 2
+    await redis.delete(entitlements_key(org), f"arq:job:{job}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.entitlements import publish
 from libs.errors import BadRequest, NotFound
+from libs.notify import PaymentFailed, emit
 from libs.queue import enqueue
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
@@ -141,6 +143,8 @@ class StripeState:
             self._apply_subscription(sub, row.type, obj, row.created)
         else:
             self._apply_invoice(sub, row.type, row.created)
+            if row.type == "invoice.payment_failed":
+                await self._tell_payment_failed(sub, obj)
         await self.session.flush()
         await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
         return f"applied: {sub.plan} {sub.status}"
@@ -151,6 +155,28 @@ class StripeState:
         deleted = type_ == "customer.subscription.deleted"
         apply_subscription(sub, obj, self.plans, at, deleted=deleted)
 
+    async def _tell_payment_failed(self, sub: Subscription, invoice: dict[str, Any]) -> None:
+        """The organization's admins are told (once per invoice and attempt, after the commit)."""
+        invoice_id = str(invoice.get("id") or "")[:255]
+        attempt = int(invoice.get("attempt_count") or 1)
+        currency = str(invoice.get("currency") or "usd")[:8]
+        await emit(
+            self.session,
+            self.redis,
+            "billing.payment_failed",
+            PaymentFailed(
+                invoice_id=invoice_id,
+                amount_due=str(major_units(int(invoice.get("amount_due") or 0), currency)),
+                currency=currency,
+                attempt_count=attempt,
+                next_attempt_at=_at(invoice.get("next_payment_attempt")),
+            ),
+            source="billing",
+            org_id=sub.org_id,
+            subject={"invoice_id": invoice_id},
+            key=f"{invoice_id}:{attempt}",
+        )
+
     def _apply_invoice(self, sub: Subscription, type_: str, at: datetime) -> None:
         if type_ == "invoice.payment_failed":
             if sub.status in ("active", "trialing"):
@@ -158,6 +184,36 @@ class StripeState:
             sub.past_due_since = sub.past_due_since or at
         elif sub.status in ("past_due", "unpaid"):
             sub.status, sub.past_due_since = "active", None
+
+
+# Stripe's amounts are in the currency's smallest unit; these have no minor unit
+ZERO_DECIMAL = frozenset(
+    [
+        "bif",
+        "clp",
+        "djf",
+        "gnf",
+        "jpy",
+        "kmf",
+        "krw",
+        "mga",
+        "pyg",
+        "rwf",
+        "ugx",
+        "vnd",
+        "vuv",
+        "xaf",
+        "xof",
+        "xpf",
+    ]
+)
+
+
+def major_units(amount: int, currency: str) -> Decimal:
+    """A Stripe amount as a decimal of the currency (1999 usd: 19.99; 500 jpy: 500)."""
+    if currency.lower() in ZERO_DECIMAL:
+        return Decimal(amount)
+    return Decimal(amount).scaleb(-2)
 
 
 def plan_of(obj: dict[str, Any], plans: PlanCatalogue) -> str | None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from libs.storage_errors import describe, outage_of
 from libs.usage import USAGE_STREAM, UsageEvent
 from services.billing.usage.partitions import Partitions, month_of
 from services.billing.usage.repository import UsageRepository, priced_row
+from services.billing.usage.thresholds import tell_thresholds
 
 log = logging.getLogger("aistack.billing.ledger")
 
@@ -60,6 +62,7 @@ class UsageConsumer:
         batch: int = 5000,
         block_ms: int = 2000,
         claim_idle_ms: int = 60_000,
+        thresholds: Sequence[int] = (),
     ) -> None:
         self.redis = redis
         self.session_factory = session_factory
@@ -68,6 +71,7 @@ class UsageConsumer:
         self.batch = batch
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
+        self.thresholds = tuple(thresholds)
         self.partitions = Partitions()
         self._group_ready = False
         self._own_checked = False
@@ -157,6 +161,12 @@ class UsageConsumer:
         if parsed.events:
             await self._record(parsed, done)
         await self._forget(done)
+        if self.thresholds and parsed.events:
+            orgs = {e.org_id for _, e in parsed.events}
+            try:
+                await tell_thresholds(self.redis, orgs, self.thresholds)
+            except Exception as exc:  # the ledger never waits on a notification
+                log.warning("budget thresholds not checked: %s", describe(exc))
         return len(done)
 
     async def _record(self, parsed: Parsed, done: list[Any]) -> None:

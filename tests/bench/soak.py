@@ -60,6 +60,9 @@ ENV = {
     "GATEWAY_RATE_LIMIT_AUTH_FAILURES": "0",
     "AUTH_REFRESHES_PER_IP_PER_MINUTE": "100000",
     "AUTH_LOGIN_FAILURES_PER_IP": "100000",
+    # billing publishes each organization's plan, whose rpm, tpm and budget the gateway and
+    # the llm then apply (the shipped free plan: 60 requests a minute)
+    "BILLING_PLANS_CONFIG": str(Path(__file__).parents[1] / "support" / "plans_unlimited.yaml"),
 }
 GROWTH_LIMIT_PCT = 10.0
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "Say hello"}]}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from libs.app import create_app
+from libs.entitlements import EntitlementsCache
 from libs.registry import SERVICES
 from services.jobs.batches.router import router as batches_router
 from services.jobs.email.router import router as unsubscribe_router
@@ -26,6 +29,13 @@ OPENAI_PREFIXES = tuple(r.prefix for r in SERVICES["jobs"].routes if r.openai)
 
 def build_app(settings: JobsSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def resources(app: FastAPI) -> AsyncIterator[None]:
+        state = JobsState.of_app(app)
+        state.plans = EntitlementsCache(state.redis, settings.entitlements_ttl_seconds)
+        yield
+
     app = create_app(
         service="jobs",
         settings=settings,
@@ -45,6 +55,7 @@ def build_app(settings: JobsSettings | None = None) -> FastAPI:
         title="aistack jobs",
         openai_error_prefixes=OPENAI_PREFIXES,
         state=JobsState,
+        resources=[resources],
     )
     base = app.openapi
 

@@ -89,6 +89,12 @@ class JobsSettings(ServiceSettings):
     batch_max_file_bytes: int = Field(
         default=200 * 1024 * 1024, ge=1, description="largest batch input file"
     )
+    entitlements_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a jobs process keeps an organization's plan (its batch_jobs "
+        "limit) read from Redis (a plan change applies within this)",
+    )
     batch_request_timeout_s: float = Field(
         default=600.0, gt=0, description="one batch request's longest wait for the llm"
     )

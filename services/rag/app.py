@@ -12,6 +12,7 @@ from sqlalchemy import event
 from libs.app import create_app
 from libs.registry import SERVICES
 from services.rag.answers.router import router as answers_router
+from services.rag.core.plan import PlanLimits
 from services.rag.files.router import internal_router as files_internal
 from services.rag.files.router import router as files_router
 from services.rag.ingestion.embed import Embedder
@@ -45,6 +46,7 @@ def build_app(settings: RagSettings | None = None) -> FastAPI:
         state = RagState.of_app(app)
         state.storage = make_storage(settings)
         state.embedder = Embedder(state.http, settings)
+        state.plans = PlanLimits(state.redis, settings)
         if state.db.built:
             event.listen(state.db.engine.sync_engine, "connect", vector_search_settings)
         yield

@@ -46,13 +46,26 @@ class RagSettings(ServiceSettings):
     s3_secret_access_key: str | None = None
     s3_prefix: str = Field(default="", description="s3 backend: key prefix inside the bucket")
 
-    # --- limits per organization (plans later); the largest upload is MAX_UPLOAD_BYTES
+    # --- limits per organization: its plan's when billing publishes one (storage_bytes,
+    # vector_stores), else these; the largest upload is MAX_UPLOAD_BYTES
     org_max_storage_bytes: int = Field(
-        default=10 * 1024 * MIB, gt=0, description="bytes of files one organization may keep"
+        default=10 * 1024 * MIB,
+        gt=0,
+        description="bytes of files one organization may keep when billing publishes no plan "
+        "for it (its plan's storage_bytes applies otherwise)",
     )
     org_max_files: int = Field(default=10_000, gt=0, description="files per organization")
     org_max_vector_stores: int = Field(
-        default=1_000, gt=0, description="vector stores per organization"
+        default=1_000,
+        gt=0,
+        description="vector stores per organization when billing publishes no plan for it "
+        "(its plan's vector_stores applies otherwise)",
+    )
+    entitlements_ttl_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a rag process keeps an organization's plan limits read from "
+        "Redis (a plan change applies within this)",
     )
     batch_file_expiry_days: int = Field(
         default=30, ge=1, description="purpose=batch files expire after this (as OpenAI's)"

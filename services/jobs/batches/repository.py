@@ -48,6 +48,18 @@ class BatchRepository:
         await self.session.flush()
         return batch
 
+    async def lock_org(self, org_id: uuid.UUID) -> None:
+        """Serialise this organization's batch creations until commit (the count of its
+        batches in progress is then exact under concurrency)."""
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"jobs-batches:{org_id}"},
+        )
+
+    async def count_active(self, org_id: uuid.UUID, finished: Sequence[str]) -> int:
+        stmt = select(func.count()).where(Batch.org_id == org_id, Batch.status.not_in(finished))
+        return int((await self.session.execute(stmt)).scalar_one())
+
     async def get(self, batch_id: str, org_id: uuid.UUID | None = None) -> Batch | None:
         stmt = select(Batch).where(Batch.id == batch_id)
         if org_id is not None:

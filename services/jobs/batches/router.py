@@ -24,7 +24,7 @@ async def get_batch_service(
     request: Request, session: SessionDep, redis: RedisDep, principal: PrincipalDep
 ) -> BatchService:
     state = JobsState.of(request)
-    return BatchService(session, principal, redis, state.http, state.settings)
+    return BatchService(session, principal, redis, state.http, state.settings, state.plans)
 
 
 BatchServiceDep = Annotated[BatchService, Depends(get_batch_service)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +11,8 @@ import httpx
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from libs.errors import BadRequest, Conflict, NotFound
+from libs.entitlements import EntitlementsCache, EntitlementsUnavailable
+from libs.errors import BadRequest, Conflict, NotFound, RateLimited
 from libs.identity import Principal
 from libs.permissions import Scope
 from libs.queue import enqueue
@@ -20,6 +22,7 @@ from services.jobs.batches.schemas import FINISHED, BatchCreate
 from services.jobs.models import Batch
 from services.jobs.settings import JobsSettings
 
+log = logging.getLogger("aistack.jobs.batches")
 WINDOW = timedelta(hours=24)
 RUN_BATCH = "run_batch"
 
@@ -72,14 +75,42 @@ class BatchService:
         redis: Redis,
         http: httpx.AsyncClient,
         settings: JobsSettings,
+        plans: EntitlementsCache,
     ) -> None:
         self.session, self.principal, self.redis = session, principal, redis
+        self.plans = plans
         self.repo = BatchRepository(session)
         self.settings = settings
         self.org_id = principal.require_org()
         self.files = RagFiles(
             http, settings.rag_url, Tokens(principal, settings.internal_token_secret)
         )
+
+    async def _batch_jobs_limit(self) -> int | None:
+        """The plan's batch_jobs (None: no limit: the plan sets none, billing publishes no
+        plan, or Redis cannot say and none was read before: batches worked without a
+        plan until now, and a Redis outage stops their queue anyway)."""
+        try:
+            ent = await self.plans.get(self.org_id)  # bounded by the cache's timeout
+        except EntitlementsUnavailable as exc:
+            log.warning("plan of %s unknown (Redis: %s); batch_jobs not applied", self.org_id, exc)
+            return None
+        return None if ent is None else ent.limits.batch_jobs
+
+    async def _check_active_limit(self) -> None:
+        limit = await self._batch_jobs_limit()
+        if limit is None:
+            return
+        await self.repo.lock_org(self.org_id)  # held until commit: the count stays exact
+        active = await self.repo.count_active(self.org_id, tuple(FINISHED))
+        if active >= limit:
+            # OpenAI answers batch creations over its limits with 429 rate_limit_exceeded
+            raise RateLimited(
+                f"Your organization has reached its limit (batch_jobs) of {limit} batches in "
+                f"progress at once ({active} now). Wait for one to finish or cancel one, "
+                "or move to a larger plan.",
+                code="rate_limit_exceeded",
+            )
 
     async def create(self, body: BatchCreate) -> Batch:
         # the batch's lines run as this caller: it needs what the llm will ask of it
@@ -104,6 +135,7 @@ class BatchService:
                 code="file_too_large",
                 details=[{"field": "input_file_id"}],
             )
+        await self._check_active_limit()
         now = datetime.now(UTC)
         batch = Batch(
             id=new_batch_id(),

@@ -34,7 +34,7 @@ async def get_file_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> FileService:
     state = RagState.of(request)
-    return FileService(session, principal, state.settings, state.storage, state.db)
+    return FileService(session, principal, state.settings, state.storage, state.db, state.plans)
 
 
 FileServiceDep = Annotated[FileService, Depends(get_file_service)]

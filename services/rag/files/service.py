@@ -17,6 +17,7 @@ from libs.identity import Principal
 from services.rag.core import ids
 from services.rag.core.clock import now, unix
 from services.rag.core.pages import Order, cursor, envelope
+from services.rag.core.plan import OrgLimits, PlanLimits
 from services.rag.files.repository import FileRepository
 from services.rag.files.schemas import ALL_PURPOSES, EXPIRES_MAX_S, EXPIRES_MIN_S, UPLOAD_PURPOSES
 from services.rag.files.upload import MultipartUpload
@@ -61,8 +62,10 @@ class FileService:
         settings: RagSettings,
         storage: Storage,
         db: Database,
+        plans: PlanLimits,
     ) -> None:
         self.session = session
+        self.plans = plans
         self.db = db
         self.repo = FileRepository(session)
         self.principal = principal
@@ -115,8 +118,9 @@ class FileService:
         # before the request's own session takes a connection: one at a time per request
         async with session_scope(self.db) as intent:
             intent.add(StorageDeletion(storage_key=key, not_before=now() + ABANDONED_AFTER))
+        limits = await self.plans.of(self.org_id)  # read once, outside the org's lock
         count, used = await self.repo.usage(self.org_id)
-        self._check_limits(count + 1, used)
+        self._check_limits(limits, count + 1, used)
         try:
             await self.storage.put(key, upload.file_chunks())
         except Exception as exc:
@@ -129,14 +133,19 @@ class FileService:
                 ) from exc
             raise
         try:
-            f = await self._record(upload, key, file_id, purposes)
+            f = await self._record(upload, key, file_id, purposes, limits)
         except BaseException:
             await self._discard(key)
             raise
         return f
 
     async def _record(
-        self, upload: MultipartUpload, key: str, file_id: uuid.UUID, purposes: tuple[str, ...]
+        self,
+        upload: MultipartUpload,
+        key: str,
+        file_id: uuid.UUID,
+        purposes: tuple[str, ...],
+        limits: OrgLimits,
     ) -> File:
         if upload.file_parts == 0:
             raise _field_error("file", "Missing required parameter: 'file'.")
@@ -155,7 +164,7 @@ class FileService:
         expires_at = self._expiry(upload.fields, purpose, created)
         await self.repo.lock_org(self.org_id)
         count, used = await self.repo.usage(self.org_id)
-        self._check_limits(count + 1, used + upload.size)
+        self._check_limits(limits, count + 1, used + upload.size)
         filename = upload.filename or "upload"
         ctype = upload.content_type
         if not ctype or ctype == "application/octet-stream":
@@ -200,17 +209,18 @@ class FileService:
             )
         return created + timedelta(seconds=secs)
 
-    def _check_limits(self, files: int, used_bytes: int) -> None:
+    def _check_limits(self, limits: OrgLimits, files: int, used_bytes: int) -> None:
         s = self.settings
         if files > s.org_max_files:
             raise quota_error(
                 f"Your organization has reached its limit of {s.org_max_files} files; "
                 "delete some before uploading more."
             )
-        if used_bytes > s.org_max_storage_bytes:
+        # the plan's storage_bytes, else the setting (None: the plan sets no limit)
+        if limits.storage_bytes is not None and used_bytes > limits.storage_bytes:
             raise quota_error(
-                f"This upload would exceed your organization's storage limit of "
-                f"{s.org_max_storage_bytes} bytes."
+                f"This upload would exceed your organization's storage limit "
+                f"(storage_bytes) of {limits.storage_bytes} bytes."
             )
 
     async def _discard(self, key: str) -> None:

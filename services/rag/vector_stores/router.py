@@ -40,7 +40,7 @@ async def get_vector_store_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> VectorStoreService:
     state = RagState.of(request)
-    return VectorStoreService(session, principal, state.settings, state.redis)
+    return VectorStoreService(session, principal, state.settings, state.redis, state.plans)
 
 
 VectorStoreServiceDep = Annotated[VectorStoreService, Depends(get_vector_store_service)]

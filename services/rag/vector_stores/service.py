@@ -20,6 +20,7 @@ from libs.queue import PreparedJob, enqueue_prepared, prepare_job
 from services.rag.core import ids
 from services.rag.core.clock import now, unix
 from services.rag.core.pages import Order, cursor, envelope
+from services.rag.core.plan import PlanLimits
 from services.rag.files.repository import FileRepository
 from services.rag.models import FileBatch, VectorStore, VectorStoreFile
 from services.rag.settings import RagSettings
@@ -107,9 +108,15 @@ def render_batch(batch: FileBatch, counts: dict[str, int]) -> dict[str, Any]:
 
 class VectorStoreService:
     def __init__(
-        self, session: AsyncSession, principal: Principal, settings: RagSettings, redis: Redis
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        settings: RagSettings,
+        redis: Redis,
+        plans: PlanLimits,
     ) -> None:
         self.session = session
+        self.plans = plans
         self.principal = principal
         self.org_id = principal.require_org()
         self.settings = settings
@@ -134,11 +141,13 @@ class VectorStoreService:
         return render_store(store, counts, usage)
 
     async def create(self, body: VectorStoreCreate) -> dict[str, Any]:
+        # the plan's vector_stores, else the setting (None: the plan sets no limit)
+        limit = (await self.plans.of(self.org_id)).vector_stores  # read before the org's lock
         await self.stores.lock_org(self.org_id)
-        if await self.stores.count_for_org(self.org_id) >= self.settings.org_max_vector_stores:
+        if limit is not None and await self.stores.count_for_org(self.org_id) >= limit:
             raise Forbidden(
-                f"Your organization has reached its limit of "
-                f"{self.settings.org_max_vector_stores} vector stores.",
+                f"Your organization has reached its limit (vector_stores) of {limit} "
+                "vector stores; delete one or move to a larger plan.",
                 code="quota_exceeded",
             )
         created = now()

@@ -119,7 +119,8 @@ async def test_oversized_upload_is_a_413_in_openai_shape(
     assert stored(settings) == [b"x" * 10_000]
 
 
-async def test_limits_per_organization(app: FastAPI, settings: RagSettings) -> None:
+async def test_limits_per_organization(app: FastAPI, settings: RagSettings, redis: object) -> None:
+    # redis: flushed, so no plan published by another test applies (the settings do)
     settings.org_max_files = 2
     settings.org_max_storage_bytes = 100
     client = sdk_for(app, principal())

@@ -219,7 +219,8 @@ async def test_another_organizations_ids_answer_404_everywhere(
     ).status == "in_progress"
 
 
-async def test_store_limit(app: FastAPI, settings: object) -> None:
+async def test_store_limit(app: FastAPI, settings: object, redis: object) -> None:
+    # redis: flushed, so no plan published by another test applies (the settings do)
     settings.org_max_vector_stores = 2  # type: ignore[attr-defined]
     client = sdk_for(app, principal())
     await client.vector_stores.create(name="1")

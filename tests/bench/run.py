@@ -1,7 +1,8 @@
 """``make bench``: every benchmark, figures printed as Markdown (see docs/benchmarks.md).
 
 make bench                          all of them
-make bench BENCH_ARGS="llm"         one of them (llm, auth, rag, jobs, batch, notify, billing)
+make bench BENCH_ARGS="llm"         one of them (llm, auth, rag, jobs, batch, notify, fanout,
+                                    billing)
 make bench BENCH_ARGS="--duration 20"
 make bench BENCH_ARGS="litellm"     LiteLLM's proxy measured the same way (never run by default:
                                     it needs its own virtualenv, see tests/bench/litellm_anchor.py)
@@ -23,6 +24,7 @@ BENCHES = {
     "jobs": "tests.bench.jobs_bench",
     "batch": "tests.bench.batch_bench",
     "notify": "tests.bench.notify_bench",
+    "fanout": "tests.bench.fanout_bench",
     "billing": "tests.bench.billing_bench",
 }
 # run only when named: a reference measured next to aistack, not a benchmark of aistack

@@ -160,8 +160,9 @@ async def measure(
         emit_s = time.monotonic() - start
         want = events * members
         while (written := await rows(sessions, org)) < want:
-            if time.monotonic() - start > 900:
-                raise TimeoutError(f"{written} of {want} notifications after 15 minutes")
+            # ~20 minutes at the ~9 events/s measured on the shared 2-core machine
+            if time.monotonic() - start > 3600:
+                raise TimeoutError(f"{written} of {want} notifications after an hour")
             await asyncio.sleep(0.25)
         took = time.monotonic() - start
         await wait_arrivals(followers, emitted, 60)

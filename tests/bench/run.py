@@ -2,6 +2,8 @@
 
 make bench                          all of them
 make bench BENCH_ARGS="llm"         one of them (llm, auth, rag, jobs, batch, notify, billing)
+make bench BENCH_ARGS="fanout"      the notification fan-out at full size (never run by default:
+                                    10,000 events to 100 users, ~20 minutes on two cores)
 make bench BENCH_ARGS="--duration 20"
 make bench BENCH_ARGS="litellm"     LiteLLM's proxy measured the same way (never run by default:
                                     it needs its own virtualenv, see tests/bench/litellm_anchor.py)
@@ -25,8 +27,9 @@ BENCHES = {
     "notify": "tests.bench.notify_bench",
     "billing": "tests.bench.billing_bench",
 }
-# run only when named: a reference measured next to aistack, not a benchmark of aistack
-OPTIONAL = {"litellm": "tests.bench.litellm_anchor"}
+# run only when named: a reference measured next to aistack, not a benchmark of aistack; and
+# the notification fan-out at issue 16's full size (about 20 minutes on two cores)
+OPTIONAL = {"litellm": "tests.bench.litellm_anchor", "fanout": "tests.bench.fanout_bench"}
 
 
 def machine_speed() -> float:

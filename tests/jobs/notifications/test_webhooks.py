@@ -90,6 +90,19 @@ async def deliver(
         )
 
 
+
+async def registered(
+    stack: Stack, jobs: httpx.AsyncClient, receiver: Receiver
+) -> tuple[Any, dict[str, Any], str]:
+    """A new user's organization with an endpoint at ``receiver``: (user, endpoint, its URL)."""
+    alice = await signup(stack.auth)
+    endpoint = (
+        await jobs.post(
+            "/v1/notifications/webhooks", json={"url": receiver.url}, headers=alice.headers
+        )
+    ).json()
+    return alice, endpoint, f"/v1/notifications/webhooks/{endpoint['id']}"
+
 async def test_an_event_arrives_signed_and_verifiable(
     stack: Stack,
     jobs: httpx.AsyncClient,
@@ -142,12 +155,8 @@ async def test_a_failing_endpoint_is_retried_on_schedule_and_can_be_replayed(
     redis: Redis,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    alice = await signup(stack.auth)
+    alice, _, base = await registered(stack, jobs, receiver)
     h = alice.headers
-    endpoint = (
-        await jobs.post("/v1/notifications/webhooks", json={"url": receiver.url}, headers=h)
-    ).json()
-    base = f"/v1/notifications/webhooks/{endpoint['id']}"
     receiver.status = 500
     await stack.fanout.deliver(failed(alice))
     (m,) = (await jobs.get(f"{base}/messages", headers=h)).json()["data"]
@@ -184,12 +193,8 @@ async def test_a_rotated_secret_and_the_previous_one_both_verify(
     redis: Redis,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    alice = await signup(stack.auth)
+    alice, endpoint, base = await registered(stack, jobs, receiver)
     h = alice.headers
-    endpoint = (
-        await jobs.post("/v1/notifications/webhooks", json={"url": receiver.url}, headers=h)
-    ).json()
-    base = f"/v1/notifications/webhooks/{endpoint['id']}"
     rotated = (await jobs.post(f"{base}/rotate-secret", json={"grace_hours": 1}, headers=h)).json()
     assert rotated["secret"] != endpoint["secret"] and rotated["previous_expires_at"]
     test = (await jobs.post(f"{base}/test", headers=h)).json()
@@ -293,12 +298,8 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_admins_are_told(
     redis: Redis,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    alice = await signup(stack.auth)
+    alice, endpoint, base = await registered(stack, jobs, receiver)
     h = alice.headers
-    endpoint = (
-        await jobs.post("/v1/notifications/webhooks", json={"url": receiver.url}, headers=h)
-    ).json()
-    base = f"/v1/notifications/webhooks/{endpoint['id']}"
     receiver.status = 503
     test = (await jobs.post(f"{base}/test", headers=h)).json()
     async with httpx.AsyncClient() as http:

@@ -90,7 +90,6 @@ async def deliver(
         )
 
 
-
 async def registered(
     stack: Stack, jobs: httpx.AsyncClient, receiver: Receiver
 ) -> tuple[Any, dict[str, Any], str]:
@@ -102,6 +101,7 @@ async def registered(
         )
     ).json()
     return alice, endpoint, f"/v1/notifications/webhooks/{endpoint['id']}"
+
 
 async def test_an_event_arrives_signed_and_verifiable(
     stack: Stack,

@@ -28,6 +28,17 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def _get_when_listening(url: str, within_s: float = 30) -> tuple[int, str]:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return _get(url)
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_the_local_stack_serves_metrics_per_process_and_a_ctrl_c_exits_0(
     infra: Infra, tmp_path: Path
 ) -> None:
@@ -77,7 +88,9 @@ def test_the_local_stack_serves_metrics_per_process_and_a_ctrl_c_exits_0(
         assert set(ports) == {*APPS, "worker"}
         assert ports["worker"] == env["AISTACK_WORKER_METRICS_PORT"]
         for name, port in ports.items():
-            status, body = _get(f"http://127.0.0.1:{port}/metrics")
+            # "ready" is the gateway's view of the apps; the worker is not among them and may
+            # open its listener a moment later on a busy machine
+            status, body = _get_when_listening(f"http://127.0.0.1:{port}/metrics")
             assert status == 200, (name, body[:300])
             assert "process_resident_memory_bytes" in body, name
         gateway = f"http://127.0.0.1:{env['GATEWAY_PORT']}"

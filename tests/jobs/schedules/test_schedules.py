@@ -119,7 +119,8 @@ async def test_an_organizations_schedules_through_the_api(
         row = await session.get(Schedule, uuid.UUID(sid))
         assert row is not None
         row.next_run_at = datetime.now(UTC).replace(second=0, microsecond=0)
-    assert await Scheduler(redis, sessions).run_once() == 1
+    # at least this one: schedules other tests and apps left due fire in the same round
+    assert await Scheduler(redis, sessions).run_once() >= 1
     await run_burst(infra.redis_url, SVC, TYPES)
     await recorder.drain()
     assert ran == ["handbook"]
@@ -195,7 +196,8 @@ async def test_ticks_missed_while_nothing_ran(
     # down for three hours: the 5 ticks since are all past the grace by now + 30 minutes
     sid = await _schedule(committed, "0 * * * *", hour - timedelta(hours=3), missed)
     now = hour + timedelta(minutes=30)
-    assert await Scheduler(redis, committed).run_once(now) == fires
+    await Scheduler(redis, committed).run_once(now)
+    # counted on this schedule (the scheduler also fires what other tests left due)
     assert len(await _jobs_of(committed, sid)) == fires
     async with committed() as session:
         s = await session.get(Schedule, sid)

@@ -86,12 +86,12 @@ class SubscriptionService:
             obj = await self._call(
                 client.v1.subscriptions.update,
                 sub.stripe_subscription_id,
-                params={"items": [{"id": item, "plan": plan.stripe_price}]},
+                params={"items": [{"id": item, "price": plan.stripe_price}]},
             )
         else:
             params: dict[str, Any] = {
                 "customer": customer,
-                "items": [{"plan": plan.stripe_price}],
+                "items": [{"price": plan.stripe_price}],
                 "metadata": {"org_id": str(self.org_id)},
             }
             if plan.trial_days:

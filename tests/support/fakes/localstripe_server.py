@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import orjson
@@ -85,16 +86,32 @@ def complete_checkout(session_url: str, card: str = "4242424242424242") -> dict[
 
 
 async def deliver(
-    url: str, app: httpx.AsyncClient, secret: str, types: Sequence[str], seen: set[str]
+    url: str,
+    app: httpx.AsyncClient,
+    secret: str,
+    types: Sequence[str],
+    seen: set[str],
+    *,
+    newest_first: bool = False,
 ) -> list[str]:
-    """Post the emulator's events of ``types`` not in ``seen`` (oldest first), signed with
-    ``secret``, to the app's webhook endpoint; their ids (added to ``seen``)."""
+    """Post the emulator's events of ``types`` not in ``seen`` (oldest first, or newest first
+    to play them out of order), signed with ``secret``, to the app's webhook endpoint; their
+    ids (added to ``seen``)."""
     client = stripe.StripeClient(API_KEY, base_addresses={"api": url})
-    events = [e.to_dict() for e in client.v1.events.list(params={"limit": 100}).data]
+    events: list[dict[str, Any]] = []
+    params: Any = {"limit": 100}
+    while True:
+        page = client.v1.events.list(params=params)
+        events += [e.to_dict() for e in page.data]
+        if not page.has_more:
+            break
+        params["starting_after"] = page.data[-1].id
     fresh = sorted(
         (e for e in events if e["type"] in types and e["id"] not in seen),
         key=lambda e: e["created"],  # stable: the emulator lists in creation order
     )
+    if newest_first:
+        fresh.reverse()
     for event in fresh:
         payload = orjson.dumps(event).decode()
         header = stripe.WebhookSignature.generate_signature_header(payload, secret)

@@ -8,6 +8,7 @@ of Stripe's API reference, read back through the official SDK's objects in the t
 - ``/v1/billing_portal/sessions`` (create) and its page;
 - ``Idempotency-Key``: a key's first answer is replayed (``Idempotent-Replayed: true``); the
   same key with other parameters is refused (400 ``idempotency_error``), as Stripe does;
+- subscription items naming a ``price`` (localstripe knows only ``plan``);
 - trials: a subscription created with ``trial_period_days`` or ``trial_end`` is
   ``trialing`` (localstripe leaves it ``incomplete``), with ``trial_start``/``trial_end``;
 - invoices: ``hosted_invoice_url`` and ``invoice_pdf`` (served), ``invoice.finalized`` and
@@ -205,9 +206,23 @@ class PortalSession(r.StripeObject):
 # --- localstripe's own objects, completed ---------------------------------------------------
 
 _sub_init = r.Subscription.__init__
+_sub_update = r.Subscription._update
+
+
+def _prices_as_plans(kwargs: dict[str, Any]) -> None:
+    """Items name a ``price`` today; localstripe knows them as plans (same ids here)."""
+    for item in kwargs.get("items") or []:
+        if isinstance(item, dict) and "price" in item:
+            item.setdefault("plan", item.pop("price"))
+
+
+def _subscription_update(self: Any, **kwargs: Any) -> None:
+    _prices_as_plans(kwargs)
+    _sub_update(self, **kwargs)
 
 
 def _subscription_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _prices_as_plans(kwargs)
     _sub_init(self, *args, **kwargs)
     if self.trial_end is None and self.trial_period_days is None:
         return
@@ -224,6 +239,7 @@ def _subscription_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 r.Subscription.__init__ = _subscription_init
+r.Subscription._update = _subscription_update
 r.Invoice.hosted_invoice_url = property(lambda self: f"{_base()}/invoice/{self.id}")
 r.Invoice.invoice_pdf = property(lambda self: f"{_base()}/invoice/{self.id}/pdf")
 

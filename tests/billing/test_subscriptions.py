@@ -142,15 +142,18 @@ async def test_subscribe_upgrade_downgrade_cancel_and_resume(
     await redis.delete(entitlements_key(admin.org_id))
 
 
-async def test_a_trial_gives_the_plan_while_trialing(
-    emulator: str, db: AsyncConnection, redis: Redis, tmp_path: Path
+async def test_a_trial_gives_the_plan_until_it_ends(
+    emulator: str, infra: Infra, db: AsyncConnection, factory: Factory, redis: Redis, tmp_path: Path
 ) -> None:
     settings = settings_for(emulator, tmp_path, trials=True)
     admin = principal(roles=["admin"])
     assert admin.org_id
     async with client_for(build_app(settings), connection=db) as c:
         h = auth_headers(admin)
-        resp = await c.post("/v1/billing/subscription/stripe", json={"plan": "pro"}, headers=h)
+        pm = card_payment_method(emulator)
+        resp = await c.post(
+            "/v1/billing/subscription/stripe", json={"plan": "pro", "payment_method": pm}, headers=h
+        )
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert (body["plan"], body["status"]) == ("pro", "trialing")
@@ -161,6 +164,17 @@ async def test_a_trial_gives_the_plan_while_trialing(
     assert len(mine) == 1 and mine[0].status == "trialing"
     assert mine[0].trial_end is not None and mine[0].trial_start is not None
     assert mine[0].trial_end - mine[0].trial_start == 14 * 86400
+
+    # the trial ends (Stripe invoices the first period): active, through the webhooks
+    ended = sdk.v1.subscriptions.update(mine[0].id, params={"trial_end": "now"})
+    assert ended.status == "active"
+    async with client_for(build_app(settings), connection=db) as c:
+        await deliver_until(emulator, c, SECRET, TYPES, set(), "invoice.paid")
+        await process(infra, factory, settings)
+        after = (await c.get("/v1/billing/subscription", headers=h)).json()
+        assert (after["plan"], after["status"]) == ("pro", "active")
+        invoices = (await c.get("/v1/billing/invoices", headers=h)).json()["data"]
+        assert [(i["status"], i["amount_paid"]) for i in invoices] == [("paid", 2000)]
     await redis.delete(entitlements_key(admin.org_id))
 
 

@@ -11,10 +11,14 @@ of Stripe's API reference, read back through the official SDK's objects in the t
 - subscription items naming a ``price`` (localstripe knows only ``plan``);
 - trials: a subscription created with ``trial_period_days`` or ``trial_end`` is
   ``trialing`` (localstripe leaves it ``incomplete``), with ``trial_start``/``trial_end``;
+  updating ``trial_end`` to ``now`` ends it (invoiced and ``active`` once paid);
+- ``customer.subscription.updated`` on every update (localstripe sends none);
 - invoices: ``hosted_invoice_url`` and ``invoice_pdf`` (served), ``invoice.finalized`` and
   ``invoice.paid`` events besides localstripe's.
 
-Run: ``python -m tests.support.fakes.stripe_emulator --port N`` (always from scratch).
+Run: ``python -m tests.support.fakes.stripe_emulator --port N`` (always from scratch);
+``--seed`` creates the shipped plans' prices (as plans, 20 and 90 USD a month), and
+``--webhook-url URL --webhook-secret whsec_...`` sends every event there, signed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from aiohttp import web
 from localstripe import resources as r
 from localstripe import server
 from localstripe.errors import UserError
+from localstripe.webhooks import register_webhook
 
 BASE = {"url": "http://127.0.0.1:8420"}
 
@@ -219,6 +224,10 @@ def _prices_as_plans(kwargs: dict[str, Any]) -> None:
 def _subscription_update(self: Any, **kwargs: Any) -> None:
     _prices_as_plans(kwargs)
     _sub_update(self, **kwargs)
+    trial_over = self.trial_end is not None and int(self.trial_end) <= int(time.time())
+    if self.status == "trialing" and trial_over:  # trial_end=now: the trial ends, billed
+        self._create_invoice()
+    r.schedule_webhook(r.Event("customer.subscription.updated", self))
 
 
 def _subscription_init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -344,9 +353,18 @@ def _routes(app: web.Application) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--seed", action="store_true", help="create the shipped plans' prices")
+    parser.add_argument("--webhook-url", help="send every event there (aistack's endpoint)")
+    parser.add_argument("--webhook-secret", help="the endpoint's signing secret (whsec_...)")
     args = parser.parse_args()
     BASE["url"] = f"http://127.0.0.1:{args.port}"
     _routes(server.app)
+    if args.seed:
+        for price, amount in (("price_pro_monthly", 2000), ("price_team_monthly", 9000)):
+            product = r.Product(name=price)
+            r.Plan(id=price, product=product.id, amount=amount, currency="usd", interval="month")
+    if args.webhook_url:
+        register_webhook("aistack", args.webhook_url, args.webhook_secret or "", None)
     web.run_app(server.app, host="127.0.0.1", port=args.port, print=None)
 
 

@@ -23,6 +23,7 @@ from tests.billing.test_stripe_webhooks import process
 from tests.support.fakes.localstripe_server import (
     API_KEY,
     card_payment_method,
+    deliver,
     deliver_until,
     localstripe,
 )
@@ -119,8 +120,15 @@ async def test_subscribe_upgrade_downgrade_cancel_and_resume(
 
         # the first invoice, mirrored from its webhooks (the emulator sends them a second
         # after the change; they are read back with the SDK, signed and posted here)
-        await deliver_until(emulator, c, SECRET, TYPES, seen, "invoice.paid")
+        # cancelled again: the latest state differs from the first events' snapshots
+        assert (await c.post("/v1/billing/subscription/cancel", headers=h)).status_code == 200
+        await deliver_until(emulator, c, SECRET, ("invoice.paid",), seen, "invoice.paid")
+        # the subscription's events (several in the same second) newest first: each makes
+        # billing read the subscription again, so the state stays Stripe's latest
+        await deliver(emulator, c, SECRET, TYPES, seen, newest_first=True)
         await process(infra, factory, settings)
+        now = (await c.get("/v1/billing/subscription", headers=h)).json()
+        assert (now["plan"], now["status"], now["cancel_at_period_end"]) == ("pro", "active", True)
         invoices = await c.get("/v1/billing/invoices", headers=h)
         assert invoices.status_code == 200, invoices.text
         first = invoices.json()["data"]

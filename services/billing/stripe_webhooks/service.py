@@ -32,7 +32,7 @@ from services.billing.invoices.service import sync_invoice
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
 from services.billing.plans.repository import SubscriptionRepository
-from services.billing.plans.service import entitlements_of, month_period
+from services.billing.plans.service import PAYING, entitlements_of, month_period
 from services.billing.settings import BillingSettings
 from services.billing.stripe_webhooks.repository import StripeEventRepository
 
@@ -156,6 +156,8 @@ class StripeState:
                 return mirrored
         if row.type == CHECKOUT_COMPLETED:
             return await self._checkout_completed(sub, obj, row.created)
+        if row.type in SUBSCRIPTION_EVENTS and self.client is not None:
+            return await self._resync(self.client, sub, obj, row.created)
         if sub.stripe_event_at is not None and row.created < sub.stripe_event_at:
             return "older than the state applied"
         sub.stripe_event_at = row.created
@@ -168,6 +170,31 @@ class StripeState:
         await self.session.flush()
         await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
         return f"{mirrored}; applied: {sub.plan} {sub.status}".lstrip("; ")
+
+    async def _resync(
+        self,
+        client: stripe.StripeClient,
+        sub: Subscription,
+        event_obj: dict[str, Any],
+        at: datetime,
+    ) -> str:
+        """A subscription event with Stripe's API at hand: the subscription as Stripe has it
+        now is applied, so events of the same second, late or out of order, all end in the
+        same state. A former subscription's end leaves a newer live one alone."""
+        sub_id = event_obj.get("id")
+        if not isinstance(sub_id, str):
+            return "no subscription id"
+        found = await asyncio.to_thread(client.v1.subscriptions.retrieve, sub_id)
+        current = found.to_dict()
+        status = str(current.get("status") or "")
+        other = sub.stripe_subscription_id not in (None, sub_id)
+        if other and status in ("canceled", "incomplete_expired") and sub.status in PAYING:
+            return "a former subscription: ignored"
+        apply_subscription(sub, current, self.plans, at, deleted=status == "canceled")
+        sub.stripe_event_at = max(filter(None, (sub.stripe_event_at, at)))
+        await self.session.flush()
+        await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
+        return f"applied (re-read): {sub.plan} {sub.status}"
 
     async def _checkout_completed(
         self, sub: Subscription, session: dict[str, Any], at: datetime

@@ -185,3 +185,37 @@ async def test_mistakes_are_refused_and_nothing_is_made(emulator: str, db: Async
             headers=auth_headers(admin),
         )
         assert off.status_code == 404 and off.json()["error"]["code"] == "stripe_not_configured"
+
+
+def sdk_fields(cls: type) -> set[str]:
+    """The fields the official SDK declares for a Stripe object."""
+    return {k for k in getattr(cls, "__annotations__", {}) if not k.isupper()}
+
+
+async def test_the_emulator_answers_every_field_of_stripes_objects(emulator: str) -> None:
+    """The emulator's Checkout and portal sessions carry every field the official SDK
+    declares (``line_items`` only when expanded, as on Stripe), in their JSON as sent."""
+    sdk = stripe.StripeClient(API_KEY, base_addresses={"api": emulator})
+    customer = sdk.v1.customers.create(params={"email": "ada@example.com"})
+    session = sdk.v1.checkout.sessions.create(
+        params={
+            "mode": "subscription",
+            "customer": customer.id,
+            "line_items": [{"price": "price_pro_monthly", "quantity": 1}],
+            "success_url": "https://example.com/ok",
+        }
+    )
+    portal = sdk.v1.billing_portal.sessions.create(params={"customer": customer.id})
+    async with httpx.AsyncClient(base_url=emulator, auth=(API_KEY, "")) as raw:
+        sent = (await raw.get(f"/v1/checkout/sessions/{session.id}")).json()
+    assert sdk_fields(stripe.checkout.Session) - {"line_items"} <= set(sent)
+    assert sdk_fields(stripe.billing_portal.Session) <= set(portal.to_dict())
+    assert (sent["object"], sent["mode"], sent["status"]) == (
+        "checkout.session",
+        "subscription",
+        "open",
+    )
+    assert sent["total_details"] == {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
+    done = complete_checkout(str(sent["url"]))
+    assert done["customer_details"]["email"] == "ada@example.com"  # type: ignore[index]
+    assert done["status"] == "complete" and done["url"] is None

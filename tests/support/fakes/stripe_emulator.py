@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -39,6 +40,61 @@ BASE = {"url": "http://127.0.0.1:8420"}
 
 def _base() -> str:
     return BASE["url"]
+
+
+# the fields of a hosted Checkout Session this emulator does not model, as Stripe sends them
+# when unused (nullable ones as null): every field of Stripe's object is in the answer
+SESSION_DEFAULTS: dict[str, Any] = {
+    "adaptive_pricing": {"enabled": False},
+    "after_expiration": None,
+    "allow_promotion_codes": None,
+    "allowed_payment_method_types": None,
+    "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+    "billing_address_collection": None,
+    "branding_settings": None,
+    "client_secret": None,
+    "collected_information": None,
+    "consent": None,
+    "consent_collection": None,
+    "currency_conversion": None,
+    "custom_fields": [],
+    "custom_text": {
+        "after_submit": None,
+        "shipping_address": None,
+        "submit": None,
+        "terms_of_service_acceptance": None,
+    },
+    "customer_account": None,
+    "customer_details": None,
+    "discounts": [],
+    "excluded_payment_method_types": [],
+    "integration_identifier": None,
+    "invoice": None,
+    "invoice_creation": None,
+    "locale": None,
+    "managed_payments": None,
+    "name_collection": None,
+    "optional_items": None,
+    "origin_context": None,
+    "payment_link": None,
+    "payment_method_collection": "always",
+    "payment_method_configuration_details": None,
+    "payment_method_options": {},
+    "permissions": None,
+    "phone_number_collection": {"enabled": False},
+    "presentment_details": None,
+    "recovered_from": None,
+    "redirect_on_completion": None,
+    "return_url": None,
+    "saved_payment_method_options": None,
+    "shipping_address_collection": None,
+    "shipping_cost": None,
+    "shipping_options": [],
+    "submit_type": None,
+    "tax_id_collection": {"enabled": False, "required": "never"},
+    "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+    "wallet_options": None,
+}
 
 
 class CheckoutSession(r.StripeObject):
@@ -80,6 +136,9 @@ class CheckoutSession(r.StripeObject):
         if trial is not None and (not isinstance(trial, int) or trial < 1):
             raise UserError(400, "Invalid trial_period_days", {"param": "subscription_data"})
         super().__init__()
+        for name, value in SESSION_DEFAULTS.items():
+            setattr(self, name, json.loads(json.dumps(value)))  # a copy of its own
+        self.customer_creation = None if customer else "always"
         self.mode = mode
         self.customer = customer
         self.customer_email = customer_email
@@ -146,12 +205,20 @@ class CheckoutSession(r.StripeObject):
             raise UserError(400, f"This Checkout Session is {self.status}, not open")
         if self.customer is None:
             self.customer = r.Customer(email=self.customer_email).id
+        cus = r.Customer._api_retrieve(self.customer)
+        self.customer_details = {
+            "address": None,
+            "email": cus.email,
+            "name": cus.name,
+            "phone": cus.phone,
+            "tax_exempt": "none",
+            "tax_ids": [],
+        }
         pm = r.PaymentMethod(
             type="card",
             card={"number": card, "exp_month": 12, "exp_year": 2035, "cvc": "123"},
         )
         r.PaymentMethod._api_attach(pm.id, customer=self.customer)
-        cus = r.Customer._api_retrieve(self.customer)
         cus.invoice_settings["default_payment_method"] = pm.id
         if self.mode == "subscription":
             data = self._subscription_data
@@ -201,6 +268,8 @@ class PortalSession(r.StripeObject):
         self.locale = locale
         self.on_behalf_of = None
         self.flow = None
+        self.after_expiration = None
+        self.customer_account = None
         self.url = f"{_base()}/billing_portal/{self.id}"
 
     @classmethod

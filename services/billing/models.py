@@ -186,9 +186,10 @@ class Invoice(Base):
 
 
 class OverageReport(Base):
-    """An organization's overage of one billing month (billing_0006): its amount is fixed
-    when first computed, then sent to Stripe as an invoice item with an idempotency key made
-    of the organization and the month, so a re-run or a crash mid-send never bills twice."""
+    """An organization's overage of one billing month (billing_0006): its amount (and its
+    tokens) fixed when first computed, then sent to Stripe as an invoice item with an
+    idempotency key made of the organization and the month (and as a meter event whose
+    identifier is made alike), so a re-run or a crash mid-send never bills twice."""
 
     __tablename__ = "overage_reports"
     __table_args__ = (PrimaryKeyConstraint("org_id", "period"),)
@@ -201,4 +202,10 @@ class OverageReport(Base):
     currency: Mapped[str] = mapped_column(String(8), default="usd")
     stripe_invoice_item: Mapped[str | None] = mapped_column(String(255), default=None)
     reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # the month's tokens, sent to the plan's Stripe meter (its identifier: unique at Stripe)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    meter_event: Mapped[str | None] = mapped_column(String(255), default=None)
+    meter_reported_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

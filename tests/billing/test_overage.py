@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stripe
@@ -38,12 +39,14 @@ def emulator() -> Iterator[str]:
 
 
 def plans_file(tmp_path: Path) -> Path:
-    """The shipped plans without trials; team includes $1 of spend, then bills overage."""
+    """The shipped plans without trials; team includes $1 of spend, then bills overage, and
+    reports its tokens to a Stripe meter."""
     shipped = yaml.safe_load(DEFAULTS.read_text())
     for plan in shipped["plans"]:
         plan.pop("trial_days", None)
         if plan["id"] == "team":
             plan["limits"]["monthly_spend_usd"] = 1
+            plan["stripe_meter"] = "aistack_tokens"
     path = tmp_path / "plans.yaml"
     path.write_text(yaml.safe_dump(shipped))
     return path
@@ -94,6 +97,20 @@ async def test_overage_is_reported_once_per_organization_and_month(
         # this month's usage is not last month's
         await repo.record(usage_event(team_org, cost_usd=Decimal("7"), created_at=now))
 
+    meter = sdk.v1.billing.meters.create(
+        params={
+            "display_name": "Tokens",
+            "event_name": "aistack_tokens",
+            "default_aggregation": {"formula": "sum"},
+        }
+    )
+    start = int(datetime(month.year, month.month, 1, tzinfo=UTC).timestamp())
+
+    def metered(customer: str) -> float:
+        params: Any = {"customer": customer, "start_time": start, "end_time": int(now.timestamp())}
+        summaries = sdk.v1.billing.meters.event_summaries.list(meter.id, params=params).data
+        return float(sum(x.aggregated_value for x in summaries))
+
     reporter = OverageReporter(factory, load_plans(path), sdk)
     first = await reporter.report(month)
     assert first["sent"] >= 1
@@ -105,8 +122,10 @@ async def test_overage_is_reported_once_per_organization_and_month(
         "period": f"{month:%Y-%m}",
         "kind": "overage",
     }
+    # the month's tokens (2 calls of 10 + 5) on the team plan's meter
+    assert metered(team_customer) == 30
     # pro blocks past its budget: nothing is billed, whatever was spent
-    assert pending_items(sdk, pro_customer) == []
+    assert pending_items(sdk, pro_customer) == [] and metered(pro_customer) == 0
 
     # run again: nothing sent twice
     again = await reporter.report(month)
@@ -120,14 +139,16 @@ async def test_overage_is_reported_once_per_organization_and_month(
         await s.execute(
             update(OverageReport)
             .where(OverageReport.org_id == team_org)
-            .values(reported_at=None, stripe_invoice_item=None)
+            .values(reported_at=None, stripe_invoice_item=None, meter_reported_at=None)
         )
     retried = await reporter.report(month)
     assert retried["sent"] == 1
     assert [i.id for i in pending_items(sdk, team_customer)] == [items[0].id]
+    assert metered(team_customer) == 30  # the meter event's identifier is not taken twice
     async with factory() as s:
         row = await s.get(OverageReport, (team_org, month))
         assert row is not None and row.stripe_invoice_item == items[0].id
+        assert (row.tokens, row.meter_event) == (30, f"tokens:{team_org}:{month:%Y-%m}")
         assert (row.spend_usd, row.included_usd, row.amount_cents) == (
             Decimal("3.456"),
             Decimal(1),

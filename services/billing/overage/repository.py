@@ -24,7 +24,13 @@ class OverageRepository(Repository[OverageReport]):
         return list(await self.session.scalars(stmt))
 
     async def fix(
-        self, org_id: uuid.UUID, period: date, spend: Decimal, included: Decimal, cents: int
+        self,
+        org_id: uuid.UUID,
+        period: date,
+        spend: Decimal,
+        included: Decimal,
+        cents: int,
+        tokens: int,
     ) -> None:
         """Record the month's overage unless it was recorded before (the first amount stays:
         a re-run sends the same request, which Stripe's idempotency key then answers once)."""
@@ -37,6 +43,7 @@ class OverageRepository(Repository[OverageReport]):
                 included_usd=included,
                 amount_cents=cents,
                 currency="usd",
+                tokens=tokens,
             )
             .on_conflict_do_nothing(index_elements=["org_id", "period"])
         )

@@ -1,4 +1,4 @@
-"""Overage reported to Stripe at the end of a billing month, exactly once.
+"""Overage (and metered tokens) reported to Stripe at the end of a billing month, exactly once.
 
 For organizations on a plan whose overage policy is ``allow`` (served past the plan's monthly
 spend, billed after), the month's spend beyond the plan's ``monthly_spend_usd`` is added to
@@ -7,7 +7,9 @@ in ``billing.overage_reports`` (one row per organization and month) in its own t
 before anything is sent; the invoice item is created with the idempotency key
 ``overage:<org>:<YYYY-MM>``, so a run that dies between Stripe's answer and the commit sends
 the same request again and Stripe answers it with the item already made; a reported row is
-never sent again. Billing months are calendar months (UTC), as the budgets' are.
+never sent again. A plan with a ``stripe_meter`` also sends the month's tokens to that
+Stripe Billing Meter as one meter event whose ``identifier`` (``tokens:<org>:<YYYY-MM>``)
+Stripe never takes twice. Billing months are calendar months (UTC), as the budgets' are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import stripe
 
 from libs.db import SessionFactory, session_scope
+from services.billing.models import OverageReport
 from services.billing.overage.repository import OverageRepository
 from services.billing.plans.catalogue import Plan, PlanCatalogue
 from services.billing.usage.partitions import add_months, month_of
@@ -56,10 +59,11 @@ class OverageReporter:
         self.client = client
 
     def billed_plans(self) -> dict[str, Plan]:
+        """Plans that allow overage and bill it: past a spend limit, or by a Stripe meter."""
         return {
             p.id: p
             for p in self.plans.plans.values()
-            if p.overage == "allow" and p.limits.monthly_spend_usd is not None
+            if p.overage == "allow" and (p.limits.monthly_spend_usd is not None or p.stripe_meter)
         }
 
     async def report(self, month: date, now: datetime | None = None) -> dict[str, int]:
@@ -89,38 +93,71 @@ class OverageReporter:
         month: date,
     ) -> str:
         included = plan.limits.monthly_spend_usd
-        assert included is not None
         last_day = add_months(month, 1) - timedelta(days=1)
         async with session_scope(self.sessions) as session:
-            spend, _ = await UsageRepository(session).spend(org_id, month, last_day)
-            over = max(Decimal(0), spend - included)
-            await OverageRepository(session).fix(org_id, month, spend, included, cents(over))
+            spend, tokens = await UsageRepository(session).spend(org_id, month, last_day)
+            over = max(Decimal(0), spend - included) if included is not None else Decimal(0)
+            await OverageRepository(session).fix(
+                org_id, month, spend, included or Decimal(0), cents(over), tokens
+            )
         async with session_scope(self.sessions) as session:
             row = await OverageRepository(session).locked(org_id, month)
             assert row is not None
-            if row.reported_at is not None:
+            metered = plan.stripe_meter is not None
+            if row.reported_at is not None and (not metered or row.meter_reported_at):
                 return "already"
-            if row.amount_cents <= 0:
+            sent = False
+            if row.reported_at is None:
+                if row.amount_cents > 0:
+                    await self._invoice_item(row, plan, customer, subscription)
+                    sent = True
                 row.reported_at = datetime.now(UTC)
-                return "none"
-            params: Any = {
-                "customer": customer,
-                "amount": row.amount_cents,
-                "currency": row.currency,
-                "description": f"Usage over the {plan.name} plan's ${row.included_usd:.2f} "
-                f"in {month:%B %Y}",
-                "metadata": {"org_id": str(org_id), "period": f"{month:%Y-%m}", "kind": "overage"},
-            }
-            if subscription:
-                params["subscription"] = subscription
-            item = await asyncio.to_thread(
-                self.client.v1.invoice_items.create,
-                params=params,
-                options={"idempotency_key": idempotency_key(org_id, month)},
-            )
-            row.stripe_invoice_item = str(item.id)
-            row.reported_at = datetime.now(UTC)
-        log.info(
-            "overage of %s for %s reported: %s cents", org_id, f"{month:%Y-%m}", row.amount_cents
+            if plan.stripe_meter and row.meter_reported_at is None:
+                if row.tokens > 0:
+                    await self._meter_event(row, plan.stripe_meter, customer)
+                    sent = True
+                row.meter_reported_at = datetime.now(UTC)
+        return "sent" if sent else "none"
+
+    async def _invoice_item(
+        self, row: OverageReport, plan: Plan, customer: str, subscription: str | None
+    ) -> None:
+        month = row.period
+        params: Any = {
+            "customer": customer,
+            "amount": row.amount_cents,
+            "currency": row.currency,
+            "description": f"Usage over the {plan.name} plan's ${row.included_usd:.2f} "
+            f"in {month:%B %Y}",
+            "metadata": {"org_id": str(row.org_id), "period": f"{month:%Y-%m}", "kind": "overage"},
+        }
+        if subscription:
+            params["subscription"] = subscription
+        item = await asyncio.to_thread(
+            self.client.v1.invoice_items.create,
+            params=params,
+            options={"idempotency_key": idempotency_key(row.org_id, month)},
         )
-        return "sent"
+        row.stripe_invoice_item = str(item.id)
+        log.info(
+            "overage of %s in %s sent: %s cents", row.org_id, f"{month:%Y-%m}", row.amount_cents
+        )
+
+    async def _meter_event(self, row: OverageReport, event_name: str, customer: str) -> None:
+        """The month's tokens as one meter event, stamped with the month's last second; its
+        identifier is the month's, which Stripe refuses to take twice."""
+        identifier = f"tokens:{row.org_id}:{row.period:%Y-%m}"
+        end = add_months(row.period, 1)
+        params: Any = {
+            "event_name": event_name,
+            "identifier": identifier,
+            "timestamp": int(datetime(end.year, end.month, 1, tzinfo=UTC).timestamp()) - 1,
+            "payload": {"stripe_customer_id": customer, "value": str(row.tokens)},
+        }
+        try:
+            await asyncio.to_thread(self.client.v1.billing.meter_events.create, params=params)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_already_exists":
+                raise
+            log.info("meter event %s was sent before", identifier)  # then the commit failed
+        row.meter_event = identifier

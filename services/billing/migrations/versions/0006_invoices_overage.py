@@ -59,6 +59,9 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(8), nullable=False),
         sa.Column("stripe_invoice_item", sa.String(255), nullable=True),
         sa.Column("reported_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("tokens", sa.BigInteger(), nullable=False),
+        sa.Column("meter_event", sa.String(255), nullable=True),
+        sa.Column("meter_reported_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),

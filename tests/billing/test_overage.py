@@ -20,16 +20,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.db import session_scope
 from libs.entitlements import entitlements_key
-from libs.testing import auth_headers, client_for, principal
+from libs.queue import enqueue_now
+from libs.testing import Infra, auth_headers, client_for, principal
+from libs.usage import BILLING_SERVICE
+from services.billing import tasks as billing_tasks
 from services.billing.app import build_app
 from services.billing.models import OverageReport
 from services.billing.overage.service import OverageReporter, last_finished_month
 from services.billing.plans.catalogue import DEFAULTS, load_plans
 from services.billing.settings import BillingSettings
+from services.billing.tasks import REPORT_OVERAGE
 from services.billing.usage.partitions import month_of
 from services.billing.usage.repository import UsageRepository
 from tests.billing.conftest import Factory, usage_event
 from tests.support.fakes.localstripe_server import API_KEY, card_payment_method, localstripe
+from tests.support.workers import run_burst
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +82,12 @@ def pending_items(sdk: stripe.StripeClient, customer: str) -> list[stripe.Invoic
 
 
 async def test_overage_is_reported_once_per_organization_and_month(
-    emulator: str, db: AsyncConnection, factory: Factory, redis: Redis, tmp_path: Path
+    emulator: str,
+    infra: Infra,
+    db: AsyncConnection,
+    factory: Factory,
+    redis: Redis,
+    tmp_path: Path,
 ) -> None:
     path = plans_file(tmp_path)
     settings = BillingSettings(
@@ -158,5 +168,23 @@ async def test_overage_is_reported_once_per_organization_and_month(
     # the month under way is not final
     with pytest.raises(ValueError, match="has not ended"):
         await reporter.report(month_of(now), now=now)
+
+    # the billing worker's job (what the daily schedule runs) sends nothing more either
+    await enqueue_now(
+        redis,
+        service=BILLING_SERVICE,
+        function=REPORT_OVERAGE,
+        kwargs={"month": f"{month:%Y-%m}"},
+        internal=True,
+    )
+    worker = await run_burst(
+        infra.redis_url,
+        BILLING_SERVICE,
+        billing_tasks.functions,
+        ctx={"db": factory, "settings": settings},
+        max_jobs=1,
+    )
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+    assert len(pending_items(sdk, team_customer)) == 1 and metered(team_customer) == 30
     for org in (team_org, pro_org):
         await redis.delete(entitlements_key(org))

@@ -4,6 +4,8 @@ plan's entitlements follow at once, the invoices through the webhooks."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from services.billing.app import build_app
 from services.billing.plans.catalogue import DEFAULTS
 from services.billing.settings import BillingSettings
 from tests.billing.conftest import Factory
-from tests.billing.test_stripe_webhooks import process
+from tests.billing.test_stripe_webhooks import post, process, subscription_event
 from tests.support.fakes.localstripe_server import (
     API_KEY,
     card_payment_method,
@@ -184,6 +186,23 @@ async def test_a_trial_gives_the_plan_until_it_ends(
         invoices = (await c.get("/v1/billing/invoices", headers=h)).json()["data"]
         assert [(i["status"], i["amount_paid"]) for i in invoices] == [("paid", 2000)]
     await redis.delete(entitlements_key(admin.org_id))
+
+
+async def test_an_event_of_a_subscription_stripe_does_not_know_changes_nothing(
+    emulator: str, infra: Infra, db: AsyncConnection, factory: Factory, tmp_path: Path
+) -> None:
+    """With the API configured, a subscription event makes billing ask Stripe: a forged or
+    foreign one (Stripe answers 404) is acknowledged and applies nothing."""
+    settings = settings_for(emulator, tmp_path, trials=False)
+    org = uuid.uuid4()
+    event = subscription_event(
+        "evt_foreign", "customer.subscription.updated", org, int(time.time())
+    )
+    async with client_for(build_app(settings), connection=db) as c:
+        assert (await post(c, event, secret=SECRET)).status_code == 200
+        await process(infra, factory, settings)  # no job failed
+        sub = await c.get("/v1/billing/subscription", headers=auth_headers(principal(org_id=org)))
+    assert (sub.json()["plan"], sub.json()["status"]) == ("free", "active")
 
 
 async def test_without_stripe_subscribing_says_so(db: AsyncConnection) -> None:

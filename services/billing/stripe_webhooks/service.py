@@ -184,8 +184,9 @@ class StripeState:
         sub_id = event_obj.get("id")
         if not isinstance(sub_id, str):
             return "no subscription id"
-        found = await asyncio.to_thread(client.v1.subscriptions.retrieve, sub_id)
-        current = found.to_dict()
+        current = await _retrieve_subscription(client, sub_id)
+        if current is None:
+            return f"subscription {sub_id} unknown to Stripe: ignored"
         status = str(current.get("status") or "")
         other = sub.stripe_subscription_id not in (None, sub_id)
         if other and status in ("canceled", "incomplete_expired") and sub.status in PAYING:
@@ -208,7 +209,9 @@ class StripeState:
             return "checkout without a subscription"
         if self.client is None:
             return "checkout: the subscription's own events apply it"
-        current = (await asyncio.to_thread(self.client.v1.subscriptions.retrieve, sub_id)).to_dict()
+        current = await _retrieve_subscription(self.client, sub_id)
+        if current is None:
+            return f"checkout: subscription {sub_id} unknown to Stripe"
         apply_subscription(sub, current, self.plans, at)
         sub.stripe_event_at = max(filter(None, (sub.stripe_event_at, at)))
         await self.session.flush()
@@ -250,6 +253,19 @@ class StripeState:
             sub.past_due_since = sub.past_due_since or at
         elif sub.status in ("past_due", "unpaid"):
             sub.status, sub.past_due_since = "active", None
+
+
+async def _retrieve_subscription(client: stripe.StripeClient, sub_id: str) -> dict[str, Any] | None:
+    """The subscription as Stripe has it now; None when Stripe has no such subscription
+    (another failure is raised: the job tries again later)."""
+    try:
+        found = await asyncio.to_thread(client.v1.subscriptions.retrieve, sub_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+    out: dict[str, Any] = found.to_dict()
+    return out
 
 
 # Stripe's amounts are in the currency's smallest unit; these have no minor unit

@@ -146,3 +146,41 @@ async def test_without_an_api_key_the_newest_event_wins(
     assert [(i["id"], i["status"], i["amount_paid"]) for i in data] == [("in_mirror", "paid", 1999)]
     assert data[0]["invoice_pdf"].endswith("/pdf")
     await redis.delete(entitlements_key(org))
+
+
+async def test_a_deleted_draft_leaves_the_mirror(
+    emulator: str, infra: Infra, db: AsyncConnection, factory: Factory, redis: Redis
+) -> None:
+    settings = BillingSettings(
+        stripe_api_key=API_KEY, stripe_api_base=emulator, stripe_webhook_secret=SECRET
+    )
+    sdk = stripe.StripeClient(API_KEY, base_addresses={"api": emulator})
+    admin = principal(roles=["admin"])
+    h = auth_headers(admin)
+    async with client_for(build_app(settings), connection=db) as c:
+        assert (await c.post("/v1/billing/setup_intent", headers=h)).status_code == 201
+        customer = str(sdk.v1.setup_intents.list(params={"limit": 100}).data[-1].customer)
+        pm = card_payment_method(emulator)
+        sdk.v1.payment_methods.attach(pm, params={"customer": customer})
+        sdk.v1.customers.update(
+            customer, params={"invoice_settings": {"default_payment_method": pm}}
+        )
+        sub = sdk.v1.subscriptions.create(
+            params={"customer": customer, "items": [{"price": "price_pro_monthly"}]}
+        )
+        sdk.v1.invoice_items.create(params={"customer": customer, "amount": 500, "currency": "usd"})
+        draft = sdk.v1.invoices.create(params={"customer": customer, "subscription": sub.id})
+        seen: set[str] = set()
+        await deliver(emulator, c, SECRET, ("invoice.created",), seen)
+        await process(infra, factory, settings)
+        listed = (await c.get("/v1/billing/invoices", headers=h)).json()["data"]
+        assert (draft.id, "draft") in [(i["id"], i["status"]) for i in listed]
+        assert len(listed) == 2  # and the subscription's first invoice
+
+        sdk.v1.invoices.delete(str(draft.id))
+        await deliver(emulator, c, SECRET, ("invoice.deleted",), seen)
+        await process(infra, factory, settings)
+        after = (await c.get("/v1/billing/invoices", headers=h)).json()["data"]
+        assert [i["id"] for i in after] == [i["id"] for i in listed if i["id"] != draft.id]
+    assert admin.org_id
+    await redis.delete(entitlements_key(admin.org_id))

@@ -16,8 +16,8 @@ of Stripe's API reference, read back through the official SDK's objects in the t
   ``trialing`` (localstripe leaves it ``incomplete``), with ``trial_start``/``trial_end``;
   updating ``trial_end`` to ``now`` ends it (invoiced and ``active`` once paid);
 - ``customer.subscription.updated`` on every update (localstripe sends none);
-- invoices: ``hosted_invoice_url`` and ``invoice_pdf`` (served), ``invoice.finalized`` and
-  ``invoice.paid`` events besides localstripe's.
+- invoices: ``hosted_invoice_url`` and ``invoice_pdf`` (served), ``invoice.finalized``,
+  ``invoice.paid`` and ``invoice.deleted`` events besides localstripe's.
 
 Run: ``python -m tests.support.fakes.stripe_emulator --port N`` (always from scratch);
 ``--seed`` creates the shipped plans' prices (as plans, 20 and 90 USD a month), and
@@ -340,6 +340,15 @@ def _invoice_paid(self: Any) -> None:
     r.schedule_webhook(r.Event("invoice.paid", self))
 
 
+def _invoice_delete(id: str) -> Any:
+    invoice = r.Invoice._api_retrieve(id)
+    gone = _delete(id)
+    r.schedule_webhook(r.Event("invoice.deleted", invoice))
+    return gone
+
+
+_delete = r.Invoice._api_delete
+r.Invoice._api_delete = staticmethod(_invoice_delete)
 r.Invoice._finalize = _invoice_finalize
 r.Invoice._on_payment_success = _invoice_paid
 

@@ -153,3 +153,59 @@ class StripeEvent(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Invoice(Base):
+    """A Stripe invoice mirrored from invoice.* webhooks (billing_0006): each event re-reads
+    the invoice's current state from Stripe, so the order they arrive in does not matter."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_billing_invoices_org_id_created", "org_id", "created", "id"),)
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    org_id: Mapped[uuid.UUID]
+    customer: Mapped[str | None] = mapped_column(String(255), default=None)
+    subscription: Mapped[str | None] = mapped_column(String(255), default=None)
+    number: Mapped[str | None] = mapped_column(String(255), default=None)
+    status: Mapped[str | None] = mapped_column(String(32), default=None)
+    currency: Mapped[str | None] = mapped_column(String(8), default=None)
+    # in the currency's smallest unit (cents), as Stripe gives them
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_due: Mapped[int] = mapped_column(BigInteger, default=0)
+    amount_paid: Mapped[int] = mapped_column(BigInteger, default=0)
+    period_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    invoice_pdf: Mapped[str | None] = mapped_column(String(2048), default=None)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the created time of the newest event applied (used when Stripe cannot be asked)
+    event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    synced_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class OverageReport(Base):
+    """An organization's overage of one billing month (billing_0006): its amount (and its
+    tokens) fixed when first computed, then sent to Stripe as an invoice item with an
+    idempotency key made of the organization and the month (and as a meter event whose
+    identifier is made alike), so a re-run or a crash mid-send never bills twice."""
+
+    __tablename__ = "overage_reports"
+    __table_args__ = (PrimaryKeyConstraint("org_id", "period"),)
+
+    org_id: Mapped[uuid.UUID]
+    period: Mapped[date] = mapped_column(Date)  # the month's first day
+    spend_usd: Mapped[Decimal] = mapped_column(MONEY)
+    included_usd: Mapped[Decimal] = mapped_column(MONEY)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(8), default="usd")
+    stripe_invoice_item: Mapped[str | None] = mapped_column(String(255), default=None)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # the month's tokens, sent to the plan's Stripe meter (its identifier: unique at Stripe)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    meter_event: Mapped[str | None] = mapped_column(String(255), default=None)
+    meter_reported_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

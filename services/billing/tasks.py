@@ -18,12 +18,15 @@ from libs.db import session_scope
 from libs.entitlements import publish
 from libs.prices import PriceCatalogue, load_catalogue
 from libs.queue import JobContext, job
+from libs.queue.types import Periodic, RetryPolicy
 from libs.storage_errors import describe
 from libs.usage import RECORD_USAGE, UsageEvent
 from services.billing.models import Subscription
+from services.billing.overage.service import OverageReporter, last_finished_month, parse_month
 from services.billing.plans.catalogue import load_plans
 from services.billing.plans.service import entitlements_of, publish_default
 from services.billing.settings import BillingSettings
+from services.billing.stripe_api import optional_client
 from services.billing.stripe_webhooks.service import PROCESS_STRIPE_EVENT, StripeState
 from services.billing.usage.consumer import UsageConsumer
 from services.billing.usage.partitions import Partitions
@@ -35,6 +38,7 @@ log = logging.getLogger("aistack.billing.tasks")
 # in all, before the job fails (shown failed, with its event, by the jobs service)
 RECORD_TRIES = 12
 MAINTAIN_INTERVAL_S = 6 * 3600.0
+REPORT_OVERAGE = "report_overage"
 
 
 def _prices(ctx: dict[str, Any]) -> PriceCatalogue:
@@ -58,23 +62,55 @@ async def record_usage(ctx: JobContext, event: dict[str, Any]) -> dict[str, bool
     return {"recorded": recorded}
 
 
-@job(name=PROCESS_STRIPE_EVENT, max_tries=RECORD_TRIES, retry_outages=True)
+# Stripe unreachable (an event re-reads the object's current state): tried again, ~20 minutes
+STRIPE_RETRY = RetryPolicy(max_tries=RECORD_TRIES, backoff_s=5.0, max_backoff_s=300.0)
+
+
+@job(name=PROCESS_STRIPE_EVENT, max_tries=RECORD_TRIES, retry_outages=True, retry=STRIPE_RETRY)
 async def process_stripe_event(ctx: JobContext, event_id: str) -> str:
     """Apply one stored Stripe event to its subscription (once; an older one than the state
     applied changes nothing) and publish the entitlements that follow."""
     settings = ctx.state.get("settings")
     plans_path = settings.plans_config if isinstance(settings, BillingSettings) else None
     grace_days = settings.past_due_grace_days if isinstance(settings, BillingSettings) else 7
+    client = optional_client(settings) if isinstance(settings, BillingSettings) else None
     async with session_scope(ctx.state["db"]) as session:
         state = StripeState(
-            session, ctx.state["redis"], load_plans(plans_path), timedelta(days=grace_days)
+            session, ctx.state["redis"], load_plans(plans_path), timedelta(days=grace_days), client
         )
         outcome = await state.process(event_id)
     log.info("Stripe event %s: %s", event_id, outcome)
     return outcome
 
 
-functions = [record_usage, process_stripe_event]
+@job(name=REPORT_OVERAGE, retry_outages=True, retry=STRIPE_RETRY, max_tries=RECORD_TRIES)
+async def report_overage(ctx: JobContext, month: str | None = None) -> dict[str, int]:
+    """Report a finished month's overage (default: the last one) to Stripe, once per
+    organization and month: safe to run again, it sends nothing twice."""
+    settings = ctx.state.get("settings")
+    if not isinstance(settings, BillingSettings):
+        settings = BillingSettings()
+    client = optional_client(settings)
+    if client is None:
+        return {"sent": 0, "already": 0, "none": 0}
+    period = parse_month(month) if month else last_finished_month(datetime.now(UTC))
+    reporter = OverageReporter(ctx.state["db"], load_plans(settings.plans_config), client)
+    counts = await reporter.report(period)
+    log.info("overage of %s: %s", f"{period:%Y-%m}", counts)
+    return counts
+
+
+functions = [record_usage, process_stripe_event, report_overage]
+# daily: the month just ended is reported on its first day (a day missed runs once)
+schedules = [
+    Periodic(
+        name="overage_report",
+        cron="17 1 * * *",
+        function=REPORT_OVERAGE,
+        missed="run_once",
+        description="Report the last month's overage to Stripe (once per organization)",
+    )
+]
 
 
 async def freeze_overdue_forever(

@@ -23,6 +23,12 @@ class Plan(BaseModel):
     stripe_price: str | None = Field(default=None, description="Stripe price id (null: not sold)")
     trial_days: int = Field(default=0, ge=0, le=730)
     overage: Literal["block", "allow"] = "block"
+    stripe_meter: str | None = Field(
+        default=None,
+        max_length=100,
+        description="event_name of a Stripe Billing Meter (overage: allow only): each month's "
+        "tokens are reported to it once the month ends",
+    )
 
     def entitlements(self, status: str = "active", period_start: str | None = None) -> Entitlements:
         return Entitlements(

@@ -12,6 +12,7 @@ plan.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -27,10 +28,11 @@ from libs.entitlements import publish
 from libs.errors import BadRequest, NotFound
 from libs.notify import PaymentFailed, emit
 from libs.queue import enqueue
+from services.billing.invoices.service import sync_invoice
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
 from services.billing.plans.repository import SubscriptionRepository
-from services.billing.plans.service import entitlements_of, month_period
+from services.billing.plans.service import PAYING, entitlements_of, month_period
 from services.billing.settings import BillingSettings
 from services.billing.stripe_webhooks.repository import StripeEventRepository
 
@@ -44,7 +46,10 @@ SUBSCRIPTION_EVENTS = (
     "customer.subscription.paused",
     "customer.subscription.resumed",
 )
+# the invoice events that change the subscription's state (every invoice.* event updates the
+# invoices' mirror: services/billing/invoices/service.py)
 INVOICE_EVENTS = ("invoice.paid", "invoice.payment_succeeded", "invoice.payment_failed")
+CHECKOUT_COMPLETED = "checkout.session.completed"
 
 
 def _at(epoch: Any) -> datetime | None:
@@ -97,8 +102,14 @@ class StripeState:
     """Applies stored events to subscriptions and republishes their entitlements."""
 
     def __init__(
-        self, session: AsyncSession, redis: Redis, plans: PlanCatalogue, grace: timedelta
+        self,
+        session: AsyncSession,
+        redis: Redis,
+        plans: PlanCatalogue,
+        grace: timedelta,
+        client: stripe.StripeClient | None = None,
     ) -> None:
+        self.client = client  # None: Stripe's API is not configured (events only)
         self.session = session
         self.events = StripeEventRepository(session)
         self.subs = SubscriptionRepository(session)
@@ -130,12 +141,23 @@ class StripeState:
         row.processed_at = datetime.now(UTC)
         payload: dict[str, Any] = dict(row.payload)
         obj: dict[str, Any] = (payload.get("data") or {}).get("object") or {}
-        if row.type not in SUBSCRIPTION_EVENTS + INVOICE_EVENTS:
+        invoice = row.type.startswith("invoice.")
+        if row.type not in (*SUBSCRIPTION_EVENTS, CHECKOUT_COMPLETED) and not invoice:
             return "ignored"
         sub = await self._subscription(obj)
         if sub is None:
             log.warning("Stripe event %s (%s) names no known organization", row.id, row.type)
             return "no organization"
+        mirrored = ""
+        if invoice:
+            # the mirror re-reads the invoice's current state: whatever the order of events
+            mirrored = await sync_invoice(self.session, sub.org_id, obj, row.created, self.client)
+            if row.type not in INVOICE_EVENTS:
+                return mirrored
+        if row.type == CHECKOUT_COMPLETED:
+            return await self._checkout_completed(sub, obj, row.created)
+        if row.type in SUBSCRIPTION_EVENTS and self.client is not None:
+            return await self._resync(self.client, sub, obj, row.created)
         if sub.stripe_event_at is not None and row.created < sub.stripe_event_at:
             return "older than the state applied"
         sub.stripe_event_at = row.created
@@ -147,7 +169,54 @@ class StripeState:
                 await self._tell_payment_failed(sub, obj)
         await self.session.flush()
         await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
-        return f"applied: {sub.plan} {sub.status}"
+        return f"{mirrored}; applied: {sub.plan} {sub.status}".lstrip("; ")
+
+    async def _resync(
+        self,
+        client: stripe.StripeClient,
+        sub: Subscription,
+        event_obj: dict[str, Any],
+        at: datetime,
+    ) -> str:
+        """A subscription event with Stripe's API at hand: the subscription as Stripe has it
+        now is applied, so events of the same second, late or out of order, all end in the
+        same state. A former subscription's end leaves a newer live one alone."""
+        sub_id = event_obj.get("id")
+        if not isinstance(sub_id, str):
+            return "no subscription id"
+        current = await _retrieve_subscription(client, sub_id)
+        if current is None:
+            return f"subscription {sub_id} unknown to Stripe: ignored"
+        status = str(current.get("status") or "")
+        other = sub.stripe_subscription_id not in (None, sub_id)
+        if other and status in ("canceled", "incomplete_expired") and sub.status in PAYING:
+            return "a former subscription: ignored"
+        apply_subscription(sub, current, self.plans, at, deleted=status == "canceled")
+        sub.stripe_event_at = max(filter(None, (sub.stripe_event_at, at)))
+        await self.session.flush()
+        await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
+        return f"applied (re-read): {sub.plan} {sub.status}"
+
+    async def _checkout_completed(
+        self, sub: Subscription, session: dict[str, Any], at: datetime
+    ) -> str:
+        """A Checkout Session paid: its subscription, as Stripe has it now, becomes the
+        organization's (its customer.subscription.* events apply the same state again)."""
+        if isinstance(session.get("customer"), str):
+            sub.stripe_customer_id = session["customer"]
+        sub_id = session.get("subscription")
+        if session.get("mode") != "subscription" or not isinstance(sub_id, str):
+            return "checkout without a subscription"
+        if self.client is None:
+            return "checkout: the subscription's own events apply it"
+        current = await _retrieve_subscription(self.client, sub_id)
+        if current is None:
+            return f"checkout: subscription {sub_id} unknown to Stripe"
+        apply_subscription(sub, current, self.plans, at)
+        sub.stripe_event_at = max(filter(None, (sub.stripe_event_at, at)))
+        await self.session.flush()
+        await publish(self.redis, sub.org_id, entitlements_of(sub, self.plans, self.grace))
+        return f"checkout: {sub.plan} {sub.status}"
 
     def _apply_subscription(
         self, sub: Subscription, type_: str, obj: dict[str, Any], at: datetime
@@ -184,6 +253,19 @@ class StripeState:
             sub.past_due_since = sub.past_due_since or at
         elif sub.status in ("past_due", "unpaid"):
             sub.status, sub.past_due_since = "active", None
+
+
+async def _retrieve_subscription(client: stripe.StripeClient, sub_id: str) -> dict[str, Any] | None:
+    """The subscription as Stripe has it now; None when Stripe has no such subscription
+    (another failure is raised: the job tries again later)."""
+    try:
+        found = await asyncio.to_thread(client.v1.subscriptions.retrieve, sub_id)
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            return None
+        raise
+    out: dict[str, Any] = found.to_dict()
+    return out
 
 
 # Stripe's amounts are in the currency's smallest unit; these have no minor unit

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
 from libs.db import SessionDep
 from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
 from services.billing.plans.schemas import SubscriptionOut
 from services.billing.state import BillingState
-from services.billing.subscriptions.schemas import InvoiceList, StripeSubscribe
+from services.billing.subscriptions.schemas import StripeSubscribe
 from services.billing.subscriptions.service import SubscriptionService
 
 router = APIRouter(prefix="/v1/billing/subscription", tags=["billing"])
-invoices_router = APIRouter(prefix="/v1/billing", tags=["billing"])
 
 
 async def get_subscription_service(
@@ -36,19 +35,6 @@ SubscriptionServiceDep = Annotated[SubscriptionService, Depends(get_subscription
 )
 async def subscribe(body: StripeSubscribe, service: SubscriptionServiceDep) -> object:
     return await service.subscribe(body)
-
-
-@invoices_router.get(
-    "/invoices",
-    response_model=InvoiceList,
-    summary="The organization's invoices (Stripe's hosted page and PDF), newest first",
-    dependencies=[require_scope(Scope.BILLING_READ)],
-)
-async def list_invoices(
-    service: SubscriptionServiceDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="At most this many")] = 20,
-) -> object:
-    return await service.invoices(limit)
 
 
 @router.post(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -19,19 +16,3 @@ class StripeSubscribe(BaseModel):
         max_length=255,
         description="A Stripe PaymentMethod id (collected with a SetupIntent) to pay with",
     )
-
-
-class InvoiceOut(BaseModel):
-    id: str
-    status: str | None
-    currency: str | None
-    amount_due: int = Field(description="In the currency's smallest unit (cents)")
-    amount_paid: int
-    created: datetime | None
-    hosted_invoice_url: str | None = Field(description="Stripe's page to see and pay it")
-    invoice_pdf: str | None
-
-
-class InvoiceList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[InvoiceOut]

@@ -6,7 +6,6 @@ the same state, so the order does not matter) and the entitlements republished.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,26 +15,16 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.entitlements import publish
-from libs.errors import BadGateway, Conflict, NotFound, ValidationFailed
+from libs.errors import Conflict, ValidationFailed
 from libs.identity import Principal
 from services.billing.models import Subscription
 from services.billing.plans.catalogue import PlanCatalogue
 from services.billing.plans.schemas import SubscriptionOut
 from services.billing.plans.service import PlanService, entitlements_of
 from services.billing.settings import BillingSettings
+from services.billing.stripe_api import stripe_call, stripe_client
 from services.billing.stripe_webhooks.service import apply_subscription
-from services.billing.subscriptions.schemas import InvoiceList, InvoiceOut, StripeSubscribe
-
-
-def _when(epoch: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(epoch), UTC) if epoch is not None else None
-
-
-def stripe_client(settings: BillingSettings) -> stripe.StripeClient:
-    if settings.stripe_api_key is None:
-        raise NotFound("Stripe is not configured here", code="stripe_not_configured")
-    bases: Any = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
-    return stripe.StripeClient(settings.stripe_api_key.get_secret_value(), base_addresses=bases)
+from services.billing.subscriptions.schemas import StripeSubscribe
 
 
 class SubscriptionService:
@@ -56,24 +45,9 @@ class SubscriptionService:
         self.view = PlanService(session, redis, plans, principal, self.grace)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """One SDK call (blocking HTTP) off the event loop; Stripe's refusal is the caller's
-        to fix (422 with its message), Stripe unreachable a 502."""
-        try:
-            result = await asyncio.to_thread(fn, *args, **kwargs)
-        except stripe.InvalidRequestError as exc:
-            raise ValidationFailed(
-                f"Stripe refused: {exc.user_message or exc}", code="stripe_refused"
-            ) from exc
-        except stripe.CardError as exc:
-            raise ValidationFailed(
-                f"Card refused: {exc.user_message}", code="card_refused"
-            ) from exc
-        except stripe.StripeError as exc:
-            raise BadGateway(f"Stripe failed: {exc}", code="stripe_unavailable") from exc
-        out: dict[str, Any] = result.to_dict()
-        return out
+        return await stripe_call(fn, *args, **kwargs)
 
-    async def _customer(self, client: stripe.StripeClient, sub: Subscription) -> str:
+    async def customer(self, client: stripe.StripeClient, sub: Subscription) -> str:
         if sub.stripe_customer_id:
             return sub.stripe_customer_id
         customer = await self._call(
@@ -93,7 +67,7 @@ class SubscriptionService:
             )
         client = stripe_client(self.settings)
         sub = await self.view.current()
-        customer = await self._customer(client, sub)
+        customer = await self.customer(client, sub)
         if body.payment_method:
             await self._call(
                 client.v1.payment_methods.attach,
@@ -112,12 +86,12 @@ class SubscriptionService:
             obj = await self._call(
                 client.v1.subscriptions.update,
                 sub.stripe_subscription_id,
-                params={"items": [{"id": item, "plan": plan.stripe_price}]},
+                params={"items": [{"id": item, "price": plan.stripe_price}]},
             )
         else:
             params: dict[str, Any] = {
                 "customer": customer,
-                "items": [{"plan": plan.stripe_price}],
+                "items": [{"price": plan.stripe_price}],
                 "metadata": {"org_id": str(self.org_id)},
             }
             if plan.trial_days:
@@ -141,32 +115,6 @@ class SubscriptionService:
             params={"cancel_at_period_end": cancel},
         )
         return await self._applied(sub, obj)
-
-    async def invoices(self, limit: int) -> InvoiceList:
-        """The organization's Stripe invoices, newest first (none without Stripe)."""
-        sub = await self.view.current()
-        if self.settings.stripe_api_key is None or not sub.stripe_customer_id:
-            return InvoiceList(data=[])
-        client = stripe_client(self.settings)
-        page = await self._call(
-            client.v1.invoices.list,
-            params={"customer": sub.stripe_customer_id, "limit": limit},
-        )
-        return InvoiceList(
-            data=[
-                InvoiceOut(
-                    id=str(inv["id"]),
-                    status=inv.get("status"),
-                    currency=inv.get("currency"),
-                    amount_due=int(inv.get("amount_due") or 0),
-                    amount_paid=int(inv.get("amount_paid") or 0),
-                    created=_when(inv.get("created")),
-                    hosted_invoice_url=inv.get("hosted_invoice_url"),
-                    invoice_pdf=inv.get("invoice_pdf"),
-                )
-                for inv in page.get("data") or []
-            ]
-        )
 
     async def _applied(self, sub: Subscription, obj: dict[str, Any]) -> SubscriptionOut:
         apply_subscription(sub, obj, self.plans, datetime.now(UTC))

@@ -46,7 +46,7 @@ class MeteredCall:
     principal: Principal
     org_id: uuid.UUID
     alias: Alias
-    kind: Literal["chat", "embedding"]
+    kind: Literal["chat", "completion", "response", "embedding"]
     id: str
     # a line of a Batch API batch: its usage event is of kind "batch"
     batch: bool = False
@@ -346,7 +346,7 @@ class Metering:
 
     def emit(self, call: MeteredCall, event: UsageEvent) -> None:
         """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
-        endpoint = "chat" if call.kind == "chat" else "embeddings"
+        endpoint = "embeddings" if call.kind == "embedding" else "chat"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
         if event.provider and not event.cached and event.status != "error":

@@ -16,7 +16,16 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from libs.budget import Reservation, budget_key, reserve, settle
+from libs.budget import (
+    UNIT,
+    Counted,
+    Reservation,
+    budget_key,
+    reserve_counted,
+    settle_counted,
+    token_budget_key,
+    units,
+)
 from libs.db import SessionFactory
 from libs.entitlements import Entitlements, EntitlementsCache, EntitlementsUnavailable
 from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
@@ -56,8 +65,42 @@ class MeteredCall:
     tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
     tpm_reserved: int = 0
     prompt_version: uuid.UUID | None = None
-    # the worst case reserved on the organization's budget, settled by the usage event
+    # the worst case reserved on the budgets (the organization's and the key's spend, the
+    # plan's tokens), settled by the usage event; which of its counters count tokens
     budget: Reservation | None = None
+    budget_tokens: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """A budget a call counts against: whose, its limit (USD, or tokens)."""
+
+    counted: Counted
+    owner: Literal["organization", "API key"]
+    limit: Decimal | int
+    tokens: bool = False
+
+    def refused(self, have: int) -> InsufficientQuota:
+        """OpenAI's answer for a used-up quota (429 insufficient_quota), saying which."""
+        if self.tokens:
+            what, used = f"token budget of {self.limit} tokens", f"{have} tokens"
+        else:
+            what, used = f"budget of {self.limit} USD", f"{Decimal(have) * UNIT:.2f} USD"
+        fix = (
+            "raise it (PATCH /v1/api-keys/{id})"
+            if self.owner == "API key"
+            else "raise it or change plans (GET /v1/billing/subscription)"
+        )
+        return InsufficientQuota(
+            f"This {self.owner}'s monthly {what} is used up ({used} spent or reserved this "
+            f"period); {fix}",
+            details={
+                "budget": "api_key" if self.owner == "API key" else "organization",
+                "unit": "tokens" if self.tokens else "usd",
+                "limit": str(self.limit),
+                "used": str(have) if self.tokens else str(Decimal(have) * UNIT),
+            },
+        )
 
 
 def _month_start() -> str:
@@ -130,7 +173,7 @@ class Metering:
             limits.append((f"llm:tpm:{{{org_id}}}:org", self.settings.org_tpm_limit, 60))
         if limits:
             await self._reserve_tpm(call, limits, needed)
-        if ent is not None:
+        if self.settings.budgets_enabled:
             await self._reserve_budget(call, ent, needed)
 
     async def _entitlements(self, org_id: uuid.UUID) -> Entitlements | None:
@@ -199,17 +242,35 @@ class Metering:
             return target.price
         return Price(input=found.input, output=found.output)
 
-    async def _reserve_budget(self, call: MeteredCall, ent: Entitlements, needed: int) -> None:
-        """Reserve the call's worst case on the organization's monthly budget (its plan's, or
-        lower), atomically with every call in flight; refuse when it would not fit."""
-        limit = ent.limits.monthly_spend_usd
-        if not self.settings.budgets_enabled or limit is None or ent.overage == "allow":
+    def _budgets(self, call: MeteredCall, ent: Entitlements | None, needed: int) -> list[_Budget]:
+        """The budgets a call counts against (none with budgets off)."""
+        period = ((ent.period_start if ent else None) or _month_start())[:10]
+        worst = units(self.worst_case_usd(call, needed))
+        out: list[_Budget] = []
+        if ent is not None and ent.overage != "allow":
+            spend, tokens = ent.limits.monthly_spend_usd, ent.limits.monthly_tokens
+            if spend is not None:
+                key = budget_key(call.org_id, period)
+                out.append(_Budget(Counted(key, units(spend), worst), "organization", spend))
+            if tokens is not None:
+                key = token_budget_key(call.org_id, period)
+                out.append(_Budget(Counted(key, tokens, needed), "organization", tokens, True))
+        own = call.principal.monthly_budget_usd
+        if call.principal.key_id is not None and own is not None:
+            key = budget_key(call.org_id, period, call.principal.key_id)
+            out.append(_Budget(Counted(key, units(own), worst), "API key", own))
+        return out
+
+    async def _reserve_budget(self, call: MeteredCall, ent: Entitlements | None, n: int) -> None:
+        """Reserve the call's worst case on every budget it counts against (the plan's spend
+        and tokens, or lower; its API key's own), atomically with every call in flight and
+        in one script call; refuse when any would not fit."""
+        budgets = self._budgets(call, ent, max(n, 1))
+        if not budgets:
             return
-        period = ent.period_start or _month_start()
-        key = budget_key(call.org_id, period[:10])
-        amount = self.worst_case_usd(call, max(needed, 1))
         try:
-            result = await self.guard.run("llm_budget", reserve(self.redis, [(key, limit)], amount))
+            counted = reserve_counted(self.redis, [b.counted for b in budgets])
+            result = await self.guard.run("llm_budget", counted)
         except Exception as exc:
             if self.settings.budget_fail_mode == "open":
                 log.warning("budget of %s not checked (Redis: %s)", call.org_id, exc)
@@ -223,14 +284,11 @@ class Metering:
             ) from exc
         if isinstance(result, Reservation):
             call.budget = result
+            call.budget_tokens = tuple(b.tokens for b in budgets)
             return
         self.refund_all(call)
-        raise InsufficientQuota(
-            f"This organization's monthly budget of {limit} USD is used up "
-            f"({result.spent:.2f} USD spent or reserved this period); "
-            "raise it or change plans (GET /v1/billing/subscription)",
-            details={"budget_usd": str(limit), "spent_usd": str(result.spent)},
-        )
+        index, have = result
+        raise budgets[index].refused(have)
 
     def _budget_cost(self, event: UsageEvent) -> Decimal:
         """What a call counts against its budget: its event's cost, else (a target without a
@@ -240,15 +298,17 @@ class Metering:
         found = self.prices.price_at(event.provider, event.model, event.created_at)
         return found.cost(event.prompt_tokens, event.completion_tokens) if found else Decimal(0)
 
-    def _settle_budget(self, call: MeteredCall, cost: Decimal) -> None:
+    def _settle_budget(self, call: MeteredCall, cost: Decimal, tokens: int) -> None:
         reservation, call.budget = call.budget, None
         if reservation is None:
             return
+        used = [tokens if t else units(cost) for t in call.budget_tokens]
 
         async def run() -> None:
             for attempt in range(6):
                 try:
-                    await self.guard.run("llm_budget", settle(self.redis, reservation, cost))
+                    settling = settle_counted(self.redis, reservation, used)
+                    await self.guard.run("llm_budget", settling)
                     return
                 except Exception as exc:
                     error = exc
@@ -261,7 +321,7 @@ class Metering:
     def refund_all(self, call: MeteredCall) -> None:
         """The call ended before the provider used anything (cancelled): free its reservation."""
         self._refund(call, call.tpm_reserved)
-        self._settle_budget(call, Decimal(0))
+        self._settle_budget(call, Decimal(0), 0)
 
     def _refund(self, call: MeteredCall, n: int) -> None:
         """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""
@@ -364,7 +424,8 @@ class Metering:
                 self._refund(call, -extra)
             call.tpm_limits = []  # settled: one event, one adjustment
         if call.budget is not None:
-            self._settle_budget(call, self._budget_cost(event))
+            spent = 0 if event.cached else event.prompt_tokens + event.completion_tokens
+            self._settle_budget(call, self._budget_cost(event), spent)
 
         if self.publisher is None:
             # captured now (request id, trace); sent with whatever else is waiting, and kept

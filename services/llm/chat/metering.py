@@ -28,7 +28,7 @@ from libs.budget import (
 )
 from libs.db import SessionFactory
 from libs.entitlements import Entitlements, EntitlementsCache, EntitlementsUnavailable
-from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
+from libs.errors import AccountFrozen, InsufficientQuota, RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.prices import load_catalogue
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
@@ -157,12 +157,7 @@ class Metering:
         principal, org_id = call.principal, call.org_id
         ent = await self._entitlements(org_id)
         if ent is not None and ent.status == "frozen":
-            raise AppError(
-                "This organization's account is frozen: a payment is overdue past its grace "
-                "period. Reads and billing pages keep working; settle the invoice to resume",
-                status_code=402,
-                code="account_frozen",
-            )
+            raise AccountFrozen()
         limits: list[tuple[str, int, float]] = []
         if principal.key_id is not None and principal.tpm_limit:
             limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))

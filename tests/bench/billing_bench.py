@@ -226,12 +226,22 @@ def chat_overhead(rounds: int = 8, seconds: float = 3.0) -> dict[str, Any]:
         upstream = s.start_fake_openai()
         config = models_yaml(upstream.url, Path(tmp))
         auth = s.start("auth", "services.auth.app:app")
-        urls = {}
+        urls, procs = {}, {}
         for mode, enabled in (("off", "false"), ("on", "true")):
             env = {"LLM_MODELS_CONFIG": str(config), "LLM_BUDGETS_ENABLED": enabled}
             llm = s.start(f"llm-{mode}", "services.llm.app:app", env=env)
             gw_env = {"GATEWAY_AUTH_URL": auth.url, "GATEWAY_LLM_URL": llm.url, **LIMITS}
-            urls[mode] = s.start(f"gateway-{mode}", "gateway.app:app", env=gw_env).url
+            gateway = s.start(f"gateway-{mode}", "gateway.app:app", env=gw_env)
+            urls[mode] = gateway.url
+            procs[f"llm-{mode}"] = psutil.Process(llm.popen.pid)
+            procs[f"gateway-{mode}"] = psutil.Process(gateway.popen.pid)
+        for child in psutil.Process().children(recursive=True):
+            if "redis" in child.name():
+                procs["redis"] = child
+
+        def probe() -> dict[str, float]:
+            return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+
         key, org = _key_with_budget(urls["on"])
         plan = Entitlements(
             plan="bench",
@@ -248,6 +258,8 @@ def chat_overhead(rounds: int = 8, seconds: float = 3.0) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {key}"}
         latencies: dict[str, list[float]] = {"on": [], "off": []}
         errors = {"on": 0, "off": 0}
+        # CPU ms of the mode's gateway, llm and of Redis over the rounds, and their requests
+        cpu: dict[str, dict[str, float]] = {"on": {}, "off": {}}
         diffs = []
         for i in range(rounds):
             p50 = {}
@@ -262,8 +274,13 @@ def chat_overhead(rounds: int = 8, seconds: float = 3.0) -> dict[str, Any]:
                         concurrency=1,
                         duration=seconds,
                         warmup=0.5,
+                        cpu_probe=probe,
                     )
                 )
+                for part in ("gateway", "llm", "redis"):
+                    name = part if part == "redis" else f"{part}-{mode}"
+                    spent_ms = r.cpu_ms.get(name, 0.0) * r.requests
+                    cpu[mode][part] = cpu[mode].get(part, 0.0) + spent_ms
                 latencies[mode] += r.latencies_ms
                 errors[mode] += r.errors
                 p50[mode] = r.p50
@@ -287,6 +304,10 @@ def chat_overhead(rounds: int = 8, seconds: float = 3.0) -> dict[str, Any]:
         "errors": errors,
         "p50_ms": {m: round(v, 3) for m, v in p50s.items()},
         "added_p50_ms": round(p50s["on"] - p50s["off"], 3),
+        "cpu_ms_per_request": {
+            m: {part: round(ms / max(len(latencies[m]), 1), 3) for part, ms in parts.items()}
+            for m, parts in cpu.items()
+        },
         "median_round_difference_ms": round(statistics.median(diffs), 3),
         "budget_counters_after": held,
     }
@@ -332,10 +353,14 @@ def run_bench(duration: float) -> str:
         f"| {race['calls']} | {race['budget_allows']} | {race['admitted']} | "
         f"{race['counter_usd']} | {race['reservation_p50_ms_c1']} |",
         "",
-        "| chat at c=1, gateway + llm | requests | errors | p50 ms |",
-        "|---|---|---|---|",
+        "| chat at c=1, gateway + llm | requests | errors | p50 ms "
+        "| CPU ms/request: gateway | llm | Redis |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| budgets {m} | {cost['requests'][m]} | {cost['errors'][m]} | {cost['p50_ms'][m]} |"
+            f"| budgets {m} | {cost['requests'][m]} | {cost['errors'][m]} | "
+            f"{cost['p50_ms'][m]} | "
+            + " | ".join(str(cost["cpu_ms_per_request"][m][p]) for p in ("gateway", "llm", "redis"))
+            + " |"
             for m in ("off", "on")
         ),
         "",

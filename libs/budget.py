@@ -20,7 +20,7 @@ of what was spent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -145,8 +145,15 @@ async def reserve_counted(
 async def settle_counted(redis: Redis, reservation: Reservation, used: Sequence[int]) -> None:
     """Replace each counter's reservation by what the call really used (``used[i]``)."""
     deltas = [u - a for u, a in zip(used, reservation.amounts, strict=True)]
-    if reservation.keys and any(deltas):
-        await _SCRIPTS.run(redis, _SETTLE, reservation.keys, [TTL_S, *deltas])
+    await adjust(redis, dict(zip(reservation.keys, deltas, strict=True)))
+
+
+async def adjust(redis: Redis, deltas: Mapping[str, int]) -> None:
+    """Move counters by ``deltas`` in one script call (keys of one organization: one slot);
+    several calls' settlements summed make one call."""
+    keys = [k for k, d in deltas.items() if d]
+    if keys:
+        await _SCRIPTS.run(redis, _SETTLE, keys, [TTL_S, *(deltas[k] for k in keys)])
 
 
 async def reserve(

@@ -20,9 +20,9 @@ from libs.budget import (
     UNIT,
     Counted,
     Reservation,
+    adjust,
     budget_key,
     reserve_counted,
-    settle_counted,
     token_budget_key,
     units,
 )
@@ -41,6 +41,8 @@ from services.llm.settings import LlmSettings
 log = logging.getLogger("aistack.llm")
 
 PUBLISH_CONCURRENCY = 8
+# budget settlements wait this long to be sent together (one script call per organization)
+SETTLE_EVERY_S = 0.05
 USAGE_BATCH = 200
 
 UsagePublisher = Callable[[UsageEvent], Awaitable[None]]
@@ -144,6 +146,9 @@ class Metering:
         # sent by one flush task at a time, so refunds coalesce under load (see _refund)
         self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
         self._refunding = False
+        # budget counter changes to send, per organization (see _settle_budget)
+        self._settles: dict[uuid.UUID, dict[str, int]] = {}
+        self._settling = False
         # the organization's plan (tpm, monthly budget), published by billing
         self.entitlements = EntitlementsCache(
             redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
@@ -294,24 +299,51 @@ class Metering:
         return found.cost(event.prompt_tokens, event.completion_tokens) if found else Decimal(0)
 
     def _settle_budget(self, call: MeteredCall, cost: Decimal, tokens: int) -> None:
+        """Queue the call's settlement: what it used minus what it reserved, per counter,
+        summed with the other calls' settlements of its organization and sent by one flush
+        task every SETTLE_EVERY_S (one script call for many calls; until then a counter holds
+        the worst case: stricter than the truth, never looser)."""
         reservation, call.budget = call.budget, None
         if reservation is None:
             return
         used = [tokens if t else units(cost) for t in call.budget_tokens]
+        pending = self._settles.setdefault(call.org_id, {})
+        for key, amount, u in zip(reservation.keys, reservation.amounts, used, strict=True):
+            pending[key] = pending.get(key, 0) + u - amount
+        if not self._settling:
+            self._settling = True
+            self.spawn(self._flush_settles())
 
-        async def run() -> None:
-            for attempt in range(6):
-                try:
-                    settling = settle_counted(self.redis, reservation, used)
-                    await self.guard.run("llm_budget", settling)
-                    return
-                except Exception as exc:
-                    error = exc
-                await asyncio.sleep(0.1 * 2**attempt)
-            # the counter keeps the worst case: stricter than the truth, never looser
-            log.warning("budget reservation of %s not settled (%s)", call.id, error)
-
-        self.spawn(run())
+    async def _flush_settles(self) -> None:
+        try:
+            failures = 0
+            while self._settles:
+                await asyncio.sleep(SETTLE_EVERY_S if not failures else 0.1 * 2**failures)
+                batch, self._settles = self._settles, {}
+                failed: dict[uuid.UUID, dict[str, int]] = {}
+                for org_id, deltas in batch.items():
+                    try:
+                        await self.guard.run("llm_budget", adjust(self.redis, deltas))
+                    except Exception as exc:
+                        failed[org_id] = deltas
+                        error = exc
+                if not failed:
+                    failures = 0
+                    continue
+                failures += 1
+                if failures > 5:
+                    # the counters keep the worst cases: stricter than the truth, never looser
+                    log.warning(
+                        "budget settlements of %d organizations lost (%s)", len(failed), error
+                    )
+                    failures = 0
+                    continue
+                for org_id, deltas in failed.items():  # with what queued meanwhile
+                    pending = self._settles.setdefault(org_id, {})
+                    for key, d in deltas.items():
+                        pending[key] = pending.get(key, 0) + d
+        finally:
+            self._settling = False
 
     def refund_all(self, call: MeteredCall) -> None:
         """The call ended before the provider used anything (cancelled): free its reservation."""

@@ -243,7 +243,8 @@ class Metering:
         return Price(input=found.input, output=found.output)
 
     def _budgets(self, call: MeteredCall, ent: Entitlements | None, needed: int) -> list[_Budget]:
-        """The budgets a call counts against (none with budgets off)."""
+        """The budgets a call counts against: the plan's spend and tokens (unless its overage
+        is allowed), the API key's own; all counted per the plan's period (else the month)."""
         period = ((ent.period_start if ent else None) or _month_start())[:10]
         worst = units(self.worst_case_usd(call, needed))
         out: list[_Budget] = []

@@ -4,7 +4,8 @@ Contract with the auth service:
 
 - ``POST {auth}/internal/api-keys/introspect`` with ``{"key": "ask_..."}`` and a service
   principal's internal token answers ``{"active": true, "key_id", "org_id", "user_id",
-  "scopes", "expires_at", "rpm_limit", "tpm_limit", "plan"}`` or ``{"active": false}``.
+  "scopes", "expires_at", "rpm_limit", "tpm_limit", "monthly_budget_usd", "plan"}`` or
+  ``{"active": false}``.
 - The answer is cached in Redis under ``aistack:apikey:<sha256 hex of the key>``. On revoke,
   auth deletes that key and publishes the sha256 hex on ``aistack:apikey:revoked``; every
   gateway drops its in-process entry at once. In-process entries live at most one second,
@@ -42,6 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -96,6 +98,7 @@ class KeyInfo:
     expires_at: datetime | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    monthly_budget_usd: Decimal | None = None
     plan: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # built once per cached answer, not per request
@@ -116,10 +119,11 @@ class KeyInfo:
                 expires_at=_parse_time(expires) if expires else None,
                 rpm_limit=_opt_int(data.get("rpm_limit")),
                 tpm_limit=_opt_int(data.get("tpm_limit")),
+                monthly_budget_usd=_opt_decimal(data.get("monthly_budget_usd")),
                 plan=str(data["plan"]) if data.get("plan") else None,
                 raw=data,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, ArithmeticError) as exc:
             log.error("malformed introspection answer (%s); treating key as inactive", exc)
             return cls(active=False, raw={"active": False})
 
@@ -140,6 +144,7 @@ class KeyInfo:
                     plan=self.plan,
                     rpm_limit=self.rpm_limit,
                     tpm_limit=self.tpm_limit,
+                    monthly_budget_usd=self.monthly_budget_usd,
                 ),
             )
         assert self._principal is not None
@@ -148,6 +153,15 @@ class KeyInfo:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _opt_decimal(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    out = Decimal(str(value))
+    if not out.is_finite() or out < 0:
+        raise ValueError(f"not a budget: {value!r}")
+    return out
 
 
 def _parse_time(value: Any) -> datetime:

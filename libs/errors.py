@@ -100,6 +100,17 @@ class InsufficientQuota(AppError):
     status_code, code, message = 429, "insufficient_quota", "You exceeded your current quota"
 
 
+class AccountFrozen(AppError):
+    """A payment overdue past its grace period: LLM calls, embeddings and ingestion are refused
+    until it is settled; reads, exports and billing pages keep working, nothing is deleted."""
+
+    status_code, code = 402, "account_frozen"
+    message = (
+        "This organization's account is frozen: a payment is overdue past its grace period. "
+        "Reads and billing pages keep working; settle the invoice to resume"
+    )
+
+
 class InternalError(AppError):
     status_code, code, message = 500, "internal_error", "Internal server error"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from decimal import Decimal
 from typing import Annotated, Any
 
 import jwt
@@ -39,6 +40,8 @@ class Principal(BaseModel):
     # limits configured on the API key (None: the organization's defaults apply)
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    # the API key's own monthly spend budget in USD (None: only the organization's applies)
+    monthly_budget_usd: Decimal | None = None
     flags: dict[str, bool] = Field(default_factory=dict)
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -135,6 +137,8 @@ class ApiKey(IdMixin, TimestampMixin, Base):
     expires_at: Mapped[datetime | None]
     rpm_limit: Mapped[int | None] = mapped_column(Integer)
     tpm_limit: Mapped[int | None] = mapped_column(Integer)
+    # spend allowed per budget period (the organization's billing month), enforced by the llm
+    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(18, 8))
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
 

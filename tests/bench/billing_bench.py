@@ -18,20 +18,29 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
+import statistics
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from redis.asyncio import Redis
 from sqlalchemy import text
 
-from libs.budget import Reservation, budget_key, reserve, spent
+from libs.budget import Reservation, budget_key, reserve, spent, token_budget_key
 from libs.db import make_engine
+from libs.entitlements import Entitlements, Limits, publish
 from libs.prices import load_catalogue
 from libs.usage import USAGE_STREAM, UsageEvent, prepare_usage, publish_usage_batch
+from tests.bench import load
+from tests.bench.llm_bench import BODY as CHAT_BODY
+from tests.bench.llm_bench import LIMITS, models_yaml
 from tests.bench.stack import stack
 
 MODELS = [("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("local", "qwen"), ("anthropic", "x")]
@@ -187,6 +196,123 @@ async def budget_race(redis_url: str, calls: int = 1000, fits: int = 100) -> dic
     }
 
 
+def _key_with_budget(gateway: str) -> tuple[str, uuid.UUID]:
+    """Sign up through the gateway; an API key with ``llm:use`` and a budget of its own."""
+    email = f"bench-{secrets.token_hex(4)}@example.com"
+    password = secrets.token_urlsafe(16)
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        client.post("/v1/auth/register", json={"email": email, "password": password})
+        r = client.post("/v1/auth/login", json={"email": email, "password": password})
+        r.raise_for_status()
+        r = client.post(
+            "/v1/api-keys",
+            json={"name": "bench", "scopes": ["llm:use"], "monthly_budget_usd": "1000000"},
+            headers={"authorization": f"Bearer {r.json()['access_token']}"},
+        )
+        r.raise_for_status()
+        return str(r.json()["key"]), uuid.UUID(r.json()["org_id"])
+
+
+def chat_overhead(rounds: int = 8, seconds: float = 3.0) -> dict[str, Any]:
+    """A chat's latency at c=1 through the gateway with budgets on and off: two llm processes
+    of this build (``LLM_BUDGETS_ENABLED`` true / false) over the bench's fake OpenAI, each
+    behind its own gateway, one API key with a budget of its own, its organization on a plan
+    with a spend and a token budget (published as billing does). Rounds alternate on and off
+    (the order flipping each round) so drift on a shared machine hits both alike; the p50 is
+    over every round's requests, and the median of the rounds' paired differences is given
+    beside it."""
+    with stack() as s, tempfile.TemporaryDirectory() as tmp:
+        s.env["LOG_LEVEL"] = "WARNING"
+        upstream = s.start_fake_openai()
+        config = models_yaml(upstream.url, Path(tmp))
+        auth = s.start("auth", "services.auth.app:app")
+        urls, procs = {}, {}
+        for mode, enabled in (("off", "false"), ("on", "true")):
+            env = {"LLM_MODELS_CONFIG": str(config), "LLM_BUDGETS_ENABLED": enabled}
+            llm = s.start(f"llm-{mode}", "services.llm.app:app", env=env)
+            gw_env = {"GATEWAY_AUTH_URL": auth.url, "GATEWAY_LLM_URL": llm.url, **LIMITS}
+            gateway = s.start(f"gateway-{mode}", "gateway.app:app", env=gw_env)
+            urls[mode] = gateway.url
+            procs[f"llm-{mode}"] = psutil.Process(llm.popen.pid)
+            procs[f"gateway-{mode}"] = psutil.Process(gateway.popen.pid)
+        for child in psutil.Process().children(recursive=True):
+            if "redis" in child.name():
+                procs["redis"] = child
+
+        def probe() -> dict[str, float]:
+            return {name: sum(p.cpu_times()[:2]) for name, p in procs.items()}
+
+        key, org = _key_with_budget(urls["on"])
+        plan = Entitlements(
+            plan="bench",
+            limits=Limits(monthly_spend_usd=Decimal(10**6), monthly_tokens=10**12),
+            period_start="2026-12-01",
+        )
+
+        async def setup() -> None:
+            redis = Redis.from_url(s.infra.redis_url)
+            await publish(redis, org, plan)
+            await redis.aclose()
+
+        asyncio.run(setup())
+        headers = {"authorization": f"Bearer {key}"}
+        latencies: dict[str, list[float]] = {"on": [], "off": []}
+        errors = {"on": 0, "off": 0}
+        # CPU ms of the mode's gateway, llm and of Redis over the rounds, and their requests
+        cpu: dict[str, dict[str, float]] = {"on": {}, "off": {}}
+        diffs = []
+        for i in range(rounds):
+            p50 = {}
+            for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                r = asyncio.run(
+                    load.run(
+                        f"chat, budgets {mode}",
+                        f"{urls[mode]}/v1/chat/completions",
+                        method="POST",
+                        json=CHAT_BODY,
+                        headers=headers,
+                        concurrency=1,
+                        duration=seconds,
+                        warmup=0.5,
+                        cpu_probe=probe,
+                    )
+                )
+                for part in ("gateway", "llm", "redis"):
+                    name = part if part == "redis" else f"{part}-{mode}"
+                    spent_ms = r.cpu_ms.get(name, 0.0) * r.requests
+                    cpu[mode][part] = cpu[mode].get(part, 0.0) + spent_ms
+                latencies[mode] += r.latencies_ms
+                errors[mode] += r.errors
+                p50[mode] = r.p50
+            diffs.append(p50["on"] - p50["off"])
+
+        async def counters() -> dict[str, str]:
+            redis = Redis.from_url(s.infra.redis_url)
+            period = "2026-12-01"
+            out = {
+                "org_usd": str(await spent(redis, budget_key(org, period))),
+                "tokens": (await redis.get(token_budget_key(org, period)) or b"0").decode(),
+            }
+            await redis.aclose()
+            return out
+
+        held = asyncio.run(counters())
+    p50s = {m: statistics.median(v) for m, v in latencies.items()}
+    return {
+        "rounds": rounds,
+        "requests": {m: len(v) for m, v in latencies.items()},
+        "errors": errors,
+        "p50_ms": {m: round(v, 3) for m, v in p50s.items()},
+        "added_p50_ms": round(p50s["on"] - p50s["off"], 3),
+        "cpu_ms_per_request": {
+            m: {part: round(ms / max(len(latencies[m]), 1), 3) for part, ms in parts.items()}
+            for m, parts in cpu.items()
+        },
+        "median_round_difference_ms": round(statistics.median(diffs), 3),
+        "budget_counters_after": held,
+    }
+
+
 def measure(args: Any) -> dict[str, Any]:
     with stack() as s:
         env = {"BILLING_LEDGER_BATCH": str(args.batch)}
@@ -205,10 +331,12 @@ def measure(args: Any) -> dict[str, Any]:
 
 
 def run_bench(duration: float) -> str:
-    """For ``make bench billing``: 12k events/s offered for ``duration`` seconds."""
+    """For ``make bench billing``: 12k events/s offered for ``duration`` seconds; then a
+    chat's p50 with budgets on and off."""
     args = argparse.Namespace(rate=12_000, duration=duration, workers=1, batch=5000)
     result = measure(args)
     race = result["budget_race"]
+    cost = chat_overhead(seconds=max(duration / 4, 2.0))
     lines = [
         "| events | offered/s | recorded/s | backlog max | seconds to empty | totals exact "
         "| worker CPU us/event | PostgreSQL CPU us/event | load avg |",
@@ -224,6 +352,21 @@ def run_bench(duration: float) -> str:
         "|---|---|---|---|---|",
         f"| {race['calls']} | {race['budget_allows']} | {race['admitted']} | "
         f"{race['counter_usd']} | {race['reservation_p50_ms_c1']} |",
+        "",
+        "| chat at c=1, gateway + llm | requests | errors | p50 ms "
+        "| CPU ms/request: gateway | llm | Redis |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| budgets {m} | {cost['requests'][m]} | {cost['errors'][m]} | "
+            f"{cost['p50_ms'][m]} | "
+            + " | ".join(str(cost["cpu_ms_per_request"][m][p]) for p in ("gateway", "llm", "redis"))
+            + " |"
+            for m in ("off", "on")
+        ),
+        "",
+        f"Budgets add {cost['added_p50_ms']} ms to the p50 (median of {cost['rounds']} "
+        f"alternating rounds' differences: {cost['median_round_difference_ms']} ms); "
+        f"counters after: {cost['budget_counters_after']}",
     ]
     return "\n".join(lines)
 
@@ -234,7 +377,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of production")
     parser.add_argument("--workers", type=int, default=1, help="billing worker processes")
     parser.add_argument("--batch", type=int, default=5000, help="BILLING_LEDGER_BATCH")
-    print(json.dumps(measure(parser.parse_args())))
+    parser.add_argument(
+        "--chat-overhead",
+        action="store_true",
+        help="only a chat's p50 with budgets on and off (see chat_overhead)",
+    )
+    parser.add_argument("--rounds", type=int, default=8, help="with --chat-overhead")
+    args = parser.parse_args()
+    if args.chat_overhead:
+        print(json.dumps(chat_overhead(args.rounds, args.duration)))
+        return
+    print(json.dumps(measure(args)))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from services.auth.api_keys.schemas import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyOut,
+    ApiKeyUpdate,
     IntrospectIn,
     IntrospectOut,
 )
@@ -54,6 +55,15 @@ async def create_api_key(body: ApiKeyCreate, svc: ApiKeyServiceDep) -> object:
 @router.get("/{key_id}", response_model=ApiKeyOut, summary="One API key")
 async def get_api_key(key_id: uuid.UUID, svc: ApiKeyServiceDep) -> object:
     return await svc.get_api_key(key_id)
+
+
+@router.patch(
+    "/{key_id}",
+    response_model=ApiKeyOut,
+    summary="Change an API key's name or limits (its monthly budget among them)",
+)
+async def update_api_key(key_id: uuid.UUID, body: ApiKeyUpdate, svc: ApiKeyServiceDep) -> object:
+    return await svc.update_api_key(key_id, body)
 
 
 @router.delete("/{key_id}", status_code=204, summary="Revoke an API key")

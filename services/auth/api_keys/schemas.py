@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 from libs.permissions import ALL_SCOPES
 from services.auth.core.schemas import Body, Name
+
+# a key's budget, in USD (a Redis budget counter holds up to about 90 million USD exactly)
+MAX_BUDGET_USD = Decimal(10_000_000)
+
+
+def _plain(value: Decimal | None) -> str | None:
+    """A budget as its shortest exact decimal ("12.5", not "12.50000000" as stored)."""
+    return None if value is None else format(value.normalize(), "f")
+
+
+# a budget in answers: an exact decimal string, as billing's amounts are
+BudgetOut = Annotated[Decimal | None, PlainSerializer(_plain, return_type=str | None)]
 
 
 class ApiKeyCreate(Body):
@@ -17,6 +31,15 @@ class ApiKeyCreate(Body):
     expires_at: datetime | None = None
     rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    monthly_budget_usd: Decimal | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_BUDGET_USD,
+        decimal_places=8,
+        description="What calls made with this key may spend per budget period (the "
+        "organization's billing month), on top of the organization's own budget; null: no "
+        "budget of its own. A call that would pass it is refused with 429 insufficient_quota",
+    )
 
     @field_validator("scopes")
     @classmethod
@@ -34,6 +57,16 @@ class ApiKeyCreate(Body):
         return v
 
 
+# the fields sent change; one sent as null clears it (no limit of the key's own)
+class ApiKeyUpdate(Body):
+    name: Name | None = None
+    rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    tpm_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    monthly_budget_usd: Decimal | None = Field(
+        default=None, ge=0, le=MAX_BUDGET_USD, decimal_places=8
+    )
+
+
 class ApiKeyOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -46,6 +79,7 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     rpm_limit: int | None
     tpm_limit: int | None
+    monthly_budget_usd: BudgetOut
     last_used_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
@@ -74,4 +108,5 @@ class IntrospectOut(BaseModel):
     expires_at: datetime | None = None
     rpm_limit: int | None = None
     tpm_limit: int | None = None
+    monthly_budget_usd: BudgetOut = None
     plan: str | None = None

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import update
 
 from libs.db import after_commit
-from libs.errors import Forbidden, NotFound, ValidationFailed
+from libs.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from libs.permissions import ROLE_RANK, ROLE_SCOPES, Role, Scope
 from libs.redis import RedisUnavailable, guard_for
 from services.auth.api_keys.repository import ApiKeyRepository
-from services.auth.api_keys.schemas import ApiKeyCreate
+from services.auth.api_keys.schemas import ApiKeyCreate, ApiKeyUpdate
 from services.auth.core.context import AuthContext, utcnow
 from services.auth.core.feature_service import FeatureService
 from services.auth.core.security import (
@@ -77,6 +77,7 @@ class ApiKeyService(FeatureService):
             expires_at=body.expires_at,
             rpm_limit=body.rpm_limit,
             tpm_limit=body.tpm_limit,
+            monthly_budget_usd=body.monthly_budget_usd,
         )
         await self.api_keys.add(key)
         await self.session.refresh(key)
@@ -101,6 +102,49 @@ class ApiKeyService(FeatureService):
         key = await self.api_keys.get_for_org(m.org_id, key_id)
         if key is None:
             raise NotFound("API key not found", code="api_key_not_found")
+        return key
+
+    async def update_api_key(self, key_id: uuid.UUID, body: ApiKeyUpdate) -> ApiKey:
+        """Change a key's name or limits (its creator or an admin); gateways see the change
+        within a second (their cached introspection is dropped after commit)."""
+        user, m = await self._key_manager()
+        key = await self.api_keys.get_for_org(m.org_id, key_id)
+        if key is None:
+            raise NotFound("API key not found", code="api_key_not_found")
+        if key.user_id != user.id and ROLE_RANK[Role(m.role)] < ROLE_RANK[Role.ADMIN]:
+            raise Forbidden(
+                "Only its creator or an admin can change a key", code="org_admin_required"
+            )
+        if key.revoked_at is not None:
+            raise Conflict("This API key is revoked", code="api_key_revoked")
+        changes = body.model_dump(include=body.model_fields_set)
+        if "name" in changes and changes["name"] is None:
+            raise ValidationFailed(
+                "name cannot be null",
+                details=[
+                    {"field": "body.name", "message": "cannot be null", "type": "value_error"}
+                ],
+            )
+        for name, value in changes.items():
+            setattr(key, name, value)
+        await self.session.flush()
+        await self.session.refresh(key)
+        redis, key_hash = self.redis, key.key_hash
+
+        async def drop_cache() -> None:
+            try:
+                await redis.delete(APIKEY_CACHE_PREFIX + key_hash)
+            except Exception:
+                log.warning("could not drop the cached introspection of key %s", key.id)
+
+        after_commit(self.session, drop_cache)
+        await self.audit(
+            "api_key.updated",
+            org_id=m.org_id,
+            target_type="api_key",
+            target_id=key.id,
+            details={k: (str(v) if v is not None else None) for k, v in changes.items()},
+        )
         return key
 
     async def revoke_api_key(self, key_id: uuid.UUID) -> None:
@@ -199,5 +243,6 @@ class ApiKeyService(FeatureService):
             "expires_at": key.expires_at,
             "rpm_limit": key.rpm_limit,
             "tpm_limit": key.tpm_limit,
+            "monthly_budget_usd": key.monthly_budget_usd,
             "plan": None,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from libs.orm import Repository
 from libs.permissions import Role
@@ -58,6 +58,16 @@ class OrgRepository(Repository[Organization]):
             .order_by(Membership.created_at, Membership.id)
         )
         return [(m, u) for m, u in (await self.session.execute(stmt)).all()]
+
+    async def count_members(self, org_id: uuid.UUID, *, lock: bool = False) -> int:
+        """Members of an organization; with ``lock``, its row is locked first, so members
+        joining at once are counted one after the other (a seat limit holds)."""
+        if lock:
+            await self.session.execute(
+                select(Organization.id).where(Organization.id == org_id).with_for_update()
+            )
+        stmt = select(func.count()).select_from(Membership).where(Membership.org_id == org_id)
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def count_owners(self, org_id: uuid.UUID) -> int:
         stmt = select(Membership.id).where(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from libs import notify
+from libs.entitlements import EntitlementsCache, EntitlementsUnavailable
 from libs.errors import BadRequest, Conflict, Forbidden, NotFound
 from libs.permissions import ROLE_RANK, Role
 from services.auth.api_keys.service import ApiKeyService
@@ -17,6 +19,8 @@ from services.auth.core.security import new_opaque_token, sha256_hex
 from services.auth.models import Invite, Membership, Organization
 from services.auth.orgs.repository import InviteRepository
 from services.auth.orgs.schemas import InviteCreate
+
+log = logging.getLogger("aistack.auth")
 
 
 def org_out(org: Organization, m: Membership) -> dict[str, Any]:
@@ -172,6 +176,7 @@ class OrgService(FeatureService):
         existing = await self.users.by_email(body.email)
         if existing and await self.orgs.membership(org_id, existing.id):
             raise Conflict("That person is already a member", code="already_member")
+        await self._check_seats(org_id, lock=False)
         org = await self.orgs.get(org_id)
         assert org is not None
         raw = new_opaque_token()
@@ -210,6 +215,28 @@ class OrgService(FeatureService):
             subject={"invite_id": inv.id},
         )
         return inv
+
+    async def _check_seats(self, org_id: uuid.UUID, *, lock: bool) -> None:
+        """Refuse one more member past the plan's seats (published by billing). Members
+        joining at once are counted under the organization's row lock (``lock``); Redis
+        unreachable: not checked (a seat is no spend; nobody is locked out by an outage)."""
+        try:
+            ent = await EntitlementsCache(self.redis, ttl_s=0).get(org_id)
+        except EntitlementsUnavailable as exc:
+            log.warning("seats of %s not checked (Redis: %s)", org_id, exc)
+            return
+        if ent is None or ent.limits.seats is None:
+            return
+        seats = ent.limits.seats
+        members = await self.orgs.count_members(org_id, lock=lock)
+        if members >= seats:
+            raise Forbidden(
+                f"Your organization has reached its limit (seats) of {seats} members "
+                f"({members} now) on the {ent.plan} plan; remove a member or change plans "
+                "(GET /v1/billing/plans)",
+                code="quota_exceeded",
+                details={"limit": "seats", "max": seats, "current": members, "plan": ent.plan},
+            )
 
     async def list_invites(self, org_id: uuid.UUID) -> list[Invite]:
         user, _ = await self.current_user()
@@ -254,6 +281,7 @@ class OrgService(FeatureService):
         inv.accepted_by = user.id
         m = await self.orgs.membership(inv.org_id, user.id)
         if m is None:
+            await self._check_seats(inv.org_id, lock=True)
             m = Membership(org_id=inv.org_id, user_id=user.id, role=inv.role)
             self.session.add(m)
             await self.session.flush()

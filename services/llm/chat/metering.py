@@ -16,10 +16,19 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
-from libs.budget import Reservation, budget_key, reserve, settle
+from libs.budget import (
+    UNIT,
+    Counted,
+    Reservation,
+    adjust,
+    budget_key,
+    reserve_counted,
+    token_budget_key,
+    units,
+)
 from libs.db import SessionFactory
 from libs.entitlements import Entitlements, EntitlementsCache, EntitlementsUnavailable
-from libs.errors import AppError, InsufficientQuota, RateLimited, ServiceUnavailable
+from libs.errors import AccountFrozen, InsufficientQuota, RateLimited, ServiceUnavailable
 from libs.identity import Principal
 from libs.prices import load_catalogue
 from libs.ratelimit import LocalLimiter, hit_many, refund_many
@@ -32,6 +41,8 @@ from services.llm.settings import LlmSettings
 log = logging.getLogger("aistack.llm")
 
 PUBLISH_CONCURRENCY = 8
+# budget settlements wait this long to be sent together (one script call per organization)
+SETTLE_EVERY_S = 0.05
 USAGE_BATCH = 200
 
 UsagePublisher = Callable[[UsageEvent], Awaitable[None]]
@@ -46,7 +57,7 @@ class MeteredCall:
     principal: Principal
     org_id: uuid.UUID
     alias: Alias
-    kind: Literal["chat", "embedding"]
+    kind: Literal["chat", "completion", "response", "embedding"]
     id: str
     # a line of a Batch API batch: its usage event is of kind "batch"
     batch: bool = False
@@ -56,8 +67,42 @@ class MeteredCall:
     tpm_limits: list[tuple[str, int, float]] = field(default_factory=list)
     tpm_reserved: int = 0
     prompt_version: uuid.UUID | None = None
-    # the worst case reserved on the organization's budget, settled by the usage event
+    # the worst case reserved on the budgets (the organization's and the key's spend, the
+    # plan's tokens), settled by the usage event; which of its counters count tokens
     budget: Reservation | None = None
+    budget_tokens: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """A budget a call counts against: whose, its limit (USD, or tokens)."""
+
+    counted: Counted
+    owner: Literal["organization", "API key"]
+    limit: Decimal | int
+    tokens: bool = False
+
+    def refused(self, have: int) -> InsufficientQuota:
+        """OpenAI's answer for a used-up quota (429 insufficient_quota), saying which."""
+        if self.tokens:
+            what, used = f"token budget of {self.limit} tokens", f"{have} tokens"
+        else:
+            what, used = f"budget of {self.limit} USD", f"{Decimal(have) * UNIT:.2f} USD"
+        fix = (
+            "raise it (PATCH /v1/api-keys/{id})"
+            if self.owner == "API key"
+            else "raise it or change plans (GET /v1/billing/subscription)"
+        )
+        return InsufficientQuota(
+            f"This {self.owner}'s monthly {what} is used up ({used} spent or reserved this "
+            f"period); {fix}",
+            details={
+                "budget": "api_key" if self.owner == "API key" else "organization",
+                "unit": "tokens" if self.tokens else "usd",
+                "limit": str(self.limit),
+                "used": str(have) if self.tokens else str(Decimal(have) * UNIT),
+            },
+        )
 
 
 def _month_start() -> str:
@@ -101,6 +146,9 @@ class Metering:
         # sent by one flush task at a time, so refunds coalesce under load (see _refund)
         self._refunds: dict[uuid.UUID, dict[tuple[str, int, float], int]] = {}
         self._refunding = False
+        # budget counter changes to send, per organization (see _settle_budget)
+        self._settles: dict[uuid.UUID, dict[str, int]] = {}
+        self._settling = False
         # the organization's plan (tpm, monthly budget), published by billing
         self.entitlements = EntitlementsCache(
             redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
@@ -114,12 +162,7 @@ class Metering:
         principal, org_id = call.principal, call.org_id
         ent = await self._entitlements(org_id)
         if ent is not None and ent.status == "frozen":
-            raise AppError(
-                "This organization's account is frozen: a payment is overdue past its grace "
-                "period. Reads and billing pages keep working; settle the invoice to resume",
-                status_code=402,
-                code="account_frozen",
-            )
+            raise AccountFrozen()
         limits: list[tuple[str, int, float]] = []
         if principal.key_id is not None and principal.tpm_limit:
             limits.append((f"llm:tpm:{{{org_id}}}:key:{principal.key_id}", principal.tpm_limit, 60))
@@ -130,7 +173,7 @@ class Metering:
             limits.append((f"llm:tpm:{{{org_id}}}:org", self.settings.org_tpm_limit, 60))
         if limits:
             await self._reserve_tpm(call, limits, needed)
-        if ent is not None:
+        if self.settings.budgets_enabled:
             await self._reserve_budget(call, ent, needed)
 
     async def _entitlements(self, org_id: uuid.UUID) -> Entitlements | None:
@@ -199,17 +242,36 @@ class Metering:
             return target.price
         return Price(input=found.input, output=found.output)
 
-    async def _reserve_budget(self, call: MeteredCall, ent: Entitlements, needed: int) -> None:
-        """Reserve the call's worst case on the organization's monthly budget (its plan's, or
-        lower), atomically with every call in flight; refuse when it would not fit."""
-        limit = ent.limits.monthly_spend_usd
-        if not self.settings.budgets_enabled or limit is None or ent.overage == "allow":
+    def _budgets(self, call: MeteredCall, ent: Entitlements | None, needed: int) -> list[_Budget]:
+        """The budgets a call counts against: the plan's spend and tokens (unless its overage
+        is allowed), the API key's own; all counted per the plan's period (else the month)."""
+        period = ((ent.period_start if ent else None) or _month_start())[:10]
+        worst = units(self.worst_case_usd(call, needed))
+        out: list[_Budget] = []
+        if ent is not None and ent.overage != "allow":
+            spend, tokens = ent.limits.monthly_spend_usd, ent.limits.monthly_tokens
+            if spend is not None:
+                key = budget_key(call.org_id, period)
+                out.append(_Budget(Counted(key, units(spend), worst), "organization", spend))
+            if tokens is not None:
+                key = token_budget_key(call.org_id, period)
+                out.append(_Budget(Counted(key, tokens, needed), "organization", tokens, True))
+        own = call.principal.monthly_budget_usd
+        if call.principal.key_id is not None and own is not None:
+            key = budget_key(call.org_id, period, call.principal.key_id)
+            out.append(_Budget(Counted(key, units(own), worst), "API key", own))
+        return out
+
+    async def _reserve_budget(self, call: MeteredCall, ent: Entitlements | None, n: int) -> None:
+        """Reserve the call's worst case on every budget it counts against (the plan's spend
+        and tokens, or lower; its API key's own), atomically with every call in flight and
+        in one script call; refuse when any would not fit."""
+        budgets = self._budgets(call, ent, max(n, 1))
+        if not budgets:
             return
-        period = ent.period_start or _month_start()
-        key = budget_key(call.org_id, period[:10])
-        amount = self.worst_case_usd(call, max(needed, 1))
         try:
-            result = await self.guard.run("llm_budget", reserve(self.redis, [(key, limit)], amount))
+            counted = reserve_counted(self.redis, [b.counted for b in budgets])
+            result = await self.guard.run("llm_budget", counted)
         except Exception as exc:
             if self.settings.budget_fail_mode == "open":
                 log.warning("budget of %s not checked (Redis: %s)", call.org_id, exc)
@@ -223,14 +285,11 @@ class Metering:
             ) from exc
         if isinstance(result, Reservation):
             call.budget = result
+            call.budget_tokens = tuple(b.tokens for b in budgets)
             return
         self.refund_all(call)
-        raise InsufficientQuota(
-            f"This organization's monthly budget of {limit} USD is used up "
-            f"({result.spent:.2f} USD spent or reserved this period); "
-            "raise it or change plans (GET /v1/billing/subscription)",
-            details={"budget_usd": str(limit), "spent_usd": str(result.spent)},
-        )
+        index, have = result
+        raise budgets[index].refused(have)
 
     def _budget_cost(self, event: UsageEvent) -> Decimal:
         """What a call counts against its budget: its event's cost, else (a target without a
@@ -240,28 +299,57 @@ class Metering:
         found = self.prices.price_at(event.provider, event.model, event.created_at)
         return found.cost(event.prompt_tokens, event.completion_tokens) if found else Decimal(0)
 
-    def _settle_budget(self, call: MeteredCall, cost: Decimal) -> None:
+    def _settle_budget(self, call: MeteredCall, cost: Decimal, tokens: int) -> None:
+        """Queue the call's settlement: what it used minus what it reserved, per counter,
+        summed with the other calls' settlements of its organization and sent by one flush
+        task every SETTLE_EVERY_S (one script call for many calls; until then a counter holds
+        the worst case: stricter than the truth, never looser)."""
         reservation, call.budget = call.budget, None
         if reservation is None:
             return
+        used = [tokens if t else units(cost) for t in call.budget_tokens]
+        pending = self._settles.setdefault(call.org_id, {})
+        for key, amount, u in zip(reservation.keys, reservation.amounts, used, strict=True):
+            pending[key] = pending.get(key, 0) + u - amount
+        if not self._settling:
+            self._settling = True
+            self.spawn(self._flush_settles())
 
-        async def run() -> None:
-            for attempt in range(6):
-                try:
-                    await self.guard.run("llm_budget", settle(self.redis, reservation, cost))
-                    return
-                except Exception as exc:
-                    error = exc
-                await asyncio.sleep(0.1 * 2**attempt)
-            # the counter keeps the worst case: stricter than the truth, never looser
-            log.warning("budget reservation of %s not settled (%s)", call.id, error)
-
-        self.spawn(run())
+    async def _flush_settles(self) -> None:
+        try:
+            failures = 0
+            while self._settles:
+                await asyncio.sleep(SETTLE_EVERY_S if not failures else 0.1 * 2**failures)
+                batch, self._settles = self._settles, {}
+                failed: dict[uuid.UUID, dict[str, int]] = {}
+                for org_id, deltas in batch.items():
+                    try:
+                        await self.guard.run("llm_budget", adjust(self.redis, deltas))
+                    except Exception as exc:
+                        failed[org_id] = deltas
+                        error = exc
+                if not failed:
+                    failures = 0
+                    continue
+                failures += 1
+                if failures > 5:
+                    # the counters keep the worst cases: stricter than the truth, never looser
+                    log.warning(
+                        "budget settlements of %d organizations lost (%s)", len(failed), error
+                    )
+                    failures = 0
+                    continue
+                for org_id, deltas in failed.items():  # with what queued meanwhile
+                    pending = self._settles.setdefault(org_id, {})
+                    for key, d in deltas.items():
+                        pending[key] = pending.get(key, 0) + d
+        finally:
+            self._settling = False
 
     def refund_all(self, call: MeteredCall) -> None:
         """The call ended before the provider used anything (cancelled): free its reservation."""
         self._refund(call, call.tpm_reserved)
-        self._settle_budget(call, Decimal(0))
+        self._settle_budget(call, Decimal(0), 0)
 
     def _refund(self, call: MeteredCall, n: int) -> None:
         """Give ``n`` reserved tokens back to the call's TPM limits, off the response path."""
@@ -346,7 +434,7 @@ class Metering:
 
     def emit(self, call: MeteredCall, event: UsageEvent) -> None:
         """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
-        endpoint = "chat" if call.kind == "chat" else "embeddings"
+        endpoint = "embeddings" if call.kind == "embedding" else "chat"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()
         if event.provider and not event.cached and event.status != "error":
@@ -364,7 +452,8 @@ class Metering:
                 self._refund(call, -extra)
             call.tpm_limits = []  # settled: one event, one adjustment
         if call.budget is not None:
-            self._settle_budget(call, self._budget_cost(event))
+            spent = 0 if event.cached else event.prompt_tokens + event.completion_tokens
+            self._settle_budget(call, self._budget_cost(event), spent)
 
         if self.publisher is None:
             # captured now (request id, trace); sent with whatever else is waiting, and kept

@@ -77,6 +77,9 @@ class CallOptions:
     # x-aistack-batch: the call is a line of this Batch API batch (the jobs service sends it;
     # the gateway drops x-aistack-* headers from clients), metered as batch usage
     batch: str | None = None
+    # the usage kind of the calls made for this request: /v1/completions and /v1/responses
+    # run through the chat pipeline but are recorded as what the client called
+    kind: Literal["chat", "completion", "response"] = "chat"
 
 
 @dataclass
@@ -276,7 +279,7 @@ class ChatService:
         # the providers that need them so (services/llm/legacy/functions.py)
         legacy = legacy_plan(body)
         alias = self._resolve(body.model, "chat")
-        call = MeteredCall(principal, org_id, alias, "chat", call_id, batch=bool(opts.batch))
+        call = MeteredCall(principal, org_id, alias, opts.kind, call_id, batch=bool(opts.batch))
         call.prompt_version = ctx.prompt_version_id if ctx else None
         timeout_s = self._timeout(body.timeout, opts.timeout)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

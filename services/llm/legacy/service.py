@@ -73,6 +73,7 @@ class CompletionService:
                 code="invalid_idempotency_key",
             )
         chats = [to_chat(body, p) for p in prompts]
+        options = replace(options, kind="completion")
         shape = Shape.of(body, prompts)
         if body.stream:
             results = await self._open_all(principal, chats, options, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from typing import Any, Literal
 
 from libs.identity import Principal
@@ -62,7 +63,7 @@ class ResponsesService:
             search, chat_turn = await self._file_search(principal, body, tool, history, turn)
         chat = to_chat(chat_body, history, chat_turn)
         shape = Shape(body, search, INCLUDE_RESULTS in _include(body))
-        result = await self.chat.chat(principal, chat, options)
+        result = await self.chat.chat(principal, chat, replace(options, kind="response"))
 
         store: Store | None = None
         if body.store is not False:

@@ -1,5 +1,6 @@
-"""The organization's plan limits that rag enforces (storage bytes, vector stores), read
-from the entitlements billing publishes to Redis (libs/entitlements.py)."""
+"""The organization's plan limits that rag enforces (storage bytes, vector stores; a frozen
+account's uploads and ingestion), read from the entitlements billing publishes to Redis
+(libs/entitlements.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from libs.entitlements import EntitlementsCache, EntitlementsUnavailable
+from libs.errors import AccountFrozen
 from services.rag.settings import RagSettings
 
 log = logging.getLogger("aistack.rag.plan")
@@ -22,6 +24,13 @@ class OrgLimits:
     storage_bytes: int | None
     vector_stores: int | None
     source: str  # "plan" or "settings"
+    # the subscription is past due past its grace period (billing's "frozen")
+    frozen: bool = False
+
+    def require_active(self) -> None:
+        """Refuse what writes or embeds (uploads, ingestion) while the account is frozen."""
+        if self.frozen:
+            raise AccountFrozen()
 
 
 class PlanLimits:
@@ -47,4 +56,5 @@ class PlanLimits:
             return self.from_settings()
         if ent is None:
             return self.from_settings()
-        return OrgLimits(ent.limits.storage_bytes, ent.limits.vector_stores, "plan")
+        frozen = ent.status == "frozen"
+        return OrgLimits(ent.limits.storage_bytes, ent.limits.vector_stores, "plan", frozen)

@@ -113,12 +113,13 @@ class FileService:
     ) -> File:
         """Stream the file part into storage, then record it (checking the purpose, the
         expiry and the organization's limits); the bytes go again when anything refuses."""
+        limits = await self.plans.of(self.org_id)  # read once, outside the org's lock
+        limits.require_active()  # a frozen account stores nothing new
         file_id = ids.uuid7()
         key = f"{self.org_id}/{file_id.hex}"
         # before the request's own session takes a connection: one at a time per request
         async with session_scope(self.db) as intent:
             intent.add(StorageDeletion(storage_key=key, not_before=now() + ABANDONED_AFTER))
-        limits = await self.plans.of(self.org_id)  # read once, outside the org's lock
         count, used = await self.repo.usage(self.org_id)
         self._check_limits(limits, count + 1, used)
         try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from libs.errors import AccountFrozen
 from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
 from libs.permissions import Scope
 from services.rag.settings import RagSettings
@@ -192,6 +193,8 @@ class Embedder:
                         self.served[model] = body["model"]
                     return _vectors(body, len(texts))
                 detail = _error_message(resp)
+                if resp.status_code == 402 and _error_code(resp) == "account_frozen":
+                    raise AccountFrozen()  # the organization's, not the model's: said so
                 if resp.status_code != 429 and resp.status_code < 500:
                     raise EmbeddingError(
                         f"the embedding model '{model}' refused the request: {detail}",
@@ -213,6 +216,13 @@ def _error_message(resp: httpx.Response) -> str:
         return str(body["error"]["message"])[:300]
     except Exception:
         return resp.text[:300] or resp.reason_phrase
+
+
+def _error_code(resp: httpx.Response) -> str | None:
+    try:
+        return str(resp.json()["error"]["code"])
+    except Exception:
+        return None
 
 
 def _vectors(body: Any, n: int) -> list[list[float]]:

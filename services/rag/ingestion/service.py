@@ -35,6 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from libs.db import Database, session_scope
+from libs.errors import AccountFrozen
 from libs.notify import FileIngestFailed, emit_now, make_event
 from libs.queue import (
     JobCancelled,
@@ -317,6 +318,9 @@ class Ingestion:
                 )
             except EmbeddingError as exc:
                 raise _Failed("server_error", f"Embedding failed: {exc}", "embed") from exc
+            except AccountFrozen as exc:
+                # failed, not retried: attached again once the invoice is settled
+                raise _Failed("server_error", f"Embedding refused: {exc.message}", "embed") from exc
             INGEST_STAGE_SECONDS.labels("embed").observe(time.perf_counter() - started)
             async with self._mine(store_id, file_id, jc.job_id, generation) as (repo, sf):
                 store = await repo.store(store_id)

@@ -142,7 +142,10 @@ class VectorStoreService:
 
     async def create(self, body: VectorStoreCreate) -> dict[str, Any]:
         # the plan's vector_stores, else the setting (None: the plan sets no limit)
-        limit = (await self.plans.of(self.org_id)).vector_stores  # read before the org's lock
+        limits = await self.plans.of(self.org_id)  # read before the org's lock
+        if body.file_ids:
+            limits.require_active()  # ingestion refused while the account is frozen
+        limit = limits.vector_stores
         await self.stores.lock_org(self.org_id)
         if limit is not None and await self.stores.count_for_org(self.org_id) >= limit:
             raise Forbidden(
@@ -222,6 +225,7 @@ class VectorStoreService:
         return sf
 
     async def attach(self, public_id: str, body: StoreFileCreate) -> dict[str, Any]:
+        (await self.plans.of(self.org_id)).require_active()
         store = await self.store(public_id, lock=True)
         (sf,) = await self._attach(store, [body], batch=None, param="file_id")
         self._send_jobs()
@@ -385,6 +389,7 @@ class VectorStoreService:
 
     async def create_batch(self, public_id: str, body: FileBatchCreate) -> dict[str, Any]:
         entries = body.entries()
+        (await self.plans.of(self.org_id)).require_active()
         store = await self.store(public_id, lock=True)
         batch = FileBatch(
             id=ids.uuid7(), vector_store_id=store.id, org_id=self.org_id, status="in_progress"

@@ -60,6 +60,7 @@ async def test_create_list_get_introspect_revoke(
         "expires_at": None,
         "rpm_limit": 60,
         "tpm_limit": 10_000,
+        "monthly_budget_usd": None,
         "plan": None,
     }
     used = await client.get(f"/v1/api-keys/{created['id']}", headers=acct.headers)
@@ -190,3 +191,62 @@ async def test_last_used_written_at_most_once_a_minute(
         await db.execute(select(ApiKey.last_used_at).where(ApiKey.id == created["id"]))
     ).scalar_one()
     assert first is not None and first == second
+
+
+async def test_a_keys_monthly_budget_is_set_changed_and_introspected(
+    client: httpx.AsyncClient, redis: Redis, db: AsyncConnection
+) -> None:
+    acct = await signup(client)
+    created = await _create(client, acct, monthly_budget_usd="12.5")
+    assert created["monthly_budget_usd"] == "12.5"
+    key, key_id = str(created["key"]), created["id"]
+    assert (await _introspect(client, key)).json()["monthly_budget_usd"] == "12.5"
+
+    # changed: the gateway's cached introspection is dropped, so the next call sees it
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    await redis.set(f"aistack:apikey:{digest}", b"cached")
+    changed = await client.patch(
+        f"/v1/api-keys/{key_id}", json={"monthly_budget_usd": 3}, headers=acct.headers
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["monthly_budget_usd"] == "3" and changed.json()["name"] == "ci"
+    assert not await redis.exists(f"aistack:apikey:{digest}")
+    one = await client.get(f"/v1/api-keys/{key_id}", headers=acct.headers)
+    assert one.json()["monthly_budget_usd"] == "3"
+    assert (await _introspect(client, key)).json()["monthly_budget_usd"] == "3"
+    # only the fields sent change; null clears the budget
+    renamed = await client.patch(
+        f"/v1/api-keys/{key_id}", json={"name": "prod"}, headers=acct.headers
+    )
+    assert renamed.json()["monthly_budget_usd"] == "3" and renamed.json()["name"] == "prod"
+    cleared = await client.patch(
+        f"/v1/api-keys/{key_id}", json={"monthly_budget_usd": None}, headers=acct.headers
+    )
+    assert cleared.json()["monthly_budget_usd"] is None
+    assert (await _introspect(client, key)).json()["monthly_budget_usd"] is None
+    actions = (
+        await db.execute(select(AuditEvent.action).where(AuditEvent.target_id == key_id))
+    ).scalars()
+    assert "api_key.updated" in set(actions)
+
+    # bad input: a clear 422, nothing changed
+    for body in (
+        {"monthly_budget_usd": -1},
+        {"monthly_budget_usd": "0.000000001"},
+        {"monthly_budget_usd": "1e12"},
+        {"name": None},
+        {"plan": "free"},
+    ):
+        bad = await client.patch(f"/v1/api-keys/{key_id}", json=body, headers=acct.headers)
+        assert bad.status_code == 422, (body, bad.text)
+        assert bad.json()["error"]["code"] == "validation_error"
+    after = await client.get(f"/v1/api-keys/{key_id}", headers=acct.headers)
+    assert after.json()["name"] == "prod" and after.json()["monthly_budget_usd"] is None
+    missing = await client.patch(
+        f"/v1/api-keys/{uuid.uuid4()}", json={"name": "x"}, headers=acct.headers
+    )
+    assert missing.status_code == 404
+    # a revoked key is not changed
+    await client.delete(f"/v1/api-keys/{key_id}", headers=acct.headers)
+    gone = await client.patch(f"/v1/api-keys/{key_id}", json={"name": "x"}, headers=acct.headers)
+    assert gone.status_code == 409 and gone.json()["error"]["code"] == "api_key_revoked"

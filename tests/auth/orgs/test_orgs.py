@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from libs.entitlements import Entitlements, Limits, publish
 from services.auth.models import Membership
 from tests.support.stacks.auth import Account, mail_token, signup
 
@@ -217,3 +218,45 @@ async def test_withdrawn_invites_cannot_be_accepted(
     )
     assert refused.status_code == 400
     assert (await client.get(f"/v1/orgs/{org}", headers=guest.headers)).status_code == 404
+
+
+async def test_the_plans_seats_bound_who_joins(client: httpx.AsyncClient, redis: Redis) -> None:
+    owner, bob, carol, dave = [await signup(client) for _ in range(4)]
+    org = await _team(client, owner)
+    await publish(redis, uuid.UUID(org), Entitlements(plan="duo", limits=Limits(seats=2)))
+    tokens = {}
+    for who in (bob, carol):  # invited while there is room
+        inv = await client.post(
+            f"/v1/orgs/{org}/invites", json={"email": who.email}, headers=owner.headers
+        )
+        assert inv.status_code == 201, inv.text
+        tokens[who.email] = await mail_token(redis, who.email, "You are invited", "/accept-invite")
+    joined = await client.post(
+        "/v1/orgs/invites/accept", json={"token": tokens[bob.email]}, headers=bob.headers
+    )
+    assert joined.status_code == 200, joined.text
+
+    # the seats are taken: the next to accept is refused, clearly, and stays outside
+    full = await client.post(
+        "/v1/orgs/invites/accept", json={"token": tokens[carol.email]}, headers=carol.headers
+    )
+    assert full.status_code == 403, full.text
+    error = full.json()["error"]
+    assert error["code"] == "quota_exceeded"
+    assert "limit (seats) of 2 members (2 now) on the duo plan" in error["message"]
+    assert error["details"] == {"limit": "seats", "max": 2, "current": 2, "plan": "duo"}
+    assert (await client.get(f"/v1/orgs/{org}", headers=carol.headers)).status_code == 404
+    # and no new invite goes out
+    refused = await client.post(
+        f"/v1/orgs/{org}/invites", json={"email": dave.email}, headers=owner.headers
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "quota_exceeded"
+
+    # a larger plan: the invite still pending is accepted
+    await publish(redis, uuid.UUID(org), Entitlements(plan="team", limits=Limits(seats=3)))
+    ok = await client.post(
+        "/v1/orgs/invites/accept", json={"token": tokens[carol.email]}, headers=carol.headers
+    )
+    assert ok.status_code == 200, ok.text
+    members = await client.get(f"/v1/orgs/{org}/members", headers=owner.headers)
+    assert len(members.json()["data"]) == 3

@@ -12,9 +12,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from redis.asyncio import Redis
 
-from libs.budget import Reservation, budget_key, reserve, settle, spent
+from libs.budget import Reservation, budget_key, reserve, settle, spent, token_budget_key
 from libs.entitlements import Entitlements, Limits, publish
-from tests.support.stacks.llm import Env
+from tests.support.stacks.llm import Env, LlmStack
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
@@ -39,7 +39,8 @@ async def test_a_thousand_concurrent_reservations_never_pass_the_budget(redis: R
 
 @pytest.fixture
 def llm_overrides() -> dict[str, object]:
-    return {"entitlements_ttl_seconds": 0}
+    # Redis given time to answer 100 reservations at once on a loaded machine
+    return {"entitlements_ttl_seconds": 0, "redis_timeout_s": 3}
 
 
 async def test_concurrent_chats_against_a_small_budget_never_overshoot(env: Env) -> None:
@@ -101,4 +102,113 @@ async def test_a_frozen_account_is_refused_with_account_frozen(env: Env) -> None
     assert env.primary.chat_calls == 0  # refused before the provider
     await publish(env.redis, org, Entitlements(plan="pro"))
     resp = await env.client.chat.completions.create(model="default", messages=MESSAGES)
+    assert resp.choices[0].message.content
+
+
+async def _outcome(client: openai.AsyncOpenAI) -> str:
+    """One chat: ok, or which budget refused it (its message says), or unavailable (Redis
+    too slow on a loaded machine: refused, never served unchecked)."""
+    try:
+        await client.chat.completions.create(model="default", messages=MESSAGES, max_tokens=10)
+    except openai.RateLimitError as exc:
+        assert exc.code == "insufficient_quota", exc.body
+        assert exc.body["type"] == "insufficient_quota"  # type: ignore[index]
+        return "refused:api_key" if "API key's" in exc.message else "refused:organization"
+    except openai.InternalServerError as exc:
+        assert exc.status_code == 503 and exc.code == "budget_unavailable"
+        return "unavailable"
+    return "ok"
+
+
+async def _settled(env: Env, key: str, real: Decimal) -> Decimal:
+    for _ in range(100):
+        if await spent(env.redis, key) == real:
+            break
+        await asyncio.sleep(0.05)
+    return await spent(env.redis, key)
+
+
+async def test_an_api_keys_budget_holds_under_a_concurrent_race(env: Env) -> None:
+    org = env.principal.org_id
+    assert org is not None and env.principal.key_id is not None
+    # the organization has room for everything; the key's own budget for a few calls
+    await publish(
+        env.redis,
+        org,
+        Entitlements(plan="pro", limits=Limits(monthly_spend_usd=100), period_start="2026-12-01"),
+    )
+    budget = Decimal("0.0001")
+    capped = env.sdk(env.principal.model_copy(update={"monthly_budget_usd": budget}))
+    other = env.sdk(env.principal.model_copy(update={"key_id": None}))  # a user, no key budget
+    assert await _outcome(capped) == "ok"
+    env.primary.behavior.delay = 0.2  # every call in flight at once
+    outcomes = ["ok", *await asyncio.gather(*(_outcome(capped) for _ in range(100)))]
+    admitted = outcomes.count("ok")
+    assert "refused:api_key" in outcomes and admitted < 50, outcomes
+    assert "refused:organization" not in outcomes
+    events = [e for e in await env.usage_events() if e["status"] == "ok"]
+    assert len(events) == admitted
+    real = sum((Decimal(e["cost_usd"]) for e in events), Decimal(0))
+    assert real <= budget
+    # both counters hold the real spend once settled: one reservation on both, each call
+    key_counter = budget_key(org, "2026-12-01", env.principal.key_id)
+    assert await _settled(env, key_counter, real) == real
+    assert await _settled(env, budget_key(org, "2026-12-01"), real) == real
+    # the organization's other callers are not held by that key's budget
+    env.primary.behavior.delay = 0
+    assert await _outcome(other) == "ok"
+    # the refusal says which budget, in OpenAI's error shape
+    spent_key = env.sdk(env.principal.model_copy(update={"monthly_budget_usd": Decimal(0)}))
+    with pytest.raises(openai.RateLimitError) as caught:
+        await spent_key.chat.completions.create(model="default", messages=MESSAGES)
+    assert caught.value.status_code == 429 and caught.value.code == "insufficient_quota"
+    assert "API key's monthly budget of 0 USD is used up" in caught.value.message
+
+
+async def test_a_plans_monthly_token_budget_is_enforced_like_spend(env: Env) -> None:
+    org = env.principal.org_id
+    assert org is not None
+    # the fake answers 12 prompt + 7 completion tokens; a call reserves its estimate first
+    await publish(
+        env.redis,
+        org,
+        Entitlements(plan="tiny", limits=Limits(monthly_tokens=100), period_start="2026-12-01"),
+    )
+    outcomes = [await _outcome(env.client) for _ in range(8)]
+    assert outcomes[0] == "ok" and outcomes[-1] == "refused:organization", outcomes
+    events = [e for e in await env.usage_events() if e["status"] == "ok"]
+    used = sum(e["prompt_tokens"] + e["completion_tokens"] for e in events)
+    assert len(events) == outcomes.count("ok") and used <= 100
+    assert int(await env.redis.get(token_budget_key(org, "2026-12-01")) or 0) == used
+    with pytest.raises(openai.RateLimitError) as caught:
+        await env.client.chat.completions.create(model="default", messages=MESSAGES)
+    assert "monthly token budget of 100 tokens" in caught.value.message
+    # overage allowed on the plan: the token budget does not block
+    await publish(
+        env.redis,
+        org,
+        Entitlements(
+            plan="tiny",
+            limits=Limits(monthly_tokens=100),
+            overage="allow",
+            period_start="2026-12-01",
+        ),
+    )
+    assert await _outcome(env.client) == "ok"
+
+
+@pytest.fixture
+async def gw(openai_stack: LlmStack) -> LlmStack:
+    return openai_stack
+
+
+async def test_a_keys_budget_from_auth_reaches_the_llm_through_the_gateway(gw: LlmStack) -> None:
+    """The budget set on the key (auth's introspection) travels with the principal."""
+    key, _ = gw.auth.add_api_key(monthly_budget_usd="0")
+    with pytest.raises(openai.RateLimitError) as caught:
+        await gw.sdk(key).chat.completions.create(model="default", messages=MESSAGES)
+    assert caught.value.code == "insufficient_quota"
+    assert "API key's monthly budget of 0 USD" in caught.value.message
+    roomy, _ = gw.auth.add_api_key(monthly_budget_usd="5")
+    resp = await gw.sdk(roomy).chat.completions.create(model="default", messages=MESSAGES)
     assert resp.choices[0].message.content

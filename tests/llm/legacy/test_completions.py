@@ -56,7 +56,7 @@ async def test_plain_completion(env: Env) -> None:
     events = await env.usage_events()
     assert len(events) == 1
     ev = events[0]
-    assert ev["request_id"] == chat_id(resp.id) and ev["kind"] == "chat"
+    assert ev["request_id"] == chat_id(resp.id) and ev["kind"] == "completion"
     assert (ev["prompt_tokens"], ev["completion_tokens"], ev["status"]) == (12, 7, "ok")
     assert (ev["provider"], ev["model"]) == ("primary", "gpt-4o-mini")
 

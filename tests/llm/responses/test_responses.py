@@ -64,7 +64,7 @@ async def test_plain_text(env: Env) -> None:
     ev = events[0]
     assert ev["request_id"] == "chatcmpl-" + resp.id.removeprefix("resp_")
     assert (ev["kind"], ev["status"], ev["prompt_tokens"], ev["completion_tokens"]) == (
-        "chat",
+        "response",
         "ok",
         12,
         7,

@@ -143,3 +143,43 @@ async def test_redis_unreachable_falls_back_to_the_settings(
         with pytest.raises(openai.PermissionDeniedError) as exc:
             await client.files.create(file=("b.txt", b"b"), purpose="assistants")
         assert exc.value.code == "quota_exceeded"
+
+
+async def test_a_frozen_account_uploads_and_ingests_nothing_and_still_reads(
+    app: FastAPI, redis: Redis
+) -> None:
+    who = principal()
+    assert who.org_id is not None
+    client = sdk_for(app, who)
+    kept = await client.files.create(
+        file=("a.txt", b"Kept before the freeze."), purpose="assistants"
+    )
+    store = await client.vector_stores.create(name="kb")
+    await publish(redis, who.org_id, Entitlements(plan="pro", status="frozen"))
+
+    def frozen(exc: openai.APIStatusError) -> None:
+        assert exc.status_code == 402 and exc.code == "account_frozen"
+        assert "payment is overdue" in exc.message
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.files.create(file=("b.txt", b"new"), purpose="assistants")
+    frozen(caught.value)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.vector_stores.files.create(vector_store_id=store.id, file_id=kept.id)
+    frozen(caught.value)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.vector_stores.file_batches.create(vector_store_id=store.id, file_ids=[kept.id])
+    frozen(caught.value)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.vector_stores.create(name="more", file_ids=[kept.id])
+    frozen(caught.value)
+    # nothing was written; what is there reads as before
+    assert [f.id for f in (await client.files.list()).data] == [kept.id]
+    assert (await client.files.content(kept.id)).content == b"Kept before the freeze."
+    assert [s.id for s in (await client.vector_stores.list()).data] == [store.id]
+    assert (await client.vector_stores.files.list(vector_store_id=store.id)).data == []
+
+    # paid: back to work
+    await publish(redis, who.org_id, Entitlements(plan="pro"))
+    attached = await client.vector_stores.files.create(vector_store_id=store.id, file_id=kept.id)
+    assert attached.status == "in_progress"

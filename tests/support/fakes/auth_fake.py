@@ -108,6 +108,7 @@ class FakeAuth:
         tpm_limit: int | None = None,
         expires_at: str | None = None,
         plan: str | None = "pro",
+        monthly_budget_usd: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
         key = "ask_" + secrets.token_urlsafe(30)
         info = {
@@ -119,6 +120,7 @@ class FakeAuth:
             "expires_at": expires_at,
             "rpm_limit": rpm_limit,
             "tpm_limit": tpm_limit,
+            "monthly_budget_usd": monthly_budget_usd,
             "plan": plan,
         }
         self.api_keys[key] = info

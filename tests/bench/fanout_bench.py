@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from typing import Any
 
 import httpx
 import orjson
+import psutil
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
@@ -41,6 +43,33 @@ from services.jobs.notifications.models import Notification
 from tests.bench.stack import Stack, stack
 
 BATCH = 500
+
+
+def cpu_probe(s: Stack) -> Any:
+    """CPU seconds used so far by the jobs worker, the jobs app, auth and PostgreSQL (its
+    postmaster and backends)."""
+    procs = {n: psutil.Process(s.procs[n].popen.pid) for n in ("jobs-worker", "jobs", "auth")}
+    pg = s.infra.postgres
+    pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0]) if pg else None
+
+    def probe() -> dict[str, float]:
+        out = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        if pid is not None:
+            postmaster = psutil.Process(pid)
+            total = 0.0
+            for p in [postmaster, *postmaster.children()]:
+                with contextlib.suppress(psutil.Error):
+                    total += sum(p.cpu_times()[:2])
+            out["postgres"] = total
+        return out
+
+    return probe
+
+
+def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> str:
+    return ", ".join(
+        f"{name} {(after[name] - before[name]) / events * 1000:.1f} ms" for name in after
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -151,6 +180,9 @@ async def measure(
         # burst
         batch = events_for(org, events)
         emitted: dict[str, float] = {}
+        probe = cpu_probe(s)
+        cpu_before = probe()
+        load_before = os.getloadavg()[0]
         start = time.monotonic()
         for i in range(0, events, BATCH):
             chunk = batch[i : i + BATCH]
@@ -165,12 +197,18 @@ async def measure(
                 raise TimeoutError(f"{written} of {want} notifications after an hour")
             await asyncio.sleep(0.25)
         took = time.monotonic() - start
+        cpu_after = probe()
+        load_after = os.getloadavg()[0]
         await wait_arrivals(followers, emitted, 60)
         lag, missing = lags(followers, emitted)
         out.append(
             f"| {events:,} events x {members} members (emitted in {emit_s:.1f} s) | "
             f"{want:,} notifications written in {took:.1f} s: {events / took:.0f} events/s, "
             f"{want / took:,.0f} notifications/s |"
+        )
+        out.append(
+            f"| the same burst: CPU per event (load average {load_before:.1f} -> "
+            f"{load_after:.1f}) | {cpu_per_event(cpu_before, cpu_after, events)} |"
         )
         out.append(
             f"| the same burst: emit -> SSE arrival on {clients} connected clients (queue wait "

@@ -1,23 +1,34 @@
-"""The fan-out: one event becomes, once per event id, its recipients' in-app notifications,
+"""The fan-out: events become, once per event id, their recipients' in-app notifications,
 the mails they chose (now or in their digest), and webhook messages to the organization's
 endpoints.
 
-Recipients are asked of auth (internal HTTP) every time: members of the event's organization
-with the kind's roles, or the one user it names while they still belong to it (an event about
-an organization someone left reaches nobody there), never the actor themselves. Account notices
-(``security.*``) go to their user wherever they act.
+Recipients are asked of auth (internal HTTP) for every batch of events: members of the event's
+organization with the kind's roles, or the one user it names while they still belong to it (an
+event about an organization someone left reaches nobody there), never the actor themselves.
+Account notices (``security.*``) go to their user wherever they act.
+
+Events are delivered in batches (:class:`FanoutBatcher`: the worker's concurrent
+``deliver_notification`` jobs hand their events to one loop): one recipients call per distinct
+question in the batch, one preferences query, one INSERT of the events, one of all their
+notifications (copying each event's fields from its record in PostgreSQL, so only ids travel),
+one webhook endpoints query, and one script call appending to the users' live streams.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import SessionFactory, session_scope
 from libs.errors import ServiceUnavailable
@@ -28,10 +39,10 @@ from services.jobs.email.service import SEND_MAIL
 from services.jobs.notifications import inbox
 from services.jobs.notifications.models import NotificationMail
 from services.jobs.notifications.repository import NotificationRepository
-from services.jobs.notifications.service import notification_out
+from services.jobs.notifications.schemas import NotificationOut
 from services.jobs.preferences.repository import PreferenceRepository
 from services.jobs.preferences.service import effective
-from services.jobs.webhooks.service import messages_for_event
+from services.jobs.webhooks.service import messages_for_events
 
 log = logging.getLogger("aistack.jobs.notifications")
 
@@ -90,88 +101,253 @@ class Recipients:
         return Person(user_id, body.get("email"), body.get("display_name") or "")
 
 
+class _Asked:
+    """Recipients answers within one batch: the same question is asked of auth once."""
+
+    def __init__(self, recipients: Recipients) -> None:
+        self.recipients = recipients
+        self.members_seen: dict[tuple[Any, ...], tuple[list[Person], str]] = {}
+        self.contacts_seen: dict[uuid.UUID, Person | None] = {}
+
+    async def members(
+        self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
+    ) -> tuple[list[Person], str]:
+        key = (org_id, tuple(roles), tuple(user_ids))
+        if key not in self.members_seen:
+            self.members_seen[key] = await self.recipients.members(org_id, roles, user_ids)
+        return self.members_seen[key]
+
+    async def contact(self, user_id: uuid.UUID) -> Person | None:
+        if user_id not in self.contacts_seen:
+            self.contacts_seen[user_id] = await self.recipients.contact(user_id)
+        return self.contacts_seen[user_id]
+
+
+@dataclass
+class _Plan:
+    """What one event of a batch becomes."""
+
+    ev: Event
+    in_app: list[uuid.UUID] = field(default_factory=list)
+    mails: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Fanout:
-    """Turns one event into notifications, mails and webhook messages, once per event id."""
+    """Turns events into notifications, mails and webhook messages, once per event id."""
 
     def __init__(self, sessions: SessionFactory, redis: Redis, recipients: Recipients) -> None:
         self.sessions = sessions
         self.redis = redis
         self.recipients = recipients
 
-    async def people_for(self, ev: Event) -> tuple[list[Person], str]:
+    async def people_for(self, ev: Event, asked: _Asked | None = None) -> tuple[list[Person], str]:
+        ask = asked or _Asked(self.recipients)
         spec = KINDS[ev.kind]
         if spec.account or ev.org_id is None:
-            person = await self.recipients.contact(ev.user_id) if ev.user_id else None
+            person = await ask.contact(ev.user_id) if ev.user_id else None
             return ([person] if person else []), ""
         people: list[Person] = []
         org_name = ""
         if ev.user_id is not None:
-            people, org_name = await self.recipients.members(ev.org_id, [], [ev.user_id])
+            people, org_name = await ask.members(ev.org_id, [], [ev.user_id])
         if not people and spec.roles:
             # no user named, or they are gone: the kind's roles
-            people, org_name = await self.recipients.members(ev.org_id, list(spec.roles), [])
+            people, org_name = await ask.members(ev.org_id, list(spec.roles), [])
         return [p for p in people if p.user_id != ev.actor_id], org_name
 
     async def deliver(self, ev: Event) -> int:
         """Record the event and notify its recipients; how many got it in-app (0 for a
         duplicate). Raises when auth or the database fails (the job retries)."""
-        spec = KINDS.get(ev.kind)
-        if spec is None:
-            log.warning("event %s of unknown kind %r dropped", ev.id, ev.kind)
-            return 0
-        people, org_name = await self.people_for(ev) if spec.inbox else ([], "")
+        (result,) = await self.deliver_many([ev])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def deliver_many(self, events: Sequence[Event]) -> list[int | Exception]:
+        """:meth:`deliver` for a batch, in one transaction: per event, how many got it in-app,
+        or the exception its recipients lookup raised (that event only is left undelivered).
+        Raises when the database fails (nothing of the batch is kept)."""
+        results: list[int | Exception] = [0] * len(events)
+        asked = _Asked(self.recipients)
+        people: dict[int, tuple[list[Person], str]] = {}
+        first: dict[uuid.UUID, int] = {}
+        for i, ev in enumerate(events):
+            spec = KINDS.get(ev.kind)
+            if spec is None:
+                log.warning("event %s of unknown kind %r dropped", ev.id, ev.kind)
+                continue
+            if ev.id in first:  # the same event twice in a batch: once
+                continue
+            try:
+                people[i] = await self.people_for(ev, asked) if spec.inbox else ([], "")
+            except Exception as exc:
+                results[i] = exc
+                continue
+            first[ev.id] = i
+        if not people:
+            return results
+        live: list[inbox.LiveGroup] = []
         async with session_scope(self.sessions) as session:
-            repo = NotificationRepository(session)
-            if not await repo.record_event(ev):
-                return 0
-            chosen, org_default = await PreferenceRepository(session).for_kind(
-                [p.user_id for p in people], ev.org_id, ev.kind
+            prefs = PreferenceRepository(session)
+            chosen, defaults = await prefs.for_kinds(
+                list({p.user_id for ps, _ in people.values() for p in ps}),
+                list({o for i in people if (o := events[i].org_id) is not None}),
+                list({events[i].kind for i in people}),
             )
-            in_app: list[uuid.UUID] = []
-            mails: list[dict[str, Any]] = []
-            for p in people:
-                channels = effective(ev.kind, chosen.get(p.user_id), org_default)
-                if "in_app" in channels:
-                    in_app.append(p.user_id)
-                mode = "now" if "email" in channels else "digest" if "digest" in channels else None
-                if mode and p.email:
-                    mails.append(
-                        {
-                            "id": uuid.uuid4(),
-                            "user_id": p.user_id,
-                            "org_id": ev.org_id,
-                            "org_name": org_name[:200],
-                            "event_id": ev.id,
-                            "kind": ev.kind,
-                            "email": p.email,
-                            "name": p.name[:200],
-                            "mode": mode,
-                            "status": "pending",
-                        }
-                    )
-            created = await repo.add_for(ev, in_app)
-            if mails:
-                stmt = (
-                    insert(NotificationMail)
-                    .values(mails)
-                    .on_conflict_do_nothing(constraint="uq_notification_mails_event_id_user_id")
-                )
-                await session.execute(stmt)
-                for m in mails:
-                    if m["mode"] == "now":
-                        await enqueue(
-                            session,
-                            self.redis,
-                            service="jobs",
-                            function=SEND_MAIL,
-                            kwargs={"mail_id": str(m["id"])},
-                            job_id=f"mail-{m['id']}",
-                            internal=True,
-                        )
-            await messages_for_event(session, self.redis, ev)
-            live = [(n.user_id, n.org_id, "notification", notification_out(n)) for n in created]
+            plans = {
+                i: self._plan(events[i], ps, org, chosen, defaults)
+                for i, (ps, org) in people.items()
+            }
+            repo = NotificationRepository(session)
+            new = await repo.record_events([(p.ev, len(p.in_app)) for p in plans.values()])
+            plans = {i: p for i, p in plans.items() if p.ev.id in new}
+            rows = [(uuid.uuid4(), u, p.ev.id) for p in plans.values() for u in p.in_app]
+            counts, created_at = await repo.add_many(rows)
+            for i, p in plans.items():
+                results[i] = counts.get(p.ev.id, 0)
+            await self._mails(session, [m for p in plans.values() for m in p.mails])
+            await messages_for_events(session, self.redis, [p.ev for p in plans.values()])
+            live = self._live(plans.values(), rows, created_at)
         try:
-            await inbox.publish(self.redis, live)
+            await inbox.publish_notifications(self.redis, live)
         except Exception as exc:  # stored; live clients see them in the list
-            log.warning("%d notifications not pushed live: %s", len(live), exc)
-        return len(created)
+            log.warning("%d notifications not pushed live: %s", len(rows), exc)
+        return results
+
+    @staticmethod
+    def _plan(
+        ev: Event,
+        people: list[Person],
+        org_name: str,
+        chosen: dict[tuple[uuid.UUID, str], list[str]],
+        defaults: dict[tuple[uuid.UUID, str], list[str]],
+    ) -> _Plan:
+        plan = _Plan(ev)
+        org_default = defaults.get((ev.org_id, ev.kind)) if ev.org_id else None
+        seen: set[uuid.UUID] = set()
+        for p in people:
+            if p.user_id in seen:
+                continue
+            seen.add(p.user_id)
+            channels = effective(ev.kind, chosen.get((p.user_id, ev.kind)), org_default)
+            if "in_app" in channels:
+                plan.in_app.append(p.user_id)
+            mode = "now" if "email" in channels else "digest" if "digest" in channels else None
+            if mode and p.email:
+                plan.mails.append(
+                    {
+                        "id": uuid.uuid4(),
+                        "user_id": p.user_id,
+                        "org_id": ev.org_id,
+                        "org_name": org_name[:200],
+                        "event_id": ev.id,
+                        "kind": ev.kind,
+                        "email": p.email,
+                        "name": p.name[:200],
+                        "mode": mode,
+                        "status": "pending",
+                    }
+                )
+        return plan
+
+    async def _mails(self, session: AsyncSession, mails: list[dict[str, Any]]) -> None:
+        if not mails:
+            return
+        stmt = (
+            insert(NotificationMail)
+            .values(mails)
+            .on_conflict_do_nothing(constraint="uq_notification_mails_event_id_user_id")
+        )
+        await session.execute(stmt)
+        for m in mails:
+            if m["mode"] == "now":
+                await enqueue(
+                    session,
+                    self.redis,
+                    service="jobs",
+                    function=SEND_MAIL,
+                    kwargs={"mail_id": str(m["id"])},
+                    job_id=f"mail-{m['id']}",
+                    internal=True,
+                )
+
+    @staticmethod
+    def _live(
+        plans: Iterable[_Plan],
+        rows: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]],
+        created_at: datetime,
+    ) -> list[inbox.LiveGroup]:
+        """Each event's payload for the live streams, built once (only the id differs)."""
+        placeholder = uuid.uuid4()
+        groups: dict[uuid.UUID, inbox.LiveGroup] = {}
+        for p in plans:
+            ev = p.ev
+            payload = NotificationOut(
+                id=placeholder,
+                kind=ev.kind,
+                org_id=ev.org_id,
+                event_id=ev.id,
+                subject=ev.subject,
+                data=ev.data,
+                occurred_at=ev.occurred_at,
+                created_at=created_at,
+                read_at=None,
+                archived_at=None,
+            ).model_dump(mode="json")
+            groups[ev.id] = inbox.LiveGroup(ev.org_id, payload, str(placeholder))
+        for nid, user_id, event_id in rows:
+            groups[event_id].recipients.append((user_id, nid))
+        return [g for g in groups.values() if g.recipients]
+
+
+class FanoutBatcher:
+    """Gathers the events of the worker's concurrent ``deliver_notification`` jobs and delivers
+    them in batches of up to ``max_batch``: while one batch is delivered, the next gathers.
+    A batch that fails as a whole (the database) is delivered again one event at a time, so
+    one bad event fails only its own job."""
+
+    def __init__(self, fanout: Fanout, max_batch: int = 200) -> None:
+        self.fanout = fanout
+        self.max_batch = max_batch
+        self.pending: list[tuple[Event, asyncio.Future[int]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def deliver(self, ev: Event) -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending.append((ev, fut))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+        # shielded: a job cancelled while it waits leaves its event to the batch (a retry
+        # then finds it recorded and does nothing)
+        return await asyncio.shield(fut)
+
+    async def _run(self) -> None:
+        await asyncio.sleep(0)  # the jobs started by the same poll join this batch
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            try:
+                results = await self.fanout.deliver_many([ev for ev, _ in batch])
+            except Exception:
+                if len(batch) == 1:
+                    _settle(batch[0][1], sys.exc_info()[1])
+                    continue
+                log.warning("a batch of %d events failed; one at a time", len(batch), exc_info=True)
+                for ev, fut in batch:
+                    try:
+                        (one,) = await self.fanout.deliver_many([ev])
+                    except Exception as exc:
+                        one = exc
+                    _settle(fut, one)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                _settle(fut, result)
+
+
+def _settle(fut: asyncio.Future[int], result: int | BaseException | None) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result or 0)

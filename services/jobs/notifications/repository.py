@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +21,26 @@ def visible_to(user_id: uuid.UUID, org_id: uuid.UUID | None) -> ColumnElement[bo
         Notification.user_id == user_id,
         or_(Notification.org_id == org_id, Notification.org_id.is_(None)),
     )
+
+
+_N = Notification.__table__.fullname  # type: ignore[attr-defined]
+_E = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
+# one row per (id, user, event) of the arrays; the rest copied from the event's record
+_ADD_MANY_SQL = f"""
+    WITH added AS (
+        INSERT INTO {_N} (id, user_id, org_id, event_id, kind, subject, data, occurred_at)
+        SELECT n.id, n.user_id, e.org_id, e.id, e.kind, e.subject, e.data, e.occurred_at
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:events AS uuid[]))
+            AS n(id, user_id, event_id), {_E} AS e
+        WHERE e.id = n.event_id
+        ON CONFLICT ON CONSTRAINT uq_notifications_event_id_user_id DO NOTHING
+        RETURNING event_id
+    )
+    SELECT event_id, count(*), now() FROM added GROUP BY event_id
+"""  # noqa: S608 - the table names are the models'
+_ADD_MANY = text(_ADD_MANY_SQL).bindparams(
+    bindparam("ids"), bindparam("users"), bindparam("events")
+)
 
 
 class NotificationRepository:
@@ -46,6 +66,55 @@ class NotificationRepository:
             .returning(NotificationEvent.id)
         )
         return (await self.session.execute(stmt)).first() is not None
+
+    async def record_events(self, events: Sequence[tuple[Event, int]]) -> set[uuid.UUID]:
+        """Keep events with how many users they reach in-app; the ids of those new (the others
+        were kept already: duplicate deliveries)."""
+        if not events:
+            return set()
+        rows = [
+            {
+                "id": ev.id,
+                "kind": ev.kind,
+                "org_id": ev.org_id,
+                "user_id": ev.user_id,
+                "actor_id": ev.actor_id,
+                "subject": ev.subject,
+                "data": ev.data,
+                "source": ev.source,
+                "occurred_at": ev.occurred_at,
+                "recipients": recipients,
+            }
+            for ev, recipients in events
+        ]
+        stmt = (
+            insert(NotificationEvent)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(NotificationEvent.id)
+        )
+        return set((await self.session.scalars(stmt, rows)).all())
+
+    async def add_many(
+        self, rows: Sequence[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]
+    ) -> tuple[dict[uuid.UUID, int], datetime]:
+        """``(notification id, user, event)`` rows of recorded events, in one statement that
+        copies each event's fields from its record (none twice per user and event); how many
+        each event got, and their ``created_at``."""
+        if not rows:
+            return {}, datetime.now().astimezone()
+        ids, users, events = zip(*rows, strict=True)
+        result = await self.session.execute(
+            _ADD_MANY,
+            {"ids": list(ids), "users": list(users), "events": list(events)},
+        )
+        counts: dict[uuid.UUID, int] = {}
+        created_at = None
+        for event_id, n, at in result:
+            counts[event_id] = int(n)
+            created_at = at
+        if created_at is None:
+            created_at = (await self.session.execute(select(func.now()))).scalar_one()
+        return counts, created_at
 
     async def add_for(self, ev: Event, users: Sequence[uuid.UUID]) -> list[Notification]:
         """One notification of ``ev`` per user (none twice); returns those created."""

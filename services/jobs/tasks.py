@@ -217,6 +217,7 @@ async def _every(seconds: float, name: str, work: Callable[[], Awaitable[Any]]) 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings = _settings(ctx)
     redis, db = ctx["redis"], ctx["db"]
+    notification_tasks.on_startup(ctx, settings)
     consumer = EventConsumer(
         redis,
         db,

@@ -47,26 +47,6 @@ class NotificationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def record_event(self, ev: Event) -> bool:
-        """Keep the event; False when it was kept already (a duplicate delivery)."""
-        stmt = (
-            insert(NotificationEvent)
-            .values(
-                id=ev.id,
-                kind=ev.kind,
-                org_id=ev.org_id,
-                user_id=ev.user_id,
-                actor_id=ev.actor_id,
-                subject=ev.subject,
-                data=ev.data,
-                source=ev.source,
-                occurred_at=ev.occurred_at,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(NotificationEvent.id)
-        )
-        return (await self.session.execute(stmt)).first() is not None
-
     async def record_events(self, events: Sequence[tuple[Event, int]]) -> set[uuid.UUID]:
         """Keep events with how many users they reach in-app; the ids of those new (the others
         were kept already: duplicate deliveries)."""
@@ -115,38 +95,6 @@ class NotificationRepository:
         if created_at is None:
             created_at = (await self.session.execute(select(func.now()))).scalar_one()
         return counts, created_at
-
-    async def add_for(self, ev: Event, users: Sequence[uuid.UUID]) -> list[Notification]:
-        """One notification of ``ev`` per user (none twice); returns those created."""
-        if not users:
-            return []
-        rows = [
-            {
-                "id": uuid.uuid4(),
-                "user_id": u,
-                "org_id": ev.org_id,
-                "event_id": ev.id,
-                "kind": ev.kind,
-                "subject": ev.subject,
-                "data": ev.data,
-                "occurred_at": ev.occurred_at,
-            }
-            for u in users
-        ]
-        # rows as parameters, not .values(rows): one cached statement that SQLAlchemy sends as
-        # multi-row INSERTs ("insertmanyvalues"), instead of compiling 800 binds per event
-        stmt = (
-            insert(Notification)
-            .on_conflict_do_nothing(constraint="uq_notifications_event_id_user_id")
-            .returning(Notification)
-        )
-        created = list((await self.session.scalars(stmt, rows)).all())
-        await self.session.execute(
-            update(NotificationEvent)
-            .where(NotificationEvent.id == ev.id)
-            .values(recipients=NotificationEvent.recipients + len(created))
-        )
-        return created
 
     async def get(
         self, user_id: uuid.UUID, org_id: uuid.UUID | None, nid: uuid.UUID

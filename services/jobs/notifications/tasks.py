@@ -21,9 +21,18 @@ def _settings(ctx: JobContext) -> JobsSettings:
     return s if isinstance(s, JobsSettings) else get_settings()
 
 
+def on_startup(ctx: dict[str, Any], settings: JobsSettings) -> None:
+    """What the worker's notification jobs share (each job's ``ctx`` is a copy of the worker's:
+    what a job sets in it is gone with the job): one HTTP client, one fan-out batcher."""
+    http = ctx["http"] = httpx.AsyncClient()
+    recipients = Recipients(http, settings.auth_url, settings.internal_token_secret)
+    fanout = Fanout(ctx["db"], ctx["redis"], recipients)
+    ctx["fanout_batcher"] = FanoutBatcher(fanout, settings.notification_batch)
+
+
 def _http(ctx: JobContext) -> httpx.AsyncClient:
     client = ctx.state.get("http")
-    if not isinstance(client, httpx.AsyncClient):
+    if not isinstance(client, httpx.AsyncClient):  # a worker started without on_startup
         client = ctx.state["http"] = httpx.AsyncClient()
     return client
 
@@ -37,10 +46,8 @@ def fanout_of(ctx: JobContext) -> Fanout:
 def batcher_of(ctx: JobContext) -> FanoutBatcher:
     """The worker's one batcher: its concurrent fan-out jobs deliver their events together."""
     batcher = ctx.state.get("fanout_batcher")
-    if not isinstance(batcher, FanoutBatcher):
-        settings = _settings(ctx)
-        batcher = FanoutBatcher(fanout_of(ctx), settings.notification_batch)
-        ctx.state["fanout_batcher"] = batcher
+    if not isinstance(batcher, FanoutBatcher):  # a worker started without on_startup
+        batcher = FanoutBatcher(fanout_of(ctx), _settings(ctx).notification_batch)
     return batcher
 
 

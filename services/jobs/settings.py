@@ -114,6 +114,13 @@ class JobsSettings(ServiceSettings):
         description="a live notification stream ends after this long (the client reconnects "
         "with Last-Event-ID, its credentials checked again)",
     )
+    worker_max_jobs: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="jobs the jobs worker runs at once (all types); more lets the notification "
+        "fan-out gather bigger batches under load",
+    )
     notification_batch: int = Field(
         default=200,
         ge=1,

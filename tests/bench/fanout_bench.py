@@ -162,11 +162,11 @@ async def wait_arrivals(clients: list[Client], emitted: dict[str, float], limit:
 
 
 async def measure(
-    s: Stack, events: int, members: int, clients: int, paced: int, rate: float
+    s: Stack, events: int, members: int, clients: int, paced: int, rate: float, slots: int
 ) -> str:
     auth = s.start("auth", "services.auth.app:app")
     jobs = s.start("jobs", "services.jobs.app:app", env={"JOBS_NOTIFICATION_STREAM_MAX_S": "3600"})
-    s.start_worker("jobs", env={"JOBS_AUTH_URL": auth.url})
+    s.start_worker("jobs", env={"JOBS_AUTH_URL": auth.url, "JOBS_WORKER_MAX_JOBS": str(slots)})
     engine = make_engine(s.infra.database_url)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(s.infra.redis_url)
@@ -202,7 +202,8 @@ async def measure(
         await wait_arrivals(followers, emitted, 60)
         lag, missing = lags(followers, emitted)
         out.append(
-            f"| {events:,} events x {members} members (emitted in {emit_s:.1f} s) | "
+            f"| {events:,} events x {members} members (emitted in {emit_s:.1f} s; "
+            f"JOBS_WORKER_MAX_JOBS={slots}) | "
             f"{want:,} notifications written in {took:.1f} s: {events / took:.0f} events/s, "
             f"{want / took:,.0f} notifications/s |"
         )
@@ -243,9 +244,10 @@ def run_bench(
     clients: int = 10,
     paced: int = 200,
     rate: float = 10,
+    slots: int = 10,
 ) -> str:
     with stack() as s:
-        return asyncio.run(measure(s, events, members, clients, paced, rate))
+        return asyncio.run(measure(s, events, members, clients, paced, rate, slots))
 
 
 def main() -> None:
@@ -255,8 +257,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--paced", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10)
+    parser.add_argument(
+        "--slots", type=int, default=10, help="the jobs worker's JOBS_WORKER_MAX_JOBS"
+    )
     args = parser.parse_args()
-    print(run_bench(0, args.events, args.members, args.clients, args.paced, args.rate))
+    print(run_bench(0, args.events, args.members, args.clients, args.paced, args.rate, args.slots))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
@@ -52,6 +53,24 @@ class Person:
     user_id: uuid.UUID
     email: str | None
     name: str
+    # the id as text, once (a batch's events often share their recipients)
+    uid: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uid = str(self.user_id)
+
+
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+def new_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as text, several times cheaper than ``str(uuid4())``."""
+    h = os.urandom(16 * n).hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * n, 32)
+    ]
 
 
 class Recipients:
@@ -128,7 +147,8 @@ class _Plan:
     """What one event of a batch becomes."""
 
     ev: Event
-    in_app: list[uuid.UUID] = field(default_factory=list)
+    in_app: list[str] = field(default_factory=list)  # users' ids
+    ids: list[str] = field(default_factory=list)  # their notifications' ids
     mails: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -201,17 +221,20 @@ class Fanout:
             repo = NotificationRepository(session)
             new = await repo.record_events([(p.ev, len(p.in_app)) for p in plans.values()])
             plans = {i: p for i, p in plans.items() if p.ev.id in new}
-            rows = [(uuid.uuid4(), u, p.ev.id) for p in plans.values() for u in p.in_app]
-            counts, created_at = await repo.add_many(rows)
+            for p in plans.values():
+                p.ids = new_ids(len(p.in_app))
+            counts, created_at = await repo.add_many(
+                [(p.ids, p.in_app, p.ev.id) for p in plans.values()]
+            )
             for i, p in plans.items():
                 results[i] = counts.get(p.ev.id, 0)
             await self._mails(session, [m for p in plans.values() for m in p.mails])
             await messages_for_events(session, self.redis, [p.ev for p in plans.values()])
-            live = self._live(plans.values(), rows, created_at)
+            live = self._live(plans.values(), created_at)
         try:
             await inbox.publish_notifications(self.redis, live)
         except Exception as exc:  # stored; live clients see them in the list
-            log.warning("%d notifications not pushed live: %s", len(rows), exc)
+            log.warning("%d notifications not pushed live: %s", sum(len(g.ids) for g in live), exc)
         return results
 
     @staticmethod
@@ -231,7 +254,7 @@ class Fanout:
             seen.add(p.user_id)
             channels = effective(ev.kind, chosen.get((p.user_id, ev.kind)), org_default)
             if "in_app" in channels:
-                plan.in_app.append(p.user_id)
+                plan.in_app.append(p.uid)
             mode = "now" if "email" in channels else "digest" if "digest" in channels else None
             if mode and p.email:
                 plan.mails.append(
@@ -272,15 +295,13 @@ class Fanout:
                 )
 
     @staticmethod
-    def _live(
-        plans: Iterable[_Plan],
-        rows: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]],
-        created_at: datetime,
-    ) -> list[inbox.LiveGroup]:
+    def _live(plans: Iterable[_Plan], created_at: datetime) -> list[inbox.LiveGroup]:
         """Each event's payload for the live streams, built once (only the id differs)."""
         placeholder = uuid.uuid4()
-        groups: dict[uuid.UUID, inbox.LiveGroup] = {}
+        groups: list[inbox.LiveGroup] = []
         for p in plans:
+            if not p.ids:
+                continue
             ev = p.ev
             payload = NotificationOut(
                 id=placeholder,
@@ -294,10 +315,10 @@ class Fanout:
                 read_at=None,
                 archived_at=None,
             ).model_dump(mode="json")
-            groups[ev.id] = inbox.LiveGroup(ev.org_id, payload, str(placeholder))
-        for nid, user_id, event_id in rows:
-            groups[event_id].recipients.append((user_id, nid))
-        return [g for g in groups.values() if g.recipients]
+            group = inbox.LiveGroup(ev.org_id, payload, str(placeholder))
+            group.users, group.ids = p.in_app, p.ids
+            groups.append(group)
+        return groups
 
 
 class FanoutBatcher:

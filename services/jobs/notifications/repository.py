@@ -75,23 +75,27 @@ class NotificationRepository:
         return set((await self.session.scalars(stmt, rows)).all())
 
     async def add_many(
-        self, rows: Sequence[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]
+        self, groups: Sequence[tuple[Sequence[str], Sequence[str], uuid.UUID]]
     ) -> tuple[dict[uuid.UUID, int], datetime]:
-        """``(notification id, user, event)`` rows of recorded events, in one statement that
-        copies each event's fields from its record (none twice per user and event); how many
-        each event got, and their ``created_at``."""
-        if not rows:
-            return {}, datetime.now().astimezone()
-        ids, users, events = zip(*rows, strict=True)
-        result = await self.session.execute(
-            _ADD_MANY,
-            {"ids": list(ids), "users": list(users), "events": list(events)},
-        )
+        """Per recorded event, its notifications' ids and their users' ids (as text), in one
+        statement that copies each event's fields from its record (none twice per user and
+        event); how many each event got, and their ``created_at``."""
+        ids: list[str] = []
+        users: list[str] = []
+        events: list[uuid.UUID] = []
+        for nids, uids, event_id in groups:
+            ids += nids
+            users += uids
+            events += [event_id] * len(nids)
         counts: dict[uuid.UUID, int] = {}
         created_at = None
-        for event_id, n, at in result:
-            counts[event_id] = int(n)
-            created_at = at
+        if ids:
+            result = await self.session.execute(
+                _ADD_MANY, {"ids": ids, "users": users, "events": events}
+            )
+            for event_id, n, at in result:
+                counts[event_id] = int(n)
+                created_at = at
         if created_at is None:
             created_at = (await self.session.execute(select(func.now()))).scalar_one()
         return counts, created_at

@@ -19,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.errors import ServiceUnavailable
 from libs.notify import Event, JobOutcome, make_event
-from services.jobs.notifications.fanout import Fanout, FanoutBatcher, Person, Recipients
+from services.jobs.notifications.fanout import (
+    Fanout,
+    FanoutBatcher,
+    Person,
+    Recipients,
+    new_ids,
+)
 from services.jobs.notifications.inbox import inbox_key
 from services.jobs.notifications.models import NotificationEvent
 from tests.jobs.notifications.conftest import Stack
@@ -137,3 +143,11 @@ async def test_the_batcher_gathers_concurrent_events_and_isolates_a_refused_one(
     with pytest.raises(DBAPIError):
         await stack.fanout.deliver(poison)
     await redis.delete(inbox_key(alice.user_id))
+
+
+def test_notification_ids_are_random_version_4_uuids() -> None:
+    ids = new_ids(1000)
+    assert len(set(ids)) == 1000
+    parsed = [uuid.UUID(x) for x in ids]
+    assert all(str(u) == x and u.version == 4 for u, x in zip(parsed, ids, strict=True))
+    assert {u.variant for u in parsed} == {uuid.RFC_4122}

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +65,15 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def new_ids(n: int) -> list[str]:
-    """``n`` random (version 4) UUIDs as text, several times cheaper than ``str(uuid4())``."""
-    h = os.urandom(16 * n).hex()
+    """``n`` new notification ids as text: UUIDs of version 7 (RFC 9562: the time in ms, then
+    random bits), so the index on ``id`` grows at its end instead of at random pages; several
+    times cheaper than ``str(uuid4())`` each."""
+    ms = f"{time.time_ns() // 1_000_000:012x}"
+    head = f"{ms[:8]}-{ms[8:12]}-7"
+    h = os.urandom(10 * n).hex()
     return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-        f"{_VARIANT[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * n, 32)
+        f"{head}{h[i : i + 3]}-{_VARIANT[h[i + 3]]}{h[i + 4 : i + 7]}-{h[i + 7 : i + 19]}"
+        for i in range(0, 20 * n, 20)
     ]
 
 

@@ -6,6 +6,7 @@ and a batch the database refuses is delivered again one event at a time."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -145,9 +146,12 @@ async def test_the_batcher_gathers_concurrent_events_and_isolates_a_refused_one(
     await redis.delete(inbox_key(alice.user_id))
 
 
-def test_notification_ids_are_random_version_4_uuids() -> None:
+def test_notification_ids_are_time_ordered_version_7_uuids() -> None:
+    before = time.time_ns() // 1_000_000
     ids = new_ids(1000)
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == 1000
     parsed = [uuid.UUID(x) for x in ids]
-    assert all(str(u) == x and u.version == 4 for u, x in zip(parsed, ids, strict=True))
+    assert all(str(u) == x and u.version == 7 for u, x in zip(parsed, ids, strict=True))
     assert {u.variant for u in parsed} == {uuid.RFC_4122}
+    assert all(before <= u.int >> 80 <= after for u in parsed)  # the 48-bit ms timestamp

@@ -19,7 +19,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.errors import ServiceUnavailable
-from libs.notify import Event, JobOutcome, make_event
+from libs.notify import FUNCTION, Event, JobOutcome, make_event
+from libs.queue import JobContext
+from services.jobs.notifications import tasks as notification_tasks
 from services.jobs.notifications.fanout import (
     Fanout,
     FanoutBatcher,
@@ -29,6 +31,7 @@ from services.jobs.notifications.fanout import (
 )
 from services.jobs.notifications.inbox import inbox_key
 from services.jobs.notifications.models import NotificationEvent
+from services.jobs.settings import JobsSettings
 from tests.jobs.notifications.conftest import Stack
 from tests.support.stacks.auth import Account, signup
 
@@ -155,3 +158,26 @@ def test_notification_ids_are_time_ordered_version_7_uuids() -> None:
     assert all(str(u) == x and u.version == 7 for u, x in zip(parsed, ids, strict=True))
     assert {u.variant for u in parsed} == {uuid.RFC_4122}
     assert all(before <= u.int >> 80 <= after for u in parsed)  # the 48-bit ms timestamp
+
+
+async def test_the_worker_s_jobs_share_one_batcher_and_one_http_client(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    ctx: dict[str, Any] = {"db": sessions, "redis": redis}
+    notification_tasks.on_startup(ctx, JobsSettings())
+    # each job gets a copy of the worker's context, as arq makes it
+    jobs = [
+        JobContext(
+            job_id=f"notify-{i}",
+            service="jobs",
+            function=FUNCTION,
+            attempt=1,
+            redis=redis,
+            state={**ctx, "job_id": f"notify-{i}"},
+        )
+        for i in range(2)
+    ]
+    first, second = (notification_tasks.batcher_of(jc) for jc in jobs)
+    assert first is second is ctx["fanout_batcher"]
+    assert first.fanout.recipients.http is ctx["http"]
+    await ctx["http"].aclose()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -352,21 +351,30 @@ class FanoutBatcher:
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             try:
-                results = await self.fanout.deliver_many([ev for ev, _ in batch])
-            except Exception:
-                if len(batch) == 1:
-                    _settle(batch[0][1], sys.exc_info()[1])
-                    continue
-                log.warning("a batch of %d events failed; one at a time", len(batch), exc_info=True)
-                for ev, fut in batch:
-                    try:
-                        (one,) = await self.fanout.deliver_many([ev])
-                    except Exception as exc:
-                        one = exc
-                    _settle(fut, one)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                _settle(fut, result)
+                await self._deliver(batch)
+            except BaseException:
+                # stopped (the worker shuts down): its jobs fail and run again
+                for _, fut in batch:
+                    _settle(fut, ServiceUnavailable("the fan-out stopped", code="fanout_stopped"))
+                raise
+
+    async def _deliver(self, batch: list[tuple[Event, asyncio.Future[int]]]) -> None:
+        try:
+            results = await self.fanout.deliver_many([ev for ev, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            log.warning("a batch of %d events failed; one at a time", len(batch), exc_info=True)
+            for ev, fut in batch:
+                try:
+                    (one,) = await self.fanout.deliver_many([ev])
+                except Exception as err:
+                    one = err
+                _settle(fut, one)
+            return
+        for (_, fut), result in zip(batch, results, strict=True):
+            _settle(fut, result)
 
 
 def _settle(fut: asyncio.Future[int], result: int | BaseException | None) -> None:

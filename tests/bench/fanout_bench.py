@@ -16,6 +16,10 @@ notifications only (no mails). ``--clients`` of them follow their inbox over SSE
   arrival lag of one event when the queue is not backed up.
 
     python -m tests.bench.fanout_bench [--events 10000] [--members 100] [--clients 10]
+        [--slots 100]
+
+``--slots``: the worker's job slots (``JOBS_WORKER_MAX_JOBS``; the default deployment has 10):
+the fan-out delivers the events of the jobs it runs at once as one batch.
 """
 
 from __future__ import annotations
@@ -244,7 +248,7 @@ def run_bench(
     clients: int = 10,
     paced: int = 200,
     rate: float = 10,
-    slots: int = 10,
+    slots: int = 100,
 ) -> str:
     with stack() as s:
         return asyncio.run(measure(s, events, members, clients, paced, rate, slots))
@@ -258,7 +262,10 @@ def main() -> None:
     parser.add_argument("--paced", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10)
     parser.add_argument(
-        "--slots", type=int, default=10, help="the jobs worker's JOBS_WORKER_MAX_JOBS"
+        "--slots",
+        type=int,
+        default=100,
+        help="the jobs worker's JOBS_WORKER_MAX_JOBS (the fan-out batches what its jobs hold)",
     )
     args = parser.parse_args()
     print(run_bench(0, args.events, args.members, args.clients, args.paced, args.rate, args.slots))

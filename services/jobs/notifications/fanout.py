@@ -9,9 +9,10 @@ Account notices (``security.*``) go to their user wherever they act.
 
 Events are delivered in batches (:class:`FanoutBatcher`: the worker's concurrent
 ``deliver_notification`` jobs hand their events to one loop): one recipients call per distinct
-question in the batch, one preferences query, one INSERT of the events, one of all their
-notifications (copying each event's fields from its record in PostgreSQL, so only ids travel),
-one webhook endpoints query, and one script call appending to the users' live streams.
+question in the batch (up to ``ask_concurrency`` at once), one preferences query, one INSERT of
+the events, one of all their notifications (copying each event's fields from its record in
+PostgreSQL, so only ids travel), one webhook endpoints query, and one script call appending to
+the users' live streams.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -124,25 +125,38 @@ class Recipients:
 
 
 class _Asked:
-    """Recipients answers within one batch: the same question is asked of auth once."""
+    """Recipients answers within one batch: the same question is asked of auth once, different
+    ones up to ``concurrency`` at a time (a batch may span many organizations)."""
 
-    def __init__(self, recipients: Recipients) -> None:
+    def __init__(self, recipients: Recipients, concurrency: int) -> None:
         self.recipients = recipients
-        self.members_seen: dict[tuple[Any, ...], tuple[list[Person], str]] = {}
-        self.contacts_seen: dict[uuid.UUID, Person | None] = {}
+        self.limit = asyncio.Semaphore(concurrency)
+        self.seen: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+
+    async def _ask(self, key: tuple[Any, ...], call: Callable[[], Awaitable[Any]]) -> Any:
+        if key not in self.seen:
+
+            async def limited() -> Any:
+                async with self.limit:
+                    return await call()
+
+            self.seen[key] = asyncio.ensure_future(limited())
+        return await self.seen[key]
 
     async def members(
         self, org_id: uuid.UUID, roles: list[str], user_ids: list[uuid.UUID]
     ) -> tuple[list[Person], str]:
-        key = (org_id, tuple(roles), tuple(user_ids))
-        if key not in self.members_seen:
-            self.members_seen[key] = await self.recipients.members(org_id, roles, user_ids)
-        return self.members_seen[key]
+        key = ("members", org_id, tuple(roles), tuple(user_ids))
+        answer: tuple[list[Person], str] = await self._ask(
+            key, lambda: self.recipients.members(org_id, roles, user_ids)
+        )
+        return answer
 
     async def contact(self, user_id: uuid.UUID) -> Person | None:
-        if user_id not in self.contacts_seen:
-            self.contacts_seen[user_id] = await self.recipients.contact(user_id)
-        return self.contacts_seen[user_id]
+        answer: Person | None = await self._ask(
+            ("contact", user_id), lambda: self.recipients.contact(user_id)
+        )
+        return answer
 
 
 @dataclass
@@ -158,13 +172,22 @@ class _Plan:
 class Fanout:
     """Turns events into notifications, mails and webhook messages, once per event id."""
 
-    def __init__(self, sessions: SessionFactory, redis: Redis, recipients: Recipients) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        redis: Redis,
+        recipients: Recipients,
+        *,
+        ask_concurrency: int = 16,
+    ) -> None:
         self.sessions = sessions
         self.redis = redis
         self.recipients = recipients
+        # recipients questions of one batch asked of auth at once
+        self.ask_concurrency = ask_concurrency
 
     async def people_for(self, ev: Event, asked: _Asked | None = None) -> tuple[list[Person], str]:
-        ask = asked or _Asked(self.recipients)
+        ask = asked or _Asked(self.recipients, self.ask_concurrency)
         spec = KINDS[ev.kind]
         if spec.account or ev.org_id is None:
             person = await ask.contact(ev.user_id) if ev.user_id else None
@@ -177,6 +200,9 @@ class Fanout:
             # no user named, or they are gone: the kind's roles
             people, org_name = await ask.members(ev.org_id, list(spec.roles), [])
         return [p for p in people if p.user_id != ev.actor_id], org_name
+
+    async def _people(self, ev: Event, asked: _Asked) -> tuple[list[Person], str]:
+        return await self.people_for(ev, asked) if KINDS[ev.kind].inbox else ([], "")
 
     async def deliver(self, ev: Event) -> int:
         """Record the event and notify its recipients; how many got it in-app (0 for a
@@ -191,22 +217,24 @@ class Fanout:
         or the exception its recipients lookup raised (that event only is left undelivered).
         Raises when the database fails (nothing of the batch is kept)."""
         results: list[int | Exception] = [0] * len(events)
-        asked = _Asked(self.recipients)
+        asked = _Asked(self.recipients, self.ask_concurrency)
         people: dict[int, tuple[list[Person], str]] = {}
         first: dict[uuid.UUID, int] = {}
         for i, ev in enumerate(events):
-            spec = KINDS.get(ev.kind)
-            if spec is None:
+            if ev.kind not in KINDS:
                 log.warning("event %s of unknown kind %r dropped", ev.id, ev.kind)
-                continue
-            if ev.id in first:  # the same event twice in a batch: once
-                continue
-            try:
-                people[i] = await self.people_for(ev, asked) if spec.inbox else ([], "")
-            except Exception as exc:
-                results[i] = exc
-                continue
-            first[ev.id] = i
+            elif ev.id not in first:  # the same event twice in a batch: once
+                first[ev.id] = i
+        answers = await asyncio.gather(
+            *(self._people(events[i], asked) for i in first.values()), return_exceptions=True
+        )
+        for i, answer in zip(first.values(), answers, strict=True):
+            if isinstance(answer, Exception):
+                results[i] = answer
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                people[i] = answer
         if not people:
             return results
         live: list[inbox.LiveGroup] = []

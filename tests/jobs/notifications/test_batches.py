@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -19,8 +20,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from libs.errors import ServiceUnavailable
-from libs.notify import FUNCTION, Event, JobOutcome, make_event
+from libs.notify import FUNCTION, BudgetThreshold, Event, JobOutcome, make_event
 from libs.queue import JobContext
+from libs.settings import DEV_INTERNAL_SECRET
 from services.jobs.notifications import tasks as notification_tasks
 from services.jobs.notifications.fanout import (
     Fanout,
@@ -103,7 +105,9 @@ async def test_a_failed_recipients_lookup_leaves_only_its_event_undelivered(
 ) -> None:
     alice, bob = await signup(stack.auth), await signup(stack.auth)
     a1, b1 = failed(alice, "a1"), failed(bob, "b1")
-    fanout = Fanout(sessions, redis, FailingFor(stack.fanout.recipients, bob.org_id))
+    fanout = Fanout(
+        sessions, redis, FailingFor(stack.fanout.recipients, bob.org_id), ask_concurrency=1
+    )
     got = await fanout.deliver_many([a1, b1])
     assert got[0] == 1 and isinstance(got[1], ServiceUnavailable)
     assert [n["subject"]["job_id"] for n in await listed(stack, alice)] == ["a1"]
@@ -116,7 +120,12 @@ async def test_a_failed_recipients_lookup_leaves_only_its_event_undelivered(
 
 class Counting(Fanout):
     def __init__(self, fanout: Fanout) -> None:
-        super().__init__(fanout.sessions, fanout.redis, fanout.recipients)
+        super().__init__(
+            fanout.sessions,
+            fanout.redis,
+            fanout.recipients,
+            ask_concurrency=fanout.ask_concurrency,
+        )
         self.batches: list[int] = []
 
     async def deliver_many(self, events: Sequence[Event]) -> list[int | Exception]:
@@ -181,3 +190,39 @@ async def test_the_worker_s_jobs_share_one_batcher_and_one_http_client(
     assert first is second is ctx["fanout_batcher"]
     assert first.fanout.recipients.http is ctx["http"]
     await ctx["http"].aclose()
+
+
+async def test_a_batch_asks_auth_each_distinct_question_once_and_at_once(
+    redis: Redis, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    orgs = {uuid.uuid4(): uuid.uuid4(), uuid.uuid4(): uuid.uuid4()}  # org -> its one admin
+    asked: list[str] = []
+    in_flight = peak = 0
+
+    async def auth(request: httpx.Request) -> httpx.Response:  # auth's recipients route
+        nonlocal in_flight, peak
+        asked.append(request.url.path)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        org = uuid.UUID(request.url.path.split("/")[3])
+        member = {"user_id": str(orgs[org]), "email": None, "display_name": ""}
+        return httpx.Response(200, json={"members": [member], "org": {"name": "T"}})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(auth))
+    fanout = Fanout(sessions, redis, Recipients(http, "http://auth", DEV_INTERNAL_SECRET))
+    events = [
+        make_event(
+            "billing.budget_threshold",
+            BudgetThreshold(threshold_percent=80, spent_usd=f"{i}.00", limit_usd="100.00"),
+            org_id=org,
+            source="billing",
+        )
+        for i, org in enumerate([*orgs, *orgs])
+    ]
+    assert await fanout.deliver_many(events) == [1, 1, 1, 1]
+    assert sorted(asked) == sorted(f"/internal/orgs/{org}/recipients" for org in orgs)
+    assert peak == 2  # the two organizations' questions were asked together
+    await http.aclose()
+    await redis.delete(*(inbox_key(u) for u in orgs.values()))

@@ -114,6 +114,20 @@ class JobsSettings(ServiceSettings):
         description="a live notification stream ends after this long (the client reconnects "
         "with Last-Event-ID, its credentials checked again)",
     )
+    worker_max_jobs: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="jobs the jobs worker runs at once (all types); more lets the notification "
+        "fan-out gather bigger batches under load",
+    )
+    notification_batch: int = Field(
+        default=200,
+        ge=1,
+        le=2000,
+        description="the worker delivers the notification events its jobs hold at the same "
+        "time together, up to this many per transaction",
+    )
     webhooks_allow_private: bool | None = Field(
         default=None,
         description="webhook endpoints may point at private, loopback or link-local addresses "

@@ -175,6 +175,10 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
         raise
 
 
+# the worker's job slots (read when the worker is built): the notification fan-out delivers the
+# events of the jobs it holds at once together, so more slots make bigger batches under load
+worker_options = {"max_jobs": get_settings().worker_max_jobs}
+
 functions = [
     purge_finished_jobs,
     purge_jobs,
@@ -217,6 +221,7 @@ async def _every(seconds: float, name: str, work: Callable[[], Awaitable[Any]]) 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings = _settings(ctx)
     redis, db = ctx["redis"], ctx["db"]
+    notification_tasks.on_startup(ctx, settings)
     consumer = EventConsumer(
         redis,
         db,

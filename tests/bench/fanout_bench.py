@@ -16,6 +16,10 @@ notifications only (no mails). ``--clients`` of them follow their inbox over SSE
   arrival lag of one event when the queue is not backed up.
 
     python -m tests.bench.fanout_bench [--events 10000] [--members 100] [--clients 10]
+        [--slots 100]
+
+``--slots``: the worker's job slots (``JOBS_WORKER_MAX_JOBS``; the default deployment has 10):
+the fan-out delivers the events of the jobs it runs at once as one batch.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from typing import Any
 
 import httpx
 import orjson
+import psutil
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
@@ -41,6 +47,33 @@ from services.jobs.notifications.models import Notification
 from tests.bench.stack import Stack, stack
 
 BATCH = 500
+
+
+def cpu_probe(s: Stack) -> Any:
+    """CPU seconds used so far by the jobs worker, the jobs app, auth and PostgreSQL (its
+    postmaster and backends)."""
+    procs = {n: psutil.Process(s.procs[n].popen.pid) for n in ("jobs-worker", "jobs", "auth")}
+    pg = s.infra.postgres
+    pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0]) if pg else None
+
+    def probe() -> dict[str, float]:
+        out = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
+        if pid is not None:
+            postmaster = psutil.Process(pid)
+            total = 0.0
+            for p in [postmaster, *postmaster.children()]:
+                with contextlib.suppress(psutil.Error):
+                    total += sum(p.cpu_times()[:2])
+            out["postgres"] = total
+        return out
+
+    return probe
+
+
+def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int) -> str:
+    return ", ".join(
+        f"{name} {(after[name] - before[name]) / events * 1000:.1f} ms" for name in after
+    )
 
 
 def pct(values: list[float], p: float) -> float:
@@ -133,11 +166,11 @@ async def wait_arrivals(clients: list[Client], emitted: dict[str, float], limit:
 
 
 async def measure(
-    s: Stack, events: int, members: int, clients: int, paced: int, rate: float
+    s: Stack, events: int, members: int, clients: int, paced: int, rate: float, slots: int
 ) -> str:
     auth = s.start("auth", "services.auth.app:app")
     jobs = s.start("jobs", "services.jobs.app:app", env={"JOBS_NOTIFICATION_STREAM_MAX_S": "3600"})
-    s.start_worker("jobs", env={"JOBS_AUTH_URL": auth.url})
+    s.start_worker("jobs", env={"JOBS_AUTH_URL": auth.url, "JOBS_WORKER_MAX_JOBS": str(slots)})
     engine = make_engine(s.infra.database_url)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(s.infra.redis_url)
@@ -151,6 +184,9 @@ async def measure(
         # burst
         batch = events_for(org, events)
         emitted: dict[str, float] = {}
+        probe = cpu_probe(s)
+        cpu_before = probe()
+        load_before = os.getloadavg()[0]
         start = time.monotonic()
         for i in range(0, events, BATCH):
             chunk = batch[i : i + BATCH]
@@ -165,12 +201,19 @@ async def measure(
                 raise TimeoutError(f"{written} of {want} notifications after an hour")
             await asyncio.sleep(0.25)
         took = time.monotonic() - start
+        cpu_after = probe()
+        load_after = os.getloadavg()[0]
         await wait_arrivals(followers, emitted, 60)
         lag, missing = lags(followers, emitted)
         out.append(
-            f"| {events:,} events x {members} members (emitted in {emit_s:.1f} s) | "
+            f"| {events:,} events x {members} members (emitted in {emit_s:.1f} s; "
+            f"JOBS_WORKER_MAX_JOBS={slots}) | "
             f"{want:,} notifications written in {took:.1f} s: {events / took:.0f} events/s, "
             f"{want / took:,.0f} notifications/s |"
+        )
+        out.append(
+            f"| the same burst: CPU per event (load average {load_before:.1f} -> "
+            f"{load_after:.1f}) | {cpu_per_event(cpu_before, cpu_after, events)} |"
         )
         out.append(
             f"| the same burst: emit -> SSE arrival on {clients} connected clients (queue wait "
@@ -205,9 +248,10 @@ def run_bench(
     clients: int = 10,
     paced: int = 200,
     rate: float = 10,
+    slots: int = 100,
 ) -> str:
     with stack() as s:
-        return asyncio.run(measure(s, events, members, clients, paced, rate))
+        return asyncio.run(measure(s, events, members, clients, paced, rate, slots))
 
 
 def main() -> None:
@@ -217,8 +261,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--paced", type=int, default=200)
     parser.add_argument("--rate", type=float, default=10)
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=100,
+        help="the jobs worker's JOBS_WORKER_MAX_JOBS (the fan-out batches what its jobs hold)",
+    )
     args = parser.parse_args()
-    print(run_bench(0, args.events, args.members, args.clients, args.paced, args.rate))
+    print(run_bench(0, args.events, args.members, args.clients, args.paced, args.rate, args.slots))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,61 +23,82 @@ def visible_to(user_id: uuid.UUID, org_id: uuid.UUID | None) -> ColumnElement[bo
     )
 
 
+_N = Notification.__table__.fullname  # type: ignore[attr-defined]
+_E = NotificationEvent.__table__.fullname  # type: ignore[attr-defined]
+# one row per (id, user, event) of the arrays; the rest copied from the event's record
+_ADD_MANY_SQL = f"""
+    WITH added AS (
+        INSERT INTO {_N} (id, user_id, org_id, event_id, kind, subject, data, occurred_at)
+        SELECT n.id, n.user_id, e.org_id, e.id, e.kind, e.subject, e.data, e.occurred_at
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:users AS uuid[]), CAST(:events AS uuid[]))
+            AS n(id, user_id, event_id), {_E} AS e
+        WHERE e.id = n.event_id
+        ON CONFLICT ON CONSTRAINT uq_notifications_event_id_user_id DO NOTHING
+        RETURNING event_id
+    )
+    SELECT event_id, count(*), now() FROM added GROUP BY event_id
+"""  # noqa: S608 - the table names are the models'
+_ADD_MANY = text(_ADD_MANY_SQL).bindparams(
+    bindparam("ids"), bindparam("users"), bindparam("events")
+)
+
+
 class NotificationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def record_event(self, ev: Event) -> bool:
-        """Keep the event; False when it was kept already (a duplicate delivery)."""
+    async def record_events(self, events: Sequence[tuple[Event, int]]) -> set[uuid.UUID]:
+        """Keep events with how many users they reach in-app; the ids of those new (the others
+        were kept already: duplicate deliveries)."""
+        if not events:
+            return set()
+        rows = [
+            {
+                "id": ev.id,
+                "kind": ev.kind,
+                "org_id": ev.org_id,
+                "user_id": ev.user_id,
+                "actor_id": ev.actor_id,
+                "subject": ev.subject,
+                "data": ev.data,
+                "source": ev.source,
+                "occurred_at": ev.occurred_at,
+                "recipients": recipients,
+            }
+            for ev, recipients in events
+        ]
         stmt = (
             insert(NotificationEvent)
-            .values(
-                id=ev.id,
-                kind=ev.kind,
-                org_id=ev.org_id,
-                user_id=ev.user_id,
-                actor_id=ev.actor_id,
-                subject=ev.subject,
-                data=ev.data,
-                source=ev.source,
-                occurred_at=ev.occurred_at,
-            )
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(NotificationEvent.id)
         )
-        return (await self.session.execute(stmt)).first() is not None
+        return set((await self.session.scalars(stmt, rows)).all())
 
-    async def add_for(self, ev: Event, users: Sequence[uuid.UUID]) -> list[Notification]:
-        """One notification of ``ev`` per user (none twice); returns those created."""
-        if not users:
-            return []
-        rows = [
-            {
-                "id": uuid.uuid4(),
-                "user_id": u,
-                "org_id": ev.org_id,
-                "event_id": ev.id,
-                "kind": ev.kind,
-                "subject": ev.subject,
-                "data": ev.data,
-                "occurred_at": ev.occurred_at,
-            }
-            for u in users
-        ]
-        # rows as parameters, not .values(rows): one cached statement that SQLAlchemy sends as
-        # multi-row INSERTs ("insertmanyvalues"), instead of compiling 800 binds per event
-        stmt = (
-            insert(Notification)
-            .on_conflict_do_nothing(constraint="uq_notifications_event_id_user_id")
-            .returning(Notification)
-        )
-        created = list((await self.session.scalars(stmt, rows)).all())
-        await self.session.execute(
-            update(NotificationEvent)
-            .where(NotificationEvent.id == ev.id)
-            .values(recipients=NotificationEvent.recipients + len(created))
-        )
-        return created
+    async def add_many(
+        self, groups: Sequence[tuple[Sequence[str], Sequence[str], uuid.UUID]]
+    ) -> tuple[dict[uuid.UUID, int], datetime]:
+        """Per recorded event, its notifications' ids and their users' ids (as text), in one
+        statement that copies each event's fields from its record (none twice per user and
+        event); how many each event got, and their ``created_at``."""
+        ids: list[str] = []
+        users: list[str] = []
+        events: list[uuid.UUID] = []
+        for nids, uids, event_id in groups:
+            ids += nids
+            users += uids
+            events += [event_id] * len(nids)
+        counts: dict[uuid.UUID, int] = {}
+        created_at = None
+        if ids:
+            result = await self.session.execute(
+                _ADD_MANY, {"ids": ids, "users": users, "events": events}
+            )
+            for event_id, n, at in result:
+                counts[event_id] = int(n)
+                created_at = at
+        if created_at is None:
+            created_at = (await self.session.execute(select(func.now()))).scalar_one()
+        return counts, created_at
 
     async def get(
         self, user_id: uuid.UUID, org_id: uuid.UUID | None, nid: uuid.UUID

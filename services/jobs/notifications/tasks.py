@@ -11,7 +11,7 @@ import httpx
 from libs.notify import FUNCTION, Event
 from libs.queue import JobContext, Periodic, RetryPolicy, job
 from services.jobs.email.service import SEND_MAIL, send_digests, send_one
-from services.jobs.notifications.fanout import Fanout, Recipients
+from services.jobs.notifications.fanout import Fanout, FanoutBatcher, Recipients
 from services.jobs.settings import JobsSettings, get_settings
 from services.jobs.webhooks.service import DELIVER, deliver_message
 
@@ -21,9 +21,18 @@ def _settings(ctx: JobContext) -> JobsSettings:
     return s if isinstance(s, JobsSettings) else get_settings()
 
 
+def on_startup(ctx: dict[str, Any], settings: JobsSettings) -> None:
+    """What the worker's notification jobs share (each job's ``ctx`` is a copy of the worker's:
+    what a job sets in it is gone with the job): one HTTP client, one fan-out batcher."""
+    http = ctx["http"] = httpx.AsyncClient()
+    recipients = Recipients(http, settings.auth_url, settings.internal_token_secret)
+    fanout = Fanout(ctx["db"], ctx["redis"], recipients)
+    ctx["fanout_batcher"] = FanoutBatcher(fanout, settings.notification_batch)
+
+
 def _http(ctx: JobContext) -> httpx.AsyncClient:
     client = ctx.state.get("http")
-    if not isinstance(client, httpx.AsyncClient):
+    if not isinstance(client, httpx.AsyncClient):  # a worker started without on_startup
         client = ctx.state["http"] = httpx.AsyncClient()
     return client
 
@@ -34,16 +43,27 @@ def fanout_of(ctx: JobContext) -> Fanout:
     return Fanout(ctx.state["db"], ctx.state["redis"], recipients)
 
 
+def batcher_of(ctx: JobContext) -> FanoutBatcher:
+    """The worker's one batcher: its concurrent fan-out jobs deliver their events together."""
+    batcher = ctx.state.get("fanout_batcher")
+    if not isinstance(batcher, FanoutBatcher):  # a worker started without on_startup
+        batcher = FanoutBatcher(fanout_of(ctx), _settings(ctx).notification_batch)
+    return batcher
+
+
 @job(
     name=FUNCTION,
     internal=True,
     retry_outages=True,
     retry=RetryPolicy(max_tries=8, backoff_s=2.0, max_backoff_s=300.0),
+    # its record is the event's row in jobs.notification_events; jobs.jobs keeps failures
+    record="failures",
 )
 async def deliver_notification(ctx: JobContext, event: dict[str, Any]) -> dict[str, int]:
-    """Turn one notification event (libs/notify) into its recipients' notifications; a second
-    delivery of the same event does nothing."""
-    return {"notified": await fanout_of(ctx).deliver(Event.model_validate(event))}
+    """Turn one notification event (libs/notify) into its recipients' notifications (with the
+    other events the worker is delivering at the same time); a second delivery of the same
+    event does nothing."""
+    return {"notified": await batcher_of(ctx).deliver(Event.model_validate(event))}
 
 
 @job(

@@ -28,26 +28,40 @@ class PreferenceRepository:
         )
         return {p.kind: list(p.channels) for p in await self.session.scalars(stmt)}
 
-    async def for_kind(
-        self, users: Sequence[uuid.UUID], org_id: uuid.UUID | None, kind: str
-    ) -> tuple[dict[uuid.UUID, list[str]], list[str] | None]:
-        """Each user's choice for ``kind`` and the organization's default (None: unset)."""
-        users_stmt = select(NotificationPreference).where(
-            NotificationPreference.kind == kind,
-            NotificationPreference.org_id.is_(None),
-            NotificationPreference.user_id.in_(list(users)),
-        )
-        chosen = {p.user_id: list(p.channels) for p in await self.session.scalars(users_stmt)}
-        org_default = None
-        if org_id is not None:
-            org_stmt = select(NotificationPreference.channels).where(
-                NotificationPreference.kind == kind,
-                NotificationPreference.org_id == org_id,
-                NotificationPreference.user_id.is_(None),
+    async def for_kinds(
+        self,
+        users: Sequence[uuid.UUID],
+        orgs: Sequence[uuid.UUID],
+        kinds: Sequence[str],
+    ) -> tuple[dict[tuple[uuid.UUID, str], list[str]], dict[tuple[uuid.UUID, str], list[str]]]:
+        """Users' choices by ``(user, kind)`` (None: unset) and organizations' defaults by
+        ``(org, kind)``, for the kinds of a batch of events (one query)."""
+        if not kinds or not (users or orgs):
+            return {}, {}
+        stmt = select(
+            NotificationPreference.user_id,
+            NotificationPreference.org_id,
+            NotificationPreference.kind,
+            NotificationPreference.channels,
+        ).where(
+            NotificationPreference.kind.in_(list(kinds)),
+            (
+                NotificationPreference.org_id.is_(None)
+                & NotificationPreference.user_id.in_(list(users))
             )
-            found = (await self.session.execute(org_stmt)).scalar_one_or_none()
-            org_default = list(found) if found is not None else None
-        return {u: c for u, c in chosen.items() if u is not None}, org_default
+            | (
+                NotificationPreference.user_id.is_(None)
+                & NotificationPreference.org_id.in_(list(orgs))
+            ),
+        )
+        chosen: dict[tuple[uuid.UUID, str], list[str]] = {}
+        defaults: dict[tuple[uuid.UUID, str], list[str]] = {}
+        for user_id, org_id, kind, channels in await self.session.execute(stmt):
+            if user_id is not None:
+                chosen[(user_id, kind)] = list(channels)
+            elif org_id is not None:
+                defaults[(org_id, kind)] = list(channels)
+        return chosen, defaults
 
     async def set_user(self, user_id: uuid.UUID, kind: str, channels: list[str] | None) -> None:
         await self._set(user_id, None, kind, channels)

@@ -23,6 +23,17 @@ class WebhookRepository:
         )
         return list((await self.session.scalars(stmt)).all())
 
+    async def endpoints_of(self, org_ids: set[uuid.UUID]) -> list[WebhookEndpoint]:
+        """The endpoints of several organizations (each organization's in creation order)."""
+        if not org_ids:
+            return []
+        stmt = (
+            select(WebhookEndpoint)
+            .where(WebhookEndpoint.org_id.in_(list(org_ids)))
+            .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
     async def endpoint(self, org_id: uuid.UUID, eid: uuid.UUID) -> WebhookEndpoint | None:
         stmt = select(WebhookEndpoint).where(
             WebhookEndpoint.org_id == org_id, WebhookEndpoint.id == eid

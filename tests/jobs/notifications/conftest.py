@@ -42,7 +42,8 @@ async def stack(
         client_for(build_app(), connection=db) as jobs,
     ):
         recipients = Recipients(auth, str(auth.base_url), DEV_INTERNAL_SECRET)
-        yield Stack(auth, jobs, Fanout(sessions, redis, recipients))
+        # auth in-process shares the test's one connection: one recipients question at a time
+        yield Stack(auth, jobs, Fanout(sessions, redis, recipients, ask_concurrency=1))
 
 
 class Inbox:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import uvloop
 
 from libs.identity import Principal
@@ -140,6 +141,19 @@ async def batch(rag: str, jobs: str, who: Principal, lines: int) -> tuple[float,
     return lines / took, b
 
 
+def cpu_seconds(s: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) each of the stack's processes has used so far."""
+    out = {}
+    for name, proc in s.procs.items():
+        t = psutil.Process(proc.popen.pid).cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    return {k: 1000 * (after[k] - before[k]) / n for k in before}
+
+
 def run_bench(duration: float, lines: int = 10_000, concurrency: int = 16, rounds: int = 2) -> str:
     with stack() as s, tempfile.TemporaryDirectory() as tmp:
         return asyncio.run(_measure(s, Path(tmp), lines, concurrency, max(duration, 10.0), rounds))
@@ -166,11 +180,20 @@ async def _measure(
     b: dict[str, Any] = {}
     # interleaved rounds, the best of each kept: the machine is shared, and a slow moment
     # should not decide the comparison either way
+    cpu_direct: dict[str, float] = {}
+    cpu_batch: dict[str, float] = {}
     for _ in range(rounds):
         lean.append(await direct(llm.url, who, duration, concurrency))
+        before = cpu_seconds(s)
         same.append(await direct_same_client(llm.url, who, lines, concurrency))
+        cpu_direct = cpu_ms_per(before, cpu_seconds(s), lines)
+        before = cpu_seconds(s)
         rate, b = await batch(rag.url, jobs.url, who, lines)
+        cpu_batch = cpu_ms_per(before, cpu_seconds(s), lines)
         batched.append(rate)
+
+    def per_request(cpu: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v >= 0.005)
 
     def figures(xs: list[float]) -> str:
         return " / ".join(f"{x:,.0f}" for x in xs) + " requests/s"
@@ -192,6 +215,9 @@ async def _measure(
             f"{b['in_progress_at'] - b['created_at']} s, in_progress → finalizing "
             f"{b['finalizing_at'] - b['in_progress_at']} s, finalizing → completed "
             f"{b['completed_at'] - b['finalizing_at']} s |",
+            f"| CPU ms per request, last direct round over libs.transport (the bench's own "
+            f"client not shown) | {per_request(cpu_direct)} |",
+            f"| CPU ms per line, last batch | {per_request(cpu_batch)} |",
             f"| jobs worker RSS after | {worker.rss_mb():.0f} MiB |",
         ]
     )

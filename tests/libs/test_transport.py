@@ -13,7 +13,15 @@ import pytest
 import uvicorn
 
 from libs import transport
-from libs.transport import Broken, Client, ConnectFailed, ConnectTimedOut, TimedOut, Timeouts
+from libs.transport import (
+    Broken,
+    Client,
+    ConnectFailed,
+    ConnectTimedOut,
+    Origin,
+    TimedOut,
+    Timeouts,
+)
 
 FAST = Timeouts(connect=2.0, read=5.0, write=5.0, pool=2.0)
 
@@ -258,3 +266,75 @@ def test_failures_are_transport_errors() -> None:
         assert issubclass(kind, transport.TransportError)
         # never a builtin TimeoutError: asyncio.timeout() blocks around a call must not eat them
         assert not issubclass(kind, TimeoutError)
+
+
+# --- Origin: whole requests to one origin (a batch's lines)
+
+
+async def test_origin_a_whole_answer(server: tuple[str, _Held]) -> None:
+    url, _ = server
+    origin = Origin(url, FAST)
+    answer = await origin.post("/echo", [(b"x-one", b"1")], b'{"q": "hello"}')
+    assert answer.status == 200
+    assert answer.body == b'{"q": "hello"}'
+    answer = await origin.post("/json", [], b"")
+    assert answer.body == b'{"answer": 42}'
+    assert answer.header(b"x-mixed") == b"Case"  # names lower-cased, values as sent
+    assert answer.header(b"content-type") == b"application/json"
+    await origin.aclose()
+
+
+async def test_origin_keeps_connections_alive_but_not_idle_ones(server: tuple[str, _Held]) -> None:
+    url, held = server
+    origin = Origin(url, FAST, idle_s=0.2)
+    before = len(held.clients)
+    for _ in range(3):
+        assert (await origin.post("/json", [], b"")).status == 200
+    assert len(set(held.clients[before:])) == 1
+    await asyncio.sleep(0.3)  # idle past idle_s: the server may be closing it, not reused
+    assert (await origin.post("/json", [], b"")).status == 200
+    assert len(set(held.clients[before:])) == 2
+    await origin.aclose()
+
+
+async def test_origin_connect_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(ConnectFailed) as info:
+        await Origin(f"http://127.0.0.1:{port}", FAST).post("/", [], b"")
+    assert not isinstance(info.value, TimedOut)
+
+
+async def test_origin_timeout_and_a_dropped_answer(server: tuple[str, _Held]) -> None:
+    url, _ = server
+    origin = Origin(url, Timeouts(connect=2.0, read=0.3, write=5.0, pool=2.0))
+    with pytest.raises(TimedOut) as info:
+        await origin.post("/slow", [], b"")
+    assert not isinstance(info.value, ConnectFailed)  # sent: it may have run
+    with pytest.raises(Broken):
+        await origin.post("/truncated", [], b"")
+    # the broken connections were dropped: the next request gets a sound one
+    assert (await origin.post("/json", [], b"")).body == b'{"answer": 42}'
+    await origin.aclose()
+
+
+async def test_origin_a_cancelled_request_leaves_no_half_read_connection(
+    server: tuple[str, _Held],
+) -> None:
+    url, _ = server
+    origin = Origin(url, FAST, max_connections=1)
+    task = asyncio.create_task(origin.post("/slow", [], b""))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the only slot is free again, and its answer is not the slow one's
+    assert (await origin.post("/json", [], b"")).body == b'{"answer": 42}'
+    await origin.aclose()
+
+
+def test_origin_speaks_plain_http_only() -> None:
+    with pytest.raises(ValueError):
+        Origin("https://example.com", FAST)

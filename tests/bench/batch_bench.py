@@ -7,12 +7,14 @@ a cache answer), as the owner with the internal token a batch's requests carry, 
 
 - sent **directly** to the llm's ``/v1/chat/completions`` by ``--concurrency`` clients: the
   bench's load generator for ``--duration`` s (the least client CPU), and ``--lines`` times
-  over libs.transport, the HTTP client the batch worker uses;
+  over ``libs.transport.Origin`` with a batch line's headers, the HTTP client the batch
+  worker uses;
 - run ``--lines`` times as **one batch**: the JSONL file uploaded to rag, then timed from
   ``POST /v1/batches`` until the batch is ``completed`` (validation, every line, both files).
 
 ``--rounds`` interleaved rounds; the comparison takes the best of each kind (issue 15's
-target: the batch at ≥ 80 % of the direct requests/s).
+target: the batch at ≥ 80 % of the direct requests/s). CPU ms per request or line of each
+process (the stack's, PostgreSQL's backends and Redis) says where a batch's extra work goes.
 
     python -m tests.bench.batch_bench [--lines 10000] [--concurrency 16] [--rounds 2]
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ import uvloop
 
 from libs.identity import Principal
 from libs.testing import auth_headers, principal
-from libs.transport import Client, Timeouts
+from libs.transport import Origin, Timeouts
 from tests.bench import load
 from tests.bench.llm_bench import models_yaml
 from tests.bench.stack import Stack, stack
@@ -64,15 +67,16 @@ async def direct(llm: str, who: Principal, duration: float, concurrency: int) ->
 
 async def direct_same_client(llm: str, who: Principal, lines: int, concurrency: int) -> float:
     """Requests/s of ``lines`` chat requests sent straight to the llm by ``concurrency``
-    clients over the HTTP client a batch's worker uses (libs.transport, aiohttp on uvloop)."""
+    clients over the HTTP client a batch's worker uses (libs.transport.Origin, on uvloop)."""
     rate: float = await asyncio.to_thread(uvloop.run, _same_client(llm, who, lines, concurrency))
     return rate
 
 
 async def _same_client(llm: str, who: Principal, lines: int, concurrency: int) -> float:
-    client = Client(Timeouts(connect=5, read=60, write=30, pool=60))
+    client = Origin(llm, Timeouts(connect=5, read=60, write=30, pool=60))
     headers = [(k.encode(), v.encode()) for k, v in auth_headers(who).items()]
     headers.append((b"content-type", b"application/json"))
+    headers.append((b"x-aistack-batch", b"batch_bench"))  # as a batch's line (usage kind)
     payload = orjson.dumps(BODY)
     left = lines
     failures = 0
@@ -81,9 +85,7 @@ async def _same_client(llm: str, who: Principal, lines: int, concurrency: int) -
         nonlocal left, failures
         while left > 0:
             left -= 1
-            resp = await client.send("POST", f"{llm}/v1/chat/completions", headers, payload)
-            await resp.read()
-            await resp.close()
+            resp = await client.post("/v1/chat/completions", headers, payload)
             failures += resp.status != 200
 
     start = time.perf_counter()
@@ -147,11 +149,21 @@ def cpu_seconds(s: Stack) -> dict[str, float]:
     for name, proc in s.procs.items():
         t = psutil.Process(proc.popen.pid).cpu_times()
         out[name] = t.user + t.system
+    pg, redis = s.infra.postgres, s.infra.redis
+    if pg is not None:  # the postmaster and its backends (ended backends' CPU is lost)
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            top = psutil.Process(int((pg.pgdata / "postmaster.pid").read_text().split()[0]))
+            out["postgres"] = sum(
+                sum(p.cpu_times()[:2]) for p in [top, *top.children()] if p.is_running()
+            )
+    if redis is not None and redis.proc is not None:
+        with contextlib.suppress(psutil.Error):
+            out["redis"] = sum(psutil.Process(redis.proc.pid).cpu_times()[:2])
     return out
 
 
 def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
-    return {k: 1000 * (after[k] - before[k]) / n for k in before}
+    return {k: 1000 * (after[k] - before[k]) / n for k in before if k in after}
 
 
 def run_bench(duration: float, lines: int = 10_000, concurrency: int = 16, rounds: int = 2) -> str:
@@ -206,7 +218,8 @@ async def _measure(
             f"| the chat request straight to the llm, {concurrency} clients of the bench's "
             f"load generator, {duration:.0f} s | {figures(lean)} |",
             f"| {lines:,} such requests straight to the llm, {concurrency} clients over "
-            f"libs.transport (the batch worker's client) | {figures(same)} |",
+            f"libs.transport.Origin with a batch line's headers (the batch worker's client) "
+            f"| {figures(same)} |",
             f"| the same {lines:,} requests as one batch, JOBS_BATCH_CONCURRENCY={concurrency}, "
             f"create → completed | {figures(batched)} |",
             f"| batch / direct over the same client | {100 * best / max(same):.0f} % |",
@@ -215,7 +228,7 @@ async def _measure(
             f"{b['in_progress_at'] - b['created_at']} s, in_progress → finalizing "
             f"{b['finalizing_at'] - b['in_progress_at']} s, finalizing → completed "
             f"{b['completed_at'] - b['finalizing_at']} s |",
-            f"| CPU ms per request, last direct round over libs.transport (the bench's own "
+            f"| CPU ms per request, last direct round over Origin (the bench's own "
             f"client not shown) | {per_request(cpu_direct)} |",
             f"| CPU ms per line, last batch | {per_request(cpu_batch)} |",
             f"| jobs worker RSS after | {worker.rss_mb():.0f} MiB |",

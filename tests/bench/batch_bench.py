@@ -162,6 +162,26 @@ def cpu_seconds(s: Stack) -> dict[str, float]:
     return out
 
 
+def llm_handling(metrics_url: str) -> tuple[float, float]:
+    """(sum of seconds, count) of the llm's chat completions, from its own latency histogram
+    (request received → body sent): the llm's share of a request's time, wire and client
+    excluded."""
+    text = httpx.get(metrics_url, timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if "aistack_http_request_duration_seconds" in line and "/v1/chat/completions" in line:
+            if line.startswith("aistack_http_request_duration_seconds_sum"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("aistack_http_request_duration_seconds_count"):
+                count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def _mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float:
+    n = after[1] - before[1]
+    return 1000 * (after[0] - before[0]) / n if n else float("nan")
+
+
 def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     return {k: 1000 * (after[k] - before[k]) / n for k in before if k in after}
 
@@ -176,7 +196,9 @@ async def _measure(
 ) -> str:
     upstream = s.start_fake_openai()
     config = models_yaml(upstream.url, tmp)
-    llm = s.start("llm", "services.llm.app:app", env={"LLM_MODELS_CONFIG": str(config)})
+    llm = s.start(
+        "llm", "services.llm.app:app", env={"LLM_MODELS_CONFIG": str(config)}, metrics_prefix="LLM"
+    )
     rag = s.start("rag", "services.rag.app:app", env={"RAG_STORAGE_DIR": str(tmp / "files")})
     env = {
         "JOBS_RAG_URL": rag.url,
@@ -192,16 +214,21 @@ async def _measure(
     b: dict[str, Any] = {}
     # interleaved rounds, the best of each kept: the machine is shared, and a slow moment
     # should not decide the comparison either way
+    assert llm.metrics_url is not None
+    metrics = llm.metrics_url
+    llm_direct = llm_batch = float("nan")
     cpu_direct: dict[str, float] = {}
     cpu_batch: dict[str, float] = {}
     for _ in range(rounds):
         lean.append(await direct(llm.url, who, duration, concurrency))
-        before = cpu_seconds(s)
+        before, handled = cpu_seconds(s), llm_handling(metrics)
         same.append(await direct_same_client(llm.url, who, lines, concurrency))
         cpu_direct = cpu_ms_per(before, cpu_seconds(s), lines)
-        before = cpu_seconds(s)
+        llm_direct = _mean_ms(handled, llm_handling(metrics))
+        before, handled = cpu_seconds(s), llm_handling(metrics)
         rate, b = await batch(rag.url, jobs.url, who, lines)
         cpu_batch = cpu_ms_per(before, cpu_seconds(s), lines)
+        llm_batch = _mean_ms(handled, llm_handling(metrics))
         batched.append(rate)
 
     def per_request(cpu: dict[str, float]) -> str:
@@ -231,6 +258,8 @@ async def _measure(
             f"| CPU ms per request, last direct round over Origin (the bench's own "
             f"client not shown) | {per_request(cpu_direct)} |",
             f"| CPU ms per line, last batch | {per_request(cpu_batch)} |",
+            f"| the llm's own time per chat request (its latency histogram), last direct "
+            f"round / last batch | {llm_direct:.1f} ms / {llm_batch:.1f} ms |",
             f"| jobs worker RSS after | {worker.rss_mb():.0f} MiB |",
         ]
     )

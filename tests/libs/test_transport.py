@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from libs import transport
 from libs.transport import (
@@ -335,6 +343,65 @@ async def test_origin_a_cancelled_request_leaves_no_half_read_connection(
     await origin.aclose()
 
 
-def test_origin_speaks_plain_http_only() -> None:
+def test_origin_speaks_http_and_https_only() -> None:
+    assert Origin("https://llm.internal", FAST).port == 443
+    assert Origin("http://llm.internal", FAST).port == 80
     with pytest.raises(ValueError):
-        Origin("https://example.com", FAST)
+        Origin("ftp://llm.internal", FAST)
+
+
+async def test_origin_over_https(tmp_path: Path) -> None:
+    """A self-signed certificate for 127.0.0.1, trusted by the client's context only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    loopback = ip_address("127.0.0.1")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(loopback)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    held = _Held()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        make_app(held),
+        log_config=None,
+        access_log=False,
+        ssl_certfile=str(cert_file),
+        ssl_keyfile=str(key_file),
+    )
+    running = _Server(config)
+    task = asyncio.create_task(running.serve(sockets=[sock]))
+    while not running.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    url = f"https://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert_file))
+        origin = Origin(url, FAST, tls=trusted)
+        assert (await origin.post("/echo", [], b"over tls")).body == b"over tls"
+        await origin.aclose()
+        # the system's trust store does not know the certificate: nothing is sent
+        with pytest.raises(ConnectFailed):
+            await Origin(url, FAST).post("/echo", [], b"x")
+    finally:
+        running.should_exit = True
+        await task

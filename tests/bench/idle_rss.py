@@ -1,4 +1,5 @@
-"""``make run``'s idle memory (issue 15: ≤ 700 MiB): ``python -m tests.bench.idle_rss``.
+"""``make run``'s idle memory (issue 15: ≤ 700 MiB): ``make bench BENCH_ARGS=idle`` or
+``python -m tests.bench.idle_rss [--settle 30] [--env AISTACK_APPS=per-service]``.
 
 Starts ``python -m deploy.local.run`` on free ports with its own data directory (embedded
 PostgreSQL and Redis), waits for its "ready" banner and ``--settle`` seconds more with
@@ -125,6 +126,11 @@ def table(rows: list[tuple[str, float, float]]) -> str:
             f"| {sum(r[2] for r in pg):.0f} |"
         )
     return "\n".join(lines)
+
+
+def run_bench(duration: float) -> str:
+    """``make bench``: 30 s after "ready" (``duration`` is for throughput benches)."""
+    return table(measure(30.0, {}))
 
 
 def main() -> None:

@@ -36,6 +36,12 @@ RUNNER: tuple[tuple[str, str, str], ...] = (
     ("AISTACK_EMBEDDED_PG_PORT", "`54329`", "embedded PostgreSQL port"),
     ("AISTACK_EMBEDDED_REDIS_PORT", "`63799`", "embedded Redis port"),
     (
+        "AISTACK_APPS",
+        "`one`",
+        "`one`: the gateway and the five services in one process, each on its own port (about "
+        "450 MiB less idle memory; one core); `per-service`: a uvicorn process each (as compose)",
+    ),
+    (
         "AISTACK_WORKERS",
         "`1`",
         "`1`: every service's jobs in one worker process; `per-service`: one each (as "

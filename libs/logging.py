@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +15,25 @@ import orjson
 from opentelemetry import trace
 
 from libs.context import get_request_id
+
+# the app a line comes from when several share a process (deploy/local/apps.py)
+_serving: contextvars.ContextVar[str | None] = contextvars.ContextVar("serving", default=None)
+
+
+def log_as(app: str) -> None:
+    """Lines logged from now on in this context (and the tasks it starts) name ``app``."""
+    _serving.set(app)
+
+
+@contextlib.contextmanager
+def serving(app: str) -> Iterator[None]:
+    """Lines logged in this context (and the tasks it starts) name ``app``."""
+    token = _serving.set(app)
+    try:
+        yield
+    finally:
+        _serving.reset(token)
+
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -27,7 +49,7 @@ class JsonFormatter(logging.Formatter):
         payload: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "service": self.service,
+            "service": _serving.get() or self.service,
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -53,6 +75,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = get_request_id()
         base = f"{record.levelname:<7} {record.name}: {record.getMessage()}"
+        app = _serving.get()
+        if app:
+            base = f"[{app}] {base}"
         if rid:
             base += f" [rid={rid}]"
         if record.exc_info:

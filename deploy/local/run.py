@@ -6,7 +6,10 @@ an embedded Redis start from Python packages, keeping their data under ``AISTACK
 are applied and the gateway, the five services and their workers run under
 :class:`deploy.local.supervisor.Supervisor`, each log line prefixed by the process name.
 
-Every service's jobs run in one worker process (``python -m libs.worker auth llm rag jobs
+The gateway and the five services run in one process (``python -m deploy.local.apps``, each
+app on its port with its own server and lifespan), which keeps their shared libraries once
+(~450 MiB less at idle); ``AISTACK_APPS=per-service`` runs a uvicorn process each, as compose
+does. Every service's jobs run in one worker process (``python -m libs.worker auth llm rag jobs
 billing``: each service on its own queue, with its own settings and resources), which saves
 the memory of four interpreters; ``AISTACK_WORKERS=per-service`` runs one per service, as
 compose does, and ``0`` none.
@@ -64,6 +67,9 @@ class Plan:
     # "one": every service's jobs in one worker process; "per-service": one each, as compose
     # runs them; "none"
     workers: str
+    # "one": the gateway and the five services in one process (deploy/local/apps.py), each on
+    # its port; "per-service": a uvicorn process each, as compose runs them
+    apps: str
     # a local SMTP server printing mails, unless a real one is configured
     mail_port: int | None
     # process name → the port of its metrics listener (processes without one are absent)
@@ -125,6 +131,9 @@ def plan_from_env(env: dict[str, str]) -> Plan:
         pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
         redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
         workers=workers,
+        apps="per-service"
+        if env.get("AISTACK_APPS", "").strip().lower() in ("per-service", "each")
+        else "one",
         mail_port=None if env.get("AUTH_SMTP_HOST") else int(env.get("AISTACK_MAIL_PORT", "1025")),
         metrics={name: port for name, port in metrics.items() if port},
     )
@@ -138,9 +147,15 @@ def processes(plan: Plan) -> dict[str, str]:
         f"{py} -m uvicorn --factory --no-access-log --no-proxy-headers"
         " --timeout-graceful-shutdown 5 --http libs.server:HttpProtocol"
     )
-    procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
-    for name, port in plan.ports.items():
-        procs[name] = f"{uv} {SERVICES[name].app} --host {plan.host} --port {port}"
+    if plan.apps == "one":
+        # six interpreters' worth of the same libraries kept once (docs/benchmarks.md)
+        where = [f"gateway={plan.host}:{plan.gateway_port}"]
+        where += [f"{name}={plan.host}:{port}" for name, port in plan.ports.items()]
+        procs = {"apps": f"{py} -m deploy.local.apps {' '.join(where)}"}
+    else:
+        procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
+        for name, port in plan.ports.items():
+            procs[name] = f"{uv} {SERVICES[name].app} --host {plan.host} --port {port}"
     if plan.workers == "per-service":
         for name in plan.ports:
             procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"

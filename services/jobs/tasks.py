@@ -38,7 +38,7 @@ from libs.http import make_http_client
 from libs.permissions import Scope
 from libs.queue import JobContext, Periodic, RetryPolicy, job
 from libs.storage_errors import describe, outage_of
-from libs.transport import Client, Timeouts
+from libs.transport import Origin, Timeouts
 from services.jobs.batches.repository import BatchRepository
 from services.jobs.batches.runner import BatchRun
 from services.jobs.jobs.reconciler import Reconciler
@@ -157,9 +157,9 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
     if not isinstance(http, httpx.AsyncClient):
         http = ctx.state[BATCH_HTTP] = make_http_client("jobs", timeout=60, retries=2)
     llm = ctx.state.get(BATCH_LLM)
-    if not isinstance(llm, Client):
+    if not isinstance(llm, Origin):
         timeouts = Timeouts(connect=5, read=settings.batch_request_timeout_s, write=30, pool=600)
-        llm = ctx.state[BATCH_LLM] = Client(timeouts)
+        llm = ctx.state[BATCH_LLM] = Origin(settings.llm_url, timeouts)
     try:
         return await BatchRun(ctx, ctx.state["db"], http, llm, settings).run(batch_id)
     except Exception as exc:

@@ -1,7 +1,7 @@
 """``make bench``: every benchmark, figures printed as Markdown (see docs/benchmarks.md).
 
 make bench                          all of them
-make bench BENCH_ARGS="llm"         one of them (llm, auth, rag, jobs, batch, notify, billing)
+make bench BENCH_ARGS="llm"         one of them (llm, auth, rag, jobs, batch, notify, billing, idle)
 make bench BENCH_ARGS="fanout"      the notification fan-out at full size (never run by default:
                                     10,000 events to 100 users, ~20 minutes on two cores)
 make bench BENCH_ARGS="--duration 20"
@@ -26,6 +26,7 @@ BENCHES = {
     "batch": "tests.bench.batch_bench",
     "notify": "tests.bench.notify_bench",
     "billing": "tests.bench.billing_bench",
+    "idle": "tests.bench.idle_rss",
 }
 # run only when named: a reference measured next to aistack, not a benchmark of aistack; and
 # the notification fan-out at issue 16's full size (about 20 minutes on two cores)

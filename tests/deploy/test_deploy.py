@@ -88,17 +88,22 @@ def test_local_plan_runs_gateway_services_and_workers() -> None:
     plan = plan_from_env({"GATEWAY_PORT": "9000", "LLM_PORT": "9002"})
     procs = processes(plan)
     services = ("auth", "llm", "rag", "jobs", "billing")
-    # every service's jobs in one worker process
-    assert set(procs) == {"mail", "gateway", *services, "worker"}
-    assert "--port 9000" in procs["gateway"] and "gateway.app:app" in procs["gateway"]
-    assert "--port 9002" in procs["llm"]
+    # the six apps in one process, each on its port; every service's jobs in one worker process
+    assert set(procs) == {"mail", "apps", "worker"}
+    assert "deploy.local.apps gateway=127.0.0.1:9000 auth=127.0.0.1:8001" in procs["apps"]
+    assert "llm=127.0.0.1:9002" in procs["apps"]
     assert "libs.worker auth llm rag jobs billing --metrics-port 10010" in procs["worker"]
     # or one each, as compose runs them
-    each = processes(plan_from_env({"AISTACK_WORKERS": "per-service"}))
+    each = processes(
+        plan_from_env({"AISTACK_WORKERS": "per-service", "AISTACK_APPS": "per-service"})
+    )
     assert {f"{s}-worker" for s in services} <= set(each) and "worker" not in each
     assert "libs.worker llm" in each["llm-worker"]
+    assert "--port 8000" in each["gateway"] and "gateway.app:app" in each["gateway"]
+    assert "--port 8002" in each["llm"] and "apps" not in each
     # a configured SMTP server replaces the local mail sink
-    assert set(processes(plan_from_env({"AISTACK_WORKERS": "0", "AUTH_SMTP_HOST": "smtp"}))) == {
+    env = {"AISTACK_WORKERS": "0", "AISTACK_APPS": "per-service", "AUTH_SMTP_HOST": "smtp"}
+    assert set(processes(plan_from_env(env))) == {
         "gateway",
         "auth",
         "llm",

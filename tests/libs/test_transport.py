@@ -5,15 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from libs import transport
-from libs.transport import Broken, Client, ConnectFailed, ConnectTimedOut, TimedOut, Timeouts
+from libs.transport import (
+    Broken,
+    Client,
+    ConnectFailed,
+    ConnectTimedOut,
+    Origin,
+    TimedOut,
+    Timeouts,
+)
 
 FAST = Timeouts(connect=2.0, read=5.0, write=5.0, pool=2.0)
 
@@ -258,3 +274,134 @@ def test_failures_are_transport_errors() -> None:
         assert issubclass(kind, transport.TransportError)
         # never a builtin TimeoutError: asyncio.timeout() blocks around a call must not eat them
         assert not issubclass(kind, TimeoutError)
+
+
+# --- Origin: whole requests to one origin (a batch's lines)
+
+
+async def test_origin_a_whole_answer(server: tuple[str, _Held]) -> None:
+    url, _ = server
+    origin = Origin(url, FAST)
+    answer = await origin.post("/echo", [(b"x-one", b"1")], b'{"q": "hello"}')
+    assert answer.status == 200
+    assert answer.body == b'{"q": "hello"}'
+    answer = await origin.post("/json", [], b"")
+    assert answer.body == b'{"answer": 42}'
+    assert answer.header(b"x-mixed") == b"Case"  # names lower-cased, values as sent
+    assert answer.header(b"content-type") == b"application/json"
+    await origin.aclose()
+
+
+async def test_origin_keeps_connections_alive_but_not_idle_ones(server: tuple[str, _Held]) -> None:
+    url, held = server
+    origin = Origin(url, FAST, idle_s=0.2)
+    before = len(held.clients)
+    for _ in range(3):
+        assert (await origin.post("/json", [], b"")).status == 200
+    assert len(set(held.clients[before:])) == 1
+    await asyncio.sleep(0.3)  # idle past idle_s: the server may be closing it, not reused
+    assert (await origin.post("/json", [], b"")).status == 200
+    assert len(set(held.clients[before:])) == 2
+    await origin.aclose()
+
+
+async def test_origin_connect_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(ConnectFailed) as info:
+        await Origin(f"http://127.0.0.1:{port}", FAST).post("/", [], b"")
+    assert not isinstance(info.value, TimedOut)
+
+
+async def test_origin_timeout_and_a_dropped_answer(server: tuple[str, _Held]) -> None:
+    url, _ = server
+    origin = Origin(url, Timeouts(connect=2.0, read=0.3, write=5.0, pool=2.0))
+    with pytest.raises(TimedOut) as info:
+        await origin.post("/slow", [], b"")
+    assert not isinstance(info.value, ConnectFailed)  # sent: it may have run
+    with pytest.raises(Broken):
+        await origin.post("/truncated", [], b"")
+    # the broken connections were dropped: the next request gets a sound one
+    assert (await origin.post("/json", [], b"")).body == b'{"answer": 42}'
+    await origin.aclose()
+
+
+async def test_origin_a_cancelled_request_leaves_no_half_read_connection(
+    server: tuple[str, _Held],
+) -> None:
+    url, _ = server
+    origin = Origin(url, FAST, max_connections=1)
+    task = asyncio.create_task(origin.post("/slow", [], b""))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # the only slot is free again, and its answer is not the slow one's
+    assert (await origin.post("/json", [], b"")).body == b'{"answer": 42}'
+    await origin.aclose()
+
+
+def test_origin_speaks_http_and_https_only() -> None:
+    assert Origin("https://llm.internal", FAST).port == 443
+    assert Origin("http://llm.internal", FAST).port == 80
+    with pytest.raises(ValueError):
+        Origin("ftp://llm.internal", FAST)
+
+
+async def test_origin_over_https(tmp_path: Path) -> None:
+    """A self-signed certificate for 127.0.0.1, trusted by the client's context only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    loopback = ip_address("127.0.0.1")
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(loopback)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    held = _Held()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        make_app(held),
+        log_config=None,
+        access_log=False,
+        ssl_certfile=str(cert_file),
+        ssl_keyfile=str(key_file),
+    )
+    running = _Server(config)
+    task = asyncio.create_task(running.serve(sockets=[sock]))
+    while not running.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    url = f"https://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        trusted = ssl.create_default_context(cafile=str(cert_file))
+        origin = Origin(url, FAST, tls=trusted)
+        assert (await origin.post("/echo", [], b"over tls")).body == b"over tls"
+        await origin.aclose()
+        # the system's trust store does not know the certificate: nothing is sent
+        with pytest.raises(ConnectFailed):
+            await Origin(url, FAST).post("/echo", [], b"x")
+    finally:
+        running.should_exit = True
+        await task

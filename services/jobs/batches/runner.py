@@ -29,7 +29,7 @@ from libs.db import Database, session_scope
 from libs.identity import INTERNAL_HEADER, Principal
 from libs.notify import BatchOutcome, emit
 from libs.queue import JobCancelled, JobContext
-from libs.transport import Client, ConnectFailed, TransportError
+from libs.transport import Answer, ConnectFailed, Origin, TransportError
 from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
 from services.jobs.batches.lines import Plan, Request, error_line, parse, request_id, response_line
 from services.jobs.batches.repository import ERROR, OK, BatchRepository
@@ -58,10 +58,11 @@ class BatchRun:
         ctx: JobContext,
         db: Database,
         http: httpx.AsyncClient,
-        llm: Client,
+        llm: Origin,
         settings: JobsSettings,
     ) -> None:
-        """``http``: rag's file routes; ``llm``: the lines' requests (libs.transport)."""
+        """``http``: rag's file routes; ``llm``: the lines' requests (keep-alive connections to
+        the llm, the least client CPU per line)."""
         self.ctx, self.db, self.http, self.llm, self.settings = ctx, db, http, llm, settings
 
     async def run(self, batch_id: str) -> dict[str, Any]:
@@ -223,7 +224,6 @@ class BatchRun:
 
     async def _send(self, req: Request) -> Result:
         rid = request_id()
-        url = f"{self.settings.llm_url.rstrip('/')}{self.batch.endpoint}"
         payload = orjson.dumps(req.body)
         connect_failures = 0
         while True:
@@ -234,11 +234,7 @@ class BatchRun:
                 (b"x-request-id", rid.encode()),
             ]
             try:
-                resp = await self.llm.send("POST", url, headers, payload)
-                try:
-                    body = await resp.read()
-                finally:
-                    await resp.close()
+                resp = await self.llm.post(self.batch.endpoint, headers, payload)
             except ConnectFailed as exc:
                 # nothing was sent: trying again cannot run it twice
                 connect_failures += 1
@@ -249,10 +245,10 @@ class BatchRun:
             except TransportError as exc:
                 return self._failed(req, "request_failed", f"{type(exc).__name__}: {exc}"[:500])
             if resp.status == 429:
-                await asyncio.sleep(_retry_after(resp.headers))
+                await asyncio.sleep(_retry_after(resp))
                 continue
-            ctype = _header(resp.headers, b"content-type")
-            if b"json" not in ctype:
+            body = resp.body
+            if b"json" not in resp.header(b"content-type"):
                 text = body.decode("utf-8", "replace")[:2000]
                 body = orjson.dumps({"error": {"message": text}})
             state = OK if 200 <= resp.status < 300 else ERROR
@@ -410,13 +406,9 @@ def _jsonl(rows: list[str]) -> bytes:
     return "".join(f"{r}\n" for r in rows).encode()
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
-    return next((v for k, v in headers if k == name), b"")
-
-
-def _retry_after(headers: list[tuple[bytes, bytes]]) -> float:
+def _retry_after(answer: Answer) -> float:
     """How long a 429 asks to wait (bounded), else a second."""
     try:
-        return min(60.0, max(0.05, float(_header(headers, b"retry-after") or b"x")))
+        return min(60.0, max(0.05, float(answer.header(b"retry-after") or b"x")))
     except ValueError:
         return RATE_LIMITED_WAIT_S

@@ -37,9 +37,10 @@ RUNNER: tuple[tuple[str, str, str], ...] = (
     ("AISTACK_EMBEDDED_REDIS_PORT", "`63799`", "embedded Redis port"),
     (
         "AISTACK_APPS",
-        "`one`",
-        "`one`: the gateway and the five services in one process, each on its own port (about "
-        "450 MiB less idle memory; one core); `per-service`: a uvicorn process each (as compose)",
+        "`grouped`",
+        "`grouped`: the gateway and the llm a process each, auth, rag, jobs and billing in one "
+        "(each app on its own port; ~80 MiB less idle memory an app); `one`: all six in one "
+        "process (one core for all); `per-service`: a uvicorn process each (as compose)",
     ),
     (
         "AISTACK_WORKERS",

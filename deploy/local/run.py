@@ -6,10 +6,13 @@ an embedded Redis start from Python packages, keeping their data under ``AISTACK
 are applied and the gateway, the five services and their workers run under
 :class:`deploy.local.supervisor.Supervisor`, each log line prefixed by the process name.
 
-The gateway and the five services run in one process (``python -m deploy.local.apps``, each
-app on its port with its own server and lifespan), which keeps their shared libraries once
-(~450 MiB less at idle); ``AISTACK_APPS=per-service`` runs a uvicorn process each, as compose
-does. Every service's jobs run in one worker process (``python -m libs.worker auth llm rag jobs
+The gateway and the llm, on every request's path, run a uvicorn process each; auth, rag,
+jobs and billing share one process (``python -m deploy.local.apps``, each app on its port with
+its own server and lifespan), which keeps their common libraries once (~80 MiB an app less at
+idle). ``AISTACK_APPS=one`` puts all six in one process (the least memory, one core for all),
+``per-service`` runs a process each, as compose does.
+
+Every service's jobs run in one worker process (``python -m libs.worker auth llm rag jobs
 billing``: each service on its own queue, with its own settings and resources), which saves
 the memory of four interpreters; ``AISTACK_WORKERS=per-service`` runs one per service, as
 compose does, and ``0`` none.
@@ -52,6 +55,8 @@ from libs.registry import GATEWAY_PORT, SERVICES
 from libs.settings import METRICS_PORT_OFFSET, WORKER_METRICS_PORT_OFFSET
 
 ROOT = Path(__file__).resolve().parents[2]
+# the apps every API request goes through: a process (a core) each unless AISTACK_APPS=one
+HOT_APPS = frozenset({"gateway", "llm"})
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,9 @@ class Plan:
     # "one": every service's jobs in one worker process; "per-service": one each, as compose
     # runs them; "none"
     workers: str
-    # "one": the gateway and the five services in one process (deploy/local/apps.py), each on
-    # its port; "per-service": a uvicorn process each, as compose runs them
+    # "grouped": the gateway and the llm (every request's path) a process each, auth, rag,
+    # jobs and billing in one (deploy/local/apps.py), each app on its port; "one": all six
+    # in one process; "per-service": a uvicorn process each, as compose runs them
     apps: str
     # a local SMTP server printing mails, unless a real one is configured
     mail_port: int | None
@@ -110,6 +116,13 @@ def _workers_mode(value: str) -> str:
     return "per-service" if value in ("per-service", "each") else "one"
 
 
+def _apps_mode(value: str) -> str:
+    value = value.strip().lower()
+    if value in ("per-service", "each"):
+        return "per-service"
+    return "one" if value == "one" else "grouped"
+
+
 def plan_from_env(env: dict[str, str]) -> Plan:
     """Read the runner's configuration from the environment (see the README's table)."""
     gateway_port = int(env.get("GATEWAY_PORT", str(GATEWAY_PORT)))
@@ -131,9 +144,7 @@ def plan_from_env(env: dict[str, str]) -> Plan:
         pg_port=int(env.get("AISTACK_EMBEDDED_PG_PORT", "54329")),
         redis_port=int(env.get("AISTACK_EMBEDDED_REDIS_PORT", "63799")),
         workers=workers,
-        apps="per-service"
-        if env.get("AISTACK_APPS", "").strip().lower() in ("per-service", "each")
-        else "one",
+        apps=_apps_mode(env.get("AISTACK_APPS", "grouped")),
         mail_port=None if env.get("AUTH_SMTP_HOST") else int(env.get("AISTACK_MAIL_PORT", "1025")),
         metrics={name: port for name, port in metrics.items() if port},
     )
@@ -147,15 +158,20 @@ def processes(plan: Plan) -> dict[str, str]:
         f"{py} -m uvicorn --factory --no-access-log --no-proxy-headers"
         " --timeout-graceful-shutdown 5 --http libs.server:HttpProtocol"
     )
-    if plan.apps == "one":
-        # six interpreters' worth of the same libraries kept once (docs/benchmarks.md)
-        where = [f"gateway={plan.host}:{plan.gateway_port}"]
-        where += [f"{name}={plan.host}:{port}" for name, port in plan.ports.items()]
-        procs = {"apps": f"{py} -m deploy.local.apps {' '.join(where)}"}
-    else:
-        procs = {"gateway": f"{uv} gateway.app:app --host {plan.host} --port {plan.gateway_port}"}
-        for name, port in plan.ports.items():
-            procs[name] = f"{uv} {SERVICES[name].app} --host {plan.host} --port {port}"
+    apps = {"gateway": plan.gateway_port, **plan.ports}
+    # apps sharing one process keep their common libraries once (~80 MiB an app at idle,
+    # docs/benchmarks.md); those on every request's path keep a process (a core) of their own
+    alone = (
+        set(apps) if plan.apps == "per-service" else HOT_APPS if plan.apps == "grouped" else set()
+    )
+    procs = {}
+    for name, port in apps.items():
+        if name in alone:
+            app = "gateway.app:app" if name == "gateway" else SERVICES[name].app
+            procs[name] = f"{uv} {app} --host {plan.host} --port {port}"
+    shared = [f"{name}={plan.host}:{port}" for name, port in apps.items() if name not in alone]
+    if shared:
+        procs["apps"] = f"{py} -m deploy.local.apps {' '.join(shared)}"
     if plan.workers == "per-service":
         for name in plan.ports:
             procs[f"{name}-worker"] = f"{py} -m libs.worker {name}"

@@ -88,10 +88,19 @@ def test_local_plan_runs_gateway_services_and_workers() -> None:
     plan = plan_from_env({"GATEWAY_PORT": "9000", "LLM_PORT": "9002"})
     procs = processes(plan)
     services = ("auth", "llm", "rag", "jobs", "billing")
-    # the six apps in one process, each on its port; every service's jobs in one worker process
-    assert set(procs) == {"mail", "apps", "worker"}
-    assert "deploy.local.apps gateway=127.0.0.1:9000 auth=127.0.0.1:8001" in procs["apps"]
-    assert "llm=127.0.0.1:9002" in procs["apps"]
+    # the gateway and the llm a process each, the other four apps in one, each on its port;
+    # every service's jobs in one worker process
+    assert set(procs) == {"mail", "gateway", "llm", "apps", "worker"}
+    assert "gateway.app:app --host 127.0.0.1 --port 9000" in procs["gateway"]
+    assert "--port 9002" in procs["llm"]
+    assert procs["apps"].endswith(
+        "deploy.local.apps auth=127.0.0.1:8001 rag=127.0.0.1:8003"
+        " jobs=127.0.0.1:8004 billing=127.0.0.1:8005"
+    )
+    # or all six in one process
+    one = processes(plan_from_env({"AISTACK_APPS": "one"}))
+    assert set(one) == {"mail", "apps", "worker"}
+    assert "deploy.local.apps gateway=127.0.0.1:8000 auth=127.0.0.1:8001 llm=" in one["apps"]
     assert "libs.worker auth llm rag jobs billing --metrics-port 10010" in procs["worker"]
     # or one each, as compose runs them
     each = processes(

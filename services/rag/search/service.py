@@ -22,6 +22,7 @@ from services.rag.metrics import SEARCH_SECONDS
 from services.rag.models import VectorStore
 from services.rag.search.filters import FilterSQL
 from services.rag.search.repository import Hit, SearchRepository, VectorGroup
+from services.rag.search.rewrite import rewrite
 from services.rag.search.schemas import SearchRequest
 
 # last_active_at is written at most this often per store (not on every search)
@@ -37,6 +38,12 @@ def render_hit(hit: Hit) -> dict[str, Any]:
         "content": [{"type": "text", "text": hit.text}],
         "vector_store_id": ids.encode(ids.VECTOR_STORE, hit.vector_store_id),
     }
+
+
+def search_queries(body: SearchRequest) -> list[str]:
+    """The queries searched: as given, or rewritten for search (``rewrite_query``)."""
+    queries = body.queries()
+    return [rewrite(q) for q in queries] if body.rewrite_query else queries
 
 
 class SearchService:
@@ -73,7 +80,7 @@ class SearchService:
 
     async def search(self, stores: list[VectorStore], body: SearchRequest) -> list[Hit]:
         started = time.perf_counter()
-        queries = body.queries()
+        queries = search_queries(body)
         joined = "\n".join(queries)
         groups: list[VectorGroup] = []
         if body.mode in ("vector", "hybrid"):
@@ -137,7 +144,7 @@ class SearchService:
     def page(self, body: SearchRequest, hits: list[Hit]) -> dict[str, Any]:
         return {
             "object": "vector_store.search_results.page",
-            "search_query": body.queries(),
+            "search_query": search_queries(body),
             "data": [render_hit(h) for h in hits],
             "has_more": False,
             "next_page": None,

@@ -402,7 +402,9 @@ def run_bench(duration: float) -> str:
         files = s.logs / "rag-files"
         auth = s.start("auth", "services.auth.app:app")
         llm = s.start("llm", "services.llm.app:app")
-        rag_env = {"RAG_LLM_URL": llm.url, "RAG_STORAGE_DIR": str(files)}
+        # rag's pool as compose.yaml sizes it (sixteen concurrent searches, each holding a
+        # connection while its query is embedded)
+        rag_env = {"RAG_LLM_URL": llm.url, "RAG_STORAGE_DIR": str(files), "DB_POOL_SIZE": "20"}
         rag = s.start("rag", "services.rag.app:app", env=rag_env)
         worker = start_worker(s, rag_env)
         gateway = s.start(

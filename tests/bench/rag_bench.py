@@ -312,7 +312,7 @@ async def recall(database_url: str, store: str, queries: list[list[float]]) -> f
 
 def cpu_probe(s: Stack) -> Any:
     """CPU seconds used so far by the gateway, rag, the llm, PostgreSQL (its postmaster and
-    backends) and the load generator."""
+    backends, ended ones included) and the load generator."""
     procs = {n: psutil.Process(s.procs[n].popen.pid) for n in ("gateway", "rag", "llm")}
     pg = s.infra.postgres
     pid = int((pg.pgdata / "postmaster.pid").read_text().split()[0]) if pg else None
@@ -322,8 +322,11 @@ def cpu_probe(s: Stack) -> Any:
         out = {n: sum(p.cpu_times()[:2]) for n, p in procs.items()}
         if pid is not None:
             postmaster = psutil.Process(pid)
-            total = 0.0
-            for p in [postmaster, *postmaster.children()]:
+            # its own and its ended backends' time (a pool's overflow connection ends within
+            # the window: counting live backends only made the difference negative), and the
+            # live backends'
+            total = sum(postmaster.cpu_times()[:4])
+            for p in postmaster.children():
                 with contextlib.suppress(psutil.Error):
                     total += sum(p.cpu_times()[:2])
             out["postgres"] = total
@@ -399,7 +402,9 @@ def run_bench(duration: float) -> str:
         files = s.logs / "rag-files"
         auth = s.start("auth", "services.auth.app:app")
         llm = s.start("llm", "services.llm.app:app")
-        rag_env = {"RAG_LLM_URL": llm.url, "RAG_STORAGE_DIR": str(files)}
+        # rag's pool as compose.yaml sizes it (sixteen concurrent searches, each holding a
+        # connection while its query is embedded)
+        rag_env = {"RAG_LLM_URL": llm.url, "RAG_STORAGE_DIR": str(files), "DB_POOL_SIZE": "20"}
         rag = s.start("rag", "services.rag.app:app", env=rag_env)
         worker = start_worker(s, rag_env)
         gateway = s.start(

@@ -1,8 +1,12 @@
 """The Responses API's ``file_search`` tool, for every model aistack routes.
 
 aistack searches before the model answers, once per request, with this turn's last user
-message as the query (no model has to decide to call the tool, so the local model gets it
-too): rag's ``POST /internal/search`` over the tool's stores, as the caller's organization.
+message as the query, plus the user's message before it when the last one is a short
+follow-up ("and for meals?"), so the search knows what it is about (no model has to decide to
+call the tool, so the local model gets it too): rag's ``POST /internal/search`` over the
+tool's stores, as the caller's organization. ``tool_choice`` and ``max_tool_calls`` are
+honoured as OpenAI's model would be bound by them: no search with ``tool_choice: "none"``,
+a choice naming another tool (a function), or ``max_tool_calls: 0``.
 The chunks found go into the user's message as numbered sources ``[1]``, ``[2]``... with the
 instruction to cite them so, as much as fits in half the model's context window. The answer's
 ``[n]`` markers become ``file_citation`` annotations (the file of source n, ``index`` where
@@ -23,6 +27,7 @@ import httpx
 from libs.errors import AppError, NotFound, ServiceUnavailable
 from libs.identity import INTERNAL_HEADER, Principal, sign_internal_token
 from services.llm.chat.schemas import invalid_param
+from services.llm.responses.schemas import ResponsesRequest
 from services.llm.tokens.tokenizer import utf8_len
 
 INCLUDE_RESULTS = "file_search_call.results"
@@ -68,7 +73,7 @@ class FileSearchTool:
                 raise invalid_param(f"{where}.{key} must be an object", f"{where}.{key}")
         return cls(list(ids), n, tool.get("filters"), tool.get("ranking_options"))
 
-    def search_body(self, query: str) -> dict[str, Any]:
+    def search_body(self, query: str | list[str]) -> dict[str, Any]:
         """The body of rag's ``/internal/search`` (OpenAI's ranking options in rag's terms)."""
         body: dict[str, Any] = {
             "vector_store_ids": self.vector_store_ids,
@@ -216,6 +221,44 @@ def last_user_text(messages: list[dict[str, Any]]) -> tuple[int, str] | None:
     return None
 
 
+# a follow-up this short (words; a CJK character counts half) is searched with the message
+# before it; that message's last characters at most are added
+SHORT_WORDS = 8
+CONTEXT_CHARS = 1000
+_WORDS = re.compile(r"[^\W\d_]+|\d+", re.UNICODE)
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def searches(body: ResponsesRequest) -> bool:
+    """Whether the file_search runs for this request, as OpenAI's model could call it: not
+    with ``max_tool_calls`` 0, ``tool_choice`` none, or a choice naming another tool."""
+    if body.max_tool_calls == 0:
+        return False
+    choice = body.tool_choice
+    if isinstance(choice, dict):
+        kind = choice.get("type")
+        if kind == "allowed_tools":
+            tools = choice.get("tools")
+            return isinstance(tools, list) and any(
+                isinstance(t, dict) and t.get("type") == "file_search" for t in tools
+            )
+        return bool(kind == "file_search")
+    return choice != "none"
+
+
+def search_queries(question: str, earlier: list[dict[str, Any]]) -> list[str]:
+    """The queries for ``question``: itself, and the user's previous message (from
+    ``earlier`` messages) when the question is short, as a follow-up is."""
+    cjk = len(_CJK.findall(question))
+    words = len(_WORDS.findall(_CJK.sub(" ", question))) + cjk / 2
+    if words >= SHORT_WORDS:
+        return [question]
+    before = last_user_text(earlier)
+    if before is None or not before[1].strip() or before[1].strip() == question.strip():
+        return [question]
+    return [question, before[1].strip()[-CONTEXT_CHARS:]]
+
+
 def with_sources(message: dict[str, Any], prompt: str) -> dict[str, Any]:
     """``message`` (a user's) with its text replaced by ``prompt`` (images kept)."""
     content = message.get("content")
@@ -234,7 +277,7 @@ class RagSearch:
         self.secret = secret
 
     async def search(
-        self, principal: Principal, tool: FileSearchTool, query: str, param: str
+        self, principal: Principal, tool: FileSearchTool, query: str | list[str], param: str
     ) -> list[dict[str, Any]]:
         """The chunks found, best first; OpenAI's errors for what rag refuses (``param``: the
         tool), a 503 when rag cannot answer."""

@@ -18,7 +18,6 @@ RESPONSES_ONLY = frozenset(
         "background",
         "context_management",
         "include",
-        "max_tool_calls",
         "prompt_cache_retention",
         "store",
         "stream_options",
@@ -63,7 +62,18 @@ class ResponsesRequest(BaseModel):
         "ranking_options}: the stores are searched with the last user message before the "
         "model answers)",
     )
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: str | dict[str, Any] | None = Field(
+        default=None,
+        description="auto, none, required, {type: function, name}, {type: file_search} or "
+        "{type: allowed_tools} naming file_search: the file_search tool searches unless it is "
+        "none or names another tool",
+    )
+    max_tool_calls: int | None = Field(
+        default=None,
+        ge=0,
+        description="Calls to built-in tools allowed: 0 skips the file_search tool's search "
+        "(aistack searches at most once per response)",
+    )
     parallel_tool_calls: bool | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)

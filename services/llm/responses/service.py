@@ -20,6 +20,8 @@ from services.llm.responses.file_search import (
     RagSearch,
     SearchOutcome,
     last_user_text,
+    search_queries,
+    searches,
     split_tools,
     with_sources,
 )
@@ -60,7 +62,8 @@ class ResponsesService:
             chat_body = body.model_copy(
                 update={"tools": other_tools, "tool_choice": _choice(body, other_tools)}
             )
-            search, chat_turn = await self._file_search(principal, body, tool, history, turn)
+            if searches(body):
+                search, chat_turn = await self._file_search(principal, body, tool, history, turn)
         chat = to_chat(chat_body, history, chat_turn)
         shape = Shape(body, search, INCLUDE_RESULTS in _include(body))
         result = await self.chat.chat(principal, chat, replace(options, kind="response"))
@@ -87,15 +90,16 @@ class ResponsesService:
         history: list[dict[str, Any]],
         turn: list[dict[str, Any]],
     ) -> tuple[SearchOutcome, list[dict[str, Any]]]:
-        """Search with this turn's last user message; the turn with the sources put in it."""
+        """Search with this turn's last user message (and the user's message before it when
+        that one is a short follow-up); the turn with the sources put in it."""
         at = next(i for i, t in enumerate(body.tools or []) if t.get("type") == "file_search")
         found = last_user_text(turn)
         outcome = SearchOutcome(f"fs_{uuid.uuid4().hex}", [], [])
         if found is None or not found[1].strip():
             return outcome, turn
         index, question = found
-        outcome.queries = [question]
-        outcome.results = await self.rag.search(principal, tool, question, f"tools[{at}]")
+        outcome.queries = search_queries(question, [*history, *turn[:index]])
+        outcome.results = await self.rag.search(principal, tool, outcome.queries, f"tools[{at}]")
         alias = self.chat.config.resolve(body.model)
         window = (alias.context_window if alias else None) or 8192
         prompt = outcome.prompt(
@@ -164,6 +168,13 @@ def _choice(
     choice = body.tool_choice
     if isinstance(choice, dict) and choice.get("type") == "file_search":
         return None
-    if not tools and choice in ("auto", "required"):
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = [t for t in choice.get("tools") or [] if _named(t) != "file_search"]
+        return {**choice, "tools": allowed} if allowed else None
+    if not tools and choice in ("auto", "required", "none"):
         return None
     return choice
+
+
+def _named(tool: Any) -> Any:
+    return tool.get("type") if isinstance(tool, dict) else None

@@ -344,7 +344,7 @@ class Shape:
             "incomplete_details": None,
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
-            "max_tool_calls": None,
+            "max_tool_calls": body.max_tool_calls,
             "metadata": body.metadata or {},
             "parallel_tool_calls": (
                 True if body.parallel_tool_calls is None else body.parallel_tool_calls

@@ -4,8 +4,11 @@ the usage is metered to that organization."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import logging
+import sys
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -178,7 +181,9 @@ class Embedder:
                     json={
                         "model": model,
                         "input": texts,
-                        "encoding_format": "float",
+                        # little-endian float32 in base64: a quarter of the bytes of JSON
+                        # floats, and decoded in C instead of parsed number by number
+                        "encoding_format": "base64",
                         "input_type": input_type,
                     },
                     headers=self._headers(org_id, user_id),
@@ -229,4 +234,14 @@ def _vectors(body: Any, n: int) -> list[list[float]]:
     data = sorted(body["data"], key=lambda d: d["index"])
     if len(data) != n:
         raise EmbeddingError(f"the embedding model returned {len(data)} vectors for {n} texts")
-    return [list(map(float, d["embedding"])) for d in data]
+    return [_floats(d["embedding"]) for d in data]
+
+
+def _floats(value: Any) -> list[float]:
+    """An embedding as floats: base64 of little-endian float32 (asked for), or a JSON list."""
+    if not isinstance(value, str):
+        return list(map(float, value))
+    packed = array.array("f", base64.b64decode(value))
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tolist()

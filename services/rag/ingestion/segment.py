@@ -52,7 +52,8 @@ def _stemmer() -> Any:
     return stemmer
 
 
-def _jieba() -> Any:
+def jieba() -> Any:
+    """rjieba, imported on first use (its dictionary is ~33 MiB)."""
     import rjieba
 
     return rjieba
@@ -86,7 +87,7 @@ def _latin(text: str, stem: Any) -> list[str]:
 def _cjk(run: str) -> list[str]:
     return [
         w
-        for w in _jieba().cut_for_search(run, True)
+        for w in jieba().cut_for_search(run, True)
         if w.strip() and w not in STOPWORDS and WORD.fullmatch(w)
     ]
 

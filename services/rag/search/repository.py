@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -31,6 +32,24 @@ class VectorGroup:
 
 
 @dataclass
+class StoreRef:
+    """What a search needs of a vector store (read without the ORM: a search's hot path)."""
+
+    id: uuid.UUID
+    embedding_model: str
+    embedding_dims: int | None
+    expires_at: datetime | None
+    last_active_at: datetime | None
+    expires_after_days: int | None
+
+
+_STORES = text(
+    "SELECT id, embedding_model, embedding_dims, expires_at, last_active_at, "
+    "expires_after_days FROM rag.vector_stores WHERE id = ANY(:ids) AND org_id = :org"
+)
+
+
+@dataclass
 class Hit:
     chunk_id: int
     vector_store_id: uuid.UUID
@@ -44,13 +63,14 @@ class Hit:
     keyword_rank: float | None = None
 
 
-def _vec_literal(v: list[float]) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in v) + "]"
-
-
 class SearchRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    async def stores(self, org_id: uuid.UUID, keys: list[uuid.UUID]) -> list[StoreRef]:
+        """The organization's stores among ``keys``."""
+        rows = await self.session.execute(_STORES, {"ids": keys, "org": org_id})
+        return [StoreRef(*r) for r in rows]
 
     async def search(
         self,
@@ -87,9 +107,11 @@ class SearchRepository:
             for g, group in enumerate(groups):
                 d = int(group.dims)
                 kind = "vector" if d <= 2000 else "halfvec"
-                params[f"q{g}"] = _vec_literal(group.vector)
+                # bound as real[] (sent in binary) and cast by pgvector: writing 384 floats
+                # as a text literal cost more CPU than the rest of the statement's building
+                params[f"q{g}"] = group.vector
                 params[f"s{g}"] = group.store_ids
-                dist = f"(c.embedding::{kind}({d}) <=> CAST(:q{g} AS {kind}({d})))"
+                dist = f"(c.embedding::{kind}({d}) <=> CAST(CAST(:q{g} AS real[]) AS {kind}({d})))"
                 parts.append(
                     f"(SELECT c.id, 1 - {dist} AS sim FROM rag.chunks c "
                     f"WHERE c.dims = {d} AND c.visible AND c.vector_store_id = ANY(:s{g}) "

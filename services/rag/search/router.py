@@ -11,7 +11,7 @@ from libs.db import SessionDep
 from libs.identity import PrincipalDep, require_scope
 from libs.permissions import Scope
 from services.rag.search.schemas import MultiSearchRequest, SearchRequest, SearchResultsPage
-from services.rag.search.service import SearchService
+from services.rag.search.service import SearchService, statements_autocommit
 from services.rag.state import RagState
 
 router = APIRouter(prefix="/v1/vector_stores", tags=["vector stores"])
@@ -23,6 +23,7 @@ async def get_search_service(
     request: Request, session: SessionDep, principal: PrincipalDep
 ) -> SearchService:
     state = RagState.of(request)
+    await statements_autocommit(session)
     return SearchService(session, principal, state.embedder)
 
 

@@ -64,7 +64,10 @@ class SearchRequest(BaseModel):
 
     query: Query | list[Query] = Field(description="a query, or several searched as one")
     rewrite_query: bool = Field(
-        default=False, description="accepted for OpenAI's SDK; aistack searches the query as given"
+        default=False,
+        description="rewrite the question into a search query before searching (aistack: "
+        "question words, stopwords and punctuation dropped, Chinese segmented; deterministic, "
+        "no model call); the text searched is returned in `search_query`",
     )
     max_num_results: int = Field(default=10, ge=1, le=50)
     filters: Filter | None = None

@@ -9,8 +9,8 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from libs.errors import BadRequest, ServiceUnavailable
 from libs.identity import Principal
@@ -21,7 +21,8 @@ from services.rag.ingestion.embed import Embedder, EmbeddingError
 from services.rag.metrics import SEARCH_SECONDS
 from services.rag.models import VectorStore
 from services.rag.search.filters import FilterSQL
-from services.rag.search.repository import Hit, SearchRepository, VectorGroup
+from services.rag.search.repository import Hit, SearchRepository, StoreRef, VectorGroup
+from services.rag.search.rewrite import rewrite
 from services.rag.search.schemas import SearchRequest
 
 # last_active_at is written at most this often per store (not on every search)
@@ -39,6 +40,20 @@ def render_hit(hit: Hit) -> dict[str, Any]:
     }
 
 
+async def statements_autocommit(session: AsyncSession) -> None:
+    """A search reads in two statements (its stores, then the search) and writes at most
+    ``last_active_at``: each runs on its own, without BEGIN and COMMIT round trips (about a
+    tenth of rag's CPU per search). Not for a session inside an outer transaction (tests')."""
+    if isinstance(session.bind, AsyncEngine):
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+def search_queries(body: SearchRequest) -> list[str]:
+    """The queries searched: as given, or rewritten for search (``rewrite_query``)."""
+    queries = body.queries()
+    return [rewrite(q) for q in queries] if body.rewrite_query else queries
+
+
 class SearchService:
     def __init__(self, session: AsyncSession, principal: Principal, embedder: Embedder) -> None:
         self.session = session
@@ -47,17 +62,10 @@ class SearchService:
         self.embedder = embedder
         self.repo = SearchRepository(session)
 
-    async def stores(self, public_ids: list[str]) -> list[VectorStore]:
+    async def stores(self, public_ids: list[str]) -> list[StoreRef]:
         """The organization's stores by public id (404 for any other), not expired."""
         keys = [ids.store_key(p) for p in public_ids]
-        rows = (
-            await self.session.scalars(
-                select(VectorStore).where(
-                    VectorStore.id.in_(keys), VectorStore.org_id == self.org_id
-                )
-            )
-        ).all()
-        found = {s.id: s for s in rows}
+        found = {s.id: s for s in await self.repo.stores(self.org_id, keys)}
         out = []
         for public_id, key in zip(public_ids, keys, strict=True):
             store = found.get(key)
@@ -71,9 +79,9 @@ class SearchService:
                 out.append(store)
         return out
 
-    async def search(self, stores: list[VectorStore], body: SearchRequest) -> list[Hit]:
+    async def search(self, stores: list[StoreRef], body: SearchRequest) -> list[Hit]:
         started = time.perf_counter()
-        queries = body.queries()
+        queries = search_queries(body)
         joined = "\n".join(queries)
         groups: list[VectorGroup] = []
         if body.mode in ("vector", "hybrid"):
@@ -123,7 +131,7 @@ class SearchService:
         SEARCH_SECONDS.labels(body.mode).observe(time.perf_counter() - started)
         return hits
 
-    async def _touch(self, stores: list[VectorStore]) -> None:
+    async def _touch(self, stores: list[StoreRef]) -> None:
         moment = now()
         for s in stores:
             if s.last_active_at is None or moment - s.last_active_at > ACTIVE_EVERY:
@@ -137,7 +145,7 @@ class SearchService:
     def page(self, body: SearchRequest, hits: list[Hit]) -> dict[str, Any]:
         return {
             "object": "vector_store.search_results.page",
-            "search_query": body.queries(),
+            "search_query": search_queries(body),
             "data": [render_hit(h) for h in hits],
             "has_more": False,
             "next_page": None,

@@ -185,6 +185,45 @@ async def test_file_search_cites_the_right_files(stack: Stack) -> None:
     assert _cited(again) == ["onboarding.docx"]
 
 
+async def test_tool_choice_max_tool_calls_and_follow_ups(stack: Stack) -> None:
+    client = stack.sdk()
+    store, _ = await _store(client)
+    tool: Any = {"type": "file_search", "vector_store_ids": [store], "max_num_results": 1}
+    question = "How much is a hotel night reimbursed?"
+    # no search when the model may call no tool, or no built-in tool
+    for extra in ({"tool_choice": "none"}, {"max_tool_calls": 0}):
+        r: Any = await client.responses.create(
+            model="default", input=question, tools=[tool], max_output_tokens=5, **extra
+        )
+        assert [item.type for item in r.output] == ["message"], extra
+        assert _cited(r) == []
+        assert r.tools[0].type == "file_search"  # the tool is still echoed
+    assert r.max_tool_calls == 0
+    # naming the tool searches, as auto does
+    first: Any = await client.responses.create(
+        model="default",
+        input=question,
+        tools=[tool],
+        tool_choice={"type": "file_search"},
+        max_tool_calls=1,
+        max_output_tokens=5,
+    )
+    assert first.output[0].type == "file_search_call" and first.max_tool_calls == 1
+    assert first.output[0].queries == [question]
+    # a short follow-up is searched with the question before it: the search knows the topic
+    follow: Any = await client.responses.create(
+        model="default",
+        input="And for meals?",
+        previous_response_id=first.id,
+        tools=[tool],
+        include=["file_search_call.results"],
+        max_output_tokens=5,
+    )
+    call = follow.output[0]
+    assert call.queries == ["And for meals?", question]
+    assert [res.filename for res in call.results] == ["expenses.pdf"]
+
+
 async def test_file_search_errors(stack: Stack) -> None:
     client = stack.sdk()
     store, _ = await _store(client)
@@ -206,6 +245,13 @@ async def test_file_search_errors(stack: Stack) -> None:
             tools=[{"type": "file_search", "vector_store_ids": [store], "max_num_results": 99}],
         )
     assert bad.value.body["param"] == "tools[0].max_num_results"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        await client.responses.create(
+            model="default",
+            input="hello",
+            tools=[{"type": "file_search", "vector_store_ids": [store]}],
+            max_tool_calls=-1,
+        )
 
 
 async def test_rag_down_is_a_clear_503(infra: Infra) -> None:

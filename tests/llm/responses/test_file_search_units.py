@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from libs.errors import BadRequest
-from services.llm.responses.file_search import FileSearchTool, SearchOutcome, split_tools
+from services.llm.responses.file_search import (
+    FileSearchTool,
+    SearchOutcome,
+    search_queries,
+    searches,
+    split_tools,
+)
+from services.llm.responses.schemas import ResponsesRequest
 
 
 def hit(file_id: str, filename: str, text: str) -> dict[str, Any]:
@@ -129,3 +136,44 @@ def test_one_file_search_tool_only() -> None:
     with pytest.raises(BadRequest) as info:
         split_tools([tool, tool])
     assert info.value.details[0]["field"] == "tools[1]"
+
+
+FS = {"type": "file_search", "vector_store_ids": ["vs_1"]}
+FN = {"type": "function", "name": "lookup", "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "searched"),
+    [
+        ({}, True),
+        ({"tool_choice": "auto"}, True),
+        ({"tool_choice": "required"}, True),
+        ({"tool_choice": {"type": "file_search"}}, True),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [FS]}}, True),
+        ({"max_tool_calls": 1}, True),
+        ({"tool_choice": "none"}, False),
+        ({"max_tool_calls": 0}, False),
+        ({"tool_choice": {"type": "function", "name": "lookup"}}, False),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [FN]}}, False),
+    ],
+)
+def test_tool_choice_and_max_tool_calls_decide_the_search(
+    extra: dict[str, Any], searched: bool
+) -> None:
+    body = ResponsesRequest.model_validate({"model": "m", "input": "q", "tools": [FS, FN], **extra})
+    assert searches(body) is searched
+
+
+def test_a_short_follow_up_is_searched_with_the_message_before_it() -> None:
+    earlier = [
+        {"role": "user", "content": "How much is a hotel night reimbursed?"},
+        {"role": "assistant", "content": "150 euros [1]."},
+    ]
+    assert search_queries("And meals?", earlier) == [
+        "And meals?",
+        "How much is a hotel night reimbursed?",
+    ]
+    assert search_queries("那餐补呢？", earlier)[1] == "How much is a hotel night reimbursed?"  # noqa: RUF001
+    long = "Which documents do I need to hand in for the reimbursement of a hotel night?"
+    assert search_queries(long, earlier) == [long]  # a question of its own
+    assert search_queries("And meals?", []) == ["And meals?"]  # nothing before it

@@ -190,3 +190,20 @@ async def test_search_before_anything_is_indexed(app: FastAPI) -> None:
             headers=auth_headers(principal()),
         )
         assert resp.status_code == 404
+
+
+async def test_rewrite_query(indexed: tuple[openai.AsyncOpenAI, str, dict[str, str]]) -> None:
+    """rewrite_query searches the question's content words and says so in search_query."""
+    client, vs, ids = indexed
+    page = await client.vector_stores.search(
+        vs, query="How many vacation days do employees get?", rewrite_query=True
+    )
+    assert getattr(page, "search_query", None) == ["vacation days employees get"]
+    assert page.data[0].file_id == ids["vacation.md"]
+    page = await client.vector_stores.search(vs, query="年假有多少天？", rewrite_query=True)
+    assert getattr(page, "search_query", None) == ["年假天"]
+    assert page.data[0].file_id == ids["年假.md"]
+    # without it the query is searched (and echoed) as given
+    page = await client.vector_stores.search(vs, query=["Who approves business trips?"])
+    assert getattr(page, "search_query", None) == ["Who approves business trips?"]
+    assert page.data[0].file_id == ids["travel.md"]

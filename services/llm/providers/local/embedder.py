@@ -96,6 +96,11 @@ def load_onnx(model_path: str, tokenizer_path: str, threads: int) -> _Onnx:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # onnxruntime's pool threads spin-wait for work by default: CPU burnt between and after
+    # runs (a third of the llm's CPU per query in py-spy, docs/benchmarks.md) that the other
+    # processes of a small machine want; they sleep instead
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(
         model_path, sess_options=options, providers=["CPUExecutionProvider"]
     )

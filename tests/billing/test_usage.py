@@ -121,6 +121,20 @@ async def test_export_streams_every_event_as_csv_or_json_lines(
         assert len(parsed) == 30 and parsed[0]["org_id"] == str(alice.org_id)
         assert parsed[0]["created_at"].startswith("2026-02-10T00:00:00")
 
+        # a free call (the local model) costs 0.00000000 in both formats, never 0E-8
+        async with session_scope(factory) as s:
+            free = usage_event(alice.org_id, created_at=at, model="free", cost_usd=Decimal(0))
+            await UsageRepository(s).record_many([free])
+        one = {"start": "2026-02-10", "end": "2026-02-10", "model": free.model}
+        for fmt in ("csv", "jsonl"):
+            got = await c.get(
+                "/v1/billing/usage/export",
+                params={**one, "format": fmt},
+                headers=auth_headers(alice),
+            )
+            assert got.status_code == 200 and "0E-8" not in got.text, got.text
+            assert "0.00000000" in got.text
+
         bad = await c.get(
             "/v1/billing/usage/export",
             params={"start": "2025-01-01", "end": "2026-12-31"},

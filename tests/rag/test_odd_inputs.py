@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from fastapi import FastAPI
 
@@ -62,3 +64,36 @@ async def test_odd_values_are_4xx_or_ok(app: FastAPI, http: httpx.AsyncClient) -
             "/v1/files", content=raw, headers={**h, "content-type": content_type}
         )
         assert 400 <= resp.status_code < 500, (content_type, raw, resp.text)
+
+
+async def test_any_stored_filename_downloads_with_its_name(http: httpx.AsyncClient) -> None:
+    """Control characters in an uploaded name once made the download a 5xx, and non-ASCII
+    names arrived as ``??.md``: the header keeps printable ASCII and gives the exact name
+    in ``filename*`` (RFC 6266), which browsers and requests-style clients prefer."""
+    h = auth_headers(principal())
+    for raw_name, name, fallback in (
+        (b"ctl\x01x.txt", "ctl\x01x.txt", "ctl_x.txt"),
+        (b"tab\tx.txt", "tab\tx.txt", "tab_x.txt"),
+        ("报销.md".encode(), "报销.md", "__.md"),
+        (b"back\\slash.txt", "back\\slash.txt", "back_slash.txt"),
+    ):
+        # raw, as a client that does not escape names sends it (httpx would escape \x01)
+        body = (
+            b'--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="'
+            + raw_name
+            + b'"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--xyz--\r\n'
+        )
+        up = await http.post(
+            "/v1/files",
+            content=body,
+            headers={**h, "content-type": "multipart/form-data; boundary=xyz"},
+        )
+        assert up.status_code == 200, up.text
+        assert up.json()["filename"] == name
+        resp = await http.get(f"/v1/files/{up.json()['id']}/content", headers=h)
+        assert resp.status_code == 200, (name, resp.text)
+        assert resp.content == b"hello"
+        header = resp.headers["content-disposition"]
+        assert f'filename="{fallback}"' in header, header
+        assert f"filename*=UTF-8''{quote(name, safe='')}" in header, header

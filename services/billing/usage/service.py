@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -105,9 +106,16 @@ class UsageService:
 def _cell(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return _plain(value)
     if value is None:
         return ""
     return value
+
+
+def _plain(value: Any) -> str:
+    """Decimals in fixed point (a free call's cost is 0.00000000, not str()'s 0E-8)."""
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
 
 
 async def export_lines(
@@ -130,7 +138,7 @@ async def export_lines(
         rows = UsageRepository(session).stream_events(org_id, lo, hi, filters.as_dict())
         async for row in rows:
             if fmt == "jsonl":
-                buffer.write(orjson.dumps(row, default=str).decode())
+                buffer.write(orjson.dumps(row, default=_plain).decode())
                 buffer.write("\n")
             else:
                 writer.writerow([_cell(row[c]) for c in EXPORT_COLUMNS])

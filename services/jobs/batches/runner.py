@@ -71,6 +71,7 @@ class BatchRun:
         if batch is None or batch.status in FINISHED:
             return {"status": batch.status if batch else "missing"}
         self.batch = batch
+        self.total = batch.total  # 0 until validated; the plan's count once it runs
         self.tokens = Tokens(
             Principal.model_validate(batch.principal), self.settings.internal_token_secret
         )
@@ -342,7 +343,7 @@ class BatchRun:
             BatchOutcome(
                 batch_id=batch.id,
                 status=outcome,
-                total=batch.total,
+                total=self.total,  # self.batch was read before validation set its total
                 completed=counts.get(OK, 0),
                 failed=counts.get(ERROR, 0),
             ),

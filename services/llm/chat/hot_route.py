@@ -97,6 +97,9 @@ def _loads(raw: bytes) -> Any:
     # what orjson refuses and json accepts (NaN, Infinity) still parses, as in FastAPI
     try:
         return json.loads(raw)
+    except (UnicodeDecodeError, RecursionError) as exc:
+        # not UTF-8, or nested past the parser's depth: FastAPI's answer (a 400), not a 500
+        raise StarletteHTTPException(400, "There was an error parsing the body") from exc
     except json.JSONDecodeError as exc:
         raise RequestValidationError(
             [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import StreamingResponse
@@ -94,14 +95,22 @@ async def delete_file(file_id: str, service: FileServiceDep) -> object:
     return await service.delete(file_id)
 
 
+def content_disposition(filename: str) -> str:
+    """An attachment header for any stored name (RFC 6266): printable ASCII in ``filename``,
+    the exact name in ``filename*`` (UTF-8, percent-encoded). A control character sent raw
+    would make the server fail the response; a Chinese name would arrive as ``??.md``."""
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    exact = quote(filename, safe="")
+    return f"attachment; filename=\"{ascii_name or 'file'}\"; filename*=UTF-8''{exact}"
+
+
 def _download(f_and_stream: tuple[object, object]) -> StreamingResponse:
     f, stream = f_and_stream
-    name = getattr(f, "filename", "file").encode("ascii", "replace").decode().replace('"', "")
     return StreamingResponse(
         stream,  # type: ignore[arg-type]
         media_type="application/octet-stream",
         headers={
-            "content-disposition": f'attachment; filename="{name}"',
+            "content-disposition": content_disposition(str(getattr(f, "filename", "file"))),
             "content-length": str(getattr(f, "bytes", 0)),
         },
     )

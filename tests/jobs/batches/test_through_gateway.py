@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from libs.notify import event_id_for, job_id_for
+from libs.notify import Event, event_id_for, job_id_for
 from libs.testing import Infra
 from libs.usage import USAGE_STREAM
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl, wait_status
@@ -93,7 +94,11 @@ async def test_a_batch_on_the_local_model_completes_with_output_and_error_files(
         # its owner is told (libs/notify: one delivery job, whose id derives from the batch's
         # end), by the batch's own kind rather than as a generic job.succeeded
         told = job_id_for(event_id_for("batch.completed", f"{batch.id}:completed"))
-        assert await redis.exists(f"arq:job:{told}", f"arq:result:{told}")
+        raw = await redis.get(f"arq:job:{told}") or await redis.get(f"arq:result:{told}")
+        assert raw is not None, "no delivery job for batch.completed"
+        # with the batch's counts: its total too (once read before validation set it: 0)
+        told_data = Event.model_validate(pickle.loads(raw)["k"]["event"]).data
+        assert (told_data["total"], told_data["completed"], told_data["failed"]) == (3, 2, 1)
 
         # listed, newest first, with OpenAI's cursor page
         page = await client.batches.list(limit=10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -44,7 +45,31 @@ def check_url(url: str) -> tuple[str, int]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise Refused("invalid port") from exc
+    if not _valid_host(parts.hostname):
+        raise Refused(f"{parts.hostname!r} is not a valid host name or IP address")
     return parts.hostname, port
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """An IP literal, or a DNS name (internationalised names through IDNA) whose labels are
+    letters, digits, underscores and inner hyphens; a name ending in a number must be an IPv4
+    address, as browsers read it (``256.256.256.256`` is neither)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    try:
+        name = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = name.split(".")
+    if not name or len(name) > 253 or labels[-1].isdigit():
+        return False
+    return all(_LABEL.fullmatch(label) for label in labels)
 
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

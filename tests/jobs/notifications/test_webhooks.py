@@ -28,7 +28,7 @@ from libs.queue.names import queue_name
 from libs.testing import client_for
 from services.jobs.app import build_app
 from services.jobs.settings import JobsSettings
-from services.jobs.webhooks.delivery import SCHEDULE_S, pinned
+from services.jobs.webhooks.delivery import SCHEDULE_S, Refused, check_url, pinned
 from services.jobs.webhooks.service import deliver_message
 from tests.jobs.notifications.conftest import Stack
 from tests.support.servers import serve
@@ -244,7 +244,14 @@ async def test_bad_input_and_other_organizations(
     stack: Stack, jobs: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     alice, bob = await signup(stack.auth), await signup(stack.auth)
-    for body in ({"url": "ftp://example.com/x"}, {"url": receiver.url, "kinds": ["nope"]}):
+    for body in (
+        {"url": "ftp://example.com/x"},
+        {"url": receiver.url, "kinds": ["nope"]},
+        # malformed hosts: refused when registered, even where private targets are allowed
+        {"url": "http://exa mple.com/"},
+        {"url": "http://256.256.256.256/"},
+        {"url": "http://-bad-.example/"},
+    ):
         resp = await jobs.post("/v1/notifications/webhooks", json=body, headers=alice.headers)
         assert resp.status_code == 400, resp.text
     endpoint = (
@@ -330,3 +337,24 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_admins_are_told(
     assert len((await jobs.get(f"{base}/messages", headers=h)).json()["data"]) == 1
     enabled = await jobs.post(f"{base}/enable", headers=h)
     assert enabled.json()["disabled_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://hooks.example.com/x", True),
+        ("http://127.0.0.1:9/hook", True),
+        ("http://[::1]:8080/", True),
+        ("https://例子.测试/hook", True),  # an internationalised name, through IDNA
+        ("http://exa mple.com/", False),
+        ("http://256.256.256.256/", False),
+        ("http://a..b/", False),
+        ("http://under_score.example/", True),  # not in hostnames, but in real names
+    ],
+)
+def test_host_syntax(url: str, valid: bool) -> None:
+    if valid:
+        assert check_url(url)[0]
+    else:
+        with pytest.raises(Refused):
+            check_url(url)

@@ -35,6 +35,17 @@ class ProviderError(Exception):
         self.provider = provider
         self.code = code
 
+    def with_message(self, message: str) -> ProviderError:
+        """The same failure told in other words."""
+        return ProviderError(
+            message,
+            status=self.status,
+            retryable=self.retryable,
+            retry_after=self.retry_after,
+            provider=self.provider,
+            code=self.code,
+        )
+
 
 @dataclass
 class ChatRequest:

@@ -82,6 +82,10 @@ def _retry_after(err: ProviderError) -> dict[str, str] | None:
 def to_app_error(err: ProviderError | None, outcome: Outcome) -> AppError:
     """The error the client sees once every target failed."""
     details = {"tried": outcome.tried} if outcome.tried else None
+    if err is not None and len(outcome.tried) > 1:
+        # every attempt's failure, not only the last one's: the first target's may be the one
+        # to fix (a missing key) while the last is a fallback that was never meant to answer
+        err = err.with_message(f"every attempt failed: {'; '.join(outcome.tried)}")
     if err is None:
         return ServiceUnavailable(
             "No provider is available for this model right now (circuit open)",
@@ -164,7 +168,9 @@ class Dispatcher:
                     if not isinstance(exc, ProviderError | TimeoutError):
                         log.warning("provider %s failed", target.provider, exc_info=exc)
                     outcome.last_error = err
-                    outcome.tried.append(f"{target.provider}/{target.model}: {err.status}")
+                    outcome.tried.append(
+                        f"{target.provider}/{target.model}: {err.status} {err.message[:200]}"
+                    )
                     ERRORS.labels(target.provider, target.model, err.code or str(err.status)).inc()
                     if err.status in _NOT_HEALTH:
                         breaker.release()

@@ -61,6 +61,20 @@ async def test_fallback_to_next_target(env: Env, status: int) -> None:
         assert after == before + 1
 
 
+async def test_every_targets_failure_is_named(env: Env) -> None:
+    """When the fallback fails too, the message names the first target's failure as well: it is
+    often the one to fix (a key, a deployment), the fallback's only the last."""
+    env.primary.behavior.status, env.primary.behavior.error_message = 500, "primary is broken"
+    env.backup.behavior.status, env.backup.behavior.error_message = 500, "backup is broken"
+    with pytest.raises(openai.InternalServerError) as exc:
+        await env.client.chat.completions.create(model="fallback", messages=MESSAGES)
+    assert exc.value.status_code == 502
+    message = exc.value.message
+    assert "every attempt failed" in message
+    assert "primary is broken" in message and "backup is broken" in message
+    assert message.index("primary/") < message.index("backup/")
+
+
 async def test_streamed_fallback_before_first_chunk(env: Env) -> None:
     env.primary.behavior.status = 502
     stream = await env.client.chat.completions.create(

@@ -71,6 +71,8 @@ class MeteredCall:
     # plan's tokens), settled by the usage event; which of its counters count tokens
     budget: Reservation | None = None
     budget_tokens: tuple[bool, ...] = ()
+    # its one usage event was emitted (answered, failed, or cut short while streaming)
+    emitted: bool = False
 
 
 @dataclass(frozen=True)
@@ -429,11 +431,21 @@ class Metering:
         """The call failed before any provider answered: an error event, nothing charged."""
         self.emit(call, self.event(call, target=None, usage=None, cached=False, status="error"))
 
+    def cancelled(self, call: MeteredCall) -> None:
+        """The call was cancelled (its client left) before any answer came back: a cancelled
+        event with no tokens, its reservations freed. The provider reported nothing for a call
+        hung up on, so nothing is charged (a stream cut short later is billed by its relay)."""
+        if call.emitted:
+            self.refund_all(call)
+            return
+        self.emit(call, self.event(call, target=None, usage=None, cached=False, status="cancelled"))
+
     def answered(self, call: MeteredCall, target: Target, usage: dict[str, Any]) -> None:
         self.emit(call, self.event(call, target=target, usage=usage, cached=False, status="ok"))
 
     def emit(self, call: MeteredCall, event: UsageEvent) -> None:
         """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
+        call.emitted = True
         endpoint = "embeddings" if call.kind == "embedding" else "chat"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()

@@ -296,10 +296,9 @@ class ChatService:
             result = await self._chat(
                 call, body, opts, claim, cache_fp, timeout_s, include_usage, legacy
             )
-        except BaseException:
+        except BaseException as exc:
             self.results.settle(claim, None)
-            # cut short before any usage was counted (cancelled while waiting on the provider)
-            self.metering.refund_all(call)
+            self._cut_short(call, exc)
             raise
         if ctx is not None:
             # store the reply in the conversation / record the prompt version once complete
@@ -308,6 +307,15 @@ class ChatService:
             elif result.body is not None:
                 await ctx.finish_json(result.body, result.headers)
         return result
+
+    def _cut_short(self, call: MeteredCall, exc: BaseException) -> None:
+        """A call that ended before its answer: cancelled (its client left, libs/disconnect.py,
+        or the process stops) is recorded as such; otherwise its reservation is freed (a
+        failure already emitted its event)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.metering.cancelled(call)
+        else:
+            self.metering.refund_all(call)
 
     def _answer(
         self,
@@ -482,9 +490,9 @@ class ChatService:
             )
         try:
             return await self._embed(call, body, texts, opts, claim, fp, timeout_s)
-        except BaseException:
+        except BaseException as exc:
             self.results.settle(claim, None)
-            self.metering.refund_all(call)
+            self._cut_short(call, exc)
             raise
 
     @staticmethod

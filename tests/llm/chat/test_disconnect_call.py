@@ -32,12 +32,16 @@ from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
 
 PERIOD = "2026-12-01"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
-CALLS: dict[str, dict[str, Any]] = {
-    "/v1/chat/completions": {"model": "default", "messages": MESSAGES, "max_tokens": 50},
-    "/v1/completions": {"model": "default", "prompt": "Say hello", "max_tokens": 50},
-    "/v1/embeddings": {"model": "embed", "input": ["one", "two"]},
-    "/v1/responses": {"model": "default", "input": "Say hello", "store": False},
-}
+CHAT: dict[str, Any] = {"model": "default", "messages": MESSAGES, "max_tokens": 50}
+CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/chat/completions", CHAT),
+    # a stream whose provider has not answered yet: no response started either
+    ("/v1/chat/completions", {**CHAT, "stream": True}),
+    ("/v1/completions", {"model": "default", "prompt": "Say hello", "max_tokens": 50}),
+    ("/v1/embeddings", {"model": "embed", "input": ["one", "two"]}),
+    ("/v1/responses", {"model": "default", "input": "Say hello", "store": False}),
+]
+_IDS = ["completions", "embeddings", "responses"]
 
 
 async def until(check: Callable[[], Any], what: str, seconds: float = 10) -> None:
@@ -73,11 +77,13 @@ def cancelled(path: str) -> float:
     return CANCELLED.labels("llm", path)._value.get()
 
 
-async def hang_up(url: str, path: str, p: Principal, upstream: Upstream) -> None:
+async def hang_up(
+    url: str, path: str, body: dict[str, Any], p: Principal, upstream: Upstream
+) -> None:
     """Send the call, wait until the provider has it, then close the connection."""
     calls = len(upstream.behavior.requests)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        task = asyncio.create_task(client.post(path, json=CALLS[path], headers=auth_headers(p)))
+        task = asyncio.create_task(client.post(path, json=body, headers=auth_headers(p)))
 
         async def reached() -> bool:
             return len(upstream.behavior.requests) > calls
@@ -88,9 +94,13 @@ async def hang_up(url: str, path: str, p: Principal, upstream: Upstream) -> None
             await task
 
 
-@pytest.mark.parametrize("path", list(CALLS))
+@pytest.mark.parametrize(("path", "body"), CALLS, ids=["chat", "chat-stream", *_IDS])
 async def test_a_client_that_leaves_cancels_the_provider_call(
-    llm: tuple[FastAPI, Running], primary: Upstream, redis: Redis, path: str
+    llm: tuple[FastAPI, Running],
+    primary: Upstream,
+    redis: Redis,
+    path: str,
+    body: dict[str, Any],
 ) -> None:
     app, server = llm
     p = principal()
@@ -107,7 +117,7 @@ async def test_a_client_that_leaves_cancels_the_provider_call(
     before = cancelled(path)
     n = 4  # more than the breaker's threshold (3)
     for i in range(n):
-        await hang_up(server.url, path, p, primary)
+        await hang_up(server.url, path, body, p, primary)
 
         async def noticed(i: int = i) -> bool:
             return cancelled(path) == before + i + 1
@@ -132,7 +142,7 @@ async def test_a_client_that_leaves_cancels_the_provider_call(
     # another request still works, and counts what it really cost
     primary.behavior.delay = 0
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        resp = await client.post(path, json=CALLS[path], headers=auth_headers(p))
+        resp = await client.post(path, json=body, headers=auth_headers(p))
     assert resp.status_code == 200, resp.text
     await service.drain()
 

@@ -61,7 +61,10 @@ class Client:
 
 
 def middleware(app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> CancelOnDisconnect:
-    return CancelOnDisconnect(app, service="toy", claims=lambda scope: scope["path"] == "/call")
+    # watched as soon as the body is read (not after WATCH_AFTER_S): every case below is watched
+    return CancelOnDisconnect(
+        app, service="toy", claims=lambda scope: scope["path"] == "/call", watch_after_s=0
+    )
 
 
 def cancelled() -> float:

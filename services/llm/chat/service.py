@@ -16,7 +16,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -142,6 +142,14 @@ class ChatService:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _unstoppable(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await ``work``; cancelling the caller cancels the wait, ``work`` runs to its end
+        (a background task, drained at shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
 
     async def start(self) -> None:
         """Start background work: following the breakers of the other llm processes."""
@@ -305,7 +313,9 @@ class ChatService:
             if result.stream is not None:
                 result.stream = ctx.finish_stream(result.stream, result.headers)
             elif result.body is not None:
-                await ctx.finish_json(result.body, result.headers)
+                # answered and charged: a client leaving now (libs/disconnect.py) stops the
+                # wait, not the reply's write to its conversation
+                await self._unstoppable(ctx.finish_json(result.body, result.headers))
         return result
 
     def _cut_short(self, call: MeteredCall, exc: BaseException) -> None:

@@ -27,6 +27,7 @@ from services.llm.app import build_app
 from services.llm.routing.breaker import State
 from services.llm.state import LlmState
 from tests.support.fakes import openai_fake
+from tests.support.logs import recording
 from tests.support.servers import Running, serve
 from tests.support.stacks.llm import KEY_ENV, Upstream, routing, settings_for
 
@@ -116,13 +117,18 @@ async def test_a_client_that_leaves_cancels_the_provider_call(
     primary.behavior.delay = 4  # longer than the llm's timeout: the provider never answers
     before = cancelled(path)
     n = 4  # more than the breaker's threshold (3)
-    for i in range(n):
-        await hang_up(server.url, path, body, p, primary)
+    with recording() as logs:
+        for i in range(n):
+            await hang_up(server.url, path, body, p, primary)
 
-        async def noticed(i: int = i) -> bool:
-            return cancelled(path) == before + i + 1
+            async def noticed(i: int = i) -> bool:
+                return cancelled(path) == before + i + 1
 
-        await until(noticed, "the llm did not cancel the call of a client that left")
+            await until(noticed, "the llm did not cancel the call of a client that left")
+    # said in the llm's log, and in its access log as nginx's 499
+    said = [r.getMessage() for r in logs.records]
+    assert said.count(f"client went away: POST {path} cancelled before its answer") == n
+    assert said.count(f"POST {path} 499") == n
 
     # the provider calls were cancelled, not left to time out: the breaker saw no failure
     breaker = LlmState.of_app(app).llm.dispatcher.breakers["primary"]

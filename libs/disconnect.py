@@ -11,6 +11,10 @@ handler's task is cancelled (``Task.cancel``, taken back with ``Task.uncancel`` 
 and counts it as nginx's 499. Once a response has started, streams handle a disconnect
 themselves (Starlette's ``StreamingResponse`` listens to ``receive`` and closes its iterator).
 
+The idea is vLLM's ``with_cancellation`` (its OpenAI server: a task reads ``receive`` for
+``http.disconnect`` and cancels the handler), here at the ASGI layer, without a second task
+for the handler, and only until the answer starts.
+
 Nothing is stolen from the app: a ``receive`` the app makes after the body (Starlette's
 streaming responses wait on it for the disconnect) gets the watcher's message, every time.
 """

@@ -394,9 +394,8 @@ class ChatService:
                 return False
             return not speaks_legacy(self.providers[target.provider])
 
-        reserve = estimate.count_messages(messages, tools) + (
-            body.output_limit or self.settings.tpm_completion_reserve
-        )
+        call.prompt_tokens = estimate.count_messages(messages, tools)
+        reserve = call.prompt_tokens + (body.output_limit or self.settings.tpm_completion_reserve)
         await self.metering.reserve(call, reserve)
 
         outcome = Outcome()
@@ -405,6 +404,7 @@ class ChatService:
         if not body.stream:
 
             async def complete(provider: Provider, target: Target) -> dict[str, Any]:
+                call.sent_to = target
                 return await provider.chat(chat_request(provider, target))
 
             try:
@@ -434,6 +434,7 @@ class ChatService:
         async def open_stream(
             provider: Provider, target: Target
         ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+            call.sent_to = target
             return await first_chunk(provider.stream_chat(chat_request(provider, target)))
 
         try:
@@ -549,11 +550,13 @@ class ChatService:
                     headers={"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider},
                 )
 
-        await self.metering.reserve(call, estimate.count_inputs(texts))
+        call.prompt_tokens = estimate.count_inputs(texts)
+        await self.metering.reserve(call, call.prompt_tokens)
         params = body.params()
         outcome = Outcome()
 
         async def run(provider: Provider, target: Target) -> dict[str, Any]:
+            call.sent_to = target
             return await provider.embed(
                 ProviderEmbeddingRequest(target.model, texts, params, body.input_type)
             )

@@ -71,6 +71,11 @@ class MeteredCall:
     # plan's tokens), settled by the usage event; which of its counters count tokens
     budget: Reservation | None = None
     budget_tokens: tuple[bool, ...] = ()
+    # its one usage event was emitted (answered, failed, or cut short while streaming)
+    emitted: bool = False
+    # the estimated prompt, and the target its request was last sent to (None: not sent yet)
+    prompt_tokens: int = 0
+    sent_to: Target | None = None
 
 
 @dataclass(frozen=True)
@@ -429,11 +434,28 @@ class Metering:
         """The call failed before any provider answered: an error event, nothing charged."""
         self.emit(call, self.event(call, target=None, usage=None, cached=False, status="error"))
 
+    def cancelled(self, call: MeteredCall) -> None:
+        """The call was cancelled (its client left) before any answer came back: one cancelled
+        event, its reservations settled. Sent to a provider, it counts the estimated prompt
+        (the provider has it; what it charges is not reported to a caller that hung up: the
+        prompt is the least, as for a stream cut before its first token); not sent, nothing."""
+        if call.emitted:
+            self.refund_all(call)
+            return
+        # its tokens-per-minute reservation is all given back, as for a failed call
+        self._refund(call, call.tpm_reserved)
+        target = call.sent_to
+        usage = {"prompt_tokens": call.prompt_tokens, "completion_tokens": 0} if target else None
+        self.emit(
+            call, self.event(call, target=target, usage=usage, cached=False, status="cancelled")
+        )
+
     def answered(self, call: MeteredCall, target: Target, usage: dict[str, Any]) -> None:
         self.emit(call, self.event(call, target=target, usage=usage, cached=False, status="ok"))
 
     def emit(self, call: MeteredCall, event: UsageEvent) -> None:
         """Queue the call's one usage event, off the response path, retrying Redis hiccups."""
+        call.emitted = True
         endpoint = "embeddings" if call.kind == "embedding" else "chat"
         outcome = "cached" if event.cached else event.status
         REQUESTS.labels(endpoint, call.alias.name, outcome).inc()

@@ -16,7 +16,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -142,6 +142,14 @@ class ChatService:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _unstoppable(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await ``work``; cancelling the caller cancels the wait, ``work`` runs to its end
+        (a background task, drained at shutdown)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
 
     async def start(self) -> None:
         """Start background work: following the breakers of the other llm processes."""
@@ -296,18 +304,28 @@ class ChatService:
             result = await self._chat(
                 call, body, opts, claim, cache_fp, timeout_s, include_usage, legacy
             )
-        except BaseException:
+        except BaseException as exc:
             self.results.settle(claim, None)
-            # cut short before any usage was counted (cancelled while waiting on the provider)
-            self.metering.refund_all(call)
+            self._cut_short(call, exc)
             raise
         if ctx is not None:
             # store the reply in the conversation / record the prompt version once complete
             if result.stream is not None:
                 result.stream = ctx.finish_stream(result.stream, result.headers)
             elif result.body is not None:
-                await ctx.finish_json(result.body, result.headers)
+                # answered and charged: a client leaving now (libs/disconnect.py) stops the
+                # wait, not the reply's write to its conversation
+                await self._unstoppable(ctx.finish_json(result.body, result.headers))
         return result
+
+    def _cut_short(self, call: MeteredCall, exc: BaseException) -> None:
+        """A call that ended before its answer: cancelled (its client left, libs/disconnect.py,
+        or the process stops) is recorded as such; otherwise its reservation is freed (a
+        failure already emitted its event)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.metering.cancelled(call)
+        else:
+            self.metering.refund_all(call)
 
     def _answer(
         self,
@@ -376,9 +394,8 @@ class ChatService:
                 return False
             return not speaks_legacy(self.providers[target.provider])
 
-        reserve = estimate.count_messages(messages, tools) + (
-            body.output_limit or self.settings.tpm_completion_reserve
-        )
+        call.prompt_tokens = estimate.count_messages(messages, tools)
+        reserve = call.prompt_tokens + (body.output_limit or self.settings.tpm_completion_reserve)
         await self.metering.reserve(call, reserve)
 
         outcome = Outcome()
@@ -387,6 +404,7 @@ class ChatService:
         if not body.stream:
 
             async def complete(provider: Provider, target: Target) -> dict[str, Any]:
+                call.sent_to = target
                 return await provider.chat(chat_request(provider, target))
 
             try:
@@ -416,6 +434,7 @@ class ChatService:
         async def open_stream(
             provider: Provider, target: Target
         ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+            call.sent_to = target
             return await first_chunk(provider.stream_chat(chat_request(provider, target)))
 
         try:
@@ -482,9 +501,9 @@ class ChatService:
             )
         try:
             return await self._embed(call, body, texts, opts, claim, fp, timeout_s)
-        except BaseException:
+        except BaseException as exc:
             self.results.settle(claim, None)
-            self.metering.refund_all(call)
+            self._cut_short(call, exc)
             raise
 
     @staticmethod
@@ -531,11 +550,13 @@ class ChatService:
                     headers={"x-aistack-cache": "hit", "x-aistack-provider": hit_target.provider},
                 )
 
-        await self.metering.reserve(call, estimate.count_inputs(texts))
+        call.prompt_tokens = estimate.count_inputs(texts)
+        await self.metering.reserve(call, call.prompt_tokens)
         params = body.params()
         outcome = Outcome()
 
         async def run(provider: Provider, target: Target) -> dict[str, Any]:
+            call.sent_to = target
             return await provider.embed(
                 ProviderEmbeddingRequest(target.model, texts, params, body.input_type)
             )

@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware import Middleware
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Scope
@@ -32,6 +33,7 @@ from gateway.settings import GatewaySettings, get_settings
 from gateway.state import GatewayState
 from gateway.upstream import make_upstream
 from libs.app import create_app, run_ready_checks
+from libs.disconnect import CancelOnDisconnect, provider_call
 from libs.errors import error_response
 from libs.http import make_http_client
 from libs.redis import guard_for
@@ -357,6 +359,12 @@ def build_app(settings: GatewaySettings | None = None) -> FastAPI:
     # the hot route: a request under a service prefix goes from the middleware straight to
     # the proxy, past FastAPI's layers and the router (no gateway route lives under a service
     # prefix; libs/app.py)
+    # a client leaving a provider call before its answer: the proxy's request to the llm is
+    # cancelled, closing that connection, so the llm cancels the provider call in turn
+    # (libs/disconnect.py); innermost, so the access log says 499
+    app.user_middleware.append(
+        Middleware(CancelOnDisconnect, service="gateway", claims=provider_call)
+    )
     app.set_hot_route(_proxied, proxy)
     return app
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.registry import PROVIDER_CALLS
 from libs.telemetry import Counter
 
 log = logging.getLogger("aistack.http")
@@ -40,6 +41,12 @@ CANCELLED = Counter(
     "Requests whose handler was cancelled because the client left before the answer",
     ["service", "route"],
 )
+
+
+def provider_call(scope: Scope) -> bool:
+    """A POST to one of the llm's provider calls (libs/registry.py): cancelled in the llm, and
+    passed on by the gateway, when its client leaves before the answer starts."""
+    return scope["method"] == "POST" and scope["path"] in PROVIDER_CALLS
 
 
 def _route(scope: Scope) -> str:

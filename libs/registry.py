@@ -50,6 +50,13 @@ class Route:
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
+# the llm's calls to a provider a client waits on (POST; a stream's start included): the llm
+# cancels them when their client leaves before the answer, and the gateway passes a client's
+# leaving on by closing its own request to the llm (libs/disconnect.py)
+PROVIDER_CALLS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Service:

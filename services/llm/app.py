@@ -11,14 +11,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
-from starlette.types import Scope
 
 from libs.app import create_app
-from libs.disconnect import CancelOnDisconnect
+from libs.disconnect import CancelOnDisconnect, provider_call
 from libs.http import make_http_client
 from services.llm.chat.hot_route import ChatEndpoint, is_chat_completion
 from services.llm.chat.metering import UsagePublisher
-from services.llm.chat.router import CHAT_ROUTE, OPENAI_PREFIXES
+from services.llm.chat.router import OPENAI_PREFIXES
 from services.llm.chat.router import router as chat_router
 from services.llm.chat.service import ChatService
 from services.llm.conversations.router import router as conversations_router
@@ -63,15 +62,6 @@ def load_routing(settings: LlmSettings) -> RoutingConfig:
     if settings.models_config:
         return load_config(settings.models_config)
     return default_config()
-
-
-# the calls to a provider a client waits on (POST; a stream's start included)
-PROVIDER_CALLS = frozenset({CHAT_ROUTE, "/v1/completions", "/v1/embeddings", "/v1/responses"})
-
-
-def cancels_on_disconnect(scope: Scope) -> bool:
-    """The requests cancelled when their client leaves before the answer."""
-    return scope["method"] == "POST" and scope["path"] in PROVIDER_CALLS
 
 
 def build_app(
@@ -132,9 +122,7 @@ def build_app(
     )
     # a provider call is not left running for a client that left before its answer (its
     # timeout would count against the provider's breaker); innermost, so the access log says 499
-    app.user_middleware.append(
-        Middleware(CancelOnDisconnect, service="llm", claims=cancels_on_disconnect)
-    )
+    app.user_middleware.append(Middleware(CancelOnDisconnect, service="llm", claims=provider_call))
     # chat completions go from the app's middleware straight to their handler, for speed
     # (services/llm/chat/hot_route.py)
     app.set_hot_route(is_chat_completion, ChatEndpoint())

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic.json_schema import JsonDict
 
 from libs.permissions import ALL_SCOPES
 from services.auth.core.schemas import Body, Name
@@ -22,7 +23,7 @@ def _plain(value: Decimal | None) -> str | None:
 
 
 # a budget in requests: a number or a decimal string, at most 8 decimal places
-BUDGET_SCHEMA = {
+BUDGET_SCHEMA: JsonDict = {
     "anyOf": [
         {"type": "number", "minimum": 0, "maximum": int(MAX_BUDGET_USD), "multipleOf": 1e-8},
         {
@@ -33,7 +34,7 @@ BUDGET_SCHEMA = {
         {"type": "null"},
     ]
 }
-SCOPES_SCHEMA = {"items": {"type": "string", "enum": sorted(ALL_SCOPES)}}
+SCOPES_SCHEMA: JsonDict = {"items": {"type": "string", "enum": [*sorted(ALL_SCOPES)]}}
 
 
 def _not_null(schema: dict[str, Any]) -> None:

@@ -20,8 +20,8 @@ RESERVED_PARAMS = frozenset(
 RESERVED_LABELS = frozenset({"latest"})
 
 # what the validators below check, published in the OpenAPI schema
-_SETTABLE_LABEL = r"^(?!latest$)[a-z0-9][a-z0-9._-]{0,63}$"
-LABELS_SCHEMA: JsonDict = {"items": {"type": "string", "pattern": _SETTABLE_LABEL}}
+SETTABLE_LABEL = r"^(?!latest$)[a-z0-9][a-z0-9._-]{0,63}$"
+LABELS_SCHEMA: JsonDict = {"items": {"type": "string", "pattern": SETTABLE_LABEL}}
 PARAMS_SCHEMA: JsonDict = {"propertyNames": {"not": {"enum": [*sorted(RESERVED_PARAMS)]}}}
 # a name that uuid.UUID would read as an id (32 hex digits, hyphens anywhere) is refused
 NAME_SCHEMA: JsonDict = {"pattern": r"^(?!(?:[0-9A-Fa-f]-*){32}$)[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"}
@@ -30,6 +30,13 @@ NAME_SCHEMA: JsonDict = {"pattern": r"^(?!(?:[0-9A-Fa-f]-*){32}$)[A-Za-z0-9][A-Z
 def _given(field: str, type_: str) -> JsonDict:
     """A JSON Schema: ``field`` is sent and not null."""
     return {"required": [field], "properties": {field: {"type": type_}}}
+
+
+def _unique_items(schema: JsonDict) -> None:
+    """The same target twice is refused (its version would appear twice)."""
+    for branch in schema.get("anyOf", []):  # type: ignore[union-attr]
+        if isinstance(branch, dict) and branch.get("type") == "array":
+            branch["uniqueItems"] = True
 
 
 def _both_given() -> JsonDict:
@@ -179,7 +186,11 @@ class LabelSet(_In):
 
     version: int | None = Field(default=None, ge=1)
     versions: list[LabelTarget] | None = Field(
-        default=None, min_length=1, max_length=10, description="Each version at most once"
+        default=None,
+        min_length=1,
+        max_length=10,
+        description="Each version at most once",
+        json_schema_extra=_unique_items,
     )
 
     @model_validator(mode="after")

@@ -215,7 +215,11 @@ class RenderRequest(_In):
 
     label: str | None = Field(default=None, max_length=64)
     version: int | None = Field(default=None, ge=1)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Every variable the version's templates use and its variables schema "
+        "requires (else 422 missing_variable / invalid_variable)",
+    )
     ab_key: str | None = Field(
         default=None,
         max_length=200,

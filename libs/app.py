@@ -32,6 +32,7 @@ from libs.errors import error_response, install_error_handlers
 from libs.http import make_http_client
 from libs.logging import configure_logging
 from libs.payload import JsonGuardMiddleware
+from libs.payload import describe as describe_request_limits
 from libs.redis import make_redis
 from libs.registry import ROUTES, SERVICES
 from libs.settings import ServiceSettings
@@ -107,6 +108,7 @@ class App(FastAPI):
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
             describe_streams_per_event(super().openapi())
+            describe_request_limits(self.openapi_schema or {})
         return self.openapi_schema  # type: ignore[return-value]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

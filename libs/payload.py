@@ -155,3 +155,107 @@ def _replay(messages: list[Message], last: Message | None, receive: Receive) -> 
         return await receive()
 
     return replayed
+
+
+# what check() refuses, published in the OpenAPI document (a JSON Schema cannot say "no lone
+# surrogate", and JSON cannot carry one that a client's encoder would send)
+NO_NUL = "^[^\\u0000]*$"
+_NOT_SCHEMAS = ("examples", "example", "default", "const", "enum")
+
+
+def _reachable(doc: dict[str, Any], roots: list[Any]) -> set[str]:
+    """The components' schema names ``roots`` refer to, directly or not."""
+    names: set[str] = set()
+    components = doc.get("components", {}).get("schemas", {})
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                if name not in names and name in components:
+                    names.add(name)
+                    stack.append(components[name])
+            stack.extend(v for k, v in node.items() if k not in _NOT_SCHEMAS)
+    return names
+
+
+# any JSON value a request may hold where its schema leaves it free (extra fields, Any)
+USABLE_JSON = "UsableJsonValue"
+_USABLE_REF = {"$ref": f"#/components/schemas/{USABLE_JSON}"}
+_USABLE_SCHEMA = {
+    "description": "Any JSON value, but text without NUL (\\u0000) nor a lone UTF-16 "
+    "surrogate, and integers that fit in 64 bits (signed), as every request body must",
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "integer", "format": "int64"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": _USABLE_REF},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": _USABLE_REF,
+        },
+    ],
+}
+_SHAPES = {"type", "anyOf", "oneOf", "allOf", "$ref", "enum", "const", "not", "properties"}
+
+
+def _free(schema: Any) -> bool:
+    """A schema that allows any value (pydantic's ``Any``, ``additionalProperties: true``)."""
+    return schema is True or (isinstance(schema, dict) and not _SHAPES & schema.keys())
+
+
+def _mark(node: Any, *, text: bool) -> None:
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("type")
+        if kind == "integer" and "format" not in node:
+            node["format"] = "int64"
+        elif text and kind == "string" and not {"pattern", "format", "enum", "const"} & node.keys():
+            node["pattern"] = NO_NUL
+        if text and kind == "object":
+            names = node.setdefault("propertyNames", {})
+            if isinstance(names, dict):
+                names.setdefault("pattern", NO_NUL)
+            if node.get("additionalProperties", True) is True:  # absent: anything
+                node["additionalProperties"] = _USABLE_REF
+        if text:
+            if "items" in node and _free(node["items"]):
+                node["items"] = _USABLE_REF
+            for name, prop in node.get("properties", {}).items():
+                if _free(prop):
+                    node["properties"][name] = {**prop, **_USABLE_REF}
+        stack.extend(v for k, v in node.items() if k not in _NOT_SCHEMAS)
+
+
+def describe(doc: dict[str, Any]) -> None:
+    """Mark in ``doc`` (an OpenAPI document, changed in place) the limits :func:`check`
+    applies to every JSON request body: integers are 64-bit (``format: int64``) and text
+    without a pattern or format of its own may not hold NUL (only in schemas no answer uses:
+    an answer may relay a model's text as it is)."""
+    bodies: list[Any] = []
+    answers: list[Any] = []
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            if isinstance(op, dict):
+                for media in op.get("requestBody", {}).get("content", {}).values():
+                    bodies.append(media.get("schema"))
+                answers.append(op.get("responses"))
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault(USABLE_JSON, _USABLE_SCHEMA)
+    answered = _reachable(doc, answers)
+    for name in _reachable(doc, bodies):
+        _mark(components[name], text=name not in answered)
+    _mark(bodies, text=True)

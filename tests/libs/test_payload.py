@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
+import jsonschema
 import pytest
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from libs.app import create_app
-from libs.payload import UnusableValue, check
+from libs.payload import NO_NUL, USABLE_JSON, UnusableValue, check
 from libs.settings import ServiceSettings
 from libs.testing import client_for
 
@@ -49,6 +52,7 @@ def test_usable_or_non_json_bodies_pass(raw: bytes) -> None:
 class Body(BaseModel):
     text: str
     n: int = 0
+    meta: dict[str, Any] = {}
 
 
 def _app() -> object:
@@ -109,3 +113,22 @@ async def test_a_multipart_upload_is_left_alone() -> None:
         resp = await client.post("/v1/items", files={"f": ("a.txt", b"\x00\xff")})
         assert resp.status_code == 422  # the route wants JSON; the guard did not read it
         assert isinstance(resp, httpx.Response)
+
+
+def test_the_document_publishes_what_is_refused() -> None:
+    """Every app's OpenAPI document says what the guard refuses in request bodies, so that
+    clients and fuzzers built from it do not send it: 64-bit integers, text without NUL, and
+    free-form values (``Any``, extra fields) held to the same."""
+    doc = _app().openapi()  # type: ignore[attr-defined]
+    props = doc["components"]["schemas"]["Body"]["properties"]
+    assert props["n"]["format"] == "int64"
+    assert props["text"]["pattern"] == NO_NUL
+    body = jsonschema.Draft202012Validator({**doc, "$ref": "#/components/schemas/Body"})
+    usable = {"text": "héllo 你好", "n": 2**63 - 1, "meta": {"k": [1, "ok", {"x": None}]}}
+    assert body.is_valid(usable)
+    check(httpx.Request("POST", "/", json=usable).content)
+    for refused in ({"text": "a\x00b"}, {"text": "ok", "meta": {"k": ["\x00"]}}):
+        assert not body.is_valid(refused)
+        with pytest.raises(UnusableValue):
+            check(httpx.Request("POST", "/", json=refused).content)
+    assert USABLE_JSON in doc["components"]["schemas"]

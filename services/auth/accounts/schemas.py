@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.auth.core.schemas import Body, EmailBody, Password, Token
+from services.auth.core.schemas import Body, EmailBody, NewPassword, Password, Token
 from services.auth.orgs.schemas import OrgOut
 
 
 class RegisterIn(EmailBody):
-    password: Password
+    password: NewPassword
     display_name: str = Field(default="", max_length=200)
 
 
@@ -23,12 +23,12 @@ class ForgotIn(EmailBody):
 
 class ResetIn(Body):
     token: Token
-    new_password: Password
+    new_password: NewPassword
 
 
 class ChangePasswordIn(Body):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 class Accepted(BaseModel):

@@ -6,13 +6,20 @@ from datetime import datetime
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from services.billing.subscriptions.schemas import PLAN_ID
+
 
 class CheckoutCreate(BaseModel):
     """Start a subscription on Stripe's hosted Checkout page."""
 
     model_config = ConfigDict(extra="forbid")
 
-    plan: str = Field(min_length=1, max_length=64, description="A plan with a stripe_price")
+    plan: str = Field(
+        min_length=1,
+        max_length=64,
+        description="A plan with a stripe_price (GET /v1/billing/plans; else 400)",
+        json_schema_extra={"pattern": PLAN_ID},
+    )
     success_url: AnyHttpUrl = Field(description="Where Stripe sends the customer once paid")
     cancel_url: AnyHttpUrl | None = Field(
         default=None, description="Where Stripe sends a customer who goes back"

@@ -14,8 +14,17 @@ from services.jobs.state import JobsState
 
 router = APIRouter(prefix="/v1/notifications/unsubscribe", tags=["notification preferences"])
 
+# the token's shape (base64url of "<user id>:<kind>", a dot, a 128-bit HMAC in hex) is
+# published; its signature is checked by the service (400 invalid_token)
 Token = Annotated[
-    str, Query(min_length=10, max_length=400, description="From the mail's unsubscribe link")
+    str,
+    Query(
+        min_length=10,
+        max_length=400,
+        description="From the mail's unsubscribe link: signed, so only the link's own token "
+        "is accepted (else 400 invalid_token)",
+        json_schema_extra={"pattern": r"^[A-Za-z0-9_-]+\.[0-9a-f]{32}$"},
+    ),
 ]
 
 

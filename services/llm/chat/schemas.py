@@ -18,6 +18,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from libs.errors import BadRequest
 from services.llm.prompts.schemas import PromptRef
@@ -58,8 +59,45 @@ TimeoutOption = Annotated[
 ]
 
 
+def _both_given(*fields: str) -> JsonDict:
+    """A JSON Schema: every one of ``fields`` is sent and not null."""
+    return {"required": [*fields], "properties": {f: {"not": {"type": "null"}} for f in fields}}
+
+
+_FUNCTION_MESSAGE: JsonDict = {"type": "object", "properties": {"role": {"const": "function"}}}
+_FUNCTION_CALL_MESSAGE: JsonDict = {
+    "type": "object",
+    "required": ["role", "function_call"],
+    "properties": {"role": {"const": "assistant"}},
+}
+# OpenAI's (deprecated) function_call of an assistant message, and a function's definition
+_FUNCTION_CALL: JsonDict = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+}
+_FUNCTION: JsonDict = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1}},
+}
+
+
+def _message_schema(schema: JsonDict) -> None:
+    schema["description"] = (
+        "A message of the conversation; a `function` message (deprecated) answers an earlier "
+        "assistant message's function_call"
+    )
+    props = schema["properties"]
+    assert isinstance(props, dict)
+    props["function_call"] = {"anyOf": [_FUNCTION_CALL, {"type": "null"}]}
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra=_message_schema,
+    )
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
@@ -86,7 +124,41 @@ class ChatCompletionRequest(BaseModel):
                     "messages": [{"role": "user", "content": "Say hello"}],
                     "temperature": 0,
                 }
-            ]
+            ],
+            "allOf": [
+                # at least one message, unless a prompt is given (it supplies them)
+                {
+                    "anyOf": [
+                        {"required": ["messages"], "properties": {"messages": {"minItems": 1}}},
+                        {"required": ["prompt"], "properties": {"prompt": {"type": "object"}}},
+                    ]
+                },
+                # the deprecated functions / function_call, as OpenAI: not beside tools /
+                # tool_choice; function_call only with functions
+                {"not": _both_given("functions", "tools")},
+                {"not": _both_given("function_call", "tool_choice")},
+                {
+                    "anyOf": [
+                        {"not": _both_given("function_call")},
+                        _both_given("functions"),
+                    ]
+                },
+                # a "function" message answers an assistant message's function_call
+                {
+                    "anyOf": [
+                        {
+                            "not": {
+                                "required": ["messages"],
+                                "properties": {"messages": {"contains": _FUNCTION_MESSAGE}},
+                            }
+                        },
+                        {
+                            "required": ["messages"],
+                            "properties": {"messages": {"contains": _FUNCTION_CALL_MESSAGE}},
+                        },
+                    ]
+                },
+            ],
         },
     )
 
@@ -110,7 +182,17 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=None, ge=1, le=16)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(
+        default=None,
+        description="Up to 4 sequences where the model stops",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                {"type": "null"},
+            ]
+        },
+    )
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     seed: int | None = None
@@ -118,10 +200,25 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     # OpenAI's deprecated forms of tools / tool_choice (services/llm/legacy/functions.py)
     functions: list[dict[str, Any]] | None = Field(
-        default=None, description="Deprecated in favor of tools (still answered)"
+        default=None,
+        description="Deprecated in favor of tools (still answered)",
+        json_schema_extra={"anyOf": [{"type": "array", "items": _FUNCTION}, {"type": "null"}]},
     )
     function_call: str | dict[str, Any] | None = Field(
-        default=None, description="Deprecated in favor of tool_choice (still answered)"
+        default=None,
+        description="Deprecated in favor of tool_choice (still answered): none, auto or "
+        '{"name": ...}',
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "enum": ["none", "auto"]},
+                {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}},
+                },
+                {"type": "null"},
+            ]
+        },
     )
     response_format: dict[str, Any] | None = None
     user: str | None = None

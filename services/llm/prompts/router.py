@@ -15,6 +15,7 @@ from libs.permissions import Scope
 from services.llm.prompts.schemas import (
     LABEL_NAME,
     RESERVED_LABELS,
+    SETTABLE_LABEL,
     Actor,
     HistoryEntry,
     HistoryList,
@@ -40,6 +41,15 @@ router = APIRouter(prefix="/v1/prompts", tags=["prompts"])
 UsePrincipal = Annotated[Principal, require_scope(Scope.LLM_USE)]
 PromptRef = Annotated[str, Path(min_length=1, max_length=200, description="Prompt id or name")]
 LabelName = Annotated[str, Path(pattern=LABEL_NAME, description="Label name")]
+# a label being set: "latest" is reserved (422 reserved_label)
+SettableLabelName = Annotated[
+    str,
+    Path(
+        pattern=LABEL_NAME,
+        description="Label name (not latest: it always means the newest version)",
+        json_schema_extra={"pattern": SETTABLE_LABEL},
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0)]
 
@@ -182,7 +192,7 @@ async def get_version(
 )
 async def set_label(
     prompt: PromptRef,
-    label: LabelName,
+    label: SettableLabelName,
     body: LabelSet,
     svc: PromptServiceDep,
 ) -> PromptOut:

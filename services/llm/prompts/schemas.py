@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 PROMPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 LABEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -18,6 +19,33 @@ RESERVED_PARAMS = frozenset(
 # "latest" always means the newest version; it cannot be set
 RESERVED_LABELS = frozenset({"latest"})
 
+# what the validators below check, published in the OpenAPI schema
+SETTABLE_LABEL = r"^(?!latest$)[a-z0-9][a-z0-9._-]{0,63}$"
+LABELS_SCHEMA: JsonDict = {"items": {"type": "string", "pattern": SETTABLE_LABEL}}
+PARAMS_SCHEMA: JsonDict = {"propertyNames": {"not": {"enum": [*sorted(RESERVED_PARAMS)]}}}
+# a name that uuid.UUID would read as an id (32 hex digits, hyphens anywhere) is refused
+NAME_SCHEMA: JsonDict = {"pattern": r"^(?!(?:[0-9A-Fa-f]-*){32}$)[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"}
+
+
+def _given(field: str, type_: str) -> JsonDict:
+    """A JSON Schema: ``field`` is sent and not null."""
+    return {"required": [field], "properties": {field: {"type": type_}}}
+
+
+def _unique_items(schema: JsonDict) -> None:
+    """The same target twice is refused (its version would appear twice)."""
+    for branch in schema.get("anyOf", []):  # type: ignore[union-attr]
+        if isinstance(branch, dict) and branch.get("type") == "array":
+            branch["uniqueItems"] = True
+
+
+def _both_given() -> JsonDict:
+    """A JSON Schema: both a label and a version are sent (refused: give one)."""
+    return {
+        "required": ["label", "version"],
+        "properties": {"label": {"type": "string"}, "version": {"type": "integer"}},
+    }
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -27,7 +55,10 @@ class TemplateMessage(_In):
     """One message whose ``content`` is a Jinja template (sandboxed, strict variables)."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str = Field(max_length=100_000, description="Jinja template, e.g. 'Hi {{ name }}'")
+    content: str = Field(
+        max_length=100_000,
+        description="Jinja template, e.g. 'Hi {{ name }}' (one that does not compile: 400)",
+    )
     name: str | None = Field(default=None, max_length=64)
 
 
@@ -71,12 +102,18 @@ class PromptVersionCreate(_In):
     messages: list[TemplateMessage] = Field(min_length=1, max_length=100)
     model: str | None = Field(default=None, min_length=1, max_length=200)
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Defaults for the request (temperature, max_tokens...)"
+        default_factory=dict,
+        description="Defaults for the request (temperature, max_tokens...); not model, "
+        "messages, stream, stream_options, prompt nor conversation_id",
+        json_schema_extra=PARAMS_SCHEMA,
     )
     variables: VariablesSchema | None = None
     commit_message: str = Field(default="", max_length=2000)
     labels: list[str] = Field(
-        default_factory=list, max_length=10, description="Labels to point at the new version"
+        default_factory=list,
+        max_length=10,
+        description="Labels to point at the new version (not latest: it is reserved)",
+        json_schema_extra=LABELS_SCHEMA,
     )
 
     @field_validator("params")
@@ -104,7 +141,11 @@ def _check_label(name: str) -> str:
 
 
 class PromptCreate(_In):
-    name: str = Field(pattern=PROMPT_NAME, description="Unique in the organization")
+    name: str = Field(
+        pattern=PROMPT_NAME,
+        description="Unique in the organization; not shaped like an id (a UUID)",
+        json_schema_extra=NAME_SCHEMA,
+    )
     description: str = Field(default="", max_length=2000)
     version: PromptVersionCreate | None = Field(
         default=None, description="Optionally create version 1 at once"
@@ -138,12 +179,19 @@ class LabelSet(_In):
             "examples": [
                 {"version": 3},
                 {"versions": [{"version": 3, "weight": 90}, {"version": 4, "weight": 10}]},
-            ]
+            ],
+            "oneOf": [_given("version", "integer"), _given("versions", "array")],
         },
     )
 
     version: int | None = Field(default=None, ge=1)
-    versions: list[LabelTarget] | None = Field(default=None, min_length=1, max_length=10)
+    versions: list[LabelTarget] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10,
+        description="Each version at most once",
+        json_schema_extra=_unique_items,
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> LabelSet:
@@ -163,9 +211,15 @@ class LabelSet(_In):
 
 
 class RenderRequest(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": _both_given()})
+
     label: str | None = Field(default=None, max_length=64)
     version: int | None = Field(default=None, ge=1)
-    variables: dict[str, Any] = Field(default_factory=dict)
+    variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Every variable the version's templates use and its variables schema "
+        "requires (else 422 missing_variable / invalid_variable)",
+    )
     ab_key: str | None = Field(
         default=None,
         max_length=200,
@@ -259,7 +313,12 @@ class PromptRef(_In):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"name": "summarize", "label": "production", "variables": {"text": "..."}}]
+            "examples": [
+                {"name": "summarize", "label": "production", "variables": {"text": "..."}}
+            ],
+            # the name or the id; a label or a version, not both
+            "oneOf": [_given("name", "string"), _given("id", "string")],
+            "not": _both_given(),
         },
     )
 

@@ -17,7 +17,9 @@ class AnswerRequest(BaseModel):
         default=None, min_length=1, max_length=200, description="chat model (RAG_ANSWER_MODEL)"
     )
     max_num_results: int = Field(default=5, ge=1, le=20, description="chunks given as sources")
-    filters: Filter | None = None
+    filters: Filter | None = Field(
+        default=None, description="at most 50 filters, nested at most 5 deep (as search's)"
+    )
     mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
     stream: bool = Field(default=False, description="server-sent events instead of one JSON")
     max_tokens: int | None = Field(default=None, ge=1, le=8192)

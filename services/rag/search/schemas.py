@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.json_schema import JsonDict
 
 MAX_FILTERS = 50
 MAX_DEPTH = 5
@@ -13,8 +14,27 @@ MAX_DEPTH = 5
 Query = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 
 
+# a list of values for in / nin (at most 100), one value for the other comparisons
+_LIST_TYPES = ["in", "nin"]
+_ONE_TYPES = ["eq", "ne", "gt", "gte", "lt", "lte"]
+COMPARISON_SCHEMA: JsonDict = {
+    "anyOf": [
+        {
+            "required": ["type"],
+            "properties": {
+                "type": {"enum": [*_LIST_TYPES]},
+                "value": {"type": "array", "maxItems": 100},
+            },
+        },
+        {
+            "properties": {"type": {"enum": [*_ONE_TYPES]}, "value": {"not": {"type": "array"}}},
+        },
+    ]
+}
+
+
 class ComparisonFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=COMPARISON_SCHEMA)
 
     type: Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "nin"] = "eq"
     key: str = Field(min_length=1, max_length=64)
@@ -60,9 +80,35 @@ class RankingOptions(BaseModel):
 class SearchRequest(BaseModel):
     """OpenAI's VectorStoreSearchRequest, plus aistack's optional ``mode`` and weights."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # in hybrid mode (the default) at least one of the weights is above 0
+        json_schema_extra={
+            "not": {
+                "required": ["vector_weight", "fulltext_weight"],
+                "properties": {
+                    "mode": {"const": "hybrid"},
+                    "vector_weight": {"const": 0},
+                    "fulltext_weight": {"const": 0},
+                },
+            }
+        },
+    )
 
-    query: Query | list[Query] = Field(description="a query, or several searched as one")
+    query: Query | list[Query] = Field(
+        description="a query, or several (1 to 10) searched as one",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "minLength": 1, "maxLength": 4000},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 10,
+                    "items": {"type": "string", "minLength": 1, "maxLength": 4000},
+                },
+            ]
+        },
+    )
     rewrite_query: bool = Field(
         default=False,
         description="rewrite the question into a search query before searching (aistack: "
@@ -70,7 +116,10 @@ class SearchRequest(BaseModel):
         "no model call); the text searched is returned in `search_query`",
     )
     max_num_results: int = Field(default=10, ge=1, le=50)
-    filters: Filter | None = None
+    filters: Filter | None = Field(
+        default=None,
+        description=f"at most {MAX_FILTERS} filters, nested at most {MAX_DEPTH} deep",
+    )
     ranking_options: RankingOptions | None = None
     mode: Literal["hybrid", "vector", "fulltext"] = Field(
         default="hybrid",

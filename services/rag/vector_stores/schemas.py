@@ -13,6 +13,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from libs.errors import BadRequest
 
@@ -20,12 +21,63 @@ AUTO_MAX_TOKENS = 800
 AUTO_OVERLAP_TOKENS = 400
 Key = Annotated[str, StringConstraints(max_length=64)]
 
+# what _check_metadata and check_attributes accept, published (OpenAI's limits)
+METADATA_SCHEMA: JsonDict = {
+    "anyOf": [
+        {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+        {"type": "null"},
+    ]
+}
+ATTRIBUTES_SCHEMA: JsonDict = {
+    "anyOf": [
+        {
+            "type": "object",
+            "maxProperties": 16,
+            "propertyNames": {"maxLength": 64},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "maxLength": 512},
+                    {"type": "number"},
+                    {"type": "boolean"},
+                ]
+            },
+        },
+        {"type": "null"},
+    ]
+}
+Metadata = Annotated[dict[Key, Any] | None, Field(json_schema_extra=METADATA_SCHEMA)]
+Attributes = Annotated[dict[Key, Any] | None, Field(json_schema_extra=ATTRIBUTES_SCHEMA)]
+
 
 class StaticChunking(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the overlap is at most half the chunk size: published as size ranges (a JSON Schema
+    # cannot compare two fields), each allowing half of its smallest size
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {
+                        "max_chunk_size_tokens": {"minimum": size},
+                        "chunk_overlap_tokens": {"maximum": size // 2},
+                    }
+                }
+                for size in (100, 200, 400, 800, 1600, 3200)
+            ]
+        },
+    )
 
     max_chunk_size_tokens: int = Field(ge=100, le=4096)
-    chunk_overlap_tokens: int = Field(ge=0)
+    chunk_overlap_tokens: int = Field(
+        ge=0,
+        description="At most half of max_chunk_size_tokens",
+        json_schema_extra={"maximum": 2048},
+    )
 
     @model_validator(mode="after")
     def _overlap_at_most_half(self) -> StaticChunking:
@@ -105,7 +157,7 @@ class VectorStoreCreate(BaseModel):
         default=None, max_length=500
     )
     chunking_strategy: ChunkingStrategy | None = None
-    metadata: dict[Key, Any] | None = None
+    metadata: Metadata = None
     expires_after: ExpiresAfter | None = None
     embedding_model: str | None = Field(
         default=None,
@@ -127,7 +179,7 @@ class VectorStoreUpdate(BaseModel):
 
     name: str | None = Field(default=None, max_length=256)
     expires_after: ExpiresAfter | None = None
-    metadata: dict[Key, Any] | None = None
+    metadata: Metadata = None
 
     @field_validator("metadata")
     @classmethod
@@ -178,7 +230,7 @@ class StoreFileCreate(BaseModel):
 
     file_id: str = Field(max_length=200)
     chunking_strategy: ChunkingStrategy | None = None
-    attributes: dict[Key, Any] | None = None
+    attributes: Attributes = None
 
     @field_validator("attributes")
     @classmethod
@@ -189,7 +241,7 @@ class StoreFileCreate(BaseModel):
 class StoreFileUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    attributes: dict[Key, Any] | None
+    attributes: Attributes
 
     @field_validator("attributes")
     @classmethod
@@ -246,14 +298,23 @@ class VectorStoreFileContent(BaseModel):
 
 
 class FileBatchCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # exactly one of file_ids and files (else 400)
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["file_ids"], "properties": {"file_ids": {"type": "array"}}},
+                {"required": ["files"], "properties": {"files": {"type": "array"}}},
+            ]
+        },
+    )
 
     file_ids: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(
         default=None, min_length=1, max_length=2000
     )
     files: list[StoreFileCreate] | None = Field(default=None, min_length=1, max_length=2000)
     chunking_strategy: ChunkingStrategy | None = None
-    attributes: dict[Key, Any] | None = None
+    attributes: Attributes = None
 
     @field_validator("attributes")
     @classmethod

@@ -45,6 +45,11 @@ def _not_null(schema: dict[str, Any]) -> None:
 
 # a budget in answers: an exact decimal string, as billing's amounts are
 BudgetOut = Annotated[Decimal | None, PlainSerializer(_plain, return_type=str | None)]
+# a budget in requests (null: none of the key's own)
+BudgetIn = Annotated[
+    Decimal | None,
+    Field(ge=0, le=MAX_BUDGET_USD, decimal_places=8, json_schema_extra=BUDGET_SCHEMA),
+]
 
 
 class ApiKeyCreate(Body):
@@ -57,12 +62,8 @@ class ApiKeyCreate(Body):
     )
     rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)
-    monthly_budget_usd: Decimal | None = Field(
+    monthly_budget_usd: BudgetIn = Field(
         default=None,
-        ge=0,
-        le=MAX_BUDGET_USD,
-        decimal_places=8,
-        json_schema_extra=BUDGET_SCHEMA,
         description="What calls made with this key may spend per budget period (the "
         "organization's billing month), on top of the organization's own budget, in USD with "
         "at most 8 decimal places; null: no budget of its own. A call that would pass it is "
@@ -90,13 +91,8 @@ class ApiKeyUpdate(Body):
     name: Name | None = Field(default=None, json_schema_extra=_not_null)
     rpm_limit: int | None = Field(default=None, ge=1, le=1_000_000)
     tpm_limit: int | None = Field(default=None, ge=1, le=1_000_000_000)
-    monthly_budget_usd: Decimal | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_BUDGET_USD,
-        decimal_places=8,
-        json_schema_extra=BUDGET_SCHEMA,
-        description="In USD, at most 8 decimal places; null clears it",
+    monthly_budget_usd: BudgetIn = Field(
+        default=None, description="In USD, at most 8 decimal places; null clears it"
     )
 
 

@@ -107,14 +107,7 @@ class ApiKeyService(FeatureService):
     async def update_api_key(self, key_id: uuid.UUID, body: ApiKeyUpdate) -> ApiKey:
         """Change a key's name or limits (its creator or an admin); gateways see the change
         within a second (their cached introspection is dropped after commit)."""
-        user, m = await self._key_manager()
-        key = await self.api_keys.get_for_org(m.org_id, key_id)
-        if key is None:
-            raise NotFound("API key not found", code="api_key_not_found")
-        if key.user_id != user.id and ROLE_RANK[Role(m.role)] < ROLE_RANK[Role.ADMIN]:
-            raise Forbidden(
-                "Only its creator or an admin can change a key", code="org_admin_required"
-            )
+        m, key = await self._managed_key(key_id, "change")
         if key.revoked_at is not None:
             raise Conflict("This API key is revoked", code="api_key_revoked")
         changes = body.model_dump(include=body.model_fields_set)
@@ -147,15 +140,21 @@ class ApiKeyService(FeatureService):
         )
         return key
 
-    async def revoke_api_key(self, key_id: uuid.UUID) -> None:
+    async def _managed_key(self, key_id: uuid.UUID, verb: str) -> tuple[Membership, ApiKey]:
+        """The caller's membership and the organization's key ``key_id``, which only its
+        creator or an admin may ``verb``."""
         user, m = await self._key_manager()
         key = await self.api_keys.get_for_org(m.org_id, key_id)
         if key is None:
             raise NotFound("API key not found", code="api_key_not_found")
         if key.user_id != user.id and ROLE_RANK[Role(m.role)] < ROLE_RANK[Role.ADMIN]:
             raise Forbidden(
-                "Only its creator or an admin can revoke a key", code="org_admin_required"
+                f"Only its creator or an admin can {verb} a key", code="org_admin_required"
             )
+        return m, key
+
+    async def revoke_api_key(self, key_id: uuid.UUID) -> None:
+        _, key = await self._managed_key(key_id, "revoke")
         await self._revoke_keys([key], key.org_id, reason=None)
 
     async def revoke_member_keys(self, org_id: uuid.UUID, user_id: uuid.UUID, reason: str) -> None:

@@ -70,15 +70,19 @@ async def redis(infra: Infra) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture(autouse=True)
-async def _leaks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if leaks.leaks_file() is not None:  # first: set up before, torn down after all others
+        for item in items:
+            item.fixturenames.insert(0, "_leaks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _leaks(
+    request: pytest.FixtureRequest, engine: AsyncEngine, infra: Infra
+) -> AsyncIterator[None]:
     """Opt-in (TEST_LEAKS=<file>): note what each test left behind (tests/support/leaks.py)."""
     where = leaks.leaks_file()
-    if where is None:
-        yield
-        return
-    engine: AsyncEngine = request.getfixturevalue("engine")
-    infra: Infra = request.getfixturevalue("infra")
+    assert where is not None
     before = await leaks.snapshot(engine, infra.redis_url)
     yield
     leaks.record(where, request.node.nodeid, before, await leaks.snapshot(engine, infra.redis_url))

@@ -137,15 +137,18 @@ async def batch_stack(
 
 
 async def forget_jobs(infra: Infra, *orgs: uuid.UUID) -> None:
-    """Delete the job records of ``orgs`` (the batches' own, and the usage jobs their lines
-    queued for billing, recorded but never run here): the job records of other tests'
-    transactions must not see them."""
+    """Delete what the stack committed for ``orgs``: the job records (the batches' own, and
+    the usage jobs their lines queued for billing, recorded but never run here), which other
+    tests' reconcilers and counts must not see, and the batches (their lines with them) and
+    their files."""
     engine = make_engine(infra.database_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM jobs.jobs WHERE org_id = ANY(:orgs)"), {"orgs": list(orgs)}
-            )
+            for table in ("jobs.jobs", "jobs.batches", "rag.files"):
+                await conn.execute(
+                    text(f"DELETE FROM {table} WHERE org_id = ANY(:orgs)"),
+                    {"orgs": list(orgs)},
+                )
     finally:
         await engine.dispose()
 

@@ -101,8 +101,9 @@ async def answering(
 
 
 @pytest.fixture
-async def app(settings: RagSettings, db: AsyncConnection) -> AsyncIterator[FastAPI]:
-    """The rag app running, its sessions inside the test's rolled-back transaction."""
+async def app(settings: RagSettings, db: AsyncConnection, redis: object) -> AsyncIterator[FastAPI]:
+    """The rag app running, its sessions inside the test's rolled-back transaction; Redis
+    emptied around it (the ingestion jobs it queues name files that are rolled back)."""
     rag_app = build_app(settings)
     async with running(rag_app):
         AppState.of_app(rag_app).db = Database.joined(db)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from libs import migrations
 from libs.db import make_engine
 from libs.testing import Infra, start_infra
+from tests.support import leaks
 
 ROOT = Path(__file__).resolve().parent.parent
 # no metrics listeners (each would take its default port, 9000 and up, shared by every test
@@ -67,3 +68,21 @@ async def redis(infra: Infra) -> AsyncIterator[Redis]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if leaks.leaks_file() is not None:  # first: set up before, torn down after all others
+        for item in items:
+            item.fixturenames.insert(0, "_leaks")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def _leaks(
+    request: pytest.FixtureRequest, engine: AsyncEngine, infra: Infra
+) -> AsyncIterator[None]:
+    """Opt-in (TEST_LEAKS=<file>): note what each test left behind (tests/support/leaks.py)."""
+    where = leaks.leaks_file()
+    assert where is not None
+    before = await leaks.snapshot(engine, infra.redis_url)
+    yield
+    leaks.record(where, request.node.nodeid, before, await leaks.snapshot(engine, infra.redis_url))

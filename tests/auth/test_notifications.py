@@ -91,8 +91,9 @@ async def test_keys_expiring_within_a_week_are_told_once(
         assert resp.status_code == 201, resp.text
     sessions = async_sessionmaker(bind=db, join_transaction_mode="create_savepoint")
     factory: async_sessionmaker[AsyncSession] = sessions
-    assert await notify_expiring_keys(factory, redis) == 1
-    assert await notify_expiring_keys(factory, redis) == 1  # the same event again
-    (ev,) = await events(redis, "api_key.expiring")
+    # at least hers: the round also tells of keys other tests committed that expire soon
+    assert await notify_expiring_keys(factory, redis) >= 1
+    assert await notify_expiring_keys(factory, redis) >= 1  # the same event again: one job
+    (ev,) = [e for e in await events(redis, "api_key.expiring") if e.org_id == alice.org_id]
     assert (ev.org_id, ev.user_id, ev.data["name"]) == (alice.org_id, alice.user_id, "soon")
     assert uuid.UUID(ev.data["api_key_id"])

@@ -9,6 +9,8 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
+from libs.entitlements import DEFAULT_KEY
+from libs.testing import Infra
 from libs.usage import USAGE_STREAM, UsageEvent
 from services.billing.models import UsageEventRecord, UsageRollup
 from services.billing.usage.consumer import DEAD_STREAM
@@ -29,6 +31,18 @@ def usage_event(org: uuid.UUID, **kw: object) -> UsageEvent:
     }
     base.update(kw)
     return UsageEvent.model_validate(base)
+
+
+@pytest.fixture(autouse=True)
+async def _no_default_entitlements_left(infra: Infra) -> AsyncIterator[None]:
+    """billing's app publishes its default plan's entitlements at start: left in Redis, they
+    would be the limits of every organization unknown to later tests that keep Redis as is."""
+    yield
+    client = Redis.from_url(infra.redis_url)
+    try:
+        await client.delete(DEFAULT_KEY)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -189,7 +189,7 @@ async def test_a_trial_gives_the_plan_until_it_ends(
 
 
 async def test_an_event_of_a_subscription_stripe_does_not_know_changes_nothing(
-    emulator: str, infra: Infra, db: AsyncConnection, factory: Factory, tmp_path: Path
+    emulator: str, infra: Infra, db: AsyncConnection, factory: Factory, redis: Redis, tmp_path: Path
 ) -> None:
     """With the API configured, a subscription event makes billing ask Stripe: a forged or
     foreign one (Stripe answers 404) is acknowledged and applies nothing."""

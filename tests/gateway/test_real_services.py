@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from gateway.app import build_app
 from gateway.settings import GatewaySettings
+from libs.entitlements import DEFAULT_KEY
 from libs.registry import NAMES
 from libs.testing import Infra
 from tests.support.servers import serve
@@ -36,6 +38,13 @@ async def real_gateway(infra: Infra) -> AsyncIterator[str]:
     yield gw.url
     for r in (gw, keys, *running.values()):
         await r.stop()
+    # billing published its default plan's entitlements at start: later tests that keep
+    # Redis as is would take them as every unknown organization's limits
+    redis = Redis.from_url(infra.redis_url)
+    try:
+        await redis.delete(DEFAULT_KEY)
+    finally:
+        await redis.aclose()
 
 
 async def test_ready_and_openapi_with_real_services(real_gateway: str) -> None:

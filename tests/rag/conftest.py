@@ -3,13 +3,15 @@ folder, its sessions inside the test's rolled-back transaction."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from libs.db import Database
 from libs.state import AppState
@@ -59,30 +61,49 @@ def fast_settings(tmp_path: Path, llm_url: str) -> RagSettings:
     )
 
 
+@contextlib.asynccontextmanager
+async def deleted_after(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Delete the vector stores and files committed meanwhile (their attachments and chunks
+    with them): tests run one at a time, so what was made since is this test's."""
+    async with engine.connect() as conn:
+        since = await conn.scalar(text("SELECT clock_timestamp()"))
+    try:
+        yield
+    finally:
+        async with engine.begin() as conn:
+            for table in ("rag.vector_stores", "rag.files"):
+                await conn.execute(
+                    text(f"DELETE FROM {table} WHERE created_at >= :t"), {"t": since}
+                )
+
+
 @pytest.fixture
-async def committed(tmp_path: Path, llm_url: str, redis: object) -> AsyncIterator[FastAPI]:
+async def committed(
+    tmp_path: Path, llm_url: str, redis: object, engine: AsyncEngine
+) -> AsyncIterator[FastAPI]:
     """The rag app writing for real (its worker, another process's view, must see the rows),
-    embedding through the session's llm."""
+    embedding through the session's llm; what it wrote is deleted afterwards."""
     rag_app = build_app(fast_settings(tmp_path, llm_url))
-    async with running(rag_app):
+    async with deleted_after(engine), running(rag_app):
         yield rag_app
 
 
 @pytest.fixture
 async def answering(
-    tmp_path: Path, chat_llm: tuple[str, Upstream], redis: object
+    tmp_path: Path, chat_llm: tuple[str, Upstream], redis: object, engine: AsyncEngine
 ) -> AsyncIterator[tuple[FastAPI, Upstream]]:
     """:func:`committed` over the llm whose chat is the fake upstream."""
     url, upstream = chat_llm
     upstream.reset()
     rag_app = build_app(fast_settings(tmp_path, url))
-    async with running(rag_app):
+    async with deleted_after(engine), running(rag_app):
         yield rag_app, upstream
 
 
 @pytest.fixture
-async def app(settings: RagSettings, db: AsyncConnection) -> AsyncIterator[FastAPI]:
-    """The rag app running, its sessions inside the test's rolled-back transaction."""
+async def app(settings: RagSettings, db: AsyncConnection, redis: object) -> AsyncIterator[FastAPI]:
+    """The rag app running, its sessions inside the test's rolled-back transaction; Redis
+    emptied around it (the ingestion jobs it queues name files that are rolled back)."""
     rag_app = build_app(settings)
     async with running(rag_app):
         AppState.of_app(rag_app).db = Database.joined(db)

@@ -27,7 +27,14 @@ from libs.registry import NAMES
 from libs.testing import Infra, running
 from services.auth import tasks
 from services.auth.app import build_app
-from services.auth.models import PendingRevocation, User
+from services.auth.models import (
+    AuditEvent,
+    AuthSession,
+    Membership,
+    Organization,
+    PendingRevocation,
+    User,
+)
 from services.auth.sessions.revocations import SESSION_REVOKED_PREFIX, record, replay
 from tests.support.faults.redis import eventually, faulty_redis
 from tests.support.faults.redis_restart import own_redis, start, stop
@@ -51,12 +58,24 @@ def _echo() -> FastAPI:
 
 @pytest.fixture
 async def emails(engine: AsyncEngine) -> AsyncIterator[list[str]]:
-    """Accounts the test made (committed for real): deleted at the end, sessions with them."""
+    """Accounts the test made (committed for real): deleted at the end with their sessions,
+    organizations and audit events, and the revocations of those sessions still owed (a test
+    failing before the replay ran would leave them to every later replay's count)."""
     made: list[str] = []
     yield made
     async with engine.begin() as conn:
         if made:
+            users = select(User.id).where(User.email.in_(made))
+            sessions = select(AuthSession.id).where(AuthSession.user_id.in_(users))
+            orgs = select(Membership.org_id).where(Membership.user_id.in_(users))
+            await conn.execute(
+                delete(PendingRevocation).where(PendingRevocation.session_id.in_(sessions))
+            )
+            await conn.execute(delete(AuditEvent).where(AuditEvent.actor_user_id.in_(users)))
+            org_ids = list((await conn.execute(orgs)).scalars())
+            await conn.execute(delete(AuditEvent).where(AuditEvent.org_id.in_(org_ids)))
             await conn.execute(delete(User).where(User.email.in_(made)))
+            await conn.execute(delete(Organization).where(Organization.id.in_(org_ids)))
 
 
 async def _pending(engine: AsyncEngine, sids: list[str]) -> set[str]:
@@ -67,6 +86,12 @@ async def _pending(engine: AsyncEngine, sids: list[str]) -> set[str]:
             )
         )
         return {str(r[0]) for r in rows}
+
+
+async def owed(db: AsyncConnection, *sids: uuid.UUID) -> int:
+    """How many of these sessions' revocations are still owed (other tests' are not counted)."""
+    stmt = text("SELECT count(*) FROM auth.pending_revocations WHERE session_id = ANY(:s)")
+    return int(await db.scalar(stmt, {"s": list(sids)}) or 0)
 
 
 async def _login(client: httpx.AsyncClient, email: str) -> dict[str, str]:
@@ -236,7 +261,7 @@ async def test_replay_drops_what_expired_and_keeps_the_rest_alive_only_as_long_a
     assert not await redis.exists(f"{SESSION_REVOKED_PREFIX}{old}")
     ttl = await redis.ttl(f"{SESSION_REVOKED_PREFIX}{recent}")
     assert 895 <= ttl <= 900
-    assert await db.scalar(text("SELECT count(*) FROM auth.pending_revocations")) == 0
+    assert await owed(db, old, recent) == 0
     # nothing left: a second replay sends nothing
     assert await replay(factory, redis, now=now) == 0
 
@@ -259,4 +284,4 @@ async def test_the_auth_worker_replays_too(infra: Infra, db: AsyncConnection, re
         await eventually(marked, within=5)
     finally:
         await tasks.on_shutdown(ctx)
-    assert await db.scalar(text("SELECT count(*) FROM auth.pending_revocations")) == 0
+    assert await owed(db, sid) == 0

@@ -48,6 +48,9 @@ async def wait_completed(client: openai.AsyncOpenAI, batch_id: str, at_least: in
         b = await client.batches.retrieve(batch_id)
         if b.request_counts and b.request_counts.completed >= at_least:
             return
+        if b.status in ("completed", "failed", "expired", "cancelled"):
+            errors = (await lines_of(client, b.error_file_id))[:2]
+            raise AssertionError(f"batch {batch_id} ended first: {b}, errors: {errors}")
         await asyncio.sleep(0.05)
     raise AssertionError(f"batch {batch_id} never reached {at_least} completed requests: {b}")
 
@@ -68,28 +71,32 @@ async def test_a_cancelled_batch_stops_within_seconds_and_keeps_what_completed(
     url, upstream = slow_llm
     upstream.reset()
     upstream.behavior.delay = 0.1
-    async with batch_stack(infra, tmp_path, url, batch_concurrency=4) as stack:
-        client = stack.sdk()
-        batch_id = await start(client, "cancel", 200)
-        await wait_completed(client, batch_id, 8)
-        # the requests in flight now would take a minute: cancel must not wait for them
-        upstream.behavior.delay = 60
-        cancelling = await client.batches.cancel(batch_id)
-        assert cancelling.status == "cancelling" and cancelling.cancelling_at
-        done = await wait_status(client, batch_id, {"cancelled"}, within=15)
-        assert done.cancelled_at and done.request_counts is not None
-        counts = done.request_counts
-        assert counts.total == 200 and 8 <= counts.completed < 200
-        out = await lines_of(client, done.output_file_id)
-        assert len(out) == counts.completed
-        assert all(r["response"]["status_code"] == 200 for r in out)
-        assert counts.failed == len(await lines_of(client, done.error_file_id))
-        sent = len(sent_ids(upstream))
-        await asyncio.sleep(0.5)
-        assert len(sent_ids(upstream)) == sent  # nothing more is sent
-        # cancelling again answers the batch as it is
-        assert (await client.batches.cancel(batch_id)).status == "cancelled"
-    upstream.reset()
+    try:
+        async with batch_stack(infra, tmp_path, url, batch_concurrency=4) as stack:
+            client = stack.sdk()
+            batch_id = await start(client, "cancel", 200)
+            await wait_completed(client, batch_id, 8)
+            # the requests in flight now would take a minute: cancel must not wait for them
+            upstream.behavior.delay = 60
+            cancelling = await client.batches.cancel(batch_id)
+            assert cancelling.status == "cancelling" and cancelling.cancelling_at
+            done = await wait_status(client, batch_id, {"cancelled"}, within=15)
+            assert done.cancelled_at and done.request_counts is not None
+            counts = done.request_counts
+            assert counts.total == 200 and 8 <= counts.completed < 200
+            out = await lines_of(client, done.output_file_id)
+            assert len(out) == counts.completed
+            assert all(r["response"]["status_code"] == 200 for r in out)
+            assert counts.failed == len(await lines_of(client, done.error_file_id))
+            sent = len(sent_ids(upstream))
+            await asyncio.sleep(0.5)
+            assert len(sent_ids(upstream)) == sent  # nothing more is sent
+            # cancelling again answers the batch as it is
+            assert (await client.batches.cancel(batch_id)).status == "cancelled"
+    finally:
+        # the requests left hanging upstream (a minute each) answer now: as timeouts later
+        # they would open the provider's circuit breaker for the next test on this llm
+        upstream.reset()
 
 
 async def test_a_worker_killed_mid_batch_is_resumed_without_sending_a_line_twice(

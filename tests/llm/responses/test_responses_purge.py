@@ -56,4 +56,8 @@ async def test_worker_purges_expired_responses(engine: AsyncEngine, redis: Redis
         assert await _ids(engine, [expired, live]) == {live}
     finally:
         await tasks.on_shutdown(ctx)
+        async with engine.begin() as conn:  # committed: not left to other tests' purges
+            await conn.execute(
+                text("DELETE FROM llm.responses WHERE id = ANY(:ids)"), {"ids": [expired, live]}
+            )
     assert ctx["responses_purge_task"].done()

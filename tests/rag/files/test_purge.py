@@ -22,6 +22,13 @@ def stored(settings: RagSettings) -> list[Path]:
 
 
 async def test_expired_files_are_gone_then_purged(app: FastAPI, settings: RagSettings) -> None:
+    state = RagState.of_app(app)
+    async with state.db() as session:
+        # the purge takes every expired file and owed delete: those other tests committed are
+        # set aside, inside this test's transaction (rolled back after it)
+        await session.execute(text("DELETE FROM rag.storage_deletions"))
+        await session.execute(text("DELETE FROM rag.files WHERE expires_at <= now()"))
+        await session.commit()
     client = sdk_for(app, principal())
     keep = await client.files.create(file=("keep.txt", b"keep"), purpose="assistants")
     f = await client.files.create(
@@ -30,7 +37,6 @@ async def test_expired_files_are_gone_then_purged(app: FastAPI, settings: RagSet
         expires_after={"anchor": "created_at", "seconds": 3600},
     )
     vs = await client.vector_stores.create(file_ids=[f.id, keep.id])
-    state = RagState.of_app(app)
     async with state.db() as session:
         await session.execute(
             text("UPDATE rag.files SET expires_at = :t WHERE id = :id"),

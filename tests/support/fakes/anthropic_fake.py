@@ -3,7 +3,6 @@ the official ``anthropic`` SDK types so the fake cannot drift from the real API)
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices, wait_delay
 
 MODEL = "claude-sonnet-4-5"
 EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -142,7 +141,7 @@ def make_app(behavior: Behavior) -> Starlette:
             }
         )
         if behavior.delay:
-            await asyncio.sleep(behavior.delay)
+            await wait_delay(behavior)
         if behavior.status:
             headers = {"retry-after": behavior.retry_after} if behavior.retry_after else {}
             return JSONResponse(

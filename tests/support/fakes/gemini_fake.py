@@ -4,7 +4,6 @@ types (which forbid unknown fields) so the fake cannot drift from the real API."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import zlib
 from typing import Any
@@ -15,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices, wait_delay
 
 MODEL = "gemini-2.5-flash"
 SIGNATURE = "Q2lRQlZLaG5fc2lnbmF0dXJl"  # opaque base64, echoed back by clients
@@ -183,7 +182,7 @@ def make_app(behavior: Behavior, *, api_key: str | None = None) -> Starlette:
             status, error = key_error_body(key)
             return JSONResponse(error, status_code=status)
         if behavior.delay:
-            await asyncio.sleep(behavior.delay)
+            await wait_delay(behavior)
         if behavior.status:
             headers = {"retry-after": behavior.retry_after} if behavior.retry_after else {}
             return JSONResponse(

@@ -3,7 +3,6 @@ format; payloads are validated with the official ``ollama`` client's response ty
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices, wait_delay
 
 MODEL = "llama3.2:3b"
 CREATED = "2026-11-22T09:00:00.000000Z"
@@ -101,7 +100,7 @@ def make_app(behavior: Behavior) -> Starlette:
             }
         )
         if behavior.delay:
-            await asyncio.sleep(behavior.delay)
+            await wait_delay(behavior)
         return body
 
     def error() -> Response:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.support.fakes.vendor_common import Behavior, body_slices
+from tests.support.fakes.vendor_common import Behavior, body_slices, wait_delay
 
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1763800000
@@ -260,7 +260,7 @@ def make_app(behavior: Behavior, *, azure: bool = False) -> Starlette:
         elif request.headers.get("authorization") != f"Bearer {API_KEY}":
             return body, error(401, "Incorrect API key provided.")
         if behavior.delay:
-            await asyncio.sleep(behavior.delay)
+            await wait_delay(behavior)
         if behavior.status:
             return body, error(behavior.status, behavior.error_message, behavior.retry_after)
         return body, None

@@ -57,6 +57,17 @@ class Behavior:
         return self.requests[-1]
 
 
+async def wait_delay(behavior: Behavior) -> None:
+    """Wait ``behavior.delay`` seconds before answering; lowering it (``Upstream.reset`` at the
+    end of a test) cuts the wait short, so a request a test left hanging here answers then,
+    not as a failure (a timeout, an opened circuit breaker) in whichever test comes next."""
+    loop = asyncio.get_running_loop()
+    limit, start = behavior.delay, loop.time()
+    # polled, not an Event: reset is called from the test's thread, the fake runs in its own
+    while (left := min(limit, behavior.delay) - (loop.time() - start)) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(min(left, 0.05))
+
+
 class StreamBroken(Exception):
     """Raised inside the fake's body iterator so the server drops the connection."""
 

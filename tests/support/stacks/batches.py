@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from redis.asyncio import Redis
 from sqlalchemy import text
 
 from gateway.app import build_app as build_gateway
@@ -91,6 +92,7 @@ async def batch_stack(
     **jobs: Any,
 ) -> AsyncIterator[BatchStack]:
     running: list[Running] = []
+    await flush(infra)
     try:
         rag = await serve(build_rag(rag_settings(tmp_path, llm_url=llm_url)))
         running.append(rag)
@@ -131,21 +133,36 @@ async def batch_stack(
         finally:
             await stack.stop_worker()
             await forget_jobs(infra, stack.org, stack.other_org)
+            await flush(infra)
     finally:
         for r in reversed(running):
             await r.stop()
 
 
+async def flush(infra: Infra) -> None:
+    """Empty Redis, as the ``redis`` fixture does around a test: a batch's end queues
+    notification deliveries (retried for minutes without auth here) that the next test's
+    worker on the same queue would otherwise run."""
+    client = Redis.from_url(infra.redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
 async def forget_jobs(infra: Infra, *orgs: uuid.UUID) -> None:
-    """Delete the job records of ``orgs`` (the batches' own, and the usage jobs their lines
-    queued for billing, recorded but never run here): the job records of other tests'
-    transactions must not see them."""
+    """Delete what the stack committed for ``orgs``: the job records (the batches' own, and
+    the usage jobs their lines queued for billing, recorded but never run here), which other
+    tests' reconcilers and counts must not see, and the batches (their lines with them) and
+    their files."""
     engine = make_engine(infra.database_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                text("DELETE FROM jobs.jobs WHERE org_id = ANY(:orgs)"), {"orgs": list(orgs)}
-            )
+            for table in ("jobs.jobs", "jobs.batches", "rag.files"):
+                await conn.execute(
+                    text(f"DELETE FROM {table} WHERE org_id = ANY(:orgs)"),
+                    {"orgs": list(orgs)},
+                )
     finally:
         await engine.dispose()
 

@@ -576,6 +576,15 @@ async def test_auto_tool_calls_in_a_stream(
 
 async def test_a_full_queue_is_refused_retryably() -> None:
     provider = LocalProvider("local", {"max_queue": 1})
+    # the model's runtime is the process's: a generation an earlier test cancelled may still
+    # hold it until its worker notices (a long prompt's prefill); start from an idle runtime
+    runtime = provider._chat.runtime()
+    for _ in range(400):
+        if runtime.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"the shared runtime stayed busy ({runtime.pending} pending)")
     stream = cast(
         AsyncGenerator[dict[str, Any], None],
         provider.stream_chat(req("Write a very long story.", max_tokens=500)),

@@ -153,13 +153,10 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
     Safe to run again (a crash, a retry): lines with a result are skipped and lines sent but
     without one are reported, never sent twice. Out of tries, the batch is failed."""
     settings = _settings(ctx.state)
-    http = ctx.state.get(BATCH_HTTP)
-    if not isinstance(http, httpx.AsyncClient):
-        http = ctx.state[BATCH_HTTP] = make_http_client("jobs", timeout=60, retries=2)
-    llm = ctx.state.get(BATCH_LLM)
-    if not isinstance(llm, Origin):
-        timeouts = Timeouts(connect=5, read=settings.batch_request_timeout_s, write=30, pool=600)
-        llm = ctx.state[BATCH_LLM] = Origin(settings.llm_url, timeouts)
+    # the worker's clients (on_startup); a job's ctx is a copy of the worker's, so clients made
+    # here are the job's own, closed when it ends (a worker started without on_startup)
+    owned = BATCH_LLM not in ctx.state
+    http, llm = _batch_clients(settings) if owned else (ctx.state[BATCH_HTTP], ctx.state[BATCH_LLM])
     try:
         return await BatchRun(ctx, ctx.state["db"], http, llm, settings).run(batch_id)
     except Exception as exc:
@@ -173,6 +170,16 @@ async def run_batch(ctx: JobContext, batch_id: str) -> dict[str, Any]:
                     errors=[{"code": "batch_failed", "message": describe(exc)[:500]}],
                 )
         raise
+    finally:
+        if owned:
+            await http.aclose()
+            await llm.aclose()
+
+
+def _batch_clients(settings: JobsSettings) -> tuple[httpx.AsyncClient, Origin]:
+    """The batch jobs' clients: rag's files over httpx, the lines to the llm over Origin."""
+    timeouts = Timeouts(connect=5, read=settings.batch_request_timeout_s, write=30, pool=600)
+    return make_http_client("jobs", timeout=60, retries=2), Origin(settings.llm_url, timeouts)
 
 
 # the worker's job slots (read when the worker is built): the notification fan-out delivers the
@@ -222,6 +229,7 @@ async def on_startup(ctx: dict[str, Any]) -> None:
     settings = _settings(ctx)
     redis, db = ctx["redis"], ctx["db"]
     notification_tasks.on_startup(ctx, settings)
+    ctx[BATCH_HTTP], ctx[BATCH_LLM] = _batch_clients(settings)
     consumer = EventConsumer(
         redis,
         db,

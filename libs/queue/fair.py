@@ -51,8 +51,24 @@ local queue = KEYS[1]
 local prefix = queue .. ':fair:'
 local now, want = tonumber(ARGV[1]), tonumber(ARGV[2])
 local hold, lease, scan = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local ready = redis.call('ZCOUNT', queue, '-inf', now)
-local room = want - ready
+-- the ready jobs no worker holds, oldest first, up to what is wanted: a running job stays
+-- in arq's queue until its end is written (a worker that dies leaves it there for another),
+-- so counting the queue alone took running jobs for waiting ones, and a slot freed while
+-- others ran stayed empty until every job on the queue had ended
+local free = {}
+local seen, page = 0, 100
+while #free < want * 2 and seen < scan * 10 do
+  local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', seen, page)
+  for i = 1, #ids, 2 do
+    if #free < want * 2 and redis.call('EXISTS', 'arq:in-progress:' .. ids[i]) == 0 then
+      free[#free + 1] = ids[i]
+      free[#free + 1] = ids[i + 1]
+    end
+  end
+  seen = seen + #ids / 2
+  if #ids < page * 2 then break end
+end
+local room = want - #free / 2
 local dispatched = 0
 local blocked = 0
 for tier = 0, 2 do
@@ -78,8 +94,11 @@ for tier = 0, 2 do
       local sub = prefix .. 'q:' .. tier .. ':' .. member
       local popped = redis.call('ZPOPMIN', sub)
       if #popped > 0 and redis.call('ZREM', prefix .. 'waiting', popped[1]) == 1 then
-        -- ready now, in the order dispatched
-        redis.call('ZADD', queue, now - 1 + dispatched / 1000, popped[1])
+        -- ready now, in the order dispatched, and claimed below
+        local score = now - 1 + dispatched / 1000
+        redis.call('ZADD', queue, score, popped[1])
+        free[#free + 1] = popped[1]
+        free[#free + 1] = score
         if limit > 0 then
           redis.call('ZADD', running, now + hold, popped[1])
           redis.call('PEXPIRE', running, hold + lease)
@@ -96,9 +115,8 @@ for tier = 0, 2 do
   end
 end
 local out = {dispatched, blocked}
-local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', 0, want)
-for i = 1, #ids, 2 do
-  local jid = ids[i]
+for i = 1, #free, 2 do
+  local jid = free[i]
   local key = 'arq:in-progress:' .. jid
   if redis.call('EXISTS', key) == 0 then
     redis.call('PSETEX', key, lease, '1')
@@ -107,7 +125,7 @@ for i = 1, #ids, 2 do
     local try = redis.call('INCR', 'arq:retry:' .. jid)
     redis.call('EXPIRE', 'arq:retry:' .. jid, 88400)
     out[#out + 1] = jid
-    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = free[i + 1]
     out[#out + 1] = redis.call('GET', 'arq:job:' .. jid) or ''
     out[#out + 1] = try
     out[#out + 1] = redis.call('ZREM', 'arq:abort', jid)

@@ -36,6 +36,15 @@ async def limited(ctx: JobContext, tag: str) -> None:
     running[org] -= 1
 
 
+hold = asyncio.Event()
+
+
+@job
+async def long(ctx: JobContext, tag: str) -> None:
+    started.append((ctx.org_id or "", tag))
+    await hold.wait()
+
+
 def reset() -> None:
     started.clear()
     running.clear()
@@ -83,6 +92,39 @@ async def test_a_concurrency_limit_holds_per_organization(infra: Infra, redis: R
     # slots are given back as jobs end
     for org in (a, b):
         assert await redis.zcard(fair.slot_key(queue_name(SERVICE), org, "limited")) == 0
+
+
+async def test_a_slot_freed_is_filled_while_other_jobs_run(infra: Infra, redis: Redis) -> None:
+    # arq keeps a running job in its queue until the job's end is written: the poll once took
+    # those for jobs waiting to start, and a worker with a long job running took no more work
+    # until it ended (ingestion ran in waves)
+    reset()
+    hold.clear()
+    org = str(uuid.uuid4())
+    await enqueue_now(redis, service=SERVICE, function="long", args=["long"], org_id=org)
+    worker = make_worker(infra.redis_url, SERVICE, [long, work], burst=False, max_jobs=2)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        t0 = time.monotonic()
+        while not started:
+            assert time.monotonic() - t0 < 10, "the long job never started"
+            await asyncio.sleep(0.01)
+        shorts = [
+            prepare_job(service=SERVICE, function="work", args=[f"s{i}"], org_id=org)
+            for i in range(6)
+        ]
+        await enqueue_prepared(redis, shorts)
+        t0 = time.monotonic()
+        while len(started) < 7:
+            assert time.monotonic() - t0 < 10, f"short jobs stalled behind the long one: {started}"
+            await asyncio.sleep(0.01)
+        # all six ran through the one free slot, the long job still running
+        assert not hold.is_set() and len(worker.tasks) >= 1
+    finally:
+        hold.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
 
 
 async def test_higher_priority_goes_first(infra: Infra, redis: Redis) -> None:

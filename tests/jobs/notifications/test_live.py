@@ -112,3 +112,48 @@ async def test_a_stream_ends_after_its_lifetime_for_the_client_to_reconnect() ->
     finally:
         await server.stop()
     assert body.startswith('event: count\ndata: {"unread":0}')
+
+
+async def test_the_stream_counts_new_notifications_without_reading_the_count_each_time(
+    redis: Redis,
+) -> None:
+    # the count is read when the stream starts and on a read/mark/archive ("changed"); a new
+    # notification adds one: reading it afresh per batch scanned every unread notification of
+    # the user each time (PostgreSQL's largest cost in the fan-out bench)
+    from services.jobs.notifications.inbox import inbox_events, publish
+
+    user, org = uuid.uuid4(), uuid.uuid4()
+    in_db = 5
+    reads = 0
+
+    async def unread() -> int:
+        nonlocal reads
+        reads += 1
+        return in_db
+
+    stream = inbox_events(redis, user, org, unread, last_event_id=None, heartbeat_s=5, max_s=30)
+    try:
+        frames = []
+
+        async def next_count() -> int:
+            while True:
+                frame = (await anext(stream)).decode()
+                frames.append(frame)
+                if "\nevent: count\n" in "\n" + frame:
+                    return int(frame.split('"unread":')[1].split("}")[0])
+
+        assert await next_count() == 5 and reads == 1
+        note = {"id": "x"}
+        await publish(redis, [(user, org, "notification", note)] * 3)
+        assert await next_count() == 8
+        await publish(redis, [(user, None, "notification", note)])  # about the account
+        await publish(redis, [(user, uuid.uuid4(), "notification", note)])  # another org's
+        assert await next_count() == 9
+        assert reads == 1
+        in_db = 2  # the user read some: the count is read again
+        await publish(redis, [(user, org, "changed", None)])
+        assert await next_count() == 2 and reads == 2
+        assert sum("\nevent: notification\n" in f for f in frames) == 4
+    finally:
+        await stream.aclose()
+        await redis.delete(inbox_key(user))

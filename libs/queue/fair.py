@@ -236,8 +236,9 @@ async def dequeue_waiting(redis: Redis, queue: str, job_id: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
-    """How much waits on one queue: ready on arq's queue, deferred there (retries' backoff,
-    deferred jobs), waiting in fair queues; the oldest waiting job's enqueue time (ms)."""
+    """How much waits on one queue: ready on arq's queue (not yet taken by a worker), deferred
+    there (retries' backoff, deferred jobs), waiting in fair queues; the oldest waiting job's
+    enqueue time (ms)."""
 
     ready: int
     deferred: int
@@ -249,18 +250,47 @@ class QueueDepth:
         return self.ready + self.fair
 
 
+# most ready entries :func:`depth` looks at one by one (beyond, all are counted as ready)
+DEPTH_SCAN_MAX = 10_000
+
+# KEYS: arq queue, fair waiting set. ARGV: now ms, scan max. A running job stays in arq's
+# queue until its end is written: those are not waiting (a long job made the oldest waiting
+# age climb with its run time, and the backlog alert fire).
+_DEPTH = """
+local queue, waiting = KEYS[1], KEYS[2]
+local now, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local total = redis.call('ZCOUNT', queue, '-inf', now)
+local ready, oldest, seen, page = 0, nil, 0, 500
+while seen < cap and seen < total do
+  local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', seen, page)
+  for i = 1, #ids, 2 do
+    if redis.call('EXISTS', 'arq:in-progress:' .. ids[i]) == 0 then
+      ready = ready + 1
+      if oldest == nil then oldest = ids[i + 1] end
+    end
+  end
+  seen = seen + #ids / 2
+  if #ids < page * 2 then break end
+end
+ready = ready + math.max(0, total - seen)
+local fair_head = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+return {ready, redis.call('ZCOUNT', queue, '(' .. now, '+inf'), redis.call('ZCARD', waiting),
+        oldest or '', fair_head[2] or ''}
+"""
+_DEPTH_SHA = hashlib.sha1(_DEPTH.encode(), usedforsecurity=False).hexdigest()
+
+
 async def depth(redis: Redis, queue: str) -> QueueDepth:
     """The depth of ``queue`` (one round trip)."""
     now = int(time.time() * 1000)
-    waiting = fair_prefix(queue) + "waiting"
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcount(queue, "-inf", now)
-        pipe.zcount(queue, f"({now}", "+inf")
-        pipe.zcard(waiting)
-        pipe.zrange(queue, 0, 0, withscores=True)
-        pipe.zrange(waiting, 0, 0, withscores=True)
-        ready, deferred, fair, head, fair_head = await pipe.execute()
-    oldest = [int(s) for _, s in (*head, *fair_head) if s <= now]
+    args: list[Any] = [2, queue, fair_prefix(queue) + "waiting", now, DEPTH_SCAN_MAX]
+    try:
+        raw = await redis.evalsha(_DEPTH_SHA, *args)  # type: ignore[misc]
+    except NoScriptError:
+        raw = await redis.eval(_DEPTH, *args)  # type: ignore[misc]
+    ready, deferred, fair, head, fair_head = raw
+    oldest = [int(float(_text(v))) for v in (head, fair_head) if _text(v)]
+    oldest = [v for v in oldest if v <= now]
     return QueueDepth(int(ready), int(deferred), int(fair), min(oldest) if oldest else None)
 
 

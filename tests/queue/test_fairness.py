@@ -120,6 +120,12 @@ async def test_a_slot_freed_is_filled_while_other_jobs_run(infra: Infra, redis: 
             await asyncio.sleep(0.01)
         # all six ran through the one free slot, the long job still running
         assert not hold.is_set() and len(worker.tasks) >= 1
+        # and a running job is not counted as waiting (nor its age as the oldest wait)
+        while len(worker.tasks) > 1:
+            assert time.monotonic() - t0 < 10, "the short jobs' tasks did not end"
+            await asyncio.sleep(0.01)
+        depth = await fair.depth(redis, queue_name(SERVICE))
+        assert (depth.ready, depth.fair, depth.oldest_ms) == (0, 0, None), depth
     finally:
         hold.set()
         task.cancel()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
 import httpx
 import pytest
@@ -131,7 +132,10 @@ async def test_the_stream_counts_new_notifications_without_reading_the_count_eac
         reads += 1
         return in_db
 
-    stream = inbox_events(redis, user, org, unread, last_event_id=None, heartbeat_s=5, max_s=30)
+    stream = cast(
+        AsyncGenerator[bytes, None],
+        inbox_events(redis, user, org, unread, last_event_id=None, heartbeat_s=5, max_s=30),
+    )
     try:
         frames = []
 

@@ -123,6 +123,15 @@ class LlmSettings(ServiceSettings):
         description="Redis not answering a budget reservation: refuse the call with 503 "
         "budget_unavailable (closed: a budget never overshoots) or serve it unchecked (open)",
     )
+    budget_exact_margin: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="the last part of a budget (a fraction of its limit) where every call "
+        "reserves in Redis, exactly across processes; before it, a call is admitted from the "
+        "counters Redis last answered (within 1 s) without a round trip, its reservation sent "
+        "with the settlements. 1: every call reserves in Redis",
+    )
     entitlements_ttl_seconds: float = Field(
         default=5.0,
         ge=0,

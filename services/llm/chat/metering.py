@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from libs.budget import (
     UNIT,
+    BudgetBook,
     Counted,
     Reservation,
     adjust,
@@ -154,6 +155,8 @@ class Metering:
         # budget counter changes to send, per organization (see _settle_budget)
         self._settles: dict[uuid.UUID, dict[str, int]] = {}
         self._settling = False
+        # the counters as Redis last answered: calls far from their limits skip the round trip
+        self._book = BudgetBook(settings.budget_exact_margin)
         # the organization's plan (tpm, monthly budget), published by billing
         self.entitlements = EntitlementsCache(
             redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
@@ -270,14 +273,38 @@ class Metering:
     async def _reserve_budget(self, call: MeteredCall, ent: Entitlements | None, n: int) -> None:
         """Reserve the call's worst case on every budget it counts against (the plan's spend
         and tokens, or lower; its API key's own), atomically with every call in flight and
-        in one script call; refuse when any would not fit."""
+        in one script call; refuse when any would not fit. Far from every limit, the
+        process's BudgetBook admits it without the round trip (libs/budget.py)."""
         budgets = self._budgets(call, ent, max(n, 1))
         if not budgets:
             return
+        counted = [b.counted for b in budgets]
+        tokens = tuple(b.tokens for b in budgets)
+        book = self._book
+        if book.admits(counted, self._settles.get(call.org_id, {}), time.monotonic()):
+            # far from every limit: counted here, sent with the next settlements
+            call.budget = Reservation(
+                tuple(c.key for c in counted), tuple(c.amount for c in counted)
+            )
+            call.budget_tokens = tokens
+            self._queue_budget(
+                call.org_id, dict(zip(call.budget.keys, call.budget.amounts, strict=True))
+            )
+            return
+        # in Redis, with this organization's unsent changes carried in the same script call
+        carry = self._settles.pop(call.org_id, {})
+        assumed = book.assumed([c.key for c in counted])
+        book.sending(carry)
         try:
-            counted = reserve_counted(self.redis, [b.counted for b in budgets])
-            result = await self.guard.run("llm_budget", counted)
+            try:
+                result = await self.guard.run(
+                    "llm_budget",
+                    reserve_counted(self.redis, counted, carry=carry, assumed=assumed),
+                )
+            finally:
+                book.sent(carry)
         except Exception as exc:
+            self._queue_budget(call.org_id, carry)  # sent again with the settlements
             if self.settings.budget_fail_mode == "open":
                 log.warning("budget of %s not checked (Redis: %s)", call.org_id, exc)
                 return
@@ -289,8 +316,9 @@ class Metering:
                 headers={"retry-after": "1"},
             ) from exc
         if isinstance(result, Reservation):
+            book.learn(dict(zip(result.keys, result.values, strict=True)), time.monotonic())
             call.budget = result
-            call.budget_tokens = tuple(b.tokens for b in budgets)
+            call.budget_tokens = tokens
             return
         self.refund_all(call)
         index, have = result
@@ -313,9 +341,21 @@ class Metering:
         if reservation is None:
             return
         used = [tokens if t else units(cost) for t in call.budget_tokens]
-        pending = self._settles.setdefault(call.org_id, {})
-        for key, amount, u in zip(reservation.keys, reservation.amounts, used, strict=True):
-            pending[key] = pending.get(key, 0) + u - amount
+        self._queue_budget(
+            call.org_id,
+            {
+                key: u - amount
+                for key, amount, u in zip(reservation.keys, reservation.amounts, used, strict=True)
+            },
+        )
+
+    def _queue_budget(self, org_id: uuid.UUID, deltas: dict[str, int]) -> None:
+        """Add counter changes to the organization's next flush (see _flush_settles)."""
+        if not deltas:
+            return
+        pending = self._settles.setdefault(org_id, {})
+        for key, d in deltas.items():
+            pending[key] = pending.get(key, 0) + d
         if not self._settling:
             self._settling = True
             self.spawn(self._flush_settles())
@@ -328,11 +368,16 @@ class Metering:
                 batch, self._settles = self._settles, {}
                 failed: dict[uuid.UUID, dict[str, int]] = {}
                 for org_id, deltas in batch.items():
+                    self._book.sending(deltas)
                     try:
-                        await self.guard.run("llm_budget", adjust(self.redis, deltas))
+                        after = await self.guard.run("llm_budget", adjust(self.redis, deltas))
                     except Exception as exc:
                         failed[org_id] = deltas
                         error = exc
+                    else:
+                        self._book.learn(after, time.monotonic())
+                    finally:
+                        self._book.sent(deltas)
                 if not failed:
                     failures = 0
                     continue

@@ -212,3 +212,89 @@ async def test_a_keys_budget_from_auth_reaches_the_llm_through_the_gateway(gw: L
     roomy, _ = gw.auth.add_api_key(monthly_budget_usd="5")
     resp = await gw.sdk(roomy).chat.completions.create(model="default", messages=MESSAGES)
     assert resp.choices[0].message.content
+
+
+async def _script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(
+        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+
+
+async def test_calls_far_from_their_budget_skip_the_reservation_round_trip(env: Env) -> None:
+    # the process admits a call from the counters Redis last answered while it stays clear of
+    # the budget's last 10 % (LLM_BUDGET_EXACT_MARGIN); its reservation and its settlement
+    # leave together in the next flush: far fewer script calls than calls
+    org = env.principal.org_id
+    assert org is not None
+    limits = Limits(monthly_spend_usd=Decimal(100), monthly_tokens=10**9)
+    await publish(
+        env.redis, org, Entitlements(plan="pro", limits=limits, period_start="2026-12-01")
+    )
+    earlier = len(await env.usage_events())  # the stream holds other tests' events too
+    assert await _outcome(env.client) == "ok"  # reserved in Redis: the counters are learned
+    before = await _script_calls(env.redis)
+    for _ in range(20):
+        assert await _outcome(env.client) == "ok"
+    calls = await _script_calls(env.redis) - before
+    assert calls < 15, calls
+    # the counters still end at the real spend and tokens
+    events = (await env.usage_events())[earlier:]
+    real = sum((Decimal(e["cost_usd"]) for e in events), Decimal(0))
+    assert len(events) == 21 and all(e["status"] == "ok" for e in events) and real > 0
+    assert await _settled(env, budget_key(org, "2026-12-01"), real) == real
+    tokens = sum(e["prompt_tokens"] + e["completion_tokens"] for e in events)
+    key = token_budget_key(org, "2026-12-01")
+    for _ in range(100):
+        if int(await env.redis.get(key) or 0) == tokens:
+            break
+        await asyncio.sleep(0.05)
+    assert int(await env.redis.get(key) or 0) == tokens
+
+
+async def test_near_its_limit_every_call_reserves_in_redis_and_the_budget_holds(env: Env) -> None:
+    # one call at a time up to the budget: the first 90 % admitted from the process's book,
+    # the rest reserved in Redis with the unsent reservations carried along; never past it
+    org = env.principal.org_id
+    assert org is not None
+    budget = Decimal("0.0001")
+    limits = Limits(monthly_spend_usd=budget)
+    await publish(env.redis, org, Entitlements(plan="s", limits=limits, period_start="2026-12-01"))
+    earlier = len(await env.usage_events())
+    outcomes = [await _outcome(env.client) for _ in range(60)]
+    assert "refused:organization" in outcomes and outcomes.count("ok") >= 2, outcomes
+    events = [e for e in (await env.usage_events())[earlier:] if e["status"] == "ok"]
+    real = sum((Decimal(e["cost_usd"]) for e in events), Decimal(0))
+    assert len(events) == outcomes.count("ok") and real <= budget
+    assert await _settled(env, budget_key(org, "2026-12-01"), real) == real
+
+
+async def test_a_reservation_carries_unsent_changes_and_counts_those_in_flight(
+    redis: Redis,
+) -> None:
+    from libs.budget import BudgetBook, Counted, reserve_counted
+
+    key, other = "aistack:budget:{c}:org:2026-12-01", "aistack:budget:{c}:key:k:2026-12-01"
+    # unsent changes move their counters first, whatever the answer
+    got = await reserve_counted(redis, [Counted(key, 100, 30)], carry={key: 50, other: 7})
+    assert isinstance(got, Reservation) and got.values == (80,)
+    assert int(await redis.get(other) or 0) == 7
+    # changes still on their way count against the room (never a refund before it lands)
+    refused = await reserve_counted(redis, [Counted(key, 100, 15)], assumed=[10])
+    assert refused == (0, 80)
+    refused = await reserve_counted(redis, [Counted(key, 100, 26)], carry={key: -5})
+    assert refused == (0, 75) and int(await redis.get(key) or 0) == 75
+    # the book admits only clear of the last 10 %, from a value learned within a second
+    book = BudgetBook(exact_margin=0.1)
+    book.learn({key: 75}, now=0.0)
+    assert book.admits([Counted(key, 100, 15)], {}, now=0.5)
+    assert not book.admits([Counted(key, 100, 16)], {}, now=0.5)
+    assert not book.admits([Counted(key, 100, 10)], {key: 6}, now=0.5)
+    assert not book.admits([Counted(key, 100, 1)], {}, now=1.5)
+    book.sending({key: 10})
+    assert not book.admits([Counted(key, 100, 10)], {}, now=0.5)
+    book.sent({key: 10})
+    assert book.admits([Counted(key, 100, 10)], {}, now=0.5)
+    assert not BudgetBook(exact_margin=1).admits([Counted(key, 100, 1)], {}, now=0.0)
+    book.sending({key: -99})  # a refund in flight: not assumed until it lands
+    assert book.assumed([key]) == [0]

@@ -183,3 +183,35 @@ async def test_a_failed_payment_tells_the_organizations_admins_once(
     assert event.data["amount_due"] == "19.99" and event.data["currency"] == "usd"
     assert event.data["attempt_count"] == 2
     await redis.delete(entitlements_key(org), f"arq:job:{job}")
+
+
+async def test_an_event_stored_while_redis_was_down_is_applied_on_stripes_retry(
+    infra: Infra, db: AsyncConnection, factory: Factory, redis: Redis
+) -> None:
+    # the first delivery commits the event, then cannot queue its processing: it fails (a
+    # 503, so Stripe retries); the retry finds the event stored and not applied, and queues it
+    from tests.support.faults.outages import redis_down
+
+    settings = BillingSettings(stripe_webhook_secret=SECRET)
+    org = uuid.uuid4()
+    cache = EntitlementsCache(redis, ttl_s=0)
+    created = subscription_event(
+        "evt_down", "customer.subscription.created", org, int(time.time()) - 10
+    )
+    app = build_app(settings)
+    async with client_for(app, connection=db) as c:
+        async with redis_down(app):
+            first = await post(c, created)
+        assert first.status_code == 503, first.text
+        await process(infra, factory, settings)
+        before = await cache.get(org)  # nothing was queued: nothing applied
+        assert before is None or before.plan == "free", before
+        retry = await post(c, created)
+        assert retry.status_code == 200 and retry.json()["duplicate"] is True
+        await process(infra, factory, settings)
+        ent = await cache.get(org)
+        assert ent is not None and (ent.plan, ent.status) == ("pro", "active")
+        # applied: a later retry queues nothing more
+        assert (await post(c, created)).json()["duplicate"] is True
+        assert not await redis.exists("arq:job:stripe:evt_down")
+    await redis.delete(entitlements_key(org))

@@ -25,6 +25,13 @@ class StripeEventRepository(Repository[StripeEvent]):
         )
         return (await self.session.execute(stmt)).scalar_one_or_none() is not None
 
+    async def unprocessed(self, event_id: str) -> bool:
+        """Whether the event is stored and not applied yet."""
+        stmt = select(StripeEvent.id).where(
+            StripeEvent.id == event_id, StripeEvent.processed_at.is_(None)
+        )
+        return (await self.session.scalar(stmt)) is not None
+
     async def by_id(self, event_id: str) -> StripeEvent | None:
         return await self.session.scalar(
             select(StripeEvent).where(StripeEvent.id == event_id).with_for_update()

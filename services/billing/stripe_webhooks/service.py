@@ -81,11 +81,15 @@ async def receive(
         created = _at(data.get("created")) or datetime.now(UTC)
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise BadRequest("The event's created time is invalid", code="invalid_payload") from exc
-    if not await StripeEventRepository(session).record(
-        event_id[:255], type_[:100], created, orjson.loads(payload)
-    ):
+    events = StripeEventRepository(session)
+    duplicate = not await events.record(event_id[:255], type_[:100], created, orjson.loads(payload))
+    if duplicate:
         log.info("Stripe event %s received again: already recorded", event_id)
-        return {"received": True, "duplicate": True}
+        # stored but not applied: its job may never have been queued (Redis down when the
+        # first delivery committed: that delivery failed, and Stripe retries), so it is queued
+        # again; the job id keeps it to one job while one is queued or running
+        if not await events.unprocessed(event_id[:255]):
+            return {"received": True, "duplicate": True}
     await enqueue(
         session,
         redis,
@@ -95,7 +99,7 @@ async def receive(
         job_id=f"stripe:{event_id}",
         internal=True,
     )
-    return {"received": True, "duplicate": False}
+    return {"received": True, "duplicate": duplicate}
 
 
 class StripeState:

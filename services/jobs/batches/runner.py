@@ -34,6 +34,7 @@ from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
 from services.jobs.batches.lines import Plan, Request, error_line, parse, request_id, response_line
 from services.jobs.batches.repository import ERROR, OK, BatchRepository
 from services.jobs.batches.schemas import FINISHED
+from services.jobs.models import Batch
 from services.jobs.settings import JobsSettings
 
 log = logging.getLogger("aistack.jobs.batches")
@@ -44,6 +45,16 @@ RATE_LIMITED_WAIT_S = 1.0
 CONNECT_TRIES = 5
 # lines claimed at once, per request in flight: enough that the workers never wait for a claim
 CLAIM_AHEAD = 4
+# a run started before its create committed: it looks for the batch this many times, this far
+# apart, and leaves it to a retry on its first tries
+COMMIT_WAITS = 20
+COMMIT_WAIT_S = 0.05
+COMMIT_TRIES = 3
+
+
+class BatchNotVisible(Exception):
+    """The batch is not there (yet): its create has not committed."""
+
 
 Result = tuple[int, str | None, str, str]
 
@@ -65,9 +76,22 @@ class BatchRun:
         the llm, the least client CPU per line)."""
         self.ctx, self.db, self.http, self.llm, self.settings = ctx, db, http, llm, settings
 
+    async def _load(self, batch_id: str) -> Batch | None:
+        """The batch; its job is queued inside the create's transaction, so a run may start
+        before that commits: it waits for the batch a moment, then, on its first tries, leaves
+        it to a retry (a create that rolled back never shows one)."""
+        for _ in range(COMMIT_WAITS):
+            async with session_scope(self.db) as s:
+                batch = await BatchRepository(s).get(batch_id)
+            if batch is not None:
+                return batch
+            await asyncio.sleep(COMMIT_WAIT_S)
+        if self.ctx.attempt < COMMIT_TRIES:
+            raise BatchNotVisible(f"batch {batch_id} is not committed yet")
+        return None
+
     async def run(self, batch_id: str) -> dict[str, Any]:
-        async with session_scope(self.db) as s:
-            batch = await BatchRepository(s).get(batch_id)
+        batch = await self._load(batch_id)
         if batch is None or batch.status in FINISHED:
             return {"status": batch.status if batch else "missing"}
         self.batch = batch

@@ -15,7 +15,7 @@ from libs.entitlements import EntitlementsCache, EntitlementsUnavailable
 from libs.errors import BadRequest, Conflict, NotFound, RateLimited
 from libs.identity import Principal
 from libs.permissions import Scope
-from libs.queue import enqueue
+from libs.queue import enqueue_now
 from services.jobs.batches.files import FileNotFound, RagFiles, Tokens
 from services.jobs.batches.repository import BatchRepository
 from services.jobs.batches.schemas import FINISHED, BatchCreate
@@ -159,8 +159,10 @@ class BatchService:
         )
         batch.job_id = f"batch:{batch.id}"
         await self.repo.add(batch)
-        await enqueue(
-            self.session,
+        # queued before the commit, not after it: with Redis down, the create fails (503) and
+        # rolls back instead of leaving a batch `validating` that no job will ever run. A run
+        # that starts before the commit waits for the batch (BatchRun.run)
+        await enqueue_now(
             self.redis,
             service="jobs",
             function=RUN_BATCH,

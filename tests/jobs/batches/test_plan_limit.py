@@ -15,6 +15,17 @@ from libs.entitlements import Entitlements, Limits, publish
 from libs.testing import Infra
 from tests.support.stacks.batches import batch_stack, chat_line, jsonl
 
+
+async def fair_waiting(redis: Redis, batch_id: str) -> bool:
+    """Whether the batch's job waits in the jobs queue's fair queues."""
+    from libs.queue.names import fair_prefix, queue_name
+
+    return (
+        await redis.zscore(fair_prefix(queue_name("jobs")) + "waiting", f"batch:{batch_id}")
+        is not None
+    )
+
+
 # no worker runs here: batches stay `validating`, no line reaches an llm
 NO_LLM = "http://127.0.0.1:9"
 
@@ -77,3 +88,30 @@ async def test_a_plans_batch_jobs_limits_the_batches_in_progress_at_once(
             await other.batches.create(
                 input_file_id=g.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
+
+
+async def test_a_batch_created_while_redis_is_down_is_refused_and_leaves_nothing(
+    infra: Infra, tmp_path: Path, redis: Redis
+) -> None:
+    # its job is queued inside the create's transaction: no Redis, no batch (a 503 the SDK
+    # retries), never a batch `validating` that no job will run
+    from tests.support.faults.outages import redis_down
+
+    async with batch_stack(infra, tmp_path, NO_LLM, worker=False) as stack:
+        client = stack.sdk()
+        f = await client.files.create(
+            file=("in.jsonl", jsonl(chat_line("a", "hi"))), purpose="batch"
+        )
+        async with redis_down(stack.jobs_app):
+            with pytest.raises(openai.InternalServerError) as exc:
+                await client.with_options(max_retries=0).batches.create(
+                    input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+                )
+        assert exc.value.status_code == 503
+        assert (await client.batches.list()).data == []
+        # Redis back: created, and its job queued
+        b = await client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert b.status == "validating"
+        assert await redis.exists(f"arq:job:batch:{b.id}") or await fair_waiting(redis, b.id)

@@ -39,6 +39,7 @@ class BatchStack:
     other_org: uuid.UUID = field(default_factory=uuid.uuid4)
     worker: Worker | None = None
     task: asyncio.Task[Any] | None = None
+    jobs_app: Any = None  # the jobs service's FastAPI app (faults are injected into it)
 
     def sdk(self, org: uuid.UUID | None = None) -> openai.AsyncOpenAI:
         token = FAKE_AUTH.token(org_id=org or self.org)
@@ -105,7 +106,8 @@ async def batch_stack(
                 **jobs,
             }
         )
-        jobs_app = await serve(build_jobs(settings))
+        jobs_fastapi = build_jobs(settings)
+        jobs_app = await serve(jobs_fastapi)
         running.append(jobs_app)
         keys = await serve(FAKE_AUTH.app())
         running.append(keys)
@@ -125,7 +127,7 @@ async def batch_stack(
             )
         )
         running.append(gw)
-        stack = BatchStack(gw.url, settings, infra)
+        stack = BatchStack(gw.url, settings, infra, jobs_app=jobs_fastapi)
         if worker:
             stack.start_worker(loops=loops)
         try:

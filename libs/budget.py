@@ -31,27 +31,28 @@ UNIT = Decimal("0.00000001")
 # a period's counter outlives it by this much (a month plus late settlements)
 TTL_S = 40 * 24 * 3600
 
-# KEYS: the budgets' counters (n), then counters to move first (this process's changes not
-# sent yet: see BudgetBook); ARGV: ttl, n, each budget's amount, each one's limit, what each
-# one is assumed to hold beyond its counter (changes in flight), then each change. Answers
-# {1, 0, 0, counters after...} or {0, index of the first budget without room, its counter}.
+# KEYS: the budgets' counters; ARGV: ttl, then each budget's amount, each one's limit, a
+# block to add for the process's lease, and the line the counter must stay under for the block
+# to be granted. Answers {1, 0, 0, each block granted...} or {0, index of the first budget
+# without room, its counter}.
 _RESERVE = """
-local ttl, n = ARGV[1], tonumber(ARGV[2])
-for j = n + 1, #KEYS do
-  redis.call('INCRBY', KEYS[j], ARGV[2 + 3 * n + j - n])
-  redis.call('EXPIRE', KEYS[j], ttl)
-end
+local n = #KEYS
+local have = {}
 for i = 1, n do
-  local have = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local assumed = tonumber(ARGV[2 + 2 * n + i])
-  if have + assumed + tonumber(ARGV[2 + i]) > tonumber(ARGV[2 + n + i]) then
-    return {0, i, have}
+  have[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if have[i] + tonumber(ARGV[1 + i]) > tonumber(ARGV[1 + n + i]) then
+    return {0, i, have[i]}
   end
 end
 local out = {1, 0, 0}
 for i = 1, n do
-  out[3 + i] = redis.call('INCRBY', KEYS[i], ARGV[2 + i])
-  redis.call('EXPIRE', KEYS[i], ttl)
+  local amount, block = tonumber(ARGV[1 + i]), tonumber(ARGV[1 + 2 * n + i])
+  if block > 0 and have[i] + amount + block > tonumber(ARGV[1 + 3 * n + i]) then
+    block = 0
+  end
+  out[3 + i] = block
+  redis.call('INCRBY', KEYS[i], amount + block)
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
 end
 return out
 """
@@ -91,8 +92,8 @@ class Reservation:
 
     keys: tuple[str, ...]
     amounts: tuple[int, ...]
-    # the counters right after (a reservation made in Redis): what BudgetBook learns
-    values: tuple[int, ...] = ()
+    # what Redis added beyond the amounts for the process's leases (BudgetLeases)
+    granted: tuple[int, ...] = ()
 
     @property
     def amount(self) -> int:
@@ -142,33 +143,30 @@ async def reserve_counted(
     redis: Redis,
     budgets: Sequence[Counted],
     *,
-    carry: Mapping[str, int] | None = None,
-    assumed: Sequence[int] | None = None,
+    blocks: Sequence[int] | None = None,
+    lines: Sequence[int] | None = None,
 ) -> Reservation | tuple[int, int]:
     """Reserve each budget's amount on every budget at once, or on none: the reservation, or
-    (index of the first budget without room, what its counter holds). ``carry``: counter
-    changes applied first, whatever the answer; ``assumed``: what each budget is taken to hold
-    beyond its counter (changes on their way)."""
+    (index of the first budget without room, what its counter holds). ``blocks``: more to
+    reserve on each budget for the process's lease, granted only while the counter stays
+    under that budget's ``lines`` entry (what was granted is in ``Reservation.granted``)."""
     keys = [b.key for b in budgets]
     if not keys:
         return Reservation((), ())
-    moves = {k: d for k, d in (carry or {}).items() if d}
-    extra = list(assumed) if assumed is not None else [0] * len(keys)
+    extra = list(blocks) if blocks is not None else [0] * len(keys)
+    under = list(lines) if lines is not None else [b.limit for b in budgets]
     args = [
         TTL_S,
-        len(keys),
         *(b.amount for b in budgets),
         *(b.limit for b in budgets),
         *extra,
-        *moves.values(),
+        *under,
     ]
-    answer: list[int] = await _SCRIPTS.run(  # type: ignore[assignment]
-        redis, _RESERVE, [*keys, *moves], args
-    )
+    answer: list[int] = await _SCRIPTS.run(redis, _RESERVE, keys, args)  # type: ignore[assignment]
     ok, index, have = answer[:3]
     if ok:
-        values = tuple(int(v) for v in answer[3:])
-        return Reservation(tuple(keys), tuple(b.amount for b in budgets), values)
+        granted = tuple(int(v) for v in answer[3:])
+        return Reservation(tuple(keys), tuple(b.amount for b in budgets), granted)
     return int(index) - 1, int(have)
 
 
@@ -213,72 +211,81 @@ async def spent(redis: Redis, key: str) -> Decimal:
     return Decimal(int(raw or 0)) * UNIT
 
 
-class BudgetBook:
-    """One process's view of the budget counters, so that a call far from every limit skips
-    the reservation's round trip to Redis.
+class BudgetLeases:
+    """Blocks of budget one process reserved in Redis ahead of its calls, so that a call far
+    from its limits skips the reservation's round trip.
 
-    Every answer from Redis (a reservation, a settlement's flush) tells the counters' values;
-    the book keeps them with when they were learned, and what this process has sent that is
-    not answered yet (``inflight``). A call may then be admitted here when, for each of its
-    budgets, the last value learned within ``stale_s``, plus the changes in flight, plus this
-    process's changes not sent yet (``pending``, the caller's), plus the call's amount, stays
-    at or below ``1 - exact_margin`` of the limit. Its amount is then sent with the next
-    settlements (the caller adds it to them), so Redis's counter still ends up the sum of
-    every call's reservation and, once settled, of the real costs.
+    A call that must reserve in Redis asks, on each budget, for its amount plus a block (the
+    larger of ``block_share`` of the limit and ten of the call's amount); Redis grants the
+    block only while the counter stays under ``1 - exact_margin`` of the limit, atomically
+    with the reservation. The process then admits later calls from the blocks it holds, with
+    no round trip, while each of the call's budgets has a block covering its amount. What a
+    process holds is in Redis's counter like any reservation: however many processes hold
+    blocks, no call is admitted that the counter would not admit, and a budget is never
+    passed. Near the limit no block is granted and every call reserves in Redis.
 
-    Within the last ``exact_margin`` of a limit every call reserves in Redis (with this
-    process's unsent changes carried in the same script call, and the in-flight ones
-    assumed): exact, whatever the number of processes. Before that, another process's calls
-    of the last ``stale_s`` may be unseen: several processes together can pass the
-    ``1 - exact_margin`` line by what they admit in that time, never the limit itself unless
-    that exceeds the margin. ``exact_margin = 1`` reserves every call in Redis.
+    A block unused for ``idle_s`` goes back to the counter (and every block at shutdown); a
+    process that dies keeps its blocks counted until the period ends (at most one block per
+    budget it held: ``block_share`` of the limit, 1 % by default). ``exact_margin = 1``: no
+    blocks, a round trip per call.
 
     Measured (docs/benchmarks.md, "Budgets without the round trip"): the reservation's round
     trip was the budget's whole cost on a chat at c=1.
     """
 
-    MAX_KEYS = 10_000
-
-    def __init__(self, exact_margin: float, stale_s: float = 1.0) -> None:
+    def __init__(self, exact_margin: float, block_share: float = 0.01, idle_s: float = 1.0) -> None:
         self.exact_margin = exact_margin
-        self.stale_s = stale_s
-        self.known: dict[str, tuple[int, float]] = {}
-        self.inflight: dict[str, int] = {}
+        self.block_share = block_share
+        self.idle_s = idle_s
+        # per counter: units held, when last drawn on or granted
+        self.held: dict[str, tuple[int, float]] = {}
+        # counters with a block asked for and not answered yet: concurrent calls ask for none
+        # (a burst of calls that all missed the lease would otherwise each take a block)
+        self.asking: set[str] = set()
 
-    def admits(self, budgets: Sequence[Counted], pending: Mapping[str, int], now: float) -> bool:
-        """Whether the call may be admitted without Redis (see the class docstring)."""
-        if self.exact_margin >= 1:
+    def take(self, budgets: Sequence[Counted], now: float) -> bool:
+        """Admit a call from the blocks held, if they cover it on every budget."""
+        if not budgets:
             return False
         for b in budgets:
-            known = self.known.get(b.key)
-            if known is None or now - known[1] > self.stale_s:
+            held = self.held.get(b.key)
+            if held is None or held[0] < b.amount:
                 return False
-            line = b.limit - int(b.limit * self.exact_margin)
-            held = known[0] + self.inflight.get(b.key, 0) + pending.get(b.key, 0)
-            if held + b.amount > line:
-                return False
+        for b in budgets:
+            self.held[b.key] = (self.held[b.key][0] - b.amount, now)
         return True
 
-    def learn(self, values: Mapping[str, int], now: float) -> None:
-        """Counter values Redis answered."""
-        if len(self.known) > self.MAX_KEYS:
-            self.known = {k: v for k, v in self.known.items() if now - v[1] <= self.stale_s}
-        for key, value in values.items():
-            self.known[key] = (value, now)
+    def asks(self, budgets: Sequence[Counted]) -> tuple[list[int], list[int]]:
+        """The blocks to ask for with a reservation, and the lines they must stay under."""
+        if self.exact_margin >= 1:
+            return [0] * len(budgets), [b.limit for b in budgets]
+        blocks = [
+            0 if b.key in self.asking else max(10 * b.amount, int(b.limit * self.block_share))
+            for b in budgets
+        ]
+        lines = [b.limit - int(b.limit * self.exact_margin) for b in budgets]
+        self.asking.update(b.key for b, block in zip(budgets, blocks, strict=True) if block)
+        return blocks, lines
 
-    def assumed(self, keys: Sequence[str]) -> list[int]:
-        """What each counter is taken to hold beyond its value: changes in flight."""
-        return [max(0, self.inflight.get(k, 0)) for k in keys]  # a refund counts once landed
+    def answered(self, budgets: Sequence[Counted], blocks: Sequence[int]) -> None:
+        """The reservation that asked for ``blocks`` was answered (or failed)."""
+        for b, block in zip(budgets, blocks, strict=True):
+            if block:
+                self.asking.discard(b.key)
 
-    def sending(self, deltas: Mapping[str, int]) -> None:
-        for key, d in deltas.items():
-            self.inflight[key] = self.inflight.get(key, 0) + d
+    def grant(self, keys: Sequence[str], granted: Sequence[int], now: float) -> None:
+        for key, g in zip(keys, granted, strict=True):
+            if g > 0:
+                held = self.held.get(key, (0, now))[0]
+                self.held[key] = (held + g, now)
 
-    def sent(self, deltas: Mapping[str, int]) -> None:
-        """Answered, or failed (the caller queues them again)."""
-        for key, d in deltas.items():
-            left = self.inflight.get(key, 0) - d
-            if left:
-                self.inflight[key] = left
-            else:
-                self.inflight.pop(key, None)
+    def release(self, now: float | None = None) -> dict[str, int]:
+        """Take back the blocks unused for ``idle_s`` (all of them when ``now`` is None): the
+        counter changes that give them back."""
+        out: dict[str, int] = {}
+        for key, (units, at) in list(self.held.items()):
+            if now is None or now - at >= self.idle_s:
+                del self.held[key]
+                if units:
+                    out[key] = -units
+        return out

@@ -128,9 +128,8 @@ class LlmSettings(ServiceSettings):
         ge=0,
         le=1,
         description="the last part of a budget (a fraction of its limit) where every call "
-        "reserves in Redis, exactly across processes; before it, a call is admitted from the "
-        "counters Redis last answered (within 1 s) without a round trip, its reservation sent "
-        "with the settlements. 1: every call reserves in Redis",
+        "reserves in Redis; before it, a process reserves a block (1 % of the limit) with a "
+        "call and admits later calls from it without a round trip. 1: no blocks",
     )
     entitlements_ttl_seconds: float = Field(
         default=5.0,

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from libs.budget import (
     UNIT,
-    BudgetBook,
+    BudgetLeases,
     Counted,
     Reservation,
     adjust,
@@ -155,8 +155,10 @@ class Metering:
         # budget counter changes to send, per organization (see _settle_budget)
         self._settles: dict[uuid.UUID, dict[str, int]] = {}
         self._settling = False
-        # the counters as Redis last answered: calls far from their limits skip the round trip
-        self._book = BudgetBook(settings.budget_exact_margin)
+        # blocks of budget reserved ahead: calls far from their limits skip the round trip
+        self._leases = BudgetLeases(settings.budget_exact_margin)
+        self._lease_org: dict[str, uuid.UUID] = {}
+        self._keeping_leases = False
         # the organization's plan (tpm, monthly budget), published by billing
         self.entitlements = EntitlementsCache(
             redis, settings.entitlements_ttl_seconds, timeout_s=settings.redis_timeout_s
@@ -274,37 +276,29 @@ class Metering:
         """Reserve the call's worst case on every budget it counts against (the plan's spend
         and tokens, or lower; its API key's own), atomically with every call in flight and
         in one script call; refuse when any would not fit. Far from every limit, the
-        process's BudgetBook admits it without the round trip (libs/budget.py)."""
+        process admits it from the blocks it holds, without the round trip (BudgetLeases)."""
         budgets = self._budgets(call, ent, max(n, 1))
         if not budgets:
             return
         counted = [b.counted for b in budgets]
         tokens = tuple(b.tokens for b in budgets)
-        book = self._book
-        if book.admits(counted, self._settles.get(call.org_id, {}), time.monotonic()):
-            # far from every limit: counted here, sent with the next settlements
-            call.budget = Reservation(
-                tuple(c.key for c in counted), tuple(c.amount for c in counted)
-            )
+        leases = self._leases
+        if leases.take(counted, time.monotonic()):
+            # covered by the blocks this process holds: already counted in Redis
+            keys = tuple(c.key for c in counted)
+            call.budget = Reservation(keys, tuple(c.amount for c in counted))
             call.budget_tokens = tokens
-            self._queue_budget(
-                call.org_id, dict(zip(call.budget.keys, call.budget.amounts, strict=True))
-            )
             return
-        # in Redis, with this organization's unsent changes carried in the same script call
-        carry = self._settles.pop(call.org_id, {})
-        assumed = book.assumed([c.key for c in counted])
-        book.sending(carry)
+        blocks, lines = leases.asks(counted)
         try:
             try:
                 result = await self.guard.run(
                     "llm_budget",
-                    reserve_counted(self.redis, counted, carry=carry, assumed=assumed),
+                    reserve_counted(self.redis, counted, blocks=blocks, lines=lines),
                 )
             finally:
-                book.sent(carry)
+                leases.answered(counted, blocks)
         except Exception as exc:
-            self._queue_budget(call.org_id, carry)  # sent again with the settlements
             if self.settings.budget_fail_mode == "open":
                 log.warning("budget of %s not checked (Redis: %s)", call.org_id, exc)
                 return
@@ -316,7 +310,11 @@ class Metering:
                 headers={"retry-after": "1"},
             ) from exc
         if isinstance(result, Reservation):
-            book.learn(dict(zip(result.keys, result.values, strict=True)), time.monotonic())
+            if any(result.granted):
+                leases.grant(result.keys, result.granted, time.monotonic())
+                for key in result.keys:
+                    self._lease_org[key] = call.org_id
+                self._keep_leases()
             call.budget = result
             call.budget_tokens = tokens
             return
@@ -349,6 +347,33 @@ class Metering:
             },
         )
 
+    def _keep_leases(self) -> None:
+        if not self._keeping_leases:
+            self._keeping_leases = True
+            self.spawn(self._return_idle_leases())
+
+    async def _return_idle_leases(self) -> None:
+        """Give blocks unused for a while back to their counters (with the settlements)."""
+        try:
+            while self._leases.held:
+                await asyncio.sleep(self._leases.idle_s)
+                self._give_back(self._leases.release(time.monotonic()))
+        finally:
+            self._keeping_leases = False
+
+    def release_leases(self) -> None:
+        """Give every block back (at shutdown: sent by the settlements' flush)."""
+        self._give_back(self._leases.release())
+
+    def _give_back(self, deltas: dict[str, int]) -> None:
+        by_org: dict[uuid.UUID, dict[str, int]] = {}
+        for key, d in deltas.items():
+            org = self._lease_org.pop(key, None)
+            if org is not None:
+                by_org.setdefault(org, {})[key] = d
+        for org, part in by_org.items():
+            self._queue_budget(org, part)
+
     def _queue_budget(self, org_id: uuid.UUID, deltas: dict[str, int]) -> None:
         """Add counter changes to the organization's next flush (see _flush_settles)."""
         if not deltas:
@@ -368,16 +393,11 @@ class Metering:
                 batch, self._settles = self._settles, {}
                 failed: dict[uuid.UUID, dict[str, int]] = {}
                 for org_id, deltas in batch.items():
-                    self._book.sending(deltas)
                     try:
-                        after = await self.guard.run("llm_budget", adjust(self.redis, deltas))
+                        await self.guard.run("llm_budget", adjust(self.redis, deltas))
                     except Exception as exc:
                         failed[org_id] = deltas
                         error = exc
-                    else:
-                        self._book.learn(after, time.monotonic())
-                    finally:
-                        self._book.sent(deltas)
                 if not failed:
                     failures = 0
                     continue

@@ -164,7 +164,9 @@ class ChatService:
 
     async def aclose(self) -> None:
         # background work first (it may still emit usage), then the usage sender: what Redis
-        # does not take now goes to the outbox table instead of waiting on the outage
+        # does not take now goes to the outbox table instead of waiting on the outage. The
+        # budget blocks this process holds go back with the last settlements
+        self.metering.release_leases()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.usage.close()

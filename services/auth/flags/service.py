@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from libs.db import after_commit
@@ -92,12 +93,20 @@ class FlagService(FeatureService):
         flag = await self.flags.by_key(key)
         created = flag is None
         if flag is None:
-            flag = FeatureFlag(key=key)
-            self.session.add(flag)
-        flag.enabled = body.enabled
-        flag.description = body.description
-        flag.rollout_percentage = body.rollout_percentage
-        flag.org_overrides = {str(k): v for k, v in body.org_overrides.items()}
+            try:
+                async with self.session.begin_nested():
+                    flag = FeatureFlag(key=key)
+                    _apply(flag, body)
+                    self.session.add(flag)
+                    await self.session.flush()
+            except IntegrityError:
+                # a concurrent PUT created it first (two admins, a retried request): this one
+                # replaces it, as a PUT of an existing flag does, instead of failing with 500
+                flag = await self.flags.by_key(key)
+                if flag is None:
+                    raise
+                created = False
+        _apply(flag, body)
         await self.session.flush()
         await self.session.refresh(flag)
         self._flag_changed(key, flag_definition(flag))
@@ -131,3 +140,10 @@ class FlagService(FeatureService):
         flags = evaluate_all((flag_definition(f) for f in stored), org_id)
         await self.redis.set(cache_key, orjson.dumps(flags), ex=self.settings.flags_cache_seconds)
         return {"org_id": org_id, "flags": flags}
+
+
+def _apply(flag: FeatureFlag, body: FlagIn) -> None:
+    flag.enabled = body.enabled
+    flag.description = body.description
+    flag.rollout_percentage = body.rollout_percentage
+    flag.org_overrides = {str(k): v for k, v in body.org_overrides.items()}

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
 from redis.asyncio import Redis
 
 from libs.identity import Principal
-from libs.testing import auth_headers
+from libs.testing import Infra, auth_headers
 from tests.support.stacks.auth import SERVICE, signup
 
 
@@ -53,3 +54,36 @@ async def test_flags_admin_api_and_cached_evaluation(
         "/v1/admin/flags/x", json={"enabled": True, "rollout_percentage": 101}, headers=SERVICE
     )
     assert bad_pct.status_code == 422
+
+
+async def test_concurrent_puts_of_a_new_flag_each_answer_without_a_server_error(
+    infra: Infra,
+) -> None:
+    # each request in its own transaction (the app's own pool): both may find no flag, and
+    # the second insert hit the key's unique index, a 500 (found by the fuzz stage)
+    from sqlalchemy import text
+
+    from libs.db import make_engine
+    from libs.testing import client_for
+    from services.auth.app import build_app
+    from tests.support.stacks.auth import auth_settings
+
+    key = f"race-{uuid.uuid4().hex[:8]}"
+    async with client_for(build_app(auth_settings(database_url=infra.database_url))) as c:
+        answers = await asyncio.gather(
+            *(
+                c.put(f"/v1/admin/flags/{key}", json={"enabled": i % 2 == 0}, headers=SERVICE)
+                for i in range(8)
+            )
+        )
+    engine = make_engine(infra.database_url)
+    try:
+        async with engine.begin() as conn:
+            rows = await conn.execute(
+                text("DELETE FROM auth.feature_flags WHERE key = :k"), {"k": key}
+            )
+    finally:
+        await engine.dispose()
+    assert sorted(a.status_code for a in answers)[-1] < 500, [a.text for a in answers]
+    assert {a.status_code for a in answers} <= {200, 201}
+    assert [a.status_code for a in answers].count(201) >= 1 and rows.rowcount == 1

@@ -101,6 +101,26 @@ def outage_of(exc: BaseException) -> str | None:
     return None
 
 
+def is_conflict(exc: BaseException) -> bool:
+    """A unique constraint PostgreSQL enforced (SQLSTATE 23505): two requests created the same
+    thing at once, and the route did not handle it."""
+    if "sqlalchemy" not in sys.modules:
+        return False
+    from sqlalchemy import exc as sa_errors
+
+    return isinstance(exc, sa_errors.IntegrityError) and _sqlstate(exc) == "23505"
+
+
+def conflict_response(request: Request) -> Response:
+    """The 409 for a write that lost a race to a concurrent one (retrying it is safe)."""
+    return error_response(
+        409,
+        "conflict",
+        "A concurrent request changed the same resource; retry",
+        openai=wants_openai(request.scope),
+    )
+
+
 def outage_response(request: Request, dependency: str) -> Response:
     """The 503 a client sees while ``dependency`` is unreachable."""
     return error_response(
@@ -130,7 +150,8 @@ def data_error_response(request: Request, exc: BaseException) -> Response:
 
 def storage_error_response(scope: Scope, exc: BaseException) -> Response | None:
     """The answer to an exception no route handled when PostgreSQL or Redis caused it: 503
-    for an outage, 422 for a value PostgreSQL refused; None for anything else (a 500).
+    for an outage, 422 for a value PostgreSQL refused, 409 for a unique constraint a
+    concurrent request won; None for anything else (a 500).
 
     Rendered for every app by :class:`libs.telemetry.ObservabilityMiddleware`, the outermost
     layer, so one place covers routes, dependencies and hot routes, and an app that loads
@@ -138,6 +159,9 @@ def storage_error_response(scope: Scope, exc: BaseException) -> Response | None:
     """
     if is_data_error(exc):
         return data_error_response(Request(scope), exc)
+    if is_conflict(exc):
+        log.warning("%s %s: %s", scope.get("method"), scope.get("path"), describe(exc))
+        return conflict_response(Request(scope))
     dependency = outage_of(exc)
     if dependency is None:
         return None

@@ -113,3 +113,25 @@ async def test_a_value_postgres_cannot_store_is_422_not_500(db: AsyncConnection)
         # the same request without the NUL works
         resp = await c.get("/v1/jobs", params={"service": "llm"}, headers=auth_headers(who))
         assert resp.status_code == 200
+
+
+async def test_a_unique_constraint_a_concurrent_request_won_is_409_not_500(
+    db: AsyncConnection,
+) -> None:
+    """A route that checked, found nothing and inserted, while another request inserted the
+    same key: PostgreSQL's unique violation (SQLSTATE 23505) answers 409, safe to retry."""
+    from sqlalchemy import text
+
+    await db.execute(text("CREATE TEMP TABLE once (k text PRIMARY KEY)"))
+    await db.execute(text("INSERT INTO once VALUES ('a')"))
+    app = _toy_app(openai=False)
+
+    @app.post("/once")
+    async def once() -> None:
+        async with db.begin_nested():
+            await db.execute(text("INSERT INTO once VALUES ('a')"))
+
+    async with client_for(app) as c:
+        resp = await c.post("/once")
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"]["code"] == "conflict"

@@ -107,8 +107,12 @@ def is_conflict(exc: BaseException) -> bool:
     if "sqlalchemy" not in sys.modules:
         return False
     from sqlalchemy import exc as sa_errors
+    from sqlalchemy.orm.exc import StaleDataError
 
-    return isinstance(exc, sa_errors.IntegrityError) and _sqlstate(exc) == "23505"
+    # or an UPDATE/DELETE of a row a concurrent request deleted meanwhile
+    return isinstance(exc, StaleDataError) or (
+        isinstance(exc, sa_errors.IntegrityError) and _sqlstate(exc) == "23505"
+    )
 
 
 def conflict_response(request: Request) -> Response:

@@ -90,7 +90,9 @@ class FlagService(FeatureService):
 
     async def put_flag(self, key: str, body: FlagIn) -> tuple[FeatureFlag, bool]:
         await self.require_platform_admin()
-        flag = await self.flags.by_key(key)
+        # locked: a DELETE of it running at the same time made the UPDATE below match no row
+        # (StaleDataError, a 500 the fuzz stage found)
+        flag = await self.flags.by_key(key, lock=True)
         created = flag is None
         if flag is None:
             try:
@@ -102,7 +104,7 @@ class FlagService(FeatureService):
             except IntegrityError:
                 # a concurrent PUT created it first (two admins, a retried request): this one
                 # replaces it, as a PUT of an existing flag does, instead of failing with 500
-                flag = await self.flags.by_key(key)
+                flag = await self.flags.by_key(key, lock=True)
                 if flag is None:
                     raise
                 created = False

@@ -76,6 +76,17 @@ async def test_concurrent_puts_of_a_new_flag_each_answer_without_a_server_error(
                 for i in range(8)
             )
         )
+        # and PUTs racing DELETEs of the same flag (an UPDATE of a row deleted meanwhile)
+        raced = await asyncio.gather(
+            *(
+                c.put(f"/v1/admin/flags/{key}", json={"enabled": True}, headers=SERVICE)
+                if i % 2
+                else c.delete(f"/v1/admin/flags/{key}", headers=SERVICE)
+                for i in range(12)
+            )
+        )
+        assert all(r.status_code in (200, 201, 204, 404) for r in raced), [r.text for r in raced]
+        await c.put(f"/v1/admin/flags/{key}", json={"enabled": True}, headers=SERVICE)
     engine = make_engine(infra.database_url)
     try:
         async with engine.begin() as conn:

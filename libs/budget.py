@@ -57,14 +57,13 @@ end
 return out
 """
 
-# KEYS: the counters; ARGV: ttl, then each counter's change. Answers the counters after.
+# KEYS: the counters; ARGV: ttl, then each counter's change
 _SETTLE = """
-local out = {}
 for i = 1, #KEYS do
-  out[i] = redis.call('INCRBY', KEYS[i], ARGV[1 + i])
+  redis.call('INCRBY', KEYS[i], ARGV[1 + i])
   redis.call('EXPIRE', KEYS[i], ARGV[1])
 end
-return out
+return 1
 """
 
 
@@ -176,16 +175,12 @@ async def settle_counted(redis: Redis, reservation: Reservation, used: Sequence[
     await adjust(redis, dict(zip(reservation.keys, deltas, strict=True)))
 
 
-async def adjust(redis: Redis, deltas: Mapping[str, int]) -> dict[str, int]:
+async def adjust(redis: Redis, deltas: Mapping[str, int]) -> None:
     """Move counters by ``deltas`` in one script call (keys of one organization: one slot);
-    several calls' settlements summed make one call. Returns the counters after."""
+    several calls' settlements summed make one call."""
     keys = [k for k, d in deltas.items() if d]
-    if not keys:
-        return {}
-    after: list[int] = await _SCRIPTS.run(  # type: ignore[assignment]
-        redis, _SETTLE, keys, [TTL_S, *(deltas[k] for k in keys)]
-    )
-    return dict(zip(keys, (int(v) for v in after), strict=True))
+    if keys:
+        await _SCRIPTS.run(redis, _SETTLE, keys, [TTL_S, *(deltas[k] for k in keys)])
 
 
 async def reserve(
